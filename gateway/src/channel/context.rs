@@ -1,0 +1,238 @@
+//! What a channel callback can do: push, reply later, broadcast, read the
+//! socket's assigns, and schedule messages to itself.
+
+use crate::conn::ConnHandle;
+use crate::hub::Broadcast;
+use crate::protocol::{Outbound, Payload};
+use crate::pubsub::{BrokerError, PubSub};
+use crate::socket::Assigns;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Facts about the connection shared by all its channels.
+#[derive(Debug)]
+pub(crate) struct SocketInfo {
+    pub(crate) assigns: Assigns,
+    pub(crate) id: Option<String>,
+    pub(crate) node: Arc<str>,
+}
+
+/// The channel's view of its socket, handed to every callback.
+#[derive(Debug)]
+pub struct ChannelContext<I> {
+    topic: Arc<str>,
+    join_ref: Option<Arc<str>>,
+    conn: ConnHandle,
+    pubsub: PubSub,
+    socket: Arc<SocketInfo>,
+    /// This channel's copy of the socket assigns, made on first write.
+    assigns: Option<Assigns>,
+    pub(crate) current_ref: Option<String>,
+    info: Option<(mpsc::UnboundedSender<I>, mpsc::UnboundedReceiver<I>)>,
+    timers: CancellationToken,
+}
+
+impl<I: Send + 'static> ChannelContext<I> {
+    pub(crate) fn new(
+        topic: Arc<str>,
+        join_ref: Option<Arc<str>>,
+        conn: ConnHandle,
+        pubsub: PubSub,
+        socket: Arc<SocketInfo>,
+    ) -> Self {
+        ChannelContext {
+            topic,
+            join_ref,
+            conn,
+            pubsub,
+            socket,
+            assigns: None,
+            current_ref: None,
+            info: None,
+            timers: CancellationToken::new(),
+        }
+    }
+
+    /// The joined topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The join_ref of this join (`None` for V1 clients that send none).
+    pub fn join_ref(&self) -> Option<&str> {
+        self.join_ref.as_deref()
+    }
+
+    /// The socket id, if the socket handler gave one.
+    pub fn socket_id(&self) -> Option<&str> {
+        self.socket.id.as_deref()
+    }
+
+    /// This node's name (as Phoenix's `Node.self()`).
+    pub fn node(&self) -> &str {
+        &self.socket.node
+    }
+
+    /// The assigns: the socket's, plus what this channel assigned.
+    pub fn assigns(&self) -> &Assigns {
+        self.assigns.as_ref().unwrap_or(&self.socket.assigns)
+    }
+
+    /// Sets an assign for this channel only, as `assign/3` does in Phoenix.
+    pub fn assign(&mut self, key: impl Into<String>, value: serde_json::Value) {
+        self.assigns
+            .get_or_insert_with(|| self.socket.assigns.clone())
+            .insert(key.into(), value);
+    }
+
+    /// Pushes an event to this client on this topic.
+    pub fn push(&self, event: &str, payload: Payload) {
+        self.conn.send(&Outbound::Message {
+            join_ref: self.join_ref.as_deref(),
+            ref_: None,
+            topic: &self.topic,
+            event,
+            payload: &payload,
+        });
+    }
+
+    /// Broadcasts an event to every subscriber of this topic, this client included.
+    ///
+    /// # Errors
+    /// When the broker cannot accept the message.
+    pub async fn broadcast(&self, event: &str, payload: Payload) -> Result<(), BrokerError> {
+        self.broadcast_inner(event, payload, None).await
+    }
+
+    /// Broadcasts an event to every subscriber of this topic except this client.
+    ///
+    /// # Errors
+    /// When the broker cannot accept the message.
+    pub async fn broadcast_from(&self, event: &str, payload: Payload) -> Result<(), BrokerError> {
+        self.broadcast_inner(event, payload, Some(self.conn.id())).await
+    }
+
+    async fn broadcast_inner(
+        &self,
+        event: &str,
+        payload: Payload,
+        from: Option<u64>,
+    ) -> Result<(), BrokerError> {
+        self.pubsub
+            .broadcast(Broadcast {
+                topic: self.topic.to_string(),
+                event: event.to_owned(),
+                payload,
+                from,
+            })
+            .await
+    }
+
+    /// A handle to reply to the event being handled later, after returning
+    /// [`HandleIn::NoReply`](super::HandleIn::NoReply). `None` outside
+    /// `handle_in` or when the client sent no ref.
+    pub fn reply_ref(&self) -> Option<ReplyRef> {
+        Some(ReplyRef {
+            conn: self.conn.clone(),
+            topic: self.topic.clone(),
+            join_ref: self.join_ref.clone(),
+            ref_: self.current_ref.clone()?,
+        })
+    }
+
+    fn info_tx(&mut self) -> mpsc::UnboundedSender<I> {
+        self.info.get_or_insert_with(mpsc::unbounded_channel).0.clone()
+    }
+
+    /// A sender that delivers messages to [`Channel::handle_info`](super::Channel::handle_info)
+    /// from anywhere, for as long as the channel lives.
+    pub fn info_sender(&mut self) -> InfoSender<I> {
+        InfoSender(self.info_tx())
+    }
+
+    /// Delivers `info` to `handle_info` after `delay`, unless the channel ends first.
+    pub fn send_after(&mut self, delay: Duration, info: I) {
+        let tx = self.info_tx();
+        let cancel = self.timers.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = tokio::time::sleep(delay) => { let _ = tx.send(info); }
+            }
+        });
+    }
+
+    /// The next self-sent message; pending forever when none can come.
+    pub(crate) async fn recv_info(&mut self) -> I {
+        match &mut self.info {
+            Some((_, rx)) => match rx.recv().await {
+                Some(i) => i,
+                // Unreachable while we hold a sender; stay pending if it happens.
+                None => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Cancels pending timers; called when the channel ends.
+    pub(crate) fn cancel_timers(&self) {
+        self.timers.cancel();
+    }
+
+    pub(crate) fn conn(&self) -> &ConnHandle {
+        &self.conn
+    }
+
+    pub(crate) fn pubsub(&self) -> &PubSub {
+        &self.pubsub
+    }
+
+    pub(crate) fn join_ref_arc(&self) -> Option<Arc<str>> {
+        self.join_ref.clone()
+    }
+
+    pub(crate) fn topic_arc(&self) -> Arc<str> {
+        self.topic.clone()
+    }
+}
+
+/// Sends messages to a channel's `handle_info` from other tasks.
+#[derive(Debug)]
+pub struct InfoSender<I>(mpsc::UnboundedSender<I>);
+
+impl<I> Clone for InfoSender<I> {
+    fn clone(&self) -> Self {
+        InfoSender(self.0.clone())
+    }
+}
+
+impl<I> InfoSender<I> {
+    /// Returns false once the channel has ended.
+    pub fn send(&self, info: I) -> bool {
+        self.0.send(info).is_ok()
+    }
+}
+
+/// A deferred reply to one client event (Phoenix's `socket_ref` + `reply/2`).
+#[derive(Debug, Clone)]
+pub struct ReplyRef {
+    conn: ConnHandle,
+    topic: Arc<str>,
+    join_ref: Option<Arc<str>>,
+    ref_: String,
+}
+
+impl ReplyRef {
+    /// Sends the reply. Returns false if the connection is gone.
+    pub fn reply(&self, status: &str, response: Payload) -> bool {
+        self.conn.send(&Outbound::Reply {
+            join_ref: self.join_ref.as_deref(),
+            ref_: Some(&self.ref_),
+            topic: &self.topic,
+            status,
+            response: &response,
+        })
+    }
+}

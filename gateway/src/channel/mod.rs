@@ -1,0 +1,156 @@
+//! Channels: the per-topic conversation between a client and the server,
+//! modelled on `Phoenix.Channel`.
+//!
+//! Each joined channel runs in its own task, as each Phoenix channel runs in
+//! its own process: a slow callback stalls only its own channel, and a panic
+//! ends only that channel (the client receives `phx_error` and may rejoin).
+
+pub(crate) mod context;
+mod router;
+pub(crate) mod runner;
+
+pub use context::{ChannelContext, InfoSender, ReplyRef};
+pub use router::Router;
+
+use crate::protocol::Payload;
+use async_trait::async_trait;
+
+/// The outcome of [`Channel::join`]: `Ok(reply)` admits the client (use
+/// [`Payload::empty`] for no reply), `Err(reply)` refuses it.
+pub type JoinResult = Result<Payload, Payload>;
+
+/// How a channel ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// A normal end: the client receives `phx_close` and does not rejoin.
+    Normal,
+    /// A shutdown with a reason: `phx_close` too.
+    Shutdown(String),
+    /// An abnormal end: the client receives `phx_error` and rejoins.
+    Error(String),
+}
+
+/// Why [`Channel::terminate`] is called.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Terminate {
+    /// The channel stopped itself.
+    Stop(StopReason),
+    /// The client left the topic (`phx_leave`).
+    Leave,
+    /// The client joined the same topic again; this instance is replaced.
+    DuplicateJoin,
+    /// The connection closed.
+    Closed,
+}
+
+/// The answer to a client event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HandleIn {
+    /// Reply with a status (`"ok"`, `"error"`, …) and a response.
+    Reply(String, Payload),
+    /// No reply now; the channel may answer later through a [`ReplyRef`].
+    NoReply,
+    /// Stop the channel, sending the reply first if one is given.
+    Stop(StopReason, Option<(String, Payload)>),
+}
+
+impl HandleIn {
+    /// Reply `ok` with `response`.
+    pub fn ok(response: impl Into<Payload>) -> Self {
+        HandleIn::Reply("ok".into(), response.into())
+    }
+
+    /// Reply `error` with `response`.
+    pub fn error(response: impl Into<Payload>) -> Self {
+        HandleIn::Reply("error".into(), response.into())
+    }
+}
+
+/// What to do after `handle_out` or `handle_info`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Keep going.
+    Continue,
+    /// Stop the channel.
+    Stop(StopReason),
+}
+
+/// A channel implementation. One instance serves one joined topic on one
+/// connection; the [`Router`] makes a fresh one for every join.
+#[async_trait]
+pub trait Channel: Send + 'static {
+    /// Messages the channel sends itself with [`ChannelContext::send_after`]
+    /// or an [`InfoSender`]; use `()` when unused.
+    type Info: Send + 'static;
+
+    /// Authorizes the join of `topic` with the client's params.
+    async fn join(
+        &mut self,
+        topic: &str,
+        payload: Payload,
+        ctx: &mut ChannelContext<Self::Info>,
+    ) -> JoinResult;
+
+    /// Handles an event pushed by the client. The default refuses every event
+    /// with an error reply, so nothing is dropped silently.
+    async fn handle_in(
+        &mut self,
+        event: &str,
+        payload: Payload,
+        ctx: &mut ChannelContext<Self::Info>,
+    ) -> HandleIn {
+        let _ = (payload, ctx);
+        HandleIn::error(serde_json::json!({ "reason": format!("unhandled event {event}") }))
+    }
+
+    /// Broadcast events this channel wants to see in [`Channel::handle_out`]
+    /// instead of having them sent straight to the client.
+    fn intercept(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Handles an intercepted broadcast; the default pushes it unchanged.
+    async fn handle_out(
+        &mut self,
+        event: &str,
+        payload: Payload,
+        ctx: &mut ChannelContext<Self::Info>,
+    ) -> Next {
+        ctx.push(event, payload);
+        Next::Continue
+    }
+
+    /// Handles a message the channel sent itself.
+    async fn handle_info(&mut self, info: Self::Info, ctx: &mut ChannelContext<Self::Info>) -> Next {
+        let _ = (info, ctx);
+        Next::Continue
+    }
+
+    /// Called once when the channel ends, except after a panic.
+    async fn terminate(&mut self, reason: Terminate, ctx: &mut ChannelContext<Self::Info>) {
+        let _ = (reason, ctx);
+    }
+}
+
+/// What the socket and the hub send to a channel task.
+#[derive(Debug)]
+pub(crate) enum ChannelMsg {
+    /// A client event.
+    In {
+        event: String,
+        ref_: Option<String>,
+        payload: Payload,
+    },
+    /// The client left; reply to `ref_`.
+    Leave {
+        join_ref: Option<String>,
+        ref_: Option<String>,
+    },
+    /// An intercepted broadcast.
+    Out { event: String, payload: Payload },
+    /// A newer join of the same topic replaces this channel.
+    Replace,
+}
+
+/// A channel task's inbox. Boxed messages keep the per-channel queue small.
+pub(crate) type Inbox = tokio::sync::mpsc::UnboundedSender<Box<ChannelMsg>>;

@@ -1,0 +1,279 @@
+//! The task that runs one joined channel: join, then a loop over client
+//! events, intercepted broadcasts and self-sent messages, then cleanup.
+//!
+//! Every callback runs under `catch_unwind`, so a panic ends this channel
+//! with `phx_error` and leaves the connection and its other channels alone.
+
+use super::context::SocketInfo;
+use super::{Channel, ChannelContext, ChannelMsg, HandleIn, Inbox, Next, StopReason, Terminate};
+use crate::conn::ConnHandle;
+use crate::hub::{Subscriber, Target};
+use crate::protocol::{Outbound, Payload};
+use crate::pubsub::PubSub;
+use crate::socket::connection::reply_unjoined;
+use futures_util::FutureExt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// A channel instance that a new join must wait for.
+#[derive(Debug)]
+pub(crate) struct Previous {
+    pub(crate) inbox: Inbox,
+    pub(crate) join_ref: Option<Arc<str>>,
+    /// True for a duplicate join (it is told to stop and gets `phx_close`
+    /// after the new join's reply); false for one already leaving.
+    pub(crate) replace: bool,
+}
+
+/// Everything a channel task needs.
+#[derive(Debug)]
+pub(crate) struct Start {
+    pub(crate) topic: Arc<str>,
+    pub(crate) join_ref: Option<Arc<str>>,
+    pub(crate) ref_: Option<String>,
+    pub(crate) payload: Payload,
+    pub(crate) conn: ConnHandle,
+    pub(crate) pubsub: PubSub,
+    pub(crate) socket: Arc<SocketInfo>,
+    pub(crate) previous: Option<Previous>,
+    pub(crate) inbox: Inbox,
+    pub(crate) rx: UnboundedReceiver<Box<ChannelMsg>>,
+}
+
+enum End {
+    Stop(StopReason),
+    Leave,
+    Replaced,
+    Closed,
+    Crash,
+}
+
+fn crash_payload() -> Payload {
+    Payload::json(&serde_json::json!({"reason": "channel_crash"}))
+}
+
+pub(crate) async fn run<C: Channel>(mut chan: C, s: Start) {
+    let Start {
+        topic,
+        join_ref,
+        ref_,
+        payload,
+        conn,
+        pubsub,
+        socket,
+        previous,
+        inbox,
+        mut rx,
+    } = s;
+    if let Some(prev) = &previous {
+        if prev.replace {
+            let _ = prev.inbox.send(Box::new(ChannelMsg::Replace));
+        }
+        prev.inbox.closed().await;
+    }
+    let mut ctx = ChannelContext::new(topic.clone(), join_ref.clone(), conn.clone(), pubsub, socket);
+    let reply = |status: &str, response: &Payload| {
+        conn.send(&Outbound::Reply {
+            join_ref: join_ref.as_deref(),
+            ref_: ref_.as_deref(),
+            topic: &topic,
+            status,
+            response,
+        });
+    };
+
+    let joined = AssertUnwindSafe(chan.join(&topic, payload, &mut ctx))
+        .catch_unwind()
+        .await;
+    let subscription = match joined {
+        Err(_) => {
+            tracing::error!(topic = %topic, "channel join panicked");
+            reply("error", &Payload::json(&serde_json::json!({"reason": "join crashed"})));
+            None
+        }
+        Ok(Err(response)) => {
+            reply("error", &response);
+            None
+        }
+        Ok(Ok(response)) => {
+            let target = Target::Channel {
+                intercept: chan.intercept().into(),
+                inbox: inbox.clone(),
+            };
+            let sub = Subscriber {
+                conn: conn.clone(),
+                target,
+            };
+            match ctx.pubsub().clone().subscribe(&topic, sub).await {
+                Ok(sub) => {
+                    reply("ok", &response);
+                    Some(sub)
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %topic, error = %e, "join refused: subscription failed");
+                    let reason = serde_json::json!({"reason": "subscription failed, try again"});
+                    reply("error", &Payload::json(&reason));
+                    None
+                }
+            }
+        }
+    };
+    drop(inbox);
+    if let Some(prev) = previous.filter(|p| p.replace) {
+        send_control(&conn, &topic, prev.join_ref.as_deref(), "phx_close", &Payload::empty());
+    }
+    let Some(subscription) = subscription else {
+        drain(rx, &conn, &topic);
+        return;
+    };
+
+    let end = event_loop(&mut chan, &mut ctx, &mut rx, &conn).await;
+
+    drop(subscription);
+    ctx.cancel_timers();
+    let terminate = match &end {
+        End::Stop(reason) => Some(Terminate::Stop(reason.clone())),
+        End::Leave => Some(Terminate::Leave),
+        End::Replaced => Some(Terminate::DuplicateJoin),
+        End::Closed => Some(Terminate::Closed),
+        End::Crash => None,
+    };
+    if let Some(reason) = terminate {
+        if AssertUnwindSafe(chan.terminate(reason, &mut ctx))
+            .catch_unwind()
+            .await
+            .is_err()
+        {
+            tracing::error!(topic = %topic, "channel terminate panicked");
+        }
+    }
+    let jr = join_ref.as_deref();
+    match end {
+        End::Stop(StopReason::Error(reason)) => {
+            tracing::warn!(topic = %topic, %reason, "channel stopped with an error");
+            send_control(&conn, &topic, jr, "phx_error", &crash_payload());
+        }
+        End::Crash => send_control(&conn, &topic, jr, "phx_error", &crash_payload()),
+        End::Stop(_) | End::Leave => {
+            send_control(&conn, &topic, jr, "phx_close", &Payload::empty())
+        }
+        End::Replaced | End::Closed => {}
+    }
+    drain(rx, &conn, &topic);
+}
+
+async fn event_loop<C: Channel>(
+    chan: &mut C,
+    ctx: &mut ChannelContext<C::Info>,
+    rx: &mut UnboundedReceiver<Box<ChannelMsg>>,
+    conn: &ConnHandle,
+) -> End {
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = conn.closed() => return End::Closed,
+            msg = rx.recv() => match msg {
+                Some(msg) => Either::Msg(msg),
+                None => return End::Closed,
+            },
+            info = ctx.recv_info() => Either::Info(info),
+        };
+        let step = match next {
+            Either::Msg(msg) => match *msg {
+                ChannelMsg::In {
+                    event,
+                    ref_,
+                    payload,
+                } => {
+                    ctx.current_ref = ref_;
+                    let res = AssertUnwindSafe(chan.handle_in(&event, payload, ctx))
+                        .catch_unwind()
+                        .await;
+                    let ref_ = ctx.current_ref.take();
+                    match res {
+                        Err(_) => Err(End::Crash),
+                        Ok(HandleIn::Reply(status, response)) => {
+                            reply_to(ctx, ref_.as_deref(), &status, &response);
+                            Ok(())
+                        }
+                        Ok(HandleIn::NoReply) => Ok(()),
+                        Ok(HandleIn::Stop(reason, reply)) => {
+                            if let Some((status, response)) = reply {
+                                reply_to(ctx, ref_.as_deref(), &status, &response);
+                            }
+                            Err(End::Stop(reason))
+                        }
+                    }
+                }
+                ChannelMsg::Leave { ref_, .. } => {
+                    reply_to(ctx, ref_.as_deref(), "ok", &Payload::empty());
+                    Err(End::Leave)
+                }
+                ChannelMsg::Out { event, payload } => {
+                    next_step(AssertUnwindSafe(chan.handle_out(&event, payload, ctx)).catch_unwind().await)
+                }
+                ChannelMsg::Replace => Err(End::Replaced),
+            },
+            Either::Info(info) => {
+                next_step(AssertUnwindSafe(chan.handle_info(info, ctx)).catch_unwind().await)
+            }
+        };
+        if let Err(end) = step {
+            if matches!(end, End::Crash) {
+                tracing::error!(topic = %ctx.topic(), "channel callback panicked");
+            }
+            return end;
+        }
+    }
+}
+
+enum Either<I> {
+    Msg(Box<ChannelMsg>),
+    Info(I),
+}
+
+fn next_step(res: std::thread::Result<Next>) -> Result<(), End> {
+    match res {
+        Err(_) => Err(End::Crash),
+        Ok(Next::Continue) => Ok(()),
+        Ok(Next::Stop(reason)) => Err(End::Stop(reason)),
+    }
+}
+
+fn reply_to<I: Send + 'static>(ctx: &ChannelContext<I>, ref_: Option<&str>, status: &str, response: &Payload) {
+    let (topic, jr) = (ctx.topic_arc(), ctx.join_ref_arc());
+    ctx.conn().send(&Outbound::Reply {
+        join_ref: jr.as_deref(),
+        ref_,
+        topic: &topic,
+        status,
+        response,
+    });
+}
+
+/// `phx_close` / `phx_error` carry the join_ref as both refs.
+fn send_control(conn: &ConnHandle, topic: &str, jr: Option<&str>, event: &str, payload: &Payload) {
+    conn.send(&Outbound::Message {
+        join_ref: jr,
+        ref_: jr,
+        topic,
+        event,
+        payload,
+    });
+}
+
+/// Closes the inbox and answers what raced into it as the socket would
+/// answer messages for a topic that is not joined.
+fn drain(mut rx: UnboundedReceiver<Box<ChannelMsg>>, conn: &ConnHandle, topic: &str) {
+    rx.close();
+    while let Ok(msg) = rx.try_recv() {
+        match *msg {
+            ChannelMsg::In { ref_, .. } => reply_unjoined(conn, topic, "other", None, ref_.as_deref()),
+            ChannelMsg::Leave { join_ref, ref_ } => {
+                reply_unjoined(conn, topic, "phx_leave", join_ref.as_deref(), ref_.as_deref())
+            }
+            ChannelMsg::Out { .. } | ChannelMsg::Replace => {}
+        }
+    }
+}

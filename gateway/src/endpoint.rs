@@ -1,0 +1,183 @@
+//! The endpoint: sockets mounted at paths, the pubsub they share, and extra
+//! HTTP routes, as `Phoenix.Endpoint` ties them together.
+
+use crate::channel::Router;
+use crate::pubsub::PubSub;
+use crate::socket::{SocketConfig, SocketHandler};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// The response body type of every HTTP answer.
+pub type Body = Full<Bytes>;
+
+type RouteFn = dyn Fn(Request<Incoming>) -> BoxFuture<'static, Response<Body>> + Send + Sync;
+
+/// A socket mounted at a path (default `/socket`), serving
+/// `{path}/websocket`.
+pub struct Socket {
+    pub(crate) path: String,
+    pub(crate) handler: Arc<dyn SocketHandler>,
+    pub(crate) router: Router,
+    pub(crate) config: SocketConfig,
+}
+
+impl fmt::Debug for Socket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Socket")
+            .field("path", &self.path)
+            .field("router", &self.router)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Socket {
+    /// A socket at `path` (for example `/socket`) whose connections are
+    /// admitted by `handler` and whose topics are served by `router`.
+    pub fn new(path: &str, handler: impl SocketHandler, router: Router) -> Self {
+        Socket {
+            path: path.trim_end_matches('/').to_owned(),
+            handler: Arc::new(handler),
+            router,
+            config: SocketConfig::default(),
+        }
+    }
+
+    /// Replaces the limits.
+    pub fn config(mut self, config: SocketConfig) -> Self {
+        self.config = config;
+        self
+    }
+}
+
+/// Everything the HTTP server serves.
+pub struct Endpoint {
+    pub(crate) sockets: Vec<Arc<Socket>>,
+    pub(crate) pubsub: PubSub,
+    pub(crate) node: Arc<str>,
+    routes: Vec<(Method, String, Arc<RouteFn>)>,
+    /// Cancelled when the server shuts down; connections close with 1001.
+    pub(crate) shutdown: CancellationToken,
+    ready: AtomicBool,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("sockets", &self.sockets)
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// Starts building an endpoint with the in-memory pubsub.
+    pub fn builder() -> EndpointBuilder {
+        EndpointBuilder {
+            sockets: Vec::new(),
+            pubsub: None,
+            node: None,
+            routes: Vec::new(),
+        }
+    }
+
+    /// The pubsub, for broadcasting from outside any channel.
+    pub fn pubsub(&self) -> &PubSub {
+        &self.pubsub
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Closes every connection and stops accepting new ones.
+    pub fn shutdown(&self) {
+        self.ready.store(false, Ordering::SeqCst);
+        self.shutdown.cancel();
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn route(&self, method: &Method, path: &str) -> Option<&Arc<RouteFn>> {
+        self.routes
+            .iter()
+            .find(|(m, p, _)| m == method && p == path)
+            .map(|(_, _, f)| f)
+    }
+}
+
+/// Builds an [`Endpoint`].
+#[derive(Default)]
+pub struct EndpointBuilder {
+    sockets: Vec<Arc<Socket>>,
+    pubsub: Option<PubSub>,
+    node: Option<String>,
+    routes: Vec<(Method, String, Arc<RouteFn>)>,
+}
+
+impl fmt::Debug for EndpointBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointBuilder")
+            .field("sockets", &self.sockets)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EndpointBuilder {
+    /// Mounts a socket.
+    pub fn socket(mut self, socket: Socket) -> Self {
+        self.sockets.push(Arc::new(socket));
+        self
+    }
+
+    /// Uses `pubsub` instead of a fresh in-memory one.
+    pub fn pubsub(mut self, pubsub: PubSub) -> Self {
+        self.pubsub = Some(pubsub);
+        self
+    }
+
+    /// Names this node (default: `gateway@` and the host name).
+    pub fn node(mut self, node: impl Into<String>) -> Self {
+        self.node = Some(node.into());
+        self
+    }
+
+    /// Serves `method path` with `handler`, beside the sockets.
+    pub fn route<F, Fut>(mut self, method: Method, path: &str, handler: F) -> Self
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let f: Arc<RouteFn> = Arc::new(move |req| Box::pin(handler(req)));
+        self.routes.push((method, path.to_owned(), f));
+        self
+    }
+
+    /// Finishes the endpoint.
+    pub fn build(self) -> Arc<Endpoint> {
+        let node = self.node.unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+            format!("gateway@{host}")
+        });
+        Arc::new(Endpoint {
+            sockets: self.sockets,
+            pubsub: self.pubsub.unwrap_or_else(PubSub::memory),
+            node: Arc::from(node),
+            routes: self.routes,
+            shutdown: CancellationToken::new(),
+            ready: AtomicBool::new(true),
+        })
+    }
+}

@@ -1,0 +1,230 @@
+//! The local registry from topic to the subscribers on this node, and the
+//! fan-out of broadcasts to them.
+//!
+//! A broadcast is encoded at most once per serializer and the same bytes are
+//! queued on every subscriber's connection; nothing here awaits, so one slow
+//! client cannot hold up the others. Shards keep unrelated topics from
+//! contending on one lock; a shard lock is never held across an `.await`.
+
+use crate::channel::Inbox;
+use crate::conn::{ConnHandle, Disconnect, Out};
+use crate::protocol::{Frame, Outbound, Payload, Vsn};
+use indexmap::IndexMap;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+const SHARDS: usize = 64;
+
+/// A broadcast to every subscriber of a topic.
+#[derive(Clone, Debug)]
+pub struct Broadcast {
+    /// Topic.
+    pub topic: String,
+    /// Event.
+    pub event: String,
+    /// Body.
+    pub payload: Payload,
+    /// The connection to skip (`broadcast_from`), if it is on this node.
+    pub from: Option<u64>,
+}
+
+/// What a subscriber wants from a topic.
+#[derive(Debug)]
+pub(crate) enum Target {
+    /// Frames go straight to the connection ("fastlane"), except the events
+    /// the channel intercepts, which go to its inbox for `handle_out`.
+    Channel {
+        intercept: Arc<[String]>,
+        inbox: Inbox,
+    },
+    /// The socket-id topic: a `disconnect` event closes the connection.
+    SocketId,
+}
+
+#[derive(Debug)]
+pub(crate) struct Subscriber {
+    pub(crate) conn: ConnHandle,
+    pub(crate) target: Target,
+}
+
+/// Identifies one subscription for removal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct SubId(u64);
+
+/// The topic → subscribers registry of one node.
+#[derive(Debug)]
+pub struct Hub {
+    shards: Box<[Mutex<HashMap<Arc<str>, IndexMap<SubId, Subscriber>>>]>,
+    hasher: RandomState,
+    next: AtomicU64,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            next: AtomicU64::new(1),
+        }
+    }
+}
+
+impl Hub {
+    fn shard(&self, topic: &str) -> &Mutex<HashMap<Arc<str>, IndexMap<SubId, Subscriber>>> {
+        let i = self.hasher.hash_one(topic) as usize % SHARDS;
+        &self.shards[i]
+    }
+
+    pub(crate) fn subscribe(&self, topic: &str, sub: Subscriber) -> SubId {
+        let id = SubId(self.next.fetch_add(1, Ordering::Relaxed));
+        let mut shard = self.shard(topic).lock();
+        match shard.get_mut(topic) {
+            Some(subs) => {
+                subs.insert(id, sub);
+            }
+            None => {
+                shard.insert(Arc::from(topic), IndexMap::from([(id, sub)]));
+            }
+        }
+        id
+    }
+
+    pub(crate) fn unsubscribe(&self, topic: &str, id: SubId) {
+        let mut shard = self.shard(topic).lock();
+        if let Some(subs) = shard.get_mut(topic) {
+            subs.swap_remove(&id);
+            if subs.is_empty() {
+                shard.remove(topic);
+            }
+        }
+    }
+
+    /// Number of local subscribers of `topic`.
+    pub fn subscribers(&self, topic: &str) -> usize {
+        self.shard(topic).lock().get(topic).map_or(0, IndexMap::len)
+    }
+
+    /// Number of topics with at least one local subscriber.
+    pub fn topics(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    /// Delivers a broadcast to every local subscriber of its topic and returns
+    /// how many received it.
+    pub fn dispatch(&self, msg: &Broadcast) -> usize {
+        let mut frames: [Option<Frame>; 2] = [None, None];
+        let mut delivered = 0;
+        let shard = self.shard(&msg.topic).lock();
+        let Some(subs) = shard.get(msg.topic.as_str()) else {
+            return 0;
+        };
+        for sub in subs.values() {
+            if msg.from == Some(sub.conn.id()) {
+                continue;
+            }
+            match &sub.target {
+                Target::SocketId => {
+                    if msg.event == "disconnect" {
+                        sub.conn.close(Disconnect::Forced);
+                        delivered += 1;
+                    }
+                }
+                Target::Channel { intercept, inbox } => {
+                    if intercept.iter().any(|e| *e == msg.event) {
+                        let out = crate::channel::ChannelMsg::Out {
+                            event: msg.event.clone(),
+                            payload: msg.payload.clone(),
+                        };
+                        if inbox.send(Box::new(out)).is_ok() {
+                            delivered += 1;
+                        }
+                        continue;
+                    }
+                    let vsn = sub.conn.vsn();
+                    let slot = &mut frames[vsn.index()];
+                    if slot.is_none() {
+                        *slot = encode(vsn, msg);
+                    }
+                    if let Some(frame) = slot {
+                        if sub.conn.push(Out::Data(frame.clone())) {
+                            delivered += 1;
+                        }
+                    }
+                }
+            }
+        }
+        delivered
+    }
+}
+
+fn encode(vsn: Vsn, msg: &Broadcast) -> Option<Frame> {
+    let out = Outbound::Message {
+        join_ref: None,
+        ref_: None,
+        topic: &msg.topic,
+        event: &msg.event,
+        payload: &msg.payload,
+    };
+    match vsn.encode(&out) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(topic = %msg.topic, error = %e, "broadcast cannot be encoded for {} clients", vsn.as_str());
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fastlane(conn: &ConnHandle) -> Subscriber {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        Subscriber {
+            conn: conn.clone(),
+            target: Target::Channel {
+                intercept: Arc::from(Vec::new()),
+                inbox: tx,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn encodes_once_and_shares_bytes() {
+        let hub = Hub::default();
+        let conns: Vec<_> = (0..3).map(|_| ConnHandle::new(Vsn::V2, 8)).collect();
+        for c in &conns {
+            hub.subscribe("t", fastlane(c));
+        }
+        let msg = Broadcast {
+            topic: "t".into(),
+            event: "e".into(),
+            payload: Payload::empty(),
+            from: Some(conns[0].id()),
+        };
+        assert_eq!(hub.dispatch(&msg), 2);
+        let mut ptrs = Vec::new();
+        for c in &conns[1..] {
+            let mut batch = Vec::new();
+            c.next_batch(&mut batch).await;
+            let Out::Data(Frame::Text(b)) = &batch[0] else { panic!() };
+            assert_eq!(&b[..], br#"[null,null,"t","e",{}]"#);
+            ptrs.push(b.as_ptr());
+        }
+        assert_eq!(ptrs[0], ptrs[1], "subscribers share one encoding");
+    }
+
+    #[test]
+    fn unsubscribe_removes_empty_topics() {
+        let hub = Hub::default();
+        let c = ConnHandle::new(Vsn::V1, 8);
+        let id = hub.subscribe("t", fastlane(&c));
+        assert_eq!(hub.topics(), 1);
+        hub.unsubscribe("t", id);
+        assert_eq!(hub.topics(), 0);
+        assert_eq!(hub.subscribers("t"), 0);
+    }
+}

@@ -1,0 +1,40 @@
+//! A Phoenix Channels–compatible real-time gateway.
+//!
+//! Unmodified Phoenix clients (phoenix.js 1.8 and others) connect over
+//! WebSocket, join topics, push events and receive replies and broadcasts,
+//! exactly as they would from a Phoenix server. Rust users write channels the
+//! way Phoenix users do: a [`SocketHandler`](socket::SocketHandler) decides
+//! who connects, a [`Router`](channel::Router) maps topic patterns to
+//! [`Channel`](channel::Channel) implementations, and channels push, reply
+//! and broadcast through their [`ChannelContext`](channel::ChannelContext).
+//!
+//! # Layout
+//!
+//! The data path runs transport → socket → channel → pubsub → hub → writer:
+//!
+//! - [`protocol`]: messages, the V1/V2 serializers, `vsn` negotiation.
+//! - `transport`: the WebSocket handshake, reader loop and vectored writer.
+//! - [`socket`]: connect-time auth (`SocketHandler`) and the per-connection
+//!   state machine (heartbeat, join, leave, routing to channels).
+//! - [`channel`]: the `Channel` trait, its context, the router, and the task
+//!   that runs each joined channel in isolation.
+//! - [`pubsub`]: the `Broker` trait and the in-memory broker.
+//! - [`hub`]: the local topic → subscribers registry and encode-once fan-out.
+//! - [`conn`]: a connection's bounded outbound queue and close signal.
+//! - [`endpoint`] / [`server`]: sockets mounted at paths, health checks,
+//!   extra HTTP routes, and the accept loop.
+
+pub mod channel;
+pub mod conn;
+pub mod endpoint;
+pub mod hub;
+pub mod protocol;
+pub mod pubsub;
+pub mod server;
+pub mod socket;
+mod transport;
+
+pub use channel::{Channel, ChannelContext, HandleIn, JoinResult, Next, Router, StopReason, Terminate};
+pub use endpoint::{Endpoint, Socket};
+pub use protocol::{Json, Payload};
+pub use socket::{AcceptAll, Assigns, ConnectError, ConnectInfo, Params, SocketConfig, SocketHandler};

@@ -1,0 +1,109 @@
+//! PubSub: the local hub plus a broker that carries broadcasts between nodes.
+//!
+//! Every broadcast goes through the broker, which hands it back to the hub of
+//! every node with subscribers (this one included). The in-memory broker is
+//! the single-node case; the Redis broker lives behind the same trait.
+
+mod memory;
+
+pub use memory::MemoryBroker;
+
+use crate::hub::{Broadcast, Hub, SubId, Subscriber};
+use async_trait::async_trait;
+use std::fmt;
+use std::sync::Arc;
+
+/// A failure of the broker; joins that need it are refused with its message.
+#[derive(Debug, thiserror::Error)]
+#[error("broker unavailable: {0}")]
+pub struct BrokerError(pub String);
+
+/// Carries broadcasts to every node's [`Hub`].
+///
+/// Delivery is at most once; broadcasts from one publisher to one topic
+/// arrive in the order they were published.
+#[async_trait]
+pub trait Broker: Send + Sync + fmt::Debug + 'static {
+    /// Ensures broadcasts to `topic` from anywhere reach this node's hub.
+    /// Called once per local subscriber; resolves when delivery is in effect,
+    /// so a message published after it returns is not missed.
+    ///
+    /// # Errors
+    /// When the broker cannot confirm the subscription.
+    async fn subscribe(&self, topic: &str) -> Result<(), BrokerError>;
+
+    /// Releases one local subscriber's interest in `topic`.
+    fn unsubscribe(&self, topic: &str);
+
+    /// Publishes to every node with subscribers of the topic.
+    ///
+    /// # Errors
+    /// When the broker cannot accept the message.
+    async fn publish(&self, msg: Broadcast) -> Result<(), BrokerError>;
+}
+
+/// The hub and the broker, as channels and the HTTP API use them.
+#[derive(Debug, Clone)]
+pub struct PubSub {
+    hub: Arc<Hub>,
+    broker: Arc<dyn Broker>,
+}
+
+impl PubSub {
+    /// A single-node pubsub with the in-memory broker.
+    pub fn memory() -> Self {
+        let hub = Arc::new(Hub::default());
+        let broker = Arc::new(MemoryBroker::new(hub.clone()));
+        PubSub { hub, broker }
+    }
+
+    /// A pubsub over any broker that delivers into `hub`.
+    pub fn new(hub: Arc<Hub>, broker: Arc<dyn Broker>) -> Self {
+        PubSub { hub, broker }
+    }
+
+    /// The local registry.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Broadcasts to every subscriber of `msg.topic` on every node.
+    ///
+    /// # Errors
+    /// When the broker cannot accept the message.
+    pub async fn broadcast(&self, msg: Broadcast) -> Result<(), BrokerError> {
+        self.broker.publish(msg).await
+    }
+
+    /// Registers a local subscriber and waits until the broker delivers the
+    /// topic. The subscription ends when the returned guard is dropped.
+    pub(crate) async fn subscribe(
+        &self,
+        topic: &str,
+        sub: Subscriber,
+    ) -> Result<Subscription, BrokerError> {
+        let id = self.hub.subscribe(topic, sub);
+        let guard = Subscription {
+            pubsub: self.clone(),
+            topic: topic.to_owned(),
+            id,
+        };
+        self.broker.subscribe(topic).await?;
+        Ok(guard)
+    }
+}
+
+/// A live subscription; dropping it unsubscribes.
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    pubsub: PubSub,
+    topic: String,
+    id: SubId,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.pubsub.hub.unsubscribe(&self.topic, self.id);
+        self.pubsub.broker.unsubscribe(&self.topic);
+    }
+}

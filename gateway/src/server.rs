@@ -1,0 +1,90 @@
+//! The HTTP server: accepts TCP connections, serves health checks, routes
+//! socket paths to their transports and the rest to extra routes.
+
+use crate::endpoint::{Body, Endpoint};
+use crate::transport::websocket;
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Serves `endpoint` on `listener` until [`Endpoint::shutdown`] is called.
+///
+/// # Errors
+/// Never returns an error today; the type leaves room for fatal listener errors.
+pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) -> std::io::Result<()> {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = endpoint.shutdown.cancelled() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors or similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let ep = endpoint.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let ep = ep.clone();
+                async move { Ok::<_, Infallible>(handle(ep, peer, req).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "http connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn handle(ep: Arc<Endpoint>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok"),
+        (&Method::GET, "/readyz") => {
+            return if ep.is_ready() {
+                text(StatusCode::OK, "ready")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining")
+            }
+        }
+        _ => {}
+    }
+    for socket in &ep.sockets {
+        if let Some(rest) = path.strip_prefix(socket.path.as_str()) {
+            if rest == "/websocket" {
+                return websocket::handshake(ep.clone(), socket.clone(), peer, req).await;
+            }
+        }
+    }
+    if let Some(route) = ep.route(req.method(), &path) {
+        return route(req).await;
+    }
+    text(StatusCode::NOT_FOUND, "not found")
+}
+
+/// A plain-text response.
+pub fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut resp = Response::new(Body::new(Bytes::copy_from_slice(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}

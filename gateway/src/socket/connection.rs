@@ -1,0 +1,281 @@
+//! The protocol state of one connection, whatever its transport: heartbeats,
+//! joins, leaves, and routing client events to channel tasks.
+//!
+//! Runs inside the transport's reader and never awaits, so a slow channel
+//! cannot stall the connection; channels do their work in their own tasks.
+
+use super::{Assigns, SocketConfig};
+use crate::channel::runner::{Previous, Start};
+use crate::channel::{ChannelMsg, Inbox, Router};
+use crate::channel::context::SocketInfo;
+use crate::conn::{ConnHandle, Disconnect};
+use crate::hub::{Subscriber, Target};
+use crate::protocol::{Message, Outbound, Payload};
+use crate::pubsub::{BrokerError, PubSub, Subscription};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A joined (or joining) channel as the connection tracks it.
+#[derive(Debug)]
+struct ChannelHandle {
+    join_ref: Option<Arc<str>>,
+    inbox: Inbox,
+    /// A `phx_leave` was forwarded; the task is finishing.
+    leaving: bool,
+}
+
+impl ChannelHandle {
+    /// The task has not finished (its inbox still takes messages).
+    fn alive(&self) -> bool {
+        !self.inbox.is_closed()
+    }
+
+    fn accepts(&self, join_ref: Option<&str>) -> bool {
+        join_ref.is_none() || join_ref == self.join_ref.as_deref()
+    }
+}
+
+/// The per-connection state machine of `Phoenix.Socket`.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    conn: ConnHandle,
+    router: Router,
+    config: SocketConfig,
+    pubsub: PubSub,
+    info: Arc<SocketInfo>,
+    channels: HashMap<String, ChannelHandle>,
+    _socket_id: Option<Subscription>,
+}
+
+impl Connection {
+    /// Sets up a connection; when it has a socket id, subscribes to it so a
+    /// `disconnect` broadcast can close it.
+    pub(crate) async fn open(
+        conn: ConnHandle,
+        router: Router,
+        config: SocketConfig,
+        pubsub: PubSub,
+        assigns: Assigns,
+        socket_id: Option<String>,
+        node: Arc<str>,
+    ) -> Result<Self, BrokerError> {
+        let id_sub = match &socket_id {
+            Some(id) => {
+                let sub = Subscriber {
+                    conn: conn.clone(),
+                    target: Target::SocketId,
+                };
+                Some(pubsub.subscribe(id, sub).await?)
+            }
+            None => None,
+        };
+        Ok(Connection {
+            conn,
+            router,
+            config,
+            pubsub,
+            info: Arc::new(SocketInfo {
+                assigns,
+                id: socket_id,
+                node,
+            }),
+            channels: HashMap::new(),
+            _socket_id: id_sub,
+        })
+    }
+
+    /// Handles one text frame.
+    pub(crate) fn handle_text(&mut self, text: &Bytes) -> Result<(), Disconnect> {
+        let msg = self.conn.vsn().decode_text(text).map_err(|e| {
+            tracing::debug!(conn = self.conn.id(), error = %e, "malformed text frame");
+            Disconnect::Malformed
+        })?;
+        self.handle(msg);
+        Ok(())
+    }
+
+    /// Handles one binary frame.
+    pub(crate) fn handle_binary(&mut self, data: &Bytes) -> Result<(), Disconnect> {
+        let msg = self.conn.vsn().decode_binary(data).map_err(|e| {
+            tracing::debug!(conn = self.conn.id(), error = %e, "malformed binary frame");
+            Disconnect::Malformed
+        })?;
+        self.handle(msg);
+        Ok(())
+    }
+
+    /// Handles one decoded message, as `Phoenix.Socket.handle_in/4`.
+    pub(crate) fn handle(&mut self, msg: Message) {
+        if msg.topic == "phoenix" && msg.event == "heartbeat" {
+            self.conn.send(&Outbound::Reply {
+                join_ref: None,
+                ref_: msg.ref_.as_deref(),
+                topic: "phoenix",
+                status: "ok",
+                response: &Payload::empty(),
+            });
+            return;
+        }
+        match msg.event.as_str() {
+            "phx_join" => self.join(msg),
+            "phx_leave" => self.leave(msg),
+            _ => self.forward(msg),
+        }
+    }
+
+    fn join(&mut self, msg: Message) {
+        let Message {
+            join_ref,
+            ref_,
+            topic,
+            payload,
+            ..
+        } = msg;
+        let previous = self
+            .channels
+            .remove(&topic)
+            .filter(ChannelHandle::alive)
+            .map(|h| Previous {
+                replace: !h.leaving,
+                inbox: h.inbox,
+                join_ref: h.join_ref,
+            });
+        let replacing = previous.as_ref().is_some_and(|p| p.replace);
+        if !replacing && self.live_channels() >= self.config.max_channels {
+            let reason = serde_json::json!({"reason": "too many channels joined"});
+            self.conn.send(&Outbound::Reply {
+                join_ref: join_ref.as_deref(),
+                ref_: ref_.as_deref(),
+                topic: &topic,
+                status: "error",
+                response: &Payload::json(&reason),
+            });
+            if let Some(p) = previous {
+                // Keep tracking the channel that is still leaving.
+                self.channels.insert(
+                    topic,
+                    ChannelHandle {
+                        join_ref: p.join_ref,
+                        inbox: p.inbox,
+                        leaving: true,
+                    },
+                );
+            }
+            return;
+        }
+        let Some(factory) = self.router.route(&topic) else {
+            reply_unjoined(&self.conn, &topic, "phx_join", None, ref_.as_deref());
+            return;
+        };
+        let (inbox, rx) = tokio::sync::mpsc::unbounded_channel();
+        let join_ref: Option<Arc<str>> = join_ref.map(Arc::from);
+        factory.start(Start {
+            topic: Arc::from(topic.as_str()),
+            join_ref: join_ref.clone(),
+            ref_,
+            payload,
+            conn: self.conn.clone(),
+            pubsub: self.pubsub.clone(),
+            socket: self.info.clone(),
+            previous,
+            inbox: inbox.clone(),
+            rx,
+        });
+        self.channels.insert(
+            topic,
+            ChannelHandle {
+                join_ref,
+                inbox,
+                leaving: false,
+            },
+        );
+    }
+
+    fn leave(&mut self, msg: Message) {
+        if let Some(h) = self.channels.get_mut(&msg.topic) {
+            if h.alive() && !h.leaving {
+                if !h.accepts(msg.join_ref.as_deref()) {
+                    return; // stale join_ref: dropped, as Phoenix does
+                }
+                let leave = ChannelMsg::Leave {
+                    join_ref: msg.join_ref.clone(),
+                    ref_: msg.ref_.clone(),
+                };
+                if h.inbox.send(Box::new(leave)).is_ok() {
+                    h.leaving = true;
+                    return;
+                }
+            }
+        }
+        reply_unjoined(&self.conn, &msg.topic, "phx_leave", msg.join_ref.as_deref(), msg.ref_.as_deref());
+    }
+
+    fn forward(&mut self, msg: Message) {
+        if let Some(h) = self.channels.get(&msg.topic) {
+            if h.alive() && !h.leaving {
+                if !h.accepts(msg.join_ref.as_deref()) {
+                    return; // stale join_ref: dropped, as Phoenix does
+                }
+                let event = ChannelMsg::In {
+                    event: msg.event,
+                    ref_: msg.ref_,
+                    payload: msg.payload,
+                };
+                match h.inbox.send(Box::new(event)) {
+                    Ok(()) => return,
+                    Err(e) => {
+                        if let ChannelMsg::In { ref_, .. } = *e.0 {
+                            reply_unjoined(&self.conn, &msg.topic, "", None, ref_.as_deref());
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+        reply_unjoined(&self.conn, &msg.topic, &msg.event, None, msg.ref_.as_deref());
+    }
+
+    /// Channels that count against `max_channels`; forgets finished ones.
+    fn live_channels(&mut self) -> usize {
+        self.channels.retain(|_, h| h.alive());
+        self.channels.values().filter(|h| !h.leaving).count()
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // Channel tasks end when the connection closes; make sure it does.
+        self.conn.close(Disconnect::TransportError);
+    }
+}
+
+/// Answers a message for a topic this connection has not joined, as Phoenix
+/// does: a leave is acknowledged (echoing the client's join_ref), anything
+/// else gets `unmatched topic` with a null join_ref.
+pub(crate) fn reply_unjoined(
+    conn: &ConnHandle,
+    topic: &str,
+    event: &str,
+    join_ref: Option<&str>,
+    ref_: Option<&str>,
+) {
+    if event == "phx_leave" {
+        conn.send(&Outbound::Reply {
+            join_ref,
+            ref_,
+            topic,
+            status: "ok",
+            response: &Payload::empty(),
+        });
+    } else {
+        let reason = Payload::json(&serde_json::json!({"reason": "unmatched topic"}));
+        conn.send(&Outbound::Reply {
+            join_ref: None,
+            ref_,
+            topic,
+            status: "error",
+            response: &reason,
+        });
+    }
+}

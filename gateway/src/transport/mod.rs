@@ -1,0 +1,5 @@
+//! Transports: bytes on the wire ↔ protocol frames. No topic logic here;
+//! decoded messages go to the socket's [`Connection`](crate::socket).
+
+pub(crate) mod websocket;
+mod writer;

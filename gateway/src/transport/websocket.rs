@@ -1,0 +1,292 @@
+//! The WebSocket transport at `{path}/websocket`: the handshake (vsn,
+//! `authToken` subprotocol, connect), then a reader loop that feeds the
+//! connection and a writer task that drains its queue.
+//!
+//! fastwebsockets' `read_frame` is not cancel-safe, so it is never raced
+//! against anything but the end of the connection itself.
+
+use super::writer;
+use crate::conn::{ConnHandle, Disconnect, Out};
+use crate::endpoint::{Body, Endpoint, Socket};
+use crate::protocol::Vsn;
+use crate::server::text;
+use crate::socket::connection::Connection;
+use crate::socket::{Assigns, ConnectInfo, Params, Transport};
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use fastwebsockets::{OpCode, Role, WebSocketError};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::TcpStream;
+
+const AUTH_PREFIX: &str = "base64url.bearer.phx.";
+
+/// Answers a WebSocket handshake and, when accepted, spawns the connection.
+pub(crate) async fn handshake(
+    ep: Arc<Endpoint>,
+    socket: Arc<Socket>,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    if req.method() != Method::GET {
+        return text(StatusCode::BAD_REQUEST, "websocket endpoint accepts GET only");
+    }
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        return text(StatusCode::BAD_REQUEST, "expected a websocket upgrade request");
+    }
+    if ep.shutdown.is_cancelled() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
+    }
+    let params = Params::from_query(req.uri().query().unwrap_or(""));
+    let vsn = match Vsn::negotiate(params.get("vsn")) {
+        Ok(v) => v,
+        Err(e) => return text(StatusCode::FORBIDDEN, &e.to_string()),
+    };
+    let (phoenix_offered, auth_token) = match subprotocols(&req) {
+        Ok(p) => p,
+        Err(msg) => return text(StatusCode::BAD_REQUEST, msg),
+    };
+    let info = ConnectInfo {
+        peer: Some(peer),
+        uri: req.uri().clone(),
+        headers: req.headers().clone(),
+        auth_token,
+        transport: Transport::WebSocket,
+    };
+    let assigns = match socket.handler.connect(&params, &info).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::debug!(%peer, reason = %e.reason, "connect refused");
+            return text(e.status, "forbidden");
+        }
+    };
+    let socket_id = socket.handler.id(&assigns);
+    let (resp, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(r) => r,
+        Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(ws) => run(ws.into_inner(), ep, socket, vsn, assigns, socket_id).await,
+            Err(e) => tracing::debug!(%peer, error = %e, "websocket upgrade failed"),
+        }
+    });
+    let mut resp = resp.map(|_| Body::default());
+    if phoenix_offered {
+        // Clients fail the handshake when they offered subprotocols and the
+        // server selects none, so always select `phoenix` when offered.
+        resp.headers_mut()
+            .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("phoenix"));
+    }
+    resp
+}
+
+/// Reads `Sec-WebSocket-Protocol`: whether `phoenix` was offered, and the
+/// token phoenix.js 1.8 passes as `base64url.bearer.phx.<base64>`.
+fn subprotocols(req: &Request<Incoming>) -> Result<(bool, Option<String>), &'static str> {
+    let mut phoenix = false;
+    let mut token = None;
+    for value in req.headers().get_all(SEC_WEBSOCKET_PROTOCOL) {
+        let value = value.to_str().map_err(|_| "invalid Sec-WebSocket-Protocol header")?;
+        for proto in value.split(',').map(str::trim) {
+            if proto == "phoenix" {
+                phoenix = true;
+            } else if let Some(encoded) = proto.strip_prefix(AUTH_PREFIX) {
+                token = Some(decode_auth_token(encoded).ok_or("invalid authToken encoding")?);
+            }
+        }
+    }
+    Ok((phoenix, token))
+}
+
+/// phoenix.js uses the standard base64 alphabet without padding despite the
+/// prefix's name; accept URL-safe and padded forms as well.
+fn decode_auth_token(encoded: &str) -> Option<String> {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let trimmed = encoded.trim_end_matches('=');
+    let bytes = STANDARD_NO_PAD
+        .decode(trimmed)
+        .or_else(|_| URL_SAFE_NO_PAD.decode(trimmed))
+        .ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+async fn run(
+    io: TokioIo<hyper::upgrade::Upgraded>,
+    ep: Arc<Endpoint>,
+    socket: Arc<Socket>,
+    vsn: Vsn,
+    assigns: Assigns,
+    socket_id: Option<String>,
+) {
+    // Owned TCP halves avoid a lock per read and write; anything hyper read
+    // past the handshake is replayed in front of the stream.
+    match io.into_inner().downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let (r, w) = parts.io.into_inner().into_split();
+            let r = std::io::Cursor::new(parts.read_buf).chain(r);
+            drive(r, w, ep, socket, vsn, assigns, socket_id).await
+        }
+        Err(upgraded) => {
+            let (r, w) = tokio::io::split(TokioIo::new(upgraded));
+            drive(r, w, ep, socket, vsn, assigns, socket_id).await
+        }
+    }
+}
+
+async fn drive<R, W>(
+    r: R,
+    w: W,
+    ep: Arc<Endpoint>,
+    socket: Arc<Socket>,
+    vsn: Vsn,
+    assigns: Assigns,
+    socket_id: Option<String>,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let config = socket.config.clone();
+    let conn = ConnHandle::new(vsn, config.outbound_queue);
+    let writer = tokio::spawn(writer::run(w, conn.clone()));
+    let opened = Connection::open(
+        conn.clone(),
+        socket.router.clone(),
+        config.clone(),
+        ep.pubsub.clone(),
+        assigns,
+        socket_id,
+        ep.node.clone(),
+    )
+    .await;
+    let mut connection = match opened {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "closing connection: socket id subscription failed");
+            conn.close(Disconnect::ServerShutdown);
+            let _ = writer.await;
+            return;
+        }
+    };
+    let (mut reader, _) = fastwebsockets::after_handshake_split(r, tokio::io::sink(), Role::Server);
+    reader.set_max_message_size(config.max_frame_size);
+    let reason = tokio::select! {
+        biased;
+        _ = conn.closed() => conn.reason().unwrap_or(Disconnect::TransportError),
+        _ = ep.shutdown.cancelled() => Disconnect::ServerShutdown,
+        reason = read_loop(&mut reader, &mut connection, &conn, &config) => reason,
+    };
+    conn.close(reason);
+    tracing::debug!(conn = conn.id(), reason = conn.reason().map(Disconnect::label), "connection closed");
+    drop(connection);
+    let _ = writer.await;
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    reader: &mut fastwebsockets::WebSocketRead<R>,
+    connection: &mut Connection,
+    conn: &ConnHandle,
+    config: &crate::socket::SocketConfig,
+) -> Disconnect {
+    // Pongs are the only obligated sends we pass on: close frames are
+    // answered by the writer with the connection's close reason.
+    let mut obligated = |frame: fastwebsockets::Frame<'_>| {
+        if frame.opcode == OpCode::Pong {
+            conn.push(Out::Pong(Bytes::copy_from_slice(&frame.payload)));
+        }
+        std::future::ready(Ok::<(), Infallible>(()))
+    };
+    let mut fragments: Option<(OpCode, Vec<u8>)> = None;
+    loop {
+        let read = tokio::time::timeout(config.idle_timeout, reader.read_frame(&mut obligated)).await;
+        let frame = match read {
+            Err(_) => return Disconnect::IdleTimeout,
+            Ok(Ok(frame)) => frame,
+            Ok(Err(e)) => return read_error(e),
+        };
+        let (opcode, data) = match frame.opcode {
+            OpCode::Close => {
+                let code = (frame.payload.len() >= 2)
+                    .then(|| u16::from_be_bytes([frame.payload[0], frame.payload[1]]));
+                return Disconnect::ClientClosed(code);
+            }
+            OpCode::Ping | OpCode::Pong => continue,
+            OpCode::Text | OpCode::Binary if frame.fin => {
+                if fragments.is_some() {
+                    return Disconnect::Malformed;
+                }
+                (frame.opcode, into_bytes(frame.payload))
+            }
+            OpCode::Text | OpCode::Binary => {
+                if fragments.is_some() {
+                    return Disconnect::Malformed;
+                }
+                fragments = Some((frame.opcode, frame.payload.to_vec()));
+                continue;
+            }
+            OpCode::Continuation => {
+                let Some((_, buf)) = fragments.as_mut() else {
+                    return Disconnect::Malformed;
+                };
+                if buf.len() + frame.payload.len() > config.max_frame_size {
+                    return Disconnect::FrameTooLarge;
+                }
+                buf.extend_from_slice(&frame.payload);
+                if !frame.fin {
+                    continue;
+                }
+                let Some((op, buf)) = fragments.take() else { continue };
+                if op == OpCode::Text && std::str::from_utf8(&buf).is_err() {
+                    return Disconnect::Malformed;
+                }
+                (op, Bytes::from(buf))
+            }
+        };
+        let handled = match opcode {
+            OpCode::Text => connection.handle_text(&data),
+            _ => connection.handle_binary(&data),
+        };
+        if let Err(reason) = handled {
+            return reason;
+        }
+    }
+}
+
+fn into_bytes(payload: fastwebsockets::Payload<'_>) -> Bytes {
+    match payload {
+        fastwebsockets::Payload::Bytes(b) => BytesMut::freeze(b),
+        other => Bytes::from(Vec::from(other)),
+    }
+}
+
+fn read_error(e: WebSocketError) -> Disconnect {
+    match e {
+        WebSocketError::FrameTooLarge => Disconnect::FrameTooLarge,
+        WebSocketError::UnexpectedEOF => Disconnect::ClientClosed(None),
+        WebSocketError::IoError(_) => Disconnect::TransportError,
+        other => {
+            tracing::debug!(error = %other, "websocket protocol error");
+            Disconnect::Malformed
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_auth_token;
+
+    #[test]
+    fn auth_token_alphabets() {
+        assert_eq!(decode_auth_token("czNjcjN0LWF1dGg").as_deref(), Some("s3cr3t-auth"));
+        assert_eq!(decode_auth_token("czNjcjN0LWF1dGg=").as_deref(), Some("s3cr3t-auth"));
+        assert_eq!(decode_auth_token("Pz8_").as_deref(), Some("???"));
+        assert_eq!(decode_auth_token("Pz8/").as_deref(), Some("???"));
+        assert_eq!(decode_auth_token("!!!"), None);
+    }
+}

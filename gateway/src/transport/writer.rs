@@ -1,0 +1,116 @@
+//! The WebSocket writer: drains a connection's outbound queue and writes
+//! everything queued with one vectored write.
+//!
+//! Server frames are unmasked, so framing is a 2–10 byte header in front of
+//! bytes that were encoded once and are shared by every subscriber.
+
+use crate::conn::{ConnHandle, Disconnect, Out};
+use crate::protocol::Frame;
+use std::io::IoSlice;
+use std::time::Duration;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PONG: u8 = 0xA;
+/// Frames per `writev`, well under IOV_MAX (1024) with two slices each.
+const FRAMES_PER_WRITE: usize = 256;
+
+/// Runs until the connection closes, then sends the close frame for its reason.
+pub(super) async fn run<W: AsyncWrite + Unpin>(mut w: W, conn: ConnHandle) {
+    let mut batch: Vec<Out> = Vec::new();
+    let mut heads: Vec<([u8; 10], usize)> = Vec::new();
+    let mut clean = true;
+    'outer: while conn.next_batch(&mut batch).await {
+        for chunk in batch.chunks(FRAMES_PER_WRITE) {
+            heads.clear();
+            heads.extend(chunk.iter().map(|out| {
+                let (op, len) = match out {
+                    Out::Data(Frame::Text(b)) => (OP_TEXT, b.len()),
+                    Out::Data(Frame::Binary(b)) => (OP_BINARY, b.len()),
+                    Out::Pong(b) => (OP_PONG, b.len()),
+                };
+                header(op, len)
+            }));
+            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(chunk.len() * 2);
+            for (out, (head, n)) in chunk.iter().zip(&heads) {
+                slices.push(IoSlice::new(&head[..*n]));
+                let body = match out {
+                    Out::Data(f) => f.bytes(),
+                    Out::Pong(b) => b,
+                };
+                slices.push(IoSlice::new(body));
+            }
+            let res = tokio::select! {
+                biased;
+                _ = conn.closed() => { clean = false; break 'outer; }
+                r = write_all_vectored(&mut w, &mut slices) => r,
+            };
+            if let Err(e) = res {
+                tracing::debug!(conn = conn.id(), error = %e, "write failed");
+                conn.close(Disconnect::TransportError);
+                clean = false;
+                break 'outer;
+            }
+        }
+        batch.clear();
+    }
+    if clean {
+        if let Some((code, reason)) = conn.reason().and_then(Disconnect::close_frame) {
+            let mut frame = Vec::with_capacity(4 + reason.len());
+            let (head, n) = header(OP_CLOSE, 2 + reason.len());
+            frame.extend_from_slice(&head[..n]);
+            frame.extend_from_slice(&code.to_be_bytes());
+            frame.extend_from_slice(reason.as_bytes());
+            let _ = tokio::time::timeout(Duration::from_secs(1), w.write_all(&frame)).await;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), w.shutdown()).await;
+}
+
+/// A final, unmasked frame header.
+fn header(opcode: u8, len: usize) -> ([u8; 10], usize) {
+    let mut h = [0u8; 10];
+    h[0] = 0x80 | opcode;
+    if len < 126 {
+        h[1] = len as u8;
+        (h, 2)
+    } else if let Ok(len) = u16::try_from(len) {
+        h[1] = 126;
+        h[2..4].copy_from_slice(&len.to_be_bytes());
+        (h, 4)
+    } else {
+        h[1] = 127;
+        h[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        (h, 10)
+    }
+}
+
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut bufs: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        let n = w.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::header;
+
+    #[test]
+    fn header_lengths() {
+        assert_eq!(header(1, 5).1, 2);
+        assert_eq!(&header(1, 5).0[..2], &[0x81, 5]);
+        assert_eq!(&header(2, 300).0[..4], &[0x82, 126, 1, 44]);
+        assert_eq!(header(1, 70_000).1, 10);
+    }
+}
