@@ -210,7 +210,9 @@ mod tests {
         for c in &conns[1..] {
             let mut batch = Vec::new();
             c.next_batch(&mut batch).await;
-            let Out::Data(Frame::Text(b)) = &batch[0] else { panic!() };
+            let Out::Data(Frame::Text(b)) = &batch[0] else {
+                panic!()
+            };
             assert_eq!(&b[..], br#"[null,null,"t","e",{}]"#);
             ptrs.push(b.as_ptr());
         }

@@ -34,7 +34,11 @@ pub mod server;
 pub mod socket;
 mod transport;
 
-pub use channel::{Channel, ChannelContext, HandleIn, JoinResult, Next, Router, StopReason, Terminate};
+pub use channel::{
+    Channel, ChannelContext, HandleIn, JoinResult, Next, Router, StopReason, Terminate,
+};
 pub use endpoint::{Endpoint, Socket};
 pub use protocol::{Json, Payload};
-pub use socket::{AcceptAll, Assigns, ConnectError, ConnectInfo, Params, SocketConfig, SocketHandler};
+pub use socket::{
+    AcceptAll, Assigns, ConnectError, ConnectInfo, Params, SocketConfig, SocketHandler,
+};

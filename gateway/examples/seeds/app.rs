@@ -33,7 +33,12 @@ impl Channel for PingChannel {
         Ok(Payload::empty())
     }
 
-    async fn handle_in(&mut self, event: &str, payload: Payload, _: &mut ChannelContext<()>) -> HandleIn {
+    async fn handle_in(
+        &mut self,
+        event: &str,
+        payload: Payload,
+        _: &mut ChannelContext<()>,
+    ) -> HandleIn {
         if let Some(reply) = ping_reply(event, &payload) {
             return reply;
         }
@@ -51,7 +56,12 @@ impl Channel for PingChannel {
         vec!["request_ping".into()]
     }
 
-    async fn handle_out(&mut self, event: &str, payload: Payload, ctx: &mut ChannelContext<()>) -> Next {
+    async fn handle_out(
+        &mut self,
+        event: &str,
+        payload: Payload,
+        ctx: &mut ChannelContext<()>,
+    ) -> Next {
         if event == "request_ping" {
             let mut body = match payload.value() {
                 serde_json::Value::Object(m) => m,
@@ -77,20 +87,32 @@ impl Channel for WildChannel {
     async fn join(&mut self, topic: &str, _: Payload, _: &mut ChannelContext<()>) -> JoinResult {
         let mut parts = topic.split(':').skip(1);
         let (a, b) = (parts.next(), parts.next());
-        let ok = match (a.map(str::parse::<i64>), b.map(str::parse::<i64>), parts.next()) {
+        let ok = match (
+            a.map(str::parse::<i64>),
+            b.map(str::parse::<i64>),
+            parts.next(),
+        ) {
             (Some(Ok(a)), Some(Ok(b)), None) => a.checked_mul(2) == Some(b),
             _ => false,
         };
         if ok {
             Ok(Payload::empty())
         } else {
-            Err(Payload::json(&json!({"reason": "wild:A:B requires integers with B = 2*A"})))
+            Err(Payload::json(
+                &json!({"reason": "wild:A:B requires integers with B = 2*A"}),
+            ))
         }
     }
 
-    async fn handle_in(&mut self, event: &str, payload: Payload, _: &mut ChannelContext<()>) -> HandleIn {
-        ping_reply(event, &payload)
-            .unwrap_or_else(|| HandleIn::error(json!({"reason": format!("unhandled event {event}")})))
+    async fn handle_in(
+        &mut self,
+        event: &str,
+        payload: Payload,
+        _: &mut ChannelContext<()>,
+    ) -> HandleIn {
+        ping_reply(event, &payload).unwrap_or_else(|| {
+            HandleIn::error(json!({"reason": format!("unhandled event {event}")}))
+        })
     }
 }
 
@@ -124,13 +146,20 @@ impl Channel for RecurringChannel {
     async fn handle_info(&mut self, _: Tick, ctx: &mut ChannelContext<Tick>) -> Next {
         self.count += 1;
         let token = format!("{:x}-{}", std::process::id(), self.count);
-        ctx.push("new_token", Payload::json(&json!({"token": token, "n": self.count})));
+        ctx.push(
+            "new_token",
+            Payload::json(&json!({"token": token, "n": self.count})),
+        );
         ctx.send_after(self.every, Tick);
         Next::Continue
     }
 
     async fn terminate(&mut self, reason: Terminate, _: &mut ChannelContext<Tick>) {
-        tracing::debug!(?reason, ticks = self.count, "recurring channel ended; its timer is cancelled");
+        tracing::debug!(
+            ?reason,
+            ticks = self.count,
+            "recurring channel ended; its timer is cancelled"
+        );
     }
 }
 
@@ -150,10 +179,18 @@ impl Channel for RoomChannel {
         }
     }
 
-    async fn handle_in(&mut self, event: &str, payload: Payload, ctx: &mut ChannelContext<()>) -> HandleIn {
+    async fn handle_in(
+        &mut self,
+        event: &str,
+        payload: Payload,
+        ctx: &mut ChannelContext<()>,
+    ) -> HandleIn {
         match (event, payload.get("body")) {
             ("new_msg", Some(body @ serde_json::Value::String(_))) => {
-                match ctx.broadcast("new_msg", Payload::json(&json!({"body": body}))).await {
+                match ctx
+                    .broadcast("new_msg", Payload::json(&json!({"body": body})))
+                    .await
+                {
                     Ok(()) => HandleIn::ok(Payload::empty()),
                     Err(e) => HandleIn::error(json!({"reason": e.to_string()})),
                 }
@@ -199,29 +236,41 @@ pub(crate) fn endpoint() -> Arc<Endpoint> {
     Endpoint::builder()
         .pubsub(pubsub)
         .socket(Socket::new("/socket", AcceptAll, router()))
-        .route(Method::POST, "/broadcast", move |req: Request<hyper::body::Incoming>| {
-            let pubsub = api.clone();
-            async move {
-                let body = match req.into_body().collect().await {
-                    Ok(b) => b.to_bytes(),
-                    Err(_) => Bytes::new(),
-                };
-                let msg: BroadcastRequest = match serde_json::from_slice(&body) {
-                    Ok(m) => m,
-                    Err(e) => return json_response(StatusCode::BAD_REQUEST, json!({"error": e.to_string()})),
-                };
-                let b = gateway::hub::Broadcast {
-                    topic: msg.topic,
-                    event: msg.event,
-                    payload: Payload::json(&msg.payload),
-                    from: None,
-                };
-                match pubsub.broadcast(b).await {
-                    Ok(()) => json_response(StatusCode::OK, json!({"ok": true})),
-                    Err(e) => json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"error": e.to_string()})),
+        .route(
+            Method::POST,
+            "/broadcast",
+            move |req: Request<hyper::body::Incoming>| {
+                let pubsub = api.clone();
+                async move {
+                    let body = match req.into_body().collect().await {
+                        Ok(b) => b.to_bytes(),
+                        Err(_) => Bytes::new(),
+                    };
+                    let msg: BroadcastRequest = match serde_json::from_slice(&body) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            return json_response(
+                                StatusCode::BAD_REQUEST,
+                                json!({"error": e.to_string()}),
+                            )
+                        }
+                    };
+                    let b = gateway::hub::Broadcast {
+                        topic: msg.topic,
+                        event: msg.event,
+                        payload: Payload::json(&msg.payload),
+                        from: None,
+                    };
+                    match pubsub.broadcast(b).await {
+                        Ok(()) => json_response(StatusCode::OK, json!({"ok": true})),
+                        Err(e) => json_response(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            json!({"error": e.to_string()}),
+                        ),
+                    }
                 }
-            }
-        })
+            },
+        )
         .build()
 }
 

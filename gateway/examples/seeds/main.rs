@@ -14,9 +14,15 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,gateway=info".into()),
         )
         .init();
-    let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(4000);
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(4000);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    tracing::info!("seeds listening on http://{}/socket", listener.local_addr()?);
+    tracing::info!(
+        "seeds listening on http://{}/socket",
+        listener.local_addr()?
+    );
     let endpoint = app::endpoint();
     let ep = endpoint.clone();
     tokio::spawn(async move {

@@ -111,7 +111,8 @@ impl<I: Send + 'static> ChannelContext<I> {
     /// # Errors
     /// When the broker cannot accept the message.
     pub async fn broadcast_from(&self, event: &str, payload: Payload) -> Result<(), BrokerError> {
-        self.broadcast_inner(event, payload, Some(self.conn.id())).await
+        self.broadcast_inner(event, payload, Some(self.conn.id()))
+            .await
     }
 
     async fn broadcast_inner(
@@ -143,7 +144,10 @@ impl<I: Send + 'static> ChannelContext<I> {
     }
 
     fn info_tx(&mut self) -> mpsc::UnboundedSender<I> {
-        self.info.get_or_insert_with(mpsc::unbounded_channel).0.clone()
+        self.info
+            .get_or_insert_with(mpsc::unbounded_channel)
+            .0
+            .clone()
     }
 
     /// A sender that delivers messages to [`Channel::handle_info`](super::Channel::handle_info)

@@ -121,7 +121,11 @@ pub trait Channel: Send + 'static {
     }
 
     /// Handles a message the channel sent itself.
-    async fn handle_info(&mut self, info: Self::Info, ctx: &mut ChannelContext<Self::Info>) -> Next {
+    async fn handle_info(
+        &mut self,
+        info: Self::Info,
+        ctx: &mut ChannelContext<Self::Info>,
+    ) -> Next {
         let _ = (info, ctx);
         Next::Continue
     }

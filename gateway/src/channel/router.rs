@@ -45,7 +45,9 @@ pub struct Router {
 
 impl fmt::Debug for Router {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.routes.iter().map(|(p, _)| p)).finish()
+        f.debug_list()
+            .entries(self.routes.iter().map(|(p, _)| p))
+            .finish()
     }
 }
 
@@ -101,7 +103,9 @@ mod tests {
 
     #[test]
     fn exact_and_wildcard() {
-        let r = Router::new().channel("ping", || Nop).channel("room:*", || Nop);
+        let r = Router::new()
+            .channel("ping", || Nop)
+            .channel("room:*", || Nop);
         assert!(r.route("ping").is_some());
         assert!(r.route("ping:1").is_none());
         assert!(r.route("room:lobby").is_some());

@@ -72,7 +72,13 @@ pub(crate) async fn run<C: Channel>(mut chan: C, s: Start) {
         }
         prev.inbox.closed().await;
     }
-    let mut ctx = ChannelContext::new(topic.clone(), join_ref.clone(), conn.clone(), pubsub, socket);
+    let mut ctx = ChannelContext::new(
+        topic.clone(),
+        join_ref.clone(),
+        conn.clone(),
+        pubsub,
+        socket,
+    );
     let reply = |status: &str, response: &Payload| {
         conn.send(&Outbound::Reply {
             join_ref: join_ref.as_deref(),
@@ -89,7 +95,10 @@ pub(crate) async fn run<C: Channel>(mut chan: C, s: Start) {
     let subscription = match joined {
         Err(_) => {
             tracing::error!(topic = %topic, "channel join panicked");
-            reply("error", &Payload::json(&serde_json::json!({"reason": "join crashed"})));
+            reply(
+                "error",
+                &Payload::json(&serde_json::json!({"reason": "join crashed"})),
+            );
             None
         }
         Ok(Err(response)) => {
@@ -121,7 +130,13 @@ pub(crate) async fn run<C: Channel>(mut chan: C, s: Start) {
     };
     drop(inbox);
     if let Some(prev) = previous.filter(|p| p.replace) {
-        send_control(&conn, &topic, prev.join_ref.as_deref(), "phx_close", &Payload::empty());
+        send_control(
+            &conn,
+            &topic,
+            prev.join_ref.as_deref(),
+            "phx_close",
+            &Payload::empty(),
+        );
     }
     let Some(subscription) = subscription else {
         drain(rx, &conn, &topic);
@@ -210,14 +225,18 @@ async fn event_loop<C: Channel>(
                     reply_to(ctx, ref_.as_deref(), "ok", &Payload::empty());
                     Err(End::Leave)
                 }
-                ChannelMsg::Out { event, payload } => {
-                    next_step(AssertUnwindSafe(chan.handle_out(&event, payload, ctx)).catch_unwind().await)
-                }
+                ChannelMsg::Out { event, payload } => next_step(
+                    AssertUnwindSafe(chan.handle_out(&event, payload, ctx))
+                        .catch_unwind()
+                        .await,
+                ),
                 ChannelMsg::Replace => Err(End::Replaced),
             },
-            Either::Info(info) => {
-                next_step(AssertUnwindSafe(chan.handle_info(info, ctx)).catch_unwind().await)
-            }
+            Either::Info(info) => next_step(
+                AssertUnwindSafe(chan.handle_info(info, ctx))
+                    .catch_unwind()
+                    .await,
+            ),
         };
         if let Err(end) = step {
             if matches!(end, End::Crash) {
@@ -241,7 +260,12 @@ fn next_step(res: std::thread::Result<Next>) -> Result<(), End> {
     }
 }
 
-fn reply_to<I: Send + 'static>(ctx: &ChannelContext<I>, ref_: Option<&str>, status: &str, response: &Payload) {
+fn reply_to<I: Send + 'static>(
+    ctx: &ChannelContext<I>,
+    ref_: Option<&str>,
+    status: &str,
+    response: &Payload,
+) {
     let (topic, jr) = (ctx.topic_arc(), ctx.join_ref_arc());
     ctx.conn().send(&Outbound::Reply {
         join_ref: jr.as_deref(),
@@ -269,10 +293,16 @@ fn drain(mut rx: UnboundedReceiver<Box<ChannelMsg>>, conn: &ConnHandle, topic: &
     rx.close();
     while let Ok(msg) = rx.try_recv() {
         match *msg {
-            ChannelMsg::In { ref_, .. } => reply_unjoined(conn, topic, "other", None, ref_.as_deref()),
-            ChannelMsg::Leave { join_ref, ref_ } => {
-                reply_unjoined(conn, topic, "phx_leave", join_ref.as_deref(), ref_.as_deref())
+            ChannelMsg::In { ref_, .. } => {
+                reply_unjoined(conn, topic, "other", None, ref_.as_deref())
             }
+            ChannelMsg::Leave { join_ref, ref_ } => reply_unjoined(
+                conn,
+                topic,
+                "phx_leave",
+                join_ref.as_deref(),
+                ref_.as_deref(),
+            ),
             ChannelMsg::Out { .. } | ChannelMsg::Replace => {}
         }
     }

@@ -1,7 +1,7 @@
 //! The V2 binary frame layout (spec §2.3): one-byte lengths, opaque payload.
 
-use super::{Message, Outbound, Payload, ProtocolError};
 use super::EncodeError;
+use super::{Message, Outbound, Payload, ProtocolError};
 use bytes::{BufMut, Bytes, BytesMut};
 
 const PUSH: u8 = 0;
@@ -10,7 +10,9 @@ const BROADCAST: u8 = 2;
 
 /// Decodes a client push: `0, len(jr), len(ref), len(topic), len(event), jr, ref, topic, event, payload`.
 pub(super) fn decode(data: &Bytes) -> Result<Message, ProtocolError> {
-    let header = data.get(..5).ok_or(ProtocolError::Binary("truncated header"))?;
+    let header = data
+        .get(..5)
+        .ok_or(ProtocolError::Binary("truncated header"))?;
     if header[0] != PUSH {
         return Err(ProtocolError::Binary("clients may only send kind 0 (push)"));
     }
@@ -60,7 +62,9 @@ pub(super) fn encode(out: &Outbound<'_>) -> Result<Bytes, EncodeError> {
                 }
                 Some(jr) => {
                     let j = len("join_ref", jr)?;
-                    let mut b = BytesMut::with_capacity(4 + jr.len() + topic.len() + event.len() + data.len());
+                    let mut b = BytesMut::with_capacity(
+                        4 + jr.len() + topic.len() + event.len() + data.len(),
+                    );
                     b.put_slice(&[PUSH, j, t, e]);
                     b.put_slice(jr.as_bytes());
                     b.put_slice(topic.as_bytes());
@@ -85,7 +89,9 @@ pub(super) fn encode(out: &Outbound<'_>) -> Result<Bytes, EncodeError> {
                 len("topic", topic)?,
                 len("status", status)?,
             ];
-            let mut b = BytesMut::with_capacity(5 + jr.len() + r.len() + topic.len() + status.len() + data.len());
+            let mut b = BytesMut::with_capacity(
+                5 + jr.len() + r.len() + topic.len() + status.len() + data.len(),
+            );
             b.put_slice(&lens);
             for s in [jr, r, topic, status] {
                 b.put_slice(s.as_bytes());
@@ -112,7 +118,10 @@ mod tests {
         assert_eq!(m.ref_.as_deref(), Some("29"));
         assert_eq!(m.topic, "room:lobby");
         assert_eq!(m.event, "echo_bin");
-        assert_eq!(m.payload, Payload::Binary(Bytes::from_static(&[0xDE, 0xAD])));
+        assert_eq!(
+            m.payload,
+            Payload::Binary(Bytes::from_static(&[0xDE, 0xAD]))
+        );
 
         let reply = encode(&Outbound::Reply {
             join_ref: Some("1"),

@@ -165,7 +165,9 @@ mod tests {
         assert_eq!(Vsn::negotiate(Some("1.0.0")), Ok(Vsn::V1));
         assert_eq!(Vsn::negotiate(Some("2.0.0")), Ok(Vsn::V2));
         assert_eq!(Vsn::negotiate(Some("2.0.7")), Ok(Vsn::V2));
-        for bad in ["2", "2.0", "3.0.0", "2.1.0", "", "x.y.z", "2.0.0.0", "1.1.0"] {
+        for bad in [
+            "2", "2.0", "3.0.0", "2.1.0", "", "x.y.z", "2.0.0.0", "1.1.0",
+        ] {
             assert!(Vsn::negotiate(Some(bad)).is_err(), "{bad}");
         }
     }

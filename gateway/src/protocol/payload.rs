@@ -110,7 +110,9 @@ impl Payload {
 
     /// Parses a JSON payload into a `serde_json::Value`; binary gives `Null`.
     pub fn value(&self) -> serde_json::Value {
-        self.as_json().map(Json::value).unwrap_or(serde_json::Value::Null)
+        self.as_json()
+            .map(Json::value)
+            .unwrap_or(serde_json::Value::Null)
     }
 
     /// Looks up a top-level key of a JSON object payload.

@@ -5,9 +5,9 @@
 //! cannot stall the connection; channels do their work in their own tasks.
 
 use super::{Assigns, SocketConfig};
+use crate::channel::context::SocketInfo;
 use crate::channel::runner::{Previous, Start};
 use crate::channel::{ChannelMsg, Inbox, Router};
-use crate::channel::context::SocketInfo;
 use crate::conn::{ConnHandle, Disconnect};
 use crate::hub::{Subscriber, Target};
 use crate::protocol::{Message, Outbound, Payload};
@@ -208,7 +208,13 @@ impl Connection {
                 }
             }
         }
-        reply_unjoined(&self.conn, &msg.topic, "phx_leave", msg.join_ref.as_deref(), msg.ref_.as_deref());
+        reply_unjoined(
+            &self.conn,
+            &msg.topic,
+            "phx_leave",
+            msg.join_ref.as_deref(),
+            msg.ref_.as_deref(),
+        );
     }
 
     fn forward(&mut self, msg: Message) {
@@ -233,7 +239,13 @@ impl Connection {
                 }
             }
         }
-        reply_unjoined(&self.conn, &msg.topic, &msg.event, None, msg.ref_.as_deref());
+        reply_unjoined(
+            &self.conn,
+            &msg.topic,
+            &msg.event,
+            None,
+            msg.ref_.as_deref(),
+        );
     }
 
     /// Channels that count against `max_channels`; forgets finished ones.

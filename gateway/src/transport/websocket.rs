@@ -35,10 +35,16 @@ pub(crate) async fn handshake(
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     if req.method() != Method::GET {
-        return text(StatusCode::BAD_REQUEST, "websocket endpoint accepts GET only");
+        return text(
+            StatusCode::BAD_REQUEST,
+            "websocket endpoint accepts GET only",
+        );
     }
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
-        return text(StatusCode::BAD_REQUEST, "expected a websocket upgrade request");
+        return text(
+            StatusCode::BAD_REQUEST,
+            "expected a websocket upgrade request",
+        );
     }
     if ep.shutdown.is_cancelled() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
@@ -93,7 +99,9 @@ fn subprotocols(req: &Request<Incoming>) -> Result<(bool, Option<String>), &'sta
     let mut phoenix = false;
     let mut token = None;
     for value in req.headers().get_all(SEC_WEBSOCKET_PROTOCOL) {
-        let value = value.to_str().map_err(|_| "invalid Sec-WebSocket-Protocol header")?;
+        let value = value
+            .to_str()
+            .map_err(|_| "invalid Sec-WebSocket-Protocol header")?;
         for proto in value.split(',').map(str::trim) {
             if proto == "phoenix" {
                 phoenix = true;
@@ -183,7 +191,11 @@ async fn drive<R, W>(
         reason = read_loop(&mut reader, &mut connection, &conn, &config) => reason,
     };
     conn.close(reason);
-    tracing::debug!(conn = conn.id(), reason = conn.reason().map(Disconnect::label), "connection closed");
+    tracing::debug!(
+        conn = conn.id(),
+        reason = conn.reason().map(Disconnect::label),
+        "connection closed"
+    );
     drop(connection);
     let _ = writer.await;
 }
@@ -204,7 +216,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
     };
     let mut fragments: Option<(OpCode, Vec<u8>)> = None;
     loop {
-        let read = tokio::time::timeout(config.idle_timeout, reader.read_frame(&mut obligated)).await;
+        let read =
+            tokio::time::timeout(config.idle_timeout, reader.read_frame(&mut obligated)).await;
         let frame = match read {
             Err(_) => return Disconnect::IdleTimeout,
             Ok(Ok(frame)) => frame,
@@ -241,7 +254,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 if !frame.fin {
                     continue;
                 }
-                let Some((op, buf)) = fragments.take() else { continue };
+                let Some((op, buf)) = fragments.take() else {
+                    continue;
+                };
                 if op == OpCode::Text && std::str::from_utf8(&buf).is_err() {
                     return Disconnect::Malformed;
                 }
@@ -283,8 +298,14 @@ mod tests {
 
     #[test]
     fn auth_token_alphabets() {
-        assert_eq!(decode_auth_token("czNjcjN0LWF1dGg").as_deref(), Some("s3cr3t-auth"));
-        assert_eq!(decode_auth_token("czNjcjN0LWF1dGg=").as_deref(), Some("s3cr3t-auth"));
+        assert_eq!(
+            decode_auth_token("czNjcjN0LWF1dGg").as_deref(),
+            Some("s3cr3t-auth")
+        );
+        assert_eq!(
+            decode_auth_token("czNjcjN0LWF1dGg=").as_deref(),
+            Some("s3cr3t-auth")
+        );
         assert_eq!(decode_auth_token("Pz8_").as_deref(), Some("???"));
         assert_eq!(decode_auth_token("Pz8/").as_deref(), Some("???"));
         assert_eq!(decode_auth_token("!!!"), None);
