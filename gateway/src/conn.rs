@@ -33,6 +33,8 @@ pub enum Disconnect {
     Forced,
     /// The server is shutting down or draining.
     ServerShutdown,
+    /// The connection's token expired and was not refreshed.
+    TokenExpired,
 }
 
 impl Disconnect {
@@ -48,6 +50,7 @@ impl Disconnect {
             Disconnect::SlowConsumer => Some((1008, "slow consumer")),
             Disconnect::Forced => Some((1001, "disconnect")),
             Disconnect::ServerShutdown => Some((1001, "server shutting down")),
+            Disconnect::TokenExpired => Some((1008, "token expired")),
         }
     }
 
@@ -62,6 +65,7 @@ impl Disconnect {
             Disconnect::SlowConsumer => "slow_consumer",
             Disconnect::Forced => "forced",
             Disconnect::ServerShutdown => "shutdown",
+            Disconnect::TokenExpired => "token_expired",
         }
     }
 }

@@ -185,6 +185,16 @@ impl<I: Send + 'static> ChannelContext<I> {
         self.timers.cancel();
     }
 
+    /// Takes new socket assigns, keeping what this channel assigned itself.
+    pub(crate) fn set_socket(&mut self, socket: Arc<SocketInfo>) {
+        if let Some(own) = &mut self.assigns {
+            for (k, v) in &socket.assigns {
+                own.insert(k.clone(), v.clone());
+            }
+        }
+        self.socket = socket;
+    }
+
     pub(crate) fn conn(&self) -> &ConnHandle {
         &self.conn
     }

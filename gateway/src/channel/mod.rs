@@ -6,10 +6,12 @@
 //! ends only that channel (the client receives `phx_error` and may rejoin).
 
 pub(crate) mod context;
+mod pattern;
 mod router;
 pub(crate) mod runner;
 
 pub use context::{ChannelContext, InfoSender, ReplyRef};
+pub use pattern::{PatternError, TopicPattern};
 pub use router::Router;
 
 use crate::protocol::Payload;
@@ -130,6 +132,15 @@ pub trait Channel: Send + 'static {
         Next::Continue
     }
 
+    /// Called after the socket assigns changed (a client refreshed its token);
+    /// [`ChannelContext::assigns`] holds the new ones. Return
+    /// `Next::Stop(StopReason::Normal)` to end a channel the new credentials
+    /// no longer allow (the client receives `phx_close`).
+    async fn handle_assigns(&mut self, ctx: &mut ChannelContext<Self::Info>) -> Next {
+        let _ = ctx;
+        Next::Continue
+    }
+
     /// Called once when the channel ends, except after a panic.
     async fn terminate(&mut self, reason: Terminate, ctx: &mut ChannelContext<Self::Info>) {
         let _ = (reason, ctx);
@@ -154,6 +165,8 @@ pub(crate) enum ChannelMsg {
     Out { event: String, payload: Payload },
     /// A newer join of the same topic replaces this channel.
     Replace,
+    /// The socket assigns changed.
+    Assigns(std::sync::Arc<context::SocketInfo>),
 }
 
 /// A channel task's inbox. Boxed messages keep the per-channel queue small.

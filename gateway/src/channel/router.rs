@@ -1,5 +1,6 @@
 //! Topic patterns → channel implementations, as Phoenix's `channel "room:*", RoomChannel`.
 
+use super::pattern::{PatternError, TopicPattern};
 use super::runner::{self, Start};
 use super::Channel;
 use std::fmt;
@@ -22,25 +23,10 @@ where
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Pattern {
-    Exact(String),
-    Prefix(String),
-}
-
-impl Pattern {
-    fn matches(&self, topic: &str) -> bool {
-        match self {
-            Pattern::Exact(t) => t == topic,
-            Pattern::Prefix(p) => topic.starts_with(p.as_str()),
-        }
-    }
-}
-
 /// Routes a topic to the channel that serves it; the first matching route wins.
 #[derive(Clone, Default)]
 pub struct Router {
-    routes: Vec<(Pattern, Arc<dyn Factory>)>,
+    routes: Vec<(TopicPattern, Arc<dyn Factory>)>,
 }
 
 impl fmt::Debug for Router {
@@ -58,24 +44,36 @@ impl Router {
     }
 
     /// Serves topics matching `pattern` with channels made by `make`, one per
-    /// join. A pattern is an exact topic (`"ping"`) or ends in a wildcard
-    /// (`"room:*"` matches every topic starting with `room:`).
+    /// join. A pattern is an exact topic (`"ping"`), ends in a wildcard
+    /// (`"room:*"` matches every topic starting with `room:`), or holds
+    /// placeholders (`"user:{sub}"`; see [`TopicPattern`]).
     ///
     /// # Panics
-    /// If `*` appears anywhere but at the end of the pattern: that is a
-    /// programming error, caught when the router is built.
-    pub fn channel<C, F>(mut self, pattern: &str, make: F) -> Self
+    /// If the pattern is malformed: a programming error, caught when the
+    /// router is built. Use [`Router::try_channel`] for patterns from config.
+    pub fn channel<C, F>(self, pattern: &str, make: F) -> Self
     where
         C: Channel,
         F: Fn() -> C + Send + Sync + 'static,
     {
-        let pattern = match pattern.strip_suffix('*') {
-            Some(prefix) if !prefix.contains('*') => Pattern::Prefix(prefix.to_owned()),
-            None if !pattern.contains('*') => Pattern::Exact(pattern.to_owned()),
-            _ => panic!("channel pattern {pattern:?}: a wildcard may only end the pattern"),
-        };
+        match self.try_channel(pattern, make) {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Like [`Router::channel`], returning an error for a malformed pattern.
+    ///
+    /// # Errors
+    /// When the pattern does not parse.
+    pub fn try_channel<C, F>(mut self, pattern: &str, make: F) -> Result<Self, PatternError>
+    where
+        C: Channel,
+        F: Fn() -> C + Send + Sync + 'static,
+    {
+        let pattern = TopicPattern::parse(pattern)?;
         self.routes.push((pattern, Arc::new(FnFactory(make))));
-        self
+        Ok(self)
     }
 
     pub(crate) fn route(&self, topic: &str) -> Option<&Arc<dyn Factory>> {
@@ -114,7 +112,7 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "wildcard")]
+    #[should_panic(expected = "wildcard may only end")]
     fn inner_wildcard_is_refused() {
         let _ = Router::new().channel("a:*:b", || Nop);
     }

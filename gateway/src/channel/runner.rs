@@ -231,6 +231,14 @@ async fn event_loop<C: Channel>(
                         .await,
                 ),
                 ChannelMsg::Replace => Err(End::Replaced),
+                ChannelMsg::Assigns(info) => {
+                    ctx.set_socket(info);
+                    next_step(
+                        AssertUnwindSafe(chan.handle_assigns(ctx))
+                            .catch_unwind()
+                            .await,
+                    )
+                }
             },
             Either::Info(info) => next_step(
                 AssertUnwindSafe(chan.handle_info(info, ctx))
@@ -303,7 +311,7 @@ fn drain(mut rx: UnboundedReceiver<Box<ChannelMsg>>, conn: &ConnHandle, topic: &
                 join_ref.as_deref(),
                 ref_.as_deref(),
             ),
-            ChannelMsg::Out { .. } | ChannelMsg::Replace => {}
+            ChannelMsg::Out { .. } | ChannelMsg::Replace | ChannelMsg::Assigns(_) => {}
         }
     }
 }

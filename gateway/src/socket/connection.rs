@@ -4,17 +4,20 @@
 //! Runs inside the transport's reader and never awaits, so a slow channel
 //! cannot stall the connection; channels do their work in their own tasks.
 
-use super::{Assigns, SocketConfig};
+use super::Assigns;
 use crate::channel::context::SocketInfo;
 use crate::channel::runner::{Previous, Start};
-use crate::channel::{ChannelMsg, Inbox, Router};
+use crate::channel::{ChannelMsg, Inbox};
 use crate::conn::{ConnHandle, Disconnect};
+use crate::endpoint::Socket;
 use crate::hub::{Subscriber, Target};
 use crate::protocol::{Message, Outbound, Payload};
 use crate::pubsub::{BrokerError, PubSub, Subscription};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::sync::watch;
 
 /// A joined (or joining) channel as the connection tracks it.
 #[derive(Debug)]
@@ -40,11 +43,12 @@ impl ChannelHandle {
 #[derive(Debug)]
 pub(crate) struct Connection {
     conn: ConnHandle,
-    router: Router,
-    config: SocketConfig,
+    socket: Arc<Socket>,
     pubsub: PubSub,
     info: Arc<SocketInfo>,
     channels: HashMap<String, ChannelHandle>,
+    /// Tells the expiry watcher when the credentials now expire.
+    expiry: Option<watch::Sender<Option<SystemTime>>>,
     _socket_id: Option<Subscription>,
 }
 
@@ -53,13 +57,12 @@ impl Connection {
     /// `disconnect` broadcast can close it.
     pub(crate) async fn open(
         conn: ConnHandle,
-        router: Router,
-        config: SocketConfig,
+        socket: Arc<Socket>,
         pubsub: PubSub,
         assigns: Assigns,
-        socket_id: Option<String>,
         node: Arc<str>,
     ) -> Result<Self, BrokerError> {
+        let socket_id = socket.handler.id(&assigns);
         let id_sub = match &socket_id {
             Some(id) => {
                 let sub = Subscriber {
@@ -70,10 +73,9 @@ impl Connection {
             }
             None => None,
         };
-        Ok(Connection {
+        let mut connection = Connection {
             conn,
-            router,
-            config,
+            socket,
             pubsub,
             info: Arc::new(SocketInfo {
                 assigns,
@@ -81,8 +83,29 @@ impl Connection {
                 node,
             }),
             channels: HashMap::new(),
+            expiry: None,
             _socket_id: id_sub,
-        })
+        };
+        let expires = connection
+            .socket
+            .handler
+            .expires_at(&connection.info.assigns);
+        connection.set_expiry(expires);
+        Ok(connection)
+    }
+
+    /// Closes the connection at `at` unless credentials are refreshed first.
+    fn set_expiry(&mut self, at: Option<SystemTime>) {
+        if let Some(tx) = &self.expiry {
+            tx.send_replace(at);
+            return;
+        }
+        if at.is_none() {
+            return;
+        }
+        let (tx, rx) = watch::channel(at);
+        tokio::spawn(watch_expiry(self.conn.clone(), rx));
+        self.expiry = Some(tx);
     }
 
     /// Handles one text frame.
@@ -142,7 +165,18 @@ impl Connection {
                 join_ref: h.join_ref,
             });
         let replacing = previous.as_ref().is_some_and(|p| p.replace);
-        if !replacing && self.live_channels() >= self.config.max_channels {
+        if !valid_topic(&topic) {
+            let reason = serde_json::json!({"reason": "invalid topic"});
+            self.conn.send(&Outbound::Reply {
+                join_ref: join_ref.as_deref(),
+                ref_: ref_.as_deref(),
+                topic: &topic,
+                status: "error",
+                response: &Payload::json(&reason),
+            });
+            return;
+        }
+        if !replacing && self.live_channels() >= self.socket.config.max_channels {
             let reason = serde_json::json!({"reason": "too many channels joined"});
             self.conn.send(&Outbound::Reply {
                 join_ref: join_ref.as_deref(),
@@ -164,7 +198,7 @@ impl Connection {
             }
             return;
         }
-        let Some(factory) = self.router.route(&topic) else {
+        let Some(factory) = self.socket.router.route(&topic) else {
             reply_unjoined(&self.conn, &topic, "phx_join", None, ref_.as_deref());
             return;
         };
@@ -223,6 +257,17 @@ impl Connection {
                 if !h.accepts(msg.join_ref.as_deref()) {
                     return; // stale join_ref: dropped, as Phoenix does
                 }
+                if msg.event == "access_token" {
+                    if let Some(result) = self
+                        .socket
+                        .handler
+                        .refresh(&msg.payload, &self.info.assigns)
+                    {
+                        let jr = h.join_ref.clone();
+                        self.refreshed(result, &msg, jr.as_deref());
+                        return;
+                    }
+                }
                 let event = ChannelMsg::In {
                     event: msg.event,
                     ref_: msg.ref_,
@@ -248,6 +293,39 @@ impl Connection {
         );
     }
 
+    /// Applies a token refresh: new assigns for every channel, a new expiry,
+    /// and a reply to the client's push.
+    fn refreshed(&mut self, result: Result<Assigns, String>, msg: &Message, jr: Option<&str>) {
+        let (status, response) = match result {
+            Ok(assigns) => {
+                let expires = self.socket.handler.expires_at(&assigns);
+                self.info = Arc::new(SocketInfo {
+                    assigns,
+                    id: self.info.id.clone(),
+                    node: self.info.node.clone(),
+                });
+                for h in self.channels.values().filter(|h| h.alive() && !h.leaving) {
+                    let _ = h
+                        .inbox
+                        .send(Box::new(ChannelMsg::Assigns(self.info.clone())));
+                }
+                self.set_expiry(expires);
+                ("ok", Payload::empty())
+            }
+            Err(reason) => (
+                "error",
+                Payload::json(&serde_json::json!({ "reason": reason })),
+            ),
+        };
+        self.conn.send(&Outbound::Reply {
+            join_ref: jr,
+            ref_: msg.ref_.as_deref(),
+            topic: &msg.topic,
+            status,
+            response: &response,
+        });
+    }
+
     /// Channels that count against `max_channels`; forgets finished ones.
     fn live_channels(&mut self) -> usize {
         self.channels.retain(|_, h| h.alive());
@@ -259,6 +337,41 @@ impl Drop for Connection {
     fn drop(&mut self) {
         // Channel tasks end when the connection closes; make sure it does.
         self.conn.close(Disconnect::TransportError);
+    }
+}
+
+/// Topics may not smuggle Redis glob characters, whitespace or control
+/// characters, and fit the one-byte length of V2 binary frames.
+pub(crate) fn valid_topic(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= 255
+        && topic.chars().all(|c| {
+            !c.is_control()
+                && !c.is_whitespace()
+                && !matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | '\\')
+        })
+}
+
+async fn watch_expiry(conn: ConnHandle, mut rx: watch::Receiver<Option<SystemTime>>) {
+    loop {
+        let at = *rx.borrow_and_update();
+        let wait = at.map(|t| t.duration_since(SystemTime::now()).unwrap_or_default());
+        tokio::select! {
+            _ = conn.closed() => return,
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = sleep_or_forever(wait) => {
+                tracing::debug!(conn = conn.id(), "token expired");
+                conn.close(Disconnect::TokenExpired);
+                return;
+            }
+        }
+    }
+}
+
+async fn sleep_or_forever(wait: Option<std::time::Duration>) {
+    match wait {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
     }
 }
 

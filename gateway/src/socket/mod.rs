@@ -2,11 +2,15 @@
 //! `id/1`) and the per-connection protocol state machine.
 
 pub(crate) mod connection;
+mod origin;
 
+pub use origin::{CheckOrigin, OriginRule};
+
+use crate::protocol::Payload;
 use async_trait::async_trait;
 use hyper::{HeaderMap, StatusCode, Uri};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// Socket assigns: what `connect` learned about the client (for example JWT
 /// claims). Every channel of the connection sees them.
@@ -102,6 +106,23 @@ pub trait SocketHandler: Send + Sync + 'static {
         let _ = assigns;
         None
     }
+
+    /// When these credentials stop being valid. The connection is closed
+    /// then (close code 1008, "token expired") unless refreshed first.
+    fn expires_at(&self, assigns: &Assigns) -> Option<SystemTime> {
+        let _ = assigns;
+        None
+    }
+
+    /// Refreshes credentials from an `access_token` event pushed on any joined
+    /// topic (as Supabase's Phoenix client does). `None` means refresh is not
+    /// supported and the event goes to the channel like any other; `Some(Ok)`
+    /// replaces the socket assigns (every channel re-checks its authorization
+    /// in [`Channel::handle_assigns`](crate::Channel::handle_assigns)).
+    fn refresh(&self, payload: &Payload, current: &Assigns) -> Option<Result<Assigns, String>> {
+        let _ = (payload, current);
+        None
+    }
 }
 
 /// A handler that admits everyone with empty assigns and no socket id.
@@ -129,6 +150,8 @@ pub struct SocketConfig {
     /// A connection that sends nothing for this long is closed. Default 60 s
     /// (phoenix.js heartbeats every 30 s).
     pub idle_timeout: Duration,
+    /// Which browser origins may connect. Default: any.
+    pub check_origin: CheckOrigin,
 }
 
 impl Default for SocketConfig {
@@ -138,6 +161,7 @@ impl Default for SocketConfig {
             max_channels: 100,
             outbound_queue: 1024,
             idle_timeout: Duration::from_secs(60),
+            check_origin: CheckOrigin::Off,
         }
     }
 }

@@ -49,6 +49,14 @@ pub(crate) async fn handshake(
     if ep.shutdown.is_cancelled() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
     }
+    let origin = req
+        .headers()
+        .get(hyper::header::ORIGIN)
+        .and_then(|o| o.to_str().ok());
+    if !socket.config.check_origin.allows(origin) {
+        tracing::debug!(%peer, ?origin, "origin refused");
+        return text(StatusCode::FORBIDDEN, "origin not allowed");
+    }
     let params = Params::from_query(req.uri().query().unwrap_or(""));
     let vsn = match Vsn::negotiate(params.get("vsn")) {
         Ok(v) => v,
@@ -72,14 +80,13 @@ pub(crate) async fn handshake(
             return text(e.status, "forbidden");
         }
     };
-    let socket_id = socket.handler.id(&assigns);
     let (resp, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(r) => r,
         Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string()),
     };
     tokio::spawn(async move {
         match upgrade.await {
-            Ok(ws) => run(ws.into_inner(), ep, socket, vsn, assigns, socket_id).await,
+            Ok(ws) => run(ws.into_inner(), ep, socket, vsn, assigns).await,
             Err(e) => tracing::debug!(%peer, error = %e, "websocket upgrade failed"),
         }
     });
@@ -131,7 +138,6 @@ async fn run(
     socket: Arc<Socket>,
     vsn: Vsn,
     assigns: Assigns,
-    socket_id: Option<String>,
 ) {
     // Owned TCP halves avoid a lock per read and write; anything hyper read
     // past the handshake is replayed in front of the stream.
@@ -139,24 +145,17 @@ async fn run(
         Ok(parts) => {
             let (r, w) = parts.io.into_inner().into_split();
             let r = std::io::Cursor::new(parts.read_buf).chain(r);
-            drive(r, w, ep, socket, vsn, assigns, socket_id).await
+            drive(r, w, ep, socket, vsn, assigns).await
         }
         Err(upgraded) => {
             let (r, w) = tokio::io::split(TokioIo::new(upgraded));
-            drive(r, w, ep, socket, vsn, assigns, socket_id).await
+            drive(r, w, ep, socket, vsn, assigns).await
         }
     }
 }
 
-async fn drive<R, W>(
-    r: R,
-    w: W,
-    ep: Arc<Endpoint>,
-    socket: Arc<Socket>,
-    vsn: Vsn,
-    assigns: Assigns,
-    socket_id: Option<String>,
-) where
+async fn drive<R, W>(r: R, w: W, ep: Arc<Endpoint>, socket: Arc<Socket>, vsn: Vsn, assigns: Assigns)
+where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
@@ -165,11 +164,9 @@ async fn drive<R, W>(
     let writer = tokio::spawn(writer::run(w, conn.clone()));
     let opened = Connection::open(
         conn.clone(),
-        socket.router.clone(),
-        config.clone(),
+        socket,
         ep.pubsub.clone(),
         assigns,
-        socket_id,
         ep.node.clone(),
     )
     .await;
