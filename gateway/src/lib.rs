@@ -23,8 +23,12 @@
 //! - [`conn`]: a connection's bounded outbound queue and close signal.
 //! - [`endpoint`] / [`server`]: sockets mounted at paths, health checks,
 //!   extra HTTP routes, and the accept loop.
+//! - [`config`] / [`app`]: the `gateway` binary's TOML config and the
+//!   endpoint it describes (JWT auth, `[[channel]]` rules, publish API, demo).
 
+pub mod app;
 pub mod channel;
+pub mod config;
 pub mod conn;
 pub mod endpoint;
 pub mod hub;

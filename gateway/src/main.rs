@@ -1,1 +1,124 @@
-fn main() {}
+//! The `gateway` binary: configuration, logging, and the server until a signal.
+
+use anyhow::Context;
+use clap::Parser;
+use gateway::config::{Config, Env, LogFormat, ENV_VARS};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit code for a bad configuration (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+fn env_help() -> String {
+    let mut s = String::from("Environment variables (override the config file):\n");
+    for (name, what) in ENV_VARS {
+        s.push_str(&format!("  {name:<20} {what}\n"));
+    }
+    s.push_str("\nReference: docs/configuration.md");
+    s
+}
+
+/// A Phoenix Channels-compatible real-time gateway.
+#[derive(Debug, Parser)]
+#[command(version, about, after_help = env_help())]
+struct Cli {
+    /// TOML config file (see config/example.toml). Without one, a single
+    /// socket at /socket with no channel rules is served.
+    #[arg(long, short, env = "GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Validate the configuration, print a summary and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref(), &Env::from_process()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gateway: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if cli.check {
+        println!(
+            "config ok: {} socket(s), {} channel rule(s), listen {}",
+            config.sockets.len(),
+            config.channels.len(),
+            config.server.listen
+        );
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&config);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gateway: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let addr = config.listen_addr()?;
+    let pubsub = gateway::pubsub::PubSub::memory();
+    let endpoint = gateway::app::build(&config, pubsub)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        node = endpoint.node(),
+        broker = "memory",
+        "gateway listening"
+    );
+    let ep = endpoint.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        ep.shutdown();
+    });
+    gateway::server::serve(listener, endpoint).await?;
+    Ok(())
+}
+
+/// SIGTERM (what Kubernetes sends) or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,102 @@
+//! `POST /api/broadcast`: server-side publishing over HTTP, with the same
+//! semantics as a Redis publish, guarded by a bearer key.
+
+use crate::endpoint::Body;
+use crate::hub::Broadcast;
+use crate::protocol::{Json, Payload};
+use crate::pubsub::PubSub;
+use crate::socket::connection::valid_topic;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+
+#[derive(Deserialize)]
+struct BroadcastRequest<'a> {
+    topic: String,
+    event: String,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+}
+
+fn reply(status: StatusCode, body: serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(Body::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Compares without leaking the key's length or content through timing.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Serves one broadcast request.
+pub(crate) async fn broadcast(
+    req: Request<Incoming>,
+    pubsub: PubSub,
+    key: &str,
+    max_body: usize,
+) -> Response<Body> {
+    let bearer = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !bearer.is_some_and(|b| same(b.trim().as_bytes(), key.as_bytes())) {
+        return reply(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "missing or wrong bearer key"}),
+        );
+    }
+    let body = match Limited::new(req.into_body(), max_body).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": "body too large or unreadable"}),
+            )
+        }
+    };
+    let msg: BroadcastRequest<'_> = match serde_json::from_slice(&body) {
+        Ok(m) => m,
+        Err(e) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("expected {{\"topic\",\"event\",\"payload\"}}: {e}")}),
+            )
+        }
+    };
+    if !valid_topic(&msg.topic) {
+        return reply(StatusCode::BAD_REQUEST, json!({"error": "invalid topic"}));
+    }
+    if msg.event.is_empty() {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "event must not be empty"}),
+        );
+    }
+    let payload = match msg.payload {
+        Some(raw) => Payload::Json(Json::from_trusted(body.slice_ref(raw.get().as_bytes()))),
+        None => Payload::empty(),
+    };
+    let b = Broadcast {
+        topic: msg.topic,
+        event: msg.event,
+        payload,
+        from: None,
+    };
+    match pubsub.broadcast(b).await {
+        Ok(()) => reply(StatusCode::OK, json!({"ok": true})),
+        Err(e) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": e.to_string()}),
+        ),
+    }
+}

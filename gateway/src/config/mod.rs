@@ -1,0 +1,565 @@
+//! The `gateway` binary's configuration: a TOML file plus environment
+//! overrides, parsed and validated in full before anything binds.
+//!
+//! Every error names the key it is about, so a bad deployment fails at start
+//! with a message an operator can act on. `docs/configuration.md` is the
+//! reference for every key.
+
+mod env;
+
+pub use env::{Env, ENV_VARS};
+
+use crate::channel::TopicPattern;
+use crate::socket::OriginRule;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, has an unknown key or a wrong type.
+    #[error("invalid config {origin}: {message}")]
+    Parse {
+        /// The file, or "(defaults)".
+        origin: String,
+        /// The parser's message, which names the key and line.
+        message: String,
+    },
+    /// A value is not acceptable.
+    #[error("invalid config key `{key}`: {message}")]
+    Invalid {
+        /// The key, e.g. `socket[0].jwt.secret`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// `[log]`.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// `[redis]`.
+    #[serde(default)]
+    pub redis: RedisConfig,
+    /// `[api]`: the HTTP publish API.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// `[demo]`: the chat page at `/`.
+    #[serde(default)]
+    pub demo: DemoConfig,
+    /// `[[socket]]` entries; one at `/socket` when none is given.
+    #[serde(default, rename = "socket")]
+    pub sockets: Vec<SocketSection>,
+    /// `[[channel]]` rules, matched in order.
+    #[serde(default, rename = "channel")]
+    pub channels: Vec<ChannelRule>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Listen address. Default `127.0.0.1:4000`; `PORT` replaces the port.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// This node's name, shown to channels. Default `gateway@$HOSTNAME`.
+    #[serde(default)]
+    pub node_name: Option<String>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:4000".into()
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            node_name: None,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (default).
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human` (default) or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `info,gateway=debug`. Default `info`.
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Human,
+            level: default_level(),
+        }
+    }
+}
+
+/// `[redis]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`; unset means the in-memory broker.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Prefix of every Redis channel. Default `phx:`.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Use sharded pub/sub on a Redis Cluster. Default false.
+    #[serde(default)]
+    pub cluster: bool,
+}
+
+fn default_prefix() -> String {
+    "phx:".into()
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: None,
+            prefix: default_prefix(),
+            cluster: false,
+        }
+    }
+}
+
+/// `[api]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Bearer key for `POST {path}`; the API is off when unset.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Path of the broadcast endpoint. Default `/api/broadcast`.
+    #[serde(default = "default_api_path")]
+    pub path: String,
+    /// Largest accepted request body, bytes. Default 1 MiB.
+    #[serde(default = "default_api_body")]
+    pub max_body: usize,
+}
+
+fn default_api_path() -> String {
+    "/api/broadcast".into()
+}
+
+fn default_api_body() -> usize {
+    1 << 20
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            key: None,
+            path: default_api_path(),
+            max_body: default_api_body(),
+        }
+    }
+}
+
+/// `[demo]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DemoConfig {
+    /// Serve the demo chat page at `/` and phoenix.js at `/assets/phoenix.js`.
+    /// Default false.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The socket path the page connects to. Default `/socket`.
+    #[serde(default)]
+    pub socket: Option<String>,
+}
+
+/// `check_origin`: `false`, or a list of allowed origins.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum OriginSetting {
+    /// `false` (or `true`, which is refused: name the origins instead).
+    Flag(bool),
+    /// Allowed origins such as `https://example.com` or `//*.example.com`.
+    List(Vec<String>),
+}
+
+impl Default for OriginSetting {
+    fn default() -> Self {
+        OriginSetting::Flag(false)
+    }
+}
+
+/// `[[socket]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketSection {
+    /// Mount path. Default `/socket`.
+    #[serde(default = "default_socket_path")]
+    pub path: String,
+    /// Refuse connections without a valid token (HTTP 403). Default false.
+    #[serde(default)]
+    pub require_token: bool,
+    /// Connect param that carries the token. Default `token`.
+    #[serde(default = "default_token_param")]
+    pub token_param: String,
+    /// Socket id template such as `users_socket:{sub}`; none by default.
+    #[serde(default)]
+    pub socket_id: Option<String>,
+    /// A claim listing the topic patterns a token may join; none by default.
+    #[serde(default)]
+    pub topics_claim: Option<String>,
+    /// Claims a token must carry with exactly these values (e.g. `{ admin = true }`).
+    #[serde(default)]
+    pub require_claims: toml::Table,
+    /// `false` (default) or a list of allowed origins.
+    #[serde(default)]
+    pub check_origin: OriginSetting,
+    /// `[socket.jwt]`: how tokens are verified.
+    #[serde(default)]
+    pub jwt: Option<JwtConfig>,
+    /// Largest inbound message, bytes. Default 1048576.
+    #[serde(default = "default_max_frame")]
+    pub max_frame_size: usize,
+    /// Channels per connection. Default 100.
+    #[serde(default = "default_max_channels")]
+    pub max_channels: usize,
+    /// Outbound frames queued per connection before it is dropped as a slow
+    /// consumer. Default 1024.
+    #[serde(default = "default_queue")]
+    pub outbound_queue: usize,
+    /// Close connections silent for this long, milliseconds. Default 60000.
+    #[serde(default = "default_idle")]
+    pub idle_timeout_ms: u64,
+}
+
+fn default_socket_path() -> String {
+    "/socket".into()
+}
+fn default_token_param() -> String {
+    "token".into()
+}
+fn default_max_frame() -> usize {
+    1 << 20
+}
+fn default_max_channels() -> usize {
+    100
+}
+fn default_queue() -> usize {
+    1024
+}
+fn default_idle() -> u64 {
+    60_000
+}
+
+impl Default for SocketSection {
+    fn default() -> Self {
+        // Deserializing an empty table applies every field default.
+        toml::from_str("").unwrap_or_else(|_| unreachable!("an empty socket section always parses"))
+    }
+}
+
+/// `[socket.jwt]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// `HS256` (default), `HS384`, `HS512`, `RS256`, `RS384`, `RS512`, `ES256`, `ES384`.
+    #[serde(default = "default_alg")]
+    pub algorithm: String,
+    /// Shared secret for HS*; `GATEWAY_JWT_SECRET` overrides it.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// PEM public key file for RS*/ES*.
+    #[serde(default)]
+    pub public_key_file: Option<PathBuf>,
+    /// Clock skew allowed on `exp` and `nbf`, seconds. Default 5.
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: u64,
+    /// Required `iss`, if set.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Required `aud`, if set.
+    #[serde(default)]
+    pub audience: Option<String>,
+}
+
+fn default_alg() -> String {
+    "HS256".into()
+}
+fn default_leeway() -> u64 {
+    5
+}
+
+/// Who may join a rule's topics.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Anyone, with or without a token (default).
+    #[default]
+    Public,
+    /// Connections with a valid token; placeholders must equal its claims.
+    Token,
+}
+
+/// What happens to events clients push.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Broadcast to every subscriber of the topic, then reply ok (default).
+    #[default]
+    Broadcast,
+}
+
+/// `[[channel]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelRule {
+    /// Topic pattern: `room:*`, `user:{sub}`, or an exact topic.
+    pub pattern: String,
+    /// `public` (default) or `token`.
+    #[serde(default)]
+    pub policy: Policy,
+    /// Socket paths this rule applies to; all sockets by default.
+    #[serde(default)]
+    pub sockets: Option<Vec<String>>,
+    /// Events clients may push. None by default.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// What pushed events do. Default `broadcast`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Whether a pushed event is also sent back to its sender. Default true.
+    #[serde(default = "default_true")]
+    pub include_sender: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Config {
+    /// Loads `path` (or the defaults when `None`), applies `env`, and validates.
+    ///
+    /// # Errors
+    /// Any problem, naming the key.
+    pub fn load(path: Option<&Path>, env: &Env) -> Result<Config, ConfigError> {
+        let (text, origin) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_owned(),
+                    source,
+                })?,
+                p.display().to_string(),
+            ),
+            None => (String::new(), "(defaults)".to_owned()),
+        };
+        let mut config = Config::parse(&text, &origin)?;
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML without applying the environment or validating.
+    ///
+    /// # Errors
+    /// Malformed TOML, unknown keys or wrong types.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        if config.sockets.is_empty() {
+            config.sockets.push(SocketSection::default());
+        }
+        Ok(config)
+    }
+
+    /// The listen address.
+    ///
+    /// # Errors
+    /// When `server.listen` is not `host:port`.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.server.listen.parse().map_err(|_| {
+            invalid(
+                "server.listen",
+                format!(
+                    "{:?} is not an address like 127.0.0.1:4000",
+                    self.server.listen
+                ),
+            )
+        })
+    }
+
+    /// Checks everything that parsing cannot.
+    ///
+    /// # Errors
+    /// The first problem found, naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        if self.redis.url.is_some() {
+            // The Redis broker is the next piece of work; refuse rather than
+            // silently run single-node.
+            return Err(invalid(
+                "redis.url",
+                "the Redis broker is not available in this version; unset REDIS_URL / redis.url",
+            ));
+        }
+        if !self.api.path.starts_with('/') {
+            return Err(invalid("api.path", "must start with '/'"));
+        }
+        if self.api.key.as_deref() == Some("") {
+            return Err(invalid(
+                "api.key",
+                "must not be empty (unset it to disable the API)",
+            ));
+        }
+        let mut paths = Vec::new();
+        for (i, s) in self.sockets.iter().enumerate() {
+            let key = |k: &str| format!("socket[{i}].{k}");
+            if !s.path.starts_with('/') || s.path.len() < 2 || s.path.ends_with('/') {
+                return Err(invalid(
+                    key("path"),
+                    format!("{:?} must look like /socket", s.path),
+                ));
+            }
+            if paths.contains(&s.path) {
+                return Err(invalid(
+                    key("path"),
+                    format!("{:?} is used by two sockets", s.path),
+                ));
+            }
+            paths.push(s.path.clone());
+            if s.require_token && s.jwt.is_none() {
+                return Err(invalid(key("jwt"), "required when require_token = true"));
+            }
+            if (!s.require_claims.is_empty() || s.topics_claim.is_some()) && s.jwt.is_none() {
+                return Err(invalid(
+                    key("jwt"),
+                    "required when require_claims or topics_claim is set",
+                ));
+            }
+            if let Some(jwt) = &s.jwt {
+                crate::app::auth::TokenVerifier::from_config(jwt)
+                    .map_err(|(k, m)| invalid(key(&format!("jwt.{k}")), m))?;
+            }
+            if let Some(t) = &s.socket_id {
+                TopicPattern::parse(t).map_err(|e| invalid(key("socket_id"), e.reason))?;
+                if t.contains('*') {
+                    return Err(invalid(
+                        key("socket_id"),
+                        "a socket id template cannot contain '*'",
+                    ));
+                }
+            }
+            if s.max_frame_size < 64 {
+                return Err(invalid(key("max_frame_size"), "must be at least 64 bytes"));
+            }
+            if s.max_channels == 0 {
+                return Err(invalid(key("max_channels"), "must be at least 1"));
+            }
+            if s.outbound_queue == 0 {
+                return Err(invalid(key("outbound_queue"), "must be at least 1"));
+            }
+            if s.idle_timeout_ms < 1000 {
+                return Err(invalid(key("idle_timeout_ms"), "must be at least 1000"));
+            }
+            match &s.check_origin {
+                OriginSetting::Flag(false) => {}
+                OriginSetting::Flag(true) => {
+                    return Err(invalid(
+                        key("check_origin"),
+                        "use false or a list of allowed origins",
+                    ))
+                }
+                OriginSetting::List(list) => {
+                    for o in list {
+                        OriginRule::parse(o).map_err(|m| invalid(key("check_origin"), m))?;
+                    }
+                }
+            }
+        }
+        for (i, c) in self.channels.iter().enumerate() {
+            let key = |k: &str| format!("channel[{i}].{k}");
+            let pattern =
+                TopicPattern::parse(&c.pattern).map_err(|e| invalid(key("pattern"), e.reason))?;
+            if pattern.placeholders().next().is_some() && c.policy != Policy::Token {
+                return Err(invalid(
+                    key("policy"),
+                    "patterns with {claim} placeholders need policy = \"token\"",
+                ));
+            }
+            if let Some(sockets) = &c.sockets {
+                for p in sockets {
+                    if !paths.contains(p) {
+                        return Err(invalid(
+                            key("sockets"),
+                            format!("no [[socket]] has path {p:?}"),
+                        ));
+                    }
+                }
+            }
+            for e in &c.events {
+                if e.is_empty() || e.starts_with("phx_") || e == "access_token" {
+                    return Err(invalid(
+                        key("events"),
+                        format!("{e:?} is reserved or empty"),
+                    ));
+                }
+            }
+        }
+        if self.demo.enabled {
+            let path = self.demo.socket.clone().unwrap_or_else(default_socket_path);
+            if !paths.contains(&path) {
+                return Err(invalid(
+                    "demo.socket",
+                    format!("no [[socket]] has path {path:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
