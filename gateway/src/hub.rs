@@ -18,6 +18,8 @@ use std::sync::Arc;
 
 const SHARDS: usize = 64;
 
+type Shard = Mutex<HashMap<Arc<str>, IndexMap<SubId, Subscriber>>>;
+
 /// A broadcast to every subscriber of a topic.
 #[derive(Clone, Debug)]
 pub struct Broadcast {
@@ -57,7 +59,7 @@ pub(crate) struct SubId(u64);
 /// The topic → subscribers registry of one node.
 #[derive(Debug)]
 pub struct Hub {
-    shards: Box<[Mutex<HashMap<Arc<str>, IndexMap<SubId, Subscriber>>>]>,
+    shards: Box<[Shard]>,
     hasher: RandomState,
     next: AtomicU64,
 }
@@ -73,7 +75,7 @@ impl Default for Hub {
 }
 
 impl Hub {
-    fn shard(&self, topic: &str) -> &Mutex<HashMap<Arc<str>, IndexMap<SubId, Subscriber>>> {
+    fn shard(&self, topic: &str) -> &Shard {
         let i = self.hasher.hash_one(topic) as usize % SHARDS;
         &self.shards[i]
     }
@@ -133,7 +135,7 @@ impl Hub {
                     }
                 }
                 Target::Channel { intercept, inbox } => {
-                    if intercept.iter().any(|e| *e == msg.event) {
+                    if intercept.contains(&msg.event) {
                         let out = crate::channel::ChannelMsg::Out {
                             event: msg.event.clone(),
                             payload: msg.payload.clone(),

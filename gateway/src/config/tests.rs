@@ -1,1 +1,127 @@
 use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Env {
+    Env::from_pairs(pairs.iter().copied())
+}
+
+fn load(text: &str, pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let mut c = Config::parse(text, "test.toml")?;
+    c.apply_env(&env(pairs))?;
+    c.validate()?;
+    Ok(c)
+}
+
+/// The error message of a config that must fail; it must name `key`.
+fn fails(text: &str, key: &str) {
+    let err = load(text, &[]).expect_err(text).to_string();
+    assert!(err.contains(key), "error {err:?} does not name {key:?}");
+}
+
+#[test]
+fn defaults_give_one_socket() {
+    let c = load("", &[]).unwrap();
+    assert_eq!(c.sockets.len(), 1);
+    assert_eq!(c.sockets[0].path, "/socket");
+    assert_eq!(c.server.listen, "127.0.0.1:4000");
+    assert_eq!(c.redis.prefix, "phx:");
+}
+
+#[test]
+fn example_config_is_valid() {
+    let text = include_str!("../../../config/example.toml");
+    let c = load(text, &[]).unwrap();
+    assert_eq!(c.channels.len(), 3);
+    assert!(
+        c.api.key.is_none(),
+        "the API stays off without GATEWAY_API_KEY"
+    );
+    let c = load(
+        text,
+        &[
+            ("GATEWAY_API_KEY", "k"),
+            ("PORT", "4100"),
+            ("GATEWAY_JWT_SECRET", "s"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.api.key.as_deref(), Some("k"));
+    assert_eq!(c.server.listen, "127.0.0.1:4100");
+    assert_eq!(
+        c.sockets[0].jwt.as_ref().unwrap().secret.as_deref(),
+        Some("s")
+    );
+}
+
+#[test]
+fn every_error_names_its_key() {
+    fails("[server]\nlistn = 1", "listn");
+    fails("[server]\nlisten = 5", "listen");
+    fails("[server]\nlisten = \"nope\"", "server.listen");
+    fails("[log]\nformat = \"xml\"", "format");
+    fails("[api]\npath = \"api\"", "api.path");
+    fails("[api]\nkey = \"\"", "api.key");
+    fails("[[socket]]\npath = \"socket\"", "socket[0].path");
+    fails("[[socket]]\n[[socket]]", "socket[1].path");
+    fails("[[socket]]\nrequire_token = true", "socket[0].jwt");
+    fails(
+        "[[socket]]\n[socket.jwt]\nalgorithm = \"HS256\"",
+        "socket[0].jwt.secret",
+    );
+    fails(
+        "[[socket]]\n[socket.jwt]\nalgorithm = \"XX1\"\nsecret = \"s\"",
+        "socket[0].jwt.algorithm",
+    );
+    fails(
+        "[[socket]]\n[socket.jwt]\nalgorithm = \"RS256\"",
+        "socket[0].jwt.public_key_file",
+    );
+    fails(
+        "[[socket]]\n[socket.jwt]\nalgorithm = \"ES256\"\npublic_key_file = \"/nonexistent.pem\"",
+        "socket[0].jwt.public_key_file",
+    );
+    fails("[[socket]]\nsocket_id = \"u:{sub\"", "socket[0].socket_id");
+    fails("[[socket]]\ncheck_origin = true", "socket[0].check_origin");
+    fails(
+        "[[socket]]\ncheck_origin = [\"https://\"]",
+        "socket[0].check_origin",
+    );
+    fails(
+        "[[socket]]\nidle_timeout_ms = 10",
+        "socket[0].idle_timeout_ms",
+    );
+    fails("[[socket]]\nmax_channels = 0", "socket[0].max_channels");
+    fails("[[channel]]\npattern = \"a*b\"", "channel[0].pattern");
+    fails("[[channel]]\npattern = \"user:{sub}\"", "channel[0].policy");
+    fails(
+        "[[channel]]\npattern = \"a:*\"\nsockets = [\"/nope\"]",
+        "channel[0].sockets",
+    );
+    fails(
+        "[[channel]]\npattern = \"a:*\"\nevents = [\"phx_join\"]",
+        "channel[0].events",
+    );
+    fails(
+        "[[channel]]\npattern = \"a:*\"\npolicy = \"secret\"",
+        "policy",
+    );
+    fails("[[channel]]\npatern = \"a:*\"", "patern");
+    fails("[demo]\nenabled = true\nsocket = \"/other\"", "demo.socket");
+    fails("[redis]\nurl = \"redis://127.0.0.1\"", "redis.url");
+}
+
+#[test]
+fn env_errors_name_the_variable() {
+    let err = load("", &[("PORT", "eighty")]).unwrap_err().to_string();
+    assert!(err.contains("PORT"), "{err}");
+    let err = load("", &[("GATEWAY_LOG_FORMAT", "xml")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("GATEWAY_LOG_FORMAT"), "{err}");
+}
+
+#[test]
+fn jwt_secret_from_env_satisfies_validation() {
+    let text = "[[socket]]\nrequire_token = true\n[socket.jwt]\nalgorithm = \"HS256\"";
+    assert!(load(text, &[]).is_err());
+    assert!(load(text, &[("GATEWAY_JWT_SECRET", "s3cret")]).is_ok());
+}
