@@ -79,7 +79,10 @@ fn main() -> ExitCode {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let addr = config.listen_addr()?;
-    let pubsub = gateway::pubsub::PubSub::memory();
+    let (pubsub, broker) = match config.redis.bus_config() {
+        Some(bus) => (gateway::pubsub::PubSub::redis(bus)?, "redis"),
+        None => (gateway::pubsub::PubSub::memory(), "memory"),
+    };
     let endpoint = gateway::app::build(&config, pubsub)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -87,7 +90,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         addr = %listener.local_addr()?,
         node = endpoint.node(),
-        broker = "memory",
+        broker,
         "gateway listening"
     );
     let ep = endpoint.clone();

@@ -153,6 +153,24 @@ pub struct RedisConfig {
     /// Use sharded pub/sub on a Redis Cluster. Default false.
     #[serde(default)]
     pub cluster: bool,
+    /// How long a topic stays subscribed after its last local subscriber
+    /// left, milliseconds, so leave-and-rejoin does not flap. Default 2000.
+    #[serde(default = "default_linger")]
+    pub linger_ms: u64,
+}
+
+fn default_linger() -> u64 {
+    2000
+}
+
+impl RedisConfig {
+    /// The bus settings, when a URL is set.
+    pub fn bus_config(&self) -> Option<pubsub_redis::Config> {
+        let mut c = pubsub_redis::Config::new(self.url.clone()?);
+        c.prefix = self.prefix.clone();
+        c.linger = std::time::Duration::from_millis(self.linger_ms);
+        Some(c)
+    }
 }
 
 fn default_prefix() -> String {
@@ -165,6 +183,7 @@ impl Default for RedisConfig {
             url: None,
             prefix: default_prefix(),
             cluster: false,
+            linger_ms: default_linger(),
         }
     }
 }
@@ -437,12 +456,27 @@ impl Config {
     /// The first problem found, naming its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
-        if self.redis.url.is_some() {
-            // The Redis broker is the next piece of work; refuse rather than
-            // silently run single-node.
+        if let Some(url) = &self.redis.url {
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("unix://"))
+            {
+                return Err(invalid(
+                    "redis.url",
+                    format!("{url:?} must start with redis:// or rediss://"),
+                ));
+            }
+            if self.redis.cluster {
+                return Err(invalid(
+                    "redis.cluster",
+                    "Redis Cluster (sharded pub/sub) is not available in this version",
+                ));
+            }
+        }
+        if self.redis.prefix.contains(['*', '?', '[', ']']) {
             return Err(invalid(
-                "redis.url",
-                "the Redis broker is not available in this version; unset REDIS_URL / redis.url",
+                "redis.prefix",
+                "must not contain Redis glob characters",
             ));
         }
         if !self.api.path.starts_with('/') {

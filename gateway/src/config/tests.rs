@@ -106,7 +106,9 @@ fn every_error_names_its_key() {
     );
     fails("[[channel]]\npatern = \"a:*\"", "patern");
     fails("[demo]\nenabled = true\nsocket = \"/other\"", "demo.socket");
-    fails("[redis]\nurl = \"redis://127.0.0.1\"", "redis.url");
+    fails("[redis]\nurl = \"http://127.0.0.1\"", "redis.url");
+    fails("[redis]\nprefix = \"a*\"", "redis.prefix");
+    assert!(load("[redis]\nurl = \"redis://127.0.0.1:6390\"", &[]).is_ok());
 }
 
 #[test]

@@ -28,6 +28,11 @@ pub(super) fn decode(text: &Bytes) -> Result<Message, ProtocolError> {
             ProtocolError::Json(e.to_string())
         }
     })?;
+    // V1 messages are objects; serde would also read the struct from a
+    // positional array.
+    if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ProtocolError::Shape("expected a JSON object"));
+    }
     let payload = Json::from_trusted(text.slice_ref(raw.payload.get().as_bytes()));
     Ok(Message {
         join_ref: raw.join_ref.and_then(|r| r.0),
@@ -93,6 +98,7 @@ mod tests {
         assert_eq!(m.ref_, None);
         assert!(decode(&Bytes::from_static(br#"{"topic":"room:lobby"}"#)).is_err());
         assert!(decode(&Bytes::from_static(br#"["1","1","t","e",{}]"#)).is_err());
+        assert!(decode(&Bytes::from_static(br#"["t","e",{},"1","1"]"#)).is_err());
 
         let out = encode(&Outbound::Reply {
             join_ref: Some("1"),

@@ -5,8 +5,10 @@
 //! the single-node case; the Redis broker lives behind the same trait.
 
 mod memory;
+mod redis;
 
 pub use memory::MemoryBroker;
+pub use redis::RedisBroker;
 
 use crate::hub::{Broadcast, Hub, SubId, Subscriber};
 use async_trait::async_trait;
@@ -55,6 +57,16 @@ impl PubSub {
         let hub = Arc::new(Hub::default());
         let broker = Arc::new(MemoryBroker::new(hub.clone()));
         PubSub { hub, broker }
+    }
+
+    /// A pubsub over Redis; connects in the background.
+    ///
+    /// # Errors
+    /// A malformed Redis URL.
+    pub fn redis(config: pubsub_redis::Config) -> Result<Self, BrokerError> {
+        let hub = Arc::new(Hub::default());
+        let broker = Arc::new(RedisBroker::start(config, hub.clone())?);
+        Ok(PubSub { hub, broker })
     }
 
     /// A pubsub over any broker that delivers into `hub`.

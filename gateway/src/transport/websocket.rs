@@ -180,7 +180,9 @@ where
         }
     };
     let (mut reader, _) = fastwebsockets::after_handshake_split(r, tokio::io::sink(), Role::Server);
-    reader.set_max_message_size(config.max_frame_size);
+    // fastwebsockets refuses frames of `max_message_size` bytes or more;
+    // `max_frame_size` is the largest message we accept.
+    reader.set_max_message_size(config.max_frame_size.saturating_add(1));
     let reason = tokio::select! {
         biased;
         _ = conn.closed() => conn.reason().unwrap_or(Disconnect::TransportError),

@@ -1,0 +1,219 @@
+//! Redis pub/sub for stateless gateway pods.
+//!
+//! A pod holds one dedicated subscriber connection. Topics are reference
+//! counted: the first local subscriber SUBSCRIBEs `{prefix}{topic}`, the last
+//! one's departure UNSUBSCRIBEs after a short linger (so leave-and-rejoin does
+//! not flap), and commands queued together go to Redis as one batch.
+//! [`RedisBus::subscribe`] resolves only once Redis has confirmed the
+//! subscription, so nothing published after it returns is missed. When the
+//! connection drops, the bus reconnects with capped exponential backoff and
+//! resubscribes every live topic. Publishing uses a deadpool-redis pool.
+//!
+//! This crate knows nothing of the gateway: it moves envelopes between
+//! topics and a [`Sink`].
+//!
+//! # Layout
+//! - [`envelope`]: the JSON envelope on the wire, versioned, with origin.
+//! - `subscriber`: the subscriber connection's actor (refcounts, batching,
+//!   linger, reconnect).
+
+pub mod envelope;
+mod subscriber;
+
+pub use envelope::{Envelope, EnvelopeError, Origin};
+
+use bytes::Bytes;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Errors of the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Redis cannot be reached or the subscriber connection is down.
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
+    /// Redis answered with an error.
+    #[error("redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The publish pool failed.
+    #[error("redis pool error: {0}")]
+    Pool(String),
+    /// The URL or settings are wrong.
+    #[error("invalid redis config: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// True when the failure is about reaching Redis (worth retrying later).
+    pub fn is_connection(&self) -> bool {
+        match self {
+            Error::Unavailable(_) | Error::Pool(_) => true,
+            Error::Redis(e) => e.is_io_error() || e.is_connection_dropped() || e.is_timeout(),
+            Error::Config(_) => false,
+        }
+    }
+}
+
+/// Where received messages go.
+pub trait Sink: Send + Sync + 'static {
+    /// A well-formed envelope published to `topic`.
+    fn deliver(&self, topic: &str, envelope: Envelope);
+}
+
+/// Settings of the bus.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// Prefix of every channel name. Default `phx:`.
+    pub prefix: String,
+    /// How long a topic stays subscribed after its last local subscriber left.
+    pub linger: Duration,
+    /// Longest wait between reconnect attempts.
+    pub max_backoff: Duration,
+    /// How long to wait for Redis to confirm a SUBSCRIBE or a connect.
+    pub timeout: Duration,
+    /// Publishing connections.
+    pub pool_size: usize,
+}
+
+impl Config {
+    /// Defaults for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Config {
+            url: url.into(),
+            prefix: "phx:".into(),
+            linger: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(5),
+            timeout: Duration::from_secs(5),
+            pool_size: 16,
+        }
+    }
+}
+
+/// Counters for metrics and health.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Whether the subscriber connection is up.
+    pub connected: AtomicBool,
+    /// Reconnects of the subscriber connection since start.
+    pub reconnects: AtomicU64,
+    /// Channels currently subscribed in Redis.
+    pub subscriptions: AtomicU64,
+    /// Messages received from Redis.
+    pub received: AtomicU64,
+    /// Messages dropped because their envelope was malformed.
+    pub malformed: AtomicU64,
+    /// Messages published.
+    pub published: AtomicU64,
+}
+
+pub(crate) enum Command {
+    Subscribe(String, oneshot::Sender<Result<(), Error>>),
+    Unsubscribe(String),
+}
+
+/// A pod's connection to Redis pub/sub.
+#[derive(Clone)]
+pub struct RedisBus {
+    commands: mpsc::UnboundedSender<Command>,
+    pool: deadpool_redis::Pool,
+    prefix: Arc<str>,
+    stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBus")
+            .field("prefix", &self.prefix)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBus {
+    /// Starts the subscriber actor and the publish pool. Does not wait for
+    /// Redis: the subscriber connects (and reconnects) in the background.
+    ///
+    /// # Errors
+    /// A malformed URL or pool settings.
+    pub fn start(config: Config, sink: Arc<dyn Sink>) -> Result<Self, Error> {
+        let client =
+            redis::Client::open(config.url.as_str()).map_err(|e| Error::Config(e.to_string()))?;
+        let mut pool_cfg = deadpool_redis::Config::from_url(config.url.clone());
+        pool_cfg.pool = Some(deadpool_redis::PoolConfig {
+            max_size: config.pool_size,
+            timeouts: deadpool_redis::Timeouts {
+                wait: Some(config.timeout),
+                create: Some(config.timeout),
+                recycle: Some(config.timeout),
+            },
+            ..Default::default()
+        });
+        let pool = pool_cfg
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let stats = Arc::new(Stats::default());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let prefix: Arc<str> = Arc::from(config.prefix.as_str());
+        tokio::spawn(subscriber::run(client, config, sink, rx, stats.clone()));
+        Ok(RedisBus {
+            commands: tx,
+            pool,
+            prefix,
+            stats,
+        })
+    }
+
+    /// Adds one local subscriber to `topic`; resolves when Redis has
+    /// confirmed the subscription (at once if it already had).
+    ///
+    /// # Errors
+    /// When Redis is unreachable or does not confirm in time. No reference is
+    /// kept in that case.
+    pub async fn subscribe(&self, topic: &str) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Subscribe(topic.to_owned(), tx))
+            .map_err(|_| Error::Unavailable("bus stopped".into()))?;
+        rx.await
+            .map_err(|_| Error::Unavailable("bus stopped".into()))?
+    }
+
+    /// Removes one local subscriber of `topic`.
+    pub fn unsubscribe(&self, topic: &str) {
+        let _ = self.commands.send(Command::Unsubscribe(topic.to_owned()));
+    }
+
+    /// Publishes an encoded envelope to `topic` on every pod.
+    ///
+    /// # Errors
+    /// When Redis is unreachable or refuses the command.
+    pub async fn publish(&self, topic: &str, envelope: Bytes) -> Result<(), Error> {
+        let mut conn = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| Error::Pool(e.to_string()))?;
+        let channel = format!("{}{}", self.prefix, topic);
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(envelope.as_ref())
+            .query_async::<i64>(&mut *conn)
+            .await?;
+        self.stats.published.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Counters for metrics and health checks.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Whether the subscriber connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.stats.connected.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,321 @@
+//! The actor that owns the subscriber connection: reference counts per topic,
+//! batched SUBSCRIBE/UNSUBSCRIBE, linger, keepalive, and reconnect with
+//! capped exponential backoff followed by a resubscribe of every live topic.
+
+use crate::{Command, Config, Envelope, Error, Sink, Stats};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::aio::{PubSubSink, PubSubStream};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// Channels per SUBSCRIBE/UNSUBSCRIBE command.
+const BATCH: usize = 512;
+/// How often an idle connection is checked with PING.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+/// At most one malformed-envelope log line per this interval.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Default)]
+struct Topic {
+    refs: usize,
+    subscribed: bool,
+    /// Set when `refs` dropped to zero: unsubscribe at this instant.
+    linger: Option<Instant>,
+}
+
+struct Actor {
+    config: Config,
+    sink: Arc<dyn Sink>,
+    stats: Arc<Stats>,
+    topics: HashMap<String, Topic>,
+    malformed_since_log: u64,
+    last_log: Option<Instant>,
+}
+
+pub(crate) async fn run(
+    client: redis::Client,
+    config: Config,
+    sink: Arc<dyn Sink>,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+    stats: Arc<Stats>,
+) {
+    let mut actor = Actor {
+        config,
+        sink,
+        stats,
+        topics: HashMap::new(),
+        malformed_since_log: 0,
+        last_log: None,
+    };
+    let mut delay = Duration::ZERO;
+    let mut connected_before = false;
+    loop {
+        let Some((mut sub, mut stream)) = actor.connect(&client, delay, &mut rx).await else {
+            return; // the bus was dropped
+        };
+        if connected_before {
+            actor.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        match actor.resubscribe(&mut sub).await {
+            Ok(()) => {
+                connected_before = true;
+                delay = Duration::ZERO;
+                actor.stats.connected.store(true, Ordering::Relaxed);
+                tracing::info!(topics = actor.topics.len(), "redis subscriber connected");
+                match actor.serve(&mut sub, &mut stream, &mut rx).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "redis subscriber connection lost; reconnecting")
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "redis resubscribe failed; reconnecting"),
+        }
+        actor.stats.connected.store(false, Ordering::Relaxed);
+        actor.stats.subscriptions.store(0, Ordering::Relaxed);
+        for t in actor.topics.values_mut() {
+            t.subscribed = false;
+        }
+        actor.topics.retain(|_, t| t.refs > 0);
+        delay = next_delay(delay, actor.config.max_backoff);
+    }
+}
+
+fn next_delay(delay: Duration, max: Duration) -> Duration {
+    (delay * 2).clamp(Duration::from_millis(100), max)
+}
+
+impl Actor {
+    /// Connects after `delay`, retrying with backoff; while down, joins are
+    /// refused at once instead of hanging.
+    async fn connect(
+        &mut self,
+        client: &redis::Client,
+        mut delay: Duration,
+        rx: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> Option<(PubSubSink, PubSubStream)> {
+        loop {
+            let (wait, timeout) = (delay, self.config.timeout);
+            let attempt = async move {
+                tokio::time::sleep(wait).await;
+                tokio::time::timeout(timeout, client.get_async_pubsub()).await
+            };
+            tokio::pin!(attempt);
+            let result = loop {
+                tokio::select! {
+                    r = &mut attempt => break r,
+                    cmd = rx.recv() => match cmd {
+                        None => return None,
+                        Some(cmd) => self.while_down(cmd),
+                    },
+                }
+            };
+            match result {
+                Ok(Ok(pubsub)) => return Some(pubsub.split()),
+                Ok(Err(e)) => tracing::debug!(error = %e, "redis connect failed"),
+                Err(_) => tracing::debug!("redis connect timed out"),
+            }
+            delay = next_delay(delay, self.config.max_backoff);
+        }
+    }
+
+    fn while_down(&mut self, cmd: Command) {
+        match cmd {
+            Command::Subscribe(_, tx) => {
+                let _ = tx.send(Err(Error::Unavailable("redis is unreachable".into())));
+            }
+            Command::Unsubscribe(topic) => self.release(&topic),
+        }
+    }
+
+    fn release(&mut self, topic: &str) {
+        if let Some(t) = self.topics.get_mut(topic) {
+            t.refs = t.refs.saturating_sub(1);
+            if t.refs == 0 {
+                if t.subscribed {
+                    t.linger = Some(Instant::now() + self.config.linger);
+                } else {
+                    self.topics.remove(topic);
+                }
+            }
+        }
+    }
+
+    fn channel(&self, topic: &str) -> String {
+        format!("{}{}", self.config.prefix, topic)
+    }
+
+    async fn subscribe(&mut self, sub: &mut PubSubSink, topics: &[String]) -> Result<(), Error> {
+        for chunk in topics.chunks(BATCH) {
+            let channels: Vec<String> = chunk.iter().map(|t| self.channel(t)).collect();
+            tokio::time::timeout(self.config.timeout, sub.subscribe(&channels))
+                .await
+                .map_err(|_| Error::Unavailable("SUBSCRIBE not confirmed in time".into()))??;
+            for t in chunk {
+                if let Some(state) = self.topics.get_mut(t) {
+                    state.subscribed = true;
+                }
+            }
+        }
+        self.count_subscriptions();
+        Ok(())
+    }
+
+    fn count_subscriptions(&self) {
+        let n = self.topics.values().filter(|t| t.subscribed).count();
+        self.stats.subscriptions.store(n as u64, Ordering::Relaxed);
+    }
+
+    async fn resubscribe(&mut self, sub: &mut PubSubSink) -> Result<(), Error> {
+        let live: Vec<String> = self.topics.keys().cloned().collect();
+        self.subscribe(sub, &live).await
+    }
+
+    /// Runs while connected. `Ok` only when the bus is dropped.
+    async fn serve(
+        &mut self,
+        sub: &mut PubSubSink,
+        stream: &mut PubSubStream,
+        rx: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> Result<(), Error> {
+        let mut keepalive = tokio::time::interval(KEEPALIVE);
+        keepalive.tick().await;
+        loop {
+            let next_linger = self.topics.values().filter_map(|t| t.linger).min();
+            tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(msg) => self.received(msg),
+                    None => return Err(Error::Unavailable("subscriber connection closed".into())),
+                },
+                cmd = rx.recv() => match cmd {
+                    None => return Ok(()),
+                    Some(cmd) => {
+                        let mut cmds = vec![cmd];
+                        while let Ok(more) = rx.try_recv() {
+                            cmds.push(more);
+                        }
+                        self.apply(sub, cmds).await?;
+                    }
+                },
+                _ = sleep_until(next_linger) => self.expire(sub).await?,
+                _ = keepalive.tick() => {
+                    tokio::time::timeout(self.config.timeout, sub.ping::<String>())
+                        .await
+                        .map_err(|_| Error::Unavailable("PING not answered in time".into()))??;
+                }
+            }
+        }
+    }
+
+    /// Applies a batch of commands with at most one SUBSCRIBE round trip.
+    async fn apply(&mut self, sub: &mut PubSubSink, cmds: Vec<Command>) -> Result<(), Error> {
+        let mut waiters: Vec<oneshot::Sender<Result<(), Error>>> = Vec::new();
+        let mut wanted: Vec<String> = Vec::new();
+        for cmd in cmds {
+            match cmd {
+                Command::Subscribe(topic, tx) => {
+                    let t = self.topics.entry(topic.clone()).or_default();
+                    t.refs += 1;
+                    t.linger = None;
+                    if t.subscribed {
+                        let _ = tx.send(Ok(()));
+                    } else {
+                        if !wanted.contains(&topic) {
+                            wanted.push(topic);
+                        }
+                        waiters.push(tx);
+                    }
+                }
+                Command::Unsubscribe(topic) => self.release(&topic),
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        match self.subscribe(sub, &wanted).await {
+            Ok(()) => {
+                for tx in waiters {
+                    let _ = tx.send(Ok(()));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                for tx in waiters {
+                    let _ = tx.send(Err(Error::Unavailable(e.to_string())));
+                }
+                // Those joins failed: forget their references.
+                for topic in &wanted {
+                    if let Some(t) = self.topics.get(topic) {
+                        if !t.subscribed {
+                            self.topics.remove(topic);
+                        }
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Unsubscribes topics whose linger has passed.
+    async fn expire(&mut self, sub: &mut PubSubSink) -> Result<(), Error> {
+        let now = Instant::now();
+        let expired: Vec<String> = self
+            .topics
+            .iter()
+            .filter(|(_, t)| t.refs == 0 && t.linger.is_some_and(|l| l <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for chunk in expired.chunks(BATCH) {
+            let channels: Vec<String> = chunk.iter().map(|t| self.channel(t)).collect();
+            tokio::time::timeout(self.config.timeout, sub.unsubscribe(&channels))
+                .await
+                .map_err(|_| Error::Unavailable("UNSUBSCRIBE not confirmed in time".into()))??;
+            for t in chunk {
+                self.topics.remove(t);
+            }
+        }
+        self.count_subscriptions();
+        Ok(())
+    }
+
+    fn received(&mut self, msg: redis::Msg) {
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
+        let channel = msg.get_channel_name();
+        let Some(topic) = channel.strip_prefix(self.config.prefix.as_str()) else {
+            return;
+        };
+        match Envelope::decode(Bytes::copy_from_slice(msg.get_payload_bytes())) {
+            Ok(envelope) => self.sink.deliver(topic, envelope),
+            Err(e) => {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                self.malformed_since_log += 1;
+                let now = Instant::now();
+                if self
+                    .last_log
+                    .is_none_or(|t| now.duration_since(t) >= LOG_EVERY)
+                {
+                    tracing::warn!(
+                        channel,
+                        error = %e,
+                        dropped = self.malformed_since_log,
+                        "dropping malformed envelopes (expected {{\"event\":string,\"payload\":any}})"
+                    );
+                    self.last_log = Some(now);
+                    self.malformed_since_log = 0;
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
