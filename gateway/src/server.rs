@@ -88,3 +88,22 @@ pub fn text(status: StatusCode, body: &str) -> Response<Body> {
     );
     resp
 }
+
+/// Logs panics as one `tracing` error line (message and location) instead of
+/// the default hook's output. A panicking channel is an expected event here
+/// (the channel ends with `phx_error`, the connection carries on), and with
+/// `RUST_BACKTRACE` set the default hook resolves a backtrace on the worker
+/// thread, which stalls every connection on that thread for hundreds of
+/// milliseconds in debug builds.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".to_owned());
+        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
+        tracing::error!(location = location.as_deref().unwrap_or("unknown"), "panic: {msg}");
+    }));
+}

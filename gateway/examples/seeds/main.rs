@@ -14,6 +14,7 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,gateway=info".into()),
         )
         .init();
+    gateway::server::install_panic_hook();
     let port: u16 = std::env::var("PORT")
         .ok()
         .and_then(|p| p.parse().ok())
