@@ -214,7 +214,7 @@ impl Actor {
 
     /// Applies a batch of commands with at most one SUBSCRIBE round trip.
     async fn apply(&mut self, sub: &mut PubSubSink, cmds: Vec<Command>) -> Result<(), Error> {
-        let mut waiters: Vec<oneshot::Sender<Result<(), Error>>> = Vec::new();
+        let mut waiters: Vec<(String, oneshot::Sender<Result<(), Error>>)> = Vec::new();
         let mut wanted: Vec<String> = Vec::new();
         for cmd in cmds {
             match cmd {
@@ -223,12 +223,12 @@ impl Actor {
                     t.refs += 1;
                     t.linger = None;
                     if t.subscribed {
-                        let _ = tx.send(Ok(()));
+                        self.confirm(&topic, tx);
                     } else {
                         if !wanted.contains(&topic) {
-                            wanted.push(topic);
+                            wanted.push(topic.clone());
                         }
-                        waiters.push(tx);
+                        waiters.push((topic, tx));
                     }
                 }
                 Command::Unsubscribe(topic) => self.release(&topic),
@@ -239,13 +239,13 @@ impl Actor {
         }
         match self.subscribe(sub, &wanted).await {
             Ok(()) => {
-                for tx in waiters {
-                    let _ = tx.send(Ok(()));
+                for (topic, tx) in waiters {
+                    self.confirm(&topic, tx);
                 }
                 Ok(())
             }
             Err(e) => {
-                for tx in waiters {
+                for (_, tx) in waiters {
                     let _ = tx.send(Err(Error::Unavailable(e.to_string())));
                 }
                 // Those joins failed: forget their references.
@@ -258,6 +258,14 @@ impl Actor {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// Tells a subscriber it is subscribed. If it stopped waiting (its future
+    /// was dropped) it will never unsubscribe, so drop its reference now.
+    fn confirm(&mut self, topic: &str, tx: oneshot::Sender<Result<(), Error>>) {
+        if tx.send(Ok(())).is_err() {
+            self.release(topic);
         }
     }
 

@@ -95,12 +95,16 @@ impl PubSub {
         sub: Subscriber,
     ) -> Result<Subscription, BrokerError> {
         let id = self.hub.subscribe(topic, sub);
-        let guard = Subscription {
+        let mut guard = Subscription {
             pubsub: self.clone(),
             topic: topic.to_owned(),
             id,
+            brokered: false,
         };
+        // If this future is dropped or the broker refuses, the guard removes
+        // the hub entry but releases no broker reference it never got.
         self.broker.subscribe(topic).await?;
+        guard.brokered = true;
         Ok(guard)
     }
 }
@@ -111,11 +115,15 @@ pub(crate) struct Subscription {
     pubsub: PubSub,
     topic: String,
     id: SubId,
+    /// The broker confirmed this subscriber's interest.
+    brokered: bool,
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.pubsub.hub.unsubscribe(&self.topic, self.id);
-        self.pubsub.broker.unsubscribe(&self.topic);
+        if self.brokered {
+            self.pubsub.broker.unsubscribe(&self.topic);
+        }
     }
 }
