@@ -2,13 +2,18 @@
 #![allow(dead_code, unreachable_pub)]
 
 use futures_util::{SinkExt, StreamExt};
+use gateway::protocol::Vsn;
 use gateway::Endpoint;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Response as WsResponse;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
+use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -53,7 +58,7 @@ impl Drop for TestServer {
 }
 
 /// What the server sent.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub enum Received {
     Text(Value),
     Binary(Vec<u8>),
@@ -164,5 +169,201 @@ impl PhxClient {
                 reason: "".into(),
             }))
             .await;
+    }
+}
+
+/// Connecting with a prepared request, sending raw frames.
+impl PhxClient {
+    /// Connects with any client request (extra headers, subprotocols),
+    /// returning the handshake response, or the error (an HTTP refusal is
+    /// `Error::Http` with the response).
+    pub async fn try_connect<R>(req: R) -> Result<(PhxClient, WsResponse), WsError>
+    where
+        R: IntoClientRequest + Unpin,
+    {
+        let (ws, resp) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("connect timed out")?;
+        Ok((PhxClient { ws }, resp))
+    }
+
+    /// The HTTP status of a handshake that must be refused.
+    pub async fn refused_status(url: &str) -> u16 {
+        match PhxClient::try_connect(url).await {
+            Err(WsError::Http(resp)) => resp.status().as_u16(),
+            Err(e) => panic!("expected an HTTP refusal, got {e}"),
+            Ok(_) => panic!("expected an HTTP refusal, got an upgrade"),
+        }
+    }
+
+    /// Sends one raw frame as given (fragments, invalid UTF-8 text, …).
+    pub async fn send_frame(&mut self, frame: WsFrame) {
+        self.ws.send(WsMessage::Frame(frame)).await.unwrap();
+    }
+}
+
+/// The fixture of the spec's conformance vectors: `RoomChannel`.
+pub mod room {
+    use async_trait::async_trait;
+    use gateway::channel::{Channel, ChannelContext, HandleIn, JoinResult, Router, StopReason};
+    use gateway::{AcceptAll, Endpoint, Payload, Socket, SocketConfig, SocketHandler};
+    use serde_json::json;
+    use std::sync::Arc;
+
+    /// `room:lobby` ok `{}`, `room:welcome` ok `{"msg":"hi"}`, `room:secret`
+    /// refused, `room:boom` panics; any other `room:*` topic joins ok `{}`.
+    #[derive(Debug)]
+    pub struct RoomChannel;
+
+    #[async_trait]
+    impl Channel for RoomChannel {
+        type Info = ();
+
+        async fn join(
+            &mut self,
+            topic: &str,
+            _payload: Payload,
+            _ctx: &mut ChannelContext<()>,
+        ) -> JoinResult {
+            match topic {
+                "room:welcome" => Ok(json!({"msg": "hi"}).into()),
+                "room:secret" => Err(json!({"reason": "unauthorized"}).into()),
+                "room:boom" => panic!("RoomChannel: join crash (expected by the test)"),
+                _ => Ok(Payload::empty()),
+            }
+        }
+
+        async fn handle_in(
+            &mut self,
+            event: &str,
+            payload: Payload,
+            ctx: &mut ChannelContext<()>,
+        ) -> HandleIn {
+            match event {
+                "ping" => HandleIn::ok(json!({"pong": payload.value()})),
+                "noop" => HandleIn::NoReply,
+                "fail" => HandleIn::error(json!({"reason": "nope"})),
+                "stop" => HandleIn::Stop(
+                    StopReason::Normal,
+                    Some(("ok".into(), json!({"bye": true}).into())),
+                ),
+                "crash" => panic!("RoomChannel: crash (expected by the test)"),
+                "shout" => {
+                    ctx.broadcast("shout", payload).await.unwrap();
+                    HandleIn::NoReply
+                }
+                "push_me" => {
+                    ctx.push("pushed", json!({"n": 1}).into());
+                    HandleIn::ok(Payload::empty())
+                }
+                "echo_bin" => HandleIn::Reply("ok".into(), payload),
+                other => HandleIn::error(json!({"reason": format!("unknown event {other}")})),
+            }
+        }
+    }
+
+    /// `/socket` with `room:*` → `RoomChannel`, admitted by `handler`.
+    pub fn endpoint_with(handler: impl SocketHandler, config: SocketConfig) -> Arc<Endpoint> {
+        let router = Router::new().channel("room:*", || RoomChannel);
+        Endpoint::builder()
+            .socket(Socket::new("/socket", handler, router).config(config))
+            .build()
+    }
+
+    /// The fixture endpoint with `AcceptAll` and the default config.
+    pub fn endpoint() -> Arc<Endpoint> {
+        endpoint_with(AcceptAll, SocketConfig::default())
+    }
+}
+
+/// The V1 object a client sends for the V2 array `frame`.
+pub fn v1_in(frame: &Value) -> Value {
+    serde_json::json!({
+        "join_ref": frame[0], "ref": frame[1], "topic": frame[2],
+        "event": frame[3], "payload": frame[4],
+    })
+}
+
+/// The V1 object the server sends for the V2 array `frame`: no join_ref.
+pub fn v1_out(frame: &Value) -> Value {
+    serde_json::json!({
+        "ref": frame[1], "topic": frame[2], "event": frame[3], "payload": frame[4],
+    })
+}
+
+/// A client on either serializer, driven with V2 arrays: on V1 they are
+/// turned into V1 objects both ways.
+pub struct Wire {
+    pub client: PhxClient,
+    pub vsn: Vsn,
+}
+
+impl Wire {
+    pub async fn connect(server: &TestServer, vsn: Vsn) -> Wire {
+        let client = PhxClient::connect(&server.url(&format!("vsn={}", vsn.as_str()))).await;
+        Wire { client, vsn }
+    }
+
+    /// Connects and joins `room:lobby` with join_ref and ref `"1"`.
+    pub async fn joined(server: &TestServer, vsn: Vsn) -> Wire {
+        let mut w = Wire::connect(server, vsn).await;
+        w.send(serde_json::json!(["1", "1", "room:lobby", "phx_join", {}]))
+            .await;
+        w.expect(
+            serde_json::json!(["1", "1", "room:lobby", "phx_reply", {"status": "ok", "response": {}}]),
+        )
+        .await;
+        w
+    }
+
+    /// The frame as this client's serializer writes `frame` (client → server).
+    pub fn outgoing(&self, frame: &Value) -> Value {
+        match self.vsn {
+            Vsn::V1 => v1_in(frame),
+            Vsn::V2 => frame.clone(),
+        }
+    }
+
+    /// The frame as the server must write `frame` for this client.
+    pub fn incoming(&self, frame: &Value) -> Value {
+        match self.vsn {
+            Vsn::V1 => v1_out(frame),
+            Vsn::V2 => frame.clone(),
+        }
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        let out = self.outgoing(&frame);
+        self.client.send(out).await;
+    }
+
+    /// Asserts the next frame is `frame` (written as V2).
+    pub async fn expect(&mut self, frame: Value) {
+        let want = self.incoming(&frame);
+        match self.client.next().await {
+            Received::Text(got) => assert_eq!(got, want, "serializer {:?}", self.vsn),
+            other => panic!("serializer {:?}: expected {want}, got {other:?}", self.vsn),
+        }
+    }
+
+    /// Pings `topic` with `jr` and `r`, asserting the `pong` reply is the very
+    /// next frame: nothing was sent before it.
+    pub async fn ping_next(&mut self, topic: &str, jr: &str, r: &str) {
+        self.send(serde_json::json!([jr, r, topic, "ping", {"r": r}]))
+            .await;
+        self.expect(serde_json::json!(
+            [jr, r, topic, "phx_reply", {"status": "ok", "response": {"pong": {"r": r}}}]
+        ))
+        .await;
+    }
+
+    /// Sends a heartbeat and asserts its reply is the very next frame.
+    pub async fn heartbeat_next(&mut self, r: &str) {
+        self.send(serde_json::json!([null, r, "phoenix", "heartbeat", {}]))
+            .await;
+        self.expect(
+            serde_json::json!([null, r, "phoenix", "phx_reply", {"status": "ok", "response": {}}]),
+        )
+        .await;
     }
 }
