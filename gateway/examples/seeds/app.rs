@@ -202,12 +202,7 @@ impl Channel for RoomChannel {
 }
 
 /// The router of the seed channels; `RECURRING_MS` sets the timer (default 5000).
-pub(crate) fn router() -> Router {
-    let every = std::env::var("RECURRING_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_millis)
-        .unwrap_or(Duration::from_secs(5));
+pub(crate) fn router(every: Duration) -> Router {
     Router::new()
         .channel("ping", || PingChannel)
         .channel("ping:*", || PingChannel)
@@ -231,11 +226,21 @@ fn empty_object() -> serde_json::Value {
 /// The endpoint: `/socket` with the seed channels, and `POST /broadcast`
 /// with `{"topic","event","payload"}` to broadcast from the server side.
 pub(crate) fn endpoint() -> Arc<Endpoint> {
+    let every = std::env::var("RECURRING_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::from_secs(5));
+    endpoint_with(every)
+}
+
+/// The endpoint with the recurring channel ticking every `every`.
+pub(crate) fn endpoint_with(every: Duration) -> Arc<Endpoint> {
     let pubsub = gateway::pubsub::PubSub::memory();
     let api = pubsub.clone();
     Endpoint::builder()
         .pubsub(pubsub)
-        .socket(Socket::new("/socket", AcceptAll, router()))
+        .socket(Socket::new("/socket", AcceptAll, router(every)))
         .route(
             Method::POST,
             "/broadcast",

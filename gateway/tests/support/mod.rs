@@ -142,7 +142,12 @@ impl PhxClient {
 
     /// Joins `topic` with `jr` as join_ref and ref, expecting `ok`.
     pub async fn join(&mut self, topic: &str, jr: &str) -> Value {
-        self.send(serde_json::json!([jr, jr, topic, "phx_join", {}]))
+        self.join_with(topic, jr, serde_json::json!({})).await
+    }
+
+    /// Joins with join params, expecting `ok`.
+    pub async fn join_with(&mut self, topic: &str, jr: &str, params: Value) -> Value {
+        self.send(serde_json::json!([jr, jr, topic, "phx_join", params]))
             .await;
         let reply = self.recv().await;
         assert_eq!(reply[3], "phx_reply", "{reply}");
