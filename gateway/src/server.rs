@@ -103,7 +103,12 @@ pub fn install_panic_hook() {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "non-string panic payload".to_owned());
-        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
-        tracing::error!(location = location.as_deref().unwrap_or("unknown"), "panic: {msg}");
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()));
+        tracing::error!(
+            location = location.as_deref().unwrap_or("unknown"),
+            "panic: {msg}"
+        );
     }));
 }
