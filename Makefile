@@ -1,0 +1,48 @@
+# Developer entry points. `make run` needs only the Rust toolchain;
+# `make test` installs what the tests need first (scripts/setup-test-deps.sh).
+
+CARGO ?= cargo
+NPM   ?= npm
+PORT  ?= 4000
+
+# The seeds example binary that the phoenix.js compatibility suite drives.
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+SEEDS_BIN  ?= $(TARGET_DIR)/debug/examples/seeds
+
+.PHONY: run build test test-deps test-rust test-compat lint
+
+## run: serve the seed channels on 127.0.0.1:$(PORT) (in-memory broker)
+run:
+	PORT=$(PORT) $(CARGO) run -p gateway --example seeds
+
+## build: build every crate, test and example
+build:
+	$(CARGO) build --workspace --all-targets
+
+## test: install missing test dependencies, then run every test
+test:
+	$(MAKE) --no-print-directory test-deps
+	$(MAKE) --no-print-directory test-rust
+	$(MAKE) --no-print-directory test-compat
+
+test-deps:
+	bash scripts/setup-test-deps.sh
+
+test-rust:
+	$(CARGO) test --workspace
+
+# The official phoenix npm client against the seeds example.
+ifneq ($(wildcard compat/package.json),)
+test-compat:
+	$(CARGO) build -p gateway --example seeds
+	$(NPM) --prefix compat $(if $(wildcard compat/package-lock.json),ci,install) --no-audit --no-fund
+	GATEWAY_SEEDS_BIN=$(SEEDS_BIN) $(NPM) --prefix compat test
+else
+test-compat:
+	@echo "make test-compat: SKIPPED: compat/package.json does not exist yet, so the phoenix.js compatibility suite was not run"
+endif
+
+## lint: formatting and clippy, warnings as errors
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings

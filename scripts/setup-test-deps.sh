@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Installs what `make test` needs and is missing, and nothing else. Safe to
+# run again: a second run only reports what it finds.
+#
+#   cargo         required; comes from rustup, never installed here
+#   make, cc      Debian packages make, gcc + libc6-dev (cc links Rust binaries)
+#   redis-server  Debian package redis-server (the Redis broker's tests)
+#   node, npm     Debian packages nodejs, npm (the phoenix.js compat suite)
+set -euo pipefail
+
+say() { printf 'setup-test-deps: %s\n' "$*"; }
+die() { printf 'setup-test-deps: error: %s\n' "$*" >&2; exit 1; }
+
+# rustup installs cargo under ~/.cargo/bin, which a non-login shell may lack.
+if ! command -v cargo >/dev/null 2>&1 && [ -f "${HOME:-}/.cargo/env" ]; then
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+fi
+command -v cargo >/dev/null 2>&1 ||
+    die "cargo not found on PATH. Install the Rust toolchain with rustup (https://rustup.rs), then run this again."
+say "found $(cargo --version) at $(command -v cargo)"
+
+missing=()
+need() { # need COMMAND PACKAGE...: queue PACKAGEs unless COMMAND exists
+    local cmd=$1
+    shift
+    if command -v "$cmd" >/dev/null 2>&1; then
+        say "found $cmd at $(command -v "$cmd")"
+    else
+        say "missing $cmd: will install Debian package(s) $*"
+        missing+=("$@")
+    fi
+}
+need make make
+need cc gcc libc6-dev
+need redis-server redis-server
+need node nodejs
+need npm npm
+
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+        sudo=""
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo="sudo"
+    else
+        die "need root or sudo to install: ${missing[*]}"
+    fi
+    command -v apt-get >/dev/null 2>&1 ||
+        die "apt-get not found; install these yourself: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    say "running apt-get update"
+    $sudo apt-get update -q
+    say "installing ${missing[*]}"
+    $sudo env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends "${missing[@]}"
+    for cmd in make cc redis-server node npm; do
+        command -v "$cmd" >/dev/null 2>&1 || die "$cmd is still missing after installing ${missing[*]}"
+    done
+    say "installed ${missing[*]}"
+fi
+
+# The compat suite asks for Node 20 or newer (compat/package.json engines).
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$node_major" -lt 20 ]; then
+    say "warning: node $(node --version) is older than the v20 the compat suite needs"
+fi
+say "ready: node $(node --version), npm $(npm --version), $(redis-server --version | cut -d" " -f1-3)"
