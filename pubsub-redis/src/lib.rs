@@ -17,6 +17,7 @@
 //! - `subscriber`: the subscriber connection's actor (refcounts, batching,
 //!   linger, reconnect).
 
+mod connection;
 pub mod envelope;
 mod subscriber;
 
@@ -65,8 +66,11 @@ pub trait Sink: Send + Sync + 'static {
 /// Settings of the bus.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `redis://host:port/db`.
+    /// `redis://host:port/db`; for a cluster, one or more seed nodes
+    /// separated by commas.
     pub url: String,
+    /// Use sharded pub/sub (SSUBSCRIBE/SPUBLISH) on a Redis Cluster.
+    pub cluster: bool,
     /// Prefix of every channel name. Default `phx:`.
     pub prefix: String,
     /// How long a topic stays subscribed after its last local subscriber left.
@@ -84,6 +88,7 @@ impl Config {
     pub fn new(url: impl Into<String>) -> Self {
         Config {
             url: url.into(),
+            cluster: false,
             prefix: "phx:".into(),
             linger: Duration::from_secs(2),
             max_backoff: Duration::from_secs(5),
@@ -115,11 +120,26 @@ pub(crate) enum Command {
     Unsubscribe(String),
 }
 
+/// How messages are published.
+#[derive(Clone)]
+enum Publisher {
+    /// PUBLISH over pooled connections.
+    Pool(deadpool_redis::Pool),
+    /// SPUBLISH over a multiplexed cluster connection, opened on first use.
+    Cluster(Arc<ClusterPublisher>),
+}
+
+struct ClusterPublisher {
+    client: redis::cluster::ClusterClient,
+    conn: tokio::sync::OnceCell<redis::cluster_async::ClusterConnection>,
+    timeout: Duration,
+}
+
 /// A pod's connection to Redis pub/sub.
 #[derive(Clone)]
 pub struct RedisBus {
     commands: mpsc::UnboundedSender<Command>,
-    pool: deadpool_redis::Pool,
+    publisher: Publisher,
     prefix: Arc<str>,
     stats: Arc<Stats>,
 }
@@ -140,28 +160,41 @@ impl RedisBus {
     /// # Errors
     /// A malformed URL or pool settings.
     pub fn start(config: Config, sink: Arc<dyn Sink>) -> Result<Self, Error> {
-        let client =
-            redis::Client::open(config.url.as_str()).map_err(|e| Error::Config(e.to_string()))?;
-        let mut pool_cfg = deadpool_redis::Config::from_url(config.url.clone());
-        pool_cfg.pool = Some(deadpool_redis::PoolConfig {
-            max_size: config.pool_size,
-            timeouts: deadpool_redis::Timeouts {
-                wait: Some(config.timeout),
-                create: Some(config.timeout),
-                recycle: Some(config.timeout),
-            },
-            ..Default::default()
-        });
-        let pool = pool_cfg
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-            .map_err(|e| Error::Config(e.to_string()))?;
+        let target = connection::Target::new(&config.url, config.cluster)?;
+        let publisher = if config.cluster {
+            let nodes: Vec<String> = config.url.split(',').map(|u| u.trim().to_owned()).collect();
+            let client = redis::cluster::ClusterClientBuilder::new(nodes)
+                .build()
+                .map_err(|e| Error::Config(e.to_string()))?;
+            Publisher::Cluster(Arc::new(ClusterPublisher {
+                client,
+                conn: tokio::sync::OnceCell::new(),
+                timeout: config.timeout,
+            }))
+        } else {
+            let mut pool_cfg = deadpool_redis::Config::from_url(config.url.clone());
+            pool_cfg.pool = Some(deadpool_redis::PoolConfig {
+                max_size: config.pool_size,
+                timeouts: deadpool_redis::Timeouts {
+                    wait: Some(config.timeout),
+                    create: Some(config.timeout),
+                    recycle: Some(config.timeout),
+                },
+                ..Default::default()
+            });
+            Publisher::Pool(
+                pool_cfg
+                    .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+                    .map_err(|e| Error::Config(e.to_string()))?,
+            )
+        };
         let stats = Arc::new(Stats::default());
         let (tx, rx) = mpsc::unbounded_channel();
         let prefix: Arc<str> = Arc::from(config.prefix.as_str());
-        tokio::spawn(subscriber::run(client, config, sink, rx, stats.clone()));
+        tokio::spawn(subscriber::run(target, config, sink, rx, stats.clone()));
         Ok(RedisBus {
             commands: tx,
-            pool,
+            publisher,
             prefix,
             stats,
         })
@@ -192,17 +225,33 @@ impl RedisBus {
     /// # Errors
     /// When Redis is unreachable or refuses the command.
     pub async fn publish(&self, topic: &str, envelope: Bytes) -> Result<(), Error> {
-        let mut conn = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| Error::Pool(e.to_string()))?;
         let channel = format!("{}{}", self.prefix, topic);
-        redis::cmd("PUBLISH")
-            .arg(channel)
-            .arg(envelope.as_ref())
-            .query_async::<i64>(&mut *conn)
-            .await?;
+        match &self.publisher {
+            Publisher::Pool(pool) => {
+                let mut conn = pool.get().await.map_err(|e| Error::Pool(e.to_string()))?;
+                redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(envelope.as_ref())
+                    .query_async::<i64>(&mut *conn)
+                    .await?;
+            }
+            Publisher::Cluster(p) => {
+                let conn = p
+                    .conn
+                    .get_or_try_init(|| async {
+                        tokio::time::timeout(p.timeout, p.client.get_async_connection())
+                            .await
+                            .map_err(|_| Error::Unavailable("cluster connect timed out".into()))?
+                            .map_err(Error::from)
+                    })
+                    .await?;
+                redis::cmd("SPUBLISH")
+                    .arg(channel)
+                    .arg(envelope.as_ref())
+                    .query_async::<i64>(&mut conn.clone())
+                    .await?;
+            }
+        }
         self.stats.published.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

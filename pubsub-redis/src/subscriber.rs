@@ -2,10 +2,9 @@
 //! batched SUBSCRIBE/UNSUBSCRIBE, linger, keepalive, and reconnect with
 //! capped exponential backoff followed by a resubscribe of every live topic.
 
+use crate::connection::{Conn, Target};
 use crate::{Command, Config, Envelope, Error, Sink, Stats};
 use bytes::Bytes;
-use futures_util::StreamExt;
-use redis::aio::{PubSubSink, PubSubStream};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -38,7 +37,7 @@ struct Actor {
 }
 
 pub(crate) async fn run(
-    client: redis::Client,
+    target: Target,
     config: Config,
     sink: Arc<dyn Sink>,
     mut rx: mpsc::UnboundedReceiver<Command>,
@@ -55,7 +54,7 @@ pub(crate) async fn run(
     let mut delay = Duration::ZERO;
     let mut connected_before = false;
     loop {
-        let Some((mut sub, mut stream)) = actor.connect(&client, delay, &mut rx).await else {
+        let Some(mut sub) = actor.connect(&target, delay, &mut rx).await else {
             return; // the bus was dropped
         };
         if connected_before {
@@ -67,7 +66,7 @@ pub(crate) async fn run(
                 delay = Duration::ZERO;
                 actor.stats.connected.store(true, Ordering::Relaxed);
                 tracing::info!(topics = actor.topics.len(), "redis subscriber connected");
-                match actor.serve(&mut sub, &mut stream, &mut rx).await {
+                match actor.serve(&mut sub, &mut rx).await {
                     Ok(()) => return,
                     Err(e) => {
                         tracing::warn!(error = %e, "redis subscriber connection lost; reconnecting")
@@ -95,15 +94,15 @@ impl Actor {
     /// refused at once instead of hanging.
     async fn connect(
         &mut self,
-        client: &redis::Client,
+        target: &Target,
         mut delay: Duration,
         rx: &mut mpsc::UnboundedReceiver<Command>,
-    ) -> Option<(PubSubSink, PubSubStream)> {
+    ) -> Option<Conn> {
         loop {
             let (wait, timeout) = (delay, self.config.timeout);
             let attempt = async move {
                 tokio::time::sleep(wait).await;
-                tokio::time::timeout(timeout, client.get_async_pubsub()).await
+                target.connect(timeout).await
             };
             tokio::pin!(attempt);
             let result = loop {
@@ -116,9 +115,8 @@ impl Actor {
                 }
             };
             match result {
-                Ok(Ok(pubsub)) => return Some(pubsub.split()),
-                Ok(Err(e)) => tracing::debug!(error = %e, "redis connect failed"),
-                Err(_) => tracing::debug!("redis connect timed out"),
+                Ok(conn) => return Some(conn),
+                Err(e) => tracing::debug!(error = %e, "redis connect failed"),
             }
             delay = next_delay(delay, self.config.max_backoff);
         }
@@ -150,7 +148,7 @@ impl Actor {
         format!("{}{}", self.config.prefix, topic)
     }
 
-    async fn subscribe(&mut self, sub: &mut PubSubSink, topics: &[String]) -> Result<(), Error> {
+    async fn subscribe(&mut self, sub: &mut Conn, topics: &[String]) -> Result<(), Error> {
         for chunk in topics.chunks(BATCH) {
             let channels: Vec<String> = chunk.iter().map(|t| self.channel(t)).collect();
             tokio::time::timeout(self.config.timeout, sub.subscribe(&channels))
@@ -171,7 +169,7 @@ impl Actor {
         self.stats.subscriptions.store(n as u64, Ordering::Relaxed);
     }
 
-    async fn resubscribe(&mut self, sub: &mut PubSubSink) -> Result<(), Error> {
+    async fn resubscribe(&mut self, sub: &mut Conn) -> Result<(), Error> {
         let live: Vec<String> = self.topics.keys().cloned().collect();
         self.subscribe(sub, &live).await
     }
@@ -179,8 +177,7 @@ impl Actor {
     /// Runs while connected. `Ok` only when the bus is dropped.
     async fn serve(
         &mut self,
-        sub: &mut PubSubSink,
-        stream: &mut PubSubStream,
+        sub: &mut Conn,
         rx: &mut mpsc::UnboundedReceiver<Command>,
     ) -> Result<(), Error> {
         let mut keepalive = tokio::time::interval(KEEPALIVE);
@@ -188,8 +185,8 @@ impl Actor {
         loop {
             let next_linger = self.topics.values().filter_map(|t| t.linger).min();
             tokio::select! {
-                msg = stream.next() => match msg {
-                    Some(msg) => self.received(msg),
+                msg = sub.next() => match msg {
+                    Some((channel, payload)) => self.received(&channel, payload),
                     None => return Err(Error::Unavailable("subscriber connection closed".into())),
                 },
                 cmd = rx.recv() => match cmd {
@@ -204,7 +201,7 @@ impl Actor {
                 },
                 _ = sleep_until(next_linger) => self.expire(sub).await?,
                 _ = keepalive.tick() => {
-                    tokio::time::timeout(self.config.timeout, sub.ping::<String>())
+                    tokio::time::timeout(self.config.timeout, sub.ping())
                         .await
                         .map_err(|_| Error::Unavailable("PING not answered in time".into()))??;
                 }
@@ -213,7 +210,7 @@ impl Actor {
     }
 
     /// Applies a batch of commands with at most one SUBSCRIBE round trip.
-    async fn apply(&mut self, sub: &mut PubSubSink, cmds: Vec<Command>) -> Result<(), Error> {
+    async fn apply(&mut self, sub: &mut Conn, cmds: Vec<Command>) -> Result<(), Error> {
         let mut waiters: Vec<(String, oneshot::Sender<Result<(), Error>>)> = Vec::new();
         let mut wanted: Vec<String> = Vec::new();
         for cmd in cmds {
@@ -270,7 +267,7 @@ impl Actor {
     }
 
     /// Unsubscribes topics whose linger has passed.
-    async fn expire(&mut self, sub: &mut PubSubSink) -> Result<(), Error> {
+    async fn expire(&mut self, sub: &mut Conn) -> Result<(), Error> {
         let now = Instant::now();
         let expired: Vec<String> = self
             .topics
@@ -291,13 +288,12 @@ impl Actor {
         Ok(())
     }
 
-    fn received(&mut self, msg: redis::Msg) {
+    fn received(&mut self, channel: &str, payload: Vec<u8>) {
         self.stats.received.fetch_add(1, Ordering::Relaxed);
-        let channel = msg.get_channel_name();
         let Some(topic) = channel.strip_prefix(self.config.prefix.as_str()) else {
             return;
         };
-        match Envelope::decode(Bytes::copy_from_slice(msg.get_payload_bytes())) {
+        match Envelope::decode(Bytes::from(payload)) {
             Ok(envelope) => self.sink.deliver(topic, envelope),
             Err(e) => {
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);

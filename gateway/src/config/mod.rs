@@ -169,6 +169,7 @@ impl RedisConfig {
         let mut c = pubsub_redis::Config::new(self.url.clone()?);
         c.prefix = self.prefix.clone();
         c.linger = std::time::Duration::from_millis(self.linger_ms);
+        c.cluster = self.cluster;
         Some(c)
     }
 }
@@ -464,12 +465,6 @@ impl Config {
                 return Err(invalid(
                     "redis.url",
                     format!("{url:?} must start with redis:// or rediss://"),
-                ));
-            }
-            if self.redis.cluster {
-                return Err(invalid(
-                    "redis.cluster",
-                    "Redis Cluster (sharded pub/sub) is not available in this version",
                 ));
             }
         }

@@ -1,0 +1,146 @@
+//! The subscriber connection, plain or clustered, behind one interface.
+//!
+//! A single Redis uses SUBSCRIBE on a dedicated pub/sub connection. A Redis
+//! Cluster uses sharded pub/sub (SSUBSCRIBE) over a RESP3 cluster
+//! connection, which routes each channel to the shard that owns its slot;
+//! sharded commands for channels of different slots cannot share one command,
+//! so they are sent concurrently, one per channel.
+
+use crate::Error;
+use futures_util::future::try_join_all;
+use futures_util::StreamExt;
+use redis::aio::{PubSubSink, PubSubStream};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{PushInfo, PushKind, Value};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How to reach Redis.
+pub(crate) enum Target {
+    Single(redis::Client),
+    Cluster(ClusterClient),
+}
+
+impl Target {
+    pub(crate) fn new(url: &str, cluster: bool) -> Result<Target, Error> {
+        if cluster {
+            let nodes: Vec<String> = url.split(',').map(|u| u.trim().to_owned()).collect();
+            let client = redis::cluster::ClusterClientBuilder::new(nodes)
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .build()
+                .map_err(|e| Error::Config(e.to_string()))?;
+            Ok(Target::Cluster(client))
+        } else {
+            Ok(Target::Single(
+                redis::Client::open(url).map_err(|e| Error::Config(e.to_string()))?,
+            ))
+        }
+    }
+
+    /// Opens a subscriber connection.
+    pub(crate) async fn connect(&self, timeout: Duration) -> Result<Conn, Error> {
+        let fut = async {
+            match self {
+                Target::Single(client) => {
+                    let (sink, stream) = client.get_async_pubsub().await?.split();
+                    Ok(Conn::Single { sink, stream })
+                }
+                Target::Cluster(client) => {
+                    let (tx, pushes) = mpsc::unbounded_channel();
+                    let config = redis::cluster::ClusterConfig::new().set_push_sender(tx);
+                    let conn = client.get_async_connection_with_config(config).await?;
+                    Ok(Conn::Cluster { conn, pushes })
+                }
+            }
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| Error::Unavailable("connect timed out".into()))?
+    }
+}
+
+/// An open subscriber connection.
+pub(crate) enum Conn {
+    Single {
+        sink: PubSubSink,
+        stream: PubSubStream,
+    },
+    Cluster {
+        conn: ClusterConnection,
+        pushes: mpsc::UnboundedReceiver<PushInfo>,
+    },
+}
+
+impl Conn {
+    /// Subscribes and waits for Redis's confirmation of every channel.
+    pub(crate) async fn subscribe(&mut self, channels: &[String]) -> Result<(), Error> {
+        match self {
+            Conn::Single { sink, .. } => Ok(sink.subscribe(channels).await?),
+            Conn::Cluster { conn, .. } => {
+                try_join_all(channels.iter().map(|c| {
+                    let mut conn = conn.clone();
+                    async move { conn.ssubscribe(c).await }
+                }))
+                .await?;
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) async fn unsubscribe(&mut self, channels: &[String]) -> Result<(), Error> {
+        match self {
+            Conn::Single { sink, .. } => Ok(sink.unsubscribe(channels).await?),
+            Conn::Cluster { conn, .. } => {
+                try_join_all(channels.iter().map(|c| {
+                    let mut conn = conn.clone();
+                    async move { conn.sunsubscribe(c).await }
+                }))
+                .await?;
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) async fn ping(&mut self) -> Result<(), Error> {
+        match self {
+            Conn::Single { sink, .. } => {
+                sink.ping::<String>().await?;
+            }
+            Conn::Cluster { conn, .. } => {
+                redis::cmd("PING").query_async::<Value>(conn).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next message as (channel, payload); `None` once the connection is lost.
+    pub(crate) async fn next(&mut self) -> Option<(String, Vec<u8>)> {
+        match self {
+            Conn::Single { stream, .. } => {
+                let msg = stream.next().await?;
+                Some((
+                    msg.get_channel_name().to_owned(),
+                    msg.get_payload_bytes().to_vec(),
+                ))
+            }
+            Conn::Cluster { pushes, .. } => loop {
+                let push = pushes.recv().await?;
+                match push.kind {
+                    PushKind::SMessage | PushKind::Message => {
+                        let mut data = push.data.into_iter();
+                        if let (
+                            Some(Value::BulkString(channel)),
+                            Some(Value::BulkString(payload)),
+                        ) = (data.next(), data.next())
+                        {
+                            return Some((String::from_utf8_lossy(&channel).into_owned(), payload));
+                        }
+                    }
+                    PushKind::Disconnection => return None,
+                    _ => {}
+                }
+            },
+        }
+    }
+}
