@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 /// How to reach Redis.
 pub(crate) enum Target {
-    Single(redis::Client),
+    Single(Box<redis::Client>),
     Cluster(ClusterClient),
 }
 
@@ -32,9 +32,9 @@ impl Target {
                 .map_err(|e| Error::Config(e.to_string()))?;
             Ok(Target::Cluster(client))
         } else {
-            Ok(Target::Single(
+            Ok(Target::Single(Box::new(
                 redis::Client::open(url).map_err(|e| Error::Config(e.to_string()))?,
-            ))
+            )))
         }
     }
 
