@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 
 /// How to reach Redis.
 pub(crate) enum Target {
-    Single(Box<redis::Client>),
-    Cluster(ClusterClient),
+    Single(redis::Client),
+    Cluster(Box<ClusterClient>),
 }
 
 impl Target {
@@ -30,7 +30,7 @@ impl Target {
                 .use_protocol(redis::ProtocolVersion::RESP3)
                 .build()
                 .map_err(|e| Error::Config(e.to_string()))?;
-            Ok(Target::Cluster(client))
+            Ok(Target::Cluster(Box::new(client)))
         } else {
             Ok(Target::Single(Box::new(
                 redis::Client::open(url).map_err(|e| Error::Config(e.to_string()))?,
