@@ -86,6 +86,17 @@ impl TokenVerifier {
     pub fn verify(&self, token: &str) -> Result<Assigns, &'static str> {
         match jsonwebtoken::decode::<Assigns>(token, &self.key, &self.validation) {
             Ok(data) if data.claims.is_empty() => Err("token has no claims"),
+            // jsonwebtoken skips `exp`/`nbf` it cannot parse (strings,
+            // negatives): such a token would be accepted and never expire.
+            Ok(data)
+                if ["exp", "nbf"].iter().any(|c| {
+                    data.claims
+                        .get(*c)
+                        .is_some_and(|v| numeric_date(v).is_none())
+                }) =>
+            {
+                Err("invalid token time claim")
+            }
             Ok(data) => Ok(data.claims),
             Err(e) => Err(match e.kind() {
                 ErrorKind::ExpiredSignature => "token expired",
@@ -98,6 +109,12 @@ impl TokenVerifier {
             }),
         }
     }
+}
+
+/// Whether a claim is a NumericDate: seconds since the epoch, possibly
+/// fractional (RFC 7519 §2).
+fn numeric_date(v: &Value) -> Option<f64> {
+    v.as_f64().filter(|n| n.is_finite() && *n >= 0.0)
 }
 
 /// A claim as text, for comparison with topic segments and templates.
@@ -189,9 +206,10 @@ impl SocketHandler for TokenSocket {
     }
 
     fn expires_at(&self, assigns: &Assigns) -> Option<SystemTime> {
-        let exp = assigns.get("exp")?.as_u64()?;
+        let exp = Duration::try_from_secs_f64(numeric_date(assigns.get("exp")?)?).ok()?;
         let leeway = self.verifier.as_ref().map_or(Duration::ZERO, |v| v.leeway);
-        Some(UNIX_EPOCH + Duration::from_secs(exp) + leeway)
+        // Beyond what the clock can represent: never expires (and no overflow panic).
+        UNIX_EPOCH.checked_add(exp)?.checked_add(leeway)
     }
 
     fn refresh(&self, payload: &Payload, current: &Assigns) -> Option<Result<Assigns, String>> {
@@ -201,7 +219,9 @@ impl SocketHandler for TokenSocket {
         };
         Some(match self.check(&token) {
             Err(reason) => Err(reason.into()),
-            Ok(claims) if !current.is_empty() && self.id(&claims) != self.id(current) => {
+            // The socket id (and its `disconnect` subscription) is fixed at
+            // connect, so a refresh may not change it, not even from none.
+            Ok(claims) if self.id(&claims) != self.id(current) => {
                 Err("token belongs to another socket id".into())
             }
             Ok(claims) => Ok(claims),
