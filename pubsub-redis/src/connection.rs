@@ -32,9 +32,8 @@ impl Target {
                 .map_err(|e| Error::Config(e.to_string()))?;
             Ok(Target::Cluster(Box::new(client)))
         } else {
-            Ok(Target::Single(Box::new(
-                redis::Client::open(url).map_err(|e| Error::Config(e.to_string()))?,
-            )))
+            let client = redis::Client::open(url).map_err(|e| Error::Config(e.to_string()))?;
+            Ok(Target::Single(client))
         }
     }
 
