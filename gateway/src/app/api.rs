@@ -48,7 +48,9 @@ pub(crate) async fn broadcast(
         .headers()
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key);
     if !bearer.is_some_and(|b| same(b.trim().as_bytes(), key.as_bytes())) {
         return reply(
             StatusCode::UNAUTHORIZED,
