@@ -9,10 +9,15 @@ PORT  ?= 4000
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 SEEDS_BIN  ?= $(TARGET_DIR)/debug/examples/seeds
 
-.PHONY: run build test test-deps test-rust test-compat lint
+.PHONY: run run-seeds build test test-deps test-rust test-compat test-e2e lint
 
-## run: serve the seed channels on 127.0.0.1:$(PORT) (in-memory broker)
+## run: the gateway on 127.0.0.1:$(PORT) with config/example.toml and the demo
+## chat at /; the in-memory broker unless REDIS_URL is set
 run:
+	PORT=$(PORT) $(CARGO) run -p gateway --bin gateway -- --config config/example.toml
+
+## run-seeds: the seed channels of the Rust example on 127.0.0.1:$(PORT)
+run-seeds:
 	PORT=$(PORT) $(CARGO) run -p gateway --example seeds
 
 ## build: build every crate, test and example
@@ -24,6 +29,7 @@ test:
 	$(MAKE) --no-print-directory test-deps
 	$(MAKE) --no-print-directory test-rust
 	$(MAKE) --no-print-directory test-compat
+	$(MAKE) --no-print-directory test-e2e
 
 test-deps:
 	bash scripts/setup-test-deps.sh
@@ -41,6 +47,12 @@ else
 test-compat:
 	@echo "make test-compat: SKIPPED: compat/package.json does not exist yet, so the phoenix.js compatibility suite was not run"
 endif
+
+# The demo page in headless Chromium (Debian's), driven by playwright-core.
+test-e2e:
+	$(CARGO) build -p gateway --bin gateway
+	$(NPM) --prefix e2e ci --no-audit --no-fund
+	GATEWAY_BIN=$(TARGET_DIR)/debug/gateway $(NPM) --prefix e2e test
 
 ## lint: formatting and clippy, warnings as errors
 lint:

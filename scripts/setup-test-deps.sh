@@ -6,6 +6,8 @@
 #   make, cc      Debian packages make, gcc + libc6-dev (cc links Rust binaries)
 #   redis-server  Debian package redis-server (the Redis broker's tests)
 #   node, npm     Debian packages nodejs, npm (the phoenix.js compat suite)
+#   chromium      Debian package chromium (the demo page's browser test, e2e/)
+#   openssl       Debian package openssl (RS256/ES256 keys made by the auth tests)
 set -euo pipefail
 
 say() { printf 'setup-test-deps: %s\n' "$*"; }
@@ -36,6 +38,8 @@ need cc gcc libc6-dev
 need redis-server redis-server
 need node nodejs
 need npm npm
+need chromium chromium
+need openssl openssl
 
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then
@@ -53,7 +57,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]}"
     $sudo env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -q --no-install-recommends "${missing[@]}"
-    for cmd in make cc redis-server node npm; do
+    for cmd in make cc redis-server node npm chromium openssl; do
         command -v "$cmd" >/dev/null 2>&1 || die "$cmd is still missing after installing ${missing[*]}"
     done
     say "installed ${missing[*]}"
