@@ -104,7 +104,8 @@ impl Conn {
     pub(crate) async fn ping(&mut self) -> Result<(), Error> {
         match self {
             Conn::Single { sink, .. } => {
-                sink.ping::<String>().await?;
+                // Subscribed, RESP2 answers ["pong", ""], not a string.
+                sink.ping::<Value>().await?;
             }
             Conn::Cluster { conn, .. } => {
                 redis::cmd("PING").query_async::<Value>(conn).await?;

@@ -41,8 +41,10 @@ struct Wire<'a> {
     event: String,
     #[serde(borrow, default)]
     payload: Option<&'a RawValue>,
-    #[serde(default)]
-    origin: Option<Origin>,
+    /// Kept raw: another publisher's own `origin` field, whatever its shape,
+    /// is an extra field to ignore, not a reason to drop the message.
+    #[serde(borrow, default)]
+    origin: Option<&'a RawValue>,
 }
 
 impl Envelope {
@@ -63,7 +65,9 @@ impl Envelope {
         Ok(Envelope {
             event: wire.event,
             payload,
-            origin: wire.origin,
+            origin: wire
+                .origin
+                .and_then(|raw| serde_json::from_str(raw.get()).ok()),
         })
     }
 

@@ -372,3 +372,6 @@ impl Wire {
         .await;
     }
 }
+
+/// Real redis-server and gateway processes for the multi-pod tests.
+pub mod redis;
