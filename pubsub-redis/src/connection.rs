@@ -59,6 +59,16 @@ impl Target {
     }
 }
 
+/// What an open subscriber connection delivers.
+pub(crate) enum Event {
+    /// A message published to a channel: (channel, payload).
+    Message(String, Vec<u8>),
+    /// A shard channel is no longer subscribed: a cluster node says so when
+    /// the channel's slot moved to another shard, and to confirm our own
+    /// SUNSUBSCRIBE.
+    Unsubscribed(String),
+}
+
 /// An open subscriber connection.
 pub(crate) enum Conn {
     Single {
@@ -114,12 +124,13 @@ impl Conn {
         Ok(())
     }
 
-    /// The next message as (channel, payload); `None` once the connection is lost.
-    pub(crate) async fn next(&mut self) -> Option<(String, Vec<u8>)> {
+    /// The next message or dropped subscription; `None` once the connection
+    /// is lost.
+    pub(crate) async fn next(&mut self) -> Option<Event> {
         match self {
             Conn::Single { stream, .. } => {
                 let msg = stream.next().await?;
-                Some((
+                Some(Event::Message(
                     msg.get_channel_name().to_owned(),
                     msg.get_payload_bytes().to_vec(),
                 ))
@@ -134,7 +145,17 @@ impl Conn {
                             Some(Value::BulkString(payload)),
                         ) = (data.next(), data.next())
                         {
-                            return Some((String::from_utf8_lossy(&channel).into_owned(), payload));
+                            return Some(Event::Message(
+                                String::from_utf8_lossy(&channel).into_owned(),
+                                payload,
+                            ));
+                        }
+                    }
+                    PushKind::SUnsubscribe => {
+                        if let Some(Value::BulkString(channel)) = push.data.into_iter().next() {
+                            return Some(Event::Unsubscribed(
+                                String::from_utf8_lossy(&channel).into_owned(),
+                            ));
                         }
                     }
                     PushKind::Disconnection => return None,

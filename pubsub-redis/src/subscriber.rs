@@ -2,7 +2,7 @@
 //! batched SUBSCRIBE/UNSUBSCRIBE, linger, keepalive, and reconnect with
 //! capped exponential backoff followed by a resubscribe of every live topic.
 
-use crate::connection::{Conn, Target};
+use crate::connection::{Conn, Event, Target};
 use crate::{Command, Config, Envelope, Error, Sink, Stats};
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -186,7 +186,8 @@ impl Actor {
             let next_linger = self.topics.values().filter_map(|t| t.linger).min();
             tokio::select! {
                 msg = sub.next() => match msg {
-                    Some((channel, payload)) => self.received(&channel, payload),
+                    Some(Event::Message(channel, payload)) => self.received(&channel, payload),
+                    Some(Event::Unsubscribed(channel)) => self.unsubscribed(sub, &channel).await?,
                     None => return Err(Error::Unavailable("subscriber connection closed".into())),
                 },
                 cmd = rx.recv() => match cmd {
@@ -286,6 +287,24 @@ impl Actor {
         }
         self.count_subscriptions();
         Ok(())
+    }
+
+    /// Redis no longer sends `channel` here: a cluster node unsubscribes a
+    /// shard channel whose slot moved to another shard. Subscribe again while
+    /// the topic is wanted; the cluster connection follows the slot to its new
+    /// owner. Confirmations of our own SUNSUBSCRIBE come here too: their topic
+    /// is gone by then, or was joined again, and then this only repeats an
+    /// SSUBSCRIBE, which is harmless.
+    async fn unsubscribed(&mut self, sub: &mut Conn, channel: &str) -> Result<(), Error> {
+        let Some(topic) = channel.strip_prefix(self.config.prefix.as_str()) else {
+            return Ok(());
+        };
+        match self.topics.get_mut(topic) {
+            Some(t) if t.subscribed => t.subscribed = false,
+            _ => return Ok(()),
+        }
+        tracing::info!(channel, "redis dropped a subscription; subscribing again");
+        self.subscribe(sub, &[topic.to_owned()]).await
     }
 
     fn received(&mut self, channel: &str, payload: Vec<u8>) {
