@@ -1,0 +1,235 @@
+//! The fan-out publisher: Redis PUBLISH, the HTTP API, or client pushes.
+
+use crate::conn::{self, Frame, Reply, Target};
+use crate::stats::{now_ns, Stats};
+use anyhow::{bail, Context as _};
+use futures_util::{SinkExt as _, StreamExt as _};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+/// How the fan-out publisher publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Via {
+    Redis,
+    Api,
+    Push,
+}
+
+#[derive(Debug)]
+pub(crate) struct PublishSpec {
+    pub(crate) via: Via,
+    pub(crate) topics: Vec<String>,
+    pub(crate) rate: f64,
+    pub(crate) duration: Duration,
+    pub(crate) pad: usize,
+    pub(crate) redis_url: String,
+    pub(crate) prefix: String,
+    pub(crate) api_url: String,
+    pub(crate) api_key: String,
+}
+
+fn payload(seq: u64, sender: usize, pad: &str) -> String {
+    format!(
+        r#"{{"seq":{seq},"ts":{},"s":{sender},"pad":"{pad}"}}"#,
+        now_ns()
+    )
+}
+
+/// A minimal keep-alive HTTP/1.1 client for POST /api/broadcast.
+struct Api {
+    host: String,
+    path: String,
+    key: String,
+    conn: BufReader<TcpStream>,
+}
+
+impl Api {
+    async fn connect(url: &str, key: &str) -> anyhow::Result<Api> {
+        let rest = url
+            .strip_prefix("http://")
+            .context("--api-url must start with http://")?;
+        let (host, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/api/broadcast"),
+        };
+        let stream = TcpStream::connect(host)
+            .await
+            .context("connect to the API")?;
+        stream.set_nodelay(true)?;
+        Ok(Api {
+            host: host.to_string(),
+            path: path.to_string(),
+            key: key.to_string(),
+            conn: BufReader::new(stream),
+        })
+    }
+
+    async fn post(&mut self, body: &str) -> anyhow::Result<u16> {
+        let req = format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+            self.path,
+            self.host,
+            self.key,
+            body.len(),
+            body
+        );
+        self.conn.get_mut().write_all(req.as_bytes()).await?;
+        let mut line = String::new();
+        self.conn.read_line(&mut line).await?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .context("bad HTTP status line")?;
+        let mut len = 0usize;
+        loop {
+            line.clear();
+            if self.conn.read_line(&mut line).await? == 0 {
+                bail!("API closed the connection");
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse()?;
+                }
+            }
+        }
+        let mut body = vec![0u8; len];
+        self.conn.read_exact(&mut body).await?;
+        Ok(status)
+    }
+}
+
+enum Sink {
+    Redis(redis::aio::MultiplexedConnection),
+    Api(Box<Api>),
+    Push(Box<conn::Ws>),
+}
+
+/// Publishes at `rate` msgs/s round-robin over the topics for `duration`;
+/// returns how many messages were published to each topic.
+pub(crate) async fn run(
+    spec: &PublishSpec,
+    target: &Target,
+    stats: &Stats,
+) -> anyhow::Result<Vec<u64>> {
+    let live = &stats.live;
+    let mut sink = match spec.via {
+        Via::Redis => {
+            let client = redis::Client::open(spec.redis_url.as_str())?;
+            Sink::Redis(client.get_multiplexed_async_connection().await?)
+        }
+        Via::Api => Sink::Api(Box::new(Api::connect(&spec.api_url, &spec.api_key).await?)),
+        Via::Push => {
+            let mut ws = conn::connect(target, u64::MAX / 2).await?;
+            for (i, t) in spec.topics.iter().enumerate() {
+                let r = i + 1;
+                ws.send(Message::text(format!(
+                    r#"["{r}","{r}","{t}","phx_join",{{}}]"#
+                )))
+                .await?;
+            }
+            let mut joined = 0;
+            while joined < spec.topics.len() {
+                let Some(m) = ws.next().await else {
+                    bail!("publisher connection closed while joining")
+                };
+                if let Message::Text(t) = m? {
+                    if let Ok(Frame(_, _, _, "phx_reply", p)) = serde_json::from_str(t.as_str()) {
+                        let r: Reply = serde_json::from_str(p.get())?;
+                        if r.status != "ok" {
+                            bail!("publisher could not join: {}", p.get());
+                        }
+                        joined += 1;
+                    }
+                }
+            }
+            Sink::Push(Box::new(ws))
+        }
+    };
+    let pad = "x".repeat(spec.pad);
+    let nt = spec.topics.len();
+    let mut seqs = vec![0u64; nt];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut next_ref = 1000u64;
+    while start.elapsed() < spec.duration {
+        let due = (start.elapsed().as_secs_f64() * spec.rate) as u64;
+        while sent < due {
+            let t = (sent % nt as u64) as usize;
+            let topic = &spec.topics[t];
+            let p = payload(seqs[t], t, &pad);
+            let res: anyhow::Result<()> = match &mut sink {
+                Sink::Redis(c) => {
+                    let ch = format!("{}{}", spec.prefix, topic);
+                    let msg = format!(r#"{{"event":"new_msg","payload":{p}}}"#);
+                    redis::cmd("PUBLISH")
+                        .arg(ch)
+                        .arg(msg)
+                        .query_async::<i64>(c)
+                        .await
+                        .map(|_| ())
+                        .map_err(Into::into)
+                }
+                Sink::Api(a) => {
+                    let body = format!(r#"{{"topic":"{topic}","event":"new_msg","payload":{p}}}"#);
+                    match a.post(&body).await {
+                        Ok(200) => Ok(()),
+                        Ok(s) => Err(anyhow::anyhow!("API answered {s}")),
+                        Err(e) => Err(e),
+                    }
+                }
+                Sink::Push(ws) => {
+                    next_ref += 1;
+                    let f = format!(r#"["{}","{next_ref}","{topic}","new_msg",{p}]"#, t + 1);
+                    // Drain what arrived (replies, our own copies) without waiting.
+                    while let Some(Some(m)) = futures_util::FutureExt::now_or_never(ws.next()) {
+                        if let Ok(Message::Text(txt)) = m {
+                            if let Ok(Frame(_, Some(_), _, "phx_reply", p)) =
+                                serde_json::from_str(txt.as_str())
+                            {
+                                match serde_json::from_str::<Reply>(p.get()) {
+                                    Ok(r) if r.status == "ok" => {
+                                        live.pushes_ok.fetch_add(1, Relaxed)
+                                    }
+                                    _ => live.push_errors.fetch_add(1, Relaxed),
+                                };
+                            }
+                        }
+                    }
+                    ws.send(Message::text(f)).await.map_err(Into::into)
+                }
+            };
+            sent += 1;
+            match res {
+                Ok(()) => {
+                    seqs[t] += 1;
+                    live.published.fetch_add(1, Relaxed);
+                }
+                Err(e) => {
+                    if live.publish_errors.fetch_add(1, Relaxed) < 3 {
+                        eprintln!("publish error: {e:#}");
+                    }
+                    // keep sequence numbers contiguous: nothing was published
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    if let Sink::Push(mut ws) = sink {
+        // Keep reading briefly so the gateway does not see a slow consumer, then close.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Some(Ok(_)) = ws.next().await {}
+        })
+        .await;
+        let _ = conn::Ws::close(&mut ws, None).await;
+    }
+    Ok(seqs)
+}

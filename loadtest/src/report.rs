@@ -1,0 +1,352 @@
+//! The end-of-run table, the JSON results and the HTML report.
+
+use crate::stats::{encode_hist, Merged};
+use crate::Cli;
+use hdrhistogram::Histogram;
+use plotters::prelude::*;
+use serde_json::{json, Value};
+
+/// Facts about the run besides the merged counters.
+#[derive(Debug)]
+pub(crate) struct Extra {
+    pub(crate) workers: u64,
+    pub(crate) setup_secs: f64,
+    pub(crate) run_secs: f64,
+    pub(crate) expected: Option<u64>,
+    pub(crate) rss_before: Option<u64>,
+    pub(crate) rss_after: Option<u64>,
+    pub(crate) connections: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Report<'a> {
+    cli: &'a Cli,
+    m: Merged,
+    x: Extra,
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+fn percentiles(h: &Histogram<u64>) -> Value {
+    json!({
+        "count": h.len(),
+        "p50_ms": ms(h.value_at_quantile(0.5)),
+        "p90_ms": ms(h.value_at_quantile(0.9)),
+        "p99_ms": ms(h.value_at_quantile(0.99)),
+        "p999_ms": ms(h.value_at_quantile(0.999)),
+        "max_ms": ms(h.max()),
+        "mean_ms": h.mean() / 1000.0,
+    })
+}
+
+fn machine() -> Value {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem_kb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    json!({"cores": cores, "memory_bytes": mem_kb * 1024, "hostname": host, "os": std::env::consts::OS})
+}
+
+fn git_commit() -> Option<String> {
+    git_in(".").or_else(|| git_in(env!("CARGO_MANIFEST_DIR")))
+}
+
+fn git_in(dir: &str) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["-C", dir, "rev-parse", "HEAD"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+impl<'a> Report<'a> {
+    pub(crate) fn new(cli: &'a Cli, m: Merged, x: Extra) -> Report<'a> {
+        Report { cli, m, x }
+    }
+
+    fn missing(&self) -> u64 {
+        let distinct = self.m.counters.deliveries;
+        self.x.expected.map_or(0, |e| e.saturating_sub(distinct))
+    }
+
+    fn errors(&self) -> u64 {
+        let c = &self.m.counters;
+        c.connect_errors
+            + c.join_errors
+            + c.disconnects
+            + c.push_errors
+            + c.publish_errors
+            + c.duplicates
+            + self.missing()
+    }
+
+    /// Errors over operations (connects, joins, expected deliveries, pushes, publishes).
+    pub(crate) fn error_rate(&self) -> f64 {
+        let c = &self.m.counters;
+        let ops = (c.connects_ok + c.connect_errors)
+            + (c.joins_ok + c.join_errors)
+            + self.x.expected.unwrap_or(c.deliveries)
+            + c.pushes_sent
+            + c.published
+            + c.publish_errors;
+        self.errors() as f64 / ops.max(1) as f64
+    }
+
+    fn deliveries_per_sec(&self) -> f64 {
+        self.m.counters.deliveries as f64 / self.x.run_secs.max(0.001)
+    }
+
+    fn conn_join_per_sec(&self) -> f64 {
+        (self.m.counters.connects_ok + self.m.counters.joins_ok) as f64
+            / self.x.setup_secs.max(0.001)
+    }
+
+    fn memory(&self) -> Option<(u64, u64, f64)> {
+        let (b, a) = (self.x.rss_before?, self.x.rss_after?);
+        let per = (a as f64 - b as f64) / self.m.counters.connects_ok.max(1) as f64;
+        Some((b, a, per))
+    }
+
+    pub(crate) fn table(&self) -> String {
+        let c = &self.m.counters;
+        let mut s = String::new();
+        s += &format!(
+            "\nloadtest {} — {} connections, {} worker process(es), setup {:.2}s, run {:.2}s\n\n",
+            self.cli.name(),
+            self.x.connections,
+            self.x.workers,
+            self.x.setup_secs,
+            self.x.run_secs
+        );
+        s += &format!(
+            "{:<22}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>12}\n",
+            "latency (ms)", "p50", "p90", "p99", "p99.9", "max", "mean", "count"
+        );
+        for (name, h) in [
+            ("connect", &self.m.connect),
+            ("join", &self.m.join),
+            ("publish->receive", &self.m.latency),
+        ] {
+            if h.is_empty() {
+                continue;
+            }
+            s += &format!(
+                "{:<22}{:>10.3}{:>10.3}{:>10.3}{:>10.3}{:>10.3}{:>10.3}{:>12}\n",
+                name,
+                ms(h.value_at_quantile(0.5)),
+                ms(h.value_at_quantile(0.9)),
+                ms(h.value_at_quantile(0.99)),
+                ms(h.value_at_quantile(0.999)),
+                ms(h.max()),
+                h.mean() / 1000.0,
+                h.len()
+            );
+        }
+        s += "\n";
+        s += &format!(
+            "connections ok/err    {} / {}\njoins ok/err          {} / {}\nconnections+joins/s   {:.0}\n",
+            c.connects_ok, c.connect_errors, c.joins_ok, c.join_errors, self.conn_join_per_sec()
+        );
+        if c.published + c.pushes_sent > 0 {
+            s += &format!(
+                "published             {} (+{} errors)\npushes sent/ok/err    {} / {} / {}\n",
+                c.published, c.publish_errors, c.pushes_sent, c.pushes_ok, c.push_errors
+            );
+        }
+        if c.deliveries > 0 || self.x.expected.is_some() {
+            s += &format!(
+                "deliveries            {} ({:.0}/s)\nexpected              {}\nmissing / duplicates  {} / {}\n",
+                c.deliveries,
+                self.deliveries_per_sec(),
+                self.x.expected.map_or("-".into(), |e| e.to_string()),
+                self.missing(),
+                c.duplicates
+            );
+        }
+        if let Some((b, a, per)) = self.memory() {
+            s += &format!(
+                "gateway RSS           {:.1} MiB -> {:.1} MiB ({:.0} bytes per connection)\n",
+                b as f64 / 1048576.0,
+                a as f64 / 1048576.0,
+                per
+            );
+        }
+        s += &format!(
+            "disconnects           {}\nerrors                {} ({:.3}%)\n",
+            c.disconnects,
+            self.errors(),
+            self.error_rate() * 100.0
+        );
+        s
+    }
+
+    pub(crate) fn json(&self) -> Value {
+        let c = &self.m.counters;
+        let t0 = self.m.timeline.first().map_or(0, |t| t.0);
+        let timeline: Vec<Value> = self
+            .m
+            .timeline
+            .iter()
+            .map(|(sec, ops, h)| {
+                json!({"t": sec - t0, "unix_sec": sec, "ops": ops,
+                       "p50_ms": ms(h.value_at_quantile(0.5)), "p99_ms": ms(h.value_at_quantile(0.99)),
+                       "max_ms": ms(h.max())})
+            })
+            .collect();
+        json!({
+            "scenario": self.cli.name(),
+            "parameters": serde_json::to_value(&self.cli.scenario).unwrap_or(Value::Null),
+            "command": std::env::args().collect::<Vec<_>>(),
+            "git_commit": git_commit(),
+            "machine": machine(),
+            "url": self.cli.url,
+            "duration_secs": self.cli.duration.as_secs_f64(),
+            "workers": self.x.workers,
+            "setup_secs": self.x.setup_secs,
+            "run_secs": self.x.run_secs,
+            "counters": c,
+            "expected_deliveries": self.x.expected,
+            "missing": self.missing(),
+            "duplicates": c.duplicates,
+            "errors": self.errors(),
+            "error_rate": self.error_rate(),
+            "deliveries_per_sec": self.deliveries_per_sec(),
+            "connections_joins_per_sec": self.conn_join_per_sec(),
+            "memory": self.memory().map(|(b, a, per)| json!({"rss_before": b, "rss_after": a, "bytes_per_connection": per})),
+            "latency": {
+                "connect": percentiles(&self.m.connect),
+                "join": percentiles(&self.m.join),
+                "delivery": percentiles(&self.m.latency),
+            },
+            "histograms_v2_base64": {
+                "connect": encode_hist(&self.m.connect),
+                "join": encode_hist(&self.m.join),
+                "delivery": encode_hist(&self.m.latency),
+            },
+            "timeline": timeline,
+        })
+    }
+
+    /// The main latency histogram of this scenario and its name.
+    fn main_hist(&self) -> (&Histogram<u64>, &'static str) {
+        if self.m.latency.is_empty() {
+            (&self.m.join, "join latency")
+        } else {
+            (&self.m.latency, "publish→receive latency")
+        }
+    }
+
+    fn histogram_svg(&self) -> anyhow::Result<String> {
+        let (h, name) = self.main_hist();
+        let mut buckets: Vec<(f64, f64, u64)> = Vec::new();
+        if !h.is_empty() {
+            let mut lo = 0.0;
+            for v in h.iter_log(10, 1.25) {
+                let hi = ms(v.value_iterated_to());
+                buckets.push((lo, hi.max(lo + 0.001), v.count_since_last_iteration()));
+                lo = hi;
+            }
+        }
+        let xmax = buckets.last().map_or(1.0, |b| b.1).max(0.01);
+        let ymax = buckets.iter().map(|b| b.2).max().unwrap_or(1).max(1);
+        let mut svg = String::new();
+        {
+            let root = SVGBackend::with_string(&mut svg, (900, 360)).into_drawing_area();
+            root.fill(&WHITE)?;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(format!("{name} histogram (ms)"), ("sans-serif", 18))
+                .margin(12)
+                .x_label_area_size(36)
+                .y_label_area_size(64)
+                .build_cartesian_2d(0.0..xmax * 1.02, 0u64..ymax + ymax / 10 + 1)?;
+            chart
+                .configure_mesh()
+                .x_desc("latency (ms)")
+                .y_desc("count")
+                .draw()?;
+            chart.draw_series(
+                buckets
+                    .iter()
+                    .map(|&(lo, hi, c)| Rectangle::new([(lo, 0), (hi, c)], BLUE.mix(0.6).filled())),
+            )?;
+            root.present()?;
+        }
+        Ok(svg)
+    }
+
+    fn timeline_svg(&self) -> anyhow::Result<String> {
+        let t0 = self.m.timeline.first().map_or(0, |t| t.0);
+        let pts: Vec<(f64, f64, f64)> = self
+            .m
+            .timeline
+            .iter()
+            .map(|(s, ops, h)| ((s - t0) as f64, *ops as f64, ms(h.value_at_quantile(0.99))))
+            .collect();
+        let xmax = pts.last().map_or(1.0, |p| p.0).max(1.0);
+        let omax = pts.iter().map(|p| p.1).fold(1.0, f64::max);
+        let lmax = pts.iter().map(|p| p.2).fold(0.01, f64::max);
+        let mut svg = String::new();
+        {
+            let root = SVGBackend::with_string(&mut svg, (900, 360)).into_drawing_area();
+            root.fill(&WHITE)?;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(
+                    "timeline: operations/s (joins + deliveries, blue) and p99 latency (ms, red)",
+                    ("sans-serif", 18),
+                )
+                .margin(12)
+                .x_label_area_size(36)
+                .y_label_area_size(72)
+                .right_y_label_area_size(64)
+                .build_cartesian_2d(0.0..xmax, 0.0..omax * 1.1)?
+                .set_secondary_coord(0.0..xmax, 0.0..lmax * 1.1);
+            chart
+                .configure_mesh()
+                .x_desc("seconds")
+                .y_desc("ops/s")
+                .draw()?;
+            chart.configure_secondary_axes().y_desc("p99 ms").draw()?;
+            chart.draw_series(LineSeries::new(pts.iter().map(|p| (p.0, p.1)), &BLUE))?;
+            chart.draw_secondary_series(LineSeries::new(pts.iter().map(|p| (p.0, p.2)), &RED))?;
+            root.present()?;
+        }
+        Ok(svg)
+    }
+
+    pub(crate) fn html(&self) -> anyhow::Result<String> {
+        let json = serde_json::to_string_pretty(&self.json())?;
+        let esc = |s: &str| {
+            s.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+        };
+        Ok(format!(
+            "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>loadtest {name}</title>\
+             <style>body{{font-family:sans-serif;margin:2em;max-width:960px}}pre{{background:#f4f4f4;padding:1em;overflow:auto}}</style>\
+             </head><body>\n<h1>loadtest: {name}</h1>\n<pre>{table}</pre>\n<h2>Latency</h2>\n{hist}\n\
+             <h2>Timeline</h2>\n{tl}\n<h2>Full results</h2>\n<pre>{json}</pre>\n</body></html>\n",
+            name = self.cli.name(),
+            table = esc(&self.table()),
+            hist = self.histogram_svg()?,
+            tl = self.timeline_svg()?,
+            json = esc(&json),
+        ))
+    }
+}

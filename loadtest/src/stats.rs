@@ -1,0 +1,189 @@
+//! Counters, latency histograms and the results a worker reports.
+
+use base64::Engine as _;
+use hdrhistogram::serialization::{Deserializer, Serializer as _, V2Serializer};
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Highest latency a histogram records, in microseconds (larger values are clamped).
+const MAX_US: u64 = 120_000_000;
+
+/// A new latency histogram in microseconds with 3 significant figures.
+pub(crate) fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_US, 3).expect("valid histogram bounds")
+}
+
+/// Records `us` microseconds, clamped to the histogram's range.
+pub(crate) fn record(h: &mut Histogram<u64>, us: u64) {
+    let _ = h.record(us.clamp(1, MAX_US));
+}
+
+/// Nanoseconds since the Unix epoch.
+pub(crate) fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// A histogram as base64 of its V2 serialization.
+pub(crate) fn encode_hist(h: &Histogram<u64>) -> String {
+    let mut buf = Vec::new();
+    V2Serializer::new()
+        .serialize(h, &mut buf)
+        .expect("serialize histogram");
+    base64::engine::general_purpose::STANDARD.encode(buf)
+}
+
+/// The inverse of [`encode_hist`].
+pub(crate) fn decode_hist(s: &str) -> anyhow::Result<Histogram<u64>> {
+    let bytes = base64::engine::general_purpose::STANDARD.decode(s)?;
+    let h: Histogram<u64> = Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|e| anyhow::anyhow!("bad histogram: {e:?}"))?;
+    let mut out = new_hist();
+    out.add(&h).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    Ok(out)
+}
+
+macro_rules! counters {
+    ($($name:ident),* $(,)?) => {
+        /// A snapshot of the counters, summed over workers.
+        #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+        pub(crate) struct Counters {
+            $(pub(crate) $name: u64,)*
+        }
+
+        /// Live counters of one process.
+        #[derive(Debug, Default)]
+        pub(crate) struct Live {
+            $(pub(crate) $name: AtomicU64,)*
+        }
+
+        impl Live {
+            pub(crate) fn snapshot(&self) -> Counters {
+                Counters { $($name: self.$name.load(Relaxed),)* }
+            }
+        }
+
+        impl Counters {
+            pub(crate) fn add(&mut self, o: &Counters) {
+                $(self.$name += o.$name;)*
+            }
+        }
+    };
+}
+
+counters!(
+    connects_ok,
+    connect_errors,
+    joins_ok,
+    join_errors,
+    open,
+    disconnects,
+    deliveries,
+    duplicates,
+    pushes_sent,
+    pushes_ok,
+    push_errors,
+    published,
+    publish_errors,
+    settled,
+);
+
+/// Counters and histograms shared by the tasks of one process.
+#[derive(Debug)]
+pub(crate) struct Stats {
+    pub(crate) live: Live,
+    pub(crate) latency: Mutex<Histogram<u64>>,
+    pub(crate) connect: Mutex<Histogram<u64>>,
+    pub(crate) join: Mutex<Histogram<u64>>,
+    /// Latencies (joins and deliveries) of the current second, for the timeline.
+    pub(crate) interval: Mutex<Histogram<u64>>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            live: Live::default(),
+            latency: Mutex::new(new_hist()),
+            connect: Mutex::new(new_hist()),
+            join: Mutex::new(new_hist()),
+            interval: Mutex::new(new_hist()),
+        }
+    }
+}
+
+impl Stats {
+    pub(crate) fn delivery(&self, us: u64) {
+        self.live.deliveries.fetch_add(1, Relaxed);
+        record(&mut self.latency.lock(), us);
+        record(&mut self.interval.lock(), us);
+    }
+
+    pub(crate) fn joined(&self, us: u64) {
+        self.live.joins_ok.fetch_add(1, Relaxed);
+        record(&mut self.join.lock(), us);
+        record(&mut self.interval.lock(), us);
+    }
+}
+
+/// One second of the timeline: operations (joins + deliveries) and their latencies.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Tick {
+    pub(crate) unix_sec: u64,
+    pub(crate) ops: u64,
+    pub(crate) hist: String,
+}
+
+/// What a worker reports at the end.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct WorkerResult {
+    pub(crate) counters: Counters,
+    pub(crate) latency: String,
+    pub(crate) connect: String,
+    pub(crate) join: String,
+    pub(crate) timeline: Vec<Tick>,
+}
+
+/// Results merged over workers.
+#[derive(Debug)]
+pub(crate) struct Merged {
+    pub(crate) counters: Counters,
+    pub(crate) latency: Histogram<u64>,
+    pub(crate) connect: Histogram<u64>,
+    pub(crate) join: Histogram<u64>,
+    /// (unix second, ops, latency histogram of that second)
+    pub(crate) timeline: Vec<(u64, u64, Histogram<u64>)>,
+}
+
+pub(crate) fn merge(results: &[WorkerResult]) -> anyhow::Result<Merged> {
+    let mut m = Merged {
+        counters: Counters::default(),
+        latency: new_hist(),
+        connect: new_hist(),
+        join: new_hist(),
+        timeline: Vec::new(),
+    };
+    let mut ticks: BTreeMap<u64, (u64, Histogram<u64>)> = BTreeMap::new();
+    let add = |a: &mut Histogram<u64>, s: &str| -> anyhow::Result<()> {
+        a.add(decode_hist(s)?).map_err(|e| anyhow::anyhow!("{e:?}"))
+    };
+    for r in results {
+        m.counters.add(&r.counters);
+        add(&mut m.latency, &r.latency)?;
+        add(&mut m.connect, &r.connect)?;
+        add(&mut m.join, &r.join)?;
+        for t in &r.timeline {
+            let e = ticks.entry(t.unix_sec).or_insert_with(|| (0, new_hist()));
+            e.0 += t.ops;
+            add(&mut e.1, &t.hist)?;
+        }
+    }
+    m.timeline = ticks.into_iter().map(|(s, (o, h))| (s, o, h)).collect();
+    Ok(m)
+}
