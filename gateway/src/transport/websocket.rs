@@ -2,9 +2,10 @@
 //! `authToken` subprotocol, connect), then a reader loop that feeds the
 //! connection and a writer task that drains its queue.
 //!
-//! fastwebsockets' `read_frame` is not cancel-safe, so it is never raced
-//! against anything but the end of the connection itself.
+//! fastwebsockets answers the upgrade; frames are read by our own
+//! [`FrameReader`], whose buffer is released whenever it drains.
 
+use super::frame_reader::{FrameReader, Incoming as Read, ReadError};
 use super::writer;
 use crate::conn::{ConnHandle, Disconnect, Out};
 use crate::endpoint::{Body, Endpoint, Socket};
@@ -13,13 +14,10 @@ use crate::server::text;
 use crate::socket::connection::Connection;
 use crate::socket::{Assigns, ConnectInfo, Params, Transport};
 use base64::Engine;
-use bytes::{Bytes, BytesMut};
-use fastwebsockets::{OpCode, Role, WebSocketError};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -179,10 +177,7 @@ where
             return;
         }
     };
-    let (mut reader, _) = fastwebsockets::after_handshake_split(r, tokio::io::sink(), Role::Server);
-    // fastwebsockets refuses frames of `max_message_size` bytes or more;
-    // `max_frame_size` is the largest message we accept.
-    reader.set_max_message_size(config.max_frame_size.saturating_add(1));
+    let mut reader = FrameReader::new(r, config.max_frame_size);
     let reason = tokio::select! {
         biased;
         _ = conn.closed() => conn.reason().unwrap_or(Disconnect::TransportError),
@@ -200,93 +195,34 @@ where
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(
-    reader: &mut fastwebsockets::WebSocketRead<R>,
+    reader: &mut FrameReader<R>,
     connection: &mut Connection,
     conn: &ConnHandle,
     config: &crate::socket::SocketConfig,
 ) -> Disconnect {
-    // Pongs are the only obligated sends we pass on: close frames are
-    // answered by the writer with the connection's close reason.
-    let mut obligated = |frame: fastwebsockets::Frame<'_>| {
-        if frame.opcode == OpCode::Pong {
-            conn.push(Out::Pong(Bytes::copy_from_slice(&frame.payload)));
-        }
-        std::future::ready(Ok::<(), Infallible>(()))
-    };
-    let mut fragments: Option<(OpCode, Vec<u8>)> = None;
     loop {
-        let read =
-            tokio::time::timeout(config.idle_timeout, reader.read_frame(&mut obligated)).await;
-        let frame = match read {
+        let incoming = match tokio::time::timeout(config.idle_timeout, reader.next()).await {
             Err(_) => return Disconnect::IdleTimeout,
-            Ok(Ok(frame)) => frame,
-            Ok(Err(e)) => return read_error(e),
-        };
-        let (opcode, data) = match frame.opcode {
-            OpCode::Close => {
-                let code = (frame.payload.len() >= 2)
-                    .then(|| u16::from_be_bytes([frame.payload[0], frame.payload[1]]));
-                return Disconnect::ClientClosed(code);
-            }
-            OpCode::Ping | OpCode::Pong => continue,
-            OpCode::Text | OpCode::Binary if frame.fin => {
-                if fragments.is_some() {
-                    return Disconnect::Malformed;
-                }
-                (frame.opcode, into_bytes(frame.payload))
-            }
-            OpCode::Text | OpCode::Binary => {
-                if fragments.is_some() {
-                    return Disconnect::Malformed;
-                }
-                fragments = Some((frame.opcode, frame.payload.to_vec()));
-                continue;
-            }
-            OpCode::Continuation => {
-                let Some((_, buf)) = fragments.as_mut() else {
-                    return Disconnect::Malformed;
-                };
-                if buf.len() + frame.payload.len() > config.max_frame_size {
-                    return Disconnect::FrameTooLarge;
-                }
-                buf.extend_from_slice(&frame.payload);
-                if !frame.fin {
-                    continue;
-                }
-                let Some((op, buf)) = fragments.take() else {
-                    continue;
-                };
-                if op == OpCode::Text && std::str::from_utf8(&buf).is_err() {
-                    return Disconnect::Malformed;
-                }
-                (op, Bytes::from(buf))
+            Ok(Ok(incoming)) => incoming,
+            Ok(Err(ReadError::Eof)) => return Disconnect::ClientClosed(None),
+            Ok(Err(ReadError::Io)) => return Disconnect::TransportError,
+            Ok(Err(ReadError::TooLarge)) => return Disconnect::FrameTooLarge,
+            Ok(Err(ReadError::Protocol(why))) => {
+                tracing::debug!(conn = conn.id(), why, "websocket protocol error");
+                return Disconnect::Malformed;
             }
         };
-        let handled = match opcode {
-            OpCode::Text => connection.handle_text(&data),
-            _ => connection.handle_binary(&data),
+        let handled = match incoming {
+            Read::Text(data) => connection.handle_text(&data),
+            Read::Binary(data) => connection.handle_binary(&data),
+            Read::Ping(data) => {
+                conn.push(Out::Pong(data));
+                Ok(())
+            }
+            Read::Close(code) => return Disconnect::ClientClosed(code),
         };
         if let Err(reason) = handled {
             return reason;
-        }
-    }
-}
-
-fn into_bytes(payload: fastwebsockets::Payload<'_>) -> Bytes {
-    match payload {
-        fastwebsockets::Payload::Bytes(b) => BytesMut::freeze(b),
-        other => Bytes::from(Vec::from(other)),
-    }
-}
-
-fn read_error(e: WebSocketError) -> Disconnect {
-    match e {
-        WebSocketError::FrameTooLarge => Disconnect::FrameTooLarge,
-        WebSocketError::UnexpectedEOF => Disconnect::ClientClosed(None),
-        WebSocketError::IoError(_) => Disconnect::TransportError,
-        other => {
-            tracing::debug!(error = %other, "websocket protocol error");
-            Disconnect::Malformed
         }
     }
 }
