@@ -114,6 +114,40 @@ impl Hub {
         self.shards.iter().map(|s| s.lock().len()).sum()
     }
 
+    /// **For benchmarks only** (`gateway/benches/hot_paths.rs`); not part of
+    /// the API and may change or vanish at any time.
+    ///
+    /// Subscribes to `topic` a fresh connection of serializer `vsn` with an
+    /// outbound queue of `capacity` frames, as a fastlane channel subscriber
+    /// that intercepts nothing (what a joined channel without `handle_out`
+    /// registers). Returns a function that empties that connection's queue,
+    /// as its writer would, and returns how many frames it held. The
+    /// subscription lives as long as the hub.
+    #[doc(hidden)]
+    pub fn bench_subscribe(&self, topic: &str, vsn: Vsn, capacity: usize) -> impl FnMut() -> usize {
+        use futures_util::FutureExt;
+        let conn = ConnHandle::new(vsn, capacity);
+        // Nothing is ever sent to the inbox: the subscriber intercepts no event.
+        let (inbox, _) = tokio::sync::mpsc::unbounded_channel();
+        self.subscribe(
+            topic,
+            Subscriber {
+                conn: conn.clone(),
+                target: Target::Channel {
+                    intercept: Arc::from(Vec::new()),
+                    inbox,
+                },
+            },
+        );
+        let mut batch = Vec::new();
+        move || {
+            batch.clear();
+            // Ready at once when frames are queued; otherwise there is nothing to drain.
+            let _ = conn.next_batch(&mut batch).now_or_never();
+            batch.len()
+        }
+    }
+
     /// Delivers a broadcast to every local subscriber of its topic and returns
     /// how many received it.
     pub fn dispatch(&self, msg: &Broadcast) -> usize {

@@ -1,0 +1,122 @@
+//! Regression guard for the gateway's hot paths: decoding client frames,
+//! encoding broadcasts, and fanning one broadcast out to local subscribers.
+//!
+//! Run with `cargo bench -p gateway` (add `-- --quick` for a short run).
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use gateway::hub::{Broadcast, Hub};
+use gateway::protocol::{Json, Outbound, Payload, Vsn};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+const TOPIC: &str = "room:lobby";
+const EVENT: &str = "new_msg";
+
+/// A JSON object `{"body":"xxx…"}` of exactly `size` bytes.
+fn json_of_size(size: usize) -> Json {
+    let overhead = r#"{"body":""}"#.len();
+    let body = "x".repeat(size.saturating_sub(overhead));
+    let json =
+        Json::from_bytes(Bytes::from(format!(r#"{{"body":"{body}"}}"#))).expect("valid json");
+    assert_eq!(json.bytes().len(), size.max(overhead));
+    json
+}
+
+/// A client push carrying `payload`, as the client would send it on `vsn`.
+fn push_frame(vsn: Vsn, payload: &str) -> Bytes {
+    Bytes::from(match vsn {
+        Vsn::V2 => format!(r#"["1","2","{TOPIC}","{EVENT}",{payload}]"#),
+        Vsn::V1 => format!(
+            r#"{{"topic":"{TOPIC}","event":"{EVENT}","payload":{payload},"ref":"2","join_ref":"1"}}"#
+        ),
+    })
+}
+
+fn decode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("decode");
+    let cases = [
+        ("typical", r#"{"body":"hello world"}"#.to_owned()),
+        ("1KiB", json_of_size(1024).as_str().to_owned()),
+    ];
+    for vsn in [Vsn::V2, Vsn::V1] {
+        for (name, payload) in &cases {
+            let frame = push_frame(vsn, payload);
+            // Fail loudly rather than benchmark the error path.
+            vsn.decode_text(&frame).expect("decodes");
+            group.throughput(Throughput::Bytes(frame.len() as u64));
+            group.bench_with_input(
+                BenchmarkId::new(format!("{vsn:?}"), name),
+                &frame,
+                |b, frame| b.iter(|| vsn.decode_text(black_box(frame))),
+            );
+        }
+    }
+    group.finish();
+}
+
+fn encode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("encode_broadcast");
+    for size in [100, 1024] {
+        let payload = Payload::Json(json_of_size(size));
+        let out = Outbound::Message {
+            join_ref: None,
+            ref_: None,
+            topic: TOPIC,
+            event: EVENT,
+            payload: &payload,
+        };
+        for vsn in [Vsn::V2, Vsn::V1] {
+            vsn.encode(&out).expect("encodes");
+            group.throughput(Throughput::Bytes(size as u64));
+            group.bench_with_input(
+                BenchmarkId::new(format!("{vsn:?}"), format!("{size}B")),
+                &out,
+                |b, out| b.iter(|| vsn.encode(black_box(out))),
+            );
+        }
+    }
+    group.finish();
+}
+
+/// One broadcast of a 100-byte payload to `n` local V2 subscribers. Only
+/// `Hub::dispatch` is timed; the subscribers' queues are drained (as their
+/// writers would) between iterations, outside the measurement.
+fn fan_out(c: &mut Criterion) {
+    let mut group = c.benchmark_group("fan_out");
+    for n in [100usize, 1_000, 10_000] {
+        let hub = Hub::default();
+        let mut drains: Vec<_> = (0..n)
+            .map(|_| hub.bench_subscribe(TOPIC, Vsn::V2, 1024))
+            .collect();
+        let msg = Broadcast {
+            topic: TOPIC.into(),
+            event: EVENT.into(),
+            payload: Payload::Json(json_of_size(100)),
+            from: None,
+        };
+        assert_eq!(hub.dispatch(&msg), n);
+        let drained: usize = drains.iter_mut().map(|d| d()).sum();
+        assert_eq!(drained, n);
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    let delivered = hub.dispatch(black_box(&msg));
+                    total += start.elapsed();
+                    debug_assert_eq!(delivered, n);
+                    for drain in &mut drains {
+                        drain();
+                    }
+                }
+                total
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decode, encode, fan_out);
+criterion_main!(benches);
