@@ -612,9 +612,30 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
                 api_key: a.api_key.clone(),
             };
             let ps = parent_stats.clone();
-            let pub_task = tokio::spawn(async move { publish::run(&spec, &target, &ps).await });
-            col.pump(None, |_| pub_task.is_finished()).await;
-            published = Some(pub_task.await??);
+            // The publisher gets a thread and runtime of its own, so that a
+            // busy receiving side does not delay its sends.
+            let (ptx, mut prx) = tokio::sync::oneshot::channel();
+            std::thread::Builder::new()
+                .name("publisher".into())
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(anyhow::Error::from);
+                    let r = rt.and_then(|rt| rt.block_on(publish::run(&spec, &target, &ps)));
+                    let _ = ptx.send(r);
+                })?;
+            let mut res = None;
+            while res.is_none() {
+                col.pump(Some(Instant::now() + Duration::from_millis(100)), |_| false)
+                    .await;
+                match prx.try_recv() {
+                    Ok(r) => res = Some(r),
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+                    Err(_) => bail!("the publisher thread died"),
+                }
+            }
+            published = res.map(|r| r.map(Some)).transpose()?.flatten();
         }
         Scenario::Chat(_) => {
             col.pump(Some(go_at + cli.duration), |_| false).await;
