@@ -9,7 +9,7 @@ PORT  ?= 4000
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 SEEDS_BIN  ?= $(TARGET_DIR)/debug/examples/seeds
 
-.PHONY: run run-seeds build test test-deps test-rust test-compat test-e2e lint
+.PHONY: run run-seeds build test test-deps test-rust test-compat test-e2e lint bench
 
 ## run: the gateway on 127.0.0.1:$(PORT) with config/example.toml and the demo
 ## chat at /; the in-memory broker unless REDIS_URL is set
@@ -58,3 +58,8 @@ test-e2e:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## bench: a short fixed set of loadtest scenarios against a release gateway and
+## redis-server; JSON and HTML results under bench/results/ (BENCH_DURATION=10s)
+bench:
+	bash loadtest/bench.sh

@@ -210,7 +210,8 @@ pub(crate) async fn run(
                     _ => {
                         if let Ok(msg) = serde_json::from_str::<Msg>(payload.get()) {
                             if seen.see(msg.s, msg.seq) {
-                                stats.delivery(now_ns().saturating_sub(msg.ts) / 1000);
+                                let now = now_ns();
+                                stats.delivery(now, now.saturating_sub(msg.ts) / 1000);
                             } else {
                                 live.duplicates.fetch_add(1, Relaxed);
                             }

@@ -337,6 +337,7 @@ async fn worker(
         connect: encode_hist(&stats.connect.lock()),
         join: encode_hist(&stats.join.lock()),
         timeline: tl,
+        last_delivery_ns: stats.last_delivery_ns.load(Relaxed),
     };
     let _ = out.send(Out::Result(Box::new(result)));
     Ok(())
@@ -585,6 +586,7 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
     }
     let setup_secs = col.started.elapsed().as_secs_f64();
     let go_at = Instant::now();
+    let go_ns = stats::now_ns();
     send(Control::Go);
     let mut published: Option<Vec<u64>> = None;
     let mut rss_after = None;
@@ -641,7 +643,7 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
             col.pump(Some(go_at + cli.duration), |_| false).await;
         }
     }
-    let run_secs = go_at.elapsed().as_secs_f64();
+    let publish_secs = go_at.elapsed().as_secs_f64();
     if !matches!(cli.scenario, Scenario::Connect(_) | Scenario::Idle(_)) {
         send(Control::Halt);
         col.pump(Some(Instant::now() + cli.drain), |_| false).await;
@@ -658,6 +660,13 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
     }
     let mut merged = stats::merge(&results)?;
     merged.counters.add(&parent_stats.live.snapshot());
+    // Deliveries/s are over the time from the start of publishing to the last
+    // delivery (which may fall in the drain period when receivers lag).
+    let run_secs = if merged.last_delivery_ns > go_ns {
+        publish_secs.max((merged.last_delivery_ns - go_ns) as f64 / 1e9)
+    } else {
+        publish_secs
+    };
     drop(handles);
 
     // Expected deliveries: each published message once per joined subscriber of its topic.

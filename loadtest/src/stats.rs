@@ -104,6 +104,8 @@ pub(crate) struct Stats {
     pub(crate) join: Mutex<Histogram<u64>>,
     /// Latencies (joins and deliveries) of the current second, for the timeline.
     pub(crate) interval: Mutex<Histogram<u64>>,
+    /// When the last message was received (ns since the Unix epoch).
+    pub(crate) last_delivery_ns: AtomicU64,
 }
 
 impl Default for Stats {
@@ -114,13 +116,15 @@ impl Default for Stats {
             connect: Mutex::new(new_hist()),
             join: Mutex::new(new_hist()),
             interval: Mutex::new(new_hist()),
+            last_delivery_ns: AtomicU64::new(0),
         }
     }
 }
 
 impl Stats {
-    pub(crate) fn delivery(&self, us: u64) {
+    pub(crate) fn delivery(&self, now_ns: u64, us: u64) {
         self.live.deliveries.fetch_add(1, Relaxed);
+        self.last_delivery_ns.fetch_max(now_ns, Relaxed);
         record(&mut self.latency.lock(), us);
         record(&mut self.interval.lock(), us);
     }
@@ -148,6 +152,7 @@ pub(crate) struct WorkerResult {
     pub(crate) connect: String,
     pub(crate) join: String,
     pub(crate) timeline: Vec<Tick>,
+    pub(crate) last_delivery_ns: u64,
 }
 
 /// Results merged over workers.
@@ -159,6 +164,7 @@ pub(crate) struct Merged {
     pub(crate) join: Histogram<u64>,
     /// (unix second, ops, latency histogram of that second)
     pub(crate) timeline: Vec<(u64, u64, Histogram<u64>)>,
+    pub(crate) last_delivery_ns: u64,
 }
 
 pub(crate) fn merge(results: &[WorkerResult]) -> anyhow::Result<Merged> {
@@ -168,6 +174,7 @@ pub(crate) fn merge(results: &[WorkerResult]) -> anyhow::Result<Merged> {
         connect: new_hist(),
         join: new_hist(),
         timeline: Vec::new(),
+        last_delivery_ns: 0,
     };
     let mut ticks: BTreeMap<u64, (u64, Histogram<u64>)> = BTreeMap::new();
     let add = |a: &mut Histogram<u64>, s: &str| -> anyhow::Result<()> {
@@ -175,6 +182,7 @@ pub(crate) fn merge(results: &[WorkerResult]) -> anyhow::Result<Merged> {
     };
     for r in results {
         m.counters.add(&r.counters);
+        m.last_delivery_ns = m.last_delivery_ns.max(r.last_delivery_ns);
         add(&mut m.latency, &r.latency)?;
         add(&mut m.connect, &r.connect)?;
         add(&mut m.join, &r.join)?;
