@@ -250,3 +250,35 @@ pub(crate) async fn run(
         live.disconnects.fetch_add(1, Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_tracking_flags_duplicates_per_sender() {
+        let mut s = Seen::default();
+        assert!(s.see(1, 0));
+        assert!(s.see(1, 1));
+        assert!(s.see(2, 0));
+        assert!(!s.see(1, 1), "duplicate");
+        assert!(
+            s.see(1, 5),
+            "a gap is not a duplicate (it counts as missing)"
+        );
+        assert!(!s.see(1, 3), "late after a gap");
+    }
+
+    #[test]
+    fn frames_parse_and_push_frames_round_trip() {
+        let f = push_frame("room:1", 4, 9, 3, "xx");
+        let Frame(_, r, topic, event, payload) = serde_json::from_str(&f).unwrap();
+        assert_eq!(
+            (r, topic.get(), event),
+            (Some("4"), "\"room:1\"", "new_msg")
+        );
+        let m: Msg = serde_json::from_str(payload.get()).unwrap();
+        assert_eq!((m.seq, m.s), (3, 9));
+        assert!(m.ts > 0);
+    }
+}

@@ -743,3 +743,50 @@ fn main() {
     rt.shutdown_timeout(Duration::from_secs(1));
     std::process::exit(code);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_and_without_units() {
+        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn histograms_survive_serialization_and_merge() {
+        let mut a = new_hist();
+        let mut b = new_hist();
+        for v in 1..=1000 {
+            stats::record(&mut a, v);
+            stats::record(&mut b, v * 1000);
+        }
+        let r = |h: &hdrhistogram::Histogram<u64>| WorkerResult {
+            counters: Counters {
+                deliveries: h.len(),
+                ..Counters::default()
+            },
+            latency: encode_hist(h),
+            connect: encode_hist(&new_hist()),
+            join: encode_hist(&new_hist()),
+            timeline: vec![Tick {
+                unix_sec: 7,
+                ops: h.len(),
+                hist: encode_hist(h),
+            }],
+            last_delivery_ns: h.max(),
+        };
+        let m = stats::merge(&[r(&a), r(&b)]).unwrap();
+        assert_eq!(m.counters.deliveries, 2000);
+        assert_eq!(m.latency.len(), 2000);
+        assert_eq!(m.latency.max(), b.max());
+        assert_eq!(m.timeline.len(), 1);
+        assert_eq!(m.timeline[0].1, 2000);
+        assert_eq!(m.last_delivery_ns, b.max());
+    }
+}
