@@ -49,6 +49,33 @@ pub enum Outbound<'a> {
     },
 }
 
+impl Outbound<'_> {
+    /// Bytes of the variable parts, to size the encode buffer once.
+    pub(crate) fn size_hint(&self) -> usize {
+        let (jr, r, topic, word, body) = match *self {
+            Outbound::Message {
+                join_ref,
+                ref_,
+                topic,
+                event,
+                payload,
+            } => (join_ref, ref_, topic, event, payload),
+            Outbound::Reply {
+                join_ref,
+                ref_,
+                topic,
+                status,
+                response,
+            } => (join_ref, ref_, topic, status, response),
+        };
+        let body = match body {
+            Payload::Json(j) => j.bytes().len(),
+            Payload::Binary(b) => b.len(),
+        };
+        jr.map_or(0, str::len) + r.map_or(0, str::len) + topic.len() + word.len() + body
+    }
+}
+
 /// An encoded frame, ready for any transport.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {

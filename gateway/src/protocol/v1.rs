@@ -44,7 +44,7 @@ pub(super) fn decode(text: &Bytes) -> Result<Message, ProtocolError> {
 }
 
 pub(super) fn encode(out: &Outbound<'_>) -> Bytes {
-    let mut buf = Vec::with_capacity(80);
+    let mut buf = Vec::with_capacity(80 + out.size_hint());
     buf.extend_from_slice(b"{\"topic\":");
     let r = match *out {
         Outbound::Message {

@@ -97,7 +97,7 @@ pub(super) fn decode(text: &Bytes) -> Result<Message, ProtocolError> {
 }
 
 pub(super) fn encode(out: &Outbound<'_>) -> Bytes {
-    let mut buf = Vec::with_capacity(64);
+    let mut buf = Vec::with_capacity(64 + out.size_hint());
     buf.push(b'[');
     match *out {
         Outbound::Message {
