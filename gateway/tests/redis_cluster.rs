@@ -18,15 +18,16 @@
 //! port + 10000) and `gateway` binaries, and kills them on drop. Needs
 //! `redis-server` and `redis-cli` 7.0+ on PATH.
 
+mod support;
+
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::redis::Pod;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -410,179 +411,10 @@ async fn spawn_node(port: u16, dir: &TempDir) -> Option<Child> {
 }
 
 // ---------------------------------------------------------------------------
-// gateway pods
+// gateway pods: tests/support/redis.rs starts them (`Pod::start_cluster`)
 
-/// A `gateway` process, killed on drop.
-struct Pod {
-    addr: SocketAddr,
-    api_key: String,
-    child: Child,
-    dir: TempDir,
-}
-
-impl Pod {
-    async fn start(redis_url: &str, prefix: &str) -> Pod {
-        let dir = TempDir::new("cluster-pod");
-        let config = format!(
-            "[server]\nlisten = \"127.0.0.1:4000\"\n\n\
-             [log]\nlevel = \"info,pubsub_redis=debug\"\n\n\
-             [api]\npath = \"/api/broadcast\"\n\n\
-             [redis]\nurl = \"{redis_url}\"\ncluster = true\nprefix = \"{prefix}\"\n\
-             linger_ms = {LINGER_MS}\n\n\
-             [[channel]]\npattern = \"room:*\"\nevents = [\"new_msg\"]\n"
-        );
-        let config_path = dir.path("gateway.toml");
-        std::fs::write(&config_path, config).unwrap();
-        let api_key = unique("key");
-        for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.path("gateway.log"))
-                .unwrap();
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
-            for (name, _) in gateway::config::ENV_VARS {
-                cmd.env_remove(name);
-            }
-            let mut child = cmd
-                .arg("--config")
-                .arg(&config_path)
-                .env("PORT", port.to_string())
-                .env("GATEWAY_API_KEY", &api_key)
-                .env("NO_COLOR", "1")
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(log.try_clone().unwrap()))
-                .stderr(Stdio::from(log))
-                .spawn()
-                .unwrap();
-            if wait_pod(addr, &api_key, &mut child).await {
-                return Pod {
-                    addr,
-                    api_key,
-                    child,
-                    dir,
-                };
-            }
-            kill(&mut child);
-        }
-        panic!("gateway did not start on any of 5 free ports");
-    }
-
-    async fn client(&self) -> Phx {
-        Phx::connect(&format!("ws://{}/socket/websocket?vsn=2.0.0", self.addr)).await
-    }
-
-    /// `POST /api/broadcast` with this pod's key: (status, body).
-    async fn api_broadcast(&self, topic: &str, event: &str, payload: Value) -> (u16, String) {
-        let body = json!({"topic": topic, "event": event, "payload": payload}).to_string();
-        http(
-            self.addr,
-            "POST",
-            "/api/broadcast",
-            Some(&self.api_key),
-            &body,
-        )
-        .await
-        .unwrap_or_else(|| panic!("no HTTP answer from {}", self.addr))
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Pod {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            print_log(
-                &format!("gateway {}", self.addr),
-                &self.dir.path("gateway.log"),
-            );
-        }
-        kill(&mut self.child);
-    }
-}
-
-/// Waits until `/healthz` answers and the pod knows `key` (it is our process,
-/// not another test's on a reused port). `false` if it exited.
-async fn wait_pod(addr: SocketAddr, key: &str, child: &mut Child) -> bool {
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return false;
-        }
-        if let Some((200, _)) = http(addr, "GET", "/healthz", None, "").await {
-            // A body that is not a broadcast: 400 for our key, 401 for another.
-            let ours = matches!(
-                http(addr, "POST", "/api/broadcast", Some(key), "{}").await,
-                Some((400, _))
-            );
-            return ours && child.try_wait().unwrap().is_none();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gateway at {addr} did not answer /healthz within {START_TIMEOUT:?}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// A minimal HTTP/1.1 exchange (`Connection: close`), bounded by [`TIMEOUT`]:
-/// (status, body), or `None` when nothing answers.
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    bearer: Option<&str>,
-    body: &str,
-) -> Option<(u16, String)> {
-    let exchange = async {
-        let mut s = TcpStream::connect(addr).await.ok()?;
-        let auth = bearer
-            .map(|k| format!("Authorization: Bearer {k}\r\n"))
-            .unwrap_or_default();
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.ok()?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, rest) = text.split_once("\r\n\r\n")?;
-        let status = head.split_whitespace().nth(1)?.parse().ok()?;
-        let chunked = head.lines().any(|l| {
-            l.to_ascii_lowercase()
-                .starts_with("transfer-encoding: chunked")
-        });
-        let body = if chunked {
-            dechunk(rest)?
-        } else {
-            rest.to_owned()
-        };
-        Some((status, body))
-    };
-    tokio::time::timeout(TIMEOUT, exchange).await.ok().flatten()
-}
-
-fn dechunk(mut rest: &str) -> Option<String> {
-    let mut out = String::new();
-    loop {
-        let (size, tail) = rest.split_once("\r\n")?;
-        let size = usize::from_str_radix(size.trim(), 16).ok()?;
-        if size == 0 {
-            return Some(out);
-        }
-        out.push_str(tail.get(..size)?);
-        rest = tail.get(size + 2..)?;
-    }
+async fn client(pod: &Pod) -> Phx {
+    Phx::connect(&pod.url("")).await
 }
 
 // ---------------------------------------------------------------------------
@@ -729,7 +561,7 @@ async fn sharded_pubsub_reaches_every_client_on_every_pod() {
     let prefix = format!("{}:", unique("rc"));
     let mut pods = Vec::new();
     for _ in 0..3 {
-        pods.push(Pod::start(&cluster.seeds(), &prefix).await);
+        pods.push(Pod::start_cluster(&cluster.seeds(), &prefix, LINGER_MS).await);
     }
     let topics = spread_topics(&cluster, &prefix).await;
     let last = topics.len() - 1;
@@ -739,7 +571,7 @@ async fn sharded_pubsub_reaches_every_client_on_every_pod() {
     let client_pods = [0usize, 0, 1, 2];
     let mut clients = Vec::new();
     for &p in &client_pods {
-        clients.push(pods[p].client().await);
+        clients.push(client(&pods[p]).await);
     }
     // joined[c] = (topic, join_ref) of client c.
     let mut joined: Vec<Vec<(String, String)>> = vec![Vec::new(); clients.len()];
@@ -924,10 +756,10 @@ async fn a_channel_whose_slot_moves_is_subscribed_again_on_its_new_shard() {
     let cluster = RedisCluster::start().await;
     let prefix = format!("{}:", unique("rc-move"));
     let pods = [
-        Pod::start(&cluster.seeds(), &prefix).await,
-        Pod::start(&cluster.seeds(), &prefix).await,
+        Pod::start_cluster(&cluster.seeds(), &prefix, LINGER_MS).await,
+        Pod::start_cluster(&cluster.seeds(), &prefix, LINGER_MS).await,
     ];
-    let mut clients = [pods[0].client().await, pods[1].client().await];
+    let mut clients = [client(&pods[0]).await, client(&pods[1]).await];
     let mut joined = Vec::new();
     for c in &mut clients {
         joined.push(vec![(
@@ -983,10 +815,10 @@ async fn with_the_cluster_down_joins_and_publishes_fail_fast_and_connections_sta
     let mut cluster = RedisCluster::start().await;
     let prefix = format!("{}:", unique("rc-down"));
     let pods = [
-        Pod::start(&cluster.seeds(), &prefix).await,
-        Pod::start(&cluster.seeds(), &prefix).await,
+        Pod::start_cluster(&cluster.seeds(), &prefix, LINGER_MS).await,
+        Pod::start_cluster(&cluster.seeds(), &prefix, LINGER_MS).await,
     ];
-    let mut clients = [pods[0].client().await, pods[1].client().await];
+    let mut clients = [client(&pods[0]).await, client(&pods[1]).await];
     let mut before_jr = Vec::new();
     for c in &mut clients {
         before_jr.push(c.join("room:before", "b").await);

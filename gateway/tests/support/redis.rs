@@ -488,12 +488,28 @@ pub struct Pod {
 impl Pod {
     /// Starts a pod on a free port and waits until `/healthz` answers.
     pub async fn start(redis_url: &str, prefix: &str, linger_ms: u64) -> Pod {
+        Pod::start_with(format!(
+            "url = \"{redis_url}\"\nprefix = \"{prefix}\"\nlinger_ms = {linger_ms}\n"
+        ))
+        .await
+    }
+
+    /// Starts a pod on a Redis Cluster (sharded pub/sub) given its seed URLs.
+    pub async fn start_cluster(seeds: &str, prefix: &str, linger_ms: u64) -> Pod {
+        Pod::start_with(format!(
+            "url = \"{seeds}\"\ncluster = true\nprefix = \"{prefix}\"\nlinger_ms = {linger_ms}\n"
+        ))
+        .await
+    }
+
+    /// Starts a pod whose `[redis]` section holds `redis` (TOML lines).
+    async fn start_with(redis: String) -> Pod {
         let dir = TempDir::new("pod");
         let config = format!(
             "[server]\nlisten = \"127.0.0.1:4000\"\n\n\
              [log]\nformat = \"human\"\nlevel = \"info,pubsub_redis=debug\"\n\n\
              [api]\npath = \"/api/broadcast\"\n\n\
-             [redis]\nurl = \"{redis_url}\"\nprefix = \"{prefix}\"\nlinger_ms = {linger_ms}\n\
+             [redis]\n{redis}\
              {RULES}"
         );
         let config_path = dir.path("gateway.toml");
