@@ -32,16 +32,16 @@ REDIS_ARGS=(--via redis --redis-url "$REDIS_URL" --prefix "$PREFIX")
 if want memory; then
   for n in 1000 2000 5000 10000 15000 19000; do
     start_gateway "gw-mem-$n"
-    lt "mem-gw-$n" idle -n "$n" -r 5000 --gateway-pid "$GW_PID" --url "$GW_URL" --duration 5s
+    lt "mem-gw-$n" idle -n "$n" -r 5000 --gateway-pid "$GW_PID" --url "$GW_URL" --duration 15s
     stop "$GW_PID"
     start_raw
-    lt "mem-raw-$n" idle -n "$n" -r 5000 --gateway-pid "$RAW_PID" --url "$RAW_URL" --duration 5s
+    lt "mem-raw-$n" idle -n "$n" -r 5000 --gateway-pid "$RAW_PID" --url "$RAW_URL" --duration 15s
     stop "$RAW_PID"
   done
   urls=() pids=()
   for i in 1 2 3; do start_gateway "gw-mem50k-$i"; urls+=("$GW_URL"); pids+=("$GW_PID"); done
   lt "mem3-gw-50000" idle -n 50000 -r 5000 --per-worker 12500 \
-    --url "$(IFS=,; echo "${urls[*]}")" --gateway-pid "$(IFS=,; echo "${pids[*]}")" --duration 5s
+    --url "$(IFS=,; echo "${urls[*]}")" --gateway-pid "$(IFS=,; echo "${pids[*]}")" --duration 15s
   for p in "${pids[@]}"; do stop "$p"; done
 fi
 
@@ -50,8 +50,8 @@ if want subscribers; then
   start_raw
   for s in 100 1000 5000 10000 19000; do
     p=$((200000 / s))
-    lt "subs-gw-$s" fanout -s "$s" -t 1 -p "$p" "${REDIS_ARGS[@]}" --url "$GW_URL" --duration "$DURATION" --drain 5s
-    lt "subs-raw-$s" fanout -s "$s" -t 1 -p "$p" --via api --api-url "$RAW_API" --url "$RAW_URL" --duration "$DURATION" --drain 5s
+    lt "subs-gw-$s" fanout -s "$s" -t 1 -p "$p" "${REDIS_ARGS[@]}" --url "$GW_URL" --gateway-pid "$GW_PID" --duration "$DURATION" --drain 5s
+    lt "subs-raw-$s" fanout -s "$s" -t 1 -p "$p" --via api --api-url "$RAW_API" --url "$RAW_URL" --gateway-pid "$RAW_PID" --duration "$DURATION" --drain 5s
   done
   stop "$GW_PID"; stop "$RAW_PID"
 fi
@@ -60,8 +60,8 @@ if want rate; then
   start_gateway gw-rate
   start_raw
   for p in 1 5 10 20 40 60 80 100 120; do
-    lt "rate-gw-$p" fanout -s 10000 -t 1 -p "$p" "${REDIS_ARGS[@]}" --url "$GW_URL" --duration "$DURATION" --drain 5s
-    lt "rate-raw-$p" fanout -s 10000 -t 1 -p "$p" --via api --api-url "$RAW_API" --url "$RAW_URL" --duration "$DURATION" --drain 5s
+    lt "rate-gw-$p" fanout -s 10000 -t 1 -p "$p" "${REDIS_ARGS[@]}" --url "$GW_URL" --gateway-pid "$GW_PID" --duration "$DURATION" --drain 5s
+    lt "rate-raw-$p" fanout -s 10000 -t 1 -p "$p" --via api --api-url "$RAW_API" --url "$RAW_URL" --gateway-pid "$RAW_PID" --duration "$DURATION" --drain 5s
   done
   stop "$GW_PID"; stop "$RAW_PID"
 fi
@@ -71,6 +71,7 @@ if want pods; then
     urls=() pids=()
     for i in $(seq 1 "$k"); do start_gateway "gw-pods$k-$i"; urls+=("$GW_URL"); pids+=("$GW_PID"); done
     lt "pods-$k" fanout -s 6000 -t 1 -p 40 "${REDIS_ARGS[@]}" --url "$(IFS=,; echo "${urls[*]}")" \
+      --gateway-pid "$(IFS=,; echo "${pids[*]}")" \
       --duration "$DURATION" --drain 5s
     for p in "${pids[@]}"; do stop "$p"; done
   done

@@ -70,17 +70,25 @@ if gw:
     md.append("")
 
 
-def fanout_table(title, key, label, gw, raw, extra=None):
+def cpu_us(d):
+    """Server CPU µs per delivery, or nan when not measured."""
+    c = (d or {}).get("gateway_cpu") or {}
+    v = c.get("us_per_delivery")
+    return float("nan") if v is None else v
+
+
+def fanout_table(title, label, gw, raw):
     md.append(f"### {title}\n")
-    md.append(f"| {label} | gateway deliv/s | raw deliv/s | vs raw | gateway p50 ms | gateway p99 ms | raw p99 ms | gateway missing | disconnects |")
-    md.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    md.append(f"| {label} | gateway deliv/s | raw deliv/s | vs raw | gateway p50 ms | gateway p99 ms | raw p99 ms "
+              f"| gateway CPU µs/deliv | raw CPU µs/deliv | gateway missing | disconnects |")
+    md.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rawd = dict(raw)
     for x, d in gw:
         r = rawd.get(x)
         ratio = f"{d['deliveries_per_sec'] / r['deliveries_per_sec']:.0%}" if r else "-"
         md.append(f"| {x} | {d['deliveries_per_sec']:.0f} | {r['deliveries_per_sec'] if r else 0:.0f} | {ratio} | "
                   f"{d['latency']['delivery']['p50_ms']:.2f} | {p99(d):.2f} | {p99(r) if r else float('nan'):.2f} | "
-                  f"{d['missing']} | {d['counters']['disconnects']} |")
+                  f"{cpu_us(d):.2f} | {cpu_us(r):.2f} | {d['missing']} | {d['counters']['disconnects']} |")
     md.append("")
 
 
@@ -94,7 +102,7 @@ if gw:
           "subscribers", "p99 ms",
           [("gateway (Redis)", [(x, p99(d)) for x, d in gw]),
            ("raw-writer", [(x, p99(d)) for x, d in raw])], log_x=True, log_y=True)
-    fanout_table("Fan-out vs subscribers of one topic (200,000 deliveries/s offered)", "s", "subscribers", gw, raw)
+    fanout_table("Fan-out vs subscribers of one topic (200,000 deliveries/s offered)", "subscribers", gw, raw)
 
 gw, raw = points("rate-gw"), points("rate-raw")
 if gw:
@@ -106,7 +114,11 @@ if gw:
           "messages/s published", "deliveries/s",
           [("gateway (Redis)", [(x, d["deliveries_per_sec"]) for x, d in gw]),
            ("raw-writer", [(x, d["deliveries_per_sec"]) for x, d in raw])])
-    fanout_table("Fan-out vs publish rate (one topic, 10,000 subscribers)", "p", "msgs/s", gw, raw)
+    chart("rate-cpu", "server CPU per delivery vs publish rate (one topic, 10k subscribers)",
+          "messages/s published", "CPU µs per delivery",
+          [("gateway (Redis)", [(x, cpu_us(d)) for x, d in gw if cpu_us(d) == cpu_us(d)]),
+           ("raw-writer", [(x, cpu_us(d)) for x, d in raw if cpu_us(d) == cpu_us(d)])])
+    fanout_table("Fan-out vs publish rate (one topic, 10,000 subscribers)", "msgs/s", gw, raw)
 
 pods = points("pods")
 if pods:
@@ -114,11 +126,11 @@ if pods:
           "gateway pods", "deliveries/s",
           [("gateway (Redis)", [(x, d["deliveries_per_sec"]) for x, d in pods])])
     md.append("### The same fan-out over 1, 2 and 3 pods (6,000 subscribers, 40 msgs/s, one Redis)\n")
-    md.append("| pods | Redis messages per broadcast | deliveries/s | p50 ms | p99 ms | missing |")
-    md.append("|---:|---:|---:|---:|---:|---:|")
+    md.append("| pods | Redis messages per broadcast | deliveries/s | p50 ms | p99 ms | gateways' CPU µs/deliv | missing |")
+    md.append("|---:|---:|---:|---:|---:|---:|---:|")
     for x, d in pods:
         md.append(f"| {x} | {d.get('redis_messages_per_publish') or 0:.2f} | {d['deliveries_per_sec']:.0f} | "
-                  f"{d['latency']['delivery']['p50_ms']:.2f} | {p99(d):.2f} | {d['missing']} |")
+                  f"{d['latency']['delivery']['p50_ms']:.2f} | {p99(d):.2f} | {cpu_us(d):.2f} | {d['missing']} |")
     md.append("")
 
 open(os.path.join(out, "summary.md"), "w").write("\n".join(md) + "\n")
