@@ -216,7 +216,6 @@ impl EndpointBuilder {
             pubsub.clone(),
             node.clone(),
             shutdown.clone(),
-            self.sockets.iter().any(|s| s.config.longpoll.is_some()),
         );
         Arc::new(Endpoint {
             sockets: self.sockets,

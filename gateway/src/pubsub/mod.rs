@@ -44,13 +44,18 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// When the broker cannot accept the message.
     async fn publish(&self, msg: Broadcast) -> Result<(), BrokerError>;
 
-    /// Starts handing messages sent to the node named `node` (this one)
-    /// with [`Broker::send_to`] to `inbox`, and keeps doing so across
-    /// reconnects. This is how a pod answers for the long-poll sessions it
-    /// owns when their requests land on another pod. The default, for a
-    /// single-node broker, does nothing: there is no other pod.
-    fn listen(&self, node: &str, inbox: Arc<dyn NodeInbox>) {
+    /// Hands messages sent to the node named `node` (this one) with
+    /// [`Broker::send_to`] to `inbox` from now on, across reconnects. This is
+    /// how a pod answers for the long-poll sessions it owns when their
+    /// requests land on another pod. Resolves once delivery is in effect.
+    /// Called once per node. The default, for a single-node broker, does
+    /// nothing: there is no other pod.
+    ///
+    /// # Errors
+    /// When the broker cannot confirm the subscription; calling again retries.
+    async fn listen(&self, node: &str, inbox: Arc<dyn NodeInbox>) -> Result<(), BrokerError> {
         let _ = (node, inbox);
+        Ok(())
     }
 
     /// Sends `body` (JSON text) to the node named `node`, at most once.

@@ -18,7 +18,6 @@ use bytes::Bytes;
 use pubsub_redis::{Envelope, Origin, RedisBus, Sink};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 /// The reserved topic namespace of point-to-point messages between pods.
 const NODE_TOPIC: &str = "lp:";
@@ -131,28 +130,19 @@ impl Broker for RedisBroker {
             .map_err(|e| BrokerError(e.to_string()))
     }
 
-    fn listen(&self, node: &str, inbox: Arc<dyn NodeInbox>) {
+    async fn listen(&self, node: &str, inbox: Arc<dyn NodeInbox>) -> Result<(), BrokerError> {
         let topic = format!("{NODE_TOPIC}{node}");
-        if self.sink.inbox.set((topic.clone(), inbox)).is_err() {
-            tracing::warn!(node, "this pod already listens for point-to-point messages");
-            return;
+        let (mine, _) = self.sink.inbox.get_or_init(|| (topic.clone(), inbox));
+        if *mine != topic {
+            return Err(BrokerError(format!(
+                "this pod already listens as {mine}, not {topic}"
+            )));
         }
-        // The bus keeps a confirmed subscription across reconnects; only the
-        // first one can fail (Redis down at start), so retry until it holds.
-        let bus = self.bus.clone();
-        tokio::spawn(async move {
-            let mut delay = Duration::from_millis(100);
-            loop {
-                match bus.subscribe(&topic).await {
-                    Ok(()) => return,
-                    Err(e) => {
-                        tracing::debug!(error = %e, topic, "inbox subscription failed; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
-        });
+        // Once confirmed, the bus keeps the subscription across reconnects.
+        self.bus
+            .subscribe(&topic)
+            .await
+            .map_err(|e| BrokerError(e.to_string()))
     }
 
     async fn send_to(&self, node: &str, body: Bytes) -> Result<bool, BrokerError> {

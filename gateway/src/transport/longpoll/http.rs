@@ -139,7 +139,7 @@ async fn open(
     match ep.longpoll.create(socket, config, vsn, assigns).await {
         Ok(token) => envelope(410, Some(&token), &[]),
         Err(e) => {
-            tracing::warn!(error = %e, "long-poll session refused: socket id subscription failed");
+            tracing::warn!(error = %e, "long-poll session refused: the broker is unavailable");
             cors(text(StatusCode::SERVICE_UNAVAILABLE, "broker unavailable"))
         }
     }

@@ -71,6 +71,9 @@ pub(crate) struct LongPoll {
     next_id: AtomicU64,
     /// To hand out `Arc`s of itself to tasks it spawns from the inbox.
     this: Weak<LongPoll>,
+    /// Set once the broker delivers this pod's relay inbox: sessions are
+    /// only opened after that, so other pods can always reach them.
+    listening: tokio::sync::OnceCell<()>,
 }
 
 impl std::fmt::Debug for LongPoll {
@@ -91,18 +94,16 @@ struct Reply {
 }
 
 impl LongPoll {
-    /// The long-poll state of an endpoint. `listen` makes this pod answer
-    /// requests relayed by others (only needed when a socket enables it).
+    /// The long-poll state of an endpoint.
     pub(crate) fn new(
         secret: &[u8],
         relay_timeout: Duration,
         pubsub: PubSub,
         node_name: Arc<str>,
         shutdown: CancellationToken,
-        listen: bool,
     ) -> Arc<Self> {
         let node = format!("{:016x}", u64::from_le_bytes(token::random_bytes::<8>()));
-        let lp = Arc::new_cyclic(|this| LongPoll {
+        Arc::new_cyclic(|this| LongPoll {
             node,
             signer: Signer::new(secret),
             relay_timeout,
@@ -113,12 +114,19 @@ impl LongPoll {
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             this: this.clone(),
-        });
-        if listen {
-            let inbox: Arc<dyn NodeInbox> = Arc::new(Inbox(Arc::downgrade(&lp)));
-            lp.pubsub.broker().listen(&lp.node, inbox);
-        }
-        lp
+            listening: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// Makes sure other pods can relay requests here.
+    async fn listen(&self) -> Result<(), BrokerError> {
+        self.listening
+            .get_or_try_init(|| async {
+                let inbox: Arc<dyn NodeInbox> = Arc::new(Inbox(self.this.clone()));
+                self.pubsub.broker().listen(&self.node, inbox).await
+            })
+            .await
+            .map(|_| ())
     }
 
     fn sign(&self, session: u128, ack: u64) -> String {
@@ -137,7 +145,8 @@ impl LongPoll {
     /// Opens a session for an accepted client; returns its first token.
     ///
     /// # Errors
-    /// When the socket id cannot be subscribed (the broker is down).
+    /// When the relay inbox or the socket id cannot be subscribed (the
+    /// broker is down).
     pub(crate) async fn create(
         &self,
         socket: Arc<Socket>,
@@ -145,6 +154,7 @@ impl LongPoll {
         vsn: Vsn,
         assigns: Assigns,
     ) -> Result<String, BrokerError> {
+        self.listen().await?;
         let conn = ConnHandle::new(vsn, config.max_buffer);
         let max_frame = socket.config.max_frame_size;
         let connection = Connection::open(
@@ -249,6 +259,11 @@ impl LongPoll {
         ask: impl FnOnce(u64, String) -> Message,
         wait: Duration,
     ) -> Relayed {
+        // The owner answers to this pod's inbox.
+        if let Err(e) = self.listen().await {
+            tracing::warn!(error = %e, "cannot relay a long-poll request: no inbox");
+            return Relayed::Unavailable;
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending.lock().insert(id, tx);

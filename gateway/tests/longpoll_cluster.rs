@@ -1,0 +1,171 @@
+//! Long-poll without sticky sessions: real `gateway` processes sharing a real
+//! `redis-server`, with every request of one session sent to a different pod
+//! than the one before, as a round-robin balancer does.
+
+mod support;
+
+use serde_json::{json, Value};
+use support::longpoll::LpClient;
+use support::redis::Cluster;
+
+/// A `new_msg` push; the `room:*` rule broadcasts it (sender included) and
+/// replies ok.
+fn ping(r: u32) -> Value {
+    json!(["1", r.to_string(), "room:lb", "new_msg", {"r": r}])
+}
+
+fn pong(r: u32) -> Value {
+    json!(["1", r.to_string(), "room:lb", "phx_reply", {"status": "ok", "response": {}}])
+}
+
+fn echo(r: u32) -> Value {
+    json!([null, null, "room:lb", "new_msg", {"r": r}])
+}
+
+/// Polls through the pods in turn until `n` messages arrived.
+async fn collect(c: &mut LpClient, cluster: &Cluster, n: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    for round in 0.. {
+        if got.len() >= n {
+            break;
+        }
+        c.addr = cluster.pods[round % cluster.pods.len()].addr;
+        let v = c.get().await;
+        assert!(v["status"] == 200 || v["status"] == 204, "{v}");
+        for m in v["messages"].as_array().unwrap() {
+            got.push(serde_json::from_str::<Value>(m.as_str().unwrap()).unwrap());
+        }
+    }
+    assert_eq!(got.len(), n, "{got:?}");
+    got
+}
+
+/// Opens a session on pod 0 and joins `room:lb` through pod 1, reading the
+/// reply through pod 2.
+async fn session(cluster: &Cluster) -> LpClient {
+    let mut c = LpClient::new(cluster.pods[0].addr, "vsn=2.0.0");
+    c.open().await;
+    c.addr = cluster.pods[1].addr;
+    assert_eq!(
+        c.post(&[json!(["1", "1", "room:lb", "phx_join", {}])])
+            .await,
+        200
+    );
+    c.addr = cluster.pods[2].addr;
+    assert_eq!(
+        c.messages(1).await,
+        vec![json!(["1", "1", "room:lb", "phx_reply", {"status": "ok", "response": {}}])]
+    );
+    c
+}
+
+#[tokio::test]
+async fn every_request_on_another_pod() {
+    let cluster = Cluster::start(3).await;
+    let mut c = session(&cluster).await;
+
+    // POSTs through each pod in turn are applied in the order sent, and
+    // their replies come back in that order through whichever pod polls.
+    let mut r = 2;
+    for round in 0..6 {
+        c.addr = cluster.pods[round % 3].addr;
+        let batch: Vec<Value> = (r..r + 3).map(ping).collect();
+        assert_eq!(c.post(&batch).await, 200);
+        r += 3;
+    }
+    let got = collect(&mut c, &cluster, 36).await;
+    let replies: Vec<&Value> = got.iter().filter(|m| m[3] == "phx_reply").collect();
+    let echoes: Vec<&Value> = got.iter().filter(|m| m[3] == "new_msg").collect();
+    assert_eq!(
+        replies,
+        (2..20)
+            .map(pong)
+            .collect::<Vec<_>>()
+            .iter()
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        echoes,
+        (2..20)
+            .map(echo)
+            .collect::<Vec<_>>()
+            .iter()
+            .collect::<Vec<_>>()
+    );
+
+    // A broadcast published with plain PUBLISH reaches the long-poll client
+    // (through a relaying pod) and a WebSocket client on another pod alike.
+    let mut ws = cluster.pods[1].client().await;
+    ws.join("room:lb", "5").await;
+    let mut resp = cluster.resp().await;
+    let n = resp
+        .publish(
+            &cluster.channel("room:lb"),
+            r#"{"event":"new_msg","payload":{"body":"to all"}}"#,
+        )
+        .await;
+    assert!(n >= 2, "PUBLISH reached {n} pods");
+    let frame = json!([null, null, "room:lb", "new_msg", {"body": "to all"}]);
+    ws.expect(frame.clone()).await;
+    c.addr = cluster.pods[2].addr;
+    assert_eq!(c.messages(1).await, vec![frame]);
+}
+
+/// An answer lost between a relaying pod and the client is not lost: the
+/// client's next GET (with the token it still has) gets the same messages
+/// from the owner through yet another pod, and confirming them drops them.
+#[tokio::test]
+async fn relayed_answers_are_acknowledged() {
+    let cluster = Cluster::start(3).await;
+    let mut c = session(&cluster).await;
+    let before = c.token.clone();
+    assert_eq!(c.post(&[ping(2), ping(3)]).await, 200);
+    c.addr = cluster.pods[1].addr;
+    let first = c.get().await;
+    assert_eq!(first["status"], 200, "{first}");
+    // Lost on its way: poll again with the previous token via pod 0.
+    let answered = c.token.replace(before.unwrap());
+    c.addr = cluster.pods[0].addr;
+    let again = c.get().await;
+    assert_eq!(again["messages"], first["messages"]);
+    assert_eq!(c.token, answered);
+    // Confirmed ones never come again: everything else arrives once.
+    let seen = first["messages"].as_array().unwrap().len();
+    assert_eq!(c.post(&[ping(4)]).await, 200);
+    let mut all: Vec<Value> = first["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| serde_json::from_str(m.as_str().unwrap()).unwrap())
+        .collect();
+    all.extend(collect(&mut c, &cluster, 6 - seen).await);
+    for r in 2..=4 {
+        assert_eq!(all.iter().filter(|m| **m == pong(r)).count(), 1, "{all:?}");
+        assert_eq!(all.iter().filter(|m| **m == echo(r)).count(), 1, "{all:?}");
+    }
+}
+
+/// When the owner pod dies, its sessions are gone: GET and POST on the
+/// survivors answer 410, and a new session works through them.
+#[tokio::test]
+async fn owner_gone_is_410() {
+    let mut cluster = Cluster::start(3).await;
+    let mut c = session(&cluster).await;
+    drop(cluster.pods.remove(0));
+    c.addr = cluster.pods[0].addr;
+    assert_eq!(c.post(&[ping(2)]).await, 410);
+    let v = c.get().await;
+    assert_eq!(v["status"], 410, "{v}");
+
+    let mut fresh = LpClient::new(cluster.pods[1].addr, "vsn=2.0.0");
+    fresh.open().await;
+    fresh.addr = cluster.pods[0].addr;
+    assert_eq!(
+        fresh
+            .post(&[json!(["1", "1", "room:lb", "phx_join", {}])])
+            .await,
+        200
+    );
+    fresh.addr = cluster.pods[1].addr;
+    assert_eq!(fresh.messages(1).await.len(), 1);
+}
