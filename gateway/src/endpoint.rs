@@ -105,6 +105,12 @@ impl Endpoint {
         &self.node
     }
 
+    /// This process's id in long-poll session tokens: random per start, so
+    /// operators (and tests) can tell which pod owns a session.
+    pub fn longpoll_pod(&self) -> &str {
+        self.longpoll.node()
+    }
+
     /// Closes every connection and stops accepting new ones.
     pub fn shutdown(&self) {
         self.ready.store(false, Ordering::SeqCst);

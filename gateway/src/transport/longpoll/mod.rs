@@ -129,6 +129,11 @@ impl LongPoll {
             .map(|_| ())
     }
 
+    /// This pod's id in tokens.
+    pub(crate) fn node(&self) -> &str {
+        &self.node
+    }
+
     fn sign(&self, session: u128, ack: u64) -> String {
         self.signer.sign(&SessionToken {
             node: self.node.clone(),
