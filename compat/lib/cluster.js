@@ -254,19 +254,30 @@ class Cluster {
     return redisCli(this.redisPort, "PUBLISH", `phx:${topic}`, JSON.stringify({ event, payload }));
   }
 
-  /** Long-poll requests per pod address, from nginx's access log. */
-  longpollRequestsPerPod() {
-    const counts = Object.fromEntries(this.pods.filter(Boolean).map((p) => [p.addr, 0]));
+  /** Requests nginx passed on: {upstream, method, uri, status}, from its
+   * access log. `upstream` is the pod that answered. */
+  requests() {
     let log = "";
     try {
       log = readFileSync(path.join(this.dir, "access.log"), "utf8");
     } catch {}
-    for (const line of log.split("\n")) {
-      const [upstreams, , uri] = line.split(" ");
-      if (uri !== "/socket/longpoll" || !upstreams) continue;
-      // "a, b" when nginx tried a dead pod first: the last one answered.
-      const answered = upstreams.split(",").pop().trim();
-      counts[answered] = (counts[answered] || 0) + 1;
+    return log
+      .split("\n")
+      .filter(Boolean)
+      .map((line) => {
+        // "a, b" when nginx tried a dead pod first: the last one answered.
+        const m = line.match(/^(.*) (\S+) (\S+) (\d+)$/);
+        if (!m) return null;
+        return { upstream: m[1].split(",").pop().trim(), method: m[2], uri: m[3], status: Number(m[4]) };
+      })
+      .filter(Boolean);
+  }
+
+  /** Long-poll requests per pod address, from nginx's access log. */
+  longpollRequestsPerPod() {
+    const counts = Object.fromEntries(this.pods.filter(Boolean).map((p) => [p.addr, 0]));
+    for (const r of this.requests()) {
+      if (r.uri === "/socket/longpoll" && r.upstream !== "-") counts[r.upstream] = (counts[r.upstream] || 0) + 1;
     }
     return counts;
   }
