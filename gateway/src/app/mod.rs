@@ -134,3 +134,29 @@ pub fn build(config: &Config, pubsub: PubSub) -> Result<Arc<Endpoint>, ConfigErr
     }
     Ok(builder.build())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::longpoll_secret;
+    use crate::config::Config;
+
+    fn config(toml: &str) -> Config {
+        let c = Config::parse(toml, "test.toml").unwrap();
+        c.validate().unwrap();
+        c
+    }
+
+    #[test]
+    fn longpoll_secret_is_shared_by_pods_configured_alike() {
+        let redis = "[redis]\nurl = \"redis://10.0.0.1:6379\"\n";
+        let a = longpoll_secret(&config(redis)).unwrap();
+        assert_eq!(Some(a.clone()), longpoll_secret(&config(redis)));
+        let other_prefix = format!("{redis}prefix = \"x:\"\n");
+        assert_ne!(Some(a), longpoll_secret(&config(&other_prefix)));
+        let set = config(&format!(
+            "{redis}[longpoll]\nsecret = \"0123456789abcdef-x\"\n"
+        ));
+        assert_eq!(longpoll_secret(&set), Some(b"0123456789abcdef-x".to_vec()));
+        assert_eq!(longpoll_secret(&config("")), None, "random without Redis");
+    }
+}
