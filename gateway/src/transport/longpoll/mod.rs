@@ -40,6 +40,9 @@ use token::{SessionToken, Signer};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+/// At most one warning about badly sealed relay messages per this interval.
+const BAD_SEAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// POSTs queued for one session; the client sends one at a time.
 const POST_QUEUE: usize = 8;
 
@@ -74,6 +77,8 @@ pub(crate) struct LongPoll {
     /// Set once the broker delivers this pod's relay inbox: sessions are
     /// only opened after that, so other pods can always reach them.
     listening: tokio::sync::OnceCell<()>,
+    /// When a bad relay message was last logged.
+    last_bad_seal: Mutex<Option<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for LongPoll {
@@ -115,6 +120,7 @@ impl LongPoll {
             next_id: AtomicU64::new(1),
             this: this.clone(),
             listening: tokio::sync::OnceCell::new(),
+            last_bad_seal: Mutex::new(None),
         })
     }
 
@@ -359,7 +365,16 @@ impl LongPoll {
 
     fn received(&self, body: Bytes) {
         let Some(msg) = relay::open(&self.signer, &body) else {
-            tracing::warn!("dropping a relay message with a bad seal (is longpoll.secret the same on every pod?)");
+            // At most one line per interval: anyone who can publish to Redis
+            // can send these.
+            let now = std::time::Instant::now();
+            let mut last = self.last_bad_seal.lock();
+            if last.is_none_or(|t| now.duration_since(t) >= BAD_SEAL_LOG_EVERY) {
+                *last = Some(now);
+                tracing::warn!(
+                    "dropping relay messages with a bad seal: is longpoll.secret the same on every pod?"
+                );
+            }
             return;
         };
         match msg {
