@@ -169,3 +169,32 @@ async fn owner_gone_is_410() {
     fresh.addr = cluster.pods[1].addr;
     assert_eq!(fresh.messages(1).await.len(), 1);
 }
+
+/// `{"event":"disconnect"}` published to a socket id ends the long-poll
+/// session on its owner; the client notices on its next GET, through any
+/// pod, as phoenix.js expects (410).
+#[tokio::test]
+async fn disconnect_by_socket_id() {
+    let cluster = Cluster::start(3).await;
+    let user = format!("lp-{}", std::process::id());
+    let query = format!("vsn=2.0.0&token={}", support::redis::token(&user));
+    let mut c = LpClient::new(cluster.pods[0].addr, &query);
+    c.open().await;
+    c.addr = cluster.pods[1].addr;
+    c.call(
+        &[json!([null, "1", "phoenix", "heartbeat", {}])],
+        &[json!([null, "1", "phoenix", "phx_reply", {"status": "ok", "response": {}}])],
+    )
+    .await;
+    let mut resp = cluster.resp().await;
+    let receivers = resp
+        .publish(
+            &cluster.channel(&format!("users_socket:{user}")),
+            r#"{"event":"disconnect"}"#,
+        )
+        .await;
+    assert_eq!(receivers, 1, "only the owner pod has the socket id");
+    c.addr = cluster.pods[2].addr;
+    let v = c.get().await;
+    assert_eq!(v["status"], 410, "{v}");
+}
