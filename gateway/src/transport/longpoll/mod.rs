@@ -196,6 +196,10 @@ impl LongPoll {
     }
 
     /// Serves a GET for the session `t` names, here or on its owner.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: messages the answer would have carried stay buffered on
+    /// the owner until a later GET confirms them.
     pub(crate) async fn get(&self, t: &SessionToken, window: Duration) -> Answer {
         if t.node == self.node {
             let Some(s) = self.local(t.session) else {
@@ -242,6 +246,10 @@ impl LongPoll {
     }
 
     /// Serves a POST for the session `t` names; the JSON status.
+    ///
+    /// # Cancel safety
+    /// Once handed to the owner, the lines are applied even if this future is
+    /// dropped; the client, lacking an answer, starts a new session.
     pub(crate) async fn post(&self, t: &SessionToken, lines: Vec<String>, window: Duration) -> u16 {
         if t.node == self.node {
             return match self.local(t.session) {

@@ -160,6 +160,9 @@ impl Session {
     /// Applies POSTed lines in order; the JSON status to answer: 200 once
     /// all were applied, 410 if the session ended, 408 if it did not get to
     /// them within the poll window.
+    ///
+    /// # Cancel safety
+    /// Lines already queued are applied even if this future is dropped.
     pub(crate) async fn post(&self, lines: Vec<String>) -> u16 {
         let (done, rx) = oneshot::channel();
         let apply = async {
