@@ -26,13 +26,15 @@ use tokio::sync::{mpsc, watch};
     about = "Phoenix-protocol load generator for the gateway"
 )]
 pub(crate) struct Cli {
-    /// WebSocket endpoint of the gateway.
+    /// WebSocket endpoint of the gateway; several, comma-separated, spread the
+    /// connections round-robin over several pods.
     #[arg(
         long,
         global = true,
+        value_delimiter = ',',
         default_value = "ws://127.0.0.1:4000/socket/websocket?vsn=2.0.0"
     )]
-    url: String,
+    url: Vec<String>,
     /// How long the measured phase lasts: 10, 10s, 500ms, 2m.
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
@@ -222,6 +224,18 @@ async fn resolve(url: &str) -> anyhow::Result<std::net::SocketAddr> {
         .with_context(|| format!("cannot resolve {hostport}"))
 }
 
+/// Where connections go: every `--url`, resolved once.
+async fn target(cli: &Cli) -> anyhow::Result<Target> {
+    let mut endpoints = Vec::with_capacity(cli.url.len());
+    for url in &cli.url {
+        endpoints.push((resolve(url).await?, url.clone()));
+    }
+    Ok(Target {
+        endpoints,
+        source_ips: cli.source_ips.clone(),
+    })
+}
+
 /// One worker's share of the connections: global indices `index, index+count, ...`.
 async fn worker(
     cli: Arc<Cli>,
@@ -230,11 +244,7 @@ async fn worker(
     mut ctrl: mpsc::UnboundedReceiver<Control>,
     out: mpsc::UnboundedSender<Out>,
 ) -> anyhow::Result<()> {
-    let target = Arc::new(Target {
-        addr: resolve(&cli.url).await?,
-        url: cli.url.clone(),
-        source_ips: cli.source_ips.clone(),
-    });
+    let target = Arc::new(target(&cli).await?);
     let stats = Arc::new(Stats::default());
     let (n, rate, ntopics, per_conn, push_every) = cli.shape();
     let is_connect = matches!(cli.scenario, Scenario::Connect(_));
@@ -597,11 +607,7 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
             rss_after = Some(total_rss(&cli.gateway_pid)?);
         }
         Scenario::Fanout(a) => {
-            let target = Target {
-                addr: resolve(&cli.url).await?,
-                url: cli.url.clone(),
-                source_ips: cli.source_ips.clone(),
-            };
+            let target = target(&cli).await?;
             let spec = publish::PublishSpec {
                 via: a.via,
                 topics: (0..ntopics).map(|t| cli.topic(t)).collect(),

@@ -228,6 +228,8 @@ impl<'a> Report<'a> {
             "errors": self.errors(),
             "error_rate": self.error_rate(),
             "deliveries_per_sec": self.deliveries_per_sec(),
+            "redis_messages_per_publish": (c.redis_receivers > 0)
+                .then(|| c.redis_receivers as f64 / c.published.max(1) as f64),
             "connections_joins_per_sec": self.conn_join_per_sec(),
             "memory": self.memory().map(|(b, a, per)| json!({"rss_before": b, "rss_after": a, "bytes_per_connection": per})),
             "latency": {
