@@ -90,7 +90,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         None => (gateway::pubsub::PubSub::memory(), "memory"),
     };
     let endpoint = gateway::app::build(&config, pubsub)?;
-    let listener = gateway::server::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    let listener =
+        gateway::server::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     tracing::info!(
         addr = %listener.local_addr()?,
         node = endpoint.node(),
