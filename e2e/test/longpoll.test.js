@@ -2,7 +2,9 @@
 // headless Chromium, where it uses XMLHttpRequest, from a page on another
 // origin than the balancer (so every POST and every GET with the authToken
 // header needs a CORS preflight), against three gateway pods and one Redis
-// behind nginx in plain round-robin (../compat/lib/cluster.js).
+// behind nginx in plain round-robin (../compat/lib/cluster.js). Also the
+// WebSocket -> long-poll fallback (longPollFallbackMs) where nginx refuses
+// WebSocket upgrades, and no fallback where it passes them.
 //
 // Env: GATEWAY_BIN, CHROMIUM_PATH (default /usr/bin/chromium), NGINX_BIN.
 
@@ -122,6 +124,48 @@ describe('phoenix.js LongPoll in Chromium behind nginx round-robin', { timeout: 
     }
     // TODO(issue 6): presence through the balancer in the browser, once
     // presence lands (another branch): presence_state / presence_diff here.
+    assert.deepEqual(pageErrors, []);
+  });
+  it('longPollFallbackMs: falls back to long-poll where nginx refuses the upgrade, keeps WebSocket where it passes', async () => {
+    const topic = `room:fallback-${randomUUID()}`;
+    // A fresh page each: the fallback is remembered in sessionStorage.
+    const run = async (url) => {
+      const p = await (await browser.newContext()).newPage();
+      p.on('pageerror', (err) => pageErrors.push(err.message));
+      await p.goto(`http://127.0.0.1:${cluster.pods[1].port}/`, { waitUntil: 'load', timeout: WAIT_MS });
+      const result = await p.evaluate(
+        ({ url, topic, waitMs }) =>
+          new Promise((resolve, reject) => {
+            const socket = new Phoenix.Socket(url, { longPollFallbackMs: 2500 });
+            socket.connect();
+            const channel = socket.channel(topic);
+            channel.join().receive('ok', () => {
+              channel.push('new_msg', { via: url }).receive('ok', () => {
+                // Wait for the WebSocket health check (a heartbeat) to settle.
+                const check = () =>
+                  socket.primaryPassedHealthCheck || socket.transport === Phoenix.LongPoll
+                    ? resolve({
+                        longpoll: socket.transport === Phoenix.LongPoll,
+                        conn: socket.conn.constructor.name,
+                        remembered: sessionStorage.getItem('phx:fallback:LongPoll'),
+                      })
+                    : setTimeout(check, 20);
+                check();
+              });
+            });
+            setTimeout(() => reject(new Error('fallback socket did not join and push in time')), waitMs);
+          }),
+        { url, topic, waitMs: WAIT_MS },
+      );
+      await p.context().close();
+      return result;
+    };
+    const blocked = await run(cluster.noWsSocketUrl);
+    assert.equal(blocked.longpoll, true, JSON.stringify(blocked));
+    assert.equal(blocked.remembered, 'true');
+    const direct = await run(cluster.socketUrl);
+    assert.equal(direct.longpoll, false, JSON.stringify(direct));
+    assert.equal(direct.conn, 'WebSocket');
     assert.deepEqual(pageErrors, []);
   });
 });
