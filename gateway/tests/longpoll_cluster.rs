@@ -5,7 +5,8 @@
 mod support;
 
 use serde_json::{json, Value};
-use support::longpoll::LpClient;
+use std::time::Duration;
+use support::longpoll::{request, LpClient};
 use support::redis::Cluster;
 
 /// A `new_msg` push; the `room:*` rule broadcasts it (sender included) and
@@ -197,4 +198,51 @@ async fn disconnect_by_socket_id() {
     c.addr = cluster.pods[2].addr;
     let v = c.get().await;
     assert_eq!(v["status"], 410, "{v}");
+}
+
+/// The owner pod's id, from a session token (`base64url("v1.{pod}.…")."mac"`).
+fn owner_of(token: &str) -> String {
+    use base64::Engine;
+    let body = token.split('.').next().unwrap();
+    let text = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(body)
+        .unwrap();
+    String::from_utf8(text)
+        .unwrap()
+        .split('.')
+        .nth(1)
+        .unwrap()
+        .to_owned()
+}
+
+/// A GET that another pod relayed to the owner and that waits there when the
+/// owner dies is answered 410 within about the relay timeout (the relaying
+/// pod probes the owner), not after the poll window.
+#[tokio::test]
+async fn owner_dies_during_a_relayed_poll() {
+    let mut cluster = Cluster::start(3).await;
+    let c = session(&cluster).await;
+    let owner = owner_of(c.token.as_deref().unwrap());
+    let mut monitor = cluster.resp().await;
+    monitor.send(&[b"MONITOR"]).await;
+    assert_eq!(monitor.read().await.text(), "OK");
+
+    let (addr, target) = (cluster.pods[1].addr, c.target());
+    let poll = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let r = request(addr, "GET", &target, &[], b"", Duration::from_secs(30)).await;
+        (r.json(), started.elapsed())
+    });
+    // The relayed GET has reached Redis (and so the owner's subscription).
+    let channel = format!("{}lp:{owner}", cluster.prefix);
+    loop {
+        let line = monitor.read_within(Duration::from_secs(10)).await.text();
+        if line.contains("\"PUBLISH\"") && line.contains(&channel) {
+            break;
+        }
+    }
+    drop(cluster.pods.remove(0));
+    let (v, took) = poll.await.unwrap();
+    assert_eq!(v["status"], 410, "{v}");
+    assert!(took < Duration::from_secs(8), "410 after {took:?}");
 }

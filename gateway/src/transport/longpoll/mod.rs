@@ -79,6 +79,10 @@ pub(crate) struct LongPoll {
     listening: tokio::sync::OnceCell<()>,
     /// When a bad relay message was last logged.
     last_bad_seal: Mutex<Option<std::time::Instant>>,
+    /// Owners probed lately: when, and whether anyone received the probe.
+    /// At most one probe per owner per relay timeout, however many GETs
+    /// wait on it.
+    probes: Mutex<HashMap<String, (std::time::Instant, bool)>>,
 }
 
 impl std::fmt::Debug for LongPoll {
@@ -121,6 +125,7 @@ impl LongPoll {
             this: this.clone(),
             listening: tokio::sync::OnceCell::new(),
             last_bad_seal: Mutex::new(None),
+            probes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -296,10 +301,42 @@ impl LongPoll {
                 return Relayed::Unavailable;
             }
         }
-        match tokio::time::timeout(wait, rx).await {
-            Ok(Ok(reply)) => Relayed::Reply(reply),
-            Ok(Err(_)) | Err(_) => Relayed::TimedOut,
+        // A GET may wait a whole poll window on a healthy owner; check every
+        // relay timeout that the owner is still there, so a dead owner's
+        // client hears 410 in seconds rather than after the window.
+        let deadline = tokio::time::Instant::now() + wait;
+        tokio::pin!(rx);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Relayed::TimedOut;
+            }
+            match tokio::time::timeout(left.min(self.relay_timeout), &mut rx).await {
+                Ok(Ok(reply)) => return Relayed::Reply(reply),
+                Ok(Err(_)) => return Relayed::TimedOut,
+                Err(_) => {
+                    if !self.owner_alive(owner).await {
+                        return Relayed::Gone;
+                    }
+                }
+            }
         }
+    }
+
+    /// Whether a pod still listens for relayed requests: a probe nobody
+    /// received means it is gone. Broker errors count as alive (a Redis
+    /// outage is not the owner's death).
+    async fn owner_alive(&self, owner: &str) -> bool {
+        let fresh = |at: &std::time::Instant| at.elapsed() < self.relay_timeout;
+        if let Some((_, alive)) = self.probes.lock().get(owner).filter(|(at, _)| fresh(at)) {
+            return *alive;
+        }
+        let probe = relay::seal(&self.signer, &Message::Probe);
+        let alive = !matches!(self.pubsub.broker().send_to(owner, probe).await, Ok(false));
+        let mut probes = self.probes.lock();
+        probes.retain(|_, (at, _)| fresh(at));
+        probes.insert(owner.to_owned(), (std::time::Instant::now(), alive));
+        alive
     }
 
     /// Serves a request another pod relayed here and sends the reply back.
@@ -353,7 +390,7 @@ impl LongPoll {
                 };
                 (id, from, reply)
             }
-            Message::Reply { .. } => return,
+            Message::Reply { .. } | Message::Probe => return,
         };
         let body = relay::seal(&self.signer, &reply);
         match self.pubsub.broker().send_to(&from, body).await {
@@ -400,6 +437,7 @@ impl LongPoll {
                     });
                 }
             }
+            Message::Probe => {}
             request => {
                 if let Some(lp) = self.this.upgrade() {
                     tokio::spawn(async move { lp.serve(request).await });

@@ -31,6 +31,9 @@ pub(crate) enum Message {
         session: String,
         lines: Vec<String>,
     },
+    /// Is this pod still there? Sent to an owner while a relayed GET waits
+    /// on it; only whether anyone received it matters, so it is ignored.
+    Probe,
     /// The owner's answer to request `id`: the JSON status, and for a GET
     /// the new ack count and the messages.
     Reply {
