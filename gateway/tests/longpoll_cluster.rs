@@ -246,3 +246,21 @@ async fn owner_dies_during_a_relayed_poll() {
     assert_eq!(v["status"], 410, "{v}");
     assert!(took < Duration::from_secs(8), "410 after {took:?}");
 }
+
+/// The V1 serializer across pods: frames are encoded by the owner for its
+/// session, whichever pod relays them.
+#[tokio::test]
+async fn v1_session_across_pods() {
+    let cluster = Cluster::start(3).await;
+    let mut c = LpClient::new(cluster.pods[0].addr, "vsn=1.0.0");
+    c.open().await;
+    c.addr = cluster.pods[1].addr;
+    let join = json!({"topic": "room:v1", "event": "phx_join", "payload": {}, "ref": "1", "join_ref": "1"});
+    assert_eq!(c.post(&[join]).await, 200);
+    c.addr = cluster.pods[2].addr;
+    assert_eq!(
+        c.messages(1).await,
+        vec![json!({"topic": "room:v1", "event": "phx_reply", "ref": "1",
+                    "payload": {"status": "ok", "response": {}}})]
+    );
+}
