@@ -14,14 +14,17 @@
 //!
 //! # Layout
 //! - [`envelope`]: the JSON envelope on the wire, versioned, with origin.
+//! - [`presence`]: presence entries in Redis hashes, pod liveness, reaping.
 //! - `subscriber`: the subscriber connection's actor (refcounts, batching,
 //!   linger, reconnect).
 
 mod connection;
 pub mod envelope;
+pub mod presence;
 mod subscriber;
 
 pub use envelope::{Envelope, EnvelopeError, Origin};
+pub use presence::PresenceStore;
 
 use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
