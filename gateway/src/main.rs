@@ -89,6 +89,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Some(bus) => (gateway::pubsub::PubSub::redis(bus)?, "redis"),
         None => (gateway::pubsub::PubSub::memory(), "memory"),
     };
+    let pubsub = pubsub.with_presence_config(config.presence.settings());
     let endpoint = gateway::app::build(&config, pubsub)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
