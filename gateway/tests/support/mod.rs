@@ -375,3 +375,4 @@ impl Wire {
 
 /// Real redis-server and gateway processes for the multi-pod tests.
 pub mod redis;
+pub mod presence;
