@@ -32,8 +32,9 @@ pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Pause between two polls of an observable value.
 const POLL: Duration = Duration::from_millis(20);
 
-/// The channel rules of config/example.toml, plus `quiet:*`, whose pushes skip
-/// their sender (`include_sender = false`).
+/// The channel rules of config/example.toml without presence, plus `quiet:*`,
+/// whose pushes skip their sender (`include_sender = false`), and
+/// `presence:*`, with presence keyed by the `user` join param.
 const RULES: &str = r#"
 [[socket]]
 path = "/socket"
@@ -64,6 +65,13 @@ pattern = "quiet:*"
 policy = "public"
 events = ["new_msg"]
 include_sender = false
+
+[[channel]]
+pattern = "presence:*"
+policy = "public"
+[channel.presence]
+key_param = "user"
+meta_params = ["tab"]
 "#;
 
 fn unique(tag: &str) -> String {
@@ -494,6 +502,16 @@ impl Pod {
         .await
     }
 
+    /// Starts a pod whose dead presences are reaped after `pod_timeout_ms`,
+    /// with diffs batched over 20 ms.
+    pub async fn start_presence(redis_url: &str, prefix: &str, pod_timeout_ms: u64) -> Pod {
+        Pod::start_with(format!(
+            "url = \"{redis_url}\"\nprefix = \"{prefix}\"\nlinger_ms = 200\n\n\
+             [presence]\nbatch_ms = 20\npod_timeout_ms = {pod_timeout_ms}\n\n"
+        ))
+        .await
+    }
+
     /// Starts a pod on a Redis Cluster (sharded pub/sub) given its seed URLs.
     pub async fn start_cluster(seeds: &str, prefix: &str, linger_ms: u64) -> Pod {
         Pod::start_with(format!(
@@ -677,6 +695,23 @@ impl Cluster {
         let pods =
             futures_util::future::join_all((0..pods).map(|_| Pod::start(&url, &prefix, linger_ms)))
                 .await;
+        Cluster {
+            pods,
+            redis,
+            prefix,
+        }
+    }
+
+    /// Redis plus `pods` gateways with presence timing for tests (see
+    /// [`Pod::start_presence`]).
+    pub async fn with_presence(pods: usize, pod_timeout_ms: u64) -> Cluster {
+        let redis = RedisServer::start().await;
+        let prefix = format!("{}:", unique("t"));
+        let url = redis.url();
+        let pods = futures_util::future::join_all(
+            (0..pods).map(|_| Pod::start_presence(&url, &prefix, pod_timeout_ms)),
+        )
+        .await;
         Cluster {
             pods,
             redis,
