@@ -71,7 +71,11 @@ async fn state_on_join_then_diffs_with_phoenix_shapes() {
     let meta = metas[0].as_object().unwrap();
     let mut keys: Vec<&str> = meta.keys().map(String::as_str).collect();
     keys.sort();
-    assert_eq!(keys, ["online_at", "phx_ref", "status"], "only whitelisted params: {state}");
+    assert_eq!(
+        keys,
+        ["online_at", "phx_ref", "status"],
+        "only whitelisted params: {state}"
+    );
     assert_eq!(meta["status"], "away");
     assert!(meta["online_at"].as_str().unwrap().parse::<u64>().is_ok());
     let alice_ref = meta["phx_ref"].as_str().unwrap().to_owned();
@@ -167,11 +171,17 @@ impl Channel for Tracker {
         Ok(Payload::empty())
     }
 
-    async fn handle_in(&mut self, event: &str, p: Payload, ctx: &mut ChannelContext<()>) -> HandleIn {
+    async fn handle_in(
+        &mut self,
+        event: &str,
+        p: Payload,
+        ctx: &mut ChannelContext<()>,
+    ) -> HandleIn {
         let user = "u";
         match event {
             "status" => {
-                ctx.update(user, json!({"status": p.get("status")})).unwrap();
+                ctx.update(user, json!({"status": p.get("status")}))
+                    .unwrap();
                 HandleIn::ok(Payload::empty())
             }
             "list" => HandleIn::ok(Payload::json(&ctx.presence_list().await.unwrap())),
@@ -189,10 +199,12 @@ fn library_endpoint() -> std::sync::Arc<Endpoint> {
     let router = Router::new().channel("t:*", || Tracker);
     Endpoint::builder()
         .socket(Socket::new("/socket", AcceptAll, router))
-        .pubsub(gateway::pubsub::PubSub::memory().with_presence_config(gateway::PresenceConfig {
-            batch: Duration::from_millis(10),
-            ..Default::default()
-        }))
+        .pubsub(
+            gateway::pubsub::PubSub::memory().with_presence_config(gateway::PresenceConfig {
+                batch: Duration::from_millis(10),
+                ..Default::default()
+            }),
+        )
         .build()
 }
 
@@ -209,7 +221,8 @@ async fn rust_api_track_update_untrack() {
     let old_ref = w.view.state["u"][0]["phx_ref"].clone();
 
     // update: the new meta joins, the old leaves, phx_ref_prev names it.
-    u.send(json!(["1", "2", "t:1", "status", {"status": "away"}])).await;
+    u.send(json!(["1", "2", "t:1", "status", {"status": "away"}]))
+        .await;
     let diff = loop {
         let f = w.client.recv().await;
         if f[3] == "presence_diff" {
@@ -226,15 +239,12 @@ async fn rust_api_track_update_untrack() {
     assert_eq!(w.view.state["u"][0]["status"], "away");
 
     // list reflects it; untrack removes it.
+    u.send(json!(["1", "3", "t:1", "list", {}])).await;
     let list = loop {
-        u.send(json!(["1", "3", "t:1", "list", {}])).await;
-        let f = loop {
-            let f = u.recv().await;
-            if f[1] == "3" {
-                break f;
-            }
-        };
-        break f;
+        let f = u.recv().await;
+        if f[1] == "3" {
+            break f;
+        }
     };
     assert_eq!(list[4]["response"]["u"]["metas"][0]["status"], "away");
     u.send(json!(["1", "4", "t:1", "untrack", {}])).await;

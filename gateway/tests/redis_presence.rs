@@ -43,12 +43,28 @@ async fn joins_leaves_and_two_tabs_across_three_pods() {
         member(&cluster.pods[1], t, "bob", 1).await,
         member(&cluster.pods[2], t, "carol", 1).await,
     ];
-    converge(&mut ms, &[("alice", 1), ("bob", 1), ("carol", 1)], SETTLE_TIMEOUT).await;
+    converge(
+        &mut ms,
+        &[("alice", 1), ("bob", 1), ("carol", 1)],
+        SETTLE_TIMEOUT,
+    )
+    .await;
     // alice's second tab, on another pod: one key, two metas.
     ms.push(member(&cluster.pods[2], t, "alice", 2).await);
-    converge(&mut ms, &[("alice", 2), ("bob", 1), ("carol", 1)], SETTLE_TIMEOUT).await;
-    let tabs: Vec<_> = ms[0].view.state["alice"].iter().map(|m| m["tab"].clone()).collect();
-    assert!(tabs.contains(&json!(1)) && tabs.contains(&json!(2)), "{tabs:?}");
+    converge(
+        &mut ms,
+        &[("alice", 2), ("bob", 1), ("carol", 1)],
+        SETTLE_TIMEOUT,
+    )
+    .await;
+    let tabs: Vec<_> = ms[0].view.state["alice"]
+        .iter()
+        .map(|m| m["tab"].clone())
+        .collect();
+    assert!(
+        tabs.contains(&json!(1)) && tabs.contains(&json!(2)),
+        "{tabs:?}"
+    );
     // bob leaves; alice's first tab disconnects.
     let bob = ms.remove(1);
     bob.client.close().await;
@@ -68,7 +84,12 @@ async fn a_killed_pod_leaves_within_the_timeout_and_a_restart_has_no_ghosts() {
         member(&cluster.pods[2], t, "carol", 1).await,
         member(&cluster.pods[2], t, "bob", 2).await,
     ];
-    converge(&mut ms, &[("alice", 1), ("bob", 2), ("carol", 1)], SETTLE_TIMEOUT).await;
+    converge(
+        &mut ms,
+        &[("alice", 1), ("bob", 2), ("carol", 1)],
+        SETTLE_TIMEOUT,
+    )
+    .await;
 
     // SIGKILL pod 1: no cleanup, its bob tab must leave everywhere else.
     let killed = std::time::Instant::now();
@@ -119,7 +140,12 @@ async fn a_redis_restart_converges_and_reaps_a_pod_that_died_meanwhile() {
         member(&cluster.pods[1], t, "bob", 1).await,
         member(&cluster.pods[2], t, "carol", 1).await,
     ];
-    converge(&mut ms, &[("alice", 1), ("bob", 1), ("carol", 1)], SETTLE_TIMEOUT).await;
+    converge(
+        &mut ms,
+        &[("alice", 1), ("bob", 1), ("carol", 1)],
+        SETTLE_TIMEOUT,
+    )
+    .await;
     let old_ref = ms[0].view.state["alice"][0]["phx_ref"].clone();
 
     // Redis loses everything; pod 2 dies while it is away.
@@ -146,9 +172,15 @@ async fn a_redis_restart_converges_and_reaps_a_pod_that_died_meanwhile() {
     assert_eq!(entries, 2);
     // A client joining now gets the same list.
     ms.push(member(&cluster.pods[0], t, "erin", 1).await);
-    converge(&mut ms, &[("alice", 1), ("bob", 1), ("erin", 1)], SETTLE_TIMEOUT).await;
+    converge(
+        &mut ms,
+        &[("alice", 1), ("bob", 1), ("erin", 1)],
+        SETTLE_TIMEOUT,
+    )
+    .await;
     assert!(matches!(
-        resp.cmd(&["EXISTS", &format!("{}presence-pods", cluster.prefix)]).await,
+        resp.cmd(&["EXISTS", &format!("{}presence-pods", cluster.prefix)])
+            .await,
         Reply::Int(1)
     ));
 }

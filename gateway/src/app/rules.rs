@@ -74,11 +74,7 @@ impl Rule {
 
 /// The presence key and meta of a joining client, per the rule; `None` when
 /// the claim or param that names the key is missing or unusable.
-fn presence_of(
-    p: &PresenceRule,
-    assigns: &Assigns,
-    params: &Payload,
-) -> Option<(String, Value)> {
+fn presence_of(p: &PresenceRule, assigns: &Assigns, params: &Payload) -> Option<(String, Value)> {
     let key = match (&p.key_claim, &p.key_param) {
         (Some(claim), _) => assigns.get(claim).and_then(claim_str)?,
         (None, Some(param)) => match params.get(param)? {

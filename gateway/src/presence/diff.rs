@@ -133,7 +133,10 @@ mod tests {
         newer.leave(entry("a", "1"));
         newer.join(entry("c", "3"));
         newer.prepend(older);
-        assert_eq!(newer.payload()["joins"], json!({"c": {"metas": [{"phx_ref": "3", "online_at": "1"}]}}));
+        assert_eq!(
+            newer.payload()["joins"],
+            json!({"c": {"metas": [{"phx_ref": "3", "online_at": "1"}]}})
+        );
         assert_eq!(newer.leaves.len(), 1);
     }
 }

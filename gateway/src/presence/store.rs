@@ -140,7 +140,11 @@ impl Store for RedisStore {
         for pod in self.store.dead_pods().await? {
             let entries = self.store.reap(&pod).await?;
             if !entries.is_empty() {
-                tracing::info!(pod, entries = entries.len(), "removed the presences of a dead pod");
+                tracing::info!(
+                    pod,
+                    entries = entries.len(),
+                    "removed the presences of a dead pod"
+                );
             }
             removed.extend(entries);
         }

@@ -86,7 +86,11 @@ impl PubSub {
     /// A pubsub over any broker that delivers into `hub`. Presence is kept
     /// in this process, so it covers this node only.
     pub fn new(hub: Arc<Hub>, broker: Arc<dyn Broker>) -> Self {
-        let presence = Presence::new(Arc::new(MemoryStore::default()), hub.clone(), broker.clone());
+        let presence = Presence::new(
+            Arc::new(MemoryStore::default()),
+            hub.clone(),
+            broker.clone(),
+        );
         PubSub {
             hub,
             broker,

@@ -373,6 +373,6 @@ impl Wire {
     }
 }
 
+pub mod presence;
 /// Real redis-server and gateway processes for the multi-pod tests.
 pub mod redis;
-pub mod presence;
