@@ -12,7 +12,7 @@ use gateway::socket::AcceptAll;
 use gateway::{Channel, Endpoint, Payload, Router, Socket};
 use serde_json::{json, Value};
 use std::time::Duration;
-use support::presence::{Member, View};
+use support::presence::Member;
 use support::{PhxClient, TestServer, TIMEOUT};
 
 fn config() -> String {
@@ -42,13 +42,7 @@ key_claim = "sub"
 }
 
 async fn member(server: &TestServer, topic: &str, jr: &str, params: Value) -> Member {
-    let mut client = server.v2().await;
-    client.join_with(topic, jr, params).await;
-    Member {
-        client,
-        topic: topic.into(),
-        view: View::default(),
-    }
+    Member::join(server.v2().await, topic, jr, params).await
 }
 
 #[tokio::test]

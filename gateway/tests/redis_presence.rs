@@ -1,6 +1,7 @@
 //! Presence across `gateway` processes sharing one `redis-server`: joins and
 //! leaves on different pods, two tabs of one user on two pods, a pod killed
-//! with SIGKILL (its presences leave within the pod timeout), a pod started
+//! with SIGKILL (its presences leave within the pod timeout) or stopped with
+//! SIGTERM (they leave at once), a pod started
 //! again (no ghosts), a Redis restart (pods re-announce, lists converge) and
 //! the Redis keys left behind.
 //!
@@ -10,22 +11,20 @@ mod support;
 
 use serde_json::json;
 use std::time::Duration;
-use support::presence::{Member, View};
+use support::presence::Member;
 use support::redis::{Cluster, Pod, Reply, SETTLE_TIMEOUT};
 
 /// Pod timeout of these tests: a killed pod's presences leave within it.
 const POD_TIMEOUT_MS: u64 = 1500;
 
 async fn member(pod: &Pod, topic: &str, user: &str, tab: u32) -> Member {
-    let mut client = pod.client().await;
-    client
-        .join_with(topic, "1", json!({"user": user, "tab": tab}))
-        .await;
-    Member {
-        client,
-        topic: topic.into(),
-        view: View::default(),
-    }
+    Member::join(
+        pod.client().await,
+        topic,
+        "1",
+        json!({"user": user, "tab": tab}),
+    )
+    .await
 }
 
 async fn converge(members: &mut [Member], want: &[(&str, usize)], within: Duration) {
@@ -129,6 +128,21 @@ async fn a_killed_pod_leaves_within_the_timeout_and_a_restart_has_no_ghosts() {
         .await
         .int();
     assert_eq!(entries, 4);
+}
+
+#[tokio::test]
+async fn a_pod_stopped_with_sigterm_removes_its_presences_at_once() {
+    // A pod timeout far beyond the wait: only the clean stop can explain the leave.
+    let mut cluster = Cluster::with_presence(2, 60_000).await;
+    let t = "presence:term";
+    let mut ms = vec![
+        member(&cluster.pods[0], t, "alice", 1).await,
+        member(&cluster.pods[1], t, "bob", 1).await,
+    ];
+    converge(&mut ms, &[("alice", 1), ("bob", 1)], SETTLE_TIMEOUT).await;
+    cluster.pods[1].terminate();
+    ms.remove(1);
+    converge(&mut ms, &[("alice", 1)], Duration::from_secs(10)).await;
 }
 
 #[tokio::test]

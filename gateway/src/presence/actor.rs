@@ -46,6 +46,8 @@ pub(crate) enum Cmd {
         topic: String,
         reply: oneshot::Sender<Result<Vec<Entry>, StoreError>>,
     },
+    /// Removes every local presence, publishes the leaves and stops.
+    Shutdown(oneshot::Sender<()>),
 }
 
 /// Commands handled per batch at most; more wait for the next round.
@@ -219,7 +221,11 @@ impl Actor {
                                 Err(_) => break,
                             }
                         }
-                        self.apply(cmds).await;
+                        if let Some(done) = self.apply(cmds).await {
+                            self.shutdown().await;
+                            let _ = done.send(());
+                            return;
+                        }
                     }
                 },
                 _ = sleep_until(self.flush_at) => self.flush().await,
@@ -240,10 +246,16 @@ impl Actor {
         self.pending.entry(topic.to_owned()).or_default()
     }
 
-    async fn apply(&mut self, cmds: Vec<Cmd>) {
+    /// Applies commands; returns the shutdown's reply channel if one came
+    /// (commands after it are dropped).
+    async fn apply(&mut self, cmds: Vec<Cmd>) -> Option<oneshot::Sender<()>> {
         let mut ops = Vec::new();
         let mut lists = Vec::new();
+        let mut shutdown = None;
         for cmd in cmds {
+            if shutdown.is_some() {
+                break;
+            }
             match cmd {
                 Cmd::Track {
                     id,
@@ -280,6 +292,7 @@ impl Actor {
                     }
                 }
                 Cmd::List { topic, reply } => lists.push((topic, reply)),
+                Cmd::Shutdown(done) => shutdown = Some(done),
             }
         }
         self.write(ops).await;
@@ -292,6 +305,19 @@ impl Actor {
                 let _ = reply.send(listed);
             });
         }
+        shutdown
+    }
+
+    /// Removes every presence of this pod and publishes the leaves, so a pod
+    /// that stops cleanly leaves no one waiting for the reaper.
+    async fn shutdown(&mut self) {
+        let mut ops = Vec::with_capacity(self.local.len());
+        for (_, local) in std::mem::take(&mut self.local) {
+            ops.push(delete(&local.topic, &local.entry));
+            self.diff(&local.topic).leave(local.entry);
+        }
+        self.write(ops).await;
+        self.flush().await;
     }
 
     /// Writes the backlog and `ops`; on failure keeps them all for later.

@@ -160,6 +160,18 @@ impl Presence {
         self.send(Cmd::Untrack { id: id.0 });
     }
 
+    /// Ends every presence of this pod and publishes their leaves, for a
+    /// clean stop; presence does nothing afterwards. Resolves when the leaves
+    /// are published (or could not be).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: the removal goes on without the caller.
+    pub async fn shutdown(&self) {
+        let (done, rx) = oneshot::channel();
+        self.send(Cmd::Shutdown(done));
+        let _ = rx.await;
+    }
+
     /// Everyone present in `topic`, on every pod, in the `presence_state`
     /// shape `{"key": {"metas": [...]}}`. Includes every change this pod
     /// made before the call.

@@ -94,6 +94,32 @@ pub struct Member {
 }
 
 impl Member {
+    /// Joins `topic` with `params` (join_ref and ref `jr`), expecting `ok`; presence
+    /// frames that arrive before the reply (a broadcast may overtake it) are
+    /// applied to the view.
+    pub async fn join(mut client: PhxClient, topic: &str, jr: &str, params: Value) -> Member {
+        client
+            .send(serde_json::json!([jr, jr, topic, "phx_join", params]))
+            .await;
+        let mut view = View::default();
+        loop {
+            let f = client.recv().await;
+            if f[3] == "phx_reply" && f[1] == jr {
+                assert_eq!(f[4]["status"], "ok", "{f}");
+                break;
+            }
+            assert!(
+                view.apply(topic, &f),
+                "unexpected frame before the join reply: {f}"
+            );
+        }
+        Member {
+            client,
+            topic: topic.into(),
+            view,
+        }
+    }
+
     /// Reads frames until the view shows `want` (key -> metas), within `within`.
     pub async fn wait_for(&mut self, want: &[(&str, usize)], within: Duration) {
         let want: BTreeMap<String, usize> = want.iter().map(|(k, n)| (k.to_string(), *n)).collect();

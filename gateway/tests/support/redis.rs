@@ -595,6 +595,11 @@ impl Pod {
         http_post(self.addr, "/api/broadcast", &self.api_key, &body).await
     }
 
+    /// Sends SIGTERM (a clean stop, as Kubernetes asks for one).
+    pub fn terminate(&mut self) {
+        signal(self.child.id(), "-TERM");
+    }
+
     /// Whether the process is still running (it did not crash).
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
