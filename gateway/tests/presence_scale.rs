@@ -78,8 +78,10 @@ fn storm_client(
     let url = pod.url("");
     let topic = topic.to_owned();
     tokio::spawn(async move {
-        let mut c = support::PhxClient::connect(&url).await;
-        c.join_with(&topic, "1", json!({"user": user})).await;
+        let c = support::PhxClient::connect(&url).await;
+        let mut c = Member::join(c, &topic, "1", json!({"user": user}))
+            .await
+            .client;
         loop {
             tokio::select! {
                 _ = stop.changed() => return,

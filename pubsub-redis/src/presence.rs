@@ -123,7 +123,10 @@ impl PresenceStore {
     }
 
     async fn conn(&self) -> Result<deadpool_redis::Connection, Error> {
-        self.pool.get().await.map_err(|e| Error::Pool(e.to_string()))
+        self.pool
+            .get()
+            .await
+            .map_err(|e| Error::Pool(e.to_string()))
     }
 
     /// Applies `ops` in order, in one round trip.
