@@ -6,6 +6,7 @@
 //! (`Presence.syncDiff`) applies joins before leaves and matches metas by
 //! `phx_ref` only, so a diff may carry a leave of a ref the client never saw.
 
+use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -39,24 +40,25 @@ pub(crate) fn state<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> Map<Str
     out
 }
 
-/// Joins and leaves of one topic collected over a batch window.
+/// Joins and leaves of one topic collected over a batch window, by ref, in
+/// the order they happened (O(1) per change).
 #[derive(Debug, Default)]
 pub(crate) struct Diff {
-    joins: Vec<Entry>,
-    leaves: Vec<Entry>,
+    joins: IndexMap<String, Entry>,
+    leaves: IndexMap<String, Entry>,
 }
 
 impl Diff {
     pub(crate) fn join(&mut self, entry: Entry) {
-        self.joins.push(entry);
+        self.joins.insert(entry.phx_ref().to_owned(), entry);
     }
 
     /// A leave cancels a pending join of the same ref, but is still sent:
     /// a client may have seen that join in a `presence_state` meanwhile.
     pub(crate) fn leave(&mut self, entry: Entry) {
-        let r = entry.phx_ref();
-        self.joins.retain(|j| j.phx_ref() != r);
-        self.leaves.push(entry);
+        let r = entry.phx_ref().to_owned();
+        self.joins.shift_remove(&r);
+        self.leaves.insert(r, entry);
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -65,20 +67,19 @@ impl Diff {
 
     /// Merges a diff that could not be published back in front of this one.
     pub(crate) fn prepend(&mut self, mut older: Diff) {
-        for l in &self.leaves {
-            let r = l.phx_ref();
-            older.joins.retain(|j| j.phx_ref() != r);
+        for r in self.leaves.keys() {
+            older.joins.shift_remove(r);
         }
-        older.joins.append(&mut self.joins);
-        older.leaves.append(&mut self.leaves);
+        older.joins.extend(self.joins.drain(..));
+        older.leaves.extend(self.leaves.drain(..));
         *self = older;
     }
 
     /// The `presence_diff` payload.
     pub(crate) fn payload(&self) -> Value {
         serde_json::json!({
-            "joins": state(&self.joins),
-            "leaves": state(&self.leaves),
+            "joins": state(self.joins.values()),
+            "leaves": state(self.leaves.values()),
         })
     }
 }

@@ -72,7 +72,7 @@ impl Store for MemoryStore {
                 }
                 Op::Delete { topic, entry } => {
                     if let Some(t) = topics.get_mut(topic) {
-                        t.shift_remove(entry);
+                        t.swap_remove(entry);
                         if t.is_empty() {
                             topics.remove(topic);
                         }
