@@ -33,8 +33,7 @@ pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(20);
 
 /// The channel rules of config/example.toml without presence, plus `quiet:*`,
-/// whose pushes skip their sender (`include_sender = false`), and
-/// `presence:*`, with presence keyed by the `user` join param.
+/// whose pushes skip their sender (`include_sender = false`).
 const RULES: &str = r#"
 [[socket]]
 path = "/socket"
@@ -65,13 +64,6 @@ pattern = "quiet:*"
 policy = "public"
 events = ["new_msg"]
 include_sender = false
-
-[[channel]]
-pattern = "presence:*"
-policy = "public"
-[channel.presence]
-key_param = "user"
-meta_params = ["tab"]
 "#;
 
 fn unique(tag: &str) -> String {
@@ -502,12 +494,15 @@ impl Pod {
         .await
     }
 
-    /// Starts a pod whose dead presences are reaped after `pod_timeout_ms`,
-    /// with diffs batched over 20 ms.
+    /// Starts a pod with one more rule, `presence:*`, with presence keyed by
+    /// the `user` join param and `tab` in the meta, whose dead presences are
+    /// reaped after `pod_timeout_ms`, with diffs batched over 20 ms.
     pub async fn start_presence(redis_url: &str, prefix: &str, pod_timeout_ms: u64) -> Pod {
         Pod::start_with(format!(
             "url = \"{redis_url}\"\nprefix = \"{prefix}\"\nlinger_ms = 200\n\n\
-             [presence]\nbatch_ms = 20\npod_timeout_ms = {pod_timeout_ms}\n\n"
+             [presence]\nbatch_ms = 20\npod_timeout_ms = {pod_timeout_ms}\n\n\
+             [[channel]]\npattern = \"presence:*\"\n\
+             [channel.presence]\nkey_param = \"user\"\nmeta_params = [\"tab\"]\n"
         ))
         .await
     }
