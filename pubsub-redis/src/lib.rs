@@ -145,6 +145,9 @@ pub struct RedisBus {
     publisher: Publisher,
     prefix: Arc<str>,
     stats: Arc<Stats>,
+    /// For connections of their own (presence liveness).
+    url: Arc<str>,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for RedisBus {
@@ -194,12 +197,15 @@ impl RedisBus {
         let stats = Arc::new(Stats::default());
         let (tx, rx) = mpsc::unbounded_channel();
         let prefix: Arc<str> = Arc::from(config.prefix.as_str());
+        let (url, timeout) = (Arc::from(config.url.as_str()), config.timeout);
         tokio::spawn(subscriber::run(target, config, sink, rx, stats.clone()));
         Ok(RedisBus {
             commands: tx,
             publisher,
             prefix,
             stats,
+            url,
+            timeout,
         })
     }
 

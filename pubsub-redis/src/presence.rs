@@ -19,7 +19,9 @@
 
 use crate::{Error, Publisher, RedisBus};
 use bytes::Bytes;
+use redis::aio::MultiplexedConnection;
 use redis::Value;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One change to write.
@@ -68,6 +70,12 @@ return out
 #[derive(Clone)]
 pub struct PresenceStore {
     pool: deadpool_redis::Pool,
+    /// The liveness refresh has a connection of its own: queued behind
+    /// large listings in a busy pool it could miss its deadline, and the pod
+    /// would be reaped although alive.
+    client: redis::Client,
+    liveness: Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
+    timeout: Duration,
     prefix: String,
     pod: String,
 }
@@ -94,8 +102,13 @@ impl PresenceStore {
                 "presence needs a single Redis server, not a cluster".into(),
             ));
         };
+        let client =
+            redis::Client::open(bus.url.as_ref()).map_err(|e| Error::Config(e.to_string()))?;
         Ok(PresenceStore {
             pool: pool.clone(),
+            client,
+            liveness: Arc::default(),
+            timeout: bus.timeout,
             prefix: bus.prefix.to_string(),
             pod: pod.into(),
         })
@@ -185,14 +198,42 @@ impl PresenceStore {
     /// # Errors
     /// When Redis is unreachable or refuses.
     pub async fn heartbeat(&self, ttl: Duration) -> Result<bool, Error> {
+        let mut slot = self.liveness.lock().await;
+        let mut conn = match slot.as_ref() {
+            Some(c) => c.clone(),
+            None => {
+                let c = tokio::time::timeout(
+                    self.timeout,
+                    self.client.get_multiplexed_async_connection(),
+                )
+                .await
+                .map_err(|_| Error::Unavailable("connect timed out".into()))??;
+                *slot = Some(c.clone());
+                c
+            }
+        };
+        let result = tokio::time::timeout(self.timeout, self.refresh(&mut conn, ttl))
+            .await
+            .map_err(|_| Error::Unavailable("liveness refresh timed out".into()))
+            .and_then(|r| r);
+        if result.is_err() {
+            // Open a fresh connection next time.
+            *slot = None;
+        }
+        result
+    }
+
+    async fn refresh(
+        &self,
+        conn: &mut MultiplexedConnection,
+        ttl: Duration,
+    ) -> Result<bool, Error> {
         let ttl_ms = ttl.as_millis().max(1) as u64;
         let alive = self.alive_key(&self.pod);
-        let mut conn = self.conn().await?;
-        let (refreshed,): (i64,) = redis::pipe()
-            .cmd("PEXPIRE")
+        let refreshed: i64 = redis::cmd("PEXPIRE")
             .arg(&alive)
             .arg(ttl_ms)
-            .query_async(&mut *conn)
+            .query_async(conn)
             .await?;
         if refreshed == 1 {
             return Ok(true);
@@ -206,7 +247,7 @@ impl PresenceStore {
             .ignore()
             .sadd(self.pods_key(), &self.pod)
             .ignore()
-            .query_async::<()>(&mut *conn)
+            .query_async::<()>(conn)
             .await?;
         Ok(false)
     }

@@ -163,6 +163,38 @@ fn decode(values: Vec<(String, Bytes)>) -> Vec<Entry> {
         .collect()
 }
 
+/// A successful liveness refresh.
+#[derive(Debug)]
+struct Beat {
+    /// False when the liveness key had lapsed.
+    alive: bool,
+    /// The store's epoch at that time.
+    epoch: u64,
+}
+
+/// Refreshes this pod's liveness on its own task, so a busy actor (a join
+/// storm, a large listing) never delays it past the key's lifetime and gets
+/// the pod reaped although it is alive. Ends with the actor.
+async fn heartbeat(store: Arc<dyn Store>, timing: Timing, beats: mpsc::UnboundedSender<Beat>) {
+    let mut tick = tokio::time::interval(timing.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if beats.is_closed() {
+            return;
+        }
+        match store.heartbeat(timing.ttl).await {
+            Ok(alive) => {
+                let _ = beats.send(Beat {
+                    alive,
+                    epoch: store.epoch(),
+                });
+            }
+            Err(e) => tracing::debug!(error = %e, "presence heartbeat failed"),
+        }
+    }
+}
+
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -203,8 +235,8 @@ impl Actor {
 
     pub(crate) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
         self.epoch = self.store.epoch();
-        let mut heartbeat = tokio::time::interval(self.timing.heartbeat);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (beat_tx, mut beats) = mpsc::unbounded_channel();
+        tokio::spawn(heartbeat(self.store.clone(), self.timing, beat_tx));
         let mut reap_at = Instant::now() + jittered(self.timing.reap);
         loop {
             tokio::select! {
@@ -229,7 +261,7 @@ impl Actor {
                     }
                 },
                 _ = sleep_until(self.flush_at) => self.flush().await,
-                _ = heartbeat.tick() => self.heartbeat().await,
+                Some(beat) = beats.recv() => self.beat(beat).await,
                 _ = tokio::time::sleep_until(reap_at) => {
                     self.reap().await;
                     reap_at = Instant::now() + jittered(self.timing.reap);
@@ -372,28 +404,24 @@ impl Actor {
         }
     }
 
-    async fn heartbeat(&mut self) {
-        match self.store.heartbeat(self.timing.ttl).await {
-            Ok(alive) => {
-                if !alive && self.announced {
-                    tracing::warn!(
-                        presences = self.local.len(),
-                        "presence liveness had lapsed (Redis restarted or this pod stalled); re-announcing"
-                    );
-                    self.reannounce().await;
-                    self.resync_at = Some(Instant::now() + self.timing.resync);
-                } else {
-                    self.write(Vec::new()).await;
-                }
-                self.announced = true;
-                let epoch = self.store.epoch();
-                if epoch != self.epoch {
-                    // The subscriber reconnected: diffs may have been missed.
-                    self.epoch = epoch;
-                    self.resync_at = Some(Instant::now() + self.timing.resync);
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "presence heartbeat failed"),
+    /// After a successful liveness refresh: re-announce if it had lapsed,
+    /// retry failed writes, and resync clients if messages may have been lost.
+    async fn beat(&mut self, beat: Beat) {
+        if !beat.alive && self.announced {
+            tracing::warn!(
+                presences = self.local.len(),
+                "presence liveness had lapsed (Redis restarted or this pod stalled); re-announcing"
+            );
+            self.reannounce().await;
+            self.resync_at = Some(Instant::now() + self.timing.resync);
+        } else {
+            self.write(Vec::new()).await;
+        }
+        self.announced = true;
+        if beat.epoch != self.epoch {
+            // The subscriber reconnected: diffs may have been missed.
+            self.epoch = beat.epoch;
+            self.resync_at = Some(Instant::now() + self.timing.resync);
         }
     }
 
