@@ -128,7 +128,14 @@ async fn join_needs_the_key() {
     c.send(json!(["2", "2", "room:x", "phx_join", {"user": {"a": 1}}]))
         .await;
     assert_eq!(c.recv().await[4]["status"], "error");
-    c.send(json!(["3", "3", "room:x", "phx_join", {"user": 42}]))
+    let big = "x".repeat(5000);
+    c.send(json!(["3", "3", "room:x", "phx_join", {"user": "u", "status": big}]))
+        .await;
+    assert_eq!(
+        c.recv().await[4]["response"]["reason"],
+        "presence meta params take more than 4096 bytes"
+    );
+    c.send(json!(["4", "4", "room:x", "phx_join", {"user": 42}]))
         .await;
     assert_eq!(c.recv().await[4]["status"], "ok", "a number is a key too");
 }

@@ -26,6 +26,9 @@ pub(crate) struct Rule {
 
 /// Longest presence key accepted, bytes.
 const MAX_KEY: usize = 256;
+/// Largest meta built from join params, bytes of JSON: every joiner of the
+/// topic receives every meta, so one client must not make that costly.
+const MAX_META: usize = 4096;
 
 impl Rule {
     pub(crate) fn new(rule: &ChannelRule, topics_claim: Option<String>) -> Option<Rule> {
@@ -72,33 +75,49 @@ impl Rule {
     }
 }
 
-/// The presence key and meta of a joining client, per the rule; `None` when
-/// the claim or param that names the key is missing or unusable.
-fn presence_of(p: &PresenceRule, assigns: &Assigns, params: &Payload) -> Option<(String, Value)> {
-    let key = match (&p.key_claim, &p.key_param) {
-        (Some(claim), _) => assigns.get(claim).and_then(claim_str)?,
-        (None, Some(param)) => match params.get(param)? {
-            Value::String(s) => s,
-            Value::Number(n) => n.to_string(),
-            _ => return None,
-        },
-        (None, None) => return None,
+/// The presence key and meta of a joining client, per the rule, or why the
+/// join is refused: the claim or param that names the key is missing or
+/// unusable, or the meta is too large.
+fn presence_of(
+    p: &PresenceRule,
+    assigns: &Assigns,
+    params: &Payload,
+) -> Result<(String, Value), String> {
+    let (key, what) = match (&p.key_claim, &p.key_param) {
+        (Some(claim), _) => (
+            assigns.get(claim).and_then(claim_str),
+            format!("token claim {claim:?}"),
+        ),
+        (None, Some(param)) => (
+            match params.get(param) {
+                Some(Value::String(s)) => Some(s),
+                Some(Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            },
+            format!("join param {param:?}"),
+        ),
+        (None, None) => (None, "key".into()),
     };
-    if key.is_empty() || key.len() > MAX_KEY {
-        return None;
-    }
+    let key = key
+        .filter(|k| !k.is_empty() && k.len() <= MAX_KEY)
+        .ok_or_else(|| format!("presence needs a {what} (a string of 1 to {MAX_KEY} bytes)"))?;
     let mut meta = serde_json::Map::new();
     for name in &p.meta_params {
         if let Some(v) = params.get(name) {
             meta.insert(name.clone(), v);
         }
     }
+    if serde_json::to_vec(&meta).map_or(0, |v| v.len()) > MAX_META {
+        return Err(format!(
+            "presence meta params take more than {MAX_META} bytes"
+        ));
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     // A string of seconds, as Phoenix's generated presence example sends it.
     meta.insert("online_at".into(), Value::String(now.to_string()));
-    Some((key, Value::Object(meta)))
+    Ok((key, Value::Object(meta)))
 }
 
 /// Self-sent messages of a rule channel.
@@ -143,16 +162,8 @@ impl Channel for RuleChannel {
             return Err(unauthorized());
         }
         if let Some(p) = &self.rule.presence {
-            let Some(me) = presence_of(p, ctx.assigns(), &params) else {
-                let what = match (&p.key_claim, &p.key_param) {
-                    (Some(c), _) => format!("token claim {c:?}"),
-                    (None, Some(k)) => format!("join param {k:?}"),
-                    (None, None) => "key".into(),
-                };
-                return Err(Payload::json(&json!({
-                    "reason": format!("presence needs a {what} (a string of 1 to {MAX_KEY} bytes)")
-                })));
-            };
+            let me = presence_of(p, ctx.assigns(), &params)
+                .map_err(|reason| Payload::json(&json!({ "reason": reason })))?;
             self.presence = Some(me);
             // The reply and the subscription come first; Phoenix apps do the
             // same with `send(self(), :after_join)`.
