@@ -147,6 +147,10 @@ impl PresenceStore {
     /// # Errors
     /// When Redis is unreachable or refuses; the ops may be partly applied,
     /// and are safe to apply again (they are idempotent).
+    ///
+    /// # Cancel safety
+    /// Not atomic: a cancelled call may have applied some ops. Apply them
+    /// again.
     pub async fn write(&self, ops: &[Op]) -> Result<(), Error> {
         if ops.is_empty() {
             return Ok(());
@@ -285,6 +289,10 @@ impl PresenceStore {
     ///
     /// # Errors
     /// When Redis is unreachable or refuses.
+    ///
+    /// # Cancel safety
+    /// A call cancelled after Redis ran the script loses the removed entries
+    /// (nobody announces their leaves); the caller should not cancel it.
     pub async fn reap(&self, pod: &str) -> Result<Vec<(String, Bytes)>, Error> {
         // EVAL rather than EVALSHA: the script is small and reaping is rare.
         let out: Vec<Value> = redis::cmd("EVAL")
