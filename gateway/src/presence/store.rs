@@ -138,15 +138,23 @@ impl Store for RedisStore {
     async fn reap(&self) -> Result<Vec<(String, Bytes)>, StoreError> {
         let mut removed = Vec::new();
         for pod in self.store.dead_pods().await? {
-            let entries = self.store.reap(&pod).await?;
-            if !entries.is_empty() {
-                tracing::info!(
-                    pod,
-                    entries = entries.len(),
-                    "removed the presences of a dead pod"
-                );
+            // What was already removed must be returned, or its leaves are lost.
+            match self.store.reap(&pod).await {
+                Ok(entries) => {
+                    if !entries.is_empty() {
+                        tracing::info!(
+                            pod,
+                            entries = entries.len(),
+                            "removed the presences of a dead pod"
+                        );
+                    }
+                    removed.extend(entries);
+                }
+                Err(e) => {
+                    tracing::warn!(pod, error = %e, "reaping a dead pod failed; will retry");
+                    break;
+                }
             }
-            removed.extend(entries);
         }
         Ok(removed)
     }
