@@ -152,7 +152,8 @@ pattern = "room:*"
 events = ["new_msg"]
 [channel.presence]
 key_param = "user"
-meta_params = ["tab"]
+meta_params = ["tab", "status"]
+update_event = "presence_update"
 `;
 }
 

@@ -8,7 +8,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Presence } from "phoenix";
 import { startCluster } from "../lib/cluster.js";
-import { EventLog, join, openSocket } from "../lib/phx.js";
+import { EventLog, join, openSocket, push } from "../lib/phx.js";
 
 const POD_TIMEOUT_MS = 1500;
 const CONVERGE_MS = 20000;
@@ -82,6 +82,28 @@ test("joins and leaves on three pods, two tabs of one user", (t) =>
     await converge([carol, alice2], "alice:1,carol:1");
     // Every list is the same, metas included.
     assert.deepEqual(carol.presence.list(), alice2.presence.list());
+  }));
+
+test("a meta update on one pod reaches every client as one replaced meta", (t) =>
+  withCluster(t, async ({ pods }) => {
+    const topic = "room:update";
+    const alice = await member(t, pods[0], topic, "alice");
+    const bob = await member(t, pods[1], topic, "bob");
+    const carol = await member(t, pods[2], topic, "carol");
+    const all = [alice, bob, carol];
+    await converge(all, "alice:1,bob:1,carol:1");
+    const status = (m) => m.presence.list((k, { metas }) => (k === "bob" ? metas.map((x) => x.status) : null)).filter(Boolean)[0];
+    const reply = await push(bob.channel, "presence_update", { status: "away" });
+    assert.equal(reply.status, "ok");
+    await Promise.all(
+      all.map((m) => {
+        const from = m.syncs.mark;
+        if (status(m)?.[0] === "away") return null;
+        return m.syncs.waitFor(() => status(m)?.[0] === "away", { from, timeout: CONVERGE_MS, label: `${m.name} sees bob away` });
+      }),
+    );
+    for (const m of all) assert.deepEqual(status(m), ["away"], `${m.name}: one meta for bob, replaced`);
+    assert.equal(summary(alice.presence), "alice:1,bob:1,carol:1");
   }));
 
 test("a pod killed with SIGKILL: its users leave everywhere within the pod timeout", (t) =>

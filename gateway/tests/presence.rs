@@ -31,6 +31,7 @@ pattern = "room:*"
 [channel.presence]
 key_param = "user"
 meta_params = ["status"]
+update_event = "set_status"
 
 [[channel]]
 pattern = "private:*"
@@ -98,6 +99,44 @@ async fn state_on_join_then_diffs_with_phoenix_shapes() {
         }])
     );
     assert_ne!(alice_ref, bob_meta["phx_ref"]);
+}
+
+#[tokio::test]
+async fn a_rule_update_event_changes_the_meta() {
+    let server = serve(&config()).await;
+    let mut w = member(&server, "room:upd", "1", json!({"user": "w"})).await;
+    let mut u = member(
+        &server,
+        "room:upd",
+        "1",
+        json!({"user": "u", "status": "online"}),
+    )
+    .await;
+    w.wait_for(&[("w", 1), ("u", 1)], TIMEOUT).await;
+    let old = w.view.state["u"][0].clone();
+    u.client
+        .send(json!(["1", "2", "room:upd", "set_status", {"status": "away", "other": 1}]))
+        .await;
+    let diff = loop {
+        let f = w.client.recv().await;
+        if f[3] == "presence_diff" && !f[4]["joins"]["u"].is_null() {
+            break f;
+        }
+    };
+    let new = &diff[4]["joins"]["u"]["metas"][0];
+    assert_eq!(new["status"], "away");
+    assert_eq!(new["online_at"], old["online_at"]);
+    assert_eq!(new["phx_ref_prev"], old["phx_ref"]);
+    assert!(new.get("other").is_none(), "only whitelisted params: {new}");
+    assert_eq!(diff[4]["leaves"]["u"]["metas"][0], old);
+    // The pusher got ok (frames for it may interleave with presence frames).
+    loop {
+        let f = u.client.recv().await;
+        if f[1] == "2" {
+            assert_eq!(f[4]["status"], "ok", "{f}");
+            break;
+        }
+    }
 }
 
 #[tokio::test]

@@ -144,6 +144,41 @@ impl RuleChannel {
     }
 }
 
+impl RuleChannel {
+    /// The rule's `update_event`: the whitelisted params in `payload` replace
+    /// those in this client's meta (others, and `online_at`, are kept), and
+    /// every client of the topic sees the change as a `presence_diff`.
+    fn update_presence(
+        &mut self,
+        p: &PresenceRule,
+        payload: &Payload,
+        ctx: &mut ChannelContext<RuleInfo>,
+    ) -> HandleIn {
+        let Some((key, Value::Object(meta))) = &mut self.presence else {
+            return HandleIn::error(json!({"reason": "not present"}));
+        };
+        let mut new = meta.clone();
+        for name in &p.meta_params {
+            if let Some(v) = payload.get(name) {
+                new.insert(name.clone(), v);
+            }
+        }
+        if serde_json::to_vec(&new).map_or(0, |v| v.len()) > MAX_META + 64 {
+            return HandleIn::error(json!({
+                "reason": format!("presence meta params take more than {MAX_META} bytes")
+            }));
+        }
+        match ctx.update(key, Value::Object(new.clone())) {
+            Ok(()) => {
+                *meta = new;
+                HandleIn::ok(Payload::empty())
+            }
+            // Not tracked yet: the update raced the join's AfterJoin.
+            Err(e) => HandleIn::error(json!({"reason": e.to_string()})),
+        }
+    }
+}
+
 fn unauthorized() -> Payload {
     Payload::json(&json!({"reason": "unauthorized"}))
 }
@@ -198,6 +233,12 @@ impl Channel for RuleChannel {
         payload: Payload,
         ctx: &mut ChannelContext<RuleInfo>,
     ) -> HandleIn {
+        let rule = self.rule.clone();
+        if let Some(p) = &rule.presence {
+            if p.update_event.as_deref() == Some(event) {
+                return self.update_presence(p, &payload, ctx);
+            }
+        }
         if !self.rule.events.iter().any(|e| e == event) {
             return HandleIn::error(json!({"reason": "event not allowed"}));
         }

@@ -458,6 +458,10 @@ pub struct PresenceRule {
     /// Join params copied into the meta (beside `online_at`). None by default.
     #[serde(default)]
     pub meta_params: Vec<String>,
+    /// An event clients push to change their own meta: the `meta_params` in
+    /// its payload replace theirs. None by default.
+    #[serde(default)]
+    pub update_event: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -693,6 +697,14 @@ impl Config {
                 ))
             }
             _ => {}
+        }
+        if let Some(e) = &p.update_event {
+            if e.is_empty() || e.starts_with("phx_") || e == "access_token" {
+                return Err(invalid(
+                    key("update_event"),
+                    format!("{e:?} is reserved or empty"),
+                ));
+            }
         }
         for m in &p.meta_params {
             if m.is_empty() || m.starts_with("phx_") || m == "online_at" {

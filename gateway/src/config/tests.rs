@@ -156,6 +156,10 @@ fn presence_rules() {
     );
     fails(&rule("key_param = \"u\"\nbogus = 1"), "bogus");
     fails(
+        &rule("key_param = \"u\"\nupdate_event = \"phx_x\""),
+        "channel[0].presence.update_event",
+    );
+    fails(
         &format!(
             "[redis]\nurl = \"redis://a:1\"\ncluster = true\n{}",
             rule("key_param = \"u\"")
