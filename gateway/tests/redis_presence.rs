@@ -100,9 +100,11 @@ async fn a_killed_pod_leaves_within_the_timeout_and_a_restart_has_no_ghosts() {
         Duration::from_millis(POD_TIMEOUT_MS * 3),
     )
     .await;
+    // The bound is POD_TIMEOUT_MS; the slack is for a test machine busy with
+    // other tests.
     let took = killed.elapsed();
     assert!(
-        took < Duration::from_millis(POD_TIMEOUT_MS + 500),
+        took < Duration::from_millis(POD_TIMEOUT_MS + 1000),
         "leaves took {took:?}"
     );
 
