@@ -154,16 +154,20 @@ async fn two_tabs_are_one_key_with_two_metas_and_disconnect_leaves() {
 }
 
 #[tokio::test]
-async fn join_needs_the_key() {
+async fn without_the_key_a_client_watches_and_a_bad_key_is_refused() {
     let server = serve(&config()).await;
+    let mut a = member(&server, "room:x", "1", json!({"user": "alice"})).await;
+    a.wait_for(&[("alice", 1)], TIMEOUT).await;
+    // No key: joined, gets the list, is not in it.
+    let mut watcher = member(&server, "room:x", "1", json!({})).await;
+    watcher.wait_for(&[("alice", 1)], TIMEOUT).await;
     let mut c = server.v2().await;
-    join_refused(
-        &mut c,
-        "room:x",
-        "1",
-        "presence needs a join param \"user\" (a string of 1 to 256 bytes)",
-    )
-    .await;
+    c.send(json!(["1", "1", "room:x", "phx_join", {"user": ""}]))
+        .await;
+    assert_eq!(
+        c.recv().await[4]["response"]["reason"],
+        "the presence key, join param \"user\", must be a string of 1 to 256 bytes"
+    );
     c.send(json!(["2", "2", "room:x", "phx_join", {"user": {"a": 1}}]))
         .await;
     assert_eq!(c.recv().await[4]["status"], "error");
@@ -174,9 +178,9 @@ async fn join_needs_the_key() {
         c.recv().await[4]["response"]["reason"],
         "presence meta params take more than 4096 bytes"
     );
-    c.send(json!(["4", "4", "room:x", "phx_join", {"user": 42}]))
-        .await;
-    assert_eq!(c.recv().await[4]["status"], "ok", "a number is a key too");
+    let mut n = member(&server, "room:x", "4", json!({"user": 42})).await;
+    n.wait_for(&[("alice", 1), ("42", 1)], TIMEOUT).await;
+    watcher.wait_for(&[("alice", 1), ("42", 1)], TIMEOUT).await;
 }
 
 #[tokio::test]

@@ -75,32 +75,33 @@ impl Rule {
     }
 }
 
-/// The presence key and meta of a joining client, per the rule, or why the
-/// join is refused: the claim or param that names the key is missing or
-/// unusable, or the meta is too large.
+/// The presence key and meta of a joining client, per the rule: `None` when
+/// the claim or param that names the key is absent (the client watches
+/// without being listed), or why the join is refused: a key that is not a
+/// string or number, empty or too long, or a meta that is too large.
 fn presence_of(
     p: &PresenceRule,
     assigns: &Assigns,
     params: &Payload,
-) -> Result<(String, Value), String> {
-    let (key, what) = match (&p.key_claim, &p.key_param) {
+) -> Result<Option<(String, Value)>, String> {
+    let (given, what) = match (&p.key_claim, &p.key_param) {
         (Some(claim), _) => (
-            assigns.get(claim).and_then(claim_str),
+            assigns.get(claim).cloned(),
             format!("token claim {claim:?}"),
         ),
-        (None, Some(param)) => (
-            match params.get(param) {
-                Some(Value::String(s)) => Some(s),
-                Some(Value::Number(n)) => Some(n.to_string()),
-                _ => None,
-            },
-            format!("join param {param:?}"),
-        ),
-        (None, None) => (None, "key".into()),
+        (None, Some(param)) => (params.get(param), format!("join param {param:?}")),
+        (None, None) => return Ok(None),
     };
-    let key = key
-        .filter(|k| !k.is_empty() && k.len() <= MAX_KEY)
-        .ok_or_else(|| format!("presence needs a {what} (a string of 1 to {MAX_KEY} bytes)"))?;
+    let key = match given {
+        None | Some(Value::Null) => return Ok(None),
+        // Strings, numbers and booleans, as claim placeholders compare them.
+        Some(v) => claim_str(&v).unwrap_or_default(),
+    };
+    if key.is_empty() || key.len() > MAX_KEY {
+        return Err(format!(
+            "the presence key, {what}, must be a string of 1 to {MAX_KEY} bytes"
+        ));
+    }
     let mut meta = serde_json::Map::new();
     for name in &p.meta_params {
         if let Some(v) = params.get(name) {
@@ -117,7 +118,7 @@ fn presence_of(
         .map_or(0, |d| d.as_secs());
     // A string of seconds, as Phoenix's generated presence example sends it.
     meta.insert("online_at".into(), Value::String(now.to_string()));
-    Ok((key, Value::Object(meta)))
+    Ok(Some((key, Value::Object(meta))))
 }
 
 /// Self-sent messages of a rule channel.
@@ -199,7 +200,7 @@ impl Channel for RuleChannel {
         if let Some(p) = &self.rule.presence {
             let me = presence_of(p, ctx.assigns(), &params)
                 .map_err(|reason| Payload::json(&json!({ "reason": reason })))?;
-            self.presence = Some(me);
+            self.presence = me;
             // The reply and the subscription come first; Phoenix apps do the
             // same with `send(self(), :after_join)`.
             ctx.info_sender().send(RuleInfo::AfterJoin);
