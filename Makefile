@@ -9,7 +9,7 @@ PORT  ?= 4000
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 SEEDS_BIN  ?= $(TARGET_DIR)/debug/examples/seeds
 
-.PHONY: run run-seeds build test test-deps test-rust test-compat test-e2e lint bench
+.PHONY: run run-seeds build test test-deps test-rust test-compat test-e2e lint bench curves
 
 ## run: the gateway on 127.0.0.1:$(PORT) with config/example.toml and the demo
 ## chat at /; the in-memory broker unless REDIS_URL is set
@@ -38,7 +38,7 @@ test-rust:
 	$(CARGO) test --workspace
 
 # The official phoenix npm client against the seeds example, and against
-# several gateway binaries sharing a redis-server (presence).
+# three gateway pods and Redis: presence, and long-poll behind nginx.
 ifneq ($(wildcard compat/package.json),)
 test-compat:
 	$(CARGO) build -p gateway --example seeds --bin gateway
@@ -64,3 +64,9 @@ lint:
 ## redis-server; JSON and HTML results under bench/results/ (BENCH_DURATION=10s)
 bench:
 	bash loadtest/bench.sh
+
+## curves: the scaling curves of docs/performance.md (memory vs connections,
+## fan-out vs subscribers and publish rate, 1-3 pods) as SVG under bench/results/;
+## CURVES_DOCS=docs/perf also refreshes the committed charts (about 15 minutes)
+curves:
+	bash loadtest/curves.sh

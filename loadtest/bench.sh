@@ -7,74 +7,45 @@
 # raw_writer.rs: the same pre-encoded frames written to the same number of
 # loopback sockets with no protocol work, one writev per queued batch) and the
 # gateway's deliveries/s is reported as a ratio to that ceiling ("vs raw").
+#
+# BENCH_DURATION (default 10s) is the measured phase of each scenario, except
+# fanout-10k, the issue's target run, which lasts BENCH_LONG (default 60s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CARGO=${CARGO:-cargo}
-TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 DURATION=${BENCH_DURATION:-10s}
+LONG=${BENCH_LONG:-60s}
 OUT=bench/results/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
+# shellcheck source=loadtest/bench/lib.sh
+. loadtest/bench/lib.sh
 
-$CARGO build --release -p gateway -p loadtest
-GW=$TARGET_DIR/release/gateway
-LT=$TARGET_DIR/release/loadtest
-RAW=$TARGET_DIR/release/raw-writer
+build_release
+start_redis
+start_gateway gateway
+start_raw
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-REDIS_PORT=$(free_port)
-RAW_PORT=$(free_port)
-PORT=$(free_port)
-PREFIX="bench$$:"
-KEY="bench-$$"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >"$OUT/redis.log" 2>&1 &
-PIDS+=($!)
-until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do sleep 0.1; done
-
-{ cat config/example.toml; printf '\n[redis]\nurl = "redis://127.0.0.1:%s"\nprefix = "%s"\n' "$REDIS_PORT" "$PREFIX"; } >"$OUT/gateway.toml"
-env -u REDIS_URL -u GATEWAY_CONFIG -u GATEWAY_LISTEN PORT="$PORT" GATEWAY_API_KEY="$KEY" GATEWAY_LOG=warn \
-  "$GW" --config "$OUT/gateway.toml" >"$OUT/gateway.log" 2>&1 &
-GW_PID=$!
-PIDS+=($GW_PID)
-until curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null; do sleep 0.1; done
-
-"$RAW" --listen "127.0.0.1:$RAW_PORT" >"$OUT/raw-writer.log" 2>&1 &
-PIDS+=($!)
-until curl -sf "http://127.0.0.1:$RAW_PORT/healthz" >/dev/null; do sleep 0.1; done
-
-URL="ws://127.0.0.1:$PORT/socket/websocket?vsn=2.0.0"
-RAW_URL="ws://127.0.0.1:$RAW_PORT/socket/websocket?vsn=2.0.0"
-RAW_API="http://127.0.0.1:$RAW_PORT/api/broadcast"
-IPS=127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5
-run_at() {
-  local url=$1 name=$2; shift 2
-  echo "== $name: loadtest $* --url $url" >&2
-  "$LT" "$@" --url "$url" --source-ips "$IPS" --duration "$DURATION" \
-    --json "$OUT/$name.json" --html "$OUT/$name.html" | tee "$OUT/$name.txt" || echo "$name: loadtest exited $?" >&2
-}
-run() { run_at "$URL" "$@"; }
-# fanout NAME "SHAPE" "GATEWAY PUBLISHER ARGS": the scenario against the gateway,
-# then the same shape against raw-writer (published through its /api/broadcast).
+REDIS_ARGS=(--via redis --redis-url "$REDIS_URL" --prefix "$PREFIX")
+API_ARGS=(--via api --api-url "$GW_API" --api-key "$KEY")
+# fanout NAME DURATION "SHAPE" PUBLISHER-ARGS...: the scenario against the
+# gateway, then the same shape against raw-writer (through its /api/broadcast).
 fanout() {
-  local name=$1 shape=$2 via=$3
+  local name=$1 dur=$2 shape=$3; shift 3
   # shellcheck disable=SC2086
-  run "$name" fanout $shape $via
+  lt "$name" fanout $shape "$@" --url "$GW_URL" --duration "$dur" --drain 5s
   # shellcheck disable=SC2086
-  run_at "$RAW_URL" "raw-$name" fanout $shape --via api --api-url "$RAW_API"
+  lt "raw-$name" fanout $shape --via api --api-url "$RAW_API" --url "$RAW_URL" --duration "$dur" --drain 5s
 }
 
-run connect connect -n 10000 -r 10000 -t 1
-run idle idle -n 10000 -r 5000 --gateway-pid "$GW_PID"
-REDIS_ARGS="--via redis --redis-url redis://127.0.0.1:$REDIS_PORT --prefix $PREFIX"
-fanout fanout-quiet "-s 1000 -t 1 -p 1000" "$REDIS_ARGS"
-fanout fanout-10k "-s 10000 -t 1 -p 20" "$REDIS_ARGS"
-fanout fanout-api "-s 1000 -t 10 -p 500" "--via api --api-url http://127.0.0.1:$PORT/api/broadcast --api-key $KEY"
-fanout fanout-2k "-s 2000 -t 1 -p 200" "--via api --api-url http://127.0.0.1:$PORT/api/broadcast --api-key $KEY"
-run chat chat -c 200 -p 1
+lt connect connect -n 10000 -r 12000 -t 1 --url "$GW_URL" --duration "$DURATION"
+lt idle idle -n 10000 -r 5000 --gateway-pid "$GW_PID" --url "$GW_URL" --duration "$DURATION"
+# quiet latency: 1,000 subscribers, each alone on its topic; 1,000 msgs/s in all
+fanout fanout-quiet "$DURATION" "-s 1000 -t 1000 -p 1000" "${REDIS_ARGS[@]}"
+# the target: one topic, 10,000 subscribers, through Redis, sustained
+fanout fanout-10k "$LONG" "-s 10000 -t 1 -p 50" "${REDIS_ARGS[@]}"
+fanout fanout-api "$DURATION" "-s 1000 -t 10 -p 500" "${API_ARGS[@]}"
+fanout fanout-2k "$DURATION" "-s 2000 -t 1 -p 200" "${API_ARGS[@]}"
+lt chat chat -c 200 -p 1 --url "$GW_URL" --duration "$DURATION"
 
 python3 - "$OUT" <<'PY'
 import json, os, sys

@@ -7,7 +7,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Presence } from "phoenix";
-import { startCluster } from "../lib/cluster.js";
+import { startCluster } from "../lib/presence-cluster.js";
 import { EventLog, join, openSocket, push } from "../lib/phx.js";
 
 const POD_TIMEOUT_MS = 1500;

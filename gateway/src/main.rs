@@ -67,6 +67,13 @@ fn main() -> ExitCode {
     }
     init_logging(&config);
     gateway::server::install_panic_hook();
+    // Without background threads jemalloc returns freed pages to the OS only
+    // while the process allocates, so a pod whose connections left would keep
+    // their memory until the next burst of traffic; with them, unused pages
+    // go back within jemalloc's decay time (10 s) even when idle.
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::warn!(error = %e, "jemalloc background threads not enabled");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -93,12 +100,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let pubsub = pubsub.with_presence_config(config.presence.settings());
     let presence = pubsub.presence().clone();
     let endpoint = gateway::app::build(&config, pubsub)?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let listener =
+        gateway::server::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     tracing::info!(
         addr = %listener.local_addr()?,
         node = endpoint.node(),
+        longpoll_pod = endpoint.longpoll_pod(),
         broker,
         "gateway listening"
     );

@@ -2,7 +2,7 @@
 //! socket paths to their transports and the rest to extra routes.
 
 use crate::endpoint::{Body, Endpoint};
-use crate::transport::websocket;
+use crate::transport::{longpoll, websocket};
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -14,6 +14,29 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+
+/// Pending connections the kernel queues before `accept` (capped by
+/// `net.core.somaxconn`). A reconnect storm after a pod restart opens thousands
+/// of connections at once; with a short queue the overflow SYNs are dropped and
+/// retried a whole second later, which shows as 1 s connect latency.
+pub const LISTEN_BACKLOG: u32 = 8192;
+
+/// Binds a listening socket for [`serve`] with a deep accept queue
+/// ([`LISTEN_BACKLOG`]) and `SO_REUSEADDR`, so a restarted pod can bind again
+/// while old connections linger in TIME_WAIT.
+///
+/// # Errors
+/// The address is in use, not local, or not permitted.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// Serves `endpoint` on `listener` until [`Endpoint::shutdown`] is called.
 ///
@@ -69,6 +92,9 @@ async fn handle(ep: Arc<Endpoint>, peer: SocketAddr, req: Request<Incoming>) -> 
         if let Some(rest) = path.strip_prefix(socket.path.as_str()) {
             if rest == "/websocket" {
                 return websocket::handshake(ep.clone(), socket.clone(), peer, req).await;
+            }
+            if rest == "/longpoll" && socket.config.longpoll.is_some() {
+                return longpoll::http::handle(ep.clone(), socket.clone(), peer, req).await;
             }
         }
     }

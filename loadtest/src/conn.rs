@@ -27,8 +27,9 @@ pub(crate) enum Phase {
 /// Where and how to connect.
 #[derive(Debug)]
 pub(crate) struct Target {
-    pub(crate) addr: SocketAddr,
-    pub(crate) url: String,
+    /// Gateway endpoints (address, URL); connection `idx` goes to `idx % len`,
+    /// so connections spread evenly over several pods.
+    pub(crate) endpoints: Vec<(SocketAddr, String)>,
     pub(crate) source_ips: Vec<IpAddr>,
 }
 
@@ -39,23 +40,27 @@ const HEARTBEAT: Duration = Duration::from_secs(30);
 
 /// Opens a WebSocket from the `idx`-th source address, with small buffers.
 pub(crate) async fn connect(target: &Target, idx: u64) -> anyhow::Result<Ws> {
+    let n = target.endpoints.len().max(1) as u64;
+    let Some((addr, url)) = target.endpoints.get((idx % n) as usize) else {
+        anyhow::bail!("no --url given");
+    };
     let fut = async {
-        let sock = match target.addr {
+        let sock = match addr {
             SocketAddr::V4(_) => TcpSocket::new_v4()?,
             SocketAddr::V6(_) => TcpSocket::new_v6()?,
         };
         if !target.source_ips.is_empty() {
-            let ip = target.source_ips[idx as usize % target.source_ips.len()];
+            let ip = target.source_ips[(idx / n) as usize % target.source_ips.len()];
             sock.bind(SocketAddr::new(ip, 0))
                 .with_context(|| format!("bind {ip}"))?;
         }
-        let stream = sock.connect(target.addr).await.context("tcp connect")?;
+        let stream = sock.connect(*addr).await.context("tcp connect")?;
         stream.set_nodelay(true)?;
         let config = WebSocketConfig::default()
             .read_buffer_size(4096)
             .write_buffer_size(0);
         let (ws, _) =
-            tokio_tungstenite::client_async_with_config(target.url.as_str(), stream, Some(config))
+            tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config))
                 .await
                 .context("websocket handshake")?;
         anyhow::Ok(ws)

@@ -26,13 +26,15 @@ use tokio::sync::{mpsc, watch};
     about = "Phoenix-protocol load generator for the gateway"
 )]
 pub(crate) struct Cli {
-    /// WebSocket endpoint of the gateway.
+    /// WebSocket endpoint of the gateway; several, comma-separated, spread the
+    /// connections round-robin over several pods.
     #[arg(
         long,
         global = true,
+        value_delimiter = ',',
         default_value = "ws://127.0.0.1:4000/socket/websocket?vsn=2.0.0"
     )]
-    url: String,
+    url: Vec<String>,
     /// How long the measured phase lasts: 10, 10s, 500ms, 2m.
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
@@ -222,6 +224,18 @@ async fn resolve(url: &str) -> anyhow::Result<std::net::SocketAddr> {
         .with_context(|| format!("cannot resolve {hostport}"))
 }
 
+/// Where connections go: every `--url`, resolved once.
+async fn target(cli: &Cli) -> anyhow::Result<Target> {
+    let mut endpoints = Vec::with_capacity(cli.url.len());
+    for url in &cli.url {
+        endpoints.push((resolve(url).await?, url.clone()));
+    }
+    Ok(Target {
+        endpoints,
+        source_ips: cli.source_ips.clone(),
+    })
+}
+
 /// One worker's share of the connections: global indices `index, index+count, ...`.
 async fn worker(
     cli: Arc<Cli>,
@@ -230,11 +244,7 @@ async fn worker(
     mut ctrl: mpsc::UnboundedReceiver<Control>,
     out: mpsc::UnboundedSender<Out>,
 ) -> anyhow::Result<()> {
-    let target = Arc::new(Target {
-        addr: resolve(&cli.url).await?,
-        url: cli.url.clone(),
-        source_ips: cli.source_ips.clone(),
-    });
+    let target = Arc::new(target(&cli).await?);
     let stats = Arc::new(Stats::default());
     let (n, rate, ntopics, per_conn, push_every) = cli.shape();
     let is_connect = matches!(cli.scenario, Scenario::Connect(_));
@@ -557,6 +567,24 @@ fn total_rss(pids: &[u32]) -> anyhow::Result<u64> {
     pids.iter().map(|&p| rss(p)).sum()
 }
 
+/// CPU time (user + system) a process has used, in seconds: utime and stime of
+/// /proc/PID/stat, in USER_HZ ticks (100 per second on Linux).
+fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("read /proc/{pid}/stat"))?;
+    // Fields after "(comm)": state is the 3rd field, utime the 14th, stime the 15th.
+    let rest = s.rsplit_once(')').context("bad /proc stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| -> anyhow::Result<f64> {
+        Ok(f.get(i).context("short /proc stat")?.parse::<u64>()? as f64 / 100.0)
+    };
+    Ok(tick(11)? + tick(12)?)
+}
+
+fn total_cpu(pids: &[u32]) -> anyhow::Result<f64> {
+    pids.iter().map(|&p| cpu_secs(p)).sum()
+}
+
 async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
     let cli = Arc::new(cli);
     let (n, _, ntopics, _, _) = cli.shape();
@@ -587,6 +615,7 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
     let setup_secs = col.started.elapsed().as_secs_f64();
     let go_at = Instant::now();
     let go_ns = stats::now_ns();
+    let cpu_before = total_cpu(&cli.gateway_pid)?;
     send(Control::Go);
     let mut published: Option<Vec<u64>> = None;
     let mut rss_after = None;
@@ -597,11 +626,7 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
             rss_after = Some(total_rss(&cli.gateway_pid)?);
         }
         Scenario::Fanout(a) => {
-            let target = Target {
-                addr: resolve(&cli.url).await?,
-                url: cli.url.clone(),
-                source_ips: cli.source_ips.clone(),
-            };
+            let target = target(&cli).await?;
             let spec = publish::PublishSpec {
                 via: a.via,
                 topics: (0..ntopics).map(|t| cli.topic(t)).collect(),
@@ -648,6 +673,10 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
         send(Control::Halt);
         col.pump(Some(Instant::now() + cli.drain), |_| false).await;
     }
+    // The gateway's CPU over the measured phase and the drain, before closing.
+    let gateway_cpu_secs =
+        (!cli.gateway_pid.is_empty()).then(|| total_cpu(&cli.gateway_pid).map(|c| c - cpu_before));
+    let gateway_cpu_secs = gateway_cpu_secs.transpose()?;
     send(Control::Stop);
     col.pump(Some(Instant::now() + Duration::from_secs(30)), |c| {
         c.results.iter().all(|r| r.is_some())
@@ -694,6 +723,7 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
             expected,
             rss_before: (!cli.gateway_pid.is_empty()).then_some(rss_before),
             rss_after,
+            gateway_cpu_secs,
             connections: n,
         },
     );

@@ -173,9 +173,11 @@ pub(crate) async fn run(
                     redis::cmd("PUBLISH")
                         .arg(ch)
                         .arg(msg)
-                        .query_async::<i64>(c)
+                        .query_async::<u64>(c)
                         .await
-                        .map(|_| ())
+                        .map(|n| {
+                            live.redis_receivers.fetch_add(n, Relaxed);
+                        })
                         .map_err(Into::into)
                 }
                 Sink::Api(a) => {

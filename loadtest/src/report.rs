@@ -15,6 +15,9 @@ pub(crate) struct Extra {
     pub(crate) expected: Option<u64>,
     pub(crate) rss_before: Option<u64>,
     pub(crate) rss_after: Option<u64>,
+    /// CPU seconds the `--gateway-pid` processes used from the start of the
+    /// measured phase to the end of the drain.
+    pub(crate) gateway_cpu_secs: Option<f64>,
     pub(crate) connections: u64,
 }
 
@@ -118,6 +121,12 @@ impl<'a> Report<'a> {
             / self.x.setup_secs.max(0.001)
     }
 
+    /// Gateway CPU time per delivered message: where the fan-out time goes.
+    fn cpu_per_delivery_us(&self) -> Option<f64> {
+        let d = self.m.counters.deliveries;
+        (d > 0).then_some(self.x.gateway_cpu_secs? * 1e6 / d as f64)
+    }
+
     fn memory(&self) -> Option<(u64, u64, f64)> {
         let (b, a) = (self.x.rss_before?, self.x.rss_after?);
         let per = (a as f64 - b as f64) / self.m.counters.connects_ok.max(1) as f64;
@@ -180,6 +189,13 @@ impl<'a> Report<'a> {
                 c.duplicates
             );
         }
+        if let Some(cpu) = self.x.gateway_cpu_secs {
+            s += &format!("gateway CPU           {cpu:.2} s");
+            if let Some(us) = self.cpu_per_delivery_us() {
+                s += &format!(" ({us:.2} µs per delivery)");
+            }
+            s += "\n";
+        }
         if let Some((b, a, per)) = self.memory() {
             s += &format!(
                 "gateway RSS           {:.1} MiB -> {:.1} MiB ({:.0} bytes per connection)\n",
@@ -228,7 +244,10 @@ impl<'a> Report<'a> {
             "errors": self.errors(),
             "error_rate": self.error_rate(),
             "deliveries_per_sec": self.deliveries_per_sec(),
+            "redis_messages_per_publish": (c.redis_receivers > 0)
+                .then(|| c.redis_receivers as f64 / c.published.max(1) as f64),
             "connections_joins_per_sec": self.conn_join_per_sec(),
+            "gateway_cpu": self.x.gateway_cpu_secs.map(|secs| json!({"secs": secs, "us_per_delivery": self.cpu_per_delivery_us()})),
             "memory": self.memory().map(|(b, a, per)| json!({"rss_before": b, "rss_after": a, "bytes_per_connection": per})),
             "latency": {
                 "connect": percentiles(&self.m.connect),

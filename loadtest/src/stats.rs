@@ -93,6 +93,9 @@ counters!(
     published,
     publish_errors,
     settled,
+    // Sum of PUBLISH replies (Redis subscribers reached): Redis messages per
+    // broadcast is this over `published`.
+    redis_receivers,
 );
 
 /// Counters and histograms shared by the tasks of one process.

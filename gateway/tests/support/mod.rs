@@ -376,3 +376,6 @@ impl Wire {
 pub mod presence;
 /// Real redis-server and gateway processes for the multi-pod tests.
 pub mod redis;
+
+/// A raw HTTP long-poll client.
+pub mod longpoll;

@@ -1,0 +1,72 @@
+# Shared by loadtest/bench.sh (make bench) and loadtest/curves.sh (make curves):
+# builds the release binaries and starts redis-server, gateway pods and
+# raw-writer on free loopback ports, all stopped again when the script exits.
+# Source it after setting OUT (the results directory).
+
+CARGO=${CARGO:-cargo}
+TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+GW=$TARGET_DIR/release/gateway
+LT=$TARGET_DIR/release/loadtest
+RAW=$TARGET_DIR/release/raw-writer
+PLOT=$TARGET_DIR/release/bench-plot
+IPS=127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6,127.0.0.7
+KEY="bench-$$"
+PREFIX="bench$$:"
+PIDS=()
+
+build_release() { $CARGO build --release -p gateway -p loadtest; }
+
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_http() { until curl -sf "$1" >/dev/null; do sleep 0.05; done; }
+
+# start_redis: sets REDIS_PORT, REDIS_URL.
+start_redis() {
+  REDIS_PORT=$(free_port)
+  REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >"$OUT/redis.log" 2>&1 &
+  PIDS+=($!)
+  until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do sleep 0.05; done
+}
+
+# start_gateway NAME: config/example.toml on Redis; sets GW_PID, GW_PORT, GW_URL, GW_API.
+start_gateway() {
+  local name=$1
+  GW_PORT=$(free_port)
+  { cat config/example.toml; printf '\n[redis]\nurl = "%s"\nprefix = "%s"\n' "$REDIS_URL" "$PREFIX"; } >"$OUT/$name.toml"
+  env -u REDIS_URL -u GATEWAY_CONFIG -u GATEWAY_LISTEN PORT="$GW_PORT" GATEWAY_API_KEY="$KEY" GATEWAY_LOG=warn \
+    "$GW" --config "$OUT/$name.toml" >"$OUT/$name.log" 2>&1 &
+  GW_PID=$!
+  PIDS+=($GW_PID)
+  GW_URL="ws://127.0.0.1:$GW_PORT/socket/websocket?vsn=2.0.0"
+  GW_API="http://127.0.0.1:$GW_PORT/api/broadcast"
+  wait_http "http://127.0.0.1:$GW_PORT/healthz"
+}
+
+# stop PID: stops one process started here and waits for it.
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+# start_raw: sets RAW_PID, RAW_URL, RAW_API.
+start_raw() {
+  local port
+  port=$(free_port)
+  "$RAW" --listen "127.0.0.1:$port" >"$OUT/raw-writer.log" 2>&1 &
+  RAW_PID=$!
+  PIDS+=($RAW_PID)
+  RAW_URL="ws://127.0.0.1:$port/socket/websocket?vsn=2.0.0"
+  RAW_API="http://127.0.0.1:$port/api/broadcast"
+  wait_http "http://127.0.0.1:$port/healthz"
+}
+
+# lt NAME ARGS...: one loadtest run writing $OUT/NAME.{json,html,txt}; the
+# command line is kept in the JSON (and in NAME.cmd).
+lt() {
+  local name=$1; shift
+  echo "== $name: loadtest $*" >&2
+  echo "$LT $*" >"$OUT/$name.cmd"
+  "$LT" "$@" --source-ips "$IPS" --json "$OUT/$name.json" --html "$OUT/$name.html" \
+    | tee "$OUT/$name.txt" | tail -n 16 >&2 || echo "$name: loadtest exited $?" >&2
+}
