@@ -146,6 +146,8 @@ pod_timeout_ms = ${podTimeoutMs}
 
 [[socket]]
 path = "/socket"
+[socket.longpoll]
+enabled = true
 
 [[channel]]
 pattern = "room:*"

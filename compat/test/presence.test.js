@@ -6,7 +6,7 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Presence } from "phoenix";
+import { LongPoll, Presence } from "phoenix";
 import { startCluster } from "../lib/presence-cluster.js";
 import { EventLog, join, openSocket, push } from "../lib/phx.js";
 
@@ -21,8 +21,8 @@ function summary(presence) {
     .join(",");
 }
 
-async function member(t, pod, topic, user, tab = 1) {
-  const client = await openSocket(pod, {}, t);
+async function member(t, pod, topic, user, tab = 1, opts = {}) {
+  const client = await openSocket(pod, opts, t);
   const channel = client.socket.channel(topic, { user, tab });
   const presence = new Presence(channel);
   const syncs = new EventLog(`${user}/${tab} sync`);
@@ -82,6 +82,19 @@ test("joins and leaves on three pods, two tabs of one user", (t) =>
     await converge([carol, alice2], "alice:1,carol:1");
     // Every list is the same, metas included.
     assert.deepEqual(carol.presence.list(), alice2.presence.list());
+  }));
+
+test("a long-poll client is listed and sees the same list as WebSocket clients", (t) =>
+  withCluster(t, async ({ pods }) => {
+    const topic = "room:longpoll";
+    const alice = await member(t, pods[0], topic, "alice");
+    const bob = await member(t, pods[1], topic, "bob", 1, { transport: LongPoll });
+    assert.ok(bob.socket.conn instanceof LongPoll);
+    const carol = await member(t, pods[2], topic, "carol");
+    await converge([alice, bob, carol], "alice:1,bob:1,carol:1");
+    await new Promise((resolve) => alice.channel.leave().receive("ok", resolve));
+    await converge([bob, carol], "bob:1,carol:1");
+    assert.deepEqual(bob.presence.list(), carol.presence.list());
   }));
 
 test("a meta update on one pod reaches every client as one replaced meta", (t) =>
