@@ -140,6 +140,30 @@ async fn a_rule_update_event_changes_the_meta() {
 }
 
 #[tokio::test]
+async fn an_update_pushed_right_after_the_join_is_kept() {
+    let server = serve(&config()).await;
+    let mut w = member(&server, "room:early", "1", json!({"user": "w"})).await;
+    let mut u = server.v2().await;
+    u.send(json!(["1", "1", "room:early", "phx_join", {"user": "u", "status": "online"}]))
+        .await;
+    u.send(json!(["1", "2", "room:early", "set_status", {"status": "away"}]))
+        .await;
+    loop {
+        let f = u.recv().await;
+        if f[1] == "2" {
+            assert_eq!(f[4]["status"], "ok", "{f}");
+            break;
+        }
+    }
+    w.wait_for(&[("w", 1), ("u", 1)], TIMEOUT).await;
+    while w.view.state["u"][0]["status"] != "away" {
+        let f = w.client.recv().await;
+        w.view.apply("room:early", &f);
+        assert_eq!(w.view.counts().len(), 2, "{:?}", w.view.state);
+    }
+}
+
+#[tokio::test]
 async fn two_tabs_are_one_key_with_two_metas_and_disconnect_leaves() {
     let server = serve(&config()).await;
     let mut watcher = member(&server, "room:tabs", "1", json!({"user": "w"})).await;

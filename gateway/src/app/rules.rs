@@ -78,7 +78,7 @@ impl Rule {
 /// The presence key and meta of a joining client, per the rule: `None` when
 /// the claim or param that names the key is absent (the client watches
 /// without being listed), or why the join is refused: a key that is not a
-/// string or number, empty or too long, or a meta that is too large.
+/// string, number or boolean, empty or too long, or a meta that is too large.
 fn presence_of(
     p: &PresenceRule,
     assigns: &Assigns,
@@ -134,6 +134,8 @@ pub(crate) struct RuleChannel {
     rule: Arc<Rule>,
     /// This client's presence key and meta, while joined with presence.
     presence: Option<(String, Value)>,
+    /// The presence is tracked (after the join's `AfterJoin`).
+    tracked: bool,
 }
 
 impl RuleChannel {
@@ -141,6 +143,7 @@ impl RuleChannel {
         RuleChannel {
             rule,
             presence: None,
+            tracked: false,
         }
     }
 }
@@ -169,12 +172,17 @@ impl RuleChannel {
                 "reason": format!("presence meta params take more than {MAX_META} bytes")
             }));
         }
+        if !self.tracked {
+            // Client events are handled before the join's AfterJoin: it
+            // tracks the updated meta.
+            *meta = new;
+            return HandleIn::ok(Payload::empty());
+        }
         match ctx.update(key, Value::Object(new.clone())) {
             Ok(()) => {
                 *meta = new;
                 HandleIn::ok(Payload::empty())
             }
-            // Not tracked yet: the update raced the join's AfterJoin.
             Err(e) => HandleIn::error(json!({"reason": e.to_string()})),
         }
     }
@@ -212,8 +220,11 @@ impl Channel for RuleChannel {
         match info {
             RuleInfo::AfterJoin => {
                 if let Some((key, meta)) = &self.presence {
-                    if let Err(e) = ctx.track(key.clone(), meta.clone()) {
-                        tracing::warn!(topic = ctx.topic(), error = %e, "presence track failed");
+                    match ctx.track(key.clone(), meta.clone()) {
+                        Ok(()) => self.tracked = true,
+                        Err(e) => {
+                            tracing::warn!(topic = ctx.topic(), error = %e, "presence track failed")
+                        }
                     }
                 }
                 match ctx.push_presence_state().await {
