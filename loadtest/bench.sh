@@ -32,20 +32,26 @@ API_ARGS=(--via api --api-url "$GW_API" --api-key "$KEY")
 fanout() {
   local name=$1 dur=$2 shape=$3; shift 3
   # shellcheck disable=SC2086
-  lt "$name" fanout $shape "$@" --url "$GW_URL" --duration "$dur" --drain 5s
+  lt "$name" fanout $shape "$@" --url "$GW_URL" --gateway-pid "$GW_PID" --duration "$dur" --drain 5s
   # shellcheck disable=SC2086
-  lt "raw-$name" fanout $shape --via api --api-url "$RAW_API" --url "$RAW_URL" --duration "$dur" --drain 5s
+  lt "raw-$name" fanout $shape --via api --api-url "$RAW_API" --url "$RAW_URL" --gateway-pid "$RAW_PID" \
+    --duration "$dur" --drain 5s
 }
 
 lt connect connect -n 10000 -r 12000 -t 1 --url "$GW_URL" --duration "$DURATION"
-lt idle idle -n 10000 -r 5000 --gateway-pid "$GW_PID" --url "$GW_URL" --duration "$DURATION"
+# idle on a pod of its own: memory growth from a fresh start to the steady state
+MAIN_GW_PID=$GW_PID MAIN_GW_URL=$GW_URL
+start_gateway gateway-idle
+lt idle idle -n 10000 -r 5000 --gateway-pid "$GW_PID" --url "$GW_URL" --duration 15s
+stop "$GW_PID"
+GW_PID=$MAIN_GW_PID GW_URL=$MAIN_GW_URL
 # quiet latency: 1,000 subscribers, each alone on its topic; 1,000 msgs/s in all
 fanout fanout-quiet "$DURATION" "-s 1000 -t 1000 -p 1000" "${REDIS_ARGS[@]}"
 # the target: one topic, 10,000 subscribers, through Redis, sustained
 fanout fanout-10k "$LONG" "-s 10000 -t 1 -p 50" "${REDIS_ARGS[@]}"
 fanout fanout-api "$DURATION" "-s 1000 -t 10 -p 500" "${API_ARGS[@]}"
 fanout fanout-2k "$DURATION" "-s 2000 -t 1 -p 200" "${API_ARGS[@]}"
-lt chat chat -c 200 -p 1 --url "$GW_URL" --duration "$DURATION"
+lt chat chat -c 200 -p 1 --url "$GW_URL" --gateway-pid "$GW_PID" --duration "$DURATION"
 
 python3 - "$OUT" <<'PY'
 import json, os, sys
@@ -61,15 +67,18 @@ for f in sorted(os.listdir(out)):
     dps[f[:-5]] = d["deliveries_per_sec"]
     rows.append((f[:-5], d["counters"]["connects_ok"], d["connections_joins_per_sec"],
                  d["deliveries_per_sec"], lat["p50_ms"], lat["p99_ms"], lat["max_ms"],
-                 d["missing"], d["errors"], mem.get("bytes_per_connection")))
+                 d["missing"], d["errors"], mem.get("bytes_per_connection"),
+                 (d.get("gateway_cpu") or {}).get("us_per_delivery")))
 print(f"\nresults in {out} (commit {d.get('git_commit')}, {d['machine']['cores']} cores)\n")
-print(f"{'scenario':<18}{'conns':>8}{'conn+join/s':>13}{'deliv/s':>11}{'vs raw':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'missing':>9}{'errors':>8}{'B/conn':>9}")
+print(f"{'scenario':<18}{'conns':>8}{'conn+join/s':>13}{'deliv/s':>11}{'vs raw':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'missing':>9}{'errors':>8}{'B/conn':>9}{'CPU µs/d':>10}")
 for r in rows:
     bpc = "-" if r[9] is None else f"{r[9]:.0f}"
+    cpu = "-" if r[10] is None else f"{r[10]:.2f}"
     raw = dps.get("raw-" + r[0])
     ratio = (f"{r[3] / raw:.0%}" + ("!" if r[7] else "")) if raw else "-"
-    print(f"{r[0]:<18}{r[1]:>8}{r[2]:>13.0f}{r[3]:>11.0f}{ratio:>8}{r[4]:>9.2f}{r[5]:>9.2f}{r[6]:>9.2f}{r[7]:>9}{r[8]:>8}{bpc:>9}")
+    print(f"{r[0]:<18}{r[1]:>8}{r[2]:>13.0f}{r[3]:>11.0f}{ratio:>8}{r[4]:>9.2f}{r[5]:>9.2f}{r[6]:>9.2f}{r[7]:>9}{r[8]:>8}{bpc:>9}{cpu:>10}")
 print("\nvs raw: the gateway's deliveries/s over raw-writer's (raw-<scenario>: same subscribers,")
 print("topics and publish rate, pre-encoded frames, one writev per batch), measured in this run;")
 print("'!': the gateway run lost messages, so its rate is not comparable.")
+print("CPU µs/d: the server process's CPU time (user+system) per delivery over the run and drain.")
 PY
