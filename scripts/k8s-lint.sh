@@ -142,7 +142,10 @@ for t in "${targets[@]}"; do
     out="$work/$name"
     mkdir -p "$out"
     "$KUBECTL" kustomize "$dir" >"$out/rendered.yaml" || die "$name: kubectl kustomize $dir failed"
-    say "$name: rendered $dir ($(grep -c '^kind:' "$out/rendered.yaml") objects); $("${CHECK[@]}" split "$out/rendered.yaml" "$out/core.yaml" "$out/crd.yaml")"
+    # (Not inside say "$(...)": a failing command substitution there would not stop the script.)
+    split=$("${CHECK[@]}" split "$out/rendered.yaml" "$out/core.yaml" "$out/crd.yaml") ||
+        die "$name: splitting the rendering failed"
+    say "$name: rendered $dir ($(grep -c '^kind:' "$out/rendered.yaml") objects); $split"
     validate "$out/core.yaml" || die "$name: does not validate against the Kubernetes $K8S_VERSIONS schemas"
     # shellcheck disable=SC2086 # opts is a word list
     "${CHECK[@]}" objects "$out/rendered.yaml" $opts --rules-out "$out/rules.yaml" >"$out/objects.log" ||
@@ -164,7 +167,8 @@ done
 
 # --- 6. dashboard --------------------------------------------------------------
 
-say "$("${CHECK[@]}" dashboard k8s/dashboards/gateway.json)"
+dashboard=$("${CHECK[@]}" dashboard k8s/dashboards/gateway.json) || die "the dashboard check failed"
+say "$dashboard"
 
 # --- 7. the gateway accepts the configs ------------------------------------------
 
