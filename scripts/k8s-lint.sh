@@ -15,7 +15,8 @@
 #   4. Cross-object checks (scripts/k8s_check.py): selectors match pods,
 #      probes and Services use real ports, referenced ConfigMaps and Secrets
 #      exist (the dev Secret; production's is external), the security context,
-#      preStop + drain deadline fit in terminationGracePeriodSeconds.
+#      preStop + drain deadline fit in terminationGracePeriodSeconds, the
+#      config's listen port is the container port and the Dockerfile's EXPOSE.
 #   5. The PrometheusRule's spec as a rules file: `promtool check rules`, and
 #      `promtool test rules` with k8s/components/monitoring/tests/.
 #   6. The Grafana dashboard parses, and alerts and dashboard use only metric
@@ -169,6 +170,12 @@ done
 
 dashboard=$("${CHECK[@]}" dashboard k8s/dashboards/gateway.json) || die "the dashboard check failed"
 say "$dashboard"
+
+# The image's port is the manifests' port (k8s_check.py compares those with
+# the listen address of each gateway.toml).
+expose=$(awk '$1 == "EXPOSE" {print $2}' Dockerfile)
+grep -q "containerPort: $expose\$" k8s/base/deployment.yaml ||
+    die "Dockerfile EXPOSE $expose is not the containerPort in k8s/base/deployment.yaml"
 
 # --- 7. the gateway accepts the configs ------------------------------------------
 

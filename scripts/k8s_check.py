@@ -20,6 +20,7 @@ nothing else (plus Prometheus' own `up`).
 import json
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -189,6 +190,15 @@ def check_deployment(dep, docs, secrets_external):
                 f"{where}: terminationGracePeriodSeconds {grace} < preStop {pre} s + "
                 f"shutdown deadline {SHUTDOWN_DEADLINE_SECONDS} s + 5 s"
             )
+        http = [p["containerPort"] for p in c.get("ports", []) if p.get("name") == "http"]
+        mount = next((m for m in c.get("volumeMounts", []) if m["mountPath"] == "/etc/gateway"), None)
+        cm_name = mount and volumes[mount["name"]].get("configMap", {}).get("name")
+        cm = next((d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == cm_name), None)
+        if not http or cm is None or "gateway.toml" not in cm.get("data", {}):
+            raise CheckError(f"{where}: needs a port `http` and gateway.toml mounted at /etc/gateway")
+        listen = tomllib.loads(cm["data"]["gateway.toml"]).get("server", {}).get("listen", "")
+        if listen != f"0.0.0.0:{http[0]}":
+            raise CheckError(f"{where}: gateway.toml listens on {listen!r}, the port `http` is {http[0]}")
         if c["readinessProbe"]["httpGet"]["path"] != "/readyz":
             raise CheckError(f"{where}: readiness must probe /readyz")
         if c["livenessProbe"]["httpGet"]["path"] != "/healthz":
