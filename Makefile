@@ -24,14 +24,15 @@ run-seeds:
 build:
 	$(CARGO) build --workspace --all-targets
 
-## test: install missing test dependencies, then run every test
+## test: install missing test dependencies, then run every test (the quick
+## manifest and image checks first, so they fail fast)
 test:
 	$(MAKE) --no-print-directory test-deps
+	$(MAKE) --no-print-directory lint-k8s
+	$(MAKE) --no-print-directory test-image
 	$(MAKE) --no-print-directory test-rust
 	$(MAKE) --no-print-directory test-compat
 	$(MAKE) --no-print-directory test-e2e
-	$(MAKE) --no-print-directory lint-k8s
-	$(MAKE) --no-print-directory test-image
 
 test-deps:
 	bash scripts/setup-test-deps.sh
