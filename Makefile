@@ -40,12 +40,13 @@ test-deps:
 test-rust:
 	$(CARGO) test --workspace
 
-# The official phoenix npm client against the seeds example.
+# The official phoenix npm client against the seeds example, and (long-poll)
+# against three gateway pods and Redis behind nginx.
 ifneq ($(wildcard compat/package.json),)
 test-compat:
-	$(CARGO) build -p gateway --example seeds
+	$(CARGO) build -p gateway --example seeds --bin gateway
 	$(NPM) --prefix compat $(if $(wildcard compat/package-lock.json),ci,install) --no-audit --no-fund
-	GATEWAY_SEEDS_BIN=$(SEEDS_BIN) $(NPM) --prefix compat test
+	GATEWAY_SEEDS_BIN=$(SEEDS_BIN) GATEWAY_BIN=$(TARGET_DIR)/debug/gateway $(NPM) --prefix compat test
 else
 test-compat:
 	@echo "make test-compat: SKIPPED: compat/package.json does not exist yet, so the phoenix.js compatibility suite was not run"

@@ -8,6 +8,8 @@
 #   node, npm     Debian packages nodejs, npm (the phoenix.js compat suite)
 #   chromium      Debian package chromium (the demo page's browser test, e2e/)
 #   openssl       Debian package openssl (RS256/ES256 keys made by the auth tests)
+#   nginx         Debian package nginx (the round-robin balancer in front of three
+#                 pods in the long-poll tests of compat/ and e2e/)
 #   promtool      Debian package prometheus (make lint-k8s checks the alert rules)
 #   python3 venv  Debian package python3-venv (make lint-k8s installs
 #                 kubernetes-validate and yamllint from PyPI into a venv;
@@ -44,6 +46,12 @@ need node nodejs
 need npm npm
 need chromium chromium
 need openssl openssl
+# nginx lives in /usr/sbin, which a non-root PATH may lack.
+if [ -x /usr/sbin/nginx ]; then
+    say "found nginx at /usr/sbin/nginx"
+else
+    need nginx nginx
+fi
 need promtool prometheus
 need python3 python3
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
@@ -70,6 +78,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     for cmd in make cc redis-server node npm chromium openssl promtool python3; do
         command -v "$cmd" >/dev/null 2>&1 || die "$cmd is still missing after installing ${missing[*]}"
     done
+    [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 ||
+        die "nginx is still missing after installing ${missing[*]}"
     say "installed ${missing[*]}"
 fi
 

@@ -4,6 +4,7 @@
 use crate::channel::Router;
 use crate::pubsub::PubSub;
 use crate::socket::{SocketConfig, SocketHandler};
+use crate::transport::longpoll::LongPoll;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http_body_util::Full;
@@ -13,6 +14,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The response body type of every HTTP answer.
@@ -21,7 +23,7 @@ pub type Body = Full<Bytes>;
 type RouteFn = dyn Fn(Request<Incoming>) -> BoxFuture<'static, Response<Body>> + Send + Sync;
 
 /// A socket mounted at a path (default `/socket`), serving
-/// `{path}/websocket`.
+/// `{path}/websocket`, and `{path}/longpoll` when its config enables it.
 pub struct Socket {
     pub(crate) path: String,
     pub(crate) handler: Arc<dyn SocketHandler>,
@@ -67,6 +69,8 @@ pub struct Endpoint {
     /// Cancelled when the server shuts down; connections close with 1001.
     pub(crate) shutdown: CancellationToken,
     ready: AtomicBool,
+    /// Long-poll sessions owned here and requests relayed to their owners.
+    pub(crate) longpoll: Arc<LongPoll>,
 }
 
 impl fmt::Debug for Endpoint {
@@ -86,6 +90,8 @@ impl Endpoint {
             pubsub: None,
             node: None,
             routes: Vec::new(),
+            longpoll_secret: None,
+            relay_timeout: DEFAULT_RELAY_TIMEOUT,
         }
     }
 
@@ -97,6 +103,12 @@ impl Endpoint {
     /// This node's name.
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// This process's id in long-poll session tokens: random per start, so
+    /// operators (and tests) can tell which pod owns a session.
+    pub fn longpoll_pod(&self) -> &str {
+        self.longpoll.node()
     }
 
     /// Closes every connection and stops accepting new ones.
@@ -118,13 +130,24 @@ impl Endpoint {
     }
 }
 
+/// How long a pod waits for a long-poll session's owner to pick up a
+/// relayed request, on top of the poll window: Phoenix's `pubsub_timeout_ms`.
+pub const DEFAULT_RELAY_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Builds an [`Endpoint`].
-#[derive(Default)]
 pub struct EndpointBuilder {
     sockets: Vec<Arc<Socket>>,
     pubsub: Option<PubSub>,
     node: Option<String>,
     routes: Vec<(Method, String, Arc<RouteFn>)>,
+    longpoll_secret: Option<Vec<u8>>,
+    relay_timeout: Duration,
+}
+
+impl Default for EndpointBuilder {
+    fn default() -> Self {
+        Endpoint::builder()
+    }
 }
 
 impl fmt::Debug for EndpointBuilder {
@@ -154,6 +177,22 @@ impl EndpointBuilder {
         self
     }
 
+    /// The secret that signs long-poll session tokens and relay messages.
+    /// Every pod behind one balancer must have the same one, or requests
+    /// that land on another pod than the session's owner are refused (410).
+    /// Default: random per process, which only suits a single pod.
+    pub fn longpoll_secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
+        self.longpoll_secret = Some(secret.into());
+        self
+    }
+
+    /// How long to wait for a long-poll session's owner to answer a relayed
+    /// request, beyond the poll window. Default [`DEFAULT_RELAY_TIMEOUT`].
+    pub fn longpoll_relay_timeout(mut self, timeout: Duration) -> Self {
+        self.relay_timeout = timeout;
+        self
+    }
+
     /// Serves `method path` with `handler`, beside the sockets.
     pub fn route<F, Fut>(mut self, method: Method, path: &str, handler: F) -> Self
     where
@@ -171,13 +210,27 @@ impl EndpointBuilder {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
             format!("gateway@{host}")
         });
+        let pubsub = self.pubsub.unwrap_or_else(PubSub::memory);
+        let node: Arc<str> = Arc::from(node);
+        let shutdown = CancellationToken::new();
+        let secret = self
+            .longpoll_secret
+            .unwrap_or_else(|| crate::transport::longpoll::token::random_bytes::<32>().to_vec());
+        let longpoll = LongPoll::new(
+            &secret,
+            self.relay_timeout,
+            pubsub.clone(),
+            node.clone(),
+            shutdown.clone(),
+        );
         Arc::new(Endpoint {
             sockets: self.sockets,
-            pubsub: self.pubsub.unwrap_or_else(PubSub::memory),
-            node: Arc::from(node),
+            pubsub,
+            node,
             routes: self.routes,
-            shutdown: CancellationToken::new(),
+            shutdown,
             ready: AtomicBool::new(true),
+            longpoll,
         })
     }
 }

@@ -13,7 +13,8 @@
 //! The data path runs transport → socket → channel → pubsub → hub → writer:
 //!
 //! - [`protocol`]: messages, the V1/V2 serializers, `vsn` negotiation.
-//! - `transport`: the WebSocket handshake, reader loop and vectored writer.
+//! - `transport`: the WebSocket handshake, reader loop and vectored writer;
+//!   the long-poll transport, its sessions and their relay between pods.
 //! - [`socket`]: connect-time auth (`SocketHandler`) and the per-connection
 //!   state machine (heartbeat, join, leave, routing to channels).
 //! - [`channel`]: the `Channel` trait, its context, the router, and the task
@@ -44,5 +45,6 @@ pub use channel::{
 pub use endpoint::{Endpoint, Socket};
 pub use protocol::{Json, Payload};
 pub use socket::{
-    AcceptAll, Assigns, ConnectError, ConnectInfo, Params, SocketConfig, SocketHandler,
+    AcceptAll, Assigns, ConnectError, ConnectInfo, LongPollConfig, Params, SocketConfig,
+    SocketHandler,
 };

@@ -102,6 +102,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         addr = %listener.local_addr()?,
         node = endpoint.node(),
+        longpoll_pod = endpoint.longpoll_pod(),
         broker,
         "gateway listening"
     );

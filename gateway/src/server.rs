@@ -2,7 +2,7 @@
 //! socket paths to their transports and the rest to extra routes.
 
 use crate::endpoint::{Body, Endpoint};
-use crate::transport::websocket;
+use crate::transport::{longpoll, websocket};
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -92,6 +92,9 @@ async fn handle(ep: Arc<Endpoint>, peer: SocketAddr, req: Request<Incoming>) -> 
         if let Some(rest) = path.strip_prefix(socket.path.as_str()) {
             if rest == "/websocket" {
                 return websocket::handshake(ep.clone(), socket.clone(), peer, req).await;
+            }
+            if rest == "/longpoll" && socket.config.longpoll.is_some() {
+                return longpoll::http::handle(ep.clone(), socket.clone(), peer, req).await;
             }
         }
     }

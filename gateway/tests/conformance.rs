@@ -1,5 +1,5 @@
 //! The conformance vectors of the Phoenix protocol spec (1–28; the long-poll
-//! vectors 29–33 wait for the long-poll transport), replayed over WebSocket
+//! vectors 29–33 are in tests/longpoll.rs), replayed over WebSocket
 //! against the spec's `RoomChannel` fixture (`support::room`).
 //!
 //! Every vector runs on both serializers: as written (V2 arrays), and as V1

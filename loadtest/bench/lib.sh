@@ -21,7 +21,17 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-wait_http() { until curl -sf "$1" >/dev/null; do sleep 0.05; done; }
+# wait_http URL PID LOG: until URL answers; fails (showing LOG) if PID exits first.
+wait_http() {
+  until curl -sf "$1" >/dev/null; do
+    if ! kill -0 "$2" 2>/dev/null; then
+      echo "process $2 exited before $1 answered:" >&2
+      tail -n 20 "$3" >&2
+      exit 1
+    fi
+    sleep 0.05
+  done
+}
 
 # start_redis: sets REDIS_PORT, REDIS_URL.
 start_redis() {
@@ -43,7 +53,7 @@ start_gateway() {
   PIDS+=($GW_PID)
   GW_URL="ws://127.0.0.1:$GW_PORT/socket/websocket?vsn=2.0.0"
   GW_API="http://127.0.0.1:$GW_PORT/api/broadcast"
-  wait_http "http://127.0.0.1:$GW_PORT/healthz"
+  wait_http "http://127.0.0.1:$GW_PORT/healthz" "$GW_PID" "$OUT/$name.log"
 }
 
 # stop PID: stops one process started here and waits for it.
@@ -58,7 +68,7 @@ start_raw() {
   PIDS+=($RAW_PID)
   RAW_URL="ws://127.0.0.1:$port/socket/websocket?vsn=2.0.0"
   RAW_API="http://127.0.0.1:$port/api/broadcast"
-  wait_http "http://127.0.0.1:$port/healthz"
+  wait_http "http://127.0.0.1:$port/healthz" "$RAW_PID" "$OUT/raw-writer.log"
 }
 
 # lt NAME ARGS...: one loadtest run writing $OUT/NAME.{json,html,txt}; the

@@ -220,20 +220,23 @@ impl RedisBus {
         let _ = self.commands.send(Command::Unsubscribe(topic.to_owned()));
     }
 
-    /// Publishes an encoded envelope to `topic` on every pod.
+    /// Publishes an encoded envelope to `topic` on every pod. Returns how
+    /// many subscriber connections Redis delivered it to (with `cluster`,
+    /// those of the shard that owns the channel): 0 tells a sender that no
+    /// pod listens, which the long-poll relay reads as "that pod is gone".
     ///
     /// # Errors
     /// When Redis is unreachable or refuses the command.
-    pub async fn publish(&self, topic: &str, envelope: Bytes) -> Result<(), Error> {
+    pub async fn publish(&self, topic: &str, envelope: Bytes) -> Result<u64, Error> {
         let channel = format!("{}{}", self.prefix, topic);
-        match &self.publisher {
+        let receivers = match &self.publisher {
             Publisher::Pool(pool) => {
                 let mut conn = pool.get().await.map_err(|e| Error::Pool(e.to_string()))?;
                 redis::cmd("PUBLISH")
                     .arg(channel)
                     .arg(envelope.as_ref())
                     .query_async::<i64>(&mut *conn)
-                    .await?;
+                    .await?
             }
             Publisher::Cluster(p) => {
                 let conn = p
@@ -249,11 +252,11 @@ impl RedisBus {
                     .arg(channel)
                     .arg(envelope.as_ref())
                     .query_async::<i64>(&mut conn.clone())
-                    .await?;
+                    .await?
             }
-        }
+        };
         self.stats.published.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        Ok(u64::try_from(receivers).unwrap_or(0))
     }
 
     /// Counters for metrics and health checks.

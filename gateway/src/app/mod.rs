@@ -12,7 +12,7 @@ use crate::channel::Router;
 use crate::config::{Config, ConfigError, OriginSetting};
 use crate::endpoint::{Endpoint, Socket};
 use crate::pubsub::PubSub;
-use crate::socket::{CheckOrigin, OriginRule, SocketConfig};
+use crate::socket::{CheckOrigin, LongPollConfig, OriginRule, SocketConfig};
 use hyper::Method;
 use rules::{Rule, RuleChannel};
 use std::sync::Arc;
@@ -22,12 +22,46 @@ fn invalid(key: String, message: String) -> ConfigError {
     ConfigError::Invalid { key, message }
 }
 
+/// The long-poll secret: the configured one; without one but with Redis, one
+/// derived from what pods of one deployment share (Redis URL and prefix, JWT
+/// secrets), so a round-robin balancer works out of the box; `None` (random
+/// per process) on the single-node in-memory broker.
+fn longpoll_secret(config: &Config) -> Option<Vec<u8>> {
+    if let Some(secret) = &config.longpoll.secret {
+        return Some(secret.as_bytes().to_vec());
+    }
+    let url = config.redis.url.as_ref()?;
+    let mut material = format!("gateway longpoll v1\n{url}\n{}\n", config.redis.prefix);
+    for s in &config.sockets {
+        if let Some(secret) = s.jwt.as_ref().and_then(|j| j.secret.as_ref()) {
+            material.push_str(secret);
+            material.push('\n');
+        }
+    }
+    if config.sockets.iter().any(|s| s.longpoll.enabled) {
+        tracing::info!(
+            "longpoll.secret is unset: deriving it from the Redis and JWT settings; \
+             set GATEWAY_LONGPOLL_SECRET to the same value on every pod"
+        );
+    }
+    Some(
+        ring::digest::digest(&ring::digest::SHA256, material.as_bytes())
+            .as_ref()
+            .to_vec(),
+    )
+}
+
 /// Builds the endpoint a validated config describes, with `pubsub`.
 ///
 /// # Errors
 /// A config problem that validation let through, naming its key.
 pub fn build(config: &Config, pubsub: PubSub) -> Result<Arc<Endpoint>, ConfigError> {
-    let mut builder = Endpoint::builder().pubsub(pubsub.clone());
+    let mut builder = Endpoint::builder()
+        .pubsub(pubsub.clone())
+        .longpoll_relay_timeout(Duration::from_millis(config.longpoll.relay_timeout_ms));
+    if let Some(secret) = longpoll_secret(config) {
+        builder = builder.longpoll_secret(secret);
+    }
     if let Some(node) = &config.server.node_name {
         builder = builder.node(node.clone());
     }
@@ -69,6 +103,12 @@ pub fn build(config: &Config, pubsub: PubSub) -> Result<Arc<Endpoint>, ConfigErr
             outbound_queue: s.outbound_queue,
             idle_timeout: Duration::from_millis(s.idle_timeout_ms),
             check_origin,
+            longpoll: s.longpoll.enabled.then(|| LongPollConfig {
+                window: Duration::from_millis(s.longpoll.window_ms),
+                session_timeout: Duration::from_millis(s.longpoll.session_timeout_ms),
+                max_buffer: s.longpoll.max_buffer,
+                max_body: s.longpoll.max_body,
+            }),
         };
         builder = builder.socket(Socket::new(&s.path, handler, router).config(limits));
     }
@@ -93,4 +133,30 @@ pub fn build(config: &Config, pubsub: PubSub) -> Result<Arc<Endpoint>, ConfigErr
             });
     }
     Ok(builder.build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::longpoll_secret;
+    use crate::config::Config;
+
+    fn config(toml: &str) -> Config {
+        let c = Config::parse(toml, "test.toml").unwrap();
+        c.validate().unwrap();
+        c
+    }
+
+    #[test]
+    fn longpoll_secret_is_shared_by_pods_configured_alike() {
+        let redis = "[redis]\nurl = \"redis://10.0.0.1:6379\"\n";
+        let a = longpoll_secret(&config(redis)).unwrap();
+        assert_eq!(Some(a.clone()), longpoll_secret(&config(redis)));
+        let other_prefix = format!("{redis}prefix = \"x:\"\n");
+        assert_ne!(Some(a), longpoll_secret(&config(&other_prefix)));
+        let set = config(&format!(
+            "{redis}[longpoll]\nsecret = \"0123456789abcdef-x\"\n"
+        ));
+        assert_eq!(longpoll_secret(&set), Some(b"0123456789abcdef-x".to_vec()));
+        assert_eq!(longpoll_secret(&config("")), None, "random without Redis");
+    }
 }

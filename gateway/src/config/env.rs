@@ -27,6 +27,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "log filter such as info or debug; replaces log.level",
     ),
     ("GATEWAY_NODE_NAME", "node name; replaces server.node_name"),
+    (
+        "GATEWAY_LONGPOLL_SECRET",
+        "long-poll token secret, the same on every pod; replaces longpoll.secret",
+    ),
 ];
 
 /// A snapshot of environment variables, so tests can inject their own.
@@ -103,6 +107,9 @@ impl Config {
         }
         if let Some(level) = env.get("GATEWAY_LOG") {
             self.log.level = level.to_owned();
+        }
+        if let Some(secret) = env.get("GATEWAY_LONGPOLL_SECRET") {
+            self.longpoll.secret = Some(secret.to_owned());
         }
         if let Some(node) = env.get("GATEWAY_NODE_NAME") {
             self.server.node_name = Some(node.to_owned());

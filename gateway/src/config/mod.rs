@@ -71,6 +71,9 @@ pub struct Config {
     /// `[demo]`: the chat page at `/`.
     #[serde(default)]
     pub demo: DemoConfig,
+    /// `[longpoll]`: what every pod's long-poll transport shares.
+    #[serde(default)]
+    pub longpoll: LongPollShared,
     /// `[[socket]]` entries; one at `/socket` when none is given.
     #[serde(default, rename = "socket")]
     pub sockets: Vec<SocketSection>,
@@ -235,6 +238,77 @@ pub struct DemoConfig {
     pub socket: Option<String>,
 }
 
+/// `[longpoll]`: settings every pod of a deployment must share.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LongPollShared {
+    /// Signs session tokens and pod-to-pod relay messages; at least 16 bytes;
+    /// `GATEWAY_LONGPOLL_SECRET` overrides it. Unset: derived from the Redis
+    /// URL, prefix and JWT secrets (the same on pods configured alike), or
+    /// random without Redis.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// How long a pod waits for a session's owner to pick up a relayed
+    /// request, beyond the poll window, milliseconds. Default 2000.
+    #[serde(default = "default_relay_timeout")]
+    pub relay_timeout_ms: u64,
+}
+
+fn default_relay_timeout() -> u64 {
+    2000
+}
+
+impl Default for LongPollShared {
+    fn default() -> Self {
+        LongPollShared {
+            secret: None,
+            relay_timeout_ms: default_relay_timeout(),
+        }
+    }
+}
+
+/// `[socket.longpoll]`: the socket's long-poll transport.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LongPollSection {
+    /// Serve `{path}/longpoll`. Default false (as Phoenix 1.8).
+    #[serde(default)]
+    pub enabled: bool,
+    /// How long a GET waits for messages, milliseconds. Default 10000.
+    #[serde(default = "default_window")]
+    pub window_ms: u64,
+    /// A session with no GET started for this long ends, milliseconds.
+    /// Default 15000.
+    #[serde(default = "default_session_timeout")]
+    pub session_timeout_ms: u64,
+    /// Messages buffered per session between GETs; more ends the session.
+    /// Default 1024.
+    #[serde(default = "default_queue")]
+    pub max_buffer: usize,
+    /// Largest POST body, bytes. Default 8388608.
+    #[serde(default = "default_lp_body")]
+    pub max_body: usize,
+}
+
+fn default_window() -> u64 {
+    10_000
+}
+fn default_session_timeout() -> u64 {
+    15_000
+}
+fn default_lp_body() -> usize {
+    8 << 20
+}
+
+impl Default for LongPollSection {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|_| unreachable!("an empty table always parses"))
+    }
+}
+
+/// phoenix.js aborts a long-poll request after 20 s (`longpollerTimeout`).
+const CLIENT_TIMEOUT_MS: u64 = 20_000;
+
 /// `check_origin`: `false`, or a list of allowed origins.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(untagged)]
@@ -292,6 +366,9 @@ pub struct SocketSection {
     /// Close connections silent for this long, milliseconds. Default 60000.
     #[serde(default = "default_idle")]
     pub idle_timeout_ms: u64,
+    /// `[socket.longpoll]`: the long-poll transport; off by default.
+    #[serde(default)]
+    pub longpoll: LongPollSection,
 }
 
 fn default_socket_path() -> String {
@@ -533,6 +610,31 @@ impl Config {
             if s.idle_timeout_ms < 1000 {
                 return Err(invalid(key("idle_timeout_ms"), "must be at least 1000"));
             }
+            let lp = &s.longpoll;
+            if lp.window_ms < 100 {
+                return Err(invalid(key("longpoll.window_ms"), "must be at least 100"));
+            }
+            if lp.window_ms + self.longpoll.relay_timeout_ms >= CLIENT_TIMEOUT_MS {
+                return Err(invalid(
+                    key("longpoll.window_ms"),
+                    format!(
+                        "window_ms plus longpoll.relay_timeout_ms must stay below \
+                         phoenix.js' {CLIENT_TIMEOUT_MS} ms request timeout"
+                    ),
+                ));
+            }
+            if lp.session_timeout_ms < lp.window_ms {
+                return Err(invalid(
+                    key("longpoll.session_timeout_ms"),
+                    "must be at least window_ms",
+                ));
+            }
+            if lp.max_buffer == 0 {
+                return Err(invalid(key("longpoll.max_buffer"), "must be at least 1"));
+            }
+            if lp.max_body < 1024 {
+                return Err(invalid(key("longpoll.max_body"), "must be at least 1024"));
+            }
             match &s.check_origin {
                 OriginSetting::Flag(false) => {}
                 OriginSetting::Flag(true) => {
@@ -576,6 +678,17 @@ impl Config {
                     ));
                 }
             }
+        }
+        if let Some(secret) = &self.longpoll.secret {
+            if secret.len() < 16 {
+                return Err(invalid(
+                    "longpoll.secret",
+                    "must be at least 16 bytes (all pods must share it)",
+                ));
+            }
+        }
+        if self.longpoll.relay_timeout_ms < 100 {
+            return Err(invalid("longpoll.relay_timeout_ms", "must be at least 100"));
         }
         if self.demo.enabled {
             let path = self.demo.socket.clone().unwrap_or_else(default_socket_path);

@@ -127,3 +127,37 @@ fn jwt_secret_from_env_satisfies_validation() {
     assert!(load(text, &[]).is_err());
     assert!(load(text, &[("GATEWAY_JWT_SECRET", "s3cret")]).is_ok());
 }
+
+#[test]
+fn longpoll_keys() {
+    let c = load("", &[]).unwrap();
+    assert!(!c.sockets[0].longpoll.enabled, "off by default, as Phoenix");
+    assert_eq!(c.sockets[0].longpoll.window_ms, 10_000);
+    assert_eq!(c.sockets[0].longpoll.session_timeout_ms, 15_000);
+    assert_eq!(c.longpoll.relay_timeout_ms, 2000);
+    let example = load(include_str!("../../../config/example.toml"), &[]).unwrap();
+    assert!(example.sockets[0].longpoll.enabled);
+
+    let lp = |body: &str| format!("[[socket]]\n[socket.longpoll]\nenabled = true\n{body}");
+    fails(&lp("window_ms = 10"), "socket[0].longpoll.window_ms");
+    fails(&lp("window_ms = 19000"), "socket[0].longpoll.window_ms");
+    fails(
+        &lp("window_ms = 5000\nsession_timeout_ms = 4000"),
+        "socket[0].longpoll.session_timeout_ms",
+    );
+    fails(&lp("max_buffer = 0"), "socket[0].longpoll.max_buffer");
+    fails(&lp("max_body = 10"), "socket[0].longpoll.max_body");
+    fails(&lp("windw_ms = 1"), "windw_ms");
+    fails("[longpoll]\nsecret = \"short\"", "longpoll.secret");
+    fails(
+        "[longpoll]\nrelay_timeout_ms = 1",
+        "longpoll.relay_timeout_ms",
+    );
+
+    let c = load("", &[("GATEWAY_LONGPOLL_SECRET", "0123456789abcdef0123")]).unwrap();
+    assert_eq!(c.longpoll.secret.as_deref(), Some("0123456789abcdef0123"));
+    let err = load("", &[("GATEWAY_LONGPOLL_SECRET", "short")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("longpoll.secret"), "{err}");
+}

@@ -12,6 +12,7 @@ pub use redis::RedisBroker;
 
 use crate::hub::{Broadcast, Hub, SubId, Subscriber};
 use async_trait::async_trait;
+use bytes::Bytes;
 use std::fmt;
 use std::sync::Arc;
 
@@ -42,6 +43,37 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// # Errors
     /// When the broker cannot accept the message.
     async fn publish(&self, msg: Broadcast) -> Result<(), BrokerError>;
+
+    /// Hands messages sent to the node named `node` (this one) with
+    /// [`Broker::send_to`] to `inbox` from now on, across reconnects. This is
+    /// how a pod answers for the long-poll sessions it owns when their
+    /// requests land on another pod. Resolves once delivery is in effect.
+    /// Called once per node. The default, for a single-node broker, does
+    /// nothing: there is no other pod.
+    ///
+    /// # Errors
+    /// When the broker cannot confirm the subscription; calling again retries.
+    async fn listen(&self, node: &str, inbox: Arc<dyn NodeInbox>) -> Result<(), BrokerError> {
+        let _ = (node, inbox);
+        Ok(())
+    }
+
+    /// Sends `body` (JSON text) to the node named `node`, at most once.
+    /// `Ok(false)` means no node listens under that name: it is gone. The
+    /// default, for a single-node broker, knows no other node.
+    ///
+    /// # Errors
+    /// When the broker cannot accept the message.
+    async fn send_to(&self, node: &str, body: Bytes) -> Result<bool, BrokerError> {
+        let _ = (node, body);
+        Ok(false)
+    }
+}
+
+/// Receives the point-to-point messages of [`Broker::listen`].
+pub trait NodeInbox: Send + Sync + 'static {
+    /// One message, as given to [`Broker::send_to`]. Must not block.
+    fn deliver(&self, body: Bytes);
 }
 
 /// The hub and the broker, as channels and the HTTP API use them.
@@ -77,6 +109,11 @@ impl PubSub {
     /// The local registry.
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
+    }
+
+    /// The broker, for point-to-point messages between nodes.
+    pub(crate) fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
     }
 
     /// Broadcasts to every subscriber of `msg.topic` on every node.

@@ -4,29 +4,59 @@
 //! Redis and reaches this pod's hub through its subscription, so all pods see
 //! one order per publisher and topic. The envelope names this pod and the
 //! sending connection so `broadcast_from` skips the sender on its own pod.
+//!
+//! Point-to-point messages between pods (the long-poll relay) use the
+//! channel `{prefix}lp:{node}` of the receiving pod. Topics starting with
+//! `lp:` are reserved for them: their messages never reach the hub, so a
+//! client that joins such a topic receives nothing from it.
 
-use super::{Broker, BrokerError};
+use super::{Broker, BrokerError, NodeInbox};
 use crate::hub::{Broadcast, Hub};
 use crate::protocol::{Json, Payload};
 use async_trait::async_trait;
+use bytes::Bytes;
 use pubsub_redis::{Envelope, Origin, RedisBus, Sink};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+/// The reserved topic namespace of point-to-point messages between pods.
+const NODE_TOPIC: &str = "lp:";
+/// The event name of a point-to-point message's envelope.
+const NODE_EVENT: &str = "lp";
 
 /// Publishes to and subscribes from Redis.
 #[derive(Debug)]
 pub struct RedisBroker {
     bus: RedisBus,
     node: String,
+    sink: Arc<HubSink>,
 }
 
 struct HubSink {
     hub: Arc<Hub>,
     node: String,
+    /// This pod's inbox topic and receiver, once [`Broker::listen`] ran.
+    inbox: OnceLock<(String, Arc<dyn NodeInbox>)>,
+}
+
+impl std::fmt::Debug for HubSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubSink")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Sink for HubSink {
     fn deliver(&self, topic: &str, envelope: Envelope) {
+        if topic.starts_with(NODE_TOPIC) {
+            if let Some((mine, inbox)) = self.inbox.get() {
+                if topic == mine && envelope.event == NODE_EVENT {
+                    inbox.deliver(envelope.payload);
+                }
+            }
+            return;
+        }
         let from = envelope
             .origin
             .filter(|o| o.node == self.node)
@@ -57,9 +87,10 @@ impl RedisBroker {
         let sink = Arc::new(HubSink {
             hub,
             node: node.clone(),
+            inbox: OnceLock::new(),
         });
-        let bus = RedisBus::start(config, sink).map_err(|e| BrokerError(e.to_string()))?;
-        Ok(RedisBroker { bus, node })
+        let bus = RedisBus::start(config, sink.clone()).map_err(|e| BrokerError(e.to_string()))?;
+        Ok(RedisBroker { bus, node, sink })
     }
 
     /// The bus, for health checks and metrics.
@@ -95,6 +126,31 @@ impl Broker for RedisBroker {
         self.bus
             .publish(&msg.topic, envelope)
             .await
+            .map(|_| ())
+            .map_err(|e| BrokerError(e.to_string()))
+    }
+
+    async fn listen(&self, node: &str, inbox: Arc<dyn NodeInbox>) -> Result<(), BrokerError> {
+        let topic = format!("{NODE_TOPIC}{node}");
+        let (mine, _) = self.sink.inbox.get_or_init(|| (topic.clone(), inbox));
+        if *mine != topic {
+            return Err(BrokerError(format!(
+                "this pod already listens as {mine}, not {topic}"
+            )));
+        }
+        // Once confirmed, the bus keeps the subscription across reconnects.
+        self.bus
+            .subscribe(&topic)
+            .await
+            .map_err(|e| BrokerError(e.to_string()))
+    }
+
+    async fn send_to(&self, node: &str, body: Bytes) -> Result<bool, BrokerError> {
+        let envelope = Envelope::encode(NODE_EVENT, &body, None);
+        self.bus
+            .publish(&format!("{NODE_TOPIC}{node}"), envelope)
+            .await
+            .map(|receivers| receivers > 0)
             .map_err(|e| BrokerError(e.to_string()))
     }
 }

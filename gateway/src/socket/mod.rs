@@ -152,6 +152,36 @@ pub struct SocketConfig {
     pub idle_timeout: Duration,
     /// Which browser origins may connect. Default: any.
     pub check_origin: CheckOrigin,
+    /// The long-poll transport at `{path}/longpoll`, when set. Default off,
+    /// as in Phoenix 1.8.
+    pub longpoll: Option<LongPollConfig>,
+}
+
+/// The long-poll transport's limits. The defaults are Phoenix's.
+#[derive(Clone, Debug)]
+pub struct LongPollConfig {
+    /// How long a GET waits for messages before answering 204. Default 10 s.
+    /// Keep it plus the relay timeout below phoenix.js' 20 s request timeout.
+    pub window: Duration,
+    /// A session ends when no GET started for this long. Default 15 s.
+    pub session_timeout: Duration,
+    /// Messages buffered for a session between two GETs; more ends the
+    /// session as a slow consumer instead of growing. Default 1024.
+    pub max_buffer: usize,
+    /// Largest POST body, bytes; larger is refused with HTTP 400.
+    /// Default 8 MiB, as Plug's `read_body`.
+    pub max_body: usize,
+}
+
+impl Default for LongPollConfig {
+    fn default() -> Self {
+        LongPollConfig {
+            window: Duration::from_secs(10),
+            session_timeout: Duration::from_secs(15),
+            max_buffer: 1024,
+            max_body: 8 << 20,
+        }
+    }
 }
 
 impl Default for SocketConfig {
@@ -162,6 +192,7 @@ impl Default for SocketConfig {
             outbound_queue: 1024,
             idle_timeout: Duration::from_secs(60),
             check_origin: CheckOrigin::Off,
+            longpoll: None,
         }
     }
 }

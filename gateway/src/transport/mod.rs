@@ -2,5 +2,6 @@
 //! decoded messages go to the socket's [`Connection`](crate::socket).
 
 mod frame_reader;
+pub(crate) mod longpoll;
 pub(crate) mod websocket;
 mod writer;

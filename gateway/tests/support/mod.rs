@@ -375,3 +375,6 @@ impl Wire {
 
 /// Real redis-server and gateway processes for the multi-pod tests.
 pub mod redis;
+
+/// A raw HTTP long-poll client.
+pub mod longpoll;

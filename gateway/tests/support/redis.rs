@@ -44,6 +44,9 @@ socket_id = "users_socket:{sub}"
 algorithm = "HS256"
 secret = "dev-only-secret-change-me"   # replaced through GATEWAY_JWT_SECRET
 
+[socket.longpoll]
+enabled = true
+
 [[channel]]
 pattern = "room:*"
 policy = "public"
