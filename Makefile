@@ -40,8 +40,8 @@ test-deps:
 test-rust:
 	$(CARGO) test --workspace
 
-# The official phoenix npm client against the seeds example, and (long-poll)
-# against three gateway pods and Redis behind nginx.
+# The official phoenix npm client against the seeds example, and against
+# three gateway pods and Redis: presence, and long-poll behind nginx.
 ifneq ($(wildcard compat/package.json),)
 test-compat:
 	$(CARGO) build -p gateway --example seeds --bin gateway

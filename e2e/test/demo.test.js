@@ -226,6 +226,17 @@ describe('demo chat page', { timeout: 90_000 }, () => {
     assert.equal(await page2.textContent('#status'), 'joined room:lobby');
   });
 
+  step('both pages show both users online (phoenix.js Presence)', async () => {
+    const names = [await page1.inputValue('#user'), await page2.inputValue('#user')].sort();
+    for (const p of [page1, page2]) {
+      await p.waitForFunction(
+        (want) => document.getElementById('online').textContent === want,
+        names.join(', '),
+        { timeout: DOM_TIMEOUT_MS },
+      );
+    }
+  });
+
   step("alice's message (Send button) reaches both pages", async () => {
     await page1.fill('#user', 'alice');
     await page1.fill('#body', aliceMsg);

@@ -20,6 +20,8 @@
 //! - [`channel`]: the `Channel` trait, its context, the router, and the task
 //!   that runs each joined channel in isolation.
 //! - [`pubsub`]: the `Broker` trait and the in-memory broker.
+//! - [`presence`]: who is in a topic on every node (Phoenix Presence), with
+//!   diffs batched per topic and dead pods reaped in Redis.
 //! - [`hub`]: the local topic → subscribers registry and encode-once fan-out.
 //! - [`conn`]: a connection's bounded outbound queue and close signal.
 //! - [`endpoint`] / [`server`]: sockets mounted at paths, health checks,
@@ -33,6 +35,7 @@ pub mod config;
 pub mod conn;
 pub mod endpoint;
 pub mod hub;
+pub mod presence;
 pub mod protocol;
 pub mod pubsub;
 pub mod server;
@@ -43,6 +46,7 @@ pub use channel::{
     Channel, ChannelContext, HandleIn, JoinResult, Next, Router, StopReason, Terminate,
 };
 pub use endpoint::{Endpoint, Socket};
+pub use presence::{Presence, PresenceConfig, PresenceError};
 pub use protocol::{Json, Payload};
 pub use socket::{
     AcceptAll, Assigns, ConnectError, ConnectInfo, LongPollConfig, Params, SocketConfig,

@@ -10,6 +10,7 @@ use clap::Parser;
 use gateway::config::{Config, Env, LogFormat, ENV_VARS};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// Exit code for a bad configuration (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -96,6 +97,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Some(bus) => (gateway::pubsub::PubSub::redis(bus)?, "redis"),
         None => (gateway::pubsub::PubSub::memory(), "memory"),
     };
+    let pubsub = pubsub.with_presence_config(config.presence.settings());
+    let presence = pubsub.presence().clone();
     let endpoint = gateway::app::build(&config, pubsub)?;
     let listener =
         gateway::server::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
@@ -113,6 +116,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         ep.shutdown();
     });
     gateway::server::serve(listener, endpoint).await?;
+    // This pod's presences leave now rather than after pod_timeout_ms.
+    if tokio::time::timeout(Duration::from_secs(5), presence.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("presences not removed in time; other pods will reap them");
+    }
     Ok(())
 }
 

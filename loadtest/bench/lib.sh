@@ -46,7 +46,12 @@ start_redis() {
 start_gateway() {
   local name=$1
   GW_PORT=$(free_port)
-  { cat config/example.toml; printf '\n[redis]\nurl = "%s"\nprefix = "%s"\n' "$REDIS_URL" "$PREFIX"; } >"$OUT/$name.toml"
+  # config/example.toml plus Redis and a public bench:* rule: the benchmarks
+  # measure channels without presence (whose cost docs/presence.md measures).
+  { cat config/example.toml
+    printf '\n[redis]\nurl = "%s"\nprefix = "%s"\n' "$REDIS_URL" "$PREFIX"
+    printf '\n[[channel]]\npattern = "bench:*"\npolicy = "public"\nevents = ["new_msg"]\ninclude_sender = true\n'
+  } >"$OUT/$name.toml"
   env -u REDIS_URL -u GATEWAY_CONFIG -u GATEWAY_LISTEN PORT="$GW_PORT" GATEWAY_API_KEY="$KEY" GATEWAY_LOG=warn \
     "$GW" --config "$OUT/$name.toml" >"$OUT/$name.log" 2>&1 &
   GW_PID=$!
@@ -77,6 +82,6 @@ lt() {
   local name=$1; shift
   echo "== $name: loadtest $*" >&2
   echo "$LT $*" >"$OUT/$name.cmd"
-  "$LT" "$@" --source-ips "$IPS" --json "$OUT/$name.json" --html "$OUT/$name.html" \
+  "$LT" "$@" --source-ips "$IPS" --topic-prefix bench:lt --json "$OUT/$name.json" --html "$OUT/$name.html" \
     | tee "$OUT/$name.txt" | tail -n 16 >&2 || echo "$name: loadtest exited $?" >&2
 }

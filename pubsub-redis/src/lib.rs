@@ -14,14 +14,17 @@
 //!
 //! # Layout
 //! - [`envelope`]: the JSON envelope on the wire, versioned, with origin.
+//! - [`presence`]: presence entries in Redis hashes, pod liveness, reaping.
 //! - `subscriber`: the subscriber connection's actor (refcounts, batching,
 //!   linger, reconnect).
 
 mod connection;
 pub mod envelope;
+pub mod presence;
 mod subscriber;
 
 pub use envelope::{Envelope, EnvelopeError, Origin};
+pub use presence::PresenceStore;
 
 use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -142,6 +145,9 @@ pub struct RedisBus {
     publisher: Publisher,
     prefix: Arc<str>,
     stats: Arc<Stats>,
+    /// For connections of their own (presence liveness).
+    url: Arc<str>,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for RedisBus {
@@ -191,12 +197,15 @@ impl RedisBus {
         let stats = Arc::new(Stats::default());
         let (tx, rx) = mpsc::unbounded_channel();
         let prefix: Arc<str> = Arc::from(config.prefix.as_str());
+        let (url, timeout) = (Arc::from(config.url.as_str()), config.timeout);
         tokio::spawn(subscriber::run(target, config, sink, rx, stats.clone()));
         Ok(RedisBus {
             commands: tx,
             publisher,
             prefix,
             stats,
+            url,
+            timeout,
         })
     }
 

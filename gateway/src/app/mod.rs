@@ -83,7 +83,7 @@ pub fn build(config: &Config, pubsub: PubSub) -> Result<Arc<Endpoint>, ConfigErr
                 })?;
             let pattern = rule.pattern.as_str().to_owned();
             router = router
-                .try_channel(&pattern, move || RuleChannel(rule.clone()))
+                .try_channel(&pattern, move || RuleChannel::new(rule.clone()))
                 .map_err(|e| invalid(format!("channel[{j}].pattern"), e.reason.into()))?;
         }
         let check_origin = match &s.check_origin {

@@ -1,9 +1,9 @@
-//! The channel that serves `[[channel]]` rules: join policies, and client
-//! events broadcast to the topic.
+//! The channel that serves `[[channel]]` rules: join policies, client
+//! events broadcast to the topic, and presence.
 
 use super::auth::claim_str;
 use crate::channel::{ChannelContext, HandleIn, JoinResult, Next, StopReason, TopicPattern};
-use crate::config::{ChannelRule, Mode, Policy};
+use crate::config::{ChannelRule, Mode, Policy, PresenceRule};
 use crate::protocol::Payload;
 use crate::socket::Assigns;
 use crate::Channel;
@@ -21,7 +21,14 @@ pub(crate) struct Rule {
     include_sender: bool,
     /// The socket's `topics_claim`.
     topics_claim: Option<String>,
+    presence: Option<PresenceRule>,
 }
+
+/// Longest presence key accepted, bytes.
+const MAX_KEY: usize = 256;
+/// Largest meta built from join params, bytes of JSON: every joiner of the
+/// topic receives every meta, so one client must not make that costly.
+const MAX_META: usize = 4096;
 
 impl Rule {
     pub(crate) fn new(rule: &ChannelRule, topics_claim: Option<String>) -> Option<Rule> {
@@ -32,6 +39,7 @@ impl Rule {
             mode: rule.mode,
             include_sender: rule.include_sender,
             topics_claim,
+            presence: rule.presence.clone(),
         })
     }
 
@@ -67,9 +75,118 @@ impl Rule {
     }
 }
 
+/// The presence key and meta of a joining client, per the rule: `None` when
+/// the claim or param that names the key is absent (the client watches
+/// without being listed), or why the join is refused: a key that is not a
+/// string, number or boolean, empty or too long, or a meta that is too large.
+fn presence_of(
+    p: &PresenceRule,
+    assigns: &Assigns,
+    params: &Payload,
+) -> Result<Option<(String, Value)>, String> {
+    let (given, what) = match (&p.key_claim, &p.key_param) {
+        (Some(claim), _) => (
+            assigns.get(claim).cloned(),
+            format!("token claim {claim:?}"),
+        ),
+        (None, Some(param)) => (params.get(param), format!("join param {param:?}")),
+        (None, None) => return Ok(None),
+    };
+    let key = match given {
+        None | Some(Value::Null) => return Ok(None),
+        // Strings, numbers and booleans, as claim placeholders compare them.
+        Some(v) => claim_str(&v).unwrap_or_default(),
+    };
+    if key.is_empty() || key.len() > MAX_KEY {
+        return Err(format!(
+            "the presence key, {what}, must be a string of 1 to {MAX_KEY} bytes"
+        ));
+    }
+    let mut meta = serde_json::Map::new();
+    for name in &p.meta_params {
+        if let Some(v) = params.get(name) {
+            meta.insert(name.clone(), v);
+        }
+    }
+    if serde_json::to_vec(&meta).map_or(0, |v| v.len()) > MAX_META {
+        return Err(format!(
+            "presence meta params take more than {MAX_META} bytes"
+        ));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // A string of seconds, as Phoenix's generated presence example sends it.
+    meta.insert("online_at".into(), Value::String(now.to_string()));
+    Ok(Some((key, Value::Object(meta))))
+}
+
+/// Self-sent messages of a rule channel.
+#[derive(Debug)]
+pub(crate) enum RuleInfo {
+    /// Joined and subscribed: track, then push `presence_state`.
+    AfterJoin,
+}
+
 /// One joined topic served by a rule.
 #[derive(Debug)]
-pub(crate) struct RuleChannel(pub(crate) Arc<Rule>);
+pub(crate) struct RuleChannel {
+    rule: Arc<Rule>,
+    /// This client's presence key and meta, while joined with presence.
+    presence: Option<(String, Value)>,
+    /// The presence is tracked (after the join's `AfterJoin`).
+    tracked: bool,
+}
+
+impl RuleChannel {
+    pub(crate) fn new(rule: Arc<Rule>) -> Self {
+        RuleChannel {
+            rule,
+            presence: None,
+            tracked: false,
+        }
+    }
+}
+
+impl RuleChannel {
+    /// The rule's `update_event`: the whitelisted params in `payload` replace
+    /// those in this client's meta (others, and `online_at`, are kept), and
+    /// every client of the topic sees the change as a `presence_diff`.
+    fn update_presence(
+        &mut self,
+        p: &PresenceRule,
+        payload: &Payload,
+        ctx: &mut ChannelContext<RuleInfo>,
+    ) -> HandleIn {
+        let Some((key, Value::Object(meta))) = &mut self.presence else {
+            return HandleIn::error(json!({"reason": "not present"}));
+        };
+        let mut new = meta.clone();
+        for name in &p.meta_params {
+            if let Some(v) = payload.get(name) {
+                new.insert(name.clone(), v);
+            }
+        }
+        if serde_json::to_vec(&new).map_or(0, |v| v.len()) > MAX_META + 64 {
+            return HandleIn::error(json!({
+                "reason": format!("presence meta params take more than {MAX_META} bytes")
+            }));
+        }
+        if !self.tracked {
+            // Client events are handled before the join's AfterJoin: it
+            // tracks the updated meta.
+            *meta = new;
+            return HandleIn::ok(Payload::empty());
+        }
+        match ctx.update(key, Value::Object(new.clone())) {
+            Ok(()) => {
+                *meta = new;
+                HandleIn::ok(Payload::empty())
+            }
+            Err(e) => HandleIn::error(json!({"reason": e.to_string()})),
+        }
+    }
+}
 
 fn unauthorized() -> Payload {
     Payload::json(&json!({"reason": "unauthorized"}))
@@ -77,13 +194,48 @@ fn unauthorized() -> Payload {
 
 #[async_trait]
 impl Channel for RuleChannel {
-    type Info = ();
+    type Info = RuleInfo;
 
-    async fn join(&mut self, topic: &str, _: Payload, ctx: &mut ChannelContext<()>) -> JoinResult {
-        if self.0.allows(topic, ctx.assigns()) {
-            Ok(Payload::empty())
-        } else {
-            Err(unauthorized())
+    async fn join(
+        &mut self,
+        topic: &str,
+        params: Payload,
+        ctx: &mut ChannelContext<RuleInfo>,
+    ) -> JoinResult {
+        if !self.rule.allows(topic, ctx.assigns()) {
+            return Err(unauthorized());
+        }
+        if let Some(p) = &self.rule.presence {
+            let me = presence_of(p, ctx.assigns(), &params)
+                .map_err(|reason| Payload::json(&json!({ "reason": reason })))?;
+            self.presence = me;
+            // The reply and the subscription come first; Phoenix apps do the
+            // same with `send(self(), :after_join)`.
+            ctx.info_sender().send(RuleInfo::AfterJoin);
+        }
+        Ok(Payload::empty())
+    }
+
+    async fn handle_info(&mut self, info: RuleInfo, ctx: &mut ChannelContext<RuleInfo>) -> Next {
+        match info {
+            RuleInfo::AfterJoin => {
+                if let Some((key, meta)) = &self.presence {
+                    match ctx.track(key.clone(), meta.clone()) {
+                        Ok(()) => self.tracked = true,
+                        Err(e) => {
+                            tracing::warn!(topic = ctx.topic(), error = %e, "presence track failed")
+                        }
+                    }
+                }
+                match ctx.push_presence_state().await {
+                    Ok(()) => Next::Continue,
+                    Err(e) => {
+                        tracing::warn!(topic = ctx.topic(), error = %e, "presence_state failed");
+                        // phx_error: phoenix.js rejoins, and gets a state then.
+                        Next::Stop(StopReason::Error("presence unavailable".into()))
+                    }
+                }
+            }
         }
     }
 
@@ -91,13 +243,19 @@ impl Channel for RuleChannel {
         &mut self,
         event: &str,
         payload: Payload,
-        ctx: &mut ChannelContext<()>,
+        ctx: &mut ChannelContext<RuleInfo>,
     ) -> HandleIn {
-        if !self.0.events.iter().any(|e| e == event) {
+        let rule = self.rule.clone();
+        if let Some(p) = &rule.presence {
+            if p.update_event.as_deref() == Some(event) {
+                return self.update_presence(p, &payload, ctx);
+            }
+        }
+        if !self.rule.events.iter().any(|e| e == event) {
             return HandleIn::error(json!({"reason": "event not allowed"}));
         }
-        let sent = match self.0.mode {
-            Mode::Broadcast if self.0.include_sender => ctx.broadcast(event, payload).await,
+        let sent = match self.rule.mode {
+            Mode::Broadcast if self.rule.include_sender => ctx.broadcast(event, payload).await,
             Mode::Broadcast => ctx.broadcast_from(event, payload).await,
         };
         match sent {
@@ -109,8 +267,8 @@ impl Channel for RuleChannel {
         }
     }
 
-    async fn handle_assigns(&mut self, ctx: &mut ChannelContext<()>) -> Next {
-        if self.0.allows(ctx.topic(), ctx.assigns()) {
+    async fn handle_assigns(&mut self, ctx: &mut ChannelContext<RuleInfo>) -> Next {
+        if self.rule.allows(ctx.topic(), ctx.assigns()) {
             Next::Continue
         } else {
             Next::Stop(StopReason::Shutdown("unauthorized".into()))
@@ -130,6 +288,7 @@ mod tests {
             events: vec![],
             mode: Mode::Broadcast,
             include_sender: true,
+            presence: None,
         };
         Rule::new(&r, topics_claim.map(Into::into)).unwrap()
     }

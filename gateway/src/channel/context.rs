@@ -1,8 +1,9 @@
-//! What a channel callback can do: push, reply later, broadcast, read the
-//! socket's assigns, and schedule messages to itself.
+//! What a channel callback can do: push, reply later, broadcast, track
+//! presences, read the socket's assigns, and schedule messages to itself.
 
 use crate::conn::ConnHandle;
 use crate::hub::Broadcast;
+use crate::presence::{PresenceError, TrackId};
 use crate::protocol::{Outbound, Payload};
 use crate::pubsub::{BrokerError, PubSub};
 use crate::socket::Assigns;
@@ -32,6 +33,17 @@ pub struct ChannelContext<I> {
     pub(crate) current_ref: Option<String>,
     info: Option<(mpsc::UnboundedSender<I>, mpsc::UnboundedReceiver<I>)>,
     timers: CancellationToken,
+    /// Presences this channel tracks, by key; untracked when it ends, as
+    /// Phoenix's tracker does when a channel process exits.
+    tracked: Vec<(String, TrackId)>,
+}
+
+impl<I> Drop for ChannelContext<I> {
+    fn drop(&mut self) {
+        for (_, id) in self.tracked.drain(..) {
+            self.pubsub.presence().untrack(id);
+        }
+    }
 }
 
 impl<I: Send + 'static> ChannelContext<I> {
@@ -52,6 +64,7 @@ impl<I: Send + 'static> ChannelContext<I> {
             current_ref: None,
             info: None,
             timers: CancellationToken::new(),
+            tracked: Vec::new(),
         }
     }
 
@@ -129,6 +142,84 @@ impl<I: Send + 'static> ChannelContext<I> {
                 from,
             })
             .await
+    }
+
+    /// Tracks a presence of `key` (a user id, say) in this topic with `meta`
+    /// (a JSON object), as `Phoenix.Presence.track/3`: every client of the
+    /// topic, on every node, receives it in a `presence_diff` join. It lasts
+    /// until [`untrack`](Self::untrack) or the end of this channel.
+    ///
+    /// # Errors
+    /// `meta` is not an object, or this channel already tracks `key`.
+    pub fn track(
+        &mut self,
+        key: impl Into<String>,
+        meta: serde_json::Value,
+    ) -> Result<(), PresenceError> {
+        let key = key.into();
+        let serde_json::Value::Object(meta) = meta else {
+            return Err(PresenceError::InvalidMeta);
+        };
+        if self.tracked.iter().any(|(k, _)| *k == key) {
+            return Err(PresenceError::AlreadyTracked(key));
+        }
+        let id = self
+            .pubsub
+            .presence()
+            .track(self.topic.clone(), key.clone(), meta);
+        self.tracked.push((key, id));
+        Ok(())
+    }
+
+    /// Replaces the meta of the presence this channel tracks under `key`, as
+    /// `Phoenix.Presence.update/3`: clients receive the new meta as a join
+    /// and the old one as a leave, with `phx_ref_prev` naming the old ref.
+    ///
+    /// # Errors
+    /// `meta` is not an object, or this channel does not track `key`.
+    pub fn update(&mut self, key: &str, meta: serde_json::Value) -> Result<(), PresenceError> {
+        let serde_json::Value::Object(meta) = meta else {
+            return Err(PresenceError::InvalidMeta);
+        };
+        let Some((_, id)) = self.tracked.iter().find(|(k, _)| k == key) else {
+            return Err(PresenceError::NotTracked(key.to_owned()));
+        };
+        self.pubsub.presence().update(*id, meta);
+        Ok(())
+    }
+
+    /// Ends the presence this channel tracks under `key`; returns false if
+    /// it tracked none.
+    pub fn untrack(&mut self, key: &str) -> bool {
+        let Some(i) = self.tracked.iter().position(|(k, _)| k == key) else {
+            return false;
+        };
+        let (_, id) = self.tracked.swap_remove(i);
+        self.pubsub.presence().untrack(id);
+        true
+    }
+
+    /// Everyone present in this topic on every node, in the
+    /// `presence_state` shape `{"key": {"metas": [...]}}`.
+    ///
+    /// # Errors
+    /// When the presence store cannot answer (Redis is down).
+    pub async fn presence_list(
+        &self,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, PresenceError> {
+        self.pubsub.presence().list(&self.topic).await
+    }
+
+    /// Pushes `presence_state` (everyone present) to this client, as a
+    /// Phoenix channel does after join; phoenix.js's `Presence` applies
+    /// `presence_diff`s only after it.
+    ///
+    /// # Errors
+    /// When the presence store cannot answer (Redis is down).
+    pub async fn push_presence_state(&self) -> Result<(), PresenceError> {
+        let state = self.presence_list().await?;
+        self.push("presence_state", Payload::json(&state));
+        Ok(())
     }
 
     /// A handle to reply to the event being handled later, after returning

@@ -71,6 +71,9 @@ pub struct Config {
     /// `[demo]`: the chat page at `/`.
     #[serde(default)]
     pub demo: DemoConfig,
+    /// `[presence]`: timing of presence diffs and dead-pod cleanup.
+    #[serde(default)]
+    pub presence: PresenceSection,
     /// `[longpoll]`: what every pod's long-poll transport shares.
     #[serde(default)]
     pub longpoll: LongPollShared,
@@ -238,6 +241,37 @@ pub struct DemoConfig {
     pub socket: Option<String>,
 }
 
+/// `[presence]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceSection {
+    /// Changes of a topic are published as one `presence_diff` per window
+    /// this long, milliseconds. Default 50.
+    #[serde(default = "default_presence_batch")]
+    pub batch_ms: u64,
+    /// A pod that dies without cleaning up has its presences removed and
+    /// `leaves` broadcast within this time, milliseconds. Default 30000.
+    #[serde(default = "default_pod_timeout")]
+    pub pod_timeout_ms: u64,
+}
+
+fn default_presence_batch() -> u64 {
+    50
+}
+
+fn default_pod_timeout() -> u64 {
+    30_000
+}
+
+impl Default for PresenceSection {
+    fn default() -> Self {
+        PresenceSection {
+            batch_ms: default_presence_batch(),
+            pod_timeout_ms: default_pod_timeout(),
+        }
+    }
+}
+
 /// `[longpoll]`: settings every pod of a deployment must share.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -263,6 +297,16 @@ impl Default for LongPollShared {
         LongPollShared {
             secret: None,
             relay_timeout_ms: default_relay_timeout(),
+        }
+    }
+}
+
+impl PresenceSection {
+    /// The settings of [`crate::presence`].
+    pub fn settings(&self) -> crate::presence::PresenceConfig {
+        crate::presence::PresenceConfig {
+            batch: std::time::Duration::from_millis(self.batch_ms),
+            pod_timeout: std::time::Duration::from_millis(self.pod_timeout_ms),
         }
     }
 }
@@ -469,6 +513,32 @@ pub struct ChannelRule {
     /// Whether a pushed event is also sent back to its sender. Default true.
     #[serde(default = "default_true")]
     pub include_sender: bool,
+    /// `[channel.presence]`: track every joined client's presence. Off by
+    /// default.
+    #[serde(default)]
+    pub presence: Option<PresenceRule>,
+}
+
+/// `[channel.presence]`: who a joined client is, and what others see of it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceRule {
+    /// The token claim (e.g. `sub`) that is the presence key. Set exactly
+    /// one of `key_claim` and `key_param`.
+    #[serde(default)]
+    pub key_claim: Option<String>,
+    /// The join param that is the presence key: chosen by the client, so
+    /// anyone can claim any key. Set exactly one of `key_claim` and
+    /// `key_param`.
+    #[serde(default)]
+    pub key_param: Option<String>,
+    /// Join params copied into the meta (beside `online_at`). None by default.
+    #[serde(default)]
+    pub meta_params: Vec<String>,
+    /// An event clients push to change their own meta: the `meta_params` in
+    /// its payload replace theirs. None by default.
+    #[serde(default)]
+    pub update_event: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -678,6 +748,15 @@ impl Config {
                     ));
                 }
             }
+            if let Some(p) = &c.presence {
+                self.validate_presence(p, c.policy, &format!("channel[{i}].presence"))?;
+            }
+        }
+        if self.presence.batch_ms > 10_000 {
+            return Err(invalid("presence.batch_ms", "must be at most 10000"));
+        }
+        if self.presence.pod_timeout_ms < 1000 {
+            return Err(invalid("presence.pod_timeout_ms", "must be at least 1000"));
         }
         if let Some(secret) = &self.longpoll.secret {
             if secret.len() < 16 {
@@ -698,6 +777,61 @@ impl Config {
                     format!("no [[socket]] has path {path:?}"),
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_presence(
+        &self,
+        p: &PresenceRule,
+        policy: Policy,
+        base: &str,
+    ) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("{base}.{k}");
+        match (&p.key_claim, &p.key_param) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(invalid(
+                    key("key_claim"),
+                    "set exactly one of key_claim and key_param",
+                ))
+            }
+            (Some(c), None) if c.is_empty() => {
+                return Err(invalid(key("key_claim"), "must not be empty"))
+            }
+            (None, Some(k)) if k.is_empty() => {
+                return Err(invalid(key("key_param"), "must not be empty"))
+            }
+            (Some(_), None) if policy != Policy::Token => {
+                return Err(invalid(
+                    key("key_claim"),
+                    "a claim as presence key needs policy = \"token\"",
+                ))
+            }
+            _ => {}
+        }
+        if let Some(e) = &p.update_event {
+            if e.is_empty() || e.starts_with("phx_") || e == "access_token" {
+                return Err(invalid(
+                    key("update_event"),
+                    format!("{e:?} is reserved or empty"),
+                ));
+            }
+        }
+        for m in &p.meta_params {
+            if m.is_empty() || m.starts_with("phx_") || m == "online_at" {
+                return Err(invalid(
+                    key("meta_params"),
+                    format!("{m:?} is reserved or empty"),
+                ));
+            }
+        }
+        if self.redis.url.is_some() && self.redis.cluster {
+            return Err(invalid(
+                base,
+                "presence needs a single Redis server; it is not supported with redis.cluster = true",
+            ));
         }
         Ok(())
     }

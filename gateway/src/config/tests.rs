@@ -129,6 +129,53 @@ fn jwt_secret_from_env_satisfies_validation() {
 }
 
 #[test]
+fn presence_rules() {
+    let text = include_str!("../../../config/example.toml");
+    let c = load(text, &[]).unwrap();
+    let room = c.channels[0].presence.as_ref().unwrap();
+    assert_eq!(room.key_param.as_deref(), Some("user"));
+    let private = c.channels[1].presence.as_ref().unwrap();
+    assert_eq!(private.key_claim.as_deref(), Some("sub"));
+    assert_eq!(c.presence.settings(), crate::PresenceConfig::default());
+
+    let rule = |p: &str| format!("[[channel]]\npattern = \"room:*\"\n[channel.presence]\n{p}\n");
+    fails(&rule(""), "channel[0].presence.key_claim");
+    fails(
+        &rule("key_claim = \"sub\"\nkey_param = \"u\""),
+        "channel[0].presence.key_claim",
+    );
+    fails(&rule("key_param = \"\""), "channel[0].presence.key_param");
+    // A claim needs tokens.
+    fails(
+        &rule("key_claim = \"sub\""),
+        "channel[0].presence.key_claim",
+    );
+    fails(
+        &rule("key_param = \"u\"\nmeta_params = [\"phx_ref\"]"),
+        "channel[0].presence.meta_params",
+    );
+    fails(&rule("key_param = \"u\"\nbogus = 1"), "bogus");
+    fails(
+        &rule("key_param = \"u\"\nupdate_event = \"phx_x\""),
+        "channel[0].presence.update_event",
+    );
+    fails(
+        &format!(
+            "[redis]\nurl = \"redis://a:1\"\ncluster = true\n{}",
+            rule("key_param = \"u\"")
+        ),
+        "channel[0].presence",
+    );
+    fails("[presence]\npod_timeout_ms = 10", "presence.pod_timeout_ms");
+    fails("[presence]\nbatch_ms = 60000", "presence.batch_ms");
+    let c = load("[presence]\nbatch_ms = 0\npod_timeout_ms = 2000", &[]).unwrap();
+    assert_eq!(
+        c.presence.settings().pod_timeout,
+        std::time::Duration::from_secs(2)
+    );
+}
+
+#[test]
 fn longpoll_keys() {
     let c = load("", &[]).unwrap();
     assert!(!c.sockets[0].longpoll.enabled, "off by default, as Phoenix");

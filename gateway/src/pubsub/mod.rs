@@ -11,6 +11,7 @@ pub use memory::MemoryBroker;
 pub use redis::RedisBroker;
 
 use crate::hub::{Broadcast, Hub, SubId, Subscriber};
+use crate::presence::{MemoryStore, Presence, PresenceConfig, RedisStore, Unsupported};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::fmt;
@@ -76,34 +77,68 @@ pub trait NodeInbox: Send + Sync + 'static {
     fn deliver(&self, body: Bytes);
 }
 
-/// The hub and the broker, as channels and the HTTP API use them.
+/// The hub, the broker and presence, as channels and the HTTP API use them.
 #[derive(Debug, Clone)]
 pub struct PubSub {
     hub: Arc<Hub>,
     broker: Arc<dyn Broker>,
+    presence: Presence,
 }
 
 impl PubSub {
-    /// A single-node pubsub with the in-memory broker.
+    /// A single-node pubsub with the in-memory broker and presence.
     pub fn memory() -> Self {
         let hub = Arc::new(Hub::default());
         let broker = Arc::new(MemoryBroker::new(hub.clone()));
-        PubSub { hub, broker }
+        PubSub::new(hub, broker)
     }
 
-    /// A pubsub over Redis; connects in the background.
+    /// A pubsub over Redis, with presence stored in Redis too (on a single
+    /// Redis server; on a Redis Cluster presence listings fail); connects in
+    /// the background.
     ///
     /// # Errors
     /// A malformed Redis URL.
     pub fn redis(config: pubsub_redis::Config) -> Result<Self, BrokerError> {
         let hub = Arc::new(Hub::default());
         let broker = Arc::new(RedisBroker::start(config, hub.clone())?);
-        Ok(PubSub { hub, broker })
+        let store: Arc<dyn crate::presence::Store> =
+            match RedisStore::new(broker.bus(), broker.node()) {
+                Ok(s) => Arc::new(s),
+                Err(e) => Arc::new(Unsupported(e.0)),
+            };
+        let presence = Presence::new(store, hub.clone(), broker.clone());
+        Ok(PubSub {
+            hub,
+            broker,
+            presence,
+        })
     }
 
-    /// A pubsub over any broker that delivers into `hub`.
+    /// A pubsub over any broker that delivers into `hub`. Presence is kept
+    /// in this process, so it covers this node only.
     pub fn new(hub: Arc<Hub>, broker: Arc<dyn Broker>) -> Self {
-        PubSub { hub, broker }
+        let presence = Presence::new(
+            Arc::new(MemoryStore::default()),
+            hub.clone(),
+            broker.clone(),
+        );
+        PubSub {
+            hub,
+            broker,
+            presence,
+        }
+    }
+
+    /// Replaces the presence settings; call it before the pubsub is used.
+    pub fn with_presence_config(self, config: PresenceConfig) -> Self {
+        self.presence.configure(config);
+        self
+    }
+
+    /// Presence: who is in a topic, on every node.
+    pub fn presence(&self) -> &Presence {
+        &self.presence
     }
 
     /// The local registry.

@@ -93,6 +93,11 @@ impl RedisBroker {
         Ok(RedisBroker { bus, node, sink })
     }
 
+    /// This pod's id, random per process start.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     /// The bus, for health checks and metrics.
     pub fn bus(&self) -> &RedisBus {
         &self.bus

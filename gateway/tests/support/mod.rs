@@ -373,6 +373,7 @@ impl Wire {
     }
 }
 
+pub mod presence;
 /// Real redis-server and gateway processes for the multi-pod tests.
 pub mod redis;
 

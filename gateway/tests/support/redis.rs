@@ -32,8 +32,8 @@ pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Pause between two polls of an observable value.
 const POLL: Duration = Duration::from_millis(20);
 
-/// The channel rules of config/example.toml, plus `quiet:*`, whose pushes skip
-/// their sender (`include_sender = false`).
+/// The channel rules of config/example.toml without presence, plus `quiet:*`,
+/// whose pushes skip their sender (`include_sender = false`).
 const RULES: &str = r#"
 [[socket]]
 path = "/socket"
@@ -267,8 +267,15 @@ impl Resp {
     }
 
     async fn try_cmd(&mut self, args: &[&str]) -> Option<Reply> {
-        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        self.send(&args).await;
+        let mut buf = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            buf.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            buf.extend_from_slice(a.as_bytes());
+            buf.extend_from_slice(b"\r\n");
+        }
+        // While a server starts, the port may still belong to someone else
+        // who drops the connection: that is a failed try, not a test failure.
+        self.stream.get_mut().write_all(&buf).await.ok()?;
         tokio::time::timeout(TIMEOUT, read_reply(&mut self.stream))
             .await
             .ok()?
@@ -497,6 +504,19 @@ impl Pod {
         .await
     }
 
+    /// Starts a pod with one more rule, `presence:*`, with presence keyed by
+    /// the `user` join param and `tab` in the meta, whose dead presences are
+    /// reaped after `pod_timeout_ms`, with diffs batched over 20 ms.
+    pub async fn start_presence(redis_url: &str, prefix: &str, pod_timeout_ms: u64) -> Pod {
+        Pod::start_with(format!(
+            "url = \"{redis_url}\"\nprefix = \"{prefix}\"\nlinger_ms = 200\n\n\
+             [presence]\nbatch_ms = 20\npod_timeout_ms = {pod_timeout_ms}\n\n\
+             [[channel]]\npattern = \"presence:*\"\n\
+             [channel.presence]\nkey_param = \"user\"\nmeta_params = [\"tab\"]\n"
+        ))
+        .await
+    }
+
     /// Starts a pod on a Redis Cluster (sharded pub/sub) given its seed URLs.
     pub async fn start_cluster(seeds: &str, prefix: &str, linger_ms: u64) -> Pod {
         Pod::start_with(format!(
@@ -578,6 +598,11 @@ impl Pod {
     pub async fn api_broadcast(&self, topic: &str, event: &str, payload: Value) -> (u16, String) {
         let body = json!({"topic": topic, "event": event, "payload": payload}).to_string();
         http_post(self.addr, "/api/broadcast", &self.api_key, &body).await
+    }
+
+    /// Sends SIGTERM (a clean stop, as Kubernetes asks for one).
+    pub fn terminate(&mut self) {
+        signal(self.child.id(), "-TERM");
     }
 
     /// Whether the process is still running (it did not crash).
@@ -680,6 +705,23 @@ impl Cluster {
         let pods =
             futures_util::future::join_all((0..pods).map(|_| Pod::start(&url, &prefix, linger_ms)))
                 .await;
+        Cluster {
+            pods,
+            redis,
+            prefix,
+        }
+    }
+
+    /// Redis plus `pods` gateways with presence timing for tests (see
+    /// [`Pod::start_presence`]).
+    pub async fn with_presence(pods: usize, pod_timeout_ms: u64) -> Cluster {
+        let redis = RedisServer::start().await;
+        let prefix = format!("{}:", unique("t"));
+        let url = redis.url();
+        let pods = futures_util::future::join_all(
+            (0..pods).map(|_| Pod::start_presence(&url, &prefix, pod_timeout_ms)),
+        )
+        .await;
         Cluster {
             pods,
             redis,

@@ -1,0 +1,196 @@
+//! Presence: who is in a topic, on every pod, as `Phoenix.Presence` tells
+//! it to phoenix.js.
+//!
+//! Channels track presences through their
+//! [`ChannelContext`](crate::ChannelContext) (`track`, `update`, `untrack`,
+//! `push_presence_state`); a presence ends with its channel at the latest.
+//! Each pod runs one actor (`actor`) that writes entries to a store (`store`:
+//! this process, or Redis shared by all pods) and publishes the changes of a
+//! topic as one `presence_diff` per batch window through the normal
+//! broadcast path. In Redis every pod keeps a liveness key; survivors remove
+//! the entries of a pod whose key expired and publish their `leaves`.
+//!
+//! This module must not block channels: tracking only queues a command, and
+//! only listings wait for the store.
+
+mod actor;
+mod diff;
+mod store;
+
+use crate::hub::Hub;
+use crate::pubsub::Broker;
+use actor::{Actor, Cmd, Timing};
+use parking_lot::Mutex;
+use serde_json::{Map, Value};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+pub(crate) use store::{MemoryStore, RedisStore, Store, Unsupported};
+
+/// Presence settings (`[presence]` in the config file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresenceConfig {
+    /// Changes of a topic are collected this long and published as one
+    /// `presence_diff`, so a storm of joins costs one broadcast per window,
+    /// not one per join. Default 50 ms.
+    pub batch: Duration,
+    /// A pod that dies without cleaning up has its presences removed and
+    /// their `leaves` published within this time. Default 30 s.
+    pub pod_timeout: Duration,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig {
+            batch: Duration::from_millis(50),
+            pod_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a presence call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PresenceError {
+    /// This channel already tracks this key (use `update`).
+    #[error("presence key {0:?} is already tracked by this channel")]
+    AlreadyTracked(String),
+    /// This channel does not track this key.
+    #[error("presence key {0:?} is not tracked by this channel")]
+    NotTracked(String),
+    /// Metas are JSON objects.
+    #[error("presence meta must be a JSON object")]
+    InvalidMeta,
+    /// The store cannot answer (Redis is down); try again later.
+    #[error("presence unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Identifies one tracked presence of this pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct TrackId(u64);
+
+/// This pod's presence service, shared by every channel through the
+/// [`PubSub`](crate::pubsub::PubSub). Cheap to clone.
+#[derive(Clone)]
+pub struct Presence {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tx: mpsc::UnboundedSender<Cmd>,
+    /// The actor, until the first command starts it: building a pubsub
+    /// needs no runtime, using it does.
+    idle: Mutex<Option<(Actor, mpsc::UnboundedReceiver<Cmd>)>>,
+    started: AtomicBool,
+    next_id: AtomicU64,
+}
+
+impl fmt::Debug for Presence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Presence")
+            .field("started", &self.inner.started.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Presence {
+    pub(crate) fn new(store: Arc<dyn Store>, hub: Arc<Hub>, broker: Arc<dyn Broker>) -> Self {
+        let config = PresenceConfig::default();
+        let timing = Timing::new(config.batch, config.pod_timeout);
+        let (tx, rx) = mpsc::unbounded_channel();
+        Presence {
+            inner: Arc::new(Inner {
+                tx,
+                idle: Mutex::new(Some((Actor::new(store, hub, broker, timing), rx))),
+                started: AtomicBool::new(false),
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Replaces the settings. Takes effect only before the first use.
+    pub(crate) fn configure(&self, config: PresenceConfig) {
+        if let Some((actor, _)) = self.inner.idle.lock().as_mut() {
+            actor.timing = Timing::new(config.batch, config.pod_timeout);
+        }
+    }
+
+    fn send(&self, cmd: Cmd) {
+        if !self.inner.started.load(Ordering::Acquire) {
+            if let Some((actor, rx)) = self.inner.idle.lock().take() {
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        rt.spawn(actor.run(rx));
+                    }
+                    Err(_) => {
+                        tracing::error!("presence used outside a tokio runtime");
+                        return;
+                    }
+                }
+            }
+            self.inner.started.store(true, Ordering::Release);
+        }
+        let _ = self.inner.tx.send(cmd);
+    }
+
+    /// Tracks a presence of `key` in `topic` with `meta` (an object, to which
+    /// `phx_ref` is added).
+    pub(crate) fn track(&self, topic: Arc<str>, key: String, meta: Map<String, Value>) -> TrackId {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        self.send(Cmd::Track {
+            id,
+            topic,
+            key,
+            meta,
+        });
+        TrackId(id)
+    }
+
+    /// Replaces the meta of a tracked presence (new `phx_ref`, the old one in
+    /// `phx_ref_prev`).
+    pub(crate) fn update(&self, id: TrackId, meta: Map<String, Value>) {
+        self.send(Cmd::Update { id: id.0, meta });
+    }
+
+    /// Ends a tracked presence.
+    pub(crate) fn untrack(&self, id: TrackId) {
+        self.send(Cmd::Untrack { id: id.0 });
+    }
+
+    /// Ends every presence of this pod and publishes their leaves, for a
+    /// clean stop; presence does nothing afterwards. Resolves when the leaves
+    /// are published (or could not be).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: the removal goes on without the caller.
+    pub async fn shutdown(&self) {
+        let (done, rx) = oneshot::channel();
+        self.send(Cmd::Shutdown(done));
+        let _ = rx.await;
+    }
+
+    /// Everyone present in `topic`, on every pod, in the `presence_state`
+    /// shape `{"key": {"metas": [...]}}`. Includes every change this pod
+    /// made before the call.
+    ///
+    /// # Errors
+    /// [`PresenceError::Unavailable`] when the store cannot answer.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: dropping the future drops only the answer.
+    pub async fn list(&self, topic: &str) -> Result<Map<String, Value>, PresenceError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Cmd::List {
+            topic: topic.to_owned(),
+            reply,
+        });
+        let entries = rx
+            .await
+            .map_err(|_| PresenceError::Unavailable("presence stopped".into()))?
+            .map_err(|e| PresenceError::Unavailable(e.0))?;
+        Ok(diff::state(&entries))
+    }
+}
