@@ -9,7 +9,7 @@ PORT  ?= 4000
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 SEEDS_BIN  ?= $(TARGET_DIR)/debug/examples/seeds
 
-.PHONY: run run-seeds build test test-deps test-rust test-compat test-e2e lint bench curves
+.PHONY: run run-seeds build test test-deps test-rust test-compat test-e2e test-image lint lint-k8s image image-check bench curves
 
 ## run: the gateway on 127.0.0.1:$(PORT) with config/example.toml and the demo
 ## chat at /; the in-memory broker unless REDIS_URL is set
@@ -24,9 +24,12 @@ run-seeds:
 build:
 	$(CARGO) build --workspace --all-targets
 
-## test: install missing test dependencies, then run every test
+## test: install missing test dependencies, then run every test (the quick
+## manifest and image checks first, so they fail fast)
 test:
 	$(MAKE) --no-print-directory test-deps
+	$(MAKE) --no-print-directory lint-k8s
+	$(MAKE) --no-print-directory test-image
 	$(MAKE) --no-print-directory test-rust
 	$(MAKE) --no-print-directory test-compat
 	$(MAKE) --no-print-directory test-e2e
@@ -55,10 +58,36 @@ test-e2e:
 	$(NPM) --prefix e2e ci --no-audit --no-fund
 	GATEWAY_BIN=$(TARGET_DIR)/debug/gateway $(NPM) --prefix e2e test
 
-## lint: formatting and clippy, warnings as errors
+# The checks of scripts/image-check.sh on the debug binary, which links the
+# same libraries as the release binary the image copies (make image-check).
+test-image:
+	$(CARGO) build -p gateway --bin gateway
+	bash scripts/image-check.sh $(TARGET_DIR)/debug/gateway
+
+## lint: formatting and clippy, warnings as errors, and lint-k8s
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(MAKE) --no-print-directory lint-k8s
+
+## lint-k8s: render every k8s/ overlay with kustomize and validate it offline
+## (Kubernetes schemas, yamllint, promtool, dashboard metric names, gateway
+## --check of the configs); installs its tools when missing (docs/deploy.md)
+lint-k8s:
+	$(CARGO) build -p gateway --bin gateway
+	GATEWAY_BIN=$(TARGET_DIR)/debug/gateway bash scripts/k8s-lint.sh
+
+IMAGE ?= gateway:dev
+
+## image: the container image $(IMAGE) from the Dockerfile (needs a Docker
+## engine; none runs on the development machines)
+image:
+	docker build -t $(IMAGE) .
+
+## image-check: build the release binary the image copies and test it without
+## Docker: its libraries, its config, a start, /readyz and SIGTERM
+image-check:
+	bash scripts/image-check.sh
 
 ## bench: a short fixed set of loadtest scenarios against a release gateway and
 ## redis-server; JSON and HTML results under bench/results/ (BENCH_DURATION=10s)

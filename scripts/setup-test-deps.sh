@@ -10,6 +10,10 @@
 #   openssl       Debian package openssl (RS256/ES256 keys made by the auth tests)
 #   nginx         Debian package nginx (the round-robin balancer in front of three
 #                 pods in the long-poll tests of compat/ and e2e/)
+#   promtool      Debian package prometheus (make lint-k8s checks the alert rules)
+#   python3 venv  Debian package python3-venv (make lint-k8s installs
+#                 kubernetes-validate and yamllint from PyPI into a venv;
+#                 scripts/k8s-lint.sh does that part itself)
 set -euo pipefail
 
 say() { printf 'setup-test-deps: %s\n' "$*"; }
@@ -48,6 +52,12 @@ if [ -x /usr/sbin/nginx ]; then
 else
     need nginx nginx
 fi
+need promtool prometheus
+need python3 python3
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    say "python3 cannot make a venv: will install Debian package python3-venv"
+    missing+=(python3-venv)
+fi
 
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then
@@ -65,7 +75,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]}"
     $sudo env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -q --no-install-recommends "${missing[@]}"
-    for cmd in make cc redis-server node npm chromium openssl; do
+    for cmd in make cc redis-server node npm chromium openssl promtool python3; do
         command -v "$cmd" >/dev/null 2>&1 || die "$cmd is still missing after installing ${missing[*]}"
     done
     [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 ||
