@@ -2,6 +2,7 @@
 //! HTTP routes, as `Phoenix.Endpoint` ties them together.
 
 use crate::channel::Router;
+use crate::drain::Drain;
 use crate::pubsub::PubSub;
 use crate::socket::{SocketConfig, SocketHandler};
 use crate::transport::longpoll::LongPoll;
@@ -66,8 +67,10 @@ pub struct Endpoint {
     pub(crate) pubsub: PubSub,
     pub(crate) node: Arc<str>,
     routes: Vec<(Method, String, Arc<RouteFn>)>,
-    /// Cancelled when the server shuts down; connections close with 1001.
+    /// Cancelled when the pod stops accepting connections.
     pub(crate) shutdown: CancellationToken,
+    /// When open connections close (1001) and which are still open.
+    pub(crate) drain: Drain,
     ready: AtomicBool,
     /// Long-poll sessions owned here and requests relayed to their owners.
     pub(crate) longpoll: Arc<LongPoll>,
@@ -111,10 +114,31 @@ impl Endpoint {
         self.longpoll.node()
     }
 
-    /// Closes every connection and stops accepting new ones.
+    /// Closes every connection at once and stops accepting new ones.
     pub fn shutdown(&self) {
         self.ready.store(false, Ordering::SeqCst);
+        self.drain.start(Duration::ZERO);
         self.shutdown.cancel();
+    }
+
+    /// The graceful version of [`shutdown`](Self::shutdown), for SIGTERM:
+    /// `/readyz` fails at once; new connections are still accepted for
+    /// `delay` (a balancer notices readiness only at its next probe), then
+    /// refused; open connections close (WebSocket 1001, long-poll sessions
+    /// end) at random points of `period`, so their clients reconnect to
+    /// other pods gradually rather than all at once. Returns when new
+    /// connections are refused; [`closed`](Self::closed) waits for the rest.
+    pub async fn drain(&self, delay: Duration, period: Duration) {
+        self.ready.store(false, Ordering::SeqCst);
+        self.drain.start(period);
+        tokio::time::sleep(delay).await;
+        self.shutdown.cancel();
+    }
+
+    /// Resolves once every connection and long-poll session has ended;
+    /// meaningful once shutting down.
+    pub async fn closed(&self) {
+        self.drain.closed().await;
     }
 
     /// Whether `/readyz` answers 200.
@@ -213,6 +237,7 @@ impl EndpointBuilder {
         let pubsub = self.pubsub.unwrap_or_else(PubSub::memory);
         let node: Arc<str> = Arc::from(node);
         let shutdown = CancellationToken::new();
+        let drain = Drain::default();
         let secret = self
             .longpoll_secret
             .unwrap_or_else(|| crate::transport::longpoll::token::random_bytes::<32>().to_vec());
@@ -221,7 +246,7 @@ impl EndpointBuilder {
             self.relay_timeout,
             pubsub.clone(),
             node.clone(),
-            shutdown.clone(),
+            drain.clone(),
         );
         Arc::new(Endpoint {
             sockets: self.sockets,
@@ -229,6 +254,7 @@ impl EndpointBuilder {
             node,
             routes: self.routes,
             shutdown,
+            drain,
             ready: AtomicBool::new(true),
             longpoll,
         })

@@ -33,6 +33,7 @@ pub mod app;
 pub mod channel;
 pub mod config;
 pub mod conn;
+mod drain;
 pub mod endpoint;
 pub mod hub;
 pub mod presence;

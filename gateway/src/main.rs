@@ -110,19 +110,42 @@ async fn run(config: Config) -> anyhow::Result<()> {
         "gateway listening"
     );
     let ep = endpoint.clone();
+    let delay = Duration::from_millis(config.server.drain_delay_ms);
+    let period = Duration::from_millis(config.server.drain_period_ms);
+    let (deadline_tx, deadline_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         shutdown_signal().await;
-        tracing::info!("shutting down");
-        ep.shutdown();
+        let now = tokio::time::Instant::now();
+        let deadline = now + Duration::from_millis(config.server.shutdown_deadline_ms);
+        let _ = deadline_tx.send((now + delay + period, deadline));
+        tracing::info!(?delay, ?period, "draining");
+        ep.drain(delay, period).await;
     });
-    gateway::server::serve(listener, endpoint).await?;
-    // This pod's presences leave now rather than after pod_timeout_ms.
-    if tokio::time::timeout(Duration::from_secs(5), presence.shutdown())
+    gateway::server::serve(listener, endpoint.clone()).await?;
+    let now = tokio::time::Instant::now();
+    let (drain_end, deadline) = deadline_rx.await.unwrap_or((now, now));
+    // Connections close over the drain period; presences still held after
+    // that leave now rather than after pod_timeout_ms. Both before the
+    // deadline, keeping up to 5 s of it for the presences.
+    let presence_budget = Duration::from_secs(5);
+    let close_by = deadline
+        .checked_sub(presence_budget)
+        .unwrap_or(deadline)
+        .max(drain_end + Duration::from_millis(500))
+        .min(deadline);
+    if tokio::time::timeout_at(close_by, endpoint.closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open at the shutdown deadline");
+    }
+    if tokio::time::timeout_at(deadline, presence.shutdown())
         .await
         .is_err()
     {
         tracing::warn!("presences not removed in time; other pods will reap them");
     }
+    tracing::info!("stopped");
     Ok(())
 }
 

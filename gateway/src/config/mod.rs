@@ -95,6 +95,31 @@ pub struct ServerConfig {
     /// This node's name, shown to channels. Default `gateway@$HOSTNAME`.
     #[serde(default)]
     pub node_name: Option<String>,
+    /// After SIGTERM, how long new connections are still accepted while
+    /// `/readyz` already fails (balancers notice at their next probe). Default 2000.
+    #[serde(default = "default_drain_delay_ms")]
+    pub drain_delay_ms: u64,
+    /// Open connections close at random points of this period after SIGTERM,
+    /// so clients reconnect elsewhere gradually. Default 30000.
+    #[serde(default = "default_drain_period_ms")]
+    pub drain_period_ms: u64,
+    /// The process exits this long after SIGTERM at the latest, whatever is
+    /// still open; keep it below Kubernetes' terminationGracePeriodSeconds.
+    /// Default 45000.
+    #[serde(default = "default_shutdown_deadline_ms")]
+    pub shutdown_deadline_ms: u64,
+}
+
+fn default_drain_delay_ms() -> u64 {
+    2000
+}
+
+fn default_drain_period_ms() -> u64 {
+    30_000
+}
+
+fn default_shutdown_deadline_ms() -> u64 {
+    45_000
 }
 
 fn default_listen() -> String {
@@ -106,6 +131,9 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: default_listen(),
             node_name: None,
+            drain_delay_ms: default_drain_delay_ms(),
+            drain_period_ms: default_drain_period_ms(),
+            shutdown_deadline_ms: default_shutdown_deadline_ms(),
         }
     }
 }
@@ -604,6 +632,16 @@ impl Config {
     /// The first problem found, naming its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        let s = &self.server;
+        if s.drain_delay_ms.saturating_add(s.drain_period_ms) > s.shutdown_deadline_ms {
+            return Err(invalid(
+                "server.shutdown_deadline_ms",
+                format!(
+                    "{} is shorter than drain_delay_ms + drain_period_ms ({} + {})",
+                    s.shutdown_deadline_ms, s.drain_delay_ms, s.drain_period_ms
+                ),
+            ));
+        }
         if let Some(url) = &self.redis.url {
             if !(url.starts_with("redis://")
                 || url.starts_with("rediss://")

@@ -82,7 +82,7 @@ pub(crate) async fn handshake(
         Ok(r) => r,
         Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string()),
     };
-    tokio::spawn(async move {
+    ep.drain.clone().spawn(async move {
         match upgrade.await {
             Ok(ws) => run(ws.into_inner(), ep, socket, vsn, assigns).await,
             Err(e) => tracing::debug!(%peer, error = %e, "websocket upgrade failed"),
@@ -186,7 +186,7 @@ where
     let reason = tokio::select! {
         biased;
         _ = conn.closed() => conn.reason().unwrap_or(Disconnect::TransportError),
-        _ = ep.shutdown.cancelled() => Disconnect::ServerShutdown,
+        _ = ep.drain.turn() => Disconnect::ServerShutdown,
         reason = read_loop(&mut reader, &mut connection, &conn, &config) => reason,
     };
     conn.close(reason);

@@ -498,9 +498,10 @@ pub struct Pod {
 impl Pod {
     /// Starts a pod on a free port and waits until `/healthz` answers.
     pub async fn start(redis_url: &str, prefix: &str, linger_ms: u64) -> Pod {
-        Pod::start_with(format!(
-            "url = \"{redis_url}\"\nprefix = \"{prefix}\"\nlinger_ms = {linger_ms}\n"
-        ))
+        Pod::start_with(
+            "",
+            format!("url = \"{redis_url}\"\nprefix = \"{prefix}\"\nlinger_ms = {linger_ms}\n"),
+        )
         .await
     }
 
@@ -508,28 +509,50 @@ impl Pod {
     /// the `user` join param and `tab` in the meta, whose dead presences are
     /// reaped after `pod_timeout_ms`, with diffs batched over 20 ms.
     pub async fn start_presence(redis_url: &str, prefix: &str, pod_timeout_ms: u64) -> Pod {
-        Pod::start_with(format!(
-            "url = \"{redis_url}\"\nprefix = \"{prefix}\"\nlinger_ms = 200\n\n\
+        Pod::start_with(
+            "",
+            format!(
+                "url = \"{redis_url}\"\nprefix = \"{prefix}\"\nlinger_ms = 200\n\n\
              [presence]\nbatch_ms = 20\npod_timeout_ms = {pod_timeout_ms}\n\n\
              [[channel]]\npattern = \"presence:*\"\n\
              [channel.presence]\nkey_param = \"user\"\nmeta_params = [\"tab\"]\n"
-        ))
+            ),
+        )
         .await
     }
 
     /// Starts a pod on a Redis Cluster (sharded pub/sub) given its seed URLs.
     pub async fn start_cluster(seeds: &str, prefix: &str, linger_ms: u64) -> Pod {
-        Pod::start_with(format!(
+        Pod::start_with(
+            "",
+            format!(
             "url = \"{seeds}\"\ncluster = true\nprefix = \"{prefix}\"\nlinger_ms = {linger_ms}\n"
-        ))
+        ),
+        )
         .await
     }
 
-    /// Starts a pod whose `[redis]` section holds `redis` (TOML lines).
-    async fn start_with(redis: String) -> Pod {
+    /// Starts a pod with more `[server]` settings (TOML lines, e.g. drain timing).
+    pub async fn start_with_server(server: &str, redis_url: &str, prefix: &str) -> Pod {
+        Pod::start_with(
+            server,
+            format!("url = \"{redis_url}\"\nprefix = \"{prefix}\"\n"),
+        )
+        .await
+    }
+
+    /// Starts a pod whose `[server]` section also holds `server` and whose
+    /// `[redis]` section holds `redis` (TOML lines).
+    async fn start_with(server: &str, redis: String) -> Pod {
+        // Tests stop pods at once unless they test the drain itself.
+        let server = if server.is_empty() {
+            "drain_delay_ms = 0\ndrain_period_ms = 0\n"
+        } else {
+            server
+        };
         let dir = TempDir::new("pod");
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:4000\"\n\n\
+            "[server]\nlisten = \"127.0.0.1:4000\"\n{server}\n\
              [log]\nformat = \"human\"\nlevel = \"info,pubsub_redis=debug\"\n\n\
              [api]\npath = \"/api/broadcast\"\n\n\
              [redis]\n{redis}\
@@ -608,6 +631,21 @@ impl Pod {
     /// Whether the process is still running (it did not crash).
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
+    }
+
+    /// The exit status once the process has ended, without waiting.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    /// `GET path` on this pod: (status, body), or `None` if nothing answers.
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        try_http(self.addr, "GET", path, None, "").await
+    }
+
+    /// What the process has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path("gateway.log")).unwrap_or_default()
     }
 }
 

@@ -23,6 +23,7 @@ mod session;
 pub(crate) mod token;
 
 use crate::conn::ConnHandle;
+use crate::drain::Drain;
 use crate::endpoint::Socket;
 use crate::protocol::Vsn;
 use crate::pubsub::{BrokerError, NodeInbox, PubSub};
@@ -38,7 +39,6 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use token::{SessionToken, Signer};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 
 /// At most one warning about badly sealed relay messages per this interval.
 const BAD_SEAL_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -67,7 +67,7 @@ pub(crate) struct LongPoll {
     relay_timeout: Duration,
     pubsub: PubSub,
     node_name: Arc<str>,
-    shutdown: CancellationToken,
+    drain: Drain,
     sessions: Mutex<HashMap<u128, Arc<Session>>>,
     /// Relayed requests waiting for the owner's reply, by request id.
     pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
@@ -109,7 +109,7 @@ impl LongPoll {
         relay_timeout: Duration,
         pubsub: PubSub,
         node_name: Arc<str>,
-        shutdown: CancellationToken,
+        drain: Drain,
     ) -> Arc<Self> {
         let node = format!("{:016x}", u64::from_le_bytes(token::random_bytes::<8>()));
         Arc::new_cyclic(|this| LongPoll {
@@ -118,7 +118,7 @@ impl LongPoll {
             relay_timeout,
             pubsub,
             node_name,
-            shutdown,
+            drain,
             sessions: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -185,10 +185,10 @@ impl LongPoll {
         let (tx, rx) = mpsc::channel(POST_QUEUE);
         let session = Arc::new(Session::new(conn, config.clone(), tx));
         self.sessions.lock().insert(id, session.clone());
-        let shutdown = self.shutdown.clone();
+        let drain = self.drain.clone();
         let this = self.this.clone();
-        tokio::spawn(async move {
-            session::run(session, connection, rx, max_frame, shutdown).await;
+        self.drain.clone().spawn(async move {
+            session::run(session, connection, rx, max_frame, drain).await;
             if let Some(lp) = this.upgrade() {
                 lp.sessions.lock().remove(&id);
             }

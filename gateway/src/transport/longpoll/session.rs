@@ -9,6 +9,7 @@
 //! therefore sent again, and none is sent twice to a client that got it.
 
 use crate::conn::{ConnHandle, Disconnect, Out};
+use crate::drain::Drain;
 use crate::protocol::Frame;
 use crate::socket::connection::Connection;
 use crate::socket::LongPollConfig;
@@ -184,13 +185,13 @@ impl Session {
 }
 
 /// Runs a session until it ends: applies POSTs, expires it when polls stop,
-/// ends it on shutdown. Returns once the connection is closed.
+/// ends it at its turn in a drain. Returns once the connection is closed.
 pub(crate) async fn run(
     session: Arc<Session>,
     mut connection: Connection,
     mut posts: mpsc::Receiver<Post>,
     max_frame_size: usize,
-    shutdown: CancellationToken,
+    drain: Drain,
 ) {
     let conn = session.conn.clone();
     loop {
@@ -198,7 +199,7 @@ pub(crate) async fn run(
         tokio::select! {
             biased;
             _ = conn.closed() => break,
-            _ = shutdown.cancelled() => {
+            _ = drain.turn() => {
                 conn.close(Disconnect::ServerShutdown);
                 break;
             }

@@ -1,0 +1,107 @@
+//! Graceful drain: on SIGTERM a pod stops being ready at once, keeps
+//! accepting for a short delay (balancers notice readiness late), then closes
+//! its connections one by one at random points of a drain period, so their
+//! clients reconnect to other pods gradually instead of in one storm.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// When each connection closes during a drain, and which connections are
+/// still open. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Drain(Arc<Inner>);
+
+#[derive(Debug, Default)]
+struct Inner {
+    started: CancellationToken,
+    period_ms: AtomicU64,
+    connections: TaskTracker,
+}
+
+impl Drain {
+    /// Starts the drain: every connection closes within `period`.
+    pub(crate) fn start(&self, period: Duration) {
+        let ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
+        self.0.period_ms.store(ms, Ordering::SeqCst);
+        self.0.started.cancel();
+    }
+
+    /// Resolves when it is this connection's turn to close: once the drain
+    /// has started, after a delay drawn uniformly from the drain period.
+    pub(crate) async fn turn(&self) {
+        self.0.started.cancelled().await;
+        let period = self.0.period_ms.load(Ordering::SeqCst);
+        if period > 0 {
+            // A random draw per connection (RandomState is randomly keyed).
+            let r = RandomState::new().hash_one(std::time::Instant::now());
+            tokio::time::sleep(Duration::from_millis(r % period)).await;
+        }
+    }
+
+    /// Spawns a connection's task, counted until it ends.
+    pub(crate) fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.0.connections.spawn(task);
+    }
+
+    /// Resolves once every counted connection task has ended. Only meaningful
+    /// after new connections are refused.
+    pub(crate) async fn closed(&self) {
+        self.0.connections.close();
+        self.0.connections.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Drain;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn turns_spread_over_the_period_and_closed_waits_for_tasks() {
+        let drain = Drain::default();
+        let started = tokio::time::Instant::now();
+        let mut ends = Vec::new();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..200 {
+            let (d, tx) = (drain.clone(), tx.clone());
+            drain.spawn(async move {
+                d.turn().await;
+                let _ = tx.send(started.elapsed());
+            });
+        }
+        drop(tx);
+        drain.start(Duration::from_secs(30));
+        drain.closed().await;
+        while let Some(e) = rx.recv().await {
+            ends.push(e);
+        }
+        assert_eq!(ends.len(), 200);
+        assert!(ends.iter().all(|e| *e < Duration::from_secs(30)));
+        let first_half = ends
+            .iter()
+            .filter(|e| **e < Duration::from_secs(15))
+            .count();
+        // Uniform: about half close in each half of the period.
+        assert!(
+            (60..=140).contains(&first_half),
+            "{first_half} of 200 in the first half"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_period_closes_at_once() {
+        let drain = Drain::default();
+        drain.start(Duration::ZERO);
+        let t = tokio::time::Instant::now();
+        drain.turn().await;
+        assert_eq!(t.elapsed(), Duration::ZERO);
+    }
+}
