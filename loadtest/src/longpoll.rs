@@ -234,7 +234,14 @@ pub(crate) async fn run(
                         token = t;
                         polling = Box::pin(send(gc, "GET", with_token(&path, &token), String::new()));
                     }
-                    Ok(e) => failed = Some(anyhow::anyhow!("poll answered status {}", e.status)),
+                    Ok(e) => {
+                        let why = if e.status == 410 { "session gone" } else { "unexpected" };
+                        failed = Some(anyhow::anyhow!(
+                            "poll answered status {} ({why}, token {})",
+                            e.status,
+                            if e.token.is_some() { "present" } else { "missing" }
+                        ));
+                    }
                     Err(e) => failed = Some(e.context("poll")),
                 }
             }
