@@ -1,4 +1,5 @@
-//! One Phoenix V2 JSON client connection over WebSocket.
+//! One Phoenix V2 JSON client connection over WebSocket, and the
+//! transport-independent client logic the long-poll transport shares.
 
 use crate::stats::{now_ns, record, Stats};
 use anyhow::Context as _;
@@ -35,34 +36,40 @@ pub(crate) struct Target {
 
 pub(crate) type Ws = WebSocketStream<TcpStream>;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-const HEARTBEAT: Duration = Duration::from_secs(30);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(30);
 
-/// Opens a WebSocket from the `idx`-th source address, with small buffers.
-pub(crate) async fn connect(target: &Target, idx: u64) -> anyhow::Result<Ws> {
+/// Opens a TCP connection to the endpoint of connection `idx`, from its
+/// `--source-ips` address; returns it with the endpoint's URL.
+pub(crate) async fn tcp(target: &Target, idx: u64) -> anyhow::Result<(TcpStream, &str)> {
     let n = target.endpoints.len().max(1) as u64;
     let Some((addr, url)) = target.endpoints.get((idx % n) as usize) else {
         anyhow::bail!("no --url given");
     };
+    let sock = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    if !target.source_ips.is_empty() {
+        let ip = target.source_ips[(idx / n) as usize % target.source_ips.len()];
+        sock.bind(SocketAddr::new(ip, 0))
+            .with_context(|| format!("bind {ip}"))?;
+    }
+    let stream = sock.connect(*addr).await.context("tcp connect")?;
+    stream.set_nodelay(true)?;
+    Ok((stream, url.as_str()))
+}
+
+/// Opens a WebSocket from the `idx`-th source address, with small buffers.
+pub(crate) async fn connect(target: &Target, idx: u64) -> anyhow::Result<Ws> {
     let fut = async {
-        let sock = match addr {
-            SocketAddr::V4(_) => TcpSocket::new_v4()?,
-            SocketAddr::V6(_) => TcpSocket::new_v6()?,
-        };
-        if !target.source_ips.is_empty() {
-            let ip = target.source_ips[(idx / n) as usize % target.source_ips.len()];
-            sock.bind(SocketAddr::new(ip, 0))
-                .with_context(|| format!("bind {ip}"))?;
-        }
-        let stream = sock.connect(*addr).await.context("tcp connect")?;
-        stream.set_nodelay(true)?;
+        let (stream, url) = tcp(target, idx).await?;
         let config = WebSocketConfig::default()
             .read_buffer_size(4096)
             .write_buffer_size(0);
-        let (ws, _) =
-            tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config))
-                .await
-                .context("websocket handshake")?;
+        let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+            .await
+            .context("websocket handshake")?;
         anyhow::Ok(ws)
     };
     tokio::time::timeout(CONNECT_TIMEOUT, fut)
@@ -134,49 +141,172 @@ pub(crate) fn push_frame(topic: &str, r: u64, sender: u32, seq: u64, pad: &str) 
     )
 }
 
-/// Runs one client until the phase is Stop; counts everything in `stats`.
+/// The transport-independent side of one client: the frames it sends, and
+/// what it makes of the frames it receives (join replies, push replies,
+/// deliveries with latency and duplicate detection).
+pub(crate) struct Client {
+    stats: Arc<Stats>,
+    /// Topics joined; join refs are 1..=n.
+    n: u64,
+    pending: Vec<Option<Instant>>,
+    /// Joins not answered yet.
+    pub(crate) unsettled: usize,
+    seen: Seen,
+    next_ref: u64,
+    seq: u64,
+    sender: u32,
+    pad: String,
+}
+
+impl Client {
+    /// A client that has connected (counted as open until `finish`).
+    pub(crate) fn new(stats: Arc<Stats>, spec: &Spec) -> Client {
+        let n = spec.topics.len();
+        stats.live.connects_ok.fetch_add(1, Relaxed);
+        stats.live.open.fetch_add(1, Relaxed);
+        if n == 0 {
+            stats.live.settled.fetch_add(1, Relaxed);
+        }
+        Client {
+            stats,
+            n: n as u64,
+            pending: vec![None; n],
+            unsettled: n,
+            seen: Seen::default(),
+            next_ref: n as u64 + 1,
+            seq: 0,
+            sender: spec.idx as u32,
+            pad: "x".repeat(spec.pad),
+        }
+    }
+
+    /// The join of the `i`-th topic; its reply is timed from now.
+    pub(crate) fn join(&mut self, i: usize, topic: &str) -> String {
+        let r = i + 1;
+        if let Some(p) = self.pending.get_mut(i) {
+            *p = Some(Instant::now());
+        }
+        format!(r#"["{r}","{r}","{topic}","phx_join",{{}}]"#)
+    }
+
+    /// A heartbeat (odd refs past the joins).
+    pub(crate) fn heartbeat(&mut self) -> String {
+        if self.next_ref % 2 == 0 {
+            self.next_ref += 1;
+        }
+        let f = format!(r#"[null,"{}","phoenix","heartbeat",{{}}]"#, self.next_ref);
+        self.next_ref += 1;
+        f
+    }
+
+    /// A `new_msg` push to `topic` (even refs past the joins), counted as sent.
+    pub(crate) fn push(&mut self, topic: &str) -> String {
+        if self.next_ref % 2 == 1 {
+            self.next_ref += 1;
+        }
+        let f = push_frame(topic, self.next_ref, self.sender, self.seq, &self.pad);
+        self.next_ref += 1;
+        self.seq += 1;
+        self.stats.live.pushes_sent.fetch_add(1, Relaxed);
+        f
+    }
+
+    /// Handles one incoming text frame; anything unparseable is ignored.
+    pub(crate) fn handle(&mut self, text: &str) {
+        let live = &self.stats.live;
+        let Ok(Frame(_, r, _topic, event, payload)) = serde_json::from_str::<Frame>(text) else {
+            return;
+        };
+        match event {
+            "phx_reply" => {
+                let r: u64 = r.and_then(|r| r.parse().ok()).unwrap_or(0);
+                let status_ok = serde_json::from_str::<Reply>(payload.get())
+                    .map(|p| p.status == "ok")
+                    .unwrap_or(false);
+                if r >= 1 && r <= self.n {
+                    if let Some(t) = self.pending[(r - 1) as usize].take() {
+                        if status_ok {
+                            self.stats.joined(t.elapsed().as_micros() as u64);
+                        } else {
+                            live.join_errors.fetch_add(1, Relaxed);
+                        }
+                        self.unsettled -= 1;
+                        if self.unsettled == 0 {
+                            live.settled.fetch_add(1, Relaxed);
+                        }
+                    }
+                } else if r > self.n && r % 2 == 0 {
+                    // even refs are pushes, odd ones heartbeats
+                    if status_ok {
+                        live.pushes_ok.fetch_add(1, Relaxed);
+                    } else {
+                        live.push_errors.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+            "phx_error" | "phx_close" => {
+                live.join_errors.fetch_add(1, Relaxed);
+            }
+            _ => {
+                if let Ok(msg) = serde_json::from_str::<Msg>(payload.get()) {
+                    if self.seen.see(msg.s, msg.seq) {
+                        let now = now_ns();
+                        self.stats.delivery(now, now.saturating_sub(msg.ts) / 1000);
+                    } else {
+                        live.duplicates.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The connection ended: `stopped` when the run told it to, otherwise it
+    /// counts as a disconnect; unanswered joins count as errors.
+    pub(crate) fn finish(self, stopped: bool) {
+        let live = &self.stats.live;
+        live.open.fetch_sub(1, Relaxed);
+        if self.unsettled > 0 {
+            live.join_errors.fetch_add(self.unsettled as u64, Relaxed);
+            live.settled.fetch_add(1, Relaxed);
+        }
+        if !stopped {
+            live.disconnects.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Counts a failed connection attempt (printing the first few).
+pub(crate) fn connect_failed(stats: &Stats, e: &anyhow::Error) {
+    let live = &stats.live;
+    if live.connect_errors.fetch_add(1, Relaxed) < 3 {
+        eprintln!("connect error: {e:#}");
+    }
+    live.settled.fetch_add(1, Relaxed);
+}
+
+/// Runs one WebSocket client until the phase is Stop; counts everything in `stats`.
 pub(crate) async fn run(
     target: Arc<Target>,
     stats: Arc<Stats>,
     spec: Spec,
     mut phase: watch::Receiver<Phase>,
 ) {
-    let live = &stats.live;
     let t0 = Instant::now();
     let mut ws = match connect(&target, spec.idx).await {
         Ok(ws) => ws,
-        Err(e) => {
-            if live.connect_errors.fetch_add(1, Relaxed) < 3 {
-                eprintln!("connect error: {e:#}");
-            }
-            live.settled.fetch_add(1, Relaxed);
-            return;
-        }
+        Err(e) => return connect_failed(&stats, &e),
     };
     record(&mut stats.connect.lock(), t0.elapsed().as_micros() as u64);
-    live.connects_ok.fetch_add(1, Relaxed);
-    live.open.fetch_add(1, Relaxed);
+    let mut c = Client::new(stats, &spec);
 
-    let n = spec.topics.len() as u64;
-    let mut pending: Vec<Option<Instant>> = vec![None; spec.topics.len()];
     let mut ok = true;
     for (i, topic) in spec.topics.iter().enumerate() {
-        let r = i + 1;
-        pending[i] = Some(Instant::now());
-        let f = format!(r#"["{r}","{r}","{topic}","phx_join",{{}}]"#);
+        let f = c.join(i, topic);
         if ws.send(Message::text(f)).await.is_err() {
             ok = false;
             break;
         }
     }
-    let mut unsettled = spec.topics.len();
-    if unsettled == 0 {
-        live.settled.fetch_add(1, Relaxed);
-    }
-    let mut next_ref = n + 1;
-    let mut seen = Seen::default();
-    let mut seq = 0u64;
-    let pad = "x".repeat(spec.pad);
     let mut heartbeat =
         tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     let push_every = spec.push_every.unwrap_or(Duration::from_secs(3600));
@@ -188,71 +318,29 @@ pub(crate) async fn run(
     while ok && cur != Phase::Stop {
         tokio::select! {
             m = ws.next() => {
-                let text = match m {
-                    Some(Ok(Message::Text(t))) => t,
+                match m {
+                    Some(Ok(Message::Text(t))) => c.handle(t.as_str()),
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                    Some(Ok(_)) => continue,
-                };
-                let Ok(Frame(_, r, _topic, event, payload)) = serde_json::from_str::<Frame>(text.as_str()) else { continue };
-                match event {
-                    "phx_reply" => {
-                        let r: u64 = r.and_then(|r| r.parse().ok()).unwrap_or(0);
-                        let status_ok = serde_json::from_str::<Reply>(payload.get()).map(|p| p.status == "ok").unwrap_or(false);
-                        if r >= 1 && r <= n {
-                            if let Some(t) = pending[(r - 1) as usize].take() {
-                                if status_ok { stats.joined(t.elapsed().as_micros() as u64); }
-                                else { live.join_errors.fetch_add(1, Relaxed); }
-                                unsettled -= 1;
-                                if unsettled == 0 { live.settled.fetch_add(1, Relaxed); }
-                            }
-                        } else if r > n && r % 2 == 0 {
-                            // even refs are pushes, odd ones heartbeats
-                            if status_ok { live.pushes_ok.fetch_add(1, Relaxed); }
-                            else { live.push_errors.fetch_add(1, Relaxed); }
-                        }
-                    }
-                    "phx_error" | "phx_close" => { live.join_errors.fetch_add(1, Relaxed); }
-                    _ => {
-                        if let Ok(msg) = serde_json::from_str::<Msg>(payload.get()) {
-                            if seen.see(msg.s, msg.seq) {
-                                let now = now_ns();
-                                stats.delivery(now, now.saturating_sub(msg.ts) / 1000);
-                            } else {
-                                live.duplicates.fetch_add(1, Relaxed);
-                            }
-                        }
-                    }
+                    Some(Ok(_)) => {}
                 }
             }
             _ = heartbeat.tick() => {
-                if next_ref % 2 == 0 { next_ref += 1; }
-                let f = format!(r#"[null,"{next_ref}","phoenix","heartbeat",{{}}]"#);
-                next_ref += 1;
+                let f = c.heartbeat();
                 if ws.send(Message::text(f)).await.is_err() { ok = false; }
             }
-            _ = push.tick(), if pushing && cur == Phase::Go && unsettled == 0 => {
-                if next_ref % 2 == 1 { next_ref += 1; }
-                let f = push_frame(&spec.topics[0], next_ref, spec.idx as u32, seq, &pad);
-                next_ref += 1;
-                seq += 1;
-                live.pushes_sent.fetch_add(1, Relaxed);
+            _ = push.tick(), if pushing && cur == Phase::Go && c.unsettled == 0 => {
+                let f = c.push(&spec.topics[0]);
                 if ws.send(Message::text(f)).await.is_err() { ok = false; }
             }
-            c = phase.changed() => {
-                if c.is_err() { break; }
+            ch = phase.changed() => {
+                if ch.is_err() { break; }
                 cur = *phase.borrow();
             }
         }
     }
-    live.open.fetch_sub(1, Relaxed);
-    if unsettled > 0 {
-        live.join_errors.fetch_add(unsettled as u64, Relaxed);
-        live.settled.fetch_add(1, Relaxed);
-    }
+    c.finish(cur == Phase::Stop);
     if cur == Phase::Stop {
         let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
-    } else {
-        live.disconnects.fetch_add(1, Relaxed);
     }
 }
 

@@ -1,7 +1,9 @@
-//! `loadtest`: a Phoenix-protocol (V2 JSON over WebSocket) load generator.
-//! See loadtest/README.md.
+//! `loadtest`: a Phoenix-protocol (V2 JSON over WebSocket or long-poll) load
+//! generator. See loadtest/README.md.
 
 mod conn;
+mod http;
+mod longpoll;
 mod publish;
 mod report;
 mod stats;
@@ -27,7 +29,9 @@ use tokio::sync::{mpsc, watch};
 )]
 pub(crate) struct Cli {
     /// WebSocket endpoint of the gateway; several, comma-separated, spread the
-    /// connections round-robin over several pods.
+    /// connections round-robin over several pods. With `--transport longpoll`
+    /// `ws://H/P/websocket?Q` means `http://H/P/longpoll?Q`; an `http://` URL
+    /// of the long-poll endpoint is taken as it is.
     #[arg(
         long,
         global = true,
@@ -35,6 +39,10 @@ pub(crate) struct Cli {
         default_value = "ws://127.0.0.1:4000/socket/websocket?vsn=2.0.0"
     )]
     url: Vec<String>,
+    /// How clients connect: WebSocket, or Phoenix long-poll (two keep-alive
+    /// HTTP connections per client: one for polls, one for POSTs).
+    #[arg(long, global = true, value_enum, default_value = "websocket")]
+    transport: TransportKind,
     /// How long the measured phase lasts: 10, 10s, 500ms, 2m.
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
@@ -71,6 +79,23 @@ pub(crate) struct Cli {
     worker_count: Option<u64>,
     #[command(subcommand)]
     scenario: Scenario,
+}
+
+/// The client transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum TransportKind {
+    Websocket,
+    Longpoll,
+}
+
+impl TransportKind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            TransportKind::Websocket => "websocket",
+            TransportKind::Longpoll => "longpoll",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand, Clone, Serialize)]
@@ -216,19 +241,25 @@ enum Out {
 async fn resolve(url: &str) -> anyhow::Result<std::net::SocketAddr> {
     let rest = url
         .strip_prefix("ws://")
-        .context("--url must start with ws://")?;
-    let hostport = rest.split('/').next().unwrap_or(rest);
+        .or_else(|| url.strip_prefix("http://"))
+        .context("--url must start with ws:// or http://")?;
+    let hostport = rest.split(['/', '?']).next().unwrap_or(rest);
     tokio::net::lookup_host(hostport)
         .await?
         .next()
         .with_context(|| format!("cannot resolve {hostport}"))
 }
 
-/// Where connections go: every `--url`, resolved once.
-async fn target(cli: &Cli) -> anyhow::Result<Target> {
+/// Where connections of `transport` go: every `--url` (as that transport's
+/// URL), resolved once.
+async fn target(cli: &Cli, transport: TransportKind) -> anyhow::Result<Target> {
     let mut endpoints = Vec::with_capacity(cli.url.len());
     for url in &cli.url {
-        endpoints.push((resolve(url).await?, url.clone()));
+        let url = match transport {
+            TransportKind::Websocket => longpoll::websocket_url(url)?,
+            TransportKind::Longpoll => longpoll::longpoll_url(url)?,
+        };
+        endpoints.push((resolve(&url).await?, url));
     }
     Ok(Target {
         endpoints,
@@ -244,7 +275,7 @@ async fn worker(
     mut ctrl: mpsc::UnboundedReceiver<Control>,
     out: mpsc::UnboundedSender<Out>,
 ) -> anyhow::Result<()> {
-    let target = Arc::new(target(&cli).await?);
+    let target = Arc::new(target(&cli, cli.transport).await?);
     let stats = Arc::new(Stats::default());
     let (n, rate, ntopics, per_conn, push_every) = cli.shape();
     let is_connect = matches!(cli.scenario, Scenario::Connect(_));
@@ -299,12 +330,11 @@ async fn worker(
             push_every,
             pad: cli.payload_pad,
         };
-        tasks.spawn(conn::run(
-            target.clone(),
-            stats.clone(),
-            spec,
-            phase_rx.clone(),
-        ));
+        let (t, st, ph) = (target.clone(), stats.clone(), phase_rx.clone());
+        match cli.transport {
+            TransportKind::Websocket => tasks.spawn(conn::run(t, st, spec, ph)),
+            TransportKind::Longpoll => tasks.spawn(longpoll::run(t, st, spec, ph)),
+        };
     }
     let spawned = tasks.len() as u64;
     // Wait until every connection has connected and joined (or failed).
@@ -626,7 +656,8 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
             rss_after = Some(total_rss(&cli.gateway_pid)?);
         }
         Scenario::Fanout(a) => {
-            let target = target(&cli).await?;
+            // The push publisher is a WebSocket client whatever --transport says.
+            let target = target(&cli, TransportKind::Websocket).await?;
             let spec = publish::PublishSpec {
                 via: a.via,
                 topics: (0..ntopics).map(|t| cli.topic(t)).collect(),

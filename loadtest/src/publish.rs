@@ -1,12 +1,12 @@
 //! The fan-out publisher: Redis PUBLISH, the HTTP API, or client pushes.
 
 use crate::conn::{self, Frame, Reply, Target};
+use crate::http;
 use crate::stats::{now_ns, Stats};
 use anyhow::{bail, Context as _};
 use futures_util::{SinkExt as _, StreamExt as _};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -39,70 +39,33 @@ fn payload(seq: u64, sender: usize, pad: &str) -> String {
     )
 }
 
-/// A minimal keep-alive HTTP/1.1 client for POST /api/broadcast.
+/// POST /api/broadcast over one keep-alive connection.
 struct Api {
-    host: String,
     path: String,
-    key: String,
-    conn: BufReader<TcpStream>,
+    headers: String,
+    conn: http::Conn,
 }
 
 impl Api {
     async fn connect(url: &str, key: &str) -> anyhow::Result<Api> {
-        let rest = url
-            .strip_prefix("http://")
-            .context("--api-url must start with http://")?;
-        let (host, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/api/broadcast"),
-        };
+        let (host, path) = http::split_url(url).context("--api-url")?;
+        let path = if path == "/" { "/api/broadcast" } else { path };
         let stream = TcpStream::connect(host)
             .await
             .context("connect to the API")?;
         stream.set_nodelay(true)?;
         Ok(Api {
-            host: host.to_string(),
             path: path.to_string(),
-            key: key.to_string(),
-            conn: BufReader::new(stream),
+            headers: format!("Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"),
+            conn: http::Conn::new(stream, host),
         })
     }
 
     async fn post(&mut self, body: &str) -> anyhow::Result<u16> {
-        let req = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
-            self.path,
-            self.host,
-            self.key,
-            body.len(),
-            body
-        );
-        self.conn.get_mut().write_all(req.as_bytes()).await?;
-        let mut line = String::new();
-        self.conn.read_line(&mut line).await?;
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .context("bad HTTP status line")?;
-        let mut len = 0usize;
-        loop {
-            line.clear();
-            if self.conn.read_line(&mut line).await? == 0 {
-                bail!("API closed the connection");
-            }
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse()?;
-                }
-            }
-        }
-        let mut body = vec![0u8; len];
-        self.conn.read_exact(&mut body).await?;
+        let (status, _) = self
+            .conn
+            .request("POST", &self.path, &self.headers, body.as_bytes())
+            .await?;
         Ok(status)
     }
 }

@@ -137,8 +137,9 @@ impl<'a> Report<'a> {
         let c = &self.m.counters;
         let mut s = String::new();
         s += &format!(
-            "\nloadtest {} — {} connections, {} worker process(es), setup {:.2}s, run {:.2}s\n\n",
+            "\nloadtest {} over {} — {} connections, {} worker process(es), setup {:.2}s, run {:.2}s\n\n",
             self.cli.name(),
+            self.cli.transport.name(),
             self.x.connections,
             self.x.workers,
             self.x.setup_secs,
@@ -228,6 +229,7 @@ impl<'a> Report<'a> {
             .collect();
         json!({
             "scenario": self.cli.name(),
+            "transport": self.cli.transport.name(),
             "parameters": serde_json::to_value(&self.cli.scenario).unwrap_or(Value::Null),
             "command": std::env::args().collect::<Vec<_>>(),
             "git_commit": git_commit(),

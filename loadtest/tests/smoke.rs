@@ -166,6 +166,10 @@ impl Env {
             "/../config/example.toml"
         ))
         .unwrap();
+        assert!(
+            example.contains("[socket.longpoll]\nenabled = true"),
+            "config/example.toml must enable long-poll for the long-poll smoke run"
+        );
         let config = format!(
             "{example}\n[redis]\nurl = \"redis://127.0.0.1:{redis_port}\"\nprefix = \"{prefix}\"\n"
         );
@@ -337,4 +341,61 @@ fn every_scenario_runs_against_a_real_gateway_and_redis() {
     let v = env.run("chat", &["chat", "-c", "20", "-p", "2"]);
     assert_delivered("chat", &v);
     assert!(v["counters"]["pushes_ok"].as_u64().unwrap() > 0, "{v}");
+}
+
+/// The same scenarios over Phoenix long-poll (`--transport longpoll`): the
+/// example config enables `[socket.longpoll]` on `/socket`.
+#[test]
+fn scenarios_run_over_longpoll() {
+    let env = Env::start();
+    let lp = ["--transport", "longpoll"];
+    let with = |args: &[&str]| -> Vec<String> {
+        lp.iter()
+            .chain(args)
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+    };
+    let run = |name: &str, args: &[&str]| {
+        let args = with(args);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let v = env.run(name, &args);
+        assert_eq!(v["transport"], "longpoll", "{name}: {v}");
+        v
+    };
+
+    let v = run(
+        "lp-connect",
+        &["connect", "-n", "20", "-r", "200", "-t", "2"],
+    );
+    assert_eq!(v["counters"]["connects_ok"], 20, "{v}");
+    assert_eq!(v["counters"]["joins_ok"], 40, "{v}");
+
+    let redis_url = env.redis_url();
+    let v = run(
+        "lp-fanout-redis",
+        &[
+            "fanout",
+            "-s",
+            "20",
+            "-t",
+            "2",
+            "-p",
+            "50",
+            "--via",
+            "redis",
+            "--redis-url",
+            &redis_url,
+            "--prefix",
+            &env.prefix,
+            "--source-ips",
+            "127.0.0.2,127.0.0.3",
+        ],
+    );
+    assert_eq!(v["counters"]["joins_ok"], 20, "{v}");
+    assert_delivered("long-poll fanout via redis", &v);
+
+    let v = run("lp-chat", &["chat", "-c", "15", "-p", "2"]);
+    assert_delivered("long-poll chat", &v);
+    assert!(v["counters"]["pushes_ok"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["counters"]["disconnects"], 0, "{v}");
 }
