@@ -71,6 +71,7 @@ pub struct Endpoint {
     pub(crate) shutdown: CancellationToken,
     /// When open connections close (1001) and which are still open.
     pub(crate) drain: Drain,
+    limits: Limits,
     ready: AtomicBool,
     /// Long-poll sessions owned here and requests relayed to their owners.
     pub(crate) longpoll: Arc<LongPoll>,
@@ -95,6 +96,7 @@ impl Endpoint {
             routes: Vec::new(),
             longpoll_secret: None,
             relay_timeout: DEFAULT_RELAY_TIMEOUT,
+            limits: Limits::default(),
         }
     }
 
@@ -143,7 +145,45 @@ impl Endpoint {
 
     /// Whether `/readyz` answers 200.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst) && self.over_limit().is_none()
+    }
+
+    /// `/readyz`: whether this pod should get new users, and a body saying
+    /// why not, plus the broker's state.
+    pub fn readiness(&self) -> (bool, String) {
+        let (ok, state) = if !self.ready.load(Ordering::SeqCst) {
+            (false, "draining".to_owned())
+        } else if let Some(why) = self.over_limit() {
+            (false, why)
+        } else {
+            (true, "ready".to_owned())
+        };
+        (
+            ok,
+            format!(
+                "{state}\nconnections: {}\n{}\n",
+                self.drain.open(),
+                self.pubsub.broker_health()
+            ),
+        )
+    }
+
+    /// Why a new connection is refused: at the connection limit or over the
+    /// memory threshold.
+    pub(crate) fn over_limit(&self) -> Option<String> {
+        if let Some(max) = self.limits.max_connections {
+            let open = self.drain.open();
+            if open >= max {
+                return Some(format!("at connection limit ({open} of {max})"));
+            }
+        }
+        if let Some(max) = self.limits.max_memory {
+            let rss = crate::server::resident_memory()?;
+            if rss > max {
+                return Some(format!("over memory threshold ({rss} of {max} bytes)"));
+            }
+        }
+        None
     }
 
     pub(crate) fn route(&self, method: &Method, path: &str) -> Option<&Arc<RouteFn>> {
@@ -166,6 +206,17 @@ pub struct EndpointBuilder {
     routes: Vec<(Method, String, Arc<RouteFn>)>,
     longpoll_secret: Option<Vec<u8>>,
     relay_timeout: Duration,
+    limits: Limits,
+}
+
+/// Per-pod limits past which new connections are refused and `/readyz`
+/// fails, so a balancer sends new users elsewhere.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// Open connections (WebSocket and long-poll sessions); `None`: no limit.
+    pub max_connections: Option<usize>,
+    /// Resident memory in bytes; `None`: no threshold.
+    pub max_memory: Option<u64>,
 }
 
 impl Default for EndpointBuilder {
@@ -207,6 +258,12 @@ impl EndpointBuilder {
     /// Default: random per process, which only suits a single pod.
     pub fn longpoll_secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
         self.longpoll_secret = Some(secret.into());
+        self
+    }
+
+    /// Connection and memory limits of this pod (default: none).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -255,6 +312,7 @@ impl EndpointBuilder {
             routes: self.routes,
             shutdown,
             drain,
+            limits: self.limits,
             ready: AtomicBool::new(true),
             longpoll,
         })

@@ -38,6 +38,14 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// This process's resident memory in bytes (VmRSS), where the OS tells it.
+pub fn resident_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// Serves `endpoint` on `listener` until [`Endpoint::shutdown`] is called.
 ///
 /// # Errors
@@ -80,11 +88,13 @@ async fn handle(ep: Arc<Endpoint>, peer: SocketAddr, req: Request<Incoming>) -> 
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok"),
         (&Method::GET, "/readyz") => {
-            return if ep.is_ready() {
-                text(StatusCode::OK, "ready")
+            let (ready, body) = ep.readiness();
+            let status = if ready {
+                StatusCode::OK
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "draining")
-            }
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            return text(status, &body);
         }
         _ => {}
     }

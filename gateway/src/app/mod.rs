@@ -10,7 +10,7 @@ mod rules;
 
 use crate::channel::Router;
 use crate::config::{Config, ConfigError, OriginSetting};
-use crate::endpoint::{Endpoint, Socket};
+use crate::endpoint::{Endpoint, Limits, Socket};
 use crate::pubsub::PubSub;
 use crate::socket::{CheckOrigin, LongPollConfig, OriginRule, SocketConfig};
 use hyper::Method;
@@ -56,7 +56,12 @@ fn longpoll_secret(config: &Config) -> Option<Vec<u8>> {
 /// # Errors
 /// A config problem that validation let through, naming its key.
 pub fn build(config: &Config, pubsub: PubSub) -> Result<Arc<Endpoint>, ConfigError> {
+    let server = &config.server;
     let mut builder = Endpoint::builder()
+        .limits(Limits {
+            max_connections: (server.max_connections > 0).then_some(server.max_connections),
+            max_memory: (server.max_memory_mb > 0).then_some(server.max_memory_mb * 1024 * 1024),
+        })
         .pubsub(pubsub.clone())
         .longpoll_relay_timeout(Duration::from_millis(config.longpoll.relay_timeout_ms));
     if let Some(secret) = longpoll_secret(config) {

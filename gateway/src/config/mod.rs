@@ -108,6 +108,18 @@ pub struct ServerConfig {
     /// Default 45000.
     #[serde(default = "default_shutdown_deadline_ms")]
     pub shutdown_deadline_ms: u64,
+    /// Open connections (WebSocket and long-poll sessions) past which new
+    /// ones are refused (503) and `/readyz` fails. Default 50000; 0: no limit.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Resident memory in MiB past which new connections are refused and
+    /// `/readyz` fails, below the container's limit. Default 0: no threshold.
+    #[serde(default)]
+    pub max_memory_mb: u64,
+}
+
+fn default_max_connections() -> usize {
+    50_000
 }
 
 fn default_drain_delay_ms() -> u64 {
@@ -134,6 +146,8 @@ impl Default for ServerConfig {
             drain_delay_ms: default_drain_delay_ms(),
             drain_period_ms: default_drain_period_ms(),
             shutdown_deadline_ms: default_shutdown_deadline_ms(),
+            max_connections: default_max_connections(),
+            max_memory_mb: 0,
         }
     }
 }

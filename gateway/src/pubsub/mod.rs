@@ -69,6 +69,13 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
         let _ = (node, body);
         Ok(false)
     }
+
+    /// One line for `/readyz`'s body, e.g. `redis: connected`, so an outage
+    /// is visible where operators look first (it does not fail readiness:
+    /// clients keep their connections and pods resubscribe on return).
+    fn health(&self) -> String {
+        "broker: memory".into()
+    }
 }
 
 /// Receives the point-to-point messages of [`Broker::listen`].
@@ -139,6 +146,11 @@ impl PubSub {
     /// Presence: who is in a topic, on every node.
     pub fn presence(&self) -> &Presence {
         &self.presence
+    }
+
+    /// The broker's state, one line (see [`Broker::health`]).
+    pub fn broker_health(&self) -> String {
+        self.broker.health()
     }
 
     /// The local registry.

@@ -106,6 +106,19 @@ impl RedisBroker {
 
 #[async_trait]
 impl Broker for RedisBroker {
+    fn health(&self) -> String {
+        let s = self.bus.stats();
+        let state = if self.bus.is_connected() {
+            "connected"
+        } else {
+            "disconnected"
+        };
+        format!(
+            "redis: {state} (reconnects {})",
+            s.reconnects.load(std::sync::atomic::Ordering::Relaxed)
+        )
+    }
+
     async fn subscribe(&self, topic: &str) -> Result<(), BrokerError> {
         self.bus
             .subscribe(topic)

@@ -47,6 +47,10 @@ pub(crate) async fn handshake(
     if ep.shutdown.is_cancelled() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
     }
+    if let Some(why) = ep.over_limit() {
+        tracing::debug!(%peer, why, "connection refused");
+        return text(StatusCode::SERVICE_UNAVAILABLE, &why);
+    }
     let origin = req
         .headers()
         .get(hyper::header::ORIGIN)

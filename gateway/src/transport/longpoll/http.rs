@@ -114,6 +114,10 @@ async fn open(
             "server is shutting down",
         ));
     }
+    if let Some(why) = ep.over_limit() {
+        tracing::debug!(%peer, why, "long-poll session refused");
+        return cors(text(StatusCode::SERVICE_UNAVAILABLE, &why));
+    }
     let Ok(vsn) = Vsn::negotiate(params.get("vsn")) else {
         return status_only(403);
     };
