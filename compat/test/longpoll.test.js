@@ -4,10 +4,13 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { LongPoll, Socket } from "phoenix";
+import { LongPoll, Presence, Socket } from "phoenix";
 import WebSocket from "ws";
 import { startCluster } from "../lib/cluster.js";
 import { closeSocket, EventLog, join, push, recordChannel, withTimeout } from "../lib/phx.js";
+
+/** Presence diffs cross pods through Redis (batched); generous for 2 busy cores. */
+const CONVERGE_MS = 20_000;
 
 /** Rejoining after the owner pod died takes a poll window (10 s) plus the
  * relay timeout (2 s) at worst, then the client's reconnect backoff. */
@@ -79,9 +82,91 @@ test(
     for (const [pod, count] of Object.entries(perPod)) {
       assert.ok(count >= 3, `pod ${pod} served ${count} long-poll requests`);
     }
-    // TODO(issue 6): presence over long-poll through the balancer (presence
-    // is being built on another branch): track on join and expect
-    // presence_state / presence_diff here.
+  }),
+);
+
+/** "alice:1,bob:1": who is present and with how many metas. */
+function summary(presence) {
+  return presence
+    .list((key, { metas }) => `${key}:${metas.length}`)
+    .sort()
+    .join(",");
+}
+
+/** A client joined to `topic` as `user` (config/example.toml keys room:*
+ * presence by the `user` join param) with phoenix.js `Presence` on its
+ * channel; every onSync is logged with the list at that moment. */
+async function presenceMember(t, url, opts, topic, user) {
+  const client = await open(t, url, opts);
+  const channel = client.socket.channel(topic, { user });
+  const presence = new Presence(channel);
+  const syncs = new EventLog(`${user} presence sync`);
+  presence.onSync(() => syncs.push({ list: summary(presence) }));
+  assert.equal((await join(channel)).status, "ok", `${user} joins ${topic}`);
+  return { ...client, channel, presence, syncs, user };
+}
+
+/** Waits (on onSync events) until every member's list is `want`. */
+async function converge(members, want) {
+  await Promise.all(
+    members.map((m) =>
+      summary(m.presence) === want
+        ? null
+        : m.syncs.waitFor((e) => e.list === want, {
+            from: m.syncs.mark,
+            timeout: CONVERGE_MS,
+            label: `${m.user}'s presence list to be ${want} (it is ${summary(m.presence)})`,
+          }),
+    ),
+  );
+}
+
+test(
+  "presence through nginx round-robin: long-poll and WebSocket clients' Presence lists converge, and a leave",
+  withLogs(async (t) => {
+    const topic = unique("presence");
+    const reqsBefore = cluster.longpollRequestsPerPod();
+    const alice = await presenceMember(t, cluster.socketUrl, { transport: LongPoll }, topic, "alice");
+    const bob = await presenceMember(t, cluster.socketUrl, { transport: LongPoll }, topic, "bob");
+    const carol = await presenceMember(t, cluster.socketUrl, { transport: WebSocket }, topic, "carol");
+    assert.ok(alice.socket.conn instanceof LongPoll && bob.socket.conn instanceof LongPoll);
+    assert.ok(carol.socket.conn instanceof WebSocket);
+    const owners = [alice, bob].map((m) => `${m.user} on pod${cluster.ownerOf(m.socket.conn.token)?.i}`);
+    t.diagnostic(`long-poll session owners: ${owners.join(", ")}`);
+
+    const all = [alice, bob, carol];
+    await converge(all, "alice:1,bob:1,carol:1");
+    // Every client holds the same list, metas (phx_ref, online_at) included.
+    assert.deepEqual(alice.presence.list(), carol.presence.list());
+    assert.deepEqual(bob.presence.list(), carol.presence.list());
+    for (const { metas } of alice.presence.list((k, p) => p)) {
+      assert.equal(typeof metas[0].phx_ref, "string");
+    }
+
+    // bob (long-poll) leaves the channel; the others see him go.
+    await withTimeout(
+      new Promise((resolve) => bob.channel.leave().receive("ok", resolve)),
+      10_000,
+      "bob's leave reply",
+    );
+    await converge([alice, carol], "alice:1,carol:1");
+    assert.deepEqual(alice.presence.list(), carol.presence.list());
+
+    // carol (WebSocket) leaves too: alice, on long-poll, is alone.
+    await withTimeout(
+      new Promise((resolve) => carol.channel.leave().receive("ok", resolve)),
+      10_000,
+      "carol's leave reply",
+    );
+    await converge([alice], "alice:1");
+
+    // This test's long-poll requests, too, went to every pod.
+    const reqsAfter = cluster.longpollRequestsPerPod();
+    const delta = Object.fromEntries(Object.entries(reqsAfter).map(([pod, c]) => [pod, c - (reqsBefore[pod] || 0)]));
+    t.diagnostic(`long-poll requests per pod in this test: ${JSON.stringify(delta)}`);
+    for (const [pod, count] of Object.entries(delta)) {
+      assert.ok(count >= 1, `pod ${pod} served ${count} of this test's long-poll requests`);
+    }
   }),
 );
 

@@ -2,7 +2,8 @@
 // headless Chromium, where it uses XMLHttpRequest, from a page on another
 // origin than the balancer (so every POST and every GET with the authToken
 // header needs a CORS preflight), against three gateway pods and one Redis
-// behind nginx in plain round-robin (../compat/lib/cluster.js). Also the
+// behind nginx in plain round-robin (../compat/lib/cluster.js), including
+// phoenix.js Presence (two pages see each other, then a leave). Also the
 // WebSocket -> long-poll fallback (longPollFallbackMs) where nginx refuses
 // WebSocket upgrades, and no fallback where it passes them.
 //
@@ -122,9 +123,77 @@ describe('phoenix.js LongPoll in Chromium behind nginx round-robin', { timeout: 
     for (const [pod, count] of Object.entries(perPod)) {
       assert.ok(count >= 2, `pod ${pod} served ${count} long-poll requests`);
     }
-    // TODO(issue 6): presence through the balancer in the browser, once
-    // presence lands (another branch): presence_state / presence_diff here.
     assert.deepEqual(pageErrors, []);
+  });
+  it('presence: two browser LongPoll clients see each other in Presence.list(), and a leave', async () => {
+    // config/example.toml keys presence on room:* by the `user` join param.
+    const topic = `room:presence-${randomUUID()}`;
+    const other = await (await browser.newContext()).newPage();
+    other.on('pageerror', (err) => pageErrors.push(err.message));
+    try {
+      await other.goto(`http://127.0.0.1:${cluster.pods[2].port}/`, { waitUntil: 'load', timeout: WAIT_MS });
+      const pages = { ann: page, ben: other };
+      // Joins `topic` as `user` over LongPoll with phoenix.js Presence; every
+      // onSync settles the waits (window.pres.until) whose list it matches.
+      const joinAs = (p, user) =>
+        p.evaluate(
+          ({ url, topic, user, waitMs }) =>
+            new Promise((resolve, reject) => {
+              const socket = new Phoenix.Socket(url, { transport: Phoenix.LongPoll });
+              socket.connect();
+              const channel = socket.channel(topic, { user });
+              const presence = new Phoenix.Presence(channel);
+              const list = () => presence.list((key, { metas }) => `${key}:${metas.length}`).sort().join(',');
+              const waits = [];
+              presence.onSync(() => {
+                for (const w of [...waits]) {
+                  if (w.want !== list()) continue;
+                  waits.splice(waits.indexOf(w), 1);
+                  w.resolve(w.want);
+                }
+              });
+              window.pres = {
+                socket,
+                channel,
+                presence,
+                list,
+                until: (want, ms) =>
+                  new Promise((ok, fail) => {
+                    if (list() === want) return ok(want);
+                    waits.push({ want, resolve: ok });
+                    setTimeout(() => fail(new Error(`presence list is ${list()}, not ${want}, after ${ms} ms`)), ms);
+                  }),
+              };
+              channel
+                .join()
+                .receive('ok', () => resolve({ longpoll: socket.conn instanceof Phoenix.LongPoll }))
+                .receive('error', (e) => reject(new Error(`join error ${JSON.stringify(e)}`)))
+                .receive('timeout', () => reject(new Error('join timeout')));
+              setTimeout(() => reject(new Error('no join reply')), waitMs);
+            }),
+          { url: cluster.socketUrl, topic, user, waitMs: WAIT_MS },
+        );
+      const until = (p, want) => p.evaluate(({ want, ms }) => window.pres.until(want, ms), { want, ms: WAIT_MS });
+
+      assert.deepEqual(await joinAs(pages.ann, 'ann'), { longpoll: true });
+      assert.deepEqual(await joinAs(pages.ben, 'ben'), { longpoll: true });
+      await Promise.all([until(pages.ann, 'ann:1,ben:1'), until(pages.ben, 'ann:1,ben:1')]);
+      const lists = await Promise.all([pages.ann, pages.ben].map((p) => p.evaluate(() => window.pres.presence.list())));
+      assert.deepEqual(lists[0], lists[1], 'both pages hold the same list, metas included');
+
+      await pages.ben.evaluate(
+        (ms) =>
+          new Promise((resolve, reject) => {
+            window.pres.channel.leave().receive('ok', resolve);
+            setTimeout(() => reject(new Error('no leave reply')), ms);
+          }),
+        WAIT_MS,
+      );
+      assert.equal(await until(pages.ann, 'ann:1'), 'ann:1');
+      assert.deepEqual(pageErrors, []);
+    } finally {
+      await other.context().close();
+    }
   });
   it('longPollFallbackMs: falls back to long-poll where nginx refuses the upgrade, keeps WebSocket where it passes', async () => {
     const topic = `room:fallback-${randomUUID()}`;
