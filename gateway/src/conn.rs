@@ -35,6 +35,8 @@ pub enum Disconnect {
     ServerShutdown,
     /// The connection's token expired and was not refreshed.
     TokenExpired,
+    /// It kept sending past its push rate limit.
+    RateLimited,
 }
 
 impl Disconnect {
@@ -51,6 +53,7 @@ impl Disconnect {
             Disconnect::Forced => Some((1001, "disconnect")),
             Disconnect::ServerShutdown => Some((1001, "server shutting down")),
             Disconnect::TokenExpired => Some((1008, "token expired")),
+            Disconnect::RateLimited => Some((1008, "rate limited")),
         }
     }
 
@@ -66,6 +69,7 @@ impl Disconnect {
             Disconnect::Forced => "forced",
             Disconnect::ServerShutdown => "shutdown",
             Disconnect::TokenExpired => "token_expired",
+            Disconnect::RateLimited => "rate_limited",
         }
     }
 }

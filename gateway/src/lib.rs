@@ -50,6 +50,6 @@ pub use endpoint::{Endpoint, Socket};
 pub use presence::{Presence, PresenceConfig, PresenceError};
 pub use protocol::{Json, Payload};
 pub use socket::{
-    AcceptAll, Assigns, ConnectError, ConnectInfo, LongPollConfig, Params, SocketConfig,
+    AcceptAll, Assigns, ConnectError, ConnectInfo, LongPollConfig, Params, PushRate, SocketConfig,
     SocketHandler,
 };

@@ -12,7 +12,7 @@ use crate::channel::Router;
 use crate::config::{Config, ConfigError, OriginSetting};
 use crate::endpoint::{Endpoint, Limits, Socket};
 use crate::pubsub::PubSub;
-use crate::socket::{CheckOrigin, LongPollConfig, OriginRule, SocketConfig};
+use crate::socket::{CheckOrigin, LongPollConfig, OriginRule, PushRate, SocketConfig};
 use hyper::Method;
 use rules::{Rule, RuleChannel};
 use std::sync::Arc;
@@ -106,6 +106,10 @@ pub fn build(config: &Config, pubsub: PubSub) -> Result<Arc<Endpoint>, ConfigErr
             max_frame_size: s.max_frame_size,
             max_channels: s.max_channels,
             outbound_queue: s.outbound_queue,
+            push_rate: (s.push_rate > 0).then_some(PushRate {
+                per_second: f64::from(s.push_rate),
+                burst: s.push_burst,
+            }),
             idle_timeout: Duration::from_millis(s.idle_timeout_ms),
             check_origin,
             longpoll: s.longpoll.enabled.then(|| LongPollConfig {

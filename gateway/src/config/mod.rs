@@ -449,6 +449,14 @@ pub struct SocketSection {
     /// consumer. Default 1024.
     #[serde(default = "default_queue")]
     pub outbound_queue: usize,
+    /// Messages per second a connection may send (heartbeats excepted);
+    /// more get an error reply. Default 100; 0: no limit.
+    #[serde(default = "default_push_rate")]
+    pub push_rate: u32,
+    /// Messages allowed at once; also the refusals in a row after which the
+    /// connection is closed (1008 "rate limited"). Default 200.
+    #[serde(default = "default_push_burst")]
+    pub push_burst: u32,
     /// Close connections silent for this long, milliseconds. Default 60000.
     #[serde(default = "default_idle")]
     pub idle_timeout_ms: u64,
@@ -469,6 +477,14 @@ fn default_max_frame() -> usize {
 fn default_max_channels() -> usize {
     100
 }
+fn default_push_rate() -> u32 {
+    100
+}
+
+fn default_push_burst() -> u32 {
+    200
+}
+
 fn default_queue() -> usize {
     1024
 }
@@ -725,6 +741,12 @@ impl Config {
             }
             if s.max_channels == 0 {
                 return Err(invalid(key("max_channels"), "must be at least 1"));
+            }
+            if s.push_rate > 0 && s.push_burst == 0 {
+                return Err(invalid(
+                    key("push_burst"),
+                    "must be at least 1 when push_rate is set",
+                ));
             }
             if s.outbound_queue == 0 {
                 return Err(invalid(key("outbound_queue"), "must be at least 1"));

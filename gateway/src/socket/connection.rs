@@ -4,6 +4,7 @@
 //! Runs inside the transport's reader and never awaits, so a slow channel
 //! cannot stall the connection; channels do their work in their own tasks.
 
+use super::rate::{Bucket, Verdict};
 use super::Assigns;
 use crate::channel::context::SocketInfo;
 use crate::channel::runner::{Previous, Start};
@@ -16,7 +17,7 @@ use crate::pubsub::{BrokerError, PubSub, Subscription};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 use tokio::sync::watch;
 
 /// A joined (or joining) channel as the connection tracks it.
@@ -50,6 +51,8 @@ pub(crate) struct Connection {
     /// Tells the expiry watcher when the credentials now expire.
     expiry: Option<watch::Sender<Option<SystemTime>>>,
     _socket_id: Option<Subscription>,
+    /// The push rate limit's state, when the socket has one.
+    push_limit: Option<Bucket>,
 }
 
 impl Connection {
@@ -85,7 +88,13 @@ impl Connection {
             channels: HashMap::new(),
             expiry: None,
             _socket_id: id_sub,
+            push_limit: None,
         };
+        connection.push_limit = connection
+            .socket
+            .config
+            .push_rate
+            .map(|rate| Bucket::new(rate, Instant::now()));
         let expires = connection
             .socket
             .handler
@@ -139,6 +148,27 @@ impl Connection {
                 response: &Payload::empty(),
             });
             return;
+        }
+        if let Some(bucket) = &mut self.push_limit {
+            match bucket.take(Instant::now()) {
+                Verdict::Allow => {}
+                Verdict::Refuse => {
+                    let reason = Payload::json(&serde_json::json!({"reason": "rate limited"}));
+                    self.conn.send(&Outbound::Reply {
+                        join_ref: msg.join_ref.as_deref(),
+                        ref_: msg.ref_.as_deref(),
+                        topic: &msg.topic,
+                        status: "error",
+                        response: &reason,
+                    });
+                    return;
+                }
+                Verdict::Abuse => {
+                    tracing::debug!(conn = self.conn.id(), "closing: push rate limit");
+                    self.conn.close(Disconnect::RateLimited);
+                    return;
+                }
+            }
         }
         match msg.event.as_str() {
             "phx_join" => self.join(msg),

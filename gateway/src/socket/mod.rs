@@ -3,8 +3,10 @@
 
 pub(crate) mod connection;
 mod origin;
+mod rate;
 
 pub use origin::{CheckOrigin, OriginRule};
+pub use rate::PushRate;
 
 use crate::protocol::Payload;
 use async_trait::async_trait;
@@ -155,6 +157,9 @@ pub struct SocketConfig {
     /// The long-poll transport at `{path}/longpoll`, when set. Default off,
     /// as in Phoenix 1.8.
     pub longpoll: Option<LongPollConfig>,
+    /// Messages a connection may send (heartbeats excepted), when limited.
+    /// Default 100/s with bursts of 200.
+    pub push_rate: Option<PushRate>,
 }
 
 /// The long-poll transport's limits. The defaults are Phoenix's.
@@ -193,6 +198,10 @@ impl Default for SocketConfig {
             idle_timeout: Duration::from_secs(60),
             check_origin: CheckOrigin::Off,
             longpoll: None,
+            push_rate: Some(PushRate {
+                per_second: 100.0,
+                burst: 200,
+            }),
         }
     }
 }

@@ -39,6 +39,7 @@ const RULES: &str = r#"
 path = "/socket"
 require_token = false
 socket_id = "users_socket:{sub}"
+push_rate = 0                          # ordering tests push faster than the default limit
 
 [socket.jwt]
 algorithm = "HS256"
