@@ -143,11 +143,6 @@ impl Endpoint {
         self.drain.closed().await;
     }
 
-    /// Whether `/readyz` answers 200.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) && self.over_limit().is_none()
-    }
-
     /// `/readyz`: whether this pod should get new users, and a body saying
     /// why not, plus the broker's state.
     pub fn readiness(&self) -> (bool, String) {
