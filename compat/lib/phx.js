@@ -182,3 +182,11 @@ export function recordChannel(channel, events = []) {
   }
   return log;
 }
+
+/** The full list, keyed and sorted by key: clients list keys in the order
+ * their state and diffs arrived, which differs between clients. */
+export function byKey(presence) {
+  return presence
+    .list((key, presence) => [key, presence])
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+}
