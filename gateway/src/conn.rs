@@ -5,6 +5,7 @@
 //! the client does not keep up, and the connection is closed as a slow
 //! consumer instead of letting memory grow.
 
+use crate::metrics::Sent;
 use crate::protocol::{Frame, Outbound, Vsn};
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -77,10 +78,21 @@ impl Disconnect {
 /// An item for the writer.
 #[derive(Clone, Debug)]
 pub(crate) enum Out {
-    /// A protocol frame.
-    Data(Frame),
+    /// A protocol frame, and what it carries (for metrics).
+    Data(Frame, Sent),
     /// The answer to a client ping.
     Pong(Bytes),
+}
+
+impl Out {
+    /// What the item carries, for `gateway_messages_sent_total`; a pong is
+    /// not a Phoenix message.
+    pub(crate) fn sent(&self) -> Option<Sent> {
+        match self {
+            Out::Data(_, kind) => Some(*kind),
+            Out::Pong(_) => None,
+        }
+    }
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -150,8 +162,15 @@ impl ConnHandle {
     /// Encodes and queues one message. A message the serializer cannot carry
     /// (binary on V1) is dropped and logged; it is the sender's mistake.
     pub(crate) fn send(&self, out: &Outbound<'_>) -> bool {
+        let kind = match out {
+            Outbound::Reply { .. } => Sent::Reply,
+            Outbound::Message { event, .. } if matches!(*event, "phx_close" | "phx_error") => {
+                Sent::Control
+            }
+            Outbound::Message { .. } => Sent::Push,
+        };
         match self.0.vsn.encode(out) {
-            Ok(frame) => self.push(Out::Data(frame)),
+            Ok(frame) => self.push(Out::Data(frame, kind)),
             Err(e) => {
                 tracing::warn!(conn = self.0.id, error = %e, "dropping message the client's serializer cannot carry");
                 false
@@ -213,7 +232,7 @@ mod tests {
     #[tokio::test]
     async fn overflow_closes_as_slow_consumer() {
         let c = ConnHandle::new(Vsn::V2, 2);
-        let f = || Out::Data(Frame::Text(Bytes::from_static(b"x")));
+        let f = || Out::Data(Frame::Text(Bytes::from_static(b"x")), Sent::Push);
         assert!(c.push(f()));
         assert!(c.push(f()));
         assert!(!c.push(f()));

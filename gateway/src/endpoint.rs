@@ -3,8 +3,9 @@
 
 use crate::channel::Router;
 use crate::drain::Drain;
+use crate::metrics::{metrics, Limit};
 use crate::pubsub::PubSub;
-use crate::socket::{SocketConfig, SocketHandler};
+use crate::socket::{SocketConfig, SocketHandler, Transport};
 use crate::transport::longpoll::LongPoll;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -72,6 +73,8 @@ pub struct Endpoint {
     /// When open connections close (1001) and which are still open.
     pub(crate) drain: Drain,
     limits: Limits,
+    /// `GET /metrics` is served on the main port.
+    metrics_here: bool,
     ready: AtomicBool,
     /// Long-poll sessions owned here and requests relayed to their owners.
     pub(crate) longpoll: Arc<LongPoll>,
@@ -97,6 +100,7 @@ impl Endpoint {
             longpoll_secret: None,
             relay_timeout: DEFAULT_RELAY_TIMEOUT,
             limits: Limits::default(),
+            metrics_here: true,
         }
     }
 
@@ -148,7 +152,7 @@ impl Endpoint {
     pub fn readiness(&self) -> (bool, String) {
         let (ok, state) = if !self.ready.load(Ordering::SeqCst) {
             (false, "draining".to_owned())
-        } else if let Some(why) = self.over_limit() {
+        } else if let Some((_, why)) = self.over_limit() {
             (false, why)
         } else {
             (true, "ready".to_owned())
@@ -164,21 +168,55 @@ impl Endpoint {
     }
 
     /// Why a new connection is refused: at the connection limit or over the
-    /// memory threshold.
-    pub(crate) fn over_limit(&self) -> Option<String> {
+    /// memory threshold; the limit, and a sentence for the answer's body.
+    pub(crate) fn over_limit(&self) -> Option<(Limit, String)> {
         if let Some(max) = self.limits.max_connections {
             let open = self.drain.open();
             if open >= max {
-                return Some(format!("at connection limit ({open} of {max})"));
+                let why = format!("at connection limit ({open} of {max})");
+                return Some((Limit::MaxConnections, why));
             }
         }
         if let Some(max) = self.limits.max_memory {
             let rss = crate::server::resident_memory()?;
             if rss > max {
-                return Some(format!("over memory threshold ({rss} of {max} bytes)"));
+                let why = format!("over memory threshold ({rss} of {max} bytes)");
+                return Some((Limit::MaxMemory, why));
             }
         }
         None
+    }
+
+    /// Refuses a connection attempt for a limit: counted, logged at debug,
+    /// and the body of the 503 to answer.
+    pub(crate) fn refuse_over_limit(&self, transport: Transport) -> Option<String> {
+        let (limit, why) = self.over_limit()?;
+        let m = metrics();
+        m.limit_hit(limit);
+        m.refused(transport, limit.label());
+        tracing::debug!(?transport, why, "connection refused");
+        Some(why)
+    }
+
+    /// Whether the main port answers `GET /metrics`.
+    pub(crate) fn serves_metrics(&self) -> bool {
+        self.metrics_here
+    }
+
+    /// True from the start of a drain (or shutdown) on.
+    pub fn is_draining(&self) -> bool {
+        !self.ready.load(Ordering::SeqCst)
+    }
+
+    /// The per-pod limits this endpoint enforces.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The Prometheus text exposition of this process's metrics
+    /// (docs/metrics.md), as `GET /metrics` answers.
+    pub fn metrics(&self) -> String {
+        metrics().render(self)
     }
 
     pub(crate) fn route(&self, method: &Method, path: &str) -> Option<&Arc<RouteFn>> {
@@ -202,6 +240,7 @@ pub struct EndpointBuilder {
     longpoll_secret: Option<Vec<u8>>,
     relay_timeout: Duration,
     limits: Limits,
+    metrics_here: bool,
 }
 
 /// Per-pod limits past which new connections are refused and `/readyz`
@@ -256,6 +295,15 @@ impl EndpointBuilder {
         self
     }
 
+    /// Whether the main port answers `GET /metrics` (default: yes). Turn it
+    /// off when metrics are served on their own port
+    /// ([`server::serve_metrics`](crate::server::serve_metrics)), so clients
+    /// reaching the public port cannot read them.
+    pub fn metrics_on_main_port(mut self, yes: bool) -> Self {
+        self.metrics_here = yes;
+        self
+    }
+
     /// Connection and memory limits of this pod (default: none).
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
@@ -287,6 +335,11 @@ impl EndpointBuilder {
             format!("gateway@{host}")
         });
         let pubsub = self.pubsub.unwrap_or_else(PubSub::memory);
+        for socket in &self.sockets {
+            for pattern in socket.router.patterns() {
+                crate::metrics::register_pattern(&pattern.to_string());
+            }
+        }
         let node: Arc<str> = Arc::from(node);
         let shutdown = CancellationToken::new();
         let drain = Drain::default();
@@ -308,6 +361,7 @@ impl EndpointBuilder {
             shutdown,
             drain,
             limits: self.limits,
+            metrics_here: self.metrics_here,
             ready: AtomicBool::new(true),
             longpoll,
         })

@@ -8,6 +8,7 @@
 
 use crate::channel::Inbox;
 use crate::conn::{ConnHandle, Disconnect, Out};
+use crate::metrics::Sent;
 use crate::protocol::{Frame, Outbound, Payload, Vsn};
 use indexmap::IndexMap;
 use parking_lot::Mutex;
@@ -15,6 +16,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 const SHARDS: usize = 64;
 
@@ -151,6 +153,7 @@ impl Hub {
     /// Delivers a broadcast to every local subscriber of its topic and returns
     /// how many received it.
     pub fn dispatch(&self, msg: &Broadcast) -> usize {
+        let entered = Sent::Broadcast(Instant::now());
         let mut frames: [Option<Frame>; 2] = [None, None];
         let mut delivered = 0;
         let shard = self.shard(&msg.topic).lock();
@@ -185,7 +188,7 @@ impl Hub {
                         *slot = encode(vsn, msg);
                     }
                     if let Some(frame) = slot {
-                        if sub.conn.push(Out::Data(frame.clone())) {
+                        if sub.conn.push(Out::Data(frame.clone(), entered)) {
                             delivered += 1;
                         }
                     }
@@ -246,7 +249,7 @@ mod tests {
         for c in &conns[1..] {
             let mut batch = Vec::new();
             c.next_batch(&mut batch).await;
-            let Out::Data(Frame::Text(b)) = &batch[0] else {
+            let Out::Data(Frame::Text(b), _) = &batch[0] else {
                 panic!()
             };
             assert_eq!(&b[..], br#"[null,null,"t","e",{}]"#);

@@ -25,7 +25,9 @@
 //! - [`hub`]: the local topic → subscribers registry and encode-once fan-out.
 //! - [`conn`]: a connection's bounded outbound queue and close signal.
 //! - [`endpoint`] / [`server`]: sockets mounted at paths, health checks,
-//!   extra HTTP routes, and the accept loop.
+//!   metrics, extra HTTP routes, and the accept loop.
+//! - `metrics`: the Prometheus metrics of docs/metrics.md, counted where
+//!   things happen and read at scrape time where they are already known.
 //! - [`config`] / [`app`]: the `gateway` binary's TOML config and the
 //!   endpoint it describes (JWT auth, `[[channel]]` rules, publish API, demo).
 
@@ -36,6 +38,7 @@ pub mod conn;
 mod drain;
 pub mod endpoint;
 pub mod hub;
+mod metrics;
 pub mod presence;
 pub mod protocol;
 pub mod pubsub;

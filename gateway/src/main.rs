@@ -109,6 +109,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         broker,
         "gateway listening"
     );
+    if let Some(addr) = config.metrics_addr()? {
+        let metrics = gateway::server::bind(addr)
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        tracing::info!(addr = %metrics.local_addr()?, "metrics listening");
+        tokio::spawn(gateway::server::serve_metrics(metrics, endpoint.clone()));
+    }
     let ep = endpoint.clone();
     let delay = Duration::from_millis(config.server.drain_delay_ms);
     let period = Duration::from_millis(config.server.drain_period_ms);

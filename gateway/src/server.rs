@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 /// Pending connections the kernel queues before `accept` (capped by
 /// `net.core.somaxconn`). A reconnect storm after a pod restart opens thousands
@@ -51,9 +52,44 @@ pub fn resident_memory() -> Option<u64> {
 /// # Errors
 /// Never returns an error today; the type leaves room for fatal listener errors.
 pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) -> std::io::Result<()> {
+    let stop = endpoint.shutdown.clone();
+    accept(listener, endpoint, stop, handle).await
+}
+
+/// Serves only `GET /metrics` on `listener`, for a separate metrics port
+/// (`metrics_listen`). It keeps answering through a drain, so the scrape
+/// shows `gateway_draining`, until the process exits.
+///
+/// # Errors
+/// Never returns an error today; the type leaves room for fatal listener errors.
+pub async fn serve_metrics(listener: TcpListener, endpoint: Arc<Endpoint>) -> std::io::Result<()> {
+    accept(
+        listener,
+        endpoint,
+        CancellationToken::new(),
+        |ep, _, req| async move {
+            match (req.method(), req.uri().path()) {
+                (&Method::GET, "/metrics") => metrics(&ep),
+                _ => text(StatusCode::NOT_FOUND, "not found"),
+            }
+        },
+    )
+    .await
+}
+
+async fn accept<F, Fut>(
+    listener: TcpListener,
+    endpoint: Arc<Endpoint>,
+    stop: CancellationToken,
+    handler: F,
+) -> std::io::Result<()>
+where
+    F: Fn(Arc<Endpoint>, SocketAddr, Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
     loop {
         let (stream, peer) = tokio::select! {
-            _ = endpoint.shutdown.cancelled() => return Ok(()),
+            _ = stop.cancelled() => return Ok(()),
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -69,7 +105,7 @@ pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) -> std::io::R
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let ep = ep.clone();
-                async move { Ok::<_, Infallible>(handle(ep, peer, req).await) }
+                async move { Ok::<_, Infallible>(handler(ep, peer, req).await) }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -96,6 +132,7 @@ async fn handle(ep: Arc<Endpoint>, peer: SocketAddr, req: Request<Incoming>) -> 
             };
             return text(status, &body);
         }
+        (&Method::GET, "/metrics") if ep.serves_metrics() => return metrics(&ep),
         _ => {}
     }
     for socket in &ep.sockets {
@@ -112,6 +149,16 @@ async fn handle(ep: Arc<Endpoint>, peer: SocketAddr, req: Request<Incoming>) -> 
         return route(req).await;
     }
     text(StatusCode::NOT_FOUND, "not found")
+}
+
+/// `GET /metrics`: the Prometheus text format.
+fn metrics(ep: &Endpoint) -> Response<Body> {
+    let mut resp = text(StatusCode::OK, &ep.metrics());
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
 }
 
 /// A plain-text response.

@@ -3,6 +3,7 @@
 
 use crate::endpoint::Body;
 use crate::hub::Broadcast;
+use crate::metrics::{metrics, Source};
 use crate::protocol::{Json, Payload};
 use crate::pubsub::PubSub;
 use crate::socket::connection::valid_topic;
@@ -52,6 +53,7 @@ pub(crate) async fn broadcast(
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, key)| key);
     if !bearer.is_some_and(|b| same(b.trim().as_bytes(), key.as_bytes())) {
+        metrics().auth_failure("api", "api_key");
         return reply(
             StatusCode::UNAUTHORIZED,
             json!({"error": "missing or wrong bearer key"}),
@@ -94,7 +96,7 @@ pub(crate) async fn broadcast(
         payload,
         from: None,
     };
-    match pubsub.broadcast(b).await {
+    match pubsub.broadcast_counted(Source::Http, b).await {
         Ok(()) => reply(StatusCode::OK, json!({"ok": true})),
         Err(e) => reply(
             StatusCode::SERVICE_UNAVAILABLE,

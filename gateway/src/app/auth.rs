@@ -82,10 +82,11 @@ impl TokenVerifier {
     /// The token's claims, if it is valid now.
     ///
     /// # Errors
-    /// A short reason: `expired`, `not yet valid`, `bad signature`, `invalid`.
-    pub fn verify(&self, token: &str) -> Result<Assigns, &'static str> {
+    /// Why not: expired, not yet valid, claims not accepted, or invalid.
+    pub fn verify(&self, token: &str) -> Result<Assigns, Refusal> {
+        let invalid = Refusal::invalid;
         match jsonwebtoken::decode::<Assigns>(token, &self.key, &self.validation) {
-            Ok(data) if data.claims.is_empty() => Err("token has no claims"),
+            Ok(data) if data.claims.is_empty() => Err(invalid("token has no claims")),
             // jsonwebtoken skips `exp`/`nbf` it cannot parse (strings,
             // negatives): such a token would be accepted and never expire.
             Ok(data)
@@ -95,19 +96,57 @@ impl TokenVerifier {
                         .is_some_and(|v| numeric_date(v).is_none())
                 }) =>
             {
-                Err("invalid token time claim")
+                Err(invalid("invalid token time claim"))
             }
             Ok(data) => Ok(data.claims),
             Err(e) => Err(match e.kind() {
-                ErrorKind::ExpiredSignature => "token expired",
-                ErrorKind::ImmatureSignature => "token not yet valid",
-                ErrorKind::InvalidSignature => "bad token signature",
-                ErrorKind::InvalidAlgorithm => "token algorithm not accepted",
-                ErrorKind::InvalidAudience => "token audience not accepted",
-                ErrorKind::InvalidIssuer => "token issuer not accepted",
-                _ => "invalid token",
+                ErrorKind::ExpiredSignature => Refusal {
+                    label: "expired",
+                    message: "token expired",
+                },
+                ErrorKind::ImmatureSignature => Refusal {
+                    label: "not_yet_valid",
+                    message: "token not yet valid",
+                },
+                ErrorKind::InvalidSignature => invalid("bad token signature"),
+                ErrorKind::InvalidAlgorithm => invalid("token algorithm not accepted"),
+                ErrorKind::InvalidAudience => Refusal::claims("token audience not accepted"),
+                ErrorKind::InvalidIssuer => Refusal::claims("token issuer not accepted"),
+                _ => invalid("invalid token"),
             }),
         }
+    }
+}
+
+/// Why a token was refused: a sentence for logs and replies, and the
+/// `reason` label of `gateway_auth_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// `missing_token`, `invalid_token`, `expired`, `not_yet_valid` or `claims`.
+    pub label: &'static str,
+    /// What went wrong, in words.
+    pub message: &'static str,
+}
+
+impl Refusal {
+    fn invalid(message: &'static str) -> Self {
+        Refusal {
+            label: "invalid_token",
+            message,
+        }
+    }
+
+    fn claims(message: &'static str) -> Self {
+        Refusal {
+            label: "claims",
+            message,
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message)
     }
 }
 
@@ -149,6 +188,8 @@ pub struct TokenSocket {
     token_param: String,
     socket_id: Option<String>,
     require_claims: Assigns,
+    /// The socket's path, the `socket` label of its auth failures.
+    path: String,
 }
 
 impl TokenSocket {
@@ -161,27 +202,41 @@ impl TokenSocket {
             Ok(Value::Object(m)) => m,
             _ => Assigns::new(),
         };
+        if let Some(template) = &s.socket_id {
+            crate::metrics::register_pattern(template);
+        }
         Ok(TokenSocket {
             verifier: s.jwt.as_ref().map(TokenVerifier::from_config).transpose()?,
             require_token: s.require_token,
             token_param: s.token_param.clone(),
             socket_id: s.socket_id.clone(),
             require_claims,
+            path: s.path.trim_end_matches('/').to_owned(),
         })
     }
 
+    /// The claims of a valid token; a refusal is counted in the metrics.
     fn check(&self, token: &str) -> Result<Assigns, &'static str> {
+        self.verify(token).map_err(|r| self.refused(r))
+    }
+
+    fn verify(&self, token: &str) -> Result<Assigns, Refusal> {
         let verifier = self
             .verifier
             .as_ref()
-            .ok_or("tokens are not enabled on this socket")?;
+            .ok_or(Refusal::invalid("tokens are not enabled on this socket"))?;
         let claims = verifier.verify(token)?;
         for (k, want) in &self.require_claims {
             if claims.get(k) != Some(want) {
-                return Err("token lacks a required claim");
+                return Err(Refusal::claims("token lacks a required claim"));
             }
         }
         Ok(claims)
+    }
+
+    fn refused(&self, r: Refusal) -> &'static str {
+        crate::metrics::metrics().auth_failure(&self.path, r.label);
+        r.message
     }
 }
 
@@ -193,7 +248,10 @@ impl SocketHandler for TokenSocket {
             .as_deref()
             .or_else(|| params.get(&self.token_param));
         match token.filter(|t| !t.is_empty()) {
-            None if self.require_token => Err(ConnectError::forbidden("token required")),
+            None if self.require_token => Err(ConnectError::forbidden(self.refused(Refusal {
+                label: "missing_token",
+                message: "token required",
+            }))),
             None => Ok(Assigns::new()),
             // A token that fails verification is refused even where tokens are
             // optional: silently downgrading to anonymous would hide the error.

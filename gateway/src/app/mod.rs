@@ -63,6 +63,7 @@ pub fn build(config: &Config, pubsub: PubSub) -> Result<Arc<Endpoint>, ConfigErr
             max_memory: (server.max_memory_mb > 0).then_some(server.max_memory_mb * 1024 * 1024),
         })
         .pubsub(pubsub.clone())
+        .metrics_on_main_port(server.metrics_listen.is_none())
         .longpoll_relay_timeout(Duration::from_millis(config.longpoll.relay_timeout_ms));
     if let Some(secret) = longpoll_secret(config) {
         builder = builder.longpoll_secret(secret);

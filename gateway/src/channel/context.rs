@@ -134,13 +134,14 @@ impl<I: Send + 'static> ChannelContext<I> {
         payload: Payload,
         from: Option<u64>,
     ) -> Result<(), BrokerError> {
+        let msg = Broadcast {
+            topic: self.topic.to_string(),
+            event: event.to_owned(),
+            payload,
+            from,
+        };
         self.pubsub
-            .broadcast(Broadcast {
-                topic: self.topic.to_string(),
-                event: event.to_owned(),
-                payload,
-                from,
-            })
+            .broadcast_counted(crate::metrics::Source::Client, msg)
             .await
     }
 

@@ -43,6 +43,11 @@ impl Router {
         Router::default()
     }
 
+    /// The patterns served, in the order they were added.
+    pub(crate) fn patterns(&self) -> impl Iterator<Item = &TopicPattern> {
+        self.routes.iter().map(|(p, _)| p)
+    }
+
     /// Serves topics matching `pattern` with channels made by `make`, one per
     /// join. A pattern is an exact topic (`"ping"`), ends in a wildcard
     /// (`"room:*"` matches every topic starting with `room:`), or holds

@@ -8,6 +8,7 @@ use super::context::SocketInfo;
 use super::{Channel, ChannelContext, ChannelMsg, HandleIn, Inbox, Next, StopReason, Terminate};
 use crate::conn::ConnHandle;
 use crate::hub::{Subscriber, Target};
+use crate::metrics::metrics;
 use crate::protocol::{Outbound, Payload};
 use crate::pubsub::PubSub;
 use crate::socket::connection::reply_unjoined;
@@ -47,6 +48,15 @@ enum End {
     Replaced,
     Closed,
     Crash,
+}
+
+/// The `result` label of a refused join: `unauthorized` when the channel
+/// said so (as the config's rules and most Phoenix channels do), else `error`.
+fn refusal(response: &Payload) -> &'static str {
+    match response.get("reason") {
+        Some(serde_json::Value::String(r)) if r == "unauthorized" => "unauthorized",
+        _ => "error",
+    }
 }
 
 fn crash_payload() -> Payload {
@@ -94,6 +104,7 @@ pub(crate) async fn run<C: Channel>(mut chan: C, s: Start) {
         .await;
     let subscription = match joined {
         Err(_) => {
+            metrics().join(&topic, "error");
             tracing::error!(topic = %topic, "channel join panicked");
             reply(
                 "error",
@@ -102,6 +113,7 @@ pub(crate) async fn run<C: Channel>(mut chan: C, s: Start) {
             None
         }
         Ok(Err(response)) => {
+            metrics().join(&topic, refusal(&response));
             reply("error", &response);
             None
         }
@@ -116,10 +128,12 @@ pub(crate) async fn run<C: Channel>(mut chan: C, s: Start) {
             };
             match ctx.pubsub().clone().subscribe(&topic, sub).await {
                 Ok(sub) => {
+                    metrics().join(&topic, "ok");
                     reply("ok", &response);
-                    Some(sub)
+                    Some((sub, metrics().channel_joined(&topic)))
                 }
                 Err(e) => {
+                    metrics().join(&topic, "subscription_failed");
                     tracing::warn!(topic = %topic, error = %e, "join refused: subscription failed");
                     let reason = serde_json::json!({"reason": "subscription failed, try again"});
                     reply("error", &Payload::json(&reason));

@@ -10,6 +10,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PORT", "listen port; replaces the port of server.listen"),
     ("GATEWAY_LISTEN", "listen address; replaces server.listen"),
     (
+        "GATEWAY_METRICS_LISTEN",
+        "address of a separate /metrics listener; replaces server.metrics_listen",
+    ),
+    (
         "REDIS_URL",
         "Redis URL; replaces redis.url and selects the Redis broker",
     ),
@@ -67,6 +71,9 @@ impl Config {
     pub(super) fn apply_env(&mut self, env: &Env) -> Result<(), ConfigError> {
         if let Some(listen) = env.get("GATEWAY_LISTEN") {
             self.server.listen = listen.to_owned();
+        }
+        if let Some(listen) = env.get("GATEWAY_METRICS_LISTEN") {
+            self.server.metrics_listen = Some(listen.to_owned());
         }
         if let Some(port) = env.get("PORT") {
             let port: u16 = port

@@ -116,6 +116,10 @@ pub struct ServerConfig {
     /// `/readyz` fails, below the container's limit. Default 0: no threshold.
     #[serde(default)]
     pub max_memory_mb: u64,
+    /// Serve `GET /metrics` on this address instead of the main port, so
+    /// the public port does not expose it. Default: unset (main port).
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
 }
 
 fn default_max_connections() -> usize {
@@ -148,6 +152,7 @@ impl Default for ServerConfig {
             shutdown_deadline_ms: default_shutdown_deadline_ms(),
             max_connections: default_max_connections(),
             max_memory_mb: 0,
+            metrics_listen: None,
         }
     }
 }
@@ -656,12 +661,29 @@ impl Config {
         })
     }
 
+    /// The address of the separate metrics listener, if one is configured.
+    ///
+    /// # Errors
+    /// `server.metrics_listen` is not an address.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let Some(addr) = &self.server.metrics_listen else {
+            return Ok(None);
+        };
+        addr.parse().map(Some).map_err(|_| {
+            invalid(
+                "server.metrics_listen",
+                format!("{addr:?} is not an address like 0.0.0.0:9090"),
+            )
+        })
+    }
+
     /// Checks everything that parsing cannot.
     ///
     /// # Errors
     /// The first problem found, naming its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        self.metrics_addr()?;
         let s = &self.server;
         if s.drain_delay_ms.saturating_add(s.drain_period_ms) > s.shutdown_deadline_ms {
             return Err(invalid(

@@ -11,6 +11,7 @@ pub use memory::MemoryBroker;
 pub use redis::RedisBroker;
 
 use crate::hub::{Broadcast, Hub, SubId, Subscriber};
+use crate::metrics::{metrics, Source};
 use crate::presence::{MemoryStore, Presence, PresenceConfig, RedisStore, Unsupported};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -76,6 +77,25 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     fn health(&self) -> String {
         "broker: memory".into()
     }
+
+    /// The state of a broker that connects to a server, for metrics;
+    /// `None` (the default) for one that lives in this process.
+    fn status(&self) -> Option<BrokerStatus> {
+        None
+    }
+}
+
+/// What a broker that connects to a server reports to the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BrokerStatus {
+    /// The subscriber connection is established and answering.
+    pub connected: bool,
+    /// Times that connection was lost and re-established.
+    pub reconnects: u64,
+    /// Channels the subscriber connection holds.
+    pub subscriptions: u64,
+    /// Messages dropped because their envelope was malformed.
+    pub malformed: u64,
 }
 
 /// Receives the point-to-point messages of [`Broker::listen`].
@@ -153,6 +173,11 @@ impl PubSub {
         self.broker.health()
     }
 
+    /// The broker's state (see [`Broker::status`]).
+    pub fn broker_status(&self) -> Option<BrokerStatus> {
+        self.broker.status()
+    }
+
     /// The local registry.
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
@@ -169,6 +194,22 @@ impl PubSub {
     /// When the broker cannot accept the message.
     pub async fn broadcast(&self, msg: Broadcast) -> Result<(), BrokerError> {
         self.broker.publish(msg).await
+    }
+
+    /// [`broadcast`](Self::broadcast), counted in the metrics by where it
+    /// came from.
+    pub(crate) async fn broadcast_counted(
+        &self,
+        source: Source,
+        msg: Broadcast,
+    ) -> Result<(), BrokerError> {
+        let m = metrics();
+        m.broadcast(source, &msg.topic);
+        let result = self.broker.publish(msg).await;
+        if result.is_err() {
+            m.broadcast_failed(source);
+        }
+        result
     }
 
     /// Registers a local subscriber and waits until the broker delivers the

@@ -10,13 +10,15 @@
 //! `lp:` are reserved for them: their messages never reach the hub, so a
 //! client that joins such a topic receives nothing from it.
 
-use super::{Broker, BrokerError, NodeInbox};
+use super::{Broker, BrokerError, BrokerStatus, NodeInbox};
 use crate::hub::{Broadcast, Hub};
+use crate::metrics::{metrics, Source};
 use crate::protocol::{Json, Payload};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pubsub_redis::{Envelope, Origin, RedisBus, Sink};
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 /// The reserved topic namespace of point-to-point messages between pods.
@@ -57,6 +59,7 @@ impl Sink for HubSink {
             }
             return;
         }
+        metrics().broadcast(Source::Redis, topic);
         let from = envelope
             .origin
             .filter(|o| o.node == self.node)
@@ -107,16 +110,23 @@ impl RedisBroker {
 #[async_trait]
 impl Broker for RedisBroker {
     fn health(&self) -> String {
-        let s = self.bus.stats();
-        let state = if self.bus.is_connected() {
+        let s = self.status().unwrap_or_default();
+        let state = if s.connected {
             "connected"
         } else {
             "disconnected"
         };
-        format!(
-            "redis: {state} (reconnects {})",
-            s.reconnects.load(std::sync::atomic::Ordering::Relaxed)
-        )
+        format!("redis: {state} (reconnects {})", s.reconnects)
+    }
+
+    fn status(&self) -> Option<BrokerStatus> {
+        let s = self.bus.stats();
+        Some(BrokerStatus {
+            connected: self.bus.is_connected(),
+            reconnects: s.reconnects.load(Ordering::Relaxed),
+            subscriptions: s.subscriptions.load(Ordering::Relaxed),
+            malformed: s.malformed.load(Ordering::Relaxed),
+        })
     }
 
     async fn subscribe(&self, topic: &str) -> Result<(), BrokerError> {

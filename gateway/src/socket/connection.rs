@@ -5,13 +5,14 @@
 //! cannot stall the connection; channels do their work in their own tasks.
 
 use super::rate::{Bucket, Verdict};
-use super::Assigns;
+use super::{Assigns, Transport};
 use crate::channel::context::SocketInfo;
 use crate::channel::runner::{Previous, Start};
 use crate::channel::{ChannelMsg, Inbox};
 use crate::conn::{ConnHandle, Disconnect};
 use crate::endpoint::Socket;
 use crate::hub::{Subscriber, Target};
+use crate::metrics::{metrics, Limit, OpenConnection, Received};
 use crate::protocol::{Message, Outbound, Payload};
 use crate::pubsub::{BrokerError, PubSub, Subscription};
 use bytes::Bytes;
@@ -53,12 +54,15 @@ pub(crate) struct Connection {
     _socket_id: Option<Subscription>,
     /// The push rate limit's state, when the socket has one.
     push_limit: Option<Bucket>,
+    /// Counts the connection in the metrics until it is dropped.
+    open: OpenConnection,
 }
 
 impl Connection {
     /// Sets up a connection; when it has a socket id, subscribes to it so a
     /// `disconnect` broadcast can close it.
     pub(crate) async fn open(
+        transport: Transport,
         conn: ConnHandle,
         socket: Arc<Socket>,
         pubsub: PubSub,
@@ -76,6 +80,7 @@ impl Connection {
             }
             None => None,
         };
+        let open = metrics().connection_opened(transport, &socket.path);
         let mut connection = Connection {
             conn,
             socket,
@@ -89,6 +94,7 @@ impl Connection {
             expiry: None,
             _socket_id: id_sub,
             push_limit: None,
+            open,
         };
         connection.push_limit = connection
             .socket
@@ -139,7 +145,15 @@ impl Connection {
 
     /// Handles one decoded message, as `Phoenix.Socket.handle_in/4`.
     pub(crate) fn handle(&mut self, msg: Message) {
-        if msg.topic == "phoenix" && msg.event == "heartbeat" {
+        let heartbeat = msg.topic == "phoenix" && msg.event == "heartbeat";
+        let kind = match msg.event.as_str() {
+            _ if heartbeat => Received::Heartbeat,
+            "phx_join" => Received::Join,
+            "phx_leave" => Received::Leave,
+            _ => Received::Push,
+        };
+        metrics().received(self.open.transport(), kind);
+        if heartbeat {
             self.conn.send(&Outbound::Reply {
                 join_ref: None,
                 ref_: msg.ref_.as_deref(),
@@ -153,6 +167,7 @@ impl Connection {
             match bucket.take(Instant::now()) {
                 Verdict::Allow => {}
                 Verdict::Refuse => {
+                    metrics().limit_hit(Limit::PushRate);
                     let reason = Payload::json(&serde_json::json!({"reason": "rate limited"}));
                     self.conn.send(&Outbound::Reply {
                         join_ref: msg.join_ref.as_deref(),
@@ -196,6 +211,7 @@ impl Connection {
             });
         let replacing = previous.as_ref().is_some_and(|p| p.replace);
         if !valid_topic(&topic) {
+            metrics().join(&topic, "invalid_topic");
             let reason = serde_json::json!({"reason": "invalid topic"});
             self.conn.send(&Outbound::Reply {
                 join_ref: join_ref.as_deref(),
@@ -207,6 +223,8 @@ impl Connection {
             return;
         }
         if !replacing && self.live_channels() >= self.socket.config.max_channels {
+            metrics().join(&topic, "too_many_channels");
+            metrics().limit_hit(Limit::MaxChannels);
             let reason = serde_json::json!({"reason": "too many channels joined"});
             self.conn.send(&Outbound::Reply {
                 join_ref: join_ref.as_deref(),
@@ -229,6 +247,7 @@ impl Connection {
             return;
         }
         let Some(factory) = self.socket.router.route(&topic) else {
+            metrics().join(&topic, "unmatched_topic");
             reply_unjoined(&self.conn, &topic, "phx_join", None, ref_.as_deref());
             return;
         };
@@ -367,6 +386,8 @@ impl Drop for Connection {
     fn drop(&mut self) {
         // Channel tasks end when the connection closes; make sure it does.
         self.conn.close(Disconnect::TransportError);
+        let reason = self.conn.reason().unwrap_or(Disconnect::TransportError);
+        self.open.closed(reason);
     }
 }
 

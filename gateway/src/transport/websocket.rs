@@ -9,6 +9,7 @@ use super::frame_reader::{FrameReader, Incoming as Read, ReadError};
 use super::writer;
 use crate::conn::{ConnHandle, Disconnect, Out};
 use crate::endpoint::{Body, Endpoint, Socket};
+use crate::metrics::metrics;
 use crate::protocol::Vsn;
 use crate::server::text;
 use crate::socket::connection::Connection;
@@ -45,10 +46,10 @@ pub(crate) async fn handshake(
         );
     }
     if ep.shutdown.is_cancelled() {
+        metrics().refused(Transport::WebSocket, "draining");
         return text(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
     }
-    if let Some(why) = ep.over_limit() {
-        tracing::debug!(%peer, why, "connection refused");
+    if let Some(why) = ep.refuse_over_limit(Transport::WebSocket) {
         return text(StatusCode::SERVICE_UNAVAILABLE, &why);
     }
     let origin = req
@@ -56,6 +57,7 @@ pub(crate) async fn handshake(
         .get(hyper::header::ORIGIN)
         .and_then(|o| o.to_str().ok());
     if !socket.config.check_origin.allows(origin) {
+        metrics().refused(Transport::WebSocket, "origin");
         tracing::debug!(%peer, ?origin, "origin refused");
         return text(StatusCode::FORBIDDEN, "origin not allowed");
     }
@@ -78,6 +80,7 @@ pub(crate) async fn handshake(
     let assigns = match socket.handler.connect(&params, &info).await {
         Ok(a) => a,
         Err(e) => {
+            metrics().refused(Transport::WebSocket, "auth");
             tracing::debug!(%peer, reason = %e.reason, "connect refused");
             return text(e.status, "forbidden");
         }
@@ -170,6 +173,7 @@ where
     let conn = ConnHandle::new(vsn, config.outbound_queue);
     let writer = tokio::spawn(writer::run(w, conn.clone()));
     let opened = Connection::open(
+        Transport::WebSocket,
         conn.clone(),
         socket,
         ep.pubsub.clone(),

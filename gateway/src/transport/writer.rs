@@ -5,7 +5,9 @@
 //! bytes that were encoded once and are shared by every subscriber.
 
 use crate::conn::{ConnHandle, Disconnect, Out};
+use crate::metrics::metrics;
 use crate::protocol::Frame;
+use crate::socket::Transport;
 use std::io::IoSlice;
 use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -27,8 +29,8 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(mut w: W, conn: ConnHandle) {
             heads.clear();
             heads.extend(chunk.iter().map(|out| {
                 let (op, len) = match out {
-                    Out::Data(Frame::Text(b)) => (OP_TEXT, b.len()),
-                    Out::Data(Frame::Binary(b)) => (OP_BINARY, b.len()),
+                    Out::Data(Frame::Text(b), _) => (OP_TEXT, b.len()),
+                    Out::Data(Frame::Binary(b), _) => (OP_BINARY, b.len()),
                     Out::Pong(b) => (OP_PONG, b.len()),
                 };
                 header(op, len)
@@ -37,7 +39,7 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(mut w: W, conn: ConnHandle) {
             for (out, (head, n)) in chunk.iter().zip(&heads) {
                 slices.push(IoSlice::new(&head[..*n]));
                 let body = match out {
-                    Out::Data(f) => f.bytes(),
+                    Out::Data(f, _) => f.bytes(),
                     Out::Pong(b) => b,
                 };
                 slices.push(IoSlice::new(body));
@@ -53,6 +55,7 @@ pub(super) async fn run<W: AsyncWrite + Unpin>(mut w: W, conn: ConnHandle) {
                 clean = false;
                 break 'outer;
             }
+            metrics().sent(Transport::WebSocket, chunk.iter().filter_map(Out::sent));
         }
         batch.clear();
     }

@@ -683,7 +683,7 @@ async fn wait_pod(addr: SocketAddr, key: &str, child: &mut Child) -> bool {
     }
 }
 
-async fn try_http(
+pub async fn try_http(
     addr: SocketAddr,
     method: &str,
     path: &str,

@@ -5,6 +5,7 @@
 
 use super::Answer;
 use crate::endpoint::{Body, Endpoint, Socket};
+use crate::metrics::metrics;
 use crate::protocol::Vsn;
 use crate::server::text;
 use crate::socket::{ConnectInfo, LongPollConfig, Params, Transport};
@@ -43,6 +44,7 @@ pub(crate) async fn handle(
         .get(header::ORIGIN)
         .and_then(|o| o.to_str().ok());
     if !socket.config.check_origin.allows(origin) {
+        metrics().refused(Transport::LongPoll, "origin");
         tracing::debug!(%peer, ?origin, "long-poll origin refused");
         return status_only(403);
     }
@@ -108,14 +110,14 @@ async fn open(
     req: Request<Incoming>,
 ) -> Response<Body> {
     if ep.shutdown.is_cancelled() {
+        metrics().refused(Transport::LongPoll, "draining");
         // Not JSON: phoenix.js reads it as status 0 and retries elsewhere.
         return cors(text(
             StatusCode::SERVICE_UNAVAILABLE,
             "server is shutting down",
         ));
     }
-    if let Some(why) = ep.over_limit() {
-        tracing::debug!(%peer, why, "long-poll session refused");
+    if let Some(why) = ep.refuse_over_limit(Transport::LongPoll) {
         return cors(text(StatusCode::SERVICE_UNAVAILABLE, &why));
     }
     let Ok(vsn) = Vsn::negotiate(params.get("vsn")) else {
@@ -136,6 +138,7 @@ async fn open(
     let assigns = match socket.handler.connect(params, &info).await {
         Ok(a) => a,
         Err(e) => {
+            metrics().refused(Transport::LongPoll, "auth");
             tracing::debug!(%peer, reason = %e.reason, "long-poll connect refused");
             return status_only(403);
         }

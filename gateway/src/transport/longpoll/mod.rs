@@ -28,7 +28,7 @@ use crate::endpoint::Socket;
 use crate::protocol::Vsn;
 use crate::pubsub::{BrokerError, NodeInbox, PubSub};
 use crate::socket::connection::Connection;
-use crate::socket::{Assigns, LongPollConfig};
+use crate::socket::{Assigns, LongPollConfig, Transport};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use relay::Message;
@@ -174,6 +174,7 @@ impl LongPoll {
         let conn = ConnHandle::new(vsn, config.max_buffer);
         let max_frame = socket.config.max_frame_size;
         let connection = Connection::open(
+            Transport::LongPoll,
             conn.clone(),
             socket,
             self.pubsub.clone(),

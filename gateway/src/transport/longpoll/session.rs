@@ -10,9 +10,10 @@
 
 use crate::conn::{ConnHandle, Disconnect, Out};
 use crate::drain::Drain;
+use crate::metrics::metrics;
 use crate::protocol::Frame;
 use crate::socket::connection::Connection;
-use crate::socket::LongPollConfig;
+use crate::socket::{LongPollConfig, Transport};
 use base64::Engine;
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -138,10 +139,11 @@ impl Session {
                 _ = me.cancelled() => return Poll::Empty { ack: d.acked },
                 _ = tokio::time::sleep(self.config.window) => return Poll::Empty { ack: d.acked },
             }
+            metrics().sent(Transport::LongPoll, batch.iter().filter_map(Out::sent));
             for out in batch {
                 match out {
-                    Out::Data(Frame::Text(text)) => d.unacked.push_back(text),
-                    Out::Data(Frame::Binary(_)) => tracing::warn!(
+                    Out::Data(Frame::Text(text), _) => d.unacked.push_back(text),
+                    Out::Data(Frame::Binary(_), _) => tracing::warn!(
                         conn = self.conn.id(),
                         "dropping a binary frame: long-poll carries text frames only"
                     ),

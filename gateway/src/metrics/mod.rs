@@ -1,0 +1,498 @@
+//! Prometheus metrics, as `docs/metrics.md` names them: the alerts and the
+//! dashboard in `k8s/` are written against those names.
+//!
+//! One set per process, like the process collector it sits beside: a pod runs
+//! one endpoint, and a scrape describes the pod. Hot paths (every delivery,
+//! every message read) touch counters resolved once per label set, never a
+//! label lookup; what other parts already count (hub topics, the Redis bus's
+//! state) is read when scraped instead of being counted twice.
+
+mod prefix;
+
+use crate::conn::Disconnect;
+use crate::endpoint::Endpoint;
+use crate::socket::Transport;
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use std::sync::LazyLock;
+use std::time::Instant;
+
+pub(crate) use prefix::register_pattern;
+
+/// What a message written to a client was, for `gateway_messages_sent_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// A `phx_reply`.
+    Reply,
+    /// A channel's push to its own client (intercepted broadcasts included).
+    Push,
+    /// `phx_close` or `phx_error`.
+    Control,
+    /// A fastlane broadcast, and when it entered the pod (for the
+    /// publish→send latency).
+    Broadcast(Instant),
+}
+
+impl Sent {
+    fn index(self) -> usize {
+        match self {
+            Sent::Reply => 0,
+            Sent::Broadcast(_) => 1,
+            Sent::Push => 2,
+            Sent::Control => 3,
+        }
+    }
+}
+
+const SENT_KINDS: [&str; 4] = ["reply", "broadcast", "push", "control"];
+
+/// What a message read from a client was, for `gateway_messages_received_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Received {
+    Heartbeat,
+    Join,
+    Leave,
+    Push,
+}
+
+const RECEIVED_KINDS: [&str; 4] = ["heartbeat", "join", "leave", "push"];
+
+/// A configured limit that refused, throttled or disconnected something.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Limit {
+    MaxConnections,
+    MaxMemory,
+    MaxChannels,
+    MaxFrameSize,
+    PushRate,
+    OutboundQueue,
+}
+
+const LIMITS: [&str; 6] = [
+    "max_connections",
+    "max_memory",
+    "max_channels",
+    "max_frame_size",
+    "push_rate",
+    "outbound_queue",
+];
+
+impl Limit {
+    /// The `limit` label, also the `reason` of a refused connection.
+    pub(crate) fn label(self) -> &'static str {
+        LIMITS[self as usize]
+    }
+}
+
+/// Where a broadcast entered this pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// A client push that a channel broadcast.
+    Client,
+    /// `POST /api/broadcast`.
+    Http,
+    /// Read from the pod's Redis subscriptions (or the in-memory broker).
+    Redis,
+}
+
+impl Source {
+    fn label(self) -> &'static str {
+        match self {
+            Source::Client => "client",
+            Source::Http => "http",
+            Source::Redis => "redis",
+        }
+    }
+}
+
+const TRANSPORTS: [&str; 2] = ["websocket", "longpoll"];
+
+fn transport_index(t: Transport) -> usize {
+    match t {
+        Transport::WebSocket => 0,
+        Transport::LongPoll => 1,
+    }
+}
+
+/// Publish→send latency buckets, seconds (docs/metrics.md).
+const LATENCY_BUCKETS: [f64; 13] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Every metric of the process.
+pub(crate) struct Metrics {
+    registry: Registry,
+    /// Only gathered when the endpoint's broker is Redis.
+    redis: Registry,
+    connections: IntGaugeVec,
+    opened: IntCounterVec,
+    closed: IntCounterVec,
+    refused: IntCounterVec,
+    connections_max: IntGauge,
+    channels_joined: IntGaugeVec,
+    joins: IntCounterVec,
+    local_topics: IntGauge,
+    redis_subscriptions: IntGauge,
+    received: [[IntCounter; 4]; 2],
+    sent: [[IntCounter; 4]; 2],
+    broadcasts: IntCounterVec,
+    broadcast_failures: IntCounterVec,
+    latency: Histogram,
+    malformed: IntCounter,
+    limit_hits: [IntCounter; 6],
+    auth_failures: IntCounterVec,
+    redis_up: IntGauge,
+    redis_reconnects: IntCounter,
+    ready: IntGauge,
+    draining: IntGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process's metrics.
+pub(crate) fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+fn register<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+    // Names are fixed and unique, so registering cannot fail; if it did, the
+    // metric would only be missing from scrapes.
+    if let Err(e) = registry.register(Box::new(c.clone())) {
+        tracing::error!(error = %e, "metric not registered");
+    }
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let vec = IntCounterVec::new(Opts::new(name, help), labels);
+    register(r, vec.expect("metric options are static and valid"))
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let vec = IntGaugeVec::new(Opts::new(name, help), labels);
+    register(r, vec.expect("metric options are static and valid"))
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("metric options are static and valid");
+    register(r, c)
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("metric options are static and valid");
+    register(r, g)
+}
+
+/// The children of a `transport` × `kind` counter, resolved once.
+fn by_transport_kind(vec: &IntCounterVec, kinds: [&str; 4]) -> [[IntCounter; 4]; 2] {
+    TRANSPORTS.map(|t| kinds.map(|k| vec.with_label_values(&[t, k])))
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let r = Registry::new();
+        let redis = Registry::new();
+        #[cfg(target_os = "linux")]
+        if let Err(e) = r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )) {
+            tracing::error!(error = %e, "process metrics not registered");
+        }
+        let received = counter_vec(
+            &r,
+            "gateway_messages_received_total",
+            "Phoenix messages read from clients, by kind.",
+            &["transport", "kind"],
+        );
+        let sent = counter_vec(
+            &r,
+            "gateway_messages_sent_total",
+            "Phoenix messages written to clients, by kind (broadcast: one per delivery).",
+            &["transport", "kind"],
+        );
+        let limit_hits = counter_vec(
+            &r,
+            "gateway_limit_hits_total",
+            "Times a configured limit refused, throttled or disconnected something.",
+            &["limit"],
+        );
+        let build_info = gauge_vec(
+            &r,
+            "gateway_build_info",
+            "Always 1; the version label names the build.",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let latency = HistogramOpts::new(
+            "gateway_broadcast_latency_seconds",
+            "From a broadcast entering the pod to its frame written to a client, per delivery.",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec());
+        let latency = register(
+            &r,
+            Histogram::with_opts(latency).expect("metric options are static and valid"),
+        );
+        Metrics {
+            connections: gauge_vec(
+                &r,
+                "gateway_connections",
+                "Open client connections (WebSocket connections and long-poll sessions).",
+                &["transport", "socket"],
+            ),
+            opened: counter_vec(
+                &r,
+                "gateway_connections_opened_total",
+                "Connections accepted after authentication.",
+                &["transport", "socket"],
+            ),
+            closed: counter_vec(
+                &r,
+                "gateway_connections_closed_total",
+                "Connections ended, by reason.",
+                &["transport", "reason"],
+            ),
+            refused: counter_vec(
+                &r,
+                "gateway_connections_refused_total",
+                "Connection attempts refused before a socket existed, by reason.",
+                &["transport", "reason"],
+            ),
+            connections_max: gauge(
+                &r,
+                "gateway_connections_max",
+                "The configured maximum connections of this pod (0: unlimited).",
+            ),
+            channels_joined: gauge_vec(
+                &r,
+                "gateway_channels_joined",
+                "Channels currently joined on this pod, by topic prefix.",
+                &["topic_prefix"],
+            ),
+            joins: counter_vec(
+                &r,
+                "gateway_joins_total",
+                "phx_join answers, by topic prefix and result.",
+                &["topic_prefix", "result"],
+            ),
+            local_topics: gauge(
+                &r,
+                "gateway_local_topics",
+                "Topics with at least one subscriber on this pod.",
+            ),
+            redis_subscriptions: gauge(
+                &r,
+                "gateway_redis_subscriptions",
+                "Redis channels this pod's subscriber connection holds.",
+            ),
+            received: by_transport_kind(&received, RECEIVED_KINDS),
+            sent: by_transport_kind(&sent, SENT_KINDS),
+            broadcasts: counter_vec(
+                &r,
+                "gateway_broadcasts_total",
+                "Broadcasts that entered this pod, by source and topic prefix.",
+                &["source", "topic_prefix"],
+            ),
+            broadcast_failures: counter_vec(
+                &r,
+                "gateway_broadcast_failures_total",
+                "Client and HTTP broadcasts that could not be published.",
+                &["source"],
+            ),
+            latency,
+            malformed: counter(
+                &r,
+                "gateway_malformed_envelopes_total",
+                "Messages read from Redis dropped for a malformed envelope.",
+            ),
+            limit_hits: LIMITS.map(|l| limit_hits.with_label_values(&[l])),
+            auth_failures: counter_vec(
+                &r,
+                "gateway_auth_failures_total",
+                "Refused authentication, by socket and reason.",
+                &["socket", "reason"],
+            ),
+            redis_up: gauge(
+                &redis,
+                "gateway_redis_up",
+                "1 while the subscriber connection to Redis is established and answering.",
+            ),
+            redis_reconnects: counter(
+                &redis,
+                "gateway_redis_reconnects_total",
+                "Times the subscriber connection to Redis was lost and re-established.",
+            ),
+            ready: gauge(&r, "gateway_ready", "1 while /readyz answers 200."),
+            draining: gauge(&r, "gateway_draining", "1 from SIGTERM/SIGINT until exit."),
+            registry: r,
+            redis,
+        }
+    }
+
+    /// A connection was accepted; the guard counts it open until dropped.
+    pub(crate) fn connection_opened(&self, transport: Transport, socket: &str) -> OpenConnection {
+        let t = TRANSPORTS[transport_index(transport)];
+        self.opened.with_label_values(&[t, socket]).inc();
+        let gauge = self.connections.with_label_values(&[t, socket]);
+        gauge.inc();
+        OpenConnection { gauge, transport }
+    }
+
+    /// A connection attempt was refused before a socket existed.
+    pub(crate) fn refused(&self, transport: Transport, reason: &'static str) {
+        let t = TRANSPORTS[transport_index(transport)];
+        self.refused.with_label_values(&[t, reason]).inc();
+    }
+
+    pub(crate) fn limit_hit(&self, limit: Limit) {
+        self.limit_hits[limit as usize].inc();
+    }
+
+    pub(crate) fn received(&self, transport: Transport, kind: Received) {
+        self.received[transport_index(transport)][kind as usize].inc();
+    }
+
+    /// Counts the messages of `batch` written to a client, and observes the
+    /// publish→send latency of its broadcasts.
+    pub(crate) fn sent(&self, transport: Transport, batch: impl Iterator<Item = Sent>) {
+        let mut counts = [0u64; 4];
+        let mut now = None;
+        for kind in batch {
+            counts[kind.index()] += 1;
+            if let Sent::Broadcast(at) = kind {
+                let now = *now.get_or_insert_with(Instant::now);
+                self.latency
+                    .observe(now.saturating_duration_since(at).as_secs_f64());
+            }
+        }
+        for (counter, n) in self.sent[transport_index(transport)].iter().zip(counts) {
+            if n > 0 {
+                counter.inc_by(n);
+            }
+        }
+    }
+
+    /// A `phx_join` was answered with `result` (`ok`, `unauthorized`, …).
+    pub(crate) fn join(&self, topic: &str, result: &str) {
+        let prefix = prefix::of(topic);
+        self.joins.with_label_values(&[prefix, result]).inc();
+    }
+
+    /// A channel joined; the guard counts it until dropped.
+    pub(crate) fn channel_joined(&self, topic: &str) -> JoinedChannel {
+        let gauge = self.channels_joined.with_label_values(&[prefix::of(topic)]);
+        gauge.inc();
+        JoinedChannel(gauge)
+    }
+
+    pub(crate) fn broadcast(&self, source: Source, topic: &str) {
+        self.broadcasts
+            .with_label_values(&[source.label(), prefix::of(topic)])
+            .inc();
+    }
+
+    pub(crate) fn broadcast_failed(&self, source: Source) {
+        self.broadcast_failures
+            .with_label_values(&[source.label()])
+            .inc();
+    }
+
+    /// Authentication refused on `socket` (a path, or `api`) for `reason`.
+    pub(crate) fn auth_failure(&self, socket: &str, reason: &'static str) {
+        self.auth_failures
+            .with_label_values(&[socket, reason])
+            .inc();
+    }
+
+    /// The text exposition of every metric, with the values read at scrape
+    /// time (readiness, limits, hub and broker state) brought up to date.
+    pub(crate) fn render(&self, ep: &Endpoint) -> String {
+        let (ready, _) = ep.readiness();
+        self.ready.set(i64::from(ready));
+        self.draining.set(i64::from(ep.is_draining()));
+        self.connections_max
+            .set(ep.limits().max_connections.map_or(0, |m| m as i64));
+        self.local_topics.set(ep.pubsub().hub().topics() as i64);
+        let status = ep.pubsub().broker_status();
+        self.redis_subscriptions
+            .set(status.as_ref().map_or(0, |s| s.subscriptions as i64));
+        if let Some(s) = &status {
+            self.redis_up.set(i64::from(s.connected));
+            catch_up(&self.redis_reconnects, s.reconnects);
+            catch_up(&self.malformed, s.malformed);
+        }
+        let mut families = self.registry.gather();
+        if status.is_some() {
+            families.extend(self.redis.gather());
+        }
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+            tracing::error!(error = %e, "metrics not encoded");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Brings a counter up to a total kept elsewhere (the Redis bus's stats).
+fn catch_up(counter: &IntCounter, total: u64) {
+    let now = counter.get();
+    if total > now {
+        counter.inc_by(total - now);
+    }
+}
+
+/// An open connection, counted in `gateway_connections` until dropped.
+#[derive(Debug)]
+pub(crate) struct OpenConnection {
+    gauge: IntGauge,
+    transport: Transport,
+}
+
+impl OpenConnection {
+    /// Counts how the connection ended, and the limit that ended it.
+    pub(crate) fn closed(&self, reason: Disconnect) {
+        let m = metrics();
+        let t = TRANSPORTS[transport_index(self.transport)];
+        m.closed.with_label_values(&[t, reason.label()]).inc();
+        let limit = match reason {
+            Disconnect::FrameTooLarge => Some(Limit::MaxFrameSize),
+            Disconnect::SlowConsumer => Some(Limit::OutboundQueue),
+            Disconnect::RateLimited => Some(Limit::PushRate),
+            _ => None,
+        };
+        if let Some(l) = limit {
+            m.limit_hit(l);
+        }
+    }
+
+    /// The transport the connection arrived on.
+    pub(crate) fn transport(&self) -> Transport {
+        self.transport
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// A joined channel, counted in `gateway_channels_joined` until dropped.
+#[derive(Debug)]
+pub(crate) struct JoinedChannel(IntGauge);
+
+impl Drop for JoinedChannel {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,336 @@
+//! `GET /metrics` of a real `gateway` process on a real `redis-server`:
+//! the exposition passes `promtool check metrics` (Debian's `prometheus`
+//! package, installed by `make test-deps`), and the counters follow what
+//! clients, publishers and Redis did — connections, joins by result, messages
+//! by kind, broadcasts by source, auth failures, refusals at a limit, Redis
+//! going down and coming back, a drain — with topics labelled by prefix only.
+//!
+//! Needs `redis-server` and `promtool` on PATH.
+
+mod support;
+
+use serde_json::json;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use support::redis::{broadcast, free_port, token, try_http, Pod, RedisServer};
+use support::PhxClient;
+use tokio::io::AsyncWriteExt;
+
+/// How long a metric may take to reach the value a test waits for.
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// The sum of the samples of `name` whose labels include all of `labels`;
+/// `None` when no sample matches.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut total = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (metric, label_text) = match series.split_once('{') {
+            Some((m, rest)) => (m, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if metric != name {
+            continue;
+        }
+        let have: Vec<(&str, &str)> = label_text
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k, v.trim_matches('"')))
+            .collect();
+        if labels.iter().all(|want| have.contains(want)) {
+            let v: f64 = value.parse().expect("a numeric sample");
+            total = Some(total.unwrap_or(0.0) + v);
+        }
+    }
+    total
+}
+
+async fn scrape_at(addr: SocketAddr) -> String {
+    let (status, body) = try_http(addr, "GET", "/metrics", None, "")
+        .await
+        .expect("/metrics answers");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// Scrapes until `name{labels}` equals `want`, failing after [`SETTLE`].
+async fn wait_for(addr: SocketAddr, name: &str, labels: &[(&str, &str)], want: f64) -> String {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let text = scrape_at(addr).await;
+        let got = sample(&text, name, labels);
+        if got == Some(want) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}{labels:?} is {got:?}, expected {want}\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs `promtool check metrics` on an exposition.
+async fn promtool_check(text: &str) {
+    let mut child = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool on PATH (Debian package prometheus; make test-deps installs it)");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin.write_all(text.as_bytes()).await.expect("write");
+    drop(stdin);
+    let out = child.wait_with_output().await.expect("promtool ran");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn get(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    sample(text, name, labels).unwrap_or_else(|| panic!("no sample {name}{labels:?}\n{text}"))
+}
+
+#[tokio::test]
+async fn a_live_scrape_passes_promtool_and_counts_what_happened() {
+    let redis = RedisServer::start().await;
+    let pod = Pod::start_with_server(
+        "drain_delay_ms = 0\ndrain_period_ms = 0\nmax_connections = 100\n",
+        &redis.url(),
+        "metrics:",
+    )
+    .await;
+    promtool_check(&scrape_at(pod.addr).await).await;
+
+    // A bad token: refused before a socket exists.
+    let status = PhxClient::refused_status(&pod.url("token=not-a-jwt")).await;
+    assert_eq!(status, 403);
+
+    let mut c = pod.client_with_token(&token("alice")).await;
+    c.join("room:lobby", "1").await;
+    let reply = c.try_join("nowhere:1", "2").await;
+    assert_eq!(reply[4]["status"], "error", "{reply}");
+
+    // One broadcast from each source, in order: a client push (the rule
+    // includes the sender), the HTTP API, and a publisher on Redis.
+    c.send(json!(["1", "p1", "room:lobby", "new_msg", {"n": 1}]))
+        .await;
+    // The reply and the broadcast (back from Redis) race each other.
+    let mut frames = vec![c.recv().await, c.recv().await];
+    frames.sort_by_key(|f| f[3] == "phx_reply");
+    assert_eq!(
+        frames,
+        [
+            broadcast("room:lobby", "new_msg", json!({"n": 1})),
+            json!(["1", "p1", "room:lobby", "phx_reply", {"status": "ok", "response": {}}])
+        ]
+    );
+    let (status, body) = pod
+        .api_broadcast("room:lobby", "new_msg", json!({"n": 2}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    c.expect(broadcast("room:lobby", "new_msg", json!({"n": 2})))
+        .await;
+    let mut resp = redis.client().await;
+    resp.publish("metrics:room:lobby", "not an envelope").await;
+    resp.publish(
+        "metrics:room:lobby",
+        r#"{"event":"new_msg","payload":{"n":3}}"#,
+    )
+    .await;
+    c.expect(broadcast("room:lobby", "new_msg", json!({"n": 3})))
+        .await;
+    c.heartbeat("h1").await;
+
+    let text = wait_for(
+        pod.addr,
+        "gateway_messages_sent_total",
+        &[("kind", "broadcast")],
+        3.0,
+    )
+    .await;
+    promtool_check(&text).await;
+    let ws = ("transport", "websocket");
+    let sock = ("socket", "/socket");
+    assert_eq!(get(&text, "gateway_connections", &[ws, sock]), 1.0);
+    assert_eq!(
+        get(&text, "gateway_connections_opened_total", &[ws, sock]),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &text,
+            "gateway_connections_refused_total",
+            &[ws, ("reason", "auth")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &text,
+            "gateway_auth_failures_total",
+            &[sock, ("reason", "invalid_token")]
+        ),
+        1.0
+    );
+    assert_eq!(get(&text, "gateway_connections_max", &[]), 100.0);
+    let room = ("topic_prefix", "room");
+    assert_eq!(get(&text, "gateway_channels_joined", &[room]), 1.0);
+    assert_eq!(
+        get(&text, "gateway_joins_total", &[room, ("result", "ok")]),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &text,
+            "gateway_joins_total",
+            &[("topic_prefix", "other"), ("result", "unmatched_topic")]
+        ),
+        1.0
+    );
+    let received = |kind| {
+        get(
+            &text,
+            "gateway_messages_received_total",
+            &[ws, ("kind", kind)],
+        )
+    };
+    assert_eq!(received("join"), 2.0);
+    assert_eq!(received("push"), 1.0);
+    assert!(received("heartbeat") >= 2.0, "client_with_token and h1");
+    let sent = |kind| get(&text, "gateway_messages_sent_total", &[ws, ("kind", kind)]);
+    assert!(sent("reply") >= 5.0, "two joins, a push and two heartbeats");
+    assert_eq!(sent("broadcast"), 3.0);
+    assert_eq!(
+        get(&text, "gateway_broadcast_latency_seconds_count", &[]),
+        3.0
+    );
+    let broadcasts = |source| {
+        get(
+            &text,
+            "gateway_broadcasts_total",
+            &[("source", source), room],
+        )
+    };
+    assert_eq!(broadcasts("client"), 1.0);
+    assert_eq!(broadcasts("http"), 1.0);
+    // Everything reaches the pod through its Redis subscription, its own
+    // client and HTTP broadcasts included.
+    assert_eq!(broadcasts("redis"), 3.0);
+    assert_eq!(get(&text, "gateway_malformed_envelopes_total", &[]), 1.0);
+    assert_eq!(get(&text, "gateway_redis_up", &[]), 1.0);
+    // room:lobby, the socket id users_socket:alice, the long-poll relay inbox.
+    assert!(
+        get(&text, "gateway_redis_subscriptions", &[]) >= 2.0,
+        "{text}"
+    );
+    assert_eq!(get(&text, "gateway_local_topics", &[]), 2.0);
+    assert_eq!(get(&text, "gateway_ready", &[]), 1.0);
+    assert_eq!(get(&text, "gateway_draining", &[]), 0.0);
+    assert!(get(&text, "process_open_fds", &[]) > 0.0);
+    assert!(get(&text, "process_resident_memory_bytes", &[]) > 0.0);
+    // Labels carry topic prefixes, never topics or user ids.
+    for raw in ["lobby", "alice", "nowhere"] {
+        assert!(!text.contains(raw), "{raw} in the exposition:\n{text}");
+    }
+
+    // The client leaves: its connection and channel are no longer counted.
+    c.close().await;
+    let text = wait_for(pod.addr, "gateway_connections", &[ws, sock], 0.0).await;
+    assert_eq!(get(&text, "gateway_channels_joined", &[room]), 0.0);
+    assert_eq!(
+        get(
+            &text,
+            "gateway_connections_closed_total",
+            &[ws, ("reason", "client_closed")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn refusals_at_the_connection_limit_are_counted() {
+    let redis = RedisServer::start().await;
+    let pod = Pod::start_with_server(
+        "drain_delay_ms = 0\ndrain_period_ms = 0\nmax_connections = 1\n",
+        &redis.url(),
+        "metrics-limit:",
+    )
+    .await;
+    let mut c = pod.client().await;
+    c.heartbeat("h").await;
+    assert_eq!(PhxClient::refused_status(&pod.url("")).await, 503);
+    let text = scrape_at(pod.addr).await;
+    assert_eq!(get(&text, "gateway_connections_max", &[]), 1.0);
+    assert_eq!(
+        get(
+            &text,
+            "gateway_limit_hits_total",
+            &[("limit", "max_connections")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &text,
+            "gateway_connections_refused_total",
+            &[("transport", "websocket"), ("reason", "max_connections")]
+        ),
+        1.0
+    );
+    assert_eq!(get(&text, "gateway_ready", &[]), 0.0, "at the limit");
+}
+
+#[tokio::test]
+async fn redis_going_down_shows_in_metrics_and_readyz() {
+    let mut redis = RedisServer::start().await;
+    let pod = Pod::start_with_server(
+        "drain_delay_ms = 0\ndrain_period_ms = 0\n",
+        &redis.url(),
+        "metrics-outage:",
+    )
+    .await;
+    wait_for(pod.addr, "gateway_redis_up", &[], 1.0).await;
+    redis.kill();
+    let text = wait_for(pod.addr, "gateway_redis_up", &[], 0.0).await;
+    promtool_check(&text).await;
+    let (_, body) = pod.get("/readyz").await.expect("readyz answers");
+    assert!(body.contains("redis: disconnected"), "{body}");
+    redis.restart().await;
+    wait_for(pod.addr, "gateway_redis_up", &[], 1.0).await;
+    let text = wait_for(pod.addr, "gateway_redis_reconnects_total", &[], 1.0).await;
+    assert_eq!(get(&text, "gateway_ready", &[]), 1.0);
+}
+
+#[tokio::test]
+async fn a_separate_metrics_port_keeps_answering_through_a_drain() {
+    let redis = RedisServer::start().await;
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut pod = Pod::start_with_server(
+        &format!(
+            "drain_delay_ms = 10000\ndrain_period_ms = 0\nshutdown_deadline_ms = 20000\n\
+             metrics_listen = \"{metrics}\"\n"
+        ),
+        &redis.url(),
+        "metrics-drain:",
+    )
+    .await;
+    // Only the metrics port serves /metrics.
+    let (status, _) = pod.get("/metrics").await.expect("main port answers");
+    assert_eq!(status, 404);
+    let text = scrape_at(metrics).await;
+    assert_eq!(get(&text, "gateway_draining", &[]), 0.0);
+
+    pod.terminate();
+    let text = wait_for(metrics, "gateway_draining", &[], 1.0).await;
+    assert_eq!(get(&text, "gateway_ready", &[]), 0.0);
+    promtool_check(&text).await;
+    assert!(pod.alive(), "the pod still drains");
+}
