@@ -11,7 +11,7 @@ use crate::hub::{Subscriber, Target};
 use crate::metrics::metrics;
 use crate::protocol::{Outbound, Payload};
 use crate::pubsub::PubSub;
-use crate::socket::connection::reply_unjoined;
+use crate::socket::connection::{join_answered, reply_unjoined};
 use futures_util::FutureExt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -56,6 +56,20 @@ fn refusal(response: &Payload) -> &'static str {
     match response.get("reason") {
         Some(serde_json::Value::String(r)) if r == "unauthorized" => "unauthorized",
         _ => "error",
+    }
+}
+
+impl End {
+    /// A word for the log line of a channel's end.
+    fn label(&self) -> &'static str {
+        match self {
+            End::Stop(StopReason::Error(_)) => "error",
+            End::Stop(_) => "stop",
+            End::Leave => "leave",
+            End::Replaced => "duplicate_join",
+            End::Closed => "connection_closed",
+            End::Crash => "crash",
+        }
     }
 }
 
@@ -104,7 +118,7 @@ pub(crate) async fn run<C: Channel>(mut chan: C, s: Start) {
         .await;
     let subscription = match joined {
         Err(_) => {
-            metrics().join(&topic, "error");
+            join_answered(&conn, &topic, "error");
             tracing::error!(topic = %topic, "channel join panicked");
             reply(
                 "error",
@@ -113,7 +127,7 @@ pub(crate) async fn run<C: Channel>(mut chan: C, s: Start) {
             None
         }
         Ok(Err(response)) => {
-            metrics().join(&topic, refusal(&response));
+            join_answered(&conn, &topic, refusal(&response));
             reply("error", &response);
             None
         }
@@ -128,12 +142,12 @@ pub(crate) async fn run<C: Channel>(mut chan: C, s: Start) {
             };
             match ctx.pubsub().clone().subscribe(&topic, sub).await {
                 Ok(sub) => {
-                    metrics().join(&topic, "ok");
+                    join_answered(&conn, &topic, "ok");
                     reply("ok", &response);
                     Some((sub, metrics().channel_joined(&topic)))
                 }
                 Err(e) => {
-                    metrics().join(&topic, "subscription_failed");
+                    join_answered(&conn, &topic, "subscription_failed");
                     tracing::warn!(topic = %topic, error = %e, "join refused: subscription failed");
                     let reason = serde_json::json!({"reason": "subscription failed, try again"});
                     reply("error", &Payload::json(&reason));
@@ -158,6 +172,7 @@ pub(crate) async fn run<C: Channel>(mut chan: C, s: Start) {
     };
 
     let end = event_loop(&mut chan, &mut ctx, &mut rx, &conn).await;
+    tracing::debug!(conn = conn.id(), topic = %topic, end = end.label(), "channel left");
 
     drop(subscription);
     ctx.cancel_timers();

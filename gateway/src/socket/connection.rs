@@ -80,6 +80,14 @@ impl Connection {
             }
             None => None,
         };
+        tracing::debug!(
+            conn = conn.id(),
+            ?transport,
+            socket = socket.path,
+            vsn = conn.vsn().as_str(),
+            socket_id = socket_id.as_deref(),
+            "connection opened"
+        );
         let open = metrics().connection_opened(transport, &socket.path);
         let mut connection = Connection {
             conn,
@@ -211,7 +219,7 @@ impl Connection {
             });
         let replacing = previous.as_ref().is_some_and(|p| p.replace);
         if !valid_topic(&topic) {
-            metrics().join(&topic, "invalid_topic");
+            join_answered(&self.conn, &topic, "invalid_topic");
             let reason = serde_json::json!({"reason": "invalid topic"});
             self.conn.send(&Outbound::Reply {
                 join_ref: join_ref.as_deref(),
@@ -223,7 +231,7 @@ impl Connection {
             return;
         }
         if !replacing && self.live_channels() >= self.socket.config.max_channels {
-            metrics().join(&topic, "too_many_channels");
+            join_answered(&self.conn, &topic, "too_many_channels");
             metrics().limit_hit(Limit::MaxChannels);
             let reason = serde_json::json!({"reason": "too many channels joined"});
             self.conn.send(&Outbound::Reply {
@@ -247,7 +255,7 @@ impl Connection {
             return;
         }
         let Some(factory) = self.socket.router.route(&topic) else {
-            metrics().join(&topic, "unmatched_topic");
+            join_answered(&self.conn, &topic, "unmatched_topic");
             reply_unjoined(&self.conn, &topic, "phx_join", None, ref_.as_deref());
             return;
         };
@@ -387,8 +395,25 @@ impl Drop for Connection {
         // Channel tasks end when the connection closes; make sure it does.
         self.conn.close(Disconnect::TransportError);
         let reason = self.conn.reason().unwrap_or(Disconnect::TransportError);
+        tracing::debug!(
+            conn = self.conn.id(),
+            transport = ?self.open.transport(),
+            reason = reason.label(),
+            "connection closed"
+        );
         self.open.closed(reason);
     }
+}
+
+/// Logs and counts the answer to a `phx_join`: `ok`, or why it was refused
+/// (the `result` label of `gateway_joins_total`).
+pub(crate) fn join_answered(conn: &ConnHandle, topic: &str, result: &'static str) {
+    if result == "ok" {
+        tracing::debug!(conn = conn.id(), topic, "channel joined");
+    } else {
+        tracing::debug!(conn = conn.id(), topic, result, "join refused");
+    }
+    metrics().join(topic, result);
 }
 
 /// Topics may not smuggle Redis glob characters, whitespace or control

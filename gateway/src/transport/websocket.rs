@@ -198,11 +198,7 @@ where
         reason = read_loop(&mut reader, &mut connection, &conn, &config) => reason,
     };
     conn.close(reason);
-    tracing::debug!(
-        conn = conn.id(),
-        reason = conn.reason().map(Disconnect::label),
-        "connection closed"
-    );
+    // Logs "connection closed" and counts it.
     drop(connection);
     let _ = writer.await;
 }

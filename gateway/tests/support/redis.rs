@@ -542,9 +542,28 @@ impl Pod {
         .await
     }
 
+    /// Starts a pod whose `[log]` section is `log` (TOML lines).
+    pub async fn start_with_log(log: &str, redis_url: &str, prefix: &str) -> Pod {
+        Pod::start_with_config(
+            "",
+            format!("url = \"{redis_url}\"\nprefix = \"{prefix}\"\n"),
+            log,
+        )
+        .await
+    }
+
     /// Starts a pod whose `[server]` section also holds `server` and whose
     /// `[redis]` section holds `redis` (TOML lines).
     async fn start_with(server: &str, redis: String) -> Pod {
+        Pod::start_with_config(
+            server,
+            redis,
+            "format = \"human\"\nlevel = \"info,pubsub_redis=debug\"\n",
+        )
+        .await
+    }
+
+    async fn start_with_config(server: &str, redis: String, log: &str) -> Pod {
         // Tests stop pods at once unless they test the drain itself.
         let server = if server.is_empty() {
             "drain_delay_ms = 0\ndrain_period_ms = 0\n"
@@ -554,7 +573,7 @@ impl Pod {
         let dir = TempDir::new("pod");
         let config = format!(
             "[server]\nlisten = \"127.0.0.1:4000\"\n{server}\n\
-             [log]\nformat = \"human\"\nlevel = \"info,pubsub_redis=debug\"\n\n\
+             [log]\n{log}\n\
              [api]\npath = \"/api/broadcast\"\n\n\
              [redis]\n{redis}\
              {RULES}"

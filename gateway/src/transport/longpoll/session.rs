@@ -224,11 +224,7 @@ pub(crate) async fn run(
             }
         }
     }
-    tracing::debug!(
-        conn = conn.id(),
-        reason = conn.reason().map(Disconnect::label),
-        "long-poll session ended"
-    );
+    // Dropping `connection` logs "connection closed" and counts it.
 }
 
 /// Hands each line to the connection: a JSON text frame, or the base64 of a

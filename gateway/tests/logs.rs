@@ -1,0 +1,101 @@
+//! The structured logs of a real `gateway` process: with `format = "json"`
+//! every line is a JSON object, a connection's lifecycle is one debug line
+//! per event (opened, channel joined, join refused, channel left, closed)
+//! carrying the connection id, and no payload is ever logged.
+//!
+//! Needs `redis-server` on PATH.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use support::redis::{broadcast, token, Pod, RedisServer};
+
+const SECRET_PAYLOAD: &str = "do-not-log-this-payload";
+
+/// The pod's log lines parsed as JSON, once one has `message` = `until`.
+async fn lines_until(pod: &Pod, until: &str) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = pod.log();
+        let lines: Vec<Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        if lines.iter().any(|l| l["fields"]["message"] == until) {
+            return lines;
+        }
+        assert!(Instant::now() < deadline, "no {until:?} line in\n{log}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn json_lines_one_per_lifecycle_event_and_no_payloads() {
+    let redis = RedisServer::start().await;
+    let pod = Pod::start_with_log(
+        "format = \"json\"\nlevel = \"debug\"\n",
+        &redis.url(),
+        "logs:",
+    )
+    .await;
+    let mut c = pod.client_with_token(&token("carol")).await;
+    c.join("room:lobby", "1").await;
+    let refused = c.try_join("nowhere:1", "2").await;
+    assert_eq!(refused[4]["status"], "error");
+    c.send(json!(["1", "p", "room:lobby", "new_msg", {"text": SECRET_PAYLOAD}]))
+        .await;
+    let want = broadcast("room:lobby", "new_msg", json!({"text": SECRET_PAYLOAD}));
+    loop {
+        if c.recv().await == want {
+            break;
+        }
+    }
+    c.close().await;
+
+    let lines = lines_until(&pod, "connection closed").await;
+    for l in &lines {
+        assert!(l["timestamp"].is_string(), "{l}");
+        assert!(l["level"].is_string(), "{l}");
+        assert!(l["target"].is_string(), "{l}");
+    }
+    let events: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["conn"].is_u64())
+        .collect();
+    let conn = events
+        .iter()
+        .find(|l| l["fields"]["message"] == "connection opened")
+        .map(|l| l["fields"]["conn"].clone())
+        .expect("a connection opened line");
+    let of_conn = |message: &str| {
+        events
+            .iter()
+            .filter(|l| l["fields"]["conn"] == conn && l["fields"]["message"] == message)
+            .map(|l| (*l).clone())
+            .collect::<Vec<Value>>()
+    };
+    let opened = of_conn("connection opened");
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    assert_eq!(opened[0]["level"], "DEBUG");
+    assert_eq!(opened[0]["fields"]["transport"], "WebSocket");
+    assert_eq!(opened[0]["fields"]["socket_id"], "users_socket:carol");
+    let joined = of_conn("channel joined");
+    assert_eq!(joined.len(), 1, "{joined:?}");
+    assert_eq!(joined[0]["fields"]["topic"], "room:lobby");
+    let refused = of_conn("join refused");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["fields"]["result"], "unmatched_topic");
+    let left = of_conn("channel left");
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0]["fields"]["end"], "connection_closed");
+    let closed = of_conn("connection closed");
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    assert_eq!(closed[0]["fields"]["reason"], "client_closed");
+
+    let log = pod.log();
+    assert!(
+        !log.contains(SECRET_PAYLOAD),
+        "a payload reached the log:\n{log}"
+    );
+}
