@@ -41,6 +41,20 @@ pub enum Disconnect {
 }
 
 impl Disconnect {
+    /// Every reason, for metrics that list each one from the start.
+    pub const ALL: [Disconnect; 10] = [
+        Disconnect::ClientClosed(None),
+        Disconnect::TransportError,
+        Disconnect::Malformed,
+        Disconnect::FrameTooLarge,
+        Disconnect::IdleTimeout,
+        Disconnect::SlowConsumer,
+        Disconnect::Forced,
+        Disconnect::ServerShutdown,
+        Disconnect::TokenExpired,
+        Disconnect::RateLimited,
+    ];
+
     /// The close frame to send, if any. Never 1000: phoenix.js ≤ 1.8.12 does
     /// not reconnect after a server close with 1000.
     pub fn close_frame(self) -> Option<(u16, &'static str)> {

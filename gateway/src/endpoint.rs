@@ -340,6 +340,8 @@ impl EndpointBuilder {
                 crate::metrics::register_pattern(&pattern.to_string());
             }
         }
+        let paths: Vec<&str> = self.sockets.iter().map(|s| s.path.as_str()).collect();
+        metrics().init(&paths);
         let node: Arc<str> = Arc::from(node);
         let shutdown = CancellationToken::new();
         let drain = Drain::default();

@@ -128,6 +128,15 @@ pub struct Refusal {
     pub message: &'static str,
 }
 
+/// The labels a [`Refusal`] may carry.
+const REFUSAL_LABELS: [&str; 5] = [
+    "missing_token",
+    "invalid_token",
+    "expired",
+    "not_yet_valid",
+    "claims",
+];
+
 impl Refusal {
     fn invalid(message: &'static str) -> Self {
         Refusal {
@@ -205,13 +214,15 @@ impl TokenSocket {
         if let Some(template) = &s.socket_id {
             crate::metrics::register_pattern(template);
         }
+        let path = s.path.trim_end_matches('/').to_owned();
+        crate::metrics::metrics().init_auth(&path, &REFUSAL_LABELS);
         Ok(TokenSocket {
             verifier: s.jwt.as_ref().map(TokenVerifier::from_config).transpose()?,
             require_token: s.require_token,
             token_param: s.token_param.clone(),
             socket_id: s.socket_id.clone(),
             require_claims,
-            path: s.path.trim_end_matches('/').to_owned(),
+            path,
         })
     }
 

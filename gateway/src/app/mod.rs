@@ -126,6 +126,7 @@ pub fn build(config: &Config, pubsub: PubSub) -> Result<Arc<Endpoint>, ConfigErr
         let key: Arc<str> = Arc::from(key.as_str());
         let max_body = config.api.max_body;
         let pubsub = pubsub.clone();
+        crate::metrics::metrics().init_auth("api", &["api_key"]);
         builder = builder.route(Method::POST, &config.api.path, move |req| {
             let (key, pubsub) = (key.clone(), pubsub.clone());
             async move { api::broadcast(req, pubsub, &key, max_body).await }

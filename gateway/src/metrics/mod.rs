@@ -110,6 +110,26 @@ impl Source {
 
 const TRANSPORTS: [&str; 2] = ["websocket", "longpoll"];
 
+/// The `reason` values of `gateway_connections_refused_total`.
+const REFUSALS: [&str; 5] = [
+    "max_connections",
+    "max_memory",
+    "auth",
+    "origin",
+    "draining",
+];
+
+/// The `result` values of `gateway_joins_total`.
+const JOIN_RESULTS: [&str; 7] = [
+    "ok",
+    "unauthorized",
+    "unmatched_topic",
+    "invalid_topic",
+    "too_many_channels",
+    "subscription_failed",
+    "error",
+];
+
 fn transport_index(t: Transport) -> usize {
     match t {
         Transport::WebSocket => 0,
@@ -336,6 +356,43 @@ impl Metrics {
             draining: gauge(&r, "gateway_draining", "1 from SIGTERM/SIGINT until exit."),
             registry: r,
             redis,
+        }
+    }
+
+    /// Creates the series of every label value known from the configuration
+    /// at zero, so they are scraped before anything happens (a `rate()` then
+    /// sees the first increment, and ratios have both sides).
+    pub(crate) fn init(&self, sockets: &[&str]) {
+        for t in TRANSPORTS {
+            for s in sockets {
+                self.connections.with_label_values(&[t, s]);
+                self.opened.with_label_values(&[t, s]);
+            }
+            for d in Disconnect::ALL {
+                self.closed.with_label_values(&[t, d.label()]);
+            }
+            for r in REFUSALS {
+                self.refused.with_label_values(&[t, r]);
+            }
+        }
+        for source in [Source::Client, Source::Http] {
+            self.broadcast_failures.with_label_values(&[source.label()]);
+        }
+        for p in prefix::all() {
+            self.channels_joined.with_label_values(&[&p]);
+            for result in JOIN_RESULTS {
+                self.joins.with_label_values(&[&p, result]);
+            }
+            for source in [Source::Client, Source::Http, Source::Redis] {
+                self.broadcasts.with_label_values(&[source.label(), &p]);
+            }
+        }
+    }
+
+    /// Creates the auth-failure series of a socket (a path, or `api`) at zero.
+    pub(crate) fn init_auth(&self, socket: &str, reasons: &[&str]) {
+        for r in reasons {
+            self.auth_failures.with_label_values(&[socket, r]);
         }
     }
 

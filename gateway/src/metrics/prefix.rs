@@ -33,6 +33,13 @@ pub(crate) fn register_pattern(pattern: &str) {
     }
 }
 
+/// Every label value so far: the configured prefixes and `other`.
+pub(crate) fn all() -> Vec<String> {
+    let mut v: Vec<String> = KNOWN.read().iter().map(|p| p.to_string()).collect();
+    v.push(OTHER.to_owned());
+    v
+}
+
 /// The label value for `topic`.
 pub(crate) fn of(topic: &str) -> &str {
     let p = head(topic);
