@@ -66,6 +66,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&config);
+    raise_open_files_limit();
     gateway::server::install_panic_hook();
     // Without background threads jemalloc returns freed pages to the OS only
     // while the process allocates, so a pod whose connections left would keep
@@ -88,6 +89,20 @@ fn main() -> ExitCode {
             eprintln!("gateway: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Every connection holds a file descriptor, and the usual default soft limit
+/// (1024) would refuse connections long before memory runs out, so the soft
+/// limit goes up to the hard limit, which is what the operator (or the
+/// container runtime) allows.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(soft) => {
+            let hard = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(soft, |(_, hard)| hard);
+            tracing::info!(soft, hard, "open files limit");
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
     }
 }
 

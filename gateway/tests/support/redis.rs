@@ -487,6 +487,9 @@ pub async fn redis_cli(port: u16, args: &[&str]) -> String {
 // ---------------------------------------------------------------------------
 // gateway pods
 
+/// The `[log]` section of test pods.
+const DEFAULT_LOG: &str = "format = \"human\"\nlevel = \"info,pubsub_redis=debug\"\n";
+
 /// A `gateway` process with the Redis broker, killed on drop.
 pub struct Pod {
     pub addr: SocketAddr,
@@ -544,10 +547,23 @@ impl Pod {
 
     /// Starts a pod whose `[log]` section is `log` (TOML lines).
     pub async fn start_with_log(log: &str, redis_url: &str, prefix: &str) -> Pod {
-        Pod::start_with_config(
+        Pod::start_full(
             "",
             format!("url = \"{redis_url}\"\nprefix = \"{prefix}\"\n"),
+            "",
             log,
+        )
+        .await
+    }
+
+    /// Starts a pod whose `[[socket]]` table also holds `socket` (TOML lines,
+    /// e.g. a small `outbound_queue`).
+    pub async fn start_with_socket(socket: &str, redis_url: &str, prefix: &str) -> Pod {
+        Pod::start_full(
+            "",
+            format!("url = \"{redis_url}\"\nprefix = \"{prefix}\"\n"),
+            socket,
+            DEFAULT_LOG,
         )
         .await
     }
@@ -555,15 +571,12 @@ impl Pod {
     /// Starts a pod whose `[server]` section also holds `server` and whose
     /// `[redis]` section holds `redis` (TOML lines).
     async fn start_with(server: &str, redis: String) -> Pod {
-        Pod::start_with_config(
-            server,
-            redis,
-            "format = \"human\"\nlevel = \"info,pubsub_redis=debug\"\n",
-        )
-        .await
+        Pod::start_full(server, redis, "", DEFAULT_LOG).await
     }
 
-    async fn start_with_config(server: &str, redis: String, log: &str) -> Pod {
+    /// [`Pod::start_with`], with `socket` (TOML lines) added to the
+    /// `[[socket]]` table and `log` as the `[log]` section.
+    async fn start_full(server: &str, redis: String, socket: &str, log: &str) -> Pod {
         // Tests stop pods at once unless they test the drain itself.
         let server = if server.is_empty() {
             "drain_delay_ms = 0\ndrain_period_ms = 0\n"
@@ -571,12 +584,13 @@ impl Pod {
             server
         };
         let dir = TempDir::new("pod");
+        let rules = RULES.replacen("[[socket]]\n", &format!("[[socket]]\n{socket}\n"), 1);
         let config = format!(
             "[server]\nlisten = \"127.0.0.1:4000\"\n{server}\n\
              [log]\n{log}\n\
              [api]\npath = \"/api/broadcast\"\n\n\
              [redis]\n{redis}\
-             {RULES}"
+             {rules}"
         );
         let config_path = dir.path("gateway.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -641,6 +655,11 @@ impl Pod {
     pub async fn api_broadcast(&self, topic: &str, event: &str, payload: Value) -> (u16, String) {
         let body = json!({"topic": topic, "event": event, "payload": payload}).to_string();
         http_post(self.addr, "/api/broadcast", &self.api_key, &body).await
+    }
+
+    /// The process id, e.g. to read `/proc/{pid}/status`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends SIGTERM (a clean stop, as Kubernetes asks for one).

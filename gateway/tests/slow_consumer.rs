@@ -1,0 +1,313 @@
+//! A slow consumer of a real `gateway` process: a client that joins a topic
+//! and then stops reading while the topic is flooded through Redis. The
+//! gateway closes it as a slow consumer once its outbound queue overflows,
+//! its resident memory stays bounded by that queue rather than growing with
+//! the flood, and a well-behaved client on the same topic receives every
+//! message.
+//!
+//! Needs `redis-server` on PATH.
+
+mod support;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use redis::AsyncCommands as _;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use support::redis::{Pod, RedisServer};
+use support::Received;
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::Message;
+
+const TOPIC: &str = "room:flood";
+/// `[[socket]] outbound_queue` of the pod, in frames.
+const QUEUE: usize = 32;
+/// Bytes of filler in each message's payload.
+const PAYLOAD: usize = 8 * 1024;
+/// The frame a subscriber gets is the payload plus the Phoenix envelope
+/// (`[null,null,"room:flood","flood",{"n":12345,"data":"…"}]`).
+const FRAME: usize = PAYLOAD + 64;
+/// Client receive buffer of the slow client. Linux doubles it and keeps
+/// its own minimum; what matters is that it is far below the default
+/// (autotuned up to `tcp_rmem`'s maximum, 32 MiB here), which would let
+/// the kernel absorb a large part of the flood before the gateway sees any
+/// back-pressure.
+const SLOW_RCVBUF: u32 = 4096;
+/// How much the gateway's resident memory may grow over its baseline.
+///
+/// The slow connection holds at most `2 × QUEUE` frames in user space: the
+/// batch its writer took from the queue and is stuck writing, plus a full
+/// queue behind it; the next frame overflows the queue and closes the
+/// connection. Frames are shared with the good client (encode-once), and
+/// the publisher below keeps at most `2 × WINDOW` messages unread by the
+/// good client, so that adds at most another `2 × WINDOW` frames. Kernel
+/// socket buffers (the slow socket's send buffer, autotuned up to
+/// `tcp_wmem`'s 4 MiB, and the client's receive buffer) are kernel memory,
+/// not the process's RSS. On top of that: the Redis subscriber connection's
+/// read buffer, JSON validation of each envelope, jemalloc's size-class
+/// caches and dirty pages it has not yet returned (10 s decay), and a debug
+/// build's larger stack frames: 8 MiB of slack, measured at well under
+/// that. Unbounded buffering of the flood below would need `FLOOD × FRAME`,
+/// ten times this bound.
+const BOUND: usize = 2 * QUEUE * FRAME + 2 * WINDOW as usize * FRAME + 8 * 1024 * 1024;
+/// Messages published: ten times what [`BOUND`] could hold.
+const FLOOD: u64 = (10 * BOUND / FRAME) as u64 + 1;
+/// Messages published per pipeline; the publisher keeps at most two windows
+/// unread by the good client, well under [`QUEUE`], so the good client is
+/// never a slow consumer itself however the machine schedules it.
+const WINDOW: u64 = 8;
+/// The whole flood must be over within this.
+const FLOOD_TIME: Duration = Duration::from_secs(120);
+/// Any single expected event (a frame, a close, a pipeline reply).
+const STEP: Duration = Duration::from_secs(20);
+
+/// `VmRSS` or `VmHWM` of `pid`, in bytes.
+fn proc_status_bytes(pid: u32, field: &str) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    let kb: usize = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("cannot parse {line:?}"));
+    kb * 1024
+}
+
+/// Resets `VmHWM` (peak RSS) of `pid` to its current RSS; false where the
+/// kernel does not allow it (then the sampled maximum is all we have).
+fn reset_peak(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// The number after `connections: ` in the pod's `/readyz` body.
+async fn open_connections(pod: &Pod) -> usize {
+    let (_, body) = pod.get("/readyz").await.expect("readyz answers");
+    body.lines()
+        .find_map(|l| l.strip_prefix("connections: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no connection count in /readyz: {body}"))
+}
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// The `n` of a `flood` broadcast, `None` for any other frame.
+fn flood_n(frame: &Value) -> Option<u64> {
+    (frame[2] == TOPIC && frame[3] == "flood").then(|| frame[4]["n"].as_u64().expect("n"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_and_memory_stays_bounded() {
+    let redis = RedisServer::start().await;
+    let mut pod = Pod::start_with_socket(
+        &format!("outbound_queue = {QUEUE}\n"),
+        &redis.url(),
+        "slow:",
+    )
+    .await;
+    let pid = pod.pid();
+
+    // The slow client: a small kernel receive buffer, joins, then reads
+    // nothing until the flood is over.
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(SLOW_RCVBUF).expect("SO_RCVBUF");
+    let stream = tokio::time::timeout(STEP, socket.connect(pod.addr))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    let (mut slow, _) =
+        tokio::time::timeout(STEP, tokio_tungstenite::client_async(pod.url(""), stream))
+            .await
+            .expect("handshake timed out")
+            .expect("handshake");
+    slow.send(Message::text(format!(
+        r#"["1","1","{TOPIC}","phx_join",{{}}]"#
+    )))
+    .await
+    .expect("send join");
+    match tokio::time::timeout(STEP, slow.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => {
+            let reply: Value = serde_json::from_str(t.as_str()).unwrap();
+            assert_eq!(reply[4]["status"], "ok", "{reply}");
+        }
+        other => panic!("slow client: expected the join reply, got {other:?}"),
+    }
+
+    // The good client joins the same topic and reads everything.
+    let mut good = pod.client().await;
+    good.join(TOPIC, "1").await;
+    assert_eq!(open_connections(&pod).await, 2);
+
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut publisher = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis");
+    let channel = format!("slow:{TOPIC}");
+    // Both joins were answered, so the pod is subscribed: exactly one receiver.
+    let receivers: i64 = publisher
+        .publish(&channel, r#"{"event":"warmup","payload":{}}"#)
+        .await
+        .expect("publish");
+    assert_eq!(receivers, 1, "the pod is not subscribed to {channel}");
+    good.expect(support::redis::broadcast(
+        TOPIC,
+        "warmup",
+        serde_json::json!({}),
+    ))
+    .await;
+
+    let baseline = proc_status_bytes(pid, "VmRSS:");
+    let hwm_reset = reset_peak(pid);
+
+    // The good client counts what it receives, in order, and reports progress.
+    let (progress_tx, mut progress) = tokio::sync::watch::channel(0u64);
+    let reader = tokio::spawn(async move {
+        let mut received = 0u64;
+        while received < FLOOD {
+            match good.next_within(STEP).await {
+                Some(Received::Text(frame)) => {
+                    let n = flood_n(&frame).unwrap_or_else(|| panic!("unexpected frame {frame}"));
+                    assert_eq!(n, received, "good client: out of order or lost");
+                    received += 1;
+                    let _ = progress_tx.send(received);
+                }
+                other => panic!("good client: after {received} messages got {other:?}"),
+            }
+        }
+        // Keep the connection open: the slow client's close is observed as
+        // the pod's connection count going down to this one.
+        (received, good)
+    });
+
+    // The flood, WINDOW messages per pipeline, at most two windows ahead of
+    // the good client.
+    let filler = "x".repeat(PAYLOAD);
+    let started = Instant::now();
+    let mut peak_sampled = baseline;
+    let mut slow_closed_at: Option<u64> = None;
+    let mut sent = 0u64;
+    while sent < FLOOD {
+        assert!(
+            started.elapsed() < FLOOD_TIME,
+            "flood not over within {FLOOD_TIME:?}: {sent} of {FLOOD} sent"
+        );
+        let want = sent.saturating_sub(WINDOW);
+        tokio::time::timeout(STEP, progress.wait_for(|&r| r >= want))
+            .await
+            .unwrap_or_else(|_| panic!("good client stuck below {want} of {sent} sent"))
+            .expect("good client reader ended");
+        let mut pipe = redis::pipe();
+        let batch = WINDOW.min(FLOOD - sent);
+        for n in sent..sent + batch {
+            let msg = format!(r#"{{"event":"flood","payload":{{"n":{n},"data":"{filler}"}}}}"#);
+            pipe.publish(&channel, msg);
+        }
+        let replies: Vec<i64> = tokio::time::timeout(STEP, pipe.query_async(&mut publisher))
+            .await
+            .expect("publish timed out")
+            .expect("publish");
+        assert!(replies.iter().all(|&r| r == 1), "receivers: {replies:?}");
+        sent += batch;
+        peak_sampled = peak_sampled.max(proc_status_bytes(pid, "VmRSS:"));
+        // Every 64 messages (512 KiB), until it happened: is the slow one gone?
+        if slow_closed_at.is_none() && sent % (8 * WINDOW) == 0 && open_connections(&pod).await == 1
+        {
+            slow_closed_at = Some(sent);
+        }
+    }
+    let flood_time = started.elapsed();
+    let (received, _good) = tokio::time::timeout(STEP, reader)
+        .await
+        .expect("good client did not receive the whole flood")
+        .expect("good client reader panicked");
+    let peak_hwm = proc_status_bytes(pid, "VmHWM:");
+    let peak = if hwm_reset {
+        peak_sampled.max(peak_hwm)
+    } else {
+        peak_sampled
+    };
+
+    // (c) One slow consumer did not hold up the other client.
+    assert_eq!(received, FLOOD);
+
+    // (b) Memory stayed bounded.
+    eprintln!(
+        "slow consumer: queue {QUEUE} frames of {FRAME} B; flood {FLOOD} messages \
+         ({:.1} MiB) in {flood_time:?}; slow client gone by message {slow_closed_at:?}; \
+         RSS baseline {:.1} MiB, peak {:.1} MiB (sampled {:.1} MiB, VmHWM {} {:.1} MiB), \
+         growth {:.1} MiB, bound {:.1} MiB",
+        mib(FLOOD as usize * FRAME),
+        mib(baseline),
+        mib(peak),
+        mib(peak_sampled),
+        if hwm_reset { "reset" } else { "not reset" },
+        mib(peak_hwm),
+        mib(peak.saturating_sub(baseline)),
+        mib(BOUND),
+    );
+    assert!(
+        peak <= baseline + BOUND,
+        "RSS grew by {:.1} MiB over its baseline of {:.1} MiB, more than the bound of {:.1} MiB",
+        mib(peak.saturating_sub(baseline)),
+        mib(baseline),
+        mib(BOUND)
+    );
+
+    // (a) The slow client was closed during the flood; what it finds once it
+    // reads again is a prefix of the flood, then 1008 "slow consumer" or,
+    // as the writer was cut off mid-write, the end of the stream.
+    let slow_closed_at = match slow_closed_at {
+        Some(n) => n,
+        None => {
+            let deadline = Instant::now() + STEP;
+            while open_connections(&pod).await != 1 {
+                assert!(
+                    Instant::now() < deadline,
+                    "the slow client is still connected after the whole flood"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            FLOOD
+        }
+    };
+    let mut slow_got = 0u64;
+    let mut warmup = false;
+    let end = loop {
+        let frame = tokio::time::timeout(STEP, slow.next())
+            .await
+            .expect("slow client: neither a frame nor the end");
+        match frame {
+            Some(Ok(Message::Text(t))) => {
+                let frame: Value = serde_json::from_str(t.as_str()).unwrap();
+                if !warmup && frame[3] == "warmup" {
+                    warmup = true;
+                    continue;
+                }
+                assert_eq!(flood_n(&frame), Some(slow_got), "slow client: {frame}");
+                slow_got += 1;
+            }
+            Some(Ok(Message::Close(c))) => {
+                break c.map(|c| (u16::from(c.code), c.reason.to_string()))
+            }
+            Some(Ok(other)) => panic!("slow client: unexpected {other:?}"),
+            Some(Err(_)) | None => break None,
+        }
+    };
+    if let Some((code, reason)) = &end {
+        assert_eq!((*code, reason.as_str()), (1008, "slow consumer"));
+    }
+    assert!(
+        slow_got < slow_closed_at,
+        "the slow client got {slow_got} messages, closed by {slow_closed_at}"
+    );
+
+    eprintln!("slow consumer: the slow client read {slow_got} messages, then {end:?}");
+
+    assert!(pod.alive(), "the gateway exited");
+    let log = pod.log();
+    assert!(!log.contains("panicked"), "panic in the log:\n{log}");
+}
