@@ -9,7 +9,7 @@ PORT  ?= 4000
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 SEEDS_BIN  ?= $(TARGET_DIR)/debug/examples/seeds
 
-.PHONY: run run-seeds build test test-deps test-rust test-compat test-e2e test-image lint lint-k8s image image-check bench curves
+.PHONY: run run-seeds build test test-deps test-rust test-compat test-e2e test-image lint lint-k8s image image-check bench curves bench-ab
 
 ## run: the gateway on 127.0.0.1:$(PORT) with config/example.toml and the demo
 ## chat at /; the in-memory broker unless REDIS_URL is set
@@ -99,3 +99,8 @@ bench:
 ## CURVES_DOCS=docs/perf also refreshes the committed charts (about 15 minutes)
 curves:
 	bash loadtest/curves.sh
+
+## bench-ab: the same fan-out run against two gateway binaries, alternated
+## (make bench-ab A=old/gateway B=target/release/gateway); what a change costs
+bench-ab:
+	bash loadtest/ab.sh $(A) $(B)

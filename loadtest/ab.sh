@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# make bench-ab A=<gateway binary> B=<gateway binary>: the same fan-out run
+# against two gateway builds, alternated A B A B ... on one redis-server, to
+# see what a change costs on the hot path (e.g. a release build of the
+# previous commit against this one). Prints deliveries/s, latency and the
+# gateway's CPU time per delivery of every run and the median of each side.
+#
+# AB_ROUNDS (default 3) rounds; AB_DURATION (default 20s) each run;
+# AB_SHAPE (default "-s 10000 -t 1 -p 50": fanout-10k's shape).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+A=${1:?usage: loadtest/ab.sh A-BINARY B-BINARY}
+B=${2:?usage: loadtest/ab.sh A-BINARY B-BINARY}
+ROUNDS=${AB_ROUNDS:-3}
+DURATION=${AB_DURATION:-20s}
+SHAPE=${AB_SHAPE:--s 10000 -t 1 -p 50}
+OUT=bench/results/ab-$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$OUT"
+# shellcheck source=loadtest/bench/lib.sh
+. loadtest/bench/lib.sh
+
+$CARGO build --release -p loadtest
+start_redis
+for round in $(seq 1 "$ROUNDS"); do
+  for side in A B; do
+    GW=${!side}
+    start_gateway "gw-$side-$round"
+    # shellcheck disable=SC2086
+    lt "$side-$round" fanout $SHAPE --via redis --redis-url "$REDIS_URL" --prefix "$PREFIX" \
+      --url "$GW_URL" --gateway-pid "$GW_PID" --duration "$DURATION" --drain 5s
+    stop "$GW_PID"
+  done
+done
+
+python3 - "$OUT" "$A" "$B" <<'PY'
+import json, os, statistics, sys
+out, a, b = sys.argv[1:4]
+runs = {"A": [], "B": []}
+print(f"\nA = {a}\nB = {b}\n")
+print(f"{'run':<6}{'deliv/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'missing':>9}{'CPU µs/d':>10}")
+for f in sorted(os.listdir(out)):
+    if not f.endswith(".json"):
+        continue
+    d = json.load(open(os.path.join(out, f)))
+    lat = d["latency"]["delivery"]
+    cpu = (d.get("gateway_cpu") or {}).get("us_per_delivery")
+    runs[f[0]].append((d["deliveries_per_sec"], lat["p50_ms"], lat["p99_ms"], cpu))
+    print(f"{f[:-5]:<6}{d['deliveries_per_sec']:>11.0f}{lat['p50_ms']:>9.2f}{lat['p99_ms']:>9.2f}{d['missing']:>9}{cpu or 0:>10.2f}")
+print()
+for side, rs in runs.items():
+    med = [statistics.median(x[i] for x in rs) for i in range(4)]
+    print(f"median {side}: {med[0]:.0f} deliv/s, p50 {med[1]:.2f} ms, p99 {med[2]:.2f} ms, {med[3]:.2f} CPU µs/delivery")
+print(f"\nresults in {out}")
+PY
