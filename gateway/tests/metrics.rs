@@ -307,7 +307,10 @@ async fn redis_going_down_shows_in_metrics_and_readyz() {
     redis.restart().await;
     // The bus counts a reconnect before it reports itself connected.
     let text = wait_for(pod.addr, "gateway_redis_up", &[], 1.0).await;
-    assert!(get(&text, "gateway_redis_reconnects_total", &[]) >= 1.0, "{text}");
+    assert!(
+        get(&text, "gateway_redis_reconnects_total", &[]) >= 1.0,
+        "{text}"
+    );
     assert_eq!(get(&text, "gateway_ready", &[]), 1.0);
 }
 
