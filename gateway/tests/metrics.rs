@@ -13,6 +13,7 @@ use serde_json::json;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+use support::longpoll::LpClient;
 use support::redis::{broadcast, free_port, token, try_http, Pod, RedisServer};
 use support::PhxClient;
 use tokio::io::AsyncWriteExt;
@@ -338,4 +339,68 @@ async fn a_separate_metrics_port_keeps_answering_through_a_drain() {
     assert_eq!(get(&text, "gateway_ready", &[]), 0.0);
     promtool_check(&text).await;
     assert!(pod.alive(), "the pod still drains");
+}
+
+#[tokio::test]
+async fn long_poll_sessions_are_counted_under_their_transport() {
+    let redis = RedisServer::start().await;
+    let pod = Pod::start_with_server(
+        "drain_delay_ms = 0\ndrain_period_ms = 0\n",
+        &redis.url(),
+        "metrics-lp:",
+    )
+    .await;
+    let mut lp = LpClient::new(pod.addr, "vsn=2.0.0");
+    lp.open().await;
+    lp.call(
+        &[json!(["1", "1", "room:lobby", "phx_join", {}])],
+        &[json!(["1", "1", "room:lobby", "phx_reply", {"status": "ok", "response": {}}])],
+    )
+    .await;
+    let (status, body) = pod
+        .api_broadcast("room:lobby", "new_msg", json!({"n": 1}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        lp.messages(1).await,
+        [broadcast("room:lobby", "new_msg", json!({"n": 1}))]
+    );
+
+    let lp_ = ("transport", "longpoll");
+    let text = wait_for(
+        pod.addr,
+        "gateway_messages_sent_total",
+        &[lp_, ("kind", "broadcast")],
+        1.0,
+    )
+    .await;
+    promtool_check(&text).await;
+    assert_eq!(
+        get(&text, "gateway_connections", &[lp_, ("socket", "/socket")]),
+        1.0
+    );
+    assert_eq!(
+        get(&text, "gateway_connections", &[("transport", "websocket")]),
+        0.0
+    );
+    assert_eq!(
+        get(
+            &text,
+            "gateway_messages_received_total",
+            &[lp_, ("kind", "join")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &text,
+            "gateway_messages_sent_total",
+            &[lp_, ("kind", "reply")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(&text, "gateway_broadcast_latency_seconds_count", &[]),
+        1.0
+    );
 }
