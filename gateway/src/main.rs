@@ -66,7 +66,8 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&config);
-    raise_open_files_limit();
+    let mut config = config;
+    raise_open_files_limit(&mut config);
     gateway::server::install_panic_hook();
     // Without background threads jemalloc returns freed pages to the OS only
     // while the process allocates, so a pod whose connections left would keep
@@ -95,16 +96,37 @@ fn main() -> ExitCode {
 /// Every connection holds a file descriptor, and the usual default soft limit
 /// (1024) would refuse connections long before memory runs out, so the soft
 /// limit goes up to the hard limit, which is what the operator (or the
-/// container runtime) allows.
-fn raise_open_files_limit() {
-    match rlimit::increase_nofile_limit(u64::MAX) {
+/// container runtime) allows. A `max_connections` that limit cannot hold is
+/// lowered to fit, so the pod refuses the excess with a clean 503 and fails
+/// `/readyz` instead of failing accepts.
+fn raise_open_files_limit(config: &mut Config) {
+    let soft = match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(soft) => {
             let hard = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(soft, |(_, hard)| hard);
             tracing::info!(soft, hard, "open files limit");
+            soft
         }
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open files limit");
+            return;
+        }
+    };
+    let max = &mut config.server.max_connections;
+    let fits = usize::try_from(soft.saturating_sub(FD_MARGIN)).unwrap_or(usize::MAX);
+    if *max > fits {
+        tracing::warn!(
+            configured = *max,
+            lowered_to = fits,
+            open_files = soft,
+            "max_connections lowered to fit the open files limit"
+        );
+        *max = fits.max(1);
     }
 }
+
+/// File descriptors kept for what is not a client connection: the listener,
+/// Redis connections, the runtime, logs.
+const FD_MARGIN: u64 = 64;
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let addr = config.listen_addr()?;

@@ -86,7 +86,12 @@ async fn the_open_files_soft_limit_is_raised_to_the_hard_limit() {
     let config = dir.path("gateway.toml");
     std::fs::write(
         &config,
-        format!("[server]\nlisten = \"127.0.0.1:{}\"\n", free_port()),
+        // More connections than the hard limit allows: lowered to fit.
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\nmax_connections = {}\n",
+            free_port(),
+            hard + 100
+        ),
     )
     .unwrap();
     let log_path = dir.path("gateway.log");
@@ -112,8 +117,11 @@ async fn the_open_files_soft_limit_is_raised_to_the_hard_limit() {
     let deadline = Instant::now() + Duration::from_secs(15);
     let logged = loop {
         let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        if let Some(line) = text.lines().find(|l| l.contains("open files limit")) {
-            break line.to_owned();
+        let line = |what: &str| text.lines().find(|l| l.contains(what)).map(str::to_owned);
+        if let (Some(raised), Some(lowered)) =
+            (line("open files limit"), line("max_connections lowered"))
+        {
+            break (raised, lowered);
         }
         let exited = child.try_wait().unwrap();
         if exited.is_some() || Instant::now() > deadline {
@@ -123,6 +131,7 @@ async fn the_open_files_soft_limit_is_raised_to_the_hard_limit() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let (logged, lowered) = logged;
     let limits = open_files_limit(pid);
     let _ = child.kill();
     let _ = child.wait();
@@ -130,5 +139,9 @@ async fn the_open_files_soft_limit_is_raised_to_the_hard_limit() {
     assert!(
         logged.contains("INFO") && logged.contains(&format!("soft={hard} hard={hard}")),
         "{logged}"
+    );
+    assert!(
+        lowered.contains("WARN") && lowered.contains(&format!("lowered_to={}", hard - 64)),
+        "{lowered}"
     );
 }
