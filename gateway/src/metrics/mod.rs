@@ -291,7 +291,7 @@ impl Metrics {
             connections_max: gauge(
                 &r,
                 "gateway_connections_max",
-                "The configured maximum connections of this pod (0: unlimited).",
+                "The maximum connections of this pod in force (0: unlimited).",
             ),
             channels_joined: gauge_vec(
                 &r,
