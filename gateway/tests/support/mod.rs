@@ -69,6 +69,9 @@ pub enum Received {
 /// server sends.
 pub struct PhxClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The server closed the connection (or it broke) and that was reported
+    /// once; see [`PhxClient::next_within`].
+    ended: bool,
 }
 
 impl PhxClient {
@@ -77,7 +80,7 @@ impl PhxClient {
             .await
             .expect("connect timed out")
             .expect("connect failed");
-        PhxClient { ws }
+        PhxClient { ws, ended: false }
     }
 
     pub async fn send_text(&mut self, text: &str) {
@@ -102,14 +105,17 @@ impl PhxClient {
                 .await
                 .expect("timed out waiting for a frame");
             match msg {
-                None => return Received::Close(None),
-                Some(Err(_)) => return Received::Close(None),
+                None | Some(Err(_)) => {
+                    self.ended = true;
+                    return Received::Close(None);
+                }
                 Some(Ok(WsMessage::Text(t))) => {
                     return Received::Text(serde_json::from_str(t.as_str()).unwrap())
                 }
                 Some(Ok(WsMessage::Binary(b))) => return Received::Binary(b.to_vec()),
                 Some(Ok(WsMessage::Close(c))) => {
-                    return Received::Close(c.map(|c| u16::from(c.code)))
+                    self.ended = true;
+                    return Received::Close(c.map(|c| u16::from(c.code)));
                 }
                 Some(Ok(_)) => continue,
             }
@@ -189,7 +195,7 @@ impl PhxClient {
         let (ws, resp) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(req))
             .await
             .expect("connect timed out")?;
-        Ok((PhxClient { ws }, resp))
+        Ok((PhxClient { ws, ended: false }, resp))
     }
 
     /// The HTTP status of a handshake that must be refused.

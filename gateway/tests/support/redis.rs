@@ -889,21 +889,37 @@ pub fn broadcast(topic: &str, event: &str, payload: Value) -> Value {
 
 impl PhxClient {
     /// The next data or close frame within `within`; `None` on timeout.
+    ///
+    /// The end of the connection (a close frame, EOF or an error) is reported
+    /// once, as `Close`. After that no frame can come, so a later call waits
+    /// out `within` and returns `None`: a loop that does not stop on `Close`
+    /// polls at the caller's pace instead of spinning without yielding (which
+    /// starves the runtime and can hang its shutdown).
     pub async fn next_within(&mut self, within: Duration) -> Option<Received> {
         use futures_util::StreamExt;
         use tokio_tungstenite::tungstenite::Message as WsMessage;
         let deadline = tokio::time::Instant::now() + within;
+        if self.ended {
+            tokio::time::sleep_until(deadline).await;
+            return None;
+        }
         loop {
             let msg = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .ok()?;
             return Some(match msg {
-                None | Some(Err(_)) => Received::Close(None),
+                None | Some(Err(_)) => {
+                    self.ended = true;
+                    Received::Close(None)
+                }
                 Some(Ok(WsMessage::Text(t))) => {
                     Received::Text(serde_json::from_str(t.as_str()).unwrap())
                 }
                 Some(Ok(WsMessage::Binary(b))) => Received::Binary(b.to_vec()),
-                Some(Ok(WsMessage::Close(c))) => Received::Close(c.map(|c| u16::from(c.code))),
+                Some(Ok(WsMessage::Close(c))) => {
+                    self.ended = true;
+                    Received::Close(c.map(|c| u16::from(c.code)))
+                }
                 Some(Ok(_)) => continue,
             });
         }
