@@ -158,6 +158,15 @@ async fn a_live_scrape_passes_promtool_and_counts_what_happened() {
     )
     .await;
     promtool_check(&text).await;
+    // A message is counted once its write returned, which may be just after
+    // the client read it: wait for the last reply (heartbeat h1) too.
+    let text = wait_for(
+        pod.addr,
+        "gateway_messages_sent_total",
+        &[("transport", "websocket"), ("kind", "reply")],
+        5.0,
+    )
+    .await;
     let ws = ("transport", "websocket");
     let sock = ("socket", "/socket");
     assert_eq!(get(&text, "gateway_connections", &[ws, sock]), 1.0);
@@ -207,7 +216,7 @@ async fn a_live_scrape_passes_promtool_and_counts_what_happened() {
     assert_eq!(received("push"), 1.0);
     assert!(received("heartbeat") >= 2.0, "client_with_token and h1");
     let sent = |kind| get(&text, "gateway_messages_sent_total", &[ws, ("kind", kind)]);
-    assert!(sent("reply") >= 5.0, "two joins, a push and two heartbeats");
+    assert_eq!(sent("reply"), 5.0, "two joins, a push and two heartbeats");
     assert_eq!(sent("broadcast"), 3.0);
     assert_eq!(
         get(&text, "gateway_broadcast_latency_seconds_count", &[]),
