@@ -143,8 +143,10 @@ pub(crate) async fn run<C: Channel>(mut chan: C, s: Start) {
             match ctx.pubsub().clone().subscribe(&topic, sub).await {
                 Ok(sub) => {
                     join_answered(&conn, &topic, "ok");
+                    // Counted before the client can see the reply.
+                    let joined = metrics().channel_joined(&topic);
                     reply("ok", &response);
-                    Some((sub, metrics().channel_joined(&topic)))
+                    Some((sub, joined))
                 }
                 Err(e) => {
                     join_answered(&conn, &topic, "subscription_failed");
