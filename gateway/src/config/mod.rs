@@ -11,7 +11,7 @@ pub use env::{Env, ENV_VARS};
 
 use crate::channel::TopicPattern;
 use crate::socket::OriginRule;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -53,7 +53,7 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// `[server]`.
@@ -86,7 +86,7 @@ pub struct Config {
 }
 
 /// `[server]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Listen address. Default `127.0.0.1:4000`; `PORT` replaces the port.
@@ -158,7 +158,7 @@ impl Default for ServerConfig {
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines (default).
@@ -169,7 +169,7 @@ pub enum LogFormat {
 }
 
 /// `[log]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// `human` (default) or `json`.
@@ -194,7 +194,7 @@ impl Default for LogConfig {
 }
 
 /// `[redis]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://host:port/db`; unset means the in-memory broker.
@@ -243,7 +243,7 @@ impl Default for RedisConfig {
 }
 
 /// `[api]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     /// Bearer key for `POST {path}`; the API is off when unset.
@@ -276,7 +276,7 @@ impl Default for ApiConfig {
 }
 
 /// `[demo]`.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct DemoConfig {
     /// Serve the demo chat page at `/` and phoenix.js at `/assets/phoenix.js`.
@@ -289,7 +289,7 @@ pub struct DemoConfig {
 }
 
 /// `[presence]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PresenceSection {
     /// Changes of a topic are published as one `presence_diff` per window
@@ -320,7 +320,7 @@ impl Default for PresenceSection {
 }
 
 /// `[longpoll]`: settings every pod of a deployment must share.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LongPollShared {
     /// Signs session tokens and pod-to-pod relay messages; at least 16 bytes;
@@ -359,7 +359,7 @@ impl PresenceSection {
 }
 
 /// `[socket.longpoll]`: the socket's long-poll transport.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LongPollSection {
     /// Serve `{path}/longpoll`. Default false (as Phoenix 1.8).
@@ -401,7 +401,7 @@ impl Default for LongPollSection {
 const CLIENT_TIMEOUT_MS: u64 = 20_000;
 
 /// `check_origin`: `false`, or a list of allowed origins.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum OriginSetting {
     /// `false` (or `true`, which is refused: name the origins instead).
@@ -417,7 +417,7 @@ impl Default for OriginSetting {
 }
 
 /// `[[socket]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SocketSection {
     /// Mount path. Default `/socket`.
@@ -505,7 +505,7 @@ impl Default for SocketSection {
 }
 
 /// `[socket.jwt]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtConfig {
     /// `HS256` (default), `HS384`, `HS512`, `RS256`, `RS384`, `RS512`, `ES256`, `ES384`.
@@ -536,7 +536,7 @@ fn default_leeway() -> u64 {
 }
 
 /// Who may join a rule's topics.
-#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Policy {
     /// Anyone, with or without a token (default).
@@ -547,7 +547,7 @@ pub enum Policy {
 }
 
 /// What happens to events clients push.
-#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Broadcast to every subscriber of the topic, then reply ok (default).
@@ -556,7 +556,7 @@ pub enum Mode {
 }
 
 /// `[[channel]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelRule {
     /// Topic pattern: `room:*`, `user:{sub}`, or an exact topic.
@@ -583,7 +583,7 @@ pub struct ChannelRule {
 }
 
 /// `[channel.presence]`: who a joined client is, and what others see of it.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PresenceRule {
     /// The token claim (e.g. `sub`) that is the presence key. Set exactly

@@ -208,3 +208,24 @@ fn longpoll_keys() {
         .to_string();
     assert!(err.contains("longpoll.secret"), "{err}");
 }
+
+/// Configs serialize back to TOML that parses to the same thing, so tests
+/// (and tools) can write typed configs instead of formatting TOML by hand.
+#[test]
+fn serializes_back_to_the_same_config() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/example.toml"
+    ))
+    .unwrap();
+    let parsed = Config::parse(&text, "example.toml").unwrap();
+    let written = toml::to_string(&parsed).unwrap();
+    let again = Config::parse(&written, "written").unwrap();
+    assert_eq!(format!("{parsed:?}"), format!("{again:?}"));
+    let defaults = Config::parse("", "(defaults)").unwrap();
+    let written = toml::to_string(&defaults).unwrap();
+    assert_eq!(
+        format!("{defaults:?}"),
+        format!("{:?}", Config::parse(&written, "w").unwrap())
+    );
+}
