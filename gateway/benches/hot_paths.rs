@@ -5,8 +5,8 @@
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use gateway::hub::{Broadcast, Hub};
 use gateway::protocol::{Json, Outbound, Payload, Vsn};
+use gateway::pubsub::{Broadcast, Hub};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

@@ -1,15 +1,15 @@
-//! The endpoint: sockets mounted at paths, the pubsub they share, and extra
-//! HTTP routes, as `Phoenix.Endpoint` ties them together.
+//! The endpoint: sockets mounted at paths, the pubsub and presence they
+//! share, the gate new connections pass, and extra HTTP routes, as
+//! `Phoenix.Endpoint` ties them together. The server serves it; it serves
+//! nothing itself.
 
-use crate::channel::Router;
-use crate::drain::Drain;
-use crate::metrics::{metrics, Limit};
+use crate::channel::Services;
+use crate::metrics::{metrics, Scrape};
+use crate::presence::{Presence, PresenceConfig};
 use crate::pubsub::PubSub;
-use crate::socket::{SocketConfig, SocketHandler, Transport};
-use crate::transport::longpoll::LongPoll;
-use bytes::Bytes;
+use crate::transport::admission::Admission;
+use crate::transport::longpoll::{self, LongPoll};
 use futures_util::future::BoxFuture;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 use std::fmt;
@@ -17,62 +17,21 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
-/// The response body type of every HTTP answer.
-pub type Body = Full<Bytes>;
+pub use crate::socket::Socket;
+pub use crate::transport::admission::Limits;
+pub use crate::transport::response::Body;
 
 type RouteFn = dyn Fn(Request<Incoming>) -> BoxFuture<'static, Response<Body>> + Send + Sync;
-
-/// A socket mounted at a path (default `/socket`), serving
-/// `{path}/websocket`, and `{path}/longpoll` when its config enables it.
-pub struct Socket {
-    pub(crate) path: String,
-    pub(crate) handler: Arc<dyn SocketHandler>,
-    pub(crate) router: Router,
-    pub(crate) config: SocketConfig,
-}
-
-impl fmt::Debug for Socket {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Socket")
-            .field("path", &self.path)
-            .field("router", &self.router)
-            .field("config", &self.config)
-            .finish()
-    }
-}
-
-impl Socket {
-    /// A socket at `path` (for example `/socket`) whose connections are
-    /// admitted by `handler` and whose topics are served by `router`.
-    pub fn new(path: &str, handler: impl SocketHandler, router: Router) -> Self {
-        Socket {
-            path: path.trim_end_matches('/').to_owned(),
-            handler: Arc::new(handler),
-            router,
-            config: SocketConfig::default(),
-        }
-    }
-
-    /// Replaces the limits.
-    pub fn config(mut self, config: SocketConfig) -> Self {
-        self.config = config;
-        self
-    }
-}
 
 /// Everything the HTTP server serves.
 pub struct Endpoint {
     pub(crate) sockets: Vec<Arc<Socket>>,
-    pub(crate) pubsub: PubSub,
-    pub(crate) node: Arc<str>,
+    /// What channels share: pubsub, presence, node name.
+    pub(crate) services: Arc<Services>,
     routes: Vec<(Method, String, Arc<RouteFn>)>,
-    /// Cancelled when the pod stops accepting connections.
-    pub(crate) shutdown: CancellationToken,
-    /// When open connections close (1001) and which are still open.
-    pub(crate) drain: Drain,
-    limits: Limits,
+    /// Who may connect; the limits, stop signal and drain.
+    pub(crate) admission: Admission,
     /// `GET /metrics` is served on the main port.
     metrics_here: bool,
     ready: AtomicBool,
@@ -84,7 +43,7 @@ impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Endpoint")
             .field("sockets", &self.sockets)
-            .field("node", &self.node)
+            .field("node", &self.services.node)
             .finish_non_exhaustive()
     }
 }
@@ -95,6 +54,7 @@ impl Endpoint {
         EndpointBuilder {
             sockets: Vec::new(),
             pubsub: None,
+            presence: None,
             node: None,
             routes: Vec::new(),
             longpoll_secret: None,
@@ -106,12 +66,17 @@ impl Endpoint {
 
     /// The pubsub, for broadcasting from outside any channel.
     pub fn pubsub(&self) -> &PubSub {
-        &self.pubsub
+        &self.services.pubsub
+    }
+
+    /// Presence: who is in a topic, on every node.
+    pub fn presence(&self) -> &Presence {
+        &self.services.presence
     }
 
     /// This node's name.
     pub fn node(&self) -> &str {
-        &self.node
+        &self.services.node
     }
 
     /// This process's id in long-poll session tokens: random per start, so
@@ -123,8 +88,8 @@ impl Endpoint {
     /// Closes every connection at once and stops accepting new ones.
     pub fn shutdown(&self) {
         self.ready.store(false, Ordering::SeqCst);
-        self.drain.start(Duration::ZERO);
-        self.shutdown.cancel();
+        self.admission.drain().start(Duration::ZERO);
+        self.admission.stopped().cancel();
     }
 
     /// The graceful version of [`shutdown`](Self::shutdown), for SIGTERM:
@@ -136,15 +101,15 @@ impl Endpoint {
     /// connections are refused; [`closed`](Self::closed) waits for the rest.
     pub async fn drain(&self, delay: Duration, period: Duration) {
         self.ready.store(false, Ordering::SeqCst);
-        self.drain.start(period);
+        self.admission.drain().start(period);
         tokio::time::sleep(delay).await;
-        self.shutdown.cancel();
+        self.admission.stopped().cancel();
     }
 
     /// Resolves once every connection and long-poll session has ended;
     /// meaningful once shutting down.
     pub async fn closed(&self) {
-        self.drain.closed().await;
+        self.admission.drain().closed().await;
     }
 
     /// `/readyz`: whether this pod should get new users, and a body saying
@@ -152,7 +117,7 @@ impl Endpoint {
     pub fn readiness(&self) -> (bool, String) {
         let (ok, state) = if !self.ready.load(Ordering::SeqCst) {
             (false, "draining".to_owned())
-        } else if let Some((_, why)) = self.over_limit() {
+        } else if let Some((_, why)) = self.admission.over_limit() {
             (false, why)
         } else {
             (true, "ready".to_owned())
@@ -161,41 +126,10 @@ impl Endpoint {
             ok,
             format!(
                 "{state}\nconnections: {}\n{}\n",
-                self.drain.open(),
-                self.pubsub.broker_health()
+                self.admission.drain().open(),
+                self.pubsub().broker_health()
             ),
         )
-    }
-
-    /// Why a new connection is refused: at the connection limit or over the
-    /// memory threshold; the limit, and a sentence for the answer's body.
-    pub(crate) fn over_limit(&self) -> Option<(Limit, String)> {
-        if let Some(max) = self.limits.max_connections {
-            let open = self.drain.open();
-            if open >= max {
-                let why = format!("at connection limit ({open} of {max})");
-                return Some((Limit::MaxConnections, why));
-            }
-        }
-        if let Some(max) = self.limits.max_memory {
-            let rss = crate::server::resident_memory()?;
-            if rss > max {
-                let why = format!("over memory threshold ({rss} of {max} bytes)");
-                return Some((Limit::MaxMemory, why));
-            }
-        }
-        None
-    }
-
-    /// Refuses a connection attempt for a limit: counted, logged at debug,
-    /// and the body of the 503 to answer.
-    pub(crate) fn refuse_over_limit(&self, transport: Transport) -> Option<String> {
-        let (limit, why) = self.over_limit()?;
-        let m = metrics();
-        m.limit_hit(limit);
-        m.refused(transport, limit.label());
-        tracing::debug!(?transport, why, "connection refused");
-        Some(why)
     }
 
     /// Whether the main port answers `GET /metrics`.
@@ -210,13 +144,20 @@ impl Endpoint {
 
     /// The per-pod limits this endpoint enforces.
     pub fn limits(&self) -> Limits {
-        self.limits
+        self.admission.limits()
     }
 
     /// The Prometheus text exposition of this process's metrics
     /// (docs/metrics.md), as `GET /metrics` answers.
     pub fn metrics(&self) -> String {
-        metrics().render(self)
+        let (ready, _) = self.readiness();
+        metrics().render(&Scrape {
+            ready,
+            draining: self.is_draining(),
+            max_connections: self.limits().max_connections,
+            local_topics: self.pubsub().hub().topics(),
+            broker: self.pubsub().broker_status(),
+        })
     }
 
     pub(crate) fn route(&self, method: &Method, path: &str) -> Option<&Arc<RouteFn>> {
@@ -235,22 +176,13 @@ pub const DEFAULT_RELAY_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct EndpointBuilder {
     sockets: Vec<Arc<Socket>>,
     pubsub: Option<PubSub>,
+    presence: Option<Presence>,
     node: Option<String>,
     routes: Vec<(Method, String, Arc<RouteFn>)>,
     longpoll_secret: Option<Vec<u8>>,
     relay_timeout: Duration,
     limits: Limits,
     metrics_here: bool,
-}
-
-/// Per-pod limits past which new connections are refused and `/readyz`
-/// fails, so a balancer sends new users elsewhere.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Limits {
-    /// Open connections (WebSocket and long-poll sessions); `None`: no limit.
-    pub max_connections: Option<usize>,
-    /// Resident memory in bytes; `None`: no threshold.
-    pub max_memory: Option<u64>,
 }
 
 impl Default for EndpointBuilder {
@@ -280,6 +212,13 @@ impl EndpointBuilder {
         self
     }
 
+    /// Uses `presence`, which must be built over the same pubsub (default:
+    /// [`Presence::new`] over it with [`PresenceConfig::default`]).
+    pub fn presence(mut self, presence: Presence) -> Self {
+        self.presence = Some(presence);
+        self
+    }
+
     /// Names this node (default: `gateway@` and the host name).
     pub fn node(mut self, node: impl Into<String>) -> Self {
         self.node = Some(node.into());
@@ -296,9 +235,8 @@ impl EndpointBuilder {
     }
 
     /// Whether the main port answers `GET /metrics` (default: yes). Turn it
-    /// off when metrics are served on their own port
-    /// ([`server::serve_metrics`](crate::server::serve_metrics)), so clients
-    /// reaching the public port cannot read them.
+    /// off when metrics are served on their own port (`server::serve_metrics`),
+    /// so clients reaching the public port cannot read them.
     pub fn metrics_on_main_port(mut self, yes: bool) -> Self {
         self.metrics_here = yes;
         self
@@ -335,34 +273,37 @@ impl EndpointBuilder {
             format!("gateway@{host}")
         });
         let pubsub = self.pubsub.unwrap_or_else(PubSub::memory);
+        let presence = self
+            .presence
+            .unwrap_or_else(|| Presence::new(&pubsub, PresenceConfig::default()));
         for socket in &self.sockets {
             for pattern in socket.router.patterns() {
                 crate::metrics::register_pattern(&pattern.to_string());
             }
         }
         let paths: Vec<&str> = self.sockets.iter().map(|s| s.path.as_str()).collect();
-        metrics().init(&paths);
-        let node: Arc<str> = Arc::from(node);
-        let shutdown = CancellationToken::new();
-        let drain = Drain::default();
+        let close_reasons = crate::conn::Disconnect::ALL.map(|d| d.label());
+        metrics().init(&paths, &close_reasons);
+        let services = Arc::new(Services {
+            pubsub,
+            presence,
+            node: Arc::from(node),
+        });
+        let admission = Admission::new(self.limits);
         let secret = self
             .longpoll_secret
-            .unwrap_or_else(|| crate::transport::longpoll::token::random_bytes::<32>().to_vec());
+            .unwrap_or_else(|| longpoll::token::random_bytes::<32>().to_vec());
         let longpoll = LongPoll::new(
             &secret,
             self.relay_timeout,
-            pubsub.clone(),
-            node.clone(),
-            drain.clone(),
+            services.clone(),
+            admission.drain().clone(),
         );
         Arc::new(Endpoint {
             sockets: self.sockets,
-            pubsub,
-            node,
+            services,
             routes: self.routes,
-            shutdown,
-            drain,
-            limits: self.limits,
+            admission,
             metrics_here: self.metrics_here,
             ready: AtomicBool::new(true),
             longpoll,

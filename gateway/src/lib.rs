@@ -35,9 +35,7 @@ pub mod app;
 pub mod channel;
 pub mod config;
 pub mod conn;
-mod drain;
 pub mod endpoint;
-pub mod hub;
 mod metrics;
 pub mod presence;
 pub mod protocol;
@@ -49,10 +47,10 @@ mod transport;
 pub use channel::{
     Channel, ChannelContext, HandleIn, JoinResult, Next, Router, StopReason, Terminate,
 };
-pub use endpoint::{Endpoint, Socket};
+pub use endpoint::Endpoint;
 pub use presence::{Presence, PresenceConfig, PresenceError};
 pub use protocol::{Json, Payload};
 pub use socket::{
-    AcceptAll, Assigns, ConnectError, ConnectInfo, LongPollConfig, Params, PushRate, SocketConfig,
-    SocketHandler,
+    AcceptAll, Assigns, ConnectError, ConnectInfo, LongPollConfig, Params, PushRate, Socket,
+    SocketConfig, SocketHandler,
 };

@@ -134,9 +134,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Some(bus) => (gateway::pubsub::PubSub::redis(bus)?, "redis"),
         None => (gateway::pubsub::PubSub::memory(), "memory"),
     };
-    let pubsub = pubsub.with_presence_config(config.presence.settings());
-    let presence = pubsub.presence().clone();
     let endpoint = gateway::app::build(&config, pubsub)?;
+    let presence = endpoint.presence().clone();
     let listener =
         gateway::server::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     tracing::info!(

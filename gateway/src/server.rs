@@ -1,9 +1,11 @@
-//! The HTTP server: accepts TCP connections, serves health checks, routes
-//! socket paths to their transports and the rest to extra routes.
+//! The HTTP server: accepts TCP connections, serves health checks and
+//! metrics, routes socket paths to their transports and the rest to extra
+//! routes. The top of the library: it imports the endpoint and the
+//! transports; nothing imports it.
 
-use crate::endpoint::{Body, Endpoint};
+use crate::endpoint::Endpoint;
+use crate::transport::response::{text, Body};
 use crate::transport::{longpoll, websocket};
-use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -39,20 +41,12 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// This process's resident memory in bytes (VmRSS), where the OS tells it.
-pub fn resident_memory() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 /// Serves `endpoint` on `listener` until [`Endpoint::shutdown`] is called.
 ///
 /// # Errors
 /// Never returns an error today; the type leaves room for fatal listener errors.
 pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) -> std::io::Result<()> {
-    let stop = endpoint.shutdown.clone();
+    let stop = endpoint.admission.stopped().clone();
     accept(listener, endpoint, stop, handle).await
 }
 
@@ -138,10 +132,13 @@ async fn handle(ep: Arc<Endpoint>, peer: SocketAddr, req: Request<Incoming>) -> 
     for socket in &ep.sockets {
         if let Some(rest) = path.strip_prefix(socket.path.as_str()) {
             if rest == "/websocket" {
-                return websocket::handshake(ep.clone(), socket.clone(), peer, req).await;
+                let services = ep.services.clone();
+                return websocket::handshake(&ep.admission, services, socket.clone(), peer, req)
+                    .await;
             }
             if rest == "/longpoll" && socket.config.longpoll.is_some() {
-                return longpoll::http::handle(ep.clone(), socket.clone(), peer, req).await;
+                let lp = &ep.longpoll;
+                return longpoll::http::handle(&ep.admission, lp, socket.clone(), peer, req).await;
             }
         }
     }
@@ -157,17 +154,6 @@ fn metrics(ep: &Endpoint) -> Response<Body> {
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    resp
-}
-
-/// A plain-text response.
-pub fn text(status: StatusCode, body: &str) -> Response<Body> {
-    let mut resp = Response::new(Body::new(Bytes::copy_from_slice(body.as_bytes())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
 }

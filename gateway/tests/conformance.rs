@@ -15,8 +15,8 @@
 mod support;
 
 use async_trait::async_trait;
-use gateway::hub::Broadcast;
 use gateway::protocol::Vsn;
+use gateway::pubsub::Broadcast;
 use gateway::{Assigns, ConnectError, ConnectInfo, Params, Payload, SocketConfig, SocketHandler};
 use parking_lot::Mutex;
 use serde_json::{json, Value};

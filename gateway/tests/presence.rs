@@ -265,14 +265,18 @@ impl Channel for Tracker {
 
 fn library_endpoint() -> std::sync::Arc<Endpoint> {
     let router = Router::new().channel("t:*", || Tracker);
+    let pubsub = gateway::pubsub::PubSub::memory();
+    let presence = gateway::Presence::new(
+        &pubsub,
+        gateway::PresenceConfig {
+            batch: Duration::from_millis(10),
+            ..Default::default()
+        },
+    );
     Endpoint::builder()
         .socket(Socket::new("/socket", AcceptAll, router))
-        .pubsub(
-            gateway::pubsub::PubSub::memory().with_presence_config(gateway::PresenceConfig {
-                batch: Duration::from_millis(10),
-                ..Default::default()
-            }),
-        )
+        .pubsub(pubsub)
+        .presence(presence)
         .build()
 }
 

@@ -60,7 +60,7 @@ async fn ping_channel_answers_stops_crashes_and_intercepts() {
     server
         .endpoint
         .pubsub()
-        .broadcast(gateway::hub::Broadcast {
+        .broadcast(gateway::pubsub::Broadcast {
             topic: "ping".into(),
             event: "request_ping".into(),
             payload: gateway::Payload::json(&json!({"x": 1})),

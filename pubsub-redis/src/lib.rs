@@ -62,8 +62,16 @@ impl Error {
 
 /// Where received messages go.
 pub trait Sink: Send + Sync + 'static {
-    /// A well-formed envelope published to `topic`.
+    /// A well-formed envelope published to `topic`, which has subscribers.
     fn deliver(&self, topic: &str, envelope: Envelope);
+
+    /// A well-formed envelope published to `name`, a channel this pod
+    /// [listens](RedisBus::listen) on. Never also given to
+    /// [`deliver`](Sink::deliver), even if a topic has the same name. The
+    /// default drops it: a sink that never listens gets none.
+    fn direct(&self, name: &str, envelope: Envelope) {
+        let _ = (name, envelope);
+    }
 }
 
 /// Settings of the bus.
@@ -121,6 +129,7 @@ pub struct Stats {
 pub(crate) enum Command {
     Subscribe(String, oneshot::Sender<Result<(), Error>>),
     Unsubscribe(String),
+    Listen(String, oneshot::Sender<Result<(), Error>>),
 }
 
 /// How messages are published.
@@ -227,6 +236,23 @@ impl RedisBus {
     /// Removes one local subscriber of `topic`.
     pub fn unsubscribe(&self, topic: &str) {
         let _ = self.commands.send(Command::Unsubscribe(topic.to_owned()));
+    }
+
+    /// Subscribes `{prefix}{name}` for messages addressed to this pod, apart
+    /// from topics: they go to [`Sink::direct`], never to subscribers of a
+    /// topic of the same name, and the subscription is kept (across
+    /// reconnects) for as long as the bus runs. Resolves once Redis confirmed.
+    ///
+    /// # Errors
+    /// When Redis is unreachable or does not confirm in time; nothing is
+    /// kept then, so calling again retries.
+    pub async fn listen(&self, name: &str) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Listen(name.to_owned(), tx))
+            .map_err(|_| Error::Unavailable("bus stopped".into()))?;
+        rx.await
+            .map_err(|_| Error::Unavailable("bus stopped".into()))?
     }
 
     /// Publishes an encoded envelope to `topic` on every pod. Returns how

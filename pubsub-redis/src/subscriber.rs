@@ -1,6 +1,8 @@
 //! The actor that owns the subscriber connection: reference counts per topic,
 //! batched SUBSCRIBE/UNSUBSCRIBE, linger, keepalive, and reconnect with
 //! capped exponential backoff followed by a resubscribe of every live topic.
+//! Channels a pod listens on (`RedisBus::listen`) live in the same table,
+//! marked direct: never released, and their messages go to `Sink::direct`.
 
 use crate::connection::{Conn, Event, Target};
 use crate::{Command, Config, Envelope, Error, Sink, Stats};
@@ -11,6 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+
+/// Where a subscriber waits for Redis to confirm.
+type Waiter = oneshot::Sender<Result<(), Error>>;
 
 /// Channels per SUBSCRIBE/UNSUBSCRIBE command.
 const BATCH: usize = 512;
@@ -25,6 +30,16 @@ struct Topic {
     subscribed: bool,
     /// Set when `refs` dropped to zero: unsubscribe at this instant.
     linger: Option<Instant>,
+    /// This pod listens on the channel: it stays subscribed whatever `refs`
+    /// says, and its messages are not a topic's.
+    direct: bool,
+}
+
+impl Topic {
+    /// Nothing holds the subscription any more.
+    fn unwanted(&self) -> bool {
+        self.refs == 0 && !self.direct
+    }
 }
 
 struct Actor {
@@ -124,7 +139,7 @@ impl Actor {
 
     fn while_down(&mut self, cmd: Command) {
         match cmd {
-            Command::Subscribe(_, tx) => {
+            Command::Subscribe(_, tx) | Command::Listen(_, tx) => {
                 let _ = tx.send(Err(Error::Unavailable("redis is unreachable".into())));
             }
             Command::Unsubscribe(topic) => self.release(&topic),
@@ -134,7 +149,7 @@ impl Actor {
     fn release(&mut self, topic: &str) {
         if let Some(t) = self.topics.get_mut(topic) {
             t.refs = t.refs.saturating_sub(1);
-            if t.refs == 0 {
+            if t.unwanted() {
                 if t.subscribed {
                     t.linger = Some(Instant::now() + self.config.linger);
                 } else {
@@ -212,24 +227,31 @@ impl Actor {
 
     /// Applies a batch of commands with at most one SUBSCRIBE round trip.
     async fn apply(&mut self, sub: &mut Conn, cmds: Vec<Command>) -> Result<(), Error> {
-        let mut waiters: Vec<(String, oneshot::Sender<Result<(), Error>>)> = Vec::new();
+        let mut waiters: Vec<(String, bool, Waiter)> = Vec::new();
         let mut wanted: Vec<String> = Vec::new();
         for cmd in cmds {
-            match cmd {
-                Command::Subscribe(topic, tx) => {
-                    let t = self.topics.entry(topic.clone()).or_default();
-                    t.refs += 1;
-                    t.linger = None;
-                    if t.subscribed {
-                        self.confirm(&topic, tx);
-                    } else {
-                        if !wanted.contains(&topic) {
-                            wanted.push(topic.clone());
-                        }
-                        waiters.push((topic, tx));
-                    }
+            let (topic, tx, direct) = match cmd {
+                Command::Subscribe(topic, tx) => (topic, tx, false),
+                Command::Listen(topic, tx) => (topic, tx, true),
+                Command::Unsubscribe(topic) => {
+                    self.release(&topic);
+                    continue;
                 }
-                Command::Unsubscribe(topic) => self.release(&topic),
+            };
+            let t = self.topics.entry(topic.clone()).or_default();
+            if direct {
+                t.direct = true;
+            } else {
+                t.refs += 1;
+            }
+            t.linger = None;
+            if t.subscribed {
+                self.confirm(&topic, direct, tx);
+            } else {
+                if !wanted.contains(&topic) {
+                    wanted.push(topic.clone());
+                }
+                waiters.push((topic, direct, tx));
             }
         }
         if wanted.is_empty() {
@@ -237,13 +259,13 @@ impl Actor {
         }
         match self.subscribe(sub, &wanted).await {
             Ok(()) => {
-                for (topic, tx) in waiters {
-                    self.confirm(&topic, tx);
+                for (topic, direct, tx) in waiters {
+                    self.confirm(&topic, direct, tx);
                 }
                 Ok(())
             }
             Err(e) => {
-                for (_, tx) in waiters {
+                for (_, _, tx) in waiters {
                     let _ = tx.send(Err(Error::Unavailable(e.to_string())));
                 }
                 // Those joins failed: forget their references.
@@ -260,9 +282,10 @@ impl Actor {
     }
 
     /// Tells a subscriber it is subscribed. If it stopped waiting (its future
-    /// was dropped) it will never unsubscribe, so drop its reference now.
-    fn confirm(&mut self, topic: &str, tx: oneshot::Sender<Result<(), Error>>) {
-        if tx.send(Ok(())).is_err() {
+    /// was dropped) it will never unsubscribe, so drop its reference now. A
+    /// listener holds no reference: its channel stays either way.
+    fn confirm(&mut self, topic: &str, direct: bool, tx: Waiter) {
+        if tx.send(Ok(())).is_err() && !direct {
             self.release(topic);
         }
     }
@@ -273,7 +296,7 @@ impl Actor {
         let expired: Vec<String> = self
             .topics
             .iter()
-            .filter(|(_, t)| t.refs == 0 && t.linger.is_some_and(|l| l <= now))
+            .filter(|(_, t)| t.unwanted() && t.linger.is_some_and(|l| l <= now))
             .map(|(k, _)| k.clone())
             .collect();
         for chunk in expired.chunks(BATCH) {
@@ -312,7 +335,9 @@ impl Actor {
         let Some(topic) = channel.strip_prefix(self.config.prefix.as_str()) else {
             return;
         };
+        let direct = self.topics.get(topic).is_some_and(|t| t.direct);
         match Envelope::decode(Bytes::from(payload)) {
+            Ok(envelope) if direct => self.sink.direct(topic, envelope),
             Ok(envelope) => self.sink.deliver(topic, envelope),
             Err(e) => {
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);

@@ -260,7 +260,7 @@ pub(crate) fn endpoint_with(every: Duration) -> Arc<Endpoint> {
                             )
                         }
                     };
-                    let b = gateway::hub::Broadcast {
+                    let b = gateway::pubsub::Broadcast {
                         topic: msg.topic,
                         event: msg.event,
                         payload: Payload::json(&msg.payload),

@@ -2,11 +2,11 @@
 //! semantics as a Redis publish, guarded by a bearer key.
 
 use crate::endpoint::Body;
-use crate::hub::Broadcast;
 use crate::metrics::{metrics, Source};
+use crate::protocol::valid_topic;
 use crate::protocol::{Json, Payload};
+use crate::pubsub::Broadcast;
 use crate::pubsub::PubSub;
-use crate::socket::connection::valid_topic;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;

@@ -11,6 +11,7 @@ mod rules;
 use crate::channel::Router;
 use crate::config::{Config, ConfigError, OriginSetting};
 use crate::endpoint::{Endpoint, Limits, Socket};
+use crate::presence::Presence;
 use crate::pubsub::PubSub;
 use crate::socket::{CheckOrigin, LongPollConfig, OriginRule, PushRate, SocketConfig};
 use hyper::Method;
@@ -62,6 +63,7 @@ pub fn build(config: &Config, pubsub: PubSub) -> Result<Arc<Endpoint>, ConfigErr
             max_connections: (server.max_connections > 0).then_some(server.max_connections),
             max_memory: (server.max_memory_mb > 0).then_some(server.max_memory_mb * 1024 * 1024),
         })
+        .presence(Presence::new(&pubsub, config.presence.settings()))
         .pubsub(pubsub.clone())
         .metrics_on_main_port(server.metrics_listen.is_none())
         .longpoll_relay_timeout(Duration::from_millis(config.longpoll.relay_timeout_ms));

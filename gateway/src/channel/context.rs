@@ -1,24 +1,16 @@
 //! What a channel callback can do: push, reply later, broadcast, track
 //! presences, read the socket's assigns, and schedule messages to itself.
 
-use crate::conn::ConnHandle;
-use crate::hub::Broadcast;
+use super::{Assigns, Services, SocketInfo};
+use crate::conn::{ConnHandle, ReplyTo};
+use crate::metrics::Source;
 use crate::presence::{PresenceError, TrackId};
-use crate::protocol::{Outbound, Payload};
-use crate::pubsub::{BrokerError, PubSub};
-use crate::socket::Assigns;
+use crate::protocol::Payload;
+use crate::pubsub::{Broadcast, BrokerError};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-/// Facts about the connection shared by all its channels.
-#[derive(Debug)]
-pub(crate) struct SocketInfo {
-    pub(crate) assigns: Assigns,
-    pub(crate) id: Option<String>,
-    pub(crate) node: Arc<str>,
-}
 
 /// The channel's view of its socket, handed to every callback.
 #[derive(Debug)]
@@ -26,7 +18,7 @@ pub struct ChannelContext<I> {
     topic: Arc<str>,
     join_ref: Option<Arc<str>>,
     conn: ConnHandle,
-    pubsub: PubSub,
+    services: Arc<Services>,
     socket: Arc<SocketInfo>,
     /// This channel's copy of the socket assigns, made on first write.
     assigns: Option<Assigns>,
@@ -41,7 +33,7 @@ pub struct ChannelContext<I> {
 impl<I> Drop for ChannelContext<I> {
     fn drop(&mut self) {
         for (_, id) in self.tracked.drain(..) {
-            self.pubsub.presence().untrack(id);
+            self.services.presence.untrack(id);
         }
     }
 }
@@ -51,14 +43,14 @@ impl<I: Send + 'static> ChannelContext<I> {
         topic: Arc<str>,
         join_ref: Option<Arc<str>>,
         conn: ConnHandle,
-        pubsub: PubSub,
+        services: Arc<Services>,
         socket: Arc<SocketInfo>,
     ) -> Self {
         ChannelContext {
             topic,
             join_ref,
             conn,
-            pubsub,
+            services,
             socket,
             assigns: None,
             current_ref: None,
@@ -85,7 +77,7 @@ impl<I: Send + 'static> ChannelContext<I> {
 
     /// This node's name (as Phoenix's `Node.self()`).
     pub fn node(&self) -> &str {
-        &self.socket.node
+        &self.services.node
     }
 
     /// The assigns: the socket's, plus what this channel assigned.
@@ -102,13 +94,8 @@ impl<I: Send + 'static> ChannelContext<I> {
 
     /// Pushes an event to this client on this topic.
     pub fn push(&self, event: &str, payload: Payload) {
-        self.conn.send(&Outbound::Message {
-            join_ref: self.join_ref.as_deref(),
-            ref_: None,
-            topic: &self.topic,
-            event,
-            payload: &payload,
-        });
+        self.conn
+            .push(&self.topic, self.join_ref.as_deref(), event, &payload);
     }
 
     /// Broadcasts an event to every subscriber of this topic, this client included.
@@ -140,8 +127,9 @@ impl<I: Send + 'static> ChannelContext<I> {
             payload,
             from,
         };
-        self.pubsub
-            .broadcast_counted(crate::metrics::Source::Client, msg)
+        self.services
+            .pubsub
+            .broadcast_counted(Source::Client, msg)
             .await
     }
 
@@ -165,8 +153,8 @@ impl<I: Send + 'static> ChannelContext<I> {
             return Err(PresenceError::AlreadyTracked(key));
         }
         let id = self
-            .pubsub
-            .presence()
+            .services
+            .presence
             .track(self.topic.clone(), key.clone(), meta);
         self.tracked.push((key, id));
         Ok(())
@@ -185,7 +173,7 @@ impl<I: Send + 'static> ChannelContext<I> {
         let Some((_, id)) = self.tracked.iter().find(|(k, _)| k == key) else {
             return Err(PresenceError::NotTracked(key.to_owned()));
         };
-        self.pubsub.presence().update(*id, meta);
+        self.services.presence.update(*id, meta);
         Ok(())
     }
 
@@ -196,7 +184,7 @@ impl<I: Send + 'static> ChannelContext<I> {
             return false;
         };
         let (_, id) = self.tracked.swap_remove(i);
-        self.pubsub.presence().untrack(id);
+        self.services.presence.untrack(id);
         true
     }
 
@@ -208,7 +196,7 @@ impl<I: Send + 'static> ChannelContext<I> {
     pub async fn presence_list(
         &self,
     ) -> Result<serde_json::Map<String, serde_json::Value>, PresenceError> {
-        self.pubsub.presence().list(&self.topic).await
+        self.services.presence.list(&self.topic).await
     }
 
     /// Pushes `presence_state` (everyone present) to this client, as a
@@ -290,18 +278,6 @@ impl<I: Send + 'static> ChannelContext<I> {
     pub(crate) fn conn(&self) -> &ConnHandle {
         &self.conn
     }
-
-    pub(crate) fn pubsub(&self) -> &PubSub {
-        &self.pubsub
-    }
-
-    pub(crate) fn join_ref_arc(&self) -> Option<Arc<str>> {
-        self.join_ref.clone()
-    }
-
-    pub(crate) fn topic_arc(&self) -> Arc<str> {
-        self.topic.clone()
-    }
 }
 
 /// Sends messages to a channel's `handle_info` from other tasks.
@@ -333,12 +309,11 @@ pub struct ReplyRef {
 impl ReplyRef {
     /// Sends the reply. Returns false if the connection is gone.
     pub fn reply(&self, status: &str, response: Payload) -> bool {
-        self.conn.send(&Outbound::Reply {
+        let to = ReplyTo {
+            topic: &self.topic,
             join_ref: self.join_ref.as_deref(),
             ref_: Some(&self.ref_),
-            topic: &self.topic,
-            status,
-            response: &response,
-        })
+        };
+        self.conn.reply(to, status, &response)
     }
 }

@@ -4,18 +4,64 @@
 //! Each joined channel runs in its own task, as each Phoenix channel runs in
 //! its own process: a slow callback stalls only its own channel, and a panic
 //! ends only that channel (the client receives `phx_error` and may rejoin).
+//!
+//! Below the socket, above the pubsub: a channel subscribes, broadcasts and
+//! tracks presence; it knows nothing of transports or of the connection's
+//! state machine, which starts it through the [`Router`].
+//!
+//! # Layout
+//! - `context`: what a callback can do (`ChannelContext`, `ReplyRef`).
+//! - `runner`: the task that runs one joined channel.
+//! - `router`, `pattern`: topic patterns → channel factories.
 
-pub(crate) mod context;
+mod context;
 mod pattern;
 mod router;
-pub(crate) mod runner;
+mod runner;
 
 pub use context::{ChannelContext, InfoSender, ReplyRef};
 pub use pattern::{PatternError, TopicPattern};
 pub use router::Router;
+pub(crate) use runner::{Previous, Start};
 
+use crate::conn::ConnHandle;
+use crate::metrics::metrics;
+use crate::presence::Presence;
 use crate::protocol::Payload;
+use crate::pubsub::PubSub;
 use async_trait::async_trait;
+use std::sync::Arc;
+
+/// Socket assigns: what `connect` learned about the client (for example JWT
+/// claims). Every channel of the connection sees them.
+pub type Assigns = serde_json::Map<String, serde_json::Value>;
+
+/// What every channel of an endpoint shares: where broadcasts go, presence,
+/// and this node's name. One per endpoint, behind an `Arc`.
+#[derive(Debug)]
+pub(crate) struct Services {
+    pub(crate) pubsub: PubSub,
+    pub(crate) presence: Presence,
+    pub(crate) node: Arc<str>,
+}
+
+/// Facts about the connection shared by all its channels.
+#[derive(Debug)]
+pub(crate) struct SocketInfo {
+    pub(crate) assigns: Assigns,
+    pub(crate) id: Option<String>,
+}
+
+/// Logs and counts the answer to a `phx_join`: `ok`, or why it was refused
+/// (the `result` label of `gateway_joins_total`).
+pub(crate) fn join_answered(conn: &ConnHandle, topic: &str, result: &'static str) {
+    if result == "ok" {
+        tracing::debug!(conn = conn.id(), topic, "channel joined");
+    } else {
+        tracing::debug!(conn = conn.id(), topic, result, "join refused");
+    }
+    metrics().join(topic, result);
+}
 
 /// The outcome of [`Channel::join`]: `Ok(reply)` admits the client (use
 /// [`Payload::empty`] for no reply), `Err(reply)` refuses it.
@@ -102,7 +148,7 @@ pub trait Channel: Send + 'static {
         ctx: &mut ChannelContext<Self::Info>,
     ) -> HandleIn {
         let _ = (payload, ctx);
-        HandleIn::error(serde_json::json!({ "reason": format!("unhandled event {event}") }))
+        HandleIn::error(Payload::reason(format_args!("unhandled event {event}")))
     }
 
     /// Broadcast events this channel wants to see in [`Channel::handle_out`]
@@ -166,7 +212,7 @@ pub(crate) enum ChannelMsg {
     /// A newer join of the same topic replaces this channel.
     Replace,
     /// The socket assigns changed.
-    Assigns(std::sync::Arc<context::SocketInfo>),
+    Assigns(Arc<SocketInfo>),
 }
 
 /// A channel task's inbox. Boxed messages keep the per-channel queue small.

@@ -4,14 +4,14 @@
 //! Every callback runs under `catch_unwind`, so a panic ends this channel
 //! with `phx_error` and leaves the connection and its other channels alone.
 
-use super::context::SocketInfo;
-use super::{Channel, ChannelContext, ChannelMsg, HandleIn, Inbox, Next, StopReason, Terminate};
-use crate::conn::ConnHandle;
-use crate::hub::{Subscriber, Target};
+use super::{
+    join_answered, Channel, ChannelContext, ChannelMsg, HandleIn, Inbox, Next, Services,
+    SocketInfo, StopReason, Terminate,
+};
+use crate::conn::{ConnHandle, End as Ended, ReplyTo};
 use crate::metrics::metrics;
-use crate::protocol::{Outbound, Payload};
-use crate::pubsub::PubSub;
-use crate::socket::connection::{join_answered, reply_unjoined};
+use crate::protocol::{Payload, Refusal};
+use crate::pubsub::hub::{Intercept, Subscriber, Target};
 use futures_util::FutureExt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -35,7 +35,7 @@ pub(crate) struct Start {
     pub(crate) ref_: Option<String>,
     pub(crate) payload: Payload,
     pub(crate) conn: ConnHandle,
-    pub(crate) pubsub: PubSub,
+    pub(crate) services: Arc<Services>,
     pub(crate) socket: Arc<SocketInfo>,
     pub(crate) previous: Option<Previous>,
     pub(crate) inbox: Inbox,
@@ -54,8 +54,29 @@ enum End {
 /// said so (as the config's rules and most Phoenix channels do), else `error`.
 fn refusal(response: &Payload) -> &'static str {
     match response.get("reason") {
-        Some(serde_json::Value::String(r)) if r == "unauthorized" => "unauthorized",
+        Some(serde_json::Value::String(r)) if r == Refusal::Unauthorized.reason() => "unauthorized",
         _ => "error",
+    }
+}
+
+/// Hands the broadcasts a channel intercepts to its task, for `handle_out`.
+#[derive(Debug)]
+struct Interceptor {
+    events: Vec<String>,
+    inbox: Inbox,
+}
+
+impl Intercept for Interceptor {
+    fn wants(&self, event: &str) -> bool {
+        self.events.iter().any(|e| e == event)
+    }
+
+    fn deliver(&self, event: &str, payload: &Payload) -> bool {
+        let out = ChannelMsg::Out {
+            event: event.to_owned(),
+            payload: payload.clone(),
+        };
+        self.inbox.send(Box::new(out)).is_ok()
     }
 }
 
@@ -73,10 +94,6 @@ impl End {
     }
 }
 
-fn crash_payload() -> Payload {
-    Payload::json(&serde_json::json!({"reason": "channel_crash"}))
-}
-
 pub(crate) async fn run<C: Channel>(mut chan: C, s: Start) {
     let Start {
         topic,
@@ -84,7 +101,7 @@ pub(crate) async fn run<C: Channel>(mut chan: C, s: Start) {
         ref_,
         payload,
         conn,
-        pubsub,
+        services,
         socket,
         previous,
         inbox,
@@ -96,21 +113,18 @@ pub(crate) async fn run<C: Channel>(mut chan: C, s: Start) {
         }
         prev.inbox.closed().await;
     }
+    let pubsub = services.pubsub.clone();
     let mut ctx = ChannelContext::new(
         topic.clone(),
         join_ref.clone(),
         conn.clone(),
-        pubsub,
+        services,
         socket,
     );
-    let reply = |status: &str, response: &Payload| {
-        conn.send(&Outbound::Reply {
-            join_ref: join_ref.as_deref(),
-            ref_: ref_.as_deref(),
-            topic: &topic,
-            status,
-            response,
-        });
+    let to = ReplyTo {
+        topic: &topic,
+        join_ref: join_ref.as_deref(),
+        ref_: ref_.as_deref(),
     };
 
     let joined = AssertUnwindSafe(chan.join(&topic, payload, &mut ctx))
@@ -120,39 +134,38 @@ pub(crate) async fn run<C: Channel>(mut chan: C, s: Start) {
         Err(_) => {
             join_answered(&conn, &topic, "error");
             tracing::error!(topic = %topic, "channel join panicked");
-            reply(
-                "error",
-                &Payload::json(&serde_json::json!({"reason": "join crashed"})),
-            );
+            conn.refuse(to, Refusal::JoinCrashed);
             None
         }
         Ok(Err(response)) => {
             join_answered(&conn, &topic, refusal(&response));
-            reply("error", &response);
+            conn.reply(to, "error", &response);
             None
         }
         Ok(Ok(response)) => {
-            let target = Target::Channel {
-                intercept: chan.intercept().into(),
-                inbox: inbox.clone(),
-            };
+            let events = chan.intercept();
+            let intercept = (!events.is_empty()).then(|| {
+                Box::new(Interceptor {
+                    events,
+                    inbox: inbox.clone(),
+                }) as Box<dyn Intercept>
+            });
             let sub = Subscriber {
                 conn: conn.clone(),
-                target,
+                target: Target::Channel(intercept),
             };
-            match ctx.pubsub().clone().subscribe(&topic, sub).await {
+            match pubsub.subscribe(&topic, sub).await {
                 Ok(sub) => {
                     join_answered(&conn, &topic, "ok");
                     // Counted before the client can see the reply.
                     let joined = metrics().channel_joined(&topic);
-                    reply("ok", &response);
+                    conn.reply(to, "ok", &response);
                     Some((sub, joined))
                 }
                 Err(e) => {
                     join_answered(&conn, &topic, "subscription_failed");
                     tracing::warn!(topic = %topic, error = %e, "join refused: subscription failed");
-                    let reason = serde_json::json!({"reason": "subscription failed, try again"});
-                    reply("error", &Payload::json(&reason));
+                    conn.refuse(to, Refusal::SubscriptionFailed);
                     None
                 }
             }
@@ -160,13 +173,7 @@ pub(crate) async fn run<C: Channel>(mut chan: C, s: Start) {
     };
     drop(inbox);
     if let Some(prev) = previous.filter(|p| p.replace) {
-        send_control(
-            &conn,
-            &topic,
-            prev.join_ref.as_deref(),
-            "phx_close",
-            &Payload::empty(),
-        );
+        conn.end(&topic, prev.join_ref.as_deref(), Ended::Close);
     }
     let Some(subscription) = subscription else {
         drain(rx, &conn, &topic);
@@ -198,12 +205,10 @@ pub(crate) async fn run<C: Channel>(mut chan: C, s: Start) {
     match end {
         End::Stop(StopReason::Error(reason)) => {
             tracing::warn!(topic = %topic, %reason, "channel stopped with an error");
-            send_control(&conn, &topic, jr, "phx_error", &crash_payload());
+            conn.end(&topic, jr, Ended::Error);
         }
-        End::Crash => send_control(&conn, &topic, jr, "phx_error", &crash_payload()),
-        End::Stop(_) | End::Leave => {
-            send_control(&conn, &topic, jr, "phx_close", &Payload::empty())
-        }
+        End::Crash => conn.end(&topic, jr, Ended::Error),
+        End::Stop(_) | End::Leave => conn.end(&topic, jr, Ended::Close),
         End::Replaced | End::Closed => {}
     }
     drain(rx, &conn, &topic);
@@ -305,25 +310,12 @@ fn reply_to<I: Send + 'static>(
     status: &str,
     response: &Payload,
 ) {
-    let (topic, jr) = (ctx.topic_arc(), ctx.join_ref_arc());
-    ctx.conn().send(&Outbound::Reply {
-        join_ref: jr.as_deref(),
+    let to = ReplyTo {
+        topic: ctx.topic(),
+        join_ref: ctx.join_ref(),
         ref_,
-        topic: &topic,
-        status,
-        response,
-    });
-}
-
-/// `phx_close` / `phx_error` carry the join_ref as both refs.
-fn send_control(conn: &ConnHandle, topic: &str, jr: Option<&str>, event: &str, payload: &Payload) {
-    conn.send(&Outbound::Message {
-        join_ref: jr,
-        ref_: jr,
-        topic,
-        event,
-        payload,
-    });
+    };
+    ctx.conn().reply(to, status, response);
 }
 
 /// Closes the inbox and answers what raced into it as the socket would
@@ -331,18 +323,16 @@ fn send_control(conn: &ConnHandle, topic: &str, jr: Option<&str>, event: &str, p
 fn drain(mut rx: UnboundedReceiver<Box<ChannelMsg>>, conn: &ConnHandle, topic: &str) {
     rx.close();
     while let Ok(msg) = rx.try_recv() {
-        match *msg {
-            ChannelMsg::In { ref_, .. } => {
-                reply_unjoined(conn, topic, "other", None, ref_.as_deref())
-            }
-            ChannelMsg::Leave { join_ref, ref_ } => reply_unjoined(
-                conn,
-                topic,
-                "phx_leave",
-                join_ref.as_deref(),
-                ref_.as_deref(),
-            ),
-            ChannelMsg::Out { .. } | ChannelMsg::Replace | ChannelMsg::Assigns(_) => {}
-        }
+        let (event, join_ref, ref_) = match *msg {
+            ChannelMsg::In { event, ref_, .. } => (event, None, ref_),
+            ChannelMsg::Leave { join_ref, ref_ } => ("phx_leave".to_owned(), join_ref, ref_),
+            ChannelMsg::Out { .. } | ChannelMsg::Replace | ChannelMsg::Assigns(_) => continue,
+        };
+        let to = ReplyTo {
+            topic,
+            join_ref: join_ref.as_deref(),
+            ref_: ref_.as_deref(),
+        };
+        conn.reply_unjoined(&event, to);
     }
 }

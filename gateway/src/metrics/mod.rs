@@ -6,12 +6,14 @@
 //! every message read) touch counters resolved once per label set, never a
 //! label lookup; what other parts already count (hub topics, the Redis bus's
 //! state) is read when scraped instead of being counted twice.
+//!
+//! Metrics sit under everything that counts: they import only the protocol's
+//! vocabulary. Callers hand over labels and values (a close reason's label,
+//! a [`Scrape`] of what the endpoint knows), never their own types.
 
 mod prefix;
 
-use crate::conn::Disconnect;
-use crate::endpoint::Endpoint;
-use crate::socket::Transport;
+use crate::protocol::Transport;
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -108,8 +110,6 @@ impl Source {
     }
 }
 
-const TRANSPORTS: [&str; 2] = ["websocket", "longpoll"];
-
 /// The `reason` values of `gateway_connections_refused_total`.
 const REFUSALS: [&str; 5] = [
     "max_connections",
@@ -129,13 +129,6 @@ const JOIN_RESULTS: [&str; 7] = [
     "subscription_failed",
     "error",
 ];
-
-fn transport_index(t: Transport) -> usize {
-    match t {
-        Transport::WebSocket => 0,
-        Transport::LongPoll => 1,
-    }
-}
 
 /// Publish→send latency buckets, seconds (docs/metrics.md).
 const LATENCY_BUCKETS: [f64; 13] = [
@@ -214,7 +207,7 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
 
 /// The children of a `transport` × `kind` counter, resolved once.
 fn by_transport_kind(vec: &IntCounterVec, kinds: [&str; 4]) -> [[IntCounter; 4]; 2] {
-    TRANSPORTS.map(|t| kinds.map(|k| vec.with_label_values(&[t, k])))
+    Transport::ALL.map(|t| kinds.map(|k| vec.with_label_values(&[t.as_str(), k])))
 }
 
 impl Metrics {
@@ -361,15 +354,16 @@ impl Metrics {
 
     /// Creates the series of every label value known from the configuration
     /// at zero, so they are scraped before anything happens (a `rate()` then
-    /// sees the first increment, and ratios have both sides).
-    pub(crate) fn init(&self, sockets: &[&str]) {
-        for t in TRANSPORTS {
+    /// sees the first increment, and ratios have both sides): the socket
+    /// paths and every reason a connection can close for.
+    pub(crate) fn init(&self, sockets: &[&str], close_reasons: &[&str]) {
+        for t in Transport::ALL.map(Transport::as_str) {
             for s in sockets {
                 self.connections.with_label_values(&[t, s]);
                 self.opened.with_label_values(&[t, s]);
             }
-            for d in Disconnect::ALL {
-                self.closed.with_label_values(&[t, d.label()]);
+            for reason in close_reasons {
+                self.closed.with_label_values(&[t, reason]);
             }
             for r in REFUSALS {
                 self.refused.with_label_values(&[t, r]);
@@ -398,7 +392,7 @@ impl Metrics {
 
     /// A connection was accepted; the guard counts it open until dropped.
     pub(crate) fn connection_opened(&self, transport: Transport, socket: &str) -> OpenConnection {
-        let t = TRANSPORTS[transport_index(transport)];
+        let t = transport.as_str();
         self.opened.with_label_values(&[t, socket]).inc();
         let gauge = self.connections.with_label_values(&[t, socket]);
         gauge.inc();
@@ -407,8 +401,9 @@ impl Metrics {
 
     /// A connection attempt was refused before a socket existed.
     pub(crate) fn refused(&self, transport: Transport, reason: &'static str) {
-        let t = TRANSPORTS[transport_index(transport)];
-        self.refused.with_label_values(&[t, reason]).inc();
+        self.refused
+            .with_label_values(&[transport.as_str(), reason])
+            .inc();
     }
 
     pub(crate) fn limit_hit(&self, limit: Limit) {
@@ -416,7 +411,7 @@ impl Metrics {
     }
 
     pub(crate) fn received(&self, transport: Transport, kind: Received) {
-        self.received[transport_index(transport)][kind as usize].inc();
+        self.received[transport.index()][kind as usize].inc();
     }
 
     /// Counts the messages of `batch` written to a client, and observes the
@@ -432,7 +427,7 @@ impl Metrics {
                     .observe(now.saturating_duration_since(at).as_secs_f64());
             }
         }
-        for (counter, n) in self.sent[transport_index(transport)].iter().zip(counts) {
+        for (counter, n) in self.sent[transport.index()].iter().zip(counts) {
             if n > 0 {
                 counter.inc_by(n);
             }
@@ -473,14 +468,13 @@ impl Metrics {
 
     /// The text exposition of every metric, with the values read at scrape
     /// time (readiness, limits, hub and broker state) brought up to date.
-    pub(crate) fn render(&self, ep: &Endpoint) -> String {
-        let (ready, _) = ep.readiness();
-        self.ready.set(i64::from(ready));
-        self.draining.set(i64::from(ep.is_draining()));
+    pub(crate) fn render(&self, scrape: &Scrape) -> String {
+        self.ready.set(i64::from(scrape.ready));
+        self.draining.set(i64::from(scrape.draining));
         self.connections_max
-            .set(ep.limits().max_connections.map_or(0, |m| m as i64));
-        self.local_topics.set(ep.pubsub().hub().topics() as i64);
-        let status = ep.pubsub().broker_status();
+            .set(scrape.max_connections.map_or(0, |m| m as i64));
+        self.local_topics.set(scrape.local_topics as i64);
+        let status = scrape.broker;
         self.redis_subscriptions
             .set(status.as_ref().map_or(0, |s| s.subscriptions as i64));
         if let Some(s) = &status {
@@ -500,6 +494,34 @@ impl Metrics {
     }
 }
 
+/// What a scrape reads from the rest of the pod, at scrape time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Scrape {
+    /// `/readyz` answers 200.
+    pub(crate) ready: bool,
+    /// A drain (or shutdown) has started.
+    pub(crate) draining: bool,
+    /// The connection limit in force.
+    pub(crate) max_connections: Option<usize>,
+    /// Topics with a local subscriber.
+    pub(crate) local_topics: usize,
+    /// The broker's state, for a broker that connects to a server.
+    pub(crate) broker: Option<BrokerStatus>,
+}
+
+/// What a broker that connects to a server reports to the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BrokerStatus {
+    /// The subscriber connection is established and answering.
+    pub connected: bool,
+    /// Times that connection was lost and re-established.
+    pub reconnects: u64,
+    /// Channels the subscriber connection holds.
+    pub subscriptions: u64,
+    /// Messages dropped because their envelope was malformed.
+    pub malformed: u64,
+}
+
 /// Brings a counter up to a total kept elsewhere (the Redis bus's stats).
 fn catch_up(counter: &IntCounter, total: u64) {
     let now = counter.get();
@@ -516,17 +538,13 @@ pub(crate) struct OpenConnection {
 }
 
 impl OpenConnection {
-    /// Counts how the connection ended, and the limit that ended it.
-    pub(crate) fn closed(&self, reason: Disconnect) {
+    /// Counts how the connection ended (its close reason's label), and the
+    /// limit that ended it, if one did.
+    pub(crate) fn closed(&self, reason: &str, limit: Option<Limit>) {
         let m = metrics();
-        let t = TRANSPORTS[transport_index(self.transport)];
-        m.closed.with_label_values(&[t, reason.label()]).inc();
-        let limit = match reason {
-            Disconnect::FrameTooLarge => Some(Limit::MaxFrameSize),
-            Disconnect::SlowConsumer => Some(Limit::OutboundQueue),
-            Disconnect::RateLimited => Some(Limit::PushRate),
-            _ => None,
-        };
+        m.closed
+            .with_label_values(&[self.transport.as_str(), reason])
+            .inc();
         if let Some(l) = limit {
             m.limit_hit(l);
         }

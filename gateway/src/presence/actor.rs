@@ -11,9 +11,8 @@
 
 use super::diff::{state, Diff, Entry};
 use super::store::{Store, StoreError};
-use crate::hub::{Broadcast, Hub};
 use crate::protocol::Payload;
-use crate::pubsub::Broker;
+use crate::pubsub::{Broadcast, Broker, Hub};
 use base64::Engine;
 use bytes::Bytes;
 use indexmap::IndexMap;

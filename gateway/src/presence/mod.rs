@@ -11,14 +11,14 @@
 //! the entries of a pod whose key expired and publish their `leaves`.
 //!
 //! This module must not block channels: tracking only queues a command, and
-//! only listings wait for the store.
+//! only listings wait for the store. It sits beside the pubsub and uses it
+//! like any publisher; the pubsub knows nothing of presence.
 
 mod actor;
 mod diff;
 mod store;
 
-use crate::hub::Hub;
-use crate::pubsub::Broker;
+use crate::pubsub::PubSub;
 use actor::{Actor, Cmd, Timing};
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-pub(crate) use store::{MemoryStore, RedisStore, Store, Unsupported};
+use store::{MemoryStore, RedisStore, Store, Unsupported};
 
 /// Presence settings (`[presence]` in the config file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,8 +72,8 @@ pub enum PresenceError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct TrackId(u64);
 
-/// This pod's presence service, shared by every channel through the
-/// [`PubSub`](crate::pubsub::PubSub). Cheap to clone.
+/// This pod's presence service, shared by every channel of an endpoint.
+/// Cheap to clone.
 #[derive(Clone)]
 pub struct Presence {
     inner: Arc<Inner>,
@@ -97,24 +97,28 @@ impl fmt::Debug for Presence {
 }
 
 impl Presence {
-    pub(crate) fn new(store: Arc<dyn Store>, hub: Arc<Hub>, broker: Arc<dyn Broker>) -> Self {
-        let config = PresenceConfig::default();
+    /// Presence over `pubsub`: kept in Redis and shared by every pod when
+    /// the pubsub runs on Redis (a single Redis server; on a Redis Cluster
+    /// listings fail), in this process otherwise. Its actor starts on first
+    /// use, so building one needs no runtime.
+    pub fn new(pubsub: &PubSub, config: PresenceConfig) -> Self {
+        let store: Arc<dyn Store> = match pubsub.redis_broker() {
+            Some(redis) => match RedisStore::new(redis.bus(), redis.node()) {
+                Ok(s) => Arc::new(s),
+                Err(e) => Arc::new(Unsupported(e.0)),
+            },
+            None => Arc::new(MemoryStore::default()),
+        };
         let timing = Timing::new(config.batch, config.pod_timeout);
+        let actor = Actor::new(store, pubsub.hub().clone(), pubsub.broker().clone(), timing);
         let (tx, rx) = mpsc::unbounded_channel();
         Presence {
             inner: Arc::new(Inner {
                 tx,
-                idle: Mutex::new(Some((Actor::new(store, hub, broker, timing), rx))),
+                idle: Mutex::new(Some((actor, rx))),
                 started: AtomicBool::new(false),
                 next_id: AtomicU64::new(1),
             }),
-        }
-    }
-
-    /// Replaces the settings. Takes effect only before the first use.
-    pub(crate) fn configure(&self, config: PresenceConfig) {
-        if let Some((actor, _)) = self.inner.idle.lock().as_mut() {
-            actor.timing = Timing::new(config.batch, config.pod_timeout);
         }
     }
 

@@ -93,3 +93,15 @@ impl Frame {
         }
     }
 }
+
+/// Topics may not smuggle Redis glob characters, whitespace or control
+/// characters, and fit the one-byte length of V2 binary frames.
+pub fn valid_topic(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= 255
+        && topic.chars().all(|c| {
+            !c.is_control()
+                && !c.is_whitespace()
+                && !matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | '\\')
+        })
+}

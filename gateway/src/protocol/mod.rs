@@ -1,16 +1,51 @@
-//! The Phoenix wire protocol: messages, the V1 and V2 serializers, and `vsn`
-//! negotiation. Knows nothing of sockets, channels or transports.
+//! The Phoenix wire protocol: messages, the V1 and V2 serializers, `vsn`
+//! negotiation, and the vocabulary every layer shares (which transport a
+//! connection uses, which topics are valid, the gateway's refusals). Imports
+//! nothing from the rest of the crate; knows nothing of sockets, channels or
+//! how bytes travel.
 
 use bytes::Bytes;
 
 mod binary;
 mod message;
 mod payload;
+mod refusal;
 mod v1;
 mod v2;
 
-pub use message::{Frame, Message, Outbound};
+pub use message::{valid_topic, Frame, Message, Outbound};
 pub use payload::{Json, Payload};
+pub use refusal::Refusal;
+
+/// The transport a connection arrived on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// `{path}/websocket`.
+    WebSocket,
+    /// `{path}/longpoll`.
+    LongPoll,
+}
+
+impl Transport {
+    /// Both transports, in the order of their index.
+    pub const ALL: [Transport; 2] = [Transport::WebSocket, Transport::LongPoll];
+
+    /// A dense index, for per-transport counters.
+    pub fn index(self) -> usize {
+        match self {
+            Transport::WebSocket => 0,
+            Transport::LongPoll => 1,
+        }
+    }
+
+    /// The name in logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::LongPoll => "longpoll",
+        }
+    }
+}
 
 /// A message that could not be decoded; the connection is closed with it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

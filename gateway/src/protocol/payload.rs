@@ -100,6 +100,12 @@ impl Payload {
         Payload::Json(Json::encode(value))
     }
 
+    /// `{"reason": reason}`: the shape of every error reply in Phoenix
+    /// (`{:error, %{reason: "..."}}`), so clients read refusals one way.
+    pub fn reason(reason: impl fmt::Display) -> Self {
+        Payload::json(&serde_json::json!({ "reason": reason.to_string() }))
+    }
+
     /// The JSON, if this is a JSON payload.
     pub fn as_json(&self) -> Option<&Json> {
         match self {

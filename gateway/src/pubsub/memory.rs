@@ -1,7 +1,7 @@
 //! The embedded single-node broker: publishing is local fan-out.
 
+use super::hub::{Broadcast, Hub};
 use super::{Broker, BrokerError};
-use crate::hub::{Broadcast, Hub};
 use async_trait::async_trait;
 use std::sync::Arc;
 

@@ -3,18 +3,25 @@
 //! Every broadcast goes through the broker, which hands it back to the hub of
 //! every node with subscribers (this one included). The in-memory broker is
 //! the single-node case; the Redis broker lives behind the same trait.
+//! Presence is built on top of this module, never inside it.
+//!
+//! # Layout
+//! - `hub`: the local topic → subscribers registry and encode-once fan-out.
+//! - `memory`, `redis`: the brokers.
 
+pub(crate) mod hub;
 mod memory;
 mod redis;
 
+pub use crate::metrics::BrokerStatus;
+pub use hub::{Broadcast, Hub};
 pub use memory::MemoryBroker;
 pub use redis::RedisBroker;
 
-use crate::hub::{Broadcast, Hub, SubId, Subscriber};
 use crate::metrics::{metrics, Source};
-use crate::presence::{MemoryStore, Presence, PresenceConfig, RedisStore, Unsupported};
 use async_trait::async_trait;
 use bytes::Bytes;
+use hub::{SubId, Subscriber};
 use std::fmt;
 use std::sync::Arc;
 
@@ -85,87 +92,55 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     }
 }
 
-/// What a broker that connects to a server reports to the metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BrokerStatus {
-    /// The subscriber connection is established and answering.
-    pub connected: bool,
-    /// Times that connection was lost and re-established.
-    pub reconnects: u64,
-    /// Channels the subscriber connection holds.
-    pub subscriptions: u64,
-    /// Messages dropped because their envelope was malformed.
-    pub malformed: u64,
-}
-
 /// Receives the point-to-point messages of [`Broker::listen`].
 pub trait NodeInbox: Send + Sync + 'static {
     /// One message, as given to [`Broker::send_to`]. Must not block.
     fn deliver(&self, body: Bytes);
 }
 
-/// The hub, the broker and presence, as channels and the HTTP API use them.
+/// The hub and the broker, as channels, presence and the HTTP API use them.
 #[derive(Debug, Clone)]
 pub struct PubSub {
     hub: Arc<Hub>,
     broker: Arc<dyn Broker>,
-    presence: Presence,
+    /// The same broker when it is Redis's, whose connection presence shares.
+    redis: Option<Arc<RedisBroker>>,
 }
 
 impl PubSub {
-    /// A single-node pubsub with the in-memory broker and presence.
+    /// A single-node pubsub with the in-memory broker.
     pub fn memory() -> Self {
         let hub = Arc::new(Hub::default());
         let broker = Arc::new(MemoryBroker::new(hub.clone()));
         PubSub::new(hub, broker)
     }
 
-    /// A pubsub over Redis, with presence stored in Redis too (on a single
-    /// Redis server; on a Redis Cluster presence listings fail); connects in
-    /// the background.
+    /// A pubsub over Redis; connects in the background.
     ///
     /// # Errors
     /// A malformed Redis URL.
     pub fn redis(config: pubsub_redis::Config) -> Result<Self, BrokerError> {
         let hub = Arc::new(Hub::default());
         let broker = Arc::new(RedisBroker::start(config, hub.clone())?);
-        let store: Arc<dyn crate::presence::Store> =
-            match RedisStore::new(broker.bus(), broker.node()) {
-                Ok(s) => Arc::new(s),
-                Err(e) => Arc::new(Unsupported(e.0)),
-            };
-        let presence = Presence::new(store, hub.clone(), broker.clone());
         Ok(PubSub {
             hub,
-            broker,
-            presence,
+            broker: broker.clone(),
+            redis: Some(broker),
         })
     }
 
-    /// A pubsub over any broker that delivers into `hub`. Presence is kept
-    /// in this process, so it covers this node only.
+    /// A pubsub over any broker that delivers into `hub`.
     pub fn new(hub: Arc<Hub>, broker: Arc<dyn Broker>) -> Self {
-        let presence = Presence::new(
-            Arc::new(MemoryStore::default()),
-            hub.clone(),
-            broker.clone(),
-        );
         PubSub {
             hub,
             broker,
-            presence,
+            redis: None,
         }
     }
 
-    /// Replaces the presence settings; call it before the pubsub is used.
-    pub fn with_presence_config(self, config: PresenceConfig) -> Self {
-        self.presence.configure(config);
-        self
-    }
-
-    /// Presence: who is in a topic, on every node.
-    pub fn presence(&self) -> &Presence {
-        &self.presence
+    /// The Redis broker, when this pubsub runs on Redis.
+    pub(crate) fn redis_broker(&self) -> Option<&Arc<RedisBroker>> {
+        self.redis.as_ref()
     }
 
     /// The broker's state, one line (see [`Broker::health`]).

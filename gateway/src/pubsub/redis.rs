@@ -5,13 +5,14 @@
 //! one order per publisher and topic. The envelope names this pod and the
 //! sending connection so `broadcast_from` skips the sender on its own pod.
 //!
-//! Point-to-point messages between pods (the long-poll relay) use the
-//! channel `{prefix}lp:{node}` of the receiving pod. Topics starting with
-//! `lp:` are reserved for them: their messages never reach the hub, so a
-//! client that joins such a topic receives nothing from it.
+//! Point-to-point messages between pods (the long-poll relay) travel on the
+//! channel `{prefix}lp:{node}` of the receiving pod, which the bus listens
+//! on apart from topics (`RedisBus::listen`): they reach the pod's
+//! [`NodeInbox`], never the hub, so no client receives them even if it joins
+//! a topic of that name.
 
+use super::hub::{Broadcast, Hub};
 use super::{Broker, BrokerError, BrokerStatus, NodeInbox};
-use crate::hub::{Broadcast, Hub};
 use crate::metrics::{metrics, Source};
 use crate::protocol::{Json, Payload};
 use async_trait::async_trait;
@@ -21,7 +22,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
-/// The reserved topic namespace of point-to-point messages between pods.
+/// Where a pod's inbox channel is named, after the prefix: `lp:{node}`.
 const NODE_TOPIC: &str = "lp:";
 /// The event name of a point-to-point message's envelope.
 const NODE_EVENT: &str = "lp";
@@ -50,15 +51,15 @@ impl std::fmt::Debug for HubSink {
 }
 
 impl Sink for HubSink {
-    fn deliver(&self, topic: &str, envelope: Envelope) {
-        if topic.starts_with(NODE_TOPIC) {
-            if let Some((mine, inbox)) = self.inbox.get() {
-                if topic == mine && envelope.event == NODE_EVENT {
-                    inbox.deliver(envelope.payload);
-                }
+    fn direct(&self, name: &str, envelope: Envelope) {
+        if let Some((mine, inbox)) = self.inbox.get() {
+            if name == mine && envelope.event == NODE_EVENT {
+                inbox.deliver(envelope.payload);
             }
-            return;
         }
+    }
+
+    fn deliver(&self, topic: &str, envelope: Envelope) {
         metrics().broadcast(Source::Redis, topic);
         let from = envelope
             .origin
@@ -168,7 +169,7 @@ impl Broker for RedisBroker {
         }
         // Once confirmed, the bus keeps the subscription across reconnects.
         self.bus
-            .subscribe(&topic)
+            .listen(&topic)
             .await
             .map_err(|e| BrokerError(e.to_string()))
     }

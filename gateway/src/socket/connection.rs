@@ -1,21 +1,18 @@
 //! The protocol state of one connection, whatever its transport: heartbeats,
 //! joins, leaves, and routing client events to channel tasks.
 //!
-//! Runs inside the transport's reader and never awaits, so a slow channel
-//! cannot stall the connection; channels do their work in their own tasks.
+//! Runs inside the transport's reader, which hands it decoded messages, and
+//! never awaits, so a slow channel cannot stall the connection; channels do
+//! their work in their own tasks.
 
 use super::rate::{Bucket, Verdict};
-use super::{Assigns, Transport};
-use crate::channel::context::SocketInfo;
-use crate::channel::runner::{Previous, Start};
-use crate::channel::{ChannelMsg, Inbox};
-use crate::conn::{ConnHandle, Disconnect};
-use crate::endpoint::Socket;
-use crate::hub::{Subscriber, Target};
+use super::{Assigns, Socket};
+use crate::channel::{join_answered, ChannelMsg, Inbox, Previous, Services, SocketInfo, Start};
+use crate::conn::{ConnHandle, Disconnect, ReplyTo};
 use crate::metrics::{metrics, Limit, OpenConnection, Received};
-use crate::protocol::{Message, Outbound, Payload};
-use crate::pubsub::{BrokerError, PubSub, Subscription};
-use bytes::Bytes;
+use crate::protocol::{valid_topic, Message, Payload, Refusal, Transport};
+use crate::pubsub::hub::{Subscriber, Target};
+use crate::pubsub::{BrokerError, Subscription};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -46,7 +43,7 @@ impl ChannelHandle {
 pub(crate) struct Connection {
     conn: ConnHandle,
     socket: Arc<Socket>,
-    pubsub: PubSub,
+    services: Arc<Services>,
     info: Arc<SocketInfo>,
     channels: HashMap<String, ChannelHandle>,
     /// Tells the expiry watcher when the credentials now expire.
@@ -65,9 +62,8 @@ impl Connection {
         transport: Transport,
         conn: ConnHandle,
         socket: Arc<Socket>,
-        pubsub: PubSub,
+        services: Arc<Services>,
         assigns: Assigns,
-        node: Arc<str>,
     ) -> Result<Self, BrokerError> {
         let socket_id = socket.handler.id(&assigns);
         let id_sub = match &socket_id {
@@ -76,13 +72,13 @@ impl Connection {
                     conn: conn.clone(),
                     target: Target::SocketId,
                 };
-                Some(pubsub.subscribe(id, sub).await?)
+                Some(services.pubsub.subscribe(id, sub).await?)
             }
             None => None,
         };
         tracing::debug!(
             conn = conn.id(),
-            ?transport,
+            transport = transport.as_str(),
             socket = socket.path,
             vsn = conn.vsn().as_str(),
             socket_id = socket_id.as_deref(),
@@ -92,11 +88,10 @@ impl Connection {
         let mut connection = Connection {
             conn,
             socket,
-            pubsub,
+            services,
             info: Arc::new(SocketInfo {
                 assigns,
                 id: socket_id,
-                node,
             }),
             channels: HashMap::new(),
             expiry: None,
@@ -117,6 +112,11 @@ impl Connection {
         Ok(connection)
     }
 
+    /// The connection's handle: its serializer, queue and close signal.
+    pub(crate) fn conn(&self) -> &ConnHandle {
+        &self.conn
+    }
+
     /// Closes the connection at `at` unless credentials are refreshed first.
     fn set_expiry(&mut self, at: Option<SystemTime>) {
         if let Some(tx) = &self.expiry {
@@ -131,26 +131,6 @@ impl Connection {
         self.expiry = Some(tx);
     }
 
-    /// Handles one text frame.
-    pub(crate) fn handle_text(&mut self, text: &Bytes) -> Result<(), Disconnect> {
-        let msg = self.conn.vsn().decode_text(text).map_err(|e| {
-            tracing::debug!(conn = self.conn.id(), error = %e, "malformed text frame");
-            Disconnect::Malformed
-        })?;
-        self.handle(msg);
-        Ok(())
-    }
-
-    /// Handles one binary frame.
-    pub(crate) fn handle_binary(&mut self, data: &Bytes) -> Result<(), Disconnect> {
-        let msg = self.conn.vsn().decode_binary(data).map_err(|e| {
-            tracing::debug!(conn = self.conn.id(), error = %e, "malformed binary frame");
-            Disconnect::Malformed
-        })?;
-        self.handle(msg);
-        Ok(())
-    }
-
     /// Handles one decoded message, as `Phoenix.Socket.handle_in/4`.
     pub(crate) fn handle(&mut self, msg: Message) {
         let heartbeat = msg.topic == "phoenix" && msg.event == "heartbeat";
@@ -161,14 +141,17 @@ impl Connection {
             _ => Received::Push,
         };
         metrics().received(self.open.transport(), kind);
+        let to = ReplyTo {
+            topic: &msg.topic,
+            join_ref: msg.join_ref.as_deref(),
+            ref_: msg.ref_.as_deref(),
+        };
         if heartbeat {
-            self.conn.send(&Outbound::Reply {
+            let to = ReplyTo {
                 join_ref: None,
-                ref_: msg.ref_.as_deref(),
-                topic: "phoenix",
-                status: "ok",
-                response: &Payload::empty(),
-            });
+                ..to
+            };
+            self.conn.reply(to, "ok", &Payload::empty());
             return;
         }
         if let Some(bucket) = &mut self.push_limit {
@@ -176,14 +159,7 @@ impl Connection {
                 Verdict::Allow => {}
                 Verdict::Refuse => {
                     metrics().limit_hit(Limit::PushRate);
-                    let reason = Payload::json(&serde_json::json!({"reason": "rate limited"}));
-                    self.conn.send(&Outbound::Reply {
-                        join_ref: msg.join_ref.as_deref(),
-                        ref_: msg.ref_.as_deref(),
-                        topic: &msg.topic,
-                        status: "error",
-                        response: &reason,
-                    });
+                    self.conn.refuse(to, Refusal::RateLimited);
                     return;
                 }
                 Verdict::Abuse => {
@@ -218,29 +194,20 @@ impl Connection {
                 join_ref: h.join_ref,
             });
         let replacing = previous.as_ref().is_some_and(|p| p.replace);
+        let to = ReplyTo {
+            topic: &topic,
+            join_ref: join_ref.as_deref(),
+            ref_: ref_.as_deref(),
+        };
         if !valid_topic(&topic) {
             join_answered(&self.conn, &topic, "invalid_topic");
-            let reason = serde_json::json!({"reason": "invalid topic"});
-            self.conn.send(&Outbound::Reply {
-                join_ref: join_ref.as_deref(),
-                ref_: ref_.as_deref(),
-                topic: &topic,
-                status: "error",
-                response: &Payload::json(&reason),
-            });
+            self.conn.refuse(to, Refusal::InvalidTopic);
             return;
         }
         if !replacing && self.live_channels() >= self.socket.config.max_channels {
             join_answered(&self.conn, &topic, "too_many_channels");
             metrics().limit_hit(Limit::MaxChannels);
-            let reason = serde_json::json!({"reason": "too many channels joined"});
-            self.conn.send(&Outbound::Reply {
-                join_ref: join_ref.as_deref(),
-                ref_: ref_.as_deref(),
-                topic: &topic,
-                status: "error",
-                response: &Payload::json(&reason),
-            });
+            self.conn.refuse(to, Refusal::TooManyChannels);
             if let Some(p) = previous {
                 // Keep tracking the channel that is still leaving.
                 self.channels.insert(
@@ -256,7 +223,7 @@ impl Connection {
         }
         let Some(factory) = self.socket.router.route(&topic) else {
             join_answered(&self.conn, &topic, "unmatched_topic");
-            reply_unjoined(&self.conn, &topic, "phx_join", None, ref_.as_deref());
+            self.conn.reply_unjoined("phx_join", to);
             return;
         };
         let (inbox, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -267,7 +234,7 @@ impl Connection {
             ref_,
             payload,
             conn: self.conn.clone(),
-            pubsub: self.pubsub.clone(),
+            services: self.services.clone(),
             socket: self.info.clone(),
             previous,
             inbox: inbox.clone(),
@@ -284,6 +251,11 @@ impl Connection {
     }
 
     fn leave(&mut self, msg: Message) {
+        let to = ReplyTo {
+            topic: &msg.topic,
+            join_ref: msg.join_ref.as_deref(),
+            ref_: msg.ref_.as_deref(),
+        };
         if let Some(h) = self.channels.get_mut(&msg.topic) {
             if h.alive() && !h.leaving {
                 if !h.accepts(msg.join_ref.as_deref()) {
@@ -299,13 +271,7 @@ impl Connection {
                 }
             }
         }
-        reply_unjoined(
-            &self.conn,
-            &msg.topic,
-            "phx_leave",
-            msg.join_ref.as_deref(),
-            msg.ref_.as_deref(),
-        );
+        self.conn.reply_unjoined("phx_leave", to);
     }
 
     fn forward(&mut self, msg: Message) {
@@ -330,24 +296,25 @@ impl Connection {
                     ref_: msg.ref_,
                     payload: msg.payload,
                 };
-                match h.inbox.send(Box::new(event)) {
-                    Ok(()) => return,
-                    Err(e) => {
-                        if let ChannelMsg::In { ref_, .. } = *e.0 {
-                            reply_unjoined(&self.conn, &msg.topic, "", None, ref_.as_deref());
-                        }
-                        return;
+                if let Err(e) = h.inbox.send(Box::new(event)) {
+                    if let ChannelMsg::In { event, ref_, .. } = *e.0 {
+                        let to = ReplyTo {
+                            topic: &msg.topic,
+                            join_ref: None,
+                            ref_: ref_.as_deref(),
+                        };
+                        self.conn.reply_unjoined(&event, to);
                     }
                 }
+                return;
             }
         }
-        reply_unjoined(
-            &self.conn,
-            &msg.topic,
-            &msg.event,
-            None,
-            msg.ref_.as_deref(),
-        );
+        let to = ReplyTo {
+            topic: &msg.topic,
+            join_ref: None,
+            ref_: msg.ref_.as_deref(),
+        };
+        self.conn.reply_unjoined(&msg.event, to);
     }
 
     /// Applies a token refresh: new assigns for every channel, a new expiry,
@@ -359,7 +326,6 @@ impl Connection {
                 self.info = Arc::new(SocketInfo {
                     assigns,
                     id: self.info.id.clone(),
-                    node: self.info.node.clone(),
                 });
                 for h in self.channels.values().filter(|h| h.alive() && !h.leaving) {
                     let _ = h
@@ -369,18 +335,14 @@ impl Connection {
                 self.set_expiry(expires);
                 ("ok", Payload::empty())
             }
-            Err(reason) => (
-                "error",
-                Payload::json(&serde_json::json!({ "reason": reason })),
-            ),
+            Err(reason) => ("error", Payload::reason(reason)),
         };
-        self.conn.send(&Outbound::Reply {
+        let to = ReplyTo {
+            topic: &msg.topic,
             join_ref: jr,
             ref_: msg.ref_.as_deref(),
-            topic: &msg.topic,
-            status,
-            response: &response,
-        });
+        };
+        self.conn.reply(to, status, &response);
     }
 
     /// Channels that count against `max_channels`; forgets finished ones.
@@ -397,35 +359,12 @@ impl Drop for Connection {
         let reason = self.conn.reason().unwrap_or(Disconnect::TransportError);
         tracing::debug!(
             conn = self.conn.id(),
-            transport = ?self.open.transport(),
+            transport = self.open.transport().as_str(),
             reason = reason.label(),
             "connection closed"
         );
-        self.open.closed(reason);
+        self.open.closed(reason.label(), reason.limit());
     }
-}
-
-/// Logs and counts the answer to a `phx_join`: `ok`, or why it was refused
-/// (the `result` label of `gateway_joins_total`).
-pub(crate) fn join_answered(conn: &ConnHandle, topic: &str, result: &'static str) {
-    if result == "ok" {
-        tracing::debug!(conn = conn.id(), topic, "channel joined");
-    } else {
-        tracing::debug!(conn = conn.id(), topic, result, "join refused");
-    }
-    metrics().join(topic, result);
-}
-
-/// Topics may not smuggle Redis glob characters, whitespace or control
-/// characters, and fit the one-byte length of V2 binary frames.
-pub(crate) fn valid_topic(topic: &str) -> bool {
-    !topic.is_empty()
-        && topic.len() <= 255
-        && topic.chars().all(|c| {
-            !c.is_control()
-                && !c.is_whitespace()
-                && !matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | '\\')
-        })
 }
 
 async fn watch_expiry(conn: ConnHandle, mut rx: watch::Receiver<Option<SystemTime>>) {
@@ -448,35 +387,5 @@ async fn sleep_or_forever(wait: Option<std::time::Duration>) {
     match wait {
         Some(d) => tokio::time::sleep(d).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Answers a message for a topic this connection has not joined, as Phoenix
-/// does: a leave is acknowledged (echoing the client's join_ref), anything
-/// else gets `unmatched topic` with a null join_ref.
-pub(crate) fn reply_unjoined(
-    conn: &ConnHandle,
-    topic: &str,
-    event: &str,
-    join_ref: Option<&str>,
-    ref_: Option<&str>,
-) {
-    if event == "phx_leave" {
-        conn.send(&Outbound::Reply {
-            join_ref,
-            ref_,
-            topic,
-            status: "ok",
-            response: &Payload::empty(),
-        });
-    } else {
-        let reason = Payload::json(&serde_json::json!({"reason": "unmatched topic"}));
-        conn.send(&Outbound::Reply {
-            join_ref: None,
-            ref_,
-            topic,
-            status: "error",
-            response: &reason,
-        });
     }
 }

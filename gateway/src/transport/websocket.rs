@@ -5,15 +5,16 @@
 //! fastwebsockets answers the upgrade; frames are read by our own
 //! [`FrameReader`], whose buffer is released whenever it drains.
 
+use super::admission::{Admission, Admitted, Refused};
+use super::drain::Drain;
 use super::frame_reader::{FrameReader, Incoming as Read, ReadError};
-use super::writer;
-use crate::conn::{ConnHandle, Disconnect, Out};
-use crate::endpoint::{Body, Endpoint, Socket};
-use crate::metrics::metrics;
-use crate::protocol::Vsn;
-use crate::server::text;
+use super::response::{text, Body};
+use super::{decode, Data};
+use crate::channel::{Assigns, Services};
+use crate::conn::{writer, ConnHandle, Disconnect, Out};
+use crate::protocol::{Transport, Vsn};
 use crate::socket::connection::Connection;
-use crate::socket::{Assigns, ConnectInfo, Params, Transport};
+use crate::socket::{ConnectInfo, Params, Socket, SocketConfig};
 use base64::Engine;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
@@ -28,7 +29,8 @@ const AUTH_PREFIX: &str = "base64url.bearer.phx.";
 
 /// Answers a WebSocket handshake and, when accepted, spawns the connection.
 pub(crate) async fn handshake(
-    ep: Arc<Endpoint>,
+    admission: &Admission,
+    services: Arc<Services>,
     socket: Arc<Socket>,
     peer: SocketAddr,
     mut req: Request<Incoming>,
@@ -45,31 +47,15 @@ pub(crate) async fn handshake(
             "expected a websocket upgrade request",
         );
     }
-    if ep.shutdown.is_cancelled() {
-        metrics().refused(Transport::WebSocket, "draining");
-        return text(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
-    }
-    if let Some(why) = ep.refuse_over_limit(Transport::WebSocket) {
-        return text(StatusCode::SERVICE_UNAVAILABLE, &why);
-    }
-    let origin = req
-        .headers()
-        .get(hyper::header::ORIGIN)
-        .and_then(|o| o.to_str().ok());
-    if !socket.config.check_origin.allows(origin) {
-        metrics().refused(Transport::WebSocket, "origin");
-        tracing::debug!(%peer, ?origin, "origin refused");
-        return text(StatusCode::FORBIDDEN, "origin not allowed");
-    }
-    let params = Params::from_query(req.uri().query().unwrap_or(""));
-    let vsn = match Vsn::negotiate(params.get("vsn")) {
-        Ok(v) => v,
-        Err(e) => return text(StatusCode::FORBIDDEN, &e.to_string()),
-    };
     let (phoenix_offered, auth_token) = match subprotocols(&req) {
         Ok(p) => p,
         Err(msg) => return text(StatusCode::BAD_REQUEST, msg),
     };
+    let params = Params::from_query(req.uri().query().unwrap_or(""));
+    let origin = req
+        .headers()
+        .get(hyper::header::ORIGIN)
+        .and_then(|o| o.to_str().ok());
     let info = ConnectInfo {
         peer: Some(peer),
         uri: req.uri().clone(),
@@ -77,21 +63,27 @@ pub(crate) async fn handshake(
         auth_token,
         transport: Transport::WebSocket,
     };
-    let assigns = match socket.handler.connect(&params, &info).await {
-        Ok(a) => a,
-        Err(e) => {
-            metrics().refused(Transport::WebSocket, "auth");
-            tracing::debug!(%peer, reason = %e.reason, "connect refused");
-            return text(e.status, "forbidden");
-        }
+    let Admitted { vsn, assigns } = match admission.admit(&socket, &params, origin, &info).await {
+        Ok(admitted) => admitted,
+        Err(refused) => return refusal(refused),
     };
     let (resp, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(r) => r,
         Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string()),
     };
-    ep.drain.clone().spawn(async move {
+    let drain = admission.drain().clone();
+    admission.drain().spawn(async move {
         match upgrade.await {
-            Ok(ws) => run(ws.into_inner(), ep, socket, vsn, assigns).await,
+            Ok(ws) => {
+                let open = Open {
+                    drain,
+                    services,
+                    socket,
+                    vsn,
+                    assigns,
+                };
+                run(ws.into_inner(), open).await
+            }
             Err(e) => tracing::debug!(%peer, error = %e, "websocket upgrade failed"),
         }
     });
@@ -103,6 +95,26 @@ pub(crate) async fn handshake(
             .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("phoenix"));
     }
     resp
+}
+
+/// The answer to a refused handshake.
+fn refusal(refused: Refused) -> Response<Body> {
+    match refused {
+        Refused::Draining => text(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down"),
+        Refused::OverLimit(why) => text(StatusCode::SERVICE_UNAVAILABLE, &why),
+        Refused::Origin => text(StatusCode::FORBIDDEN, "origin not allowed"),
+        Refused::Vsn(e) => text(StatusCode::FORBIDDEN, &e.to_string()),
+        Refused::Connect(e) => text(e.status, "forbidden"),
+    }
+}
+
+/// An admitted connection, ready to run once upgraded.
+struct Open {
+    drain: Drain,
+    services: Arc<Services>,
+    socket: Arc<Socket>,
+    vsn: Vsn,
+    assigns: Assigns,
 }
 
 /// Reads `Sec-WebSocket-Protocol`: whether `phoenix` was offered, and the
@@ -137,13 +149,7 @@ fn decode_auth_token(encoded: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-async fn run(
-    io: TokioIo<hyper::upgrade::Upgraded>,
-    ep: Arc<Endpoint>,
-    socket: Arc<Socket>,
-    vsn: Vsn,
-    assigns: Assigns,
-) {
+async fn run(io: TokioIo<hyper::upgrade::Upgraded>, open: Open) {
     // Owned TCP halves avoid a lock per read and write; anything hyper read
     // past the handshake is replayed in front of the stream.
     match io.into_inner().downcast::<TokioIo<TcpStream>>() {
@@ -155,20 +161,27 @@ async fn run(
             let rest = bytes::Bytes::copy_from_slice(&parts.read_buf);
             drop(parts.read_buf);
             let r = std::io::Cursor::new(rest).chain(r);
-            drive(r, w, ep, socket, vsn, assigns).await
+            drive(r, w, open).await
         }
         Err(upgraded) => {
             let (r, w) = tokio::io::split(TokioIo::new(upgraded));
-            drive(r, w, ep, socket, vsn, assigns).await
+            drive(r, w, open).await
         }
     }
 }
 
-async fn drive<R, W>(r: R, w: W, ep: Arc<Endpoint>, socket: Arc<Socket>, vsn: Vsn, assigns: Assigns)
+async fn drive<R, W>(r: R, w: W, open: Open)
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    let Open {
+        drain,
+        services,
+        socket,
+        vsn,
+        assigns,
+    } = open;
     let config = socket.config.clone();
     let conn = ConnHandle::new(vsn, config.outbound_queue);
     let writer = tokio::spawn(writer::run(w, conn.clone()));
@@ -176,9 +189,8 @@ where
         Transport::WebSocket,
         conn.clone(),
         socket,
-        ep.pubsub.clone(),
+        services,
         assigns,
-        ep.node.clone(),
     )
     .await;
     let mut connection = match opened {
@@ -194,7 +206,7 @@ where
     let reason = tokio::select! {
         biased;
         _ = conn.closed() => conn.reason().unwrap_or(Disconnect::TransportError),
-        _ = ep.drain.turn() => Disconnect::ServerShutdown,
+        _ = drain.turn() => Disconnect::ServerShutdown,
         reason = read_loop(&mut reader, &mut connection, &conn, &config) => reason,
     };
     conn.close(reason);
@@ -207,7 +219,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     reader: &mut FrameReader<R>,
     connection: &mut Connection,
     conn: &ConnHandle,
-    config: &crate::socket::SocketConfig,
+    config: &SocketConfig,
 ) -> Disconnect {
     loop {
         let incoming = match tokio::time::timeout(config.idle_timeout, reader.next()).await {
@@ -221,17 +233,18 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 return Disconnect::Malformed;
             }
         };
-        let handled = match incoming {
-            Read::Text(data) => connection.handle_text(&data),
-            Read::Binary(data) => connection.handle_binary(&data),
+        let data = match &incoming {
+            Read::Text(text) => Data::Text(text),
+            Read::Binary(bytes) => Data::Binary(bytes),
             Read::Ping(data) => {
-                conn.push(Out::Pong(data));
-                Ok(())
+                conn.enqueue(Out::Pong(data.clone()));
+                continue;
             }
-            Read::Close(code) => return Disconnect::ClientClosed(code),
+            Read::Close(code) => return Disconnect::ClientClosed(*code),
         };
-        if let Err(reason) = handled {
-            return reason;
+        match decode(conn.vsn(), conn.id(), data) {
+            Ok(msg) => connection.handle(msg),
+            Err(reason) => return reason,
         }
     }
 }

@@ -3,12 +3,11 @@
 //! client reads (`{"status":410,"token":"…","messages":[]}`), plus CORS so a
 //! page on another origin can poll with XHR.
 
-use super::Answer;
-use crate::endpoint::{Body, Endpoint, Socket};
-use crate::metrics::metrics;
-use crate::protocol::Vsn;
-use crate::server::text;
-use crate::socket::{ConnectInfo, LongPollConfig, Params, Transport};
+use super::{Answer, LongPoll};
+use crate::protocol::Transport;
+use crate::socket::{ConnectInfo, LongPollConfig, Params, Socket};
+use crate::transport::admission::{Admission, Admitted, Refused};
+use crate::transport::response::{text, Body};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -27,7 +26,8 @@ const SESSION_TOKEN: &str = "x-phoenix-longpoll-token";
 
 /// Answers a request to `{path}/longpoll`.
 pub(crate) async fn handle(
-    ep: Arc<Endpoint>,
+    admission: &Admission,
+    lp: &LongPoll,
     socket: Arc<Socket>,
     peer: SocketAddr,
     req: Request<Incoming>,
@@ -43,15 +43,12 @@ pub(crate) async fn handle(
         .headers()
         .get(header::ORIGIN)
         .and_then(|o| o.to_str().ok());
-    if !socket.config.check_origin.allows(origin) {
-        metrics().refused(Transport::LongPoll, "origin");
-        tracing::debug!(%peer, ?origin, "long-poll origin refused");
-        return status_only(403);
+    if let Err(refused) = admission.check_origin(&socket, Transport::LongPoll, Some(peer), origin) {
+        return refusal(refused);
     }
     if method == Method::OPTIONS {
         return preflight(&req);
     }
-    let lp = &ep.longpoll;
     let params = Params::from_query(req.uri().query().unwrap_or(""));
     let session = req
         .headers()
@@ -62,7 +59,7 @@ pub(crate) async fn handle(
     if method == Method::GET {
         return match session {
             Some(t) => answer(lp.get(&t, config.window).await),
-            None => open(&ep, socket, &config, peer, &params, req).await,
+            None => open(admission, lp, socket, &config, peer, &params, req).await,
         };
     }
     let Some(t) = session else {
@@ -102,27 +99,18 @@ pub(crate) async fn handle(
 /// A first GET (or one whose session token is not ours): connect, open a
 /// session, answer 410 with its token.
 async fn open(
-    ep: &Endpoint,
+    admission: &Admission,
+    lp: &LongPoll,
     socket: Arc<Socket>,
     config: &LongPollConfig,
     peer: SocketAddr,
     params: &Params,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    if ep.shutdown.is_cancelled() {
-        metrics().refused(Transport::LongPoll, "draining");
-        // Not JSON: phoenix.js reads it as status 0 and retries elsewhere.
-        return cors(text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server is shutting down",
-        ));
-    }
-    if let Some(why) = ep.refuse_over_limit(Transport::LongPoll) {
-        return cors(text(StatusCode::SERVICE_UNAVAILABLE, &why));
-    }
-    let Ok(vsn) = Vsn::negotiate(params.get("vsn")) else {
-        return status_only(403);
-    };
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok());
     let auth_token = req
         .headers()
         .get(AUTH_TOKEN)
@@ -135,20 +123,30 @@ async fn open(
         auth_token,
         transport: Transport::LongPoll,
     };
-    let assigns = match socket.handler.connect(params, &info).await {
-        Ok(a) => a,
-        Err(e) => {
-            metrics().refused(Transport::LongPoll, "auth");
-            tracing::debug!(%peer, reason = %e.reason, "long-poll connect refused");
-            return status_only(403);
-        }
+    let Admitted { vsn, assigns } = match admission.admit(&socket, params, origin, &info).await {
+        Ok(admitted) => admitted,
+        Err(refused) => return refusal(refused),
     };
-    match ep.longpoll.create(socket, config, vsn, assigns).await {
+    match lp.create(socket, config, vsn, assigns).await {
         Ok(token) => envelope(410, Some(&token), &[]),
         Err(e) => {
             tracing::warn!(error = %e, "long-poll session refused: the broker is unavailable");
             cors(text(StatusCode::SERVICE_UNAVAILABLE, "broker unavailable"))
         }
+    }
+}
+
+/// The answer to a refused request: the JSON status phoenix.js reads, except
+/// while the pod refuses new sessions, which is answered in plain text so
+/// phoenix.js reads status 0 and retries, reaching another pod.
+fn refusal(refused: Refused) -> Response<Body> {
+    match refused {
+        Refused::Draining => cors(text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server is shutting down",
+        )),
+        Refused::OverLimit(why) => cors(text(StatusCode::SERVICE_UNAVAILABLE, &why)),
+        Refused::Origin | Refused::Vsn(_) | Refused::Connect(_) => status_only(403),
     }
 }
 

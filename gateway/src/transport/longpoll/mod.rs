@@ -22,13 +22,13 @@ mod relay;
 mod session;
 pub(crate) mod token;
 
+use super::drain::Drain;
+use crate::channel::{Assigns, Services};
 use crate::conn::ConnHandle;
-use crate::drain::Drain;
-use crate::endpoint::Socket;
-use crate::protocol::Vsn;
-use crate::pubsub::{BrokerError, NodeInbox, PubSub};
+use crate::protocol::{Transport, Vsn};
+use crate::pubsub::{Broker, BrokerError, NodeInbox};
 use crate::socket::connection::Connection;
-use crate::socket::{Assigns, LongPollConfig, Transport};
+use crate::socket::{LongPollConfig, Socket};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use relay::Message;
@@ -65,8 +65,7 @@ pub(crate) struct LongPoll {
     signer: Signer,
     /// How long an owner may take to pick up a relayed request.
     relay_timeout: Duration,
-    pubsub: PubSub,
-    node_name: Arc<str>,
+    services: Arc<Services>,
     drain: Drain,
     sessions: Mutex<HashMap<u128, Arc<Session>>>,
     /// Relayed requests waiting for the owner's reply, by request id.
@@ -107,8 +106,7 @@ impl LongPoll {
     pub(crate) fn new(
         secret: &[u8],
         relay_timeout: Duration,
-        pubsub: PubSub,
-        node_name: Arc<str>,
+        services: Arc<Services>,
         drain: Drain,
     ) -> Arc<Self> {
         let node = format!("{:016x}", u64::from_le_bytes(token::random_bytes::<8>()));
@@ -116,8 +114,7 @@ impl LongPoll {
             node,
             signer: Signer::new(secret),
             relay_timeout,
-            pubsub,
-            node_name,
+            services,
             drain,
             sessions: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
@@ -134,7 +131,7 @@ impl LongPoll {
         self.listening
             .get_or_try_init(|| async {
                 let inbox: Arc<dyn NodeInbox> = Arc::new(Inbox(self.this.clone()));
-                self.pubsub.broker().listen(&self.node, inbox).await
+                self.broker().listen(&self.node, inbox).await
             })
             .await
             .map(|_| ())
@@ -143,6 +140,11 @@ impl LongPoll {
     /// This pod's id in tokens.
     pub(crate) fn node(&self) -> &str {
         &self.node
+    }
+
+    /// The broker that carries relayed requests between pods.
+    fn broker(&self) -> &Arc<dyn Broker> {
+        self.services.pubsub.broker()
     }
 
     fn sign(&self, session: u128, ack: u64) -> String {
@@ -177,9 +179,8 @@ impl LongPoll {
             Transport::LongPoll,
             conn.clone(),
             socket,
-            self.pubsub.clone(),
+            self.services.clone(),
             assigns,
-            self.node_name.clone(),
         )
         .await?;
         let id = token::random_u128();
@@ -294,7 +295,7 @@ impl LongPoll {
         self.pending.lock().insert(id, tx);
         let _forget = Forget(self, id);
         let body = relay::seal(&self.signer, &ask(id, self.node.clone()));
-        match self.pubsub.broker().send_to(owner, body).await {
+        match self.broker().send_to(owner, body).await {
             Ok(true) => {}
             Ok(false) => return Relayed::Gone,
             Err(e) => {
@@ -333,7 +334,7 @@ impl LongPoll {
             return *alive;
         }
         let probe = relay::seal(&self.signer, &Message::Probe);
-        let alive = !matches!(self.pubsub.broker().send_to(owner, probe).await, Ok(false));
+        let alive = !matches!(self.broker().send_to(owner, probe).await, Ok(false));
         let mut probes = self.probes.lock();
         probes.retain(|_, (at, _)| fresh(at));
         probes.insert(owner.to_owned(), (std::time::Instant::now(), alive));
@@ -394,7 +395,7 @@ impl LongPoll {
             Message::Reply { .. } | Message::Probe => return,
         };
         let body = relay::seal(&self.signer, &reply);
-        match self.pubsub.broker().send_to(&from, body).await {
+        match self.broker().send_to(&from, body).await {
             Ok(true) => {}
             // Unconfirmed messages stay buffered; the client's next GET
             // gets them again.

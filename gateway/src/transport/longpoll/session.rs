@@ -9,11 +9,12 @@
 //! therefore sent again, and none is sent twice to a client that got it.
 
 use crate::conn::{ConnHandle, Disconnect, Out};
-use crate::drain::Drain;
 use crate::metrics::metrics;
-use crate::protocol::Frame;
+use crate::protocol::{Frame, Transport};
 use crate::socket::connection::Connection;
-use crate::socket::{LongPollConfig, Transport};
+use crate::socket::LongPollConfig;
+use crate::transport::drain::Drain;
+use crate::transport::{decode, Data};
 use base64::Engine;
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -238,14 +239,20 @@ fn apply(connection: &mut Connection, lines: &[String], max: usize) -> Result<()
         if line.len() > max {
             return Err(Disconnect::FrameTooLarge);
         }
-        if line.starts_with(['[', '{']) {
-            connection.handle_text(&Bytes::copy_from_slice(line.as_bytes()))?;
+        let (vsn, id) = (connection.conn().vsn(), connection.conn().id());
+        let msg = if line.starts_with(['[', '{']) {
+            decode(
+                vsn,
+                id,
+                Data::Text(&Bytes::copy_from_slice(line.as_bytes())),
+            )?
         } else {
             let data = base64::engine::general_purpose::STANDARD
                 .decode(line)
                 .map_err(|_| Disconnect::Malformed)?;
-            connection.handle_binary(&Bytes::from(data))?;
-        }
+            decode(vsn, id, Data::Binary(&Bytes::from(data)))?
+        };
+        connection.handle(msg);
     }
     Ok(())
 }
@@ -260,7 +267,7 @@ async fn sleep_until(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Outbound, Payload, Vsn};
+    use crate::protocol::{Payload, Vsn};
     use std::time::Duration;
 
     fn session(window_ms: u64) -> (Arc<Session>, mpsc::Receiver<Post>) {
@@ -274,13 +281,7 @@ mod tests {
     }
 
     fn push(s: &Session, topic: &str) {
-        s.conn.send(&Outbound::Message {
-            join_ref: None,
-            ref_: None,
-            topic,
-            event: "e",
-            payload: &Payload::empty(),
-        });
+        s.conn.push(topic, None, "e", &Payload::empty());
     }
 
     #[tokio::test(start_paused = true)]

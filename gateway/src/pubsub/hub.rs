@@ -5,14 +5,17 @@
 //! queued on every subscriber's connection; nothing here awaits, so one slow
 //! client cannot hold up the others. Shards keep unrelated topics from
 //! contending on one lock; a shard lock is never held across an `.await`.
+//!
+//! The hub knows connections, not channels: a subscriber whose channel wants
+//! some events for itself (Phoenix's `intercept`) registers an [`Intercept`],
+//! a small interface the hub owns and the channel implements.
 
-use crate::channel::Inbox;
-use crate::conn::{ConnHandle, Disconnect, Out};
-use crate::metrics::Sent;
+use crate::conn::{ConnHandle, Disconnect, Kind, Out};
 use crate::protocol::{Frame, Outbound, Payload, Vsn};
 use indexmap::IndexMap;
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,15 +38,22 @@ pub struct Broadcast {
     pub from: Option<u64>,
 }
 
+/// Takes the broadcasts a subscriber intercepts instead of having them sent
+/// to its client: a channel's `handle_out`. Called under a shard lock, so it
+/// must only queue, never block.
+pub(crate) trait Intercept: Send + Sync + fmt::Debug {
+    /// Whether `event` is intercepted.
+    fn wants(&self, event: &str) -> bool;
+    /// Hands over an intercepted broadcast; false if the receiver is gone.
+    fn deliver(&self, event: &str, payload: &Payload) -> bool;
+}
+
 /// What a subscriber wants from a topic.
 #[derive(Debug)]
 pub(crate) enum Target {
     /// Frames go straight to the connection ("fastlane"), except the events
-    /// the channel intercepts, which go to its inbox for `handle_out`.
-    Channel {
-        intercept: Arc<[String]>,
-        inbox: Inbox,
-    },
+    /// an [`Intercept`] wants.
+    Channel(Option<Box<dyn Intercept>>),
     /// The socket-id topic: a `disconnect` event closes the connection.
     SocketId,
 }
@@ -129,16 +139,11 @@ impl Hub {
     pub fn bench_subscribe(&self, topic: &str, vsn: Vsn, capacity: usize) -> impl FnMut() -> usize {
         use futures_util::FutureExt;
         let conn = ConnHandle::new(vsn, capacity);
-        // Nothing is ever sent to the inbox: the subscriber intercepts no event.
-        let (inbox, _) = tokio::sync::mpsc::unbounded_channel();
         self.subscribe(
             topic,
             Subscriber {
                 conn: conn.clone(),
-                target: Target::Channel {
-                    intercept: Arc::from(Vec::new()),
-                    inbox,
-                },
+                target: Target::Channel(None),
             },
         );
         let mut batch = Vec::new();
@@ -153,7 +158,7 @@ impl Hub {
     /// Delivers a broadcast to every local subscriber of its topic and returns
     /// how many received it.
     pub fn dispatch(&self, msg: &Broadcast) -> usize {
-        let entered = Sent::Broadcast(Instant::now());
+        let entered = Kind::Broadcast(Instant::now());
         let mut frames: [Option<Frame>; 2] = [None, None];
         let mut delivered = 0;
         let shard = self.shard(&msg.topic).lock();
@@ -171,13 +176,9 @@ impl Hub {
                         delivered += 1;
                     }
                 }
-                Target::Channel { intercept, inbox } => {
-                    if intercept.contains(&msg.event) {
-                        let out = crate::channel::ChannelMsg::Out {
-                            event: msg.event.clone(),
-                            payload: msg.payload.clone(),
-                        };
-                        if inbox.send(Box::new(out)).is_ok() {
+                Target::Channel(intercept) => {
+                    if let Some(i) = intercept.as_deref().filter(|i| i.wants(&msg.event)) {
+                        if i.deliver(&msg.event, &msg.payload) {
                             delivered += 1;
                         }
                         continue;
@@ -188,7 +189,7 @@ impl Hub {
                         *slot = encode(vsn, msg);
                     }
                     if let Some(frame) = slot {
-                        if sub.conn.push(Out::Data(frame.clone(), entered)) {
+                        if sub.conn.enqueue(Out::Data(frame.clone(), entered)) {
                             delivered += 1;
                         }
                     }
@@ -221,13 +222,9 @@ mod tests {
     use super::*;
 
     fn fastlane(conn: &ConnHandle) -> Subscriber {
-        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         Subscriber {
             conn: conn.clone(),
-            target: Target::Channel {
-                intercept: Arc::from(Vec::new()),
-                inbox: tx,
-            },
+            target: Target::Channel(None),
         }
     }
 

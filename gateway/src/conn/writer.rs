@@ -4,10 +4,9 @@
 //! Server frames are unmasked, so framing is a 2–10 byte header in front of
 //! bytes that were encoded once and are shared by every subscriber.
 
-use crate::conn::{ConnHandle, Disconnect, Out};
+use super::{ConnHandle, Disconnect, Out};
 use crate::metrics::metrics;
-use crate::protocol::Frame;
-use crate::socket::Transport;
+use crate::protocol::{Frame, Transport};
 use std::io::IoSlice;
 use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -20,7 +19,7 @@ const OP_PONG: u8 = 0xA;
 const FRAMES_PER_WRITE: usize = 256;
 
 /// Runs until the connection closes, then sends the close frame for its reason.
-pub(super) async fn run<W: AsyncWrite + Unpin>(mut w: W, conn: ConnHandle) {
+pub(crate) async fn run<W: AsyncWrite + Unpin>(mut w: W, conn: ConnHandle) {
     let mut batch: Vec<Out> = Vec::new();
     let mut heads: Vec<([u8; 10], usize)> = Vec::new();
     let mut clean = true;

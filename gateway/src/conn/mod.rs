@@ -1,17 +1,30 @@
 //! One client connection as the rest of the gateway sees it: an id, a bounded
-//! outbound queue drained by the transport's writer, and a close signal.
+//! outbound queue, a close signal, and the writer that drains the queue into
+//! a WebSocket. The bottom of the data path: everything a client receives is
+//! queued here, and nothing here knows of channels, topics or brokers.
 //!
 //! Fan-out pushes into the queue without awaiting; a queue that is full means
 //! the client does not keep up, and the connection is closed as a slow
 //! consumer instead of letting memory grow.
+//!
+//! # Layout
+//! - `reply`: the one way replies, refusals and `phx_close`/`phx_error` are
+//!   queued.
+//! - `writer`: the WebSocket writer (vectored writes, the close frame).
 
-use crate::metrics::Sent;
+mod reply;
+pub(crate) mod writer;
+
+pub(crate) use reply::{End, ReplyTo};
+
+use crate::metrics::{Limit, Sent};
 use crate::protocol::{Frame, Outbound, Vsn};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -72,6 +85,16 @@ impl Disconnect {
         }
     }
 
+    /// The configured limit this reason means was hit, if any.
+    pub(crate) fn limit(self) -> Option<Limit> {
+        match self {
+            Disconnect::FrameTooLarge => Some(Limit::MaxFrameSize),
+            Disconnect::SlowConsumer => Some(Limit::OutboundQueue),
+            Disconnect::RateLimited => Some(Limit::PushRate),
+            _ => None,
+        }
+    }
+
     /// A short label for logs and metrics.
     pub fn label(self) -> &'static str {
         match self {
@@ -89,11 +112,37 @@ impl Disconnect {
     }
 }
 
+/// What a queued frame is: a Phoenix message's kind, and for a broadcast
+/// when it entered the pod (its publish→send latency is measured at write).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A `phx_reply`.
+    Reply,
+    /// A channel's push to its own client.
+    Push,
+    /// `phx_close` or `phx_error`.
+    Control,
+    /// A fastlane broadcast, and when it entered the pod.
+    Broadcast(Instant),
+}
+
+impl Kind {
+    /// The same, in the metrics' words.
+    fn sent(self) -> Sent {
+        match self {
+            Kind::Reply => Sent::Reply,
+            Kind::Push => Sent::Push,
+            Kind::Control => Sent::Control,
+            Kind::Broadcast(at) => Sent::Broadcast(at),
+        }
+    }
+}
+
 /// An item for the writer.
 #[derive(Clone, Debug)]
 pub(crate) enum Out {
-    /// A protocol frame, and what it carries (for metrics).
-    Data(Frame, Sent),
+    /// An encoded Phoenix message.
+    Data(Frame, Kind),
     /// The answer to a client ping.
     Pong(Bytes),
 }
@@ -103,7 +152,7 @@ impl Out {
     /// not a Phoenix message.
     pub(crate) fn sent(&self) -> Option<Sent> {
         match self {
-            Out::Data(_, kind) => Some(*kind),
+            Out::Data(_, kind) => Some(kind.sent()),
             Out::Pong(_) => None,
         }
     }
@@ -153,7 +202,7 @@ impl ConnHandle {
 
     /// Queues a frame. Returns false if the connection is closing or the queue
     /// was full, in which case the connection is closed as a slow consumer.
-    pub(crate) fn push(&self, out: Out) -> bool {
+    pub(crate) fn enqueue(&self, out: Out) -> bool {
         if self.0.closing.is_cancelled() {
             return false;
         }
@@ -175,16 +224,16 @@ impl ConnHandle {
 
     /// Encodes and queues one message. A message the serializer cannot carry
     /// (binary on V1) is dropped and logged; it is the sender's mistake.
-    pub(crate) fn send(&self, out: &Outbound<'_>) -> bool {
+    fn send(&self, out: &Outbound<'_>) -> bool {
         let kind = match out {
-            Outbound::Reply { .. } => Sent::Reply,
+            Outbound::Reply { .. } => Kind::Reply,
             Outbound::Message { event, .. } if matches!(*event, "phx_close" | "phx_error") => {
-                Sent::Control
+                Kind::Control
             }
-            Outbound::Message { .. } => Sent::Push,
+            Outbound::Message { .. } => Kind::Push,
         };
         match self.0.vsn.encode(out) {
-            Ok(frame) => self.push(Out::Data(frame, kind)),
+            Ok(frame) => self.enqueue(Out::Data(frame, kind)),
             Err(e) => {
                 tracing::warn!(conn = self.0.id, error = %e, "dropping message the client's serializer cannot carry");
                 false
@@ -246,10 +295,10 @@ mod tests {
     #[tokio::test]
     async fn overflow_closes_as_slow_consumer() {
         let c = ConnHandle::new(Vsn::V2, 2);
-        let f = || Out::Data(Frame::Text(Bytes::from_static(b"x")), Sent::Push);
-        assert!(c.push(f()));
-        assert!(c.push(f()));
-        assert!(!c.push(f()));
+        let f = || Out::Data(Frame::Text(Bytes::from_static(b"x")), Kind::Push);
+        assert!(c.enqueue(f()));
+        assert!(c.enqueue(f()));
+        assert!(!c.enqueue(f()));
         assert_eq!(c.reason(), Some(Disconnect::SlowConsumer));
         assert!(c.is_closed());
     }
@@ -258,7 +307,7 @@ mod tests {
     async fn batches_drain_everything() {
         let c = ConnHandle::new(Vsn::V2, 10);
         for _ in 0..3 {
-            c.push(Out::Pong(Bytes::new()));
+            c.enqueue(Out::Pong(Bytes::new()));
         }
         let mut batch = Vec::new();
         assert!(c.next_batch(&mut batch).await);

@@ -1,0 +1,164 @@
+//! Who may open a connection, one sequence for WebSocket and long-poll: not
+//! while the pod stops accepting, not past the per-pod limits, only from an
+//! allowed origin, only with a `vsn` the gateway speaks, and only when the
+//! socket's handler accepts the client. Each transport turns a refusal into
+//! its own HTTP answer.
+//!
+//! Also the pod-wide state of connections the sequence reads: the limits, the
+//! stop signal and the drain that tracks every connection task.
+
+use super::drain::Drain;
+use crate::channel::Assigns;
+use crate::metrics::{metrics, Limit};
+use crate::protocol::{Transport, UnsupportedVsn, Vsn};
+use crate::socket::{ConnectError, ConnectInfo, Params, Socket};
+use std::net::SocketAddr;
+use tokio_util::sync::CancellationToken;
+
+/// Per-pod limits past which new connections are refused and `/readyz`
+/// fails, so a balancer sends new users elsewhere.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// Open connections (WebSocket and long-poll sessions); `None`: no limit.
+    pub max_connections: Option<usize>,
+    /// Resident memory in bytes; `None`: no threshold.
+    pub max_memory: Option<u64>,
+}
+
+/// Why a connection attempt was refused.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// The pod no longer accepts connections (it is shutting down).
+    Draining,
+    /// At a limit; the sentence says which.
+    OverLimit(String),
+    /// `check_origin` does not allow the request's origin.
+    Origin,
+    /// The `vsn` param names no serializer the gateway speaks.
+    Vsn(UnsupportedVsn),
+    /// The socket's handler refused the client.
+    Connect(ConnectError),
+}
+
+/// An admitted client: its serializer and what its handler learned.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    pub(crate) vsn: Vsn,
+    pub(crate) assigns: Assigns,
+}
+
+/// The gate every new connection passes, and the connections it let in.
+#[derive(Debug, Default)]
+pub(crate) struct Admission {
+    limits: Limits,
+    /// Cancelled when the pod stops accepting connections.
+    stopped: CancellationToken,
+    /// When open connections close during a drain, and which are open.
+    drain: Drain,
+}
+
+impl Admission {
+    pub(crate) fn new(limits: Limits) -> Self {
+        Admission {
+            limits,
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    pub(crate) fn drain(&self) -> &Drain {
+        &self.drain
+    }
+
+    /// Cancelled once new connections are refused.
+    pub(crate) fn stopped(&self) -> &CancellationToken {
+        &self.stopped
+    }
+
+    /// Admits a client of `socket`, or says why not, counting refusals.
+    /// `origin` is the request's `Origin` header; `info` goes to the
+    /// handler.
+    pub(crate) async fn admit(
+        &self,
+        socket: &Socket,
+        params: &Params,
+        origin: Option<&str>,
+        info: &ConnectInfo,
+    ) -> Result<Admitted, Refused> {
+        let transport = info.transport;
+        if self.stopped.is_cancelled() {
+            metrics().refused(transport, "draining");
+            return Err(Refused::Draining);
+        }
+        if let Some((limit, why)) = self.over_limit() {
+            let m = metrics();
+            m.limit_hit(limit);
+            m.refused(transport, limit.label());
+            tracing::debug!(transport = transport.as_str(), why, "connection refused");
+            return Err(Refused::OverLimit(why));
+        }
+        self.check_origin(socket, transport, info.peer, origin)?;
+        let vsn = Vsn::negotiate(params.get("vsn")).map_err(Refused::Vsn)?;
+        match socket.handler.connect(params, info).await {
+            Ok(assigns) => Ok(Admitted { vsn, assigns }),
+            Err(e) => {
+                metrics().refused(transport, "auth");
+                tracing::debug!(peer = ?info.peer, reason = %e.reason, "connect refused");
+                Err(Refused::Connect(e))
+            }
+        }
+    }
+
+    /// `check_origin`: long-poll asks it of every request, not only the
+    /// first, so it is a step of its own.
+    pub(crate) fn check_origin(
+        &self,
+        socket: &Socket,
+        transport: Transport,
+        peer: Option<SocketAddr>,
+        origin: Option<&str>,
+    ) -> Result<(), Refused> {
+        if socket.config.check_origin.allows(origin) {
+            return Ok(());
+        }
+        metrics().refused(transport, "origin");
+        tracing::debug!(
+            ?peer,
+            ?origin,
+            transport = transport.as_str(),
+            "origin refused"
+        );
+        Err(Refused::Origin)
+    }
+
+    /// Why a new connection is refused: at the connection limit or over the
+    /// memory threshold; the limit, and a sentence for the answer's body.
+    pub(crate) fn over_limit(&self) -> Option<(Limit, String)> {
+        if let Some(max) = self.limits.max_connections {
+            let open = self.drain.open();
+            if open >= max {
+                let why = format!("at connection limit ({open} of {max})");
+                return Some((Limit::MaxConnections, why));
+            }
+        }
+        if let Some(max) = self.limits.max_memory {
+            let rss = resident_memory()?;
+            if rss > max {
+                let why = format!("over memory threshold ({rss} of {max} bytes)");
+                return Some((Limit::MaxMemory, why));
+            }
+        }
+        None
+    }
+}
+
+/// This process's resident memory in bytes (VmRSS), where the OS tells it.
+fn resident_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
