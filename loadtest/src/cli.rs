@@ -283,4 +283,42 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-1s").is_err());
     }
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("loadtest").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn connections_spread_over_topics_as_expected_deliveries_assume() {
+        let c = cli(&["fanout", "-s", "7", "-t", "3", "--topic-prefix", "r"]);
+        let per_topic = |t: &str| (0..7).filter(|&g| c.topics_of(g) == [t]).count() as u64;
+        assert_eq!(
+            [per_topic("r:0"), per_topic("r:1"), per_topic("r:2")],
+            [3, 2, 2]
+        );
+        let published = [10, 20, 30];
+        assert_eq!(
+            c.expected_deliveries(Some(&published), &Counters::default()),
+            Some(10 * 3 + 20 * 2 + 30 * 2)
+        );
+        assert_eq!(c.expected_deliveries(None, &Counters::default()), None);
+        let Scenario::Fanout(a) = &c.scenario else {
+            panic!("{:?}", c.scenario)
+        };
+        assert_eq!(c.publish_spec(a).topics, ["r:0", "r:1", "r:2"]);
+
+        let c = cli(&["connect", "-n", "4", "-t", "2", "--topic-prefix", "r"]);
+        assert_eq!(c.topics_of(1), ["r:0", "r:1"]);
+        assert_eq!(c.expected_deliveries(None, &Counters::default()), None);
+
+        let c = cli(&["chat", "-c", "5", "-p", "4"]);
+        assert_eq!(c.topics_of(3), ["room:lt:0"]);
+        assert_eq!(c.shape().4, Some(Duration::from_millis(250)));
+        let counters = Counters {
+            pushes_sent: 8,
+            joins_ok: 5,
+            ..Counters::default()
+        };
+        assert_eq!(c.expected_deliveries(None, &counters), Some(40));
+    }
 }

@@ -1,4 +1,7 @@
-//! Counters, latency histograms and the results a worker reports.
+//! Counters, latency histograms and the results a worker reports, and
+//! merging several workers' results into one.
+//!
+//! Data and arithmetic only: it must not print, send, or judge a run.
 
 use base64::Engine as _;
 use hdrhistogram::serialization::{Deserializer, Serializer as _, V2Serializer};
