@@ -1,5 +1,8 @@
 //! One Phoenix V2 JSON client connection over WebSocket, and the
 //! transport-independent client logic the long-poll transport shares.
+//!
+//! It knows one connection and the counters it feeds; it must not know the
+//! command line or the scenario (a [`Spec`] says all a connection needs).
 
 use crate::stats::{now_ns, record, Stats};
 use anyhow::Context as _;

@@ -1,5 +1,8 @@
 //! A minimal keep-alive HTTP/1.1 client: one request at a time on one TCP
 //! connection. Used by the API publisher and the long-poll transport.
+//!
+//! Bytes and statuses only: it must not know Phoenix, sessions or the
+//! gateway's API (its callers do).
 
 use anyhow::{bail, Context as _};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};

@@ -7,6 +7,10 @@
 //! Polls and POSTs use two keep-alive HTTP/1.1 connections, both from the
 //! connection's `--source-ips` address. What the client sends and makes of
 //! what it receives is [`conn::Client`], shared with WebSocket.
+//!
+//! Like `conn`, it must not know the command line or the scenario; besides
+//! the transport it owns only the mapping between WebSocket and long-poll
+//! URLs.
 
 use crate::conn::{self, Client, Phase, Spec, Target};
 use crate::http;

@@ -1,4 +1,8 @@
-//! The fan-out publisher: Redis PUBLISH, the HTTP API, or client pushes.
+//! The fan-out publisher: Redis PUBLISH, the HTTP API, or client pushes, on
+//! a thread of its own.
+//!
+//! It publishes and counts what it published; it must not receive for the
+//! subscribers nor work out what they should have received (`cli` does).
 
 use crate::conn::{self, Frame, Reply, Target};
 use crate::http;
@@ -6,8 +10,10 @@ use crate::stats::{now_ns, Stats};
 use anyhow::{bail, Context as _};
 use futures_util::{SinkExt as _, StreamExt as _};
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 
 /// How the fan-out publisher publishes.
@@ -197,4 +203,26 @@ pub(crate) async fn run(
         let _ = conn::Ws::close(&mut ws, None).await;
     }
     Ok(seqs)
+}
+
+/// Runs [`run`] on a thread and runtime of its own, so that a busy receiving
+/// side (the parent's runtime, or an in-process worker) does not delay its
+/// sends and skew the latencies; the answer arrives on the returned channel.
+pub(crate) fn spawn_thread(
+    spec: PublishSpec,
+    target: Target,
+    stats: Arc<Stats>,
+) -> std::io::Result<oneshot::Receiver<anyhow::Result<Vec<u64>>>> {
+    let (tx, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("publisher".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from);
+            let r = rt.and_then(|rt| rt.block_on(run(&spec, &target, &stats)));
+            let _ = tx.send(r);
+        })?;
+    Ok(rx)
 }

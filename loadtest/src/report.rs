@@ -1,7 +1,12 @@
-//! The end-of-run table, the JSON results and the HTML report.
+//! The end-of-run table, the JSON results and the HTML report, written
+//! where `--json` and `--html` say.
+//!
+//! It presents merged results; it must not collect or merge them, nor
+//! measure anything itself beyond describing the machine and commit.
 
+use crate::cli::Cli;
 use crate::stats::{encode_hist, Merged};
-use crate::Cli;
+use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use plotters::prelude::*;
 use serde_json::{json, Value};
@@ -369,5 +374,17 @@ impl<'a> Report<'a> {
             tl = self.timeline_svg()?,
             json = esc(&json),
         ))
+    }
+
+    /// Writes the JSON and HTML reports `--json` and `--html` ask for.
+    pub(crate) fn write_files(&self) -> anyhow::Result<()> {
+        if let Some(p) = &self.cli.json {
+            std::fs::write(p, serde_json::to_string_pretty(&self.json())?)
+                .with_context(|| format!("write {}", p.display()))?;
+        }
+        if let Some(p) = &self.cli.html {
+            std::fs::write(p, self.html()?).with_context(|| format!("write {}", p.display()))?;
+        }
+        Ok(())
     }
 }

@@ -1,4 +1,7 @@
-//! Counters, latency histograms and the results a worker reports.
+//! Counters, latency histograms and the results a worker reports, and
+//! merging several workers' results into one.
+//!
+//! Data and arithmetic only: it must not print, send, or judge a run.
 
 use base64::Engine as _;
 use hdrhistogram::serialization::{Deserializer, Serializer as _, V2Serializer};
@@ -197,4 +200,41 @@ pub(crate) fn merge(results: &[WorkerResult]) -> anyhow::Result<Merged> {
     }
     m.timeline = ticks.into_iter().map(|(s, (o, h))| (s, o, h)).collect();
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_survive_serialization_and_merge() {
+        let mut a = new_hist();
+        let mut b = new_hist();
+        for v in 1..=1000 {
+            record(&mut a, v);
+            record(&mut b, v * 1000);
+        }
+        let r = |h: &Histogram<u64>| WorkerResult {
+            counters: Counters {
+                deliveries: h.len(),
+                ..Counters::default()
+            },
+            latency: encode_hist(h),
+            connect: encode_hist(&new_hist()),
+            join: encode_hist(&new_hist()),
+            timeline: vec![Tick {
+                unix_sec: 7,
+                ops: h.len(),
+                hist: encode_hist(h),
+            }],
+            last_delivery_ns: h.max(),
+        };
+        let m = merge(&[r(&a), r(&b)]).unwrap();
+        assert_eq!(m.counters.deliveries, 2000);
+        assert_eq!(m.latency.len(), 2000);
+        assert_eq!(m.latency.max(), b.max());
+        assert_eq!(m.timeline.len(), 1);
+        assert_eq!(m.timeline[0].1, 2000);
+        assert_eq!(m.last_delivery_ns, b.max());
+    }
 }

@@ -1,0 +1,60 @@
+//! What the kernel says the `--gateway-pid` processes use: resident memory
+//! and CPU time, read from /proc and summed over the pids (one per pod).
+//!
+//! Read-only and Linux-only. It must not read anything of loadtest's own
+//! processes, nor compute per-connection or per-delivery figures (the
+//! report does, from these totals).
+
+use anyhow::Context as _;
+
+/// VmRSS of a process in bytes.
+fn rss(pid: u32) -> anyhow::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("read /proc/{pid}/status"))?;
+    let line = s
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("bad VmRSS")?
+        .parse()?;
+    Ok(kb * 1024)
+}
+
+pub(crate) fn total_rss(pids: &[u32]) -> anyhow::Result<u64> {
+    pids.iter().map(|&p| rss(p)).sum()
+}
+
+/// CPU time (user + system) a process has used, in seconds: utime and stime of
+/// /proc/PID/stat, in USER_HZ ticks (100 per second on Linux).
+fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("read /proc/{pid}/stat"))?;
+    // Fields after "(comm)": state is the 3rd field, utime the 14th, stime the 15th.
+    let rest = s.rsplit_once(')').context("bad /proc stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| -> anyhow::Result<f64> {
+        Ok(f.get(i).context("short /proc stat")?.parse::<u64>()? as f64 / 100.0)
+    };
+    Ok(tick(11)? + tick(12)?)
+}
+
+pub(crate) fn total_cpu(pids: &[u32]) -> anyhow::Result<f64> {
+    pids.iter().map(|&p| cpu_secs(p)).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process() {
+        let me = std::process::id();
+        assert!(total_rss(&[me]).unwrap() > 0);
+        assert!(total_cpu(&[me]).unwrap() >= 0.0);
+        assert_eq!(total_rss(&[]).unwrap(), 0);
+        assert!(rss(u32::MAX).is_err());
+    }
+}
