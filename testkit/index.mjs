@@ -69,26 +69,21 @@ export function freePort() {
 
 /**
  * Polls `check()` until it returns something truthy, which it resolves with.
- * Fails after `timeoutMs`, or at once when `proc` exits (with its log).
+ * Fails after `timeoutMs`, when `check()` throws, or at once when `proc`
+ * exits (with its log; `addrInUse` says whether its port was taken).
  */
 export async function until(what, check, { timeoutMs = START_MS, proc = null } = {}) {
   const deadline = Date.now() + timeoutMs;
-  let lastError;
   for (;;) {
     if (proc && !proc.running) {
       const err = new Error(`${what}: ${proc.name} exited (${JSON.stringify(proc.exitInfo)})\n${proc.tail()}`);
       err.addrInUse = ADDR_IN_USE.test(proc.log());
       throw err;
     }
-    try {
-      const value = await check();
-      if (value) return value;
-    } catch (err) {
-      lastError = err;
-    }
+    const value = await check();
+    if (value) return value;
     if (Date.now() >= deadline) {
-      const why = lastError ? ` (last: ${lastError.message})` : "";
-      throw new Error(`${what}: not within ${timeoutMs} ms${why}${proc ? `\n${proc.tail()}` : ""}`);
+      throw new Error(`${what}: not within ${timeoutMs} ms${proc ? `\n${proc.tail()}` : ""}`);
     }
     await (proc ? Promise.race([sleep(POLL_MS), proc.exited]) : sleep(POLL_MS));
   }
