@@ -4,8 +4,10 @@
 #
 #   cargo         required; comes from rustup, never installed here
 #   make, cc      Debian packages make, gcc + libc6-dev (cc links Rust binaries)
-#   redis-server  Debian package redis-server (the Redis broker's tests)
-#   node, npm     Debian packages nodejs, npm (the phoenix.js compat suite)
+#   redis-server  Debian package redis-server (the Redis broker's tests, and the
+#                 clusters of compat/ and e2e/; it brings redis-cli)
+#   node, npm     Debian packages nodejs, npm (compat/ and e2e/; their process
+#                 helper testkit/ uses Node built-ins only, nothing to install)
 #   chromium      Debian package chromium (the demo page's browser test, e2e/)
 #   openssl       Debian package openssl (RS256/ES256 keys made by the auth tests)
 #   nginx         Debian package nginx (the round-robin balancer in front of three

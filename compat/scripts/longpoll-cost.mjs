@@ -1,20 +1,22 @@
 // What long-poll costs behind a round-robin balancer: one phoenix.js LongPoll
 // client (Node, fetch) through nginx in front of PODS gateway pods (default
-// 3) and Redis (../lib/cluster.js). Prints push -> reply latency over 200
+// 3) and Redis (testkit's startCluster). Prints push -> reply latency over 200
 // pushes, Redis PUBLISH calls per push (from INFO commandstats), requests per
 // pod, and what an idle client costs over 30 s. A measurement, not a test:
 //
 //   cargo build -p gateway --bin gateway
 //   cd compat && PODS=3 node scripts/longpoll-cost.mjs
 import { LongPoll, Socket } from "phoenix";
-import { startCluster, redisCli } from "../lib/cluster.js";
-const cluster = await startCluster({ pods: Number(process.env.PODS || 3) });
+import { Scope, startCluster } from "../../testkit/index.mjs";
+const scope = new Scope("longpoll-cost");
 const stats = async () => {
-  const s = await redisCli(cluster.redisPort, "INFO", "commandstats");
+  const s = await cluster.redis.cli("INFO", "commandstats");
   const m = s.match(/cmdstat_publish:calls=(\d+)/);
   return m ? Number(m[1]) : 0;
 };
+let cluster;
 try {
+  cluster = await startCluster(scope, { pods: Number(process.env.PODS || 3) });
   const socket = new Socket(cluster.socketUrl, { transport: LongPoll });
   socket.connect();
   const ch = socket.channel("room:measure");
@@ -41,6 +43,9 @@ try {
   const i1 = await stats();
   console.log(`idle 30 s: ${cluster.requests().length - r0} requests, ${i1 - i0} PUBLISH calls`);
   socket.disconnect();
+} catch (err) {
+  scope.fail(); // keeps the logs, and prints them
+  throw err;
 } finally {
-  await cluster.stop();
+  await scope.close();
 }

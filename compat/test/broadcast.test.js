@@ -2,16 +2,16 @@
 // /broadcast), intercepted (request_ping -> send_ping), and channel pushes
 // from a timer (recurring new_token).
 
-import { test, before, after } from "node:test";
+import { test, before } from "node:test";
 import assert from "node:assert/strict";
-import { startGateway } from "../lib/gateway.js";
+import { startSeeds, suiteScope } from "../../testkit/index.mjs";
 import { openSocket, join, push, recordChannel } from "../lib/phx.js";
 
+const scope = suiteScope();
 let gw;
 before(async () => {
-  gw = await startGateway({ recurringMs: 100 });
+  gw = await startSeeds(scope, { recurringMs: 100 });
 });
-after(() => gw?.kill());
 
 async function member(t, topic, events) {
   const client = await openSocket(gw, {}, t);

@@ -1,16 +1,16 @@
 // Connecting: params and the default vsn (2.0.0, array frames), heartbeats
 // (PHOENIX_PROTOCOL §5), and the V1 JSON serializer (vsn 1.0.0, object frames).
 
-import { test, before, after } from "node:test";
+import { test, before } from "node:test";
 import assert from "node:assert/strict";
-import { startGateway } from "../lib/gateway.js";
+import { startSeeds, suiteScope } from "../../testkit/index.mjs";
 import { openSocket, join, push, outcome, recordChannel } from "../lib/phx.js";
 
+const scope = suiteScope();
 let gw;
 before(async () => {
-  gw = await startGateway();
+  gw = await startSeeds(scope);
 });
-after(() => gw?.kill());
 
 test("connect with params and the default vsn 2.0.0", async (t) => {
   const params = { token: "user-token", user: { id: 7 }, tags: ["a", "b"] };

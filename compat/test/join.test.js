@@ -1,15 +1,15 @@
 // Joins accepted and refused, with the exact reply frames (PHOENIX_PROTOCOL §3.1).
 
-import { test, before, after } from "node:test";
+import { test, before } from "node:test";
 import assert from "node:assert/strict";
-import { startGateway } from "../lib/gateway.js";
+import { startSeeds, suiteScope } from "../../testkit/index.mjs";
 import { openSocket, join, push, outcome } from "../lib/phx.js";
 
+const scope = suiteScope();
 let gw;
 before(async () => {
-  gw = await startGateway();
+  gw = await startSeeds(scope);
 });
-after(() => gw?.kill());
 
 /** The reply frame the server sent for push `ref` on `topic`. */
 function replyFrame(frames, topic, ref) {

@@ -1,16 +1,16 @@
 // Channel lifecycle: leave, server-side close (ding -> phx_close), and a crash
 // (phx_error) followed by the client's automatic rejoin (PHOENIX_PROTOCOL §3.2, §3.3, §6).
 
-import { test, before, after } from "node:test";
+import { test, before } from "node:test";
 import assert from "node:assert/strict";
-import { startGateway } from "../lib/gateway.js";
+import { startSeeds, suiteScope } from "../../testkit/index.mjs";
 import { openSocket, join, push, outcome, recordChannel } from "../lib/phx.js";
 
+const scope = suiteScope();
 let gw;
 before(async () => {
-  gw = await startGateway();
+  gw = await startSeeds(scope);
 });
-after(() => gw?.kill());
 
 const DEFAULT_REJOIN = (tries) => [1000, 2000, 5000][tries - 1] || 10000;
 

@@ -1,12 +1,12 @@
 // Long-poll without sticky sessions, end to end: the official phoenix.js
 // LongPoll transport (in Node it uses fetch) against three real gateway
-// pods and one Redis behind nginx in plain round-robin (lib/cluster.js).
+// pods and one Redis behind nginx in plain round-robin (testkit's startCluster).
 
-import { test, before, after } from "node:test";
+import { test, before } from "node:test";
 import assert from "node:assert/strict";
 import { LongPoll, Presence, Socket } from "phoenix";
 import WebSocket from "ws";
-import { startCluster } from "../lib/cluster.js";
+import { startCluster, suiteScope } from "../../testkit/index.mjs";
 import { byKey, closeSocket, EventLog, join, push, recordChannel, withTimeout } from "../lib/phx.js";
 
 /** Presence diffs cross pods through Redis (batched); generous for 2 busy cores. */
@@ -16,11 +16,11 @@ const CONVERGE_MS = 20_000;
  * relay timeout (2 s) at worst, then the client's reconnect backoff. */
 const REJOIN_MS = 40_000;
 
+const scope = suiteScope();
 let cluster;
 before(async () => {
-  cluster = await startCluster({ pods: 3 });
+  cluster = await startCluster(scope, { pods: 3 });
 });
-after(() => cluster?.stop());
 
 let n = 0;
 const unique = (name) => `room:${name}-${process.pid}-${++n}`;
@@ -46,18 +46,9 @@ async function member(t, url, opts, topic) {
   return { ...client, channel, log };
 }
 
-const withLogs = (fn) => async (t) => {
-  try {
-    await fn(t);
-  } catch (err) {
-    t.diagnostic(cluster.logs());
-    throw err;
-  }
-};
-
 test(
   "LongPoll through nginx round-robin: join, push with reply, redis-cli broadcasts, requests on every pod",
-  withLogs(async (t) => {
+  async (t) => {
     const topic = unique("lp");
     const m = await member(t, cluster.socketUrl, { transport: LongPoll }, topic);
     assert.ok(m.socket.conn instanceof LongPoll);
@@ -82,7 +73,7 @@ test(
     for (const [pod, count] of Object.entries(perPod)) {
       assert.ok(count >= 3, `pod ${pod} served ${count} long-poll requests`);
     }
-  }),
+  },
 );
 
 /** "alice:1,bob:1": who is present and with how many metas. */
@@ -123,7 +114,7 @@ async function converge(members, want) {
 
 test(
   "presence through nginx round-robin: long-poll and WebSocket clients' Presence lists converge, and a leave",
-  withLogs(async (t) => {
+  async (t) => {
     const topic = unique("presence");
     const reqsBefore = cluster.longpollRequestsPerPod();
     const alice = await presenceMember(t, cluster.socketUrl, { transport: LongPoll }, topic, "alice");
@@ -167,12 +158,12 @@ test(
     for (const [pod, count] of Object.entries(delta)) {
       assert.ok(count >= 1, `pod ${pod} served ${count} of this test's long-poll requests`);
     }
-  }),
+  },
 );
 
 test(
   "a WebSocket client and a long-poll client in one topic receive the same broadcasts",
-  withLogs(async (t) => {
+  async (t) => {
     const topic = unique("mixed");
     const lp = await member(t, cluster.socketUrl, { transport: LongPoll }, topic);
     const ws = await member(t, cluster.socketUrl, { transport: WebSocket }, topic);
@@ -188,7 +179,7 @@ test(
       }
       assert.equal(m.log.filter((e) => e.event === "new_msg").length, 3, `${name} got each broadcast once`);
     }
-  }),
+  },
 );
 
 /** sessionStorage for Node, where phoenix.js finds none. */
@@ -199,7 +190,7 @@ function memoryStorage() {
 
 test(
   "longPollFallbackMs: WebSocket refused by the balancer falls back to long-poll; available, it stays WebSocket",
-  withLogs(async (t) => {
+  async (t) => {
     const topic = unique("fallback");
     const opts = () => ({ transport: WebSocket, longPollFallbackMs: 2500, sessionStorage: memoryStorage() });
     const blocked = await member(t, cluster.noWsSocketUrl, opts(), topic);
@@ -223,13 +214,13 @@ test(
     for (const m of [blocked, direct]) {
       await m.log.waitFor((e) => e.event === "new_msg" && e.payload.via === "redis");
     }
-  }),
+  },
 );
 
 // Last: it kills a pod.
 test(
   "killing the owner pod: the client reconnects and rejoins through the survivors",
-  withLogs(async (t) => {
+  async (t) => {
     const topic = unique("owner");
     const m = await member(t, cluster.socketUrl, { transport: LongPoll }, topic);
     const owner = cluster.ownerOf(m.socket.conn.token);
@@ -251,5 +242,5 @@ test(
     assert.deepEqual(await push(m.channel, "new_msg", { after: "rejoin" }), { status: "ok", response: {} });
     await cluster.publish(topic, "new_msg", { after: "kill" });
     await m.log.waitFor((e) => e.event === "new_msg" && e.payload.after === "kill", { label: "broadcast after rejoin" });
-  }),
+  },
 );

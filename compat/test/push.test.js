@@ -1,15 +1,15 @@
 // Pushes with ok replies, error replies, and no reply at all (client timeout).
 
-import { test, before, after } from "node:test";
+import { test, before } from "node:test";
 import assert from "node:assert/strict";
-import { startGateway } from "../lib/gateway.js";
+import { startSeeds, suiteScope } from "../../testkit/index.mjs";
 import { openSocket, join, push, outcome } from "../lib/phx.js";
 
+const scope = suiteScope();
 let gw;
 before(async () => {
-  gw = await startGateway();
+  gw = await startSeeds(scope);
 });
-after(() => gw?.kill());
 
 async function joined(t, topic) {
   const client = await openSocket(gw, {}, t);

@@ -1,16 +1,16 @@
 // The client's own reconnect and rejoin after the gateway process goes away
 // and comes back on the same port (PHOENIX_PROTOCOL §6).
 
-import { test, before, after } from "node:test";
+import { test, before } from "node:test";
 import assert from "node:assert/strict";
-import { startGateway } from "../lib/gateway.js";
+import { startSeeds, suiteScope } from "../../testkit/index.mjs";
 import { openSocket, join, push, recordChannel } from "../lib/phx.js";
 
+const scope = suiteScope();
 let gw;
 before(async () => {
-  gw = await startGateway({ recurringMs: 100 });
+  gw = await startSeeds(scope, { recurringMs: 100 });
 });
-after(() => gw?.kill());
 
 const DEFAULT_RECONNECT = (tries) => [10, 50, 100, 150, 200, 250, 500, 1000, 2000][tries - 1] || 5000;
 

@@ -2,30 +2,19 @@
 // headless Chromium, where it uses XMLHttpRequest, from a page on another
 // origin than the balancer (so every POST and every GET with the authToken
 // header needs a CORS preflight), against three gateway pods and one Redis
-// behind nginx in plain round-robin (../compat/lib/cluster.js), including
+// behind nginx in plain round-robin (../../testkit), including
 // phoenix.js Presence (two pages see each other, then a leave). Also the
 // WebSocket -> long-poll fallback (longPollFallbackMs) where nginx refuses
 // WebSocket upgrades, and no fallback where it passes them.
 //
-// Env: GATEWAY_BIN, CHROMIUM_PATH (default /usr/bin/chromium), NGINX_BIN.
+// Processes: ../../testkit (GATEWAY_BIN, CHROMIUM_PATH, NGINX_BIN).
 
-import { after, before, describe, it } from 'node:test';
+import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac, randomUUID } from 'node:crypto';
 import { chromium } from 'playwright-core';
-import { startCluster } from '../../compat/lib/cluster.js';
+import { launchChromium, startCluster, suiteScope } from '../../testkit/index.mjs';
 
-const CHROMIUM_PATH = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--headless=new',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
 const WAIT_MS = 15_000;
 
 /** An HS256 JWT under config/example.toml's development secret. */
@@ -37,32 +26,27 @@ function jwt(sub) {
 }
 
 describe('phoenix.js LongPoll in Chromium behind nginx round-robin', { timeout: 120_000 }, () => {
+  const scope = suiteScope('longpoll in Chromium');
   let cluster;
   let browser;
   let page;
   const pageErrors = [];
   const xhrs = [];
 
-  before(async () => {
-    cluster = await startCluster({ pods: 3 });
-    browser = await chromium.launch({ executablePath: CHROMIUM_PATH, args: CHROMIUM_ARGS, timeout: 30_000 });
-    page = await (await browser.newContext()).newPage();
-    page.on('pageerror', (err) => pageErrors.push(err.message));
-    page.on('request', (req) => {
-      if (req.url().includes(`:${cluster.port}/socket/longpoll`)) xhrs.push({ type: req.resourceType(), method: req.method() });
-    });
-    // The demo page of pod 0 only provides window.Phoenix here; the
-    // long-poll endpoint (nginx) is another origin.
-    await page.goto(`http://127.0.0.1:${cluster.pods[0].port}/`, { waitUntil: 'load', timeout: WAIT_MS });
-  });
-
-  after(async () => {
-    try {
-      if (browser) await browser.close();
-    } finally {
-      await cluster?.stop();
-    }
-  });
+  before(
+    scope.guard(async () => {
+      cluster = await startCluster(scope, { pods: 3 });
+      browser = await launchChromium(scope, chromium);
+      page = await (await browser.newContext()).newPage();
+      page.on('pageerror', (err) => pageErrors.push(err.message));
+      page.on('request', (req) => {
+        if (req.url().includes(`:${cluster.port}/socket/longpoll`)) xhrs.push({ type: req.resourceType(), method: req.method() });
+      });
+      // The demo page of pod 0 only provides window.Phoenix here; the
+      // long-poll endpoint (nginx) is another origin.
+      await page.goto(`${cluster.pods[0].httpUrl}/`, { waitUntil: 'load', timeout: WAIT_MS });
+    }),
+  );
 
   it('joins, pushes with replies, receives redis-cli broadcasts, spread over all pods', async () => {
     const topic = `room:browser-${randomUUID()}`;
