@@ -11,7 +11,13 @@
 //! vocabulary. Callers hand over labels and values (a close reason's label,
 //! a [`Scrape`] of what the endpoint knows), never their own types.
 
+mod guard;
+mod label;
 mod prefix;
+
+pub(crate) use guard::{JoinedChannel, OpenConnection};
+pub(crate) use label::{Limit, Received, Sent, Source};
+use label::{JOIN_RESULTS, LATENCY_BUCKETS, LIMITS, RECEIVED_KINDS, REFUSALS, SENT_KINDS};
 
 use crate::protocol::Transport;
 use prometheus::core::Collector;
@@ -23,117 +29,6 @@ use std::sync::LazyLock;
 use std::time::Instant;
 
 pub(crate) use prefix::register_pattern;
-
-/// What a message written to a client was, for `gateway_messages_sent_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Sent {
-    /// A `phx_reply`.
-    Reply,
-    /// A channel's push to its own client (intercepted broadcasts included).
-    Push,
-    /// `phx_close` or `phx_error`.
-    Control,
-    /// A fastlane broadcast, and when it entered the pod (for the
-    /// publish→send latency).
-    Broadcast(Instant),
-}
-
-impl Sent {
-    fn index(self) -> usize {
-        match self {
-            Sent::Reply => 0,
-            Sent::Broadcast(_) => 1,
-            Sent::Push => 2,
-            Sent::Control => 3,
-        }
-    }
-}
-
-const SENT_KINDS: [&str; 4] = ["reply", "broadcast", "push", "control"];
-
-/// What a message read from a client was, for `gateway_messages_received_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Received {
-    Heartbeat,
-    Join,
-    Leave,
-    Push,
-}
-
-const RECEIVED_KINDS: [&str; 4] = ["heartbeat", "join", "leave", "push"];
-
-/// A configured limit that refused, throttled or disconnected something.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Limit {
-    MaxConnections,
-    MaxMemory,
-    MaxChannels,
-    MaxFrameSize,
-    PushRate,
-    OutboundQueue,
-}
-
-const LIMITS: [&str; 6] = [
-    "max_connections",
-    "max_memory",
-    "max_channels",
-    "max_frame_size",
-    "push_rate",
-    "outbound_queue",
-];
-
-impl Limit {
-    /// The `limit` label, also the `reason` of a refused connection.
-    pub(crate) fn label(self) -> &'static str {
-        LIMITS[self as usize]
-    }
-}
-
-/// Where a broadcast entered this pod.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Source {
-    /// A client push that a channel broadcast.
-    Client,
-    /// `POST /api/broadcast`.
-    Http,
-    /// Read from the pod's Redis subscriptions (or the in-memory broker).
-    Redis,
-}
-
-impl Source {
-    fn label(self) -> &'static str {
-        match self {
-            Source::Client => "client",
-            Source::Http => "http",
-            Source::Redis => "redis",
-        }
-    }
-}
-
-/// The `reason` values of `gateway_connections_refused_total`.
-const REFUSALS: [&str; 5] = [
-    "max_connections",
-    "max_memory",
-    "auth",
-    "origin",
-    "draining",
-];
-
-/// The `result` values of `gateway_joins_total`.
-const JOIN_RESULTS: [&str; 7] = [
-    "ok",
-    "unauthorized",
-    "unmatched_topic",
-    "invalid_topic",
-    "too_many_channels",
-    "subscription_failed",
-    "error",
-];
-
-/// Publish→send latency buckets, seconds (docs/metrics.md).
-const LATENCY_BUCKETS: [f64; 13] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-];
 
 /// Every metric of the process.
 pub(crate) struct Metrics {
@@ -527,47 +422,5 @@ fn catch_up(counter: &IntCounter, total: u64) {
     let now = counter.get();
     if total > now {
         counter.inc_by(total - now);
-    }
-}
-
-/// An open connection, counted in `gateway_connections` until dropped.
-#[derive(Debug)]
-pub(crate) struct OpenConnection {
-    gauge: IntGauge,
-    transport: Transport,
-}
-
-impl OpenConnection {
-    /// Counts how the connection ended (its close reason's label), and the
-    /// limit that ended it, if one did.
-    pub(crate) fn closed(&self, reason: &str, limit: Option<Limit>) {
-        let m = metrics();
-        m.closed
-            .with_label_values(&[self.transport.as_str(), reason])
-            .inc();
-        if let Some(l) = limit {
-            m.limit_hit(l);
-        }
-    }
-
-    /// The transport the connection arrived on.
-    pub(crate) fn transport(&self) -> Transport {
-        self.transport
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.gauge.dec();
-    }
-}
-
-/// A joined channel, counted in `gateway_channels_joined` until dropped.
-#[derive(Debug)]
-pub(crate) struct JoinedChannel(IntGauge);
-
-impl Drop for JoinedChannel {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
