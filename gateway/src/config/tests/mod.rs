@@ -28,7 +28,7 @@ fn defaults_give_one_socket() {
 
 #[test]
 fn example_config_is_valid() {
-    let text = include_str!("../../../config/example.toml");
+    let text = include_str!("../../../../config/example.toml");
     let c = load(text, &[]).unwrap();
     assert_eq!(c.channels.len(), 3);
     assert!(
@@ -130,13 +130,16 @@ fn jwt_secret_from_env_satisfies_validation() {
 
 #[test]
 fn presence_rules() {
-    let text = include_str!("../../../config/example.toml");
+    let text = include_str!("../../../../config/example.toml");
     let c = load(text, &[]).unwrap();
     let room = c.channels[0].presence.as_ref().unwrap();
     assert_eq!(room.key_param.as_deref(), Some("user"));
     let private = c.channels[1].presence.as_ref().unwrap();
     assert_eq!(private.key_claim.as_deref(), Some("sub"));
-    assert_eq!(c.presence.settings(), crate::PresenceConfig::default());
+    assert_eq!(
+        c.validate().unwrap().presence,
+        crate::PresenceConfig::default()
+    );
 
     let rule = |p: &str| format!("[[channel]]\npattern = \"room:*\"\n[channel.presence]\n{p}\n");
     fails(&rule(""), "channel[0].presence.key_claim");
@@ -170,7 +173,7 @@ fn presence_rules() {
     fails("[presence]\nbatch_ms = 60000", "presence.batch_ms");
     let c = load("[presence]\nbatch_ms = 0\npod_timeout_ms = 2000", &[]).unwrap();
     assert_eq!(
-        c.presence.settings().pod_timeout,
+        c.validate().unwrap().presence.pod_timeout,
         std::time::Duration::from_secs(2)
     );
 }
@@ -182,7 +185,7 @@ fn longpoll_keys() {
     assert_eq!(c.sockets[0].longpoll.window_ms, 10_000);
     assert_eq!(c.sockets[0].longpoll.session_timeout_ms, 15_000);
     assert_eq!(c.longpoll.relay_timeout_ms, 2000);
-    let example = load(include_str!("../../../config/example.toml"), &[]).unwrap();
+    let example = load(include_str!("../../../../config/example.toml"), &[]).unwrap();
     assert!(example.sockets[0].longpoll.enabled);
 
     let lp = |body: &str| format!("[[socket]]\n[socket.longpoll]\nenabled = true\n{body}");
