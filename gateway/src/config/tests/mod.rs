@@ -232,3 +232,95 @@ fn serializes_back_to_the_same_config() {
         format!("{:?}", Config::parse(&written, "w").unwrap())
     );
 }
+
+mod docs;
+
+/// `max_connections` is fitted to the open-files limit before validation,
+/// so the settings carry the fitted value.
+#[test]
+fn max_connections_fits_the_open_files_limit() {
+    let mut c = Config::parse("[server]\nmax_connections = 10000", "t").unwrap();
+    assert_eq!(c.fit_to_fd_limit(100_000), None, "enough descriptors");
+    let lowered = c.fit_to_fd_limit(1024).unwrap();
+    assert_eq!(
+        lowered,
+        Lowered {
+            configured: 10_000,
+            lowered_to: 1024 - FD_MARGIN as usize,
+            open_files: 1024
+        }
+    );
+    assert_eq!(c.server.max_connections, 960);
+    let settings = c.validate().unwrap();
+    assert_eq!(settings.server.limits.max_connections, Some(960));
+
+    let mut tiny = Config::parse("", "t").unwrap();
+    assert_eq!(tiny.fit_to_fd_limit(10).map(|l| l.lowered_to), Some(1));
+    let mut unlimited = Config::parse("[server]\nmax_connections = 0", "t").unwrap();
+    assert_eq!(unlimited.fit_to_fd_limit(10), None, "0 means no limit");
+    assert_eq!(
+        unlimited.validate().unwrap().server.limits.max_connections,
+        None
+    );
+}
+
+/// The defaults are the library's own, so a number is written once.
+#[test]
+fn defaults_are_the_librarys() {
+    use crate::socket::{LongPollConfig, SocketConfig};
+    let s = load("[[socket]]\n[socket.longpoll]\nenabled = true", &[])
+        .unwrap()
+        .validate()
+        .unwrap();
+    let mut lib = SocketConfig::default();
+    lib.longpoll = Some(LongPollConfig::default());
+    assert_eq!(format!("{:?}", s.sockets[0].config), format!("{lib:?}"));
+    assert_eq!(s.presence, crate::PresenceConfig::default());
+    assert_eq!(
+        s.longpoll.relay_timeout,
+        crate::endpoint::DEFAULT_RELAY_TIMEOUT
+    );
+    let url = "redis://127.0.0.1:6390";
+    let s = load(&format!("[redis]\nurl = \"{url}\""), &[])
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert_eq!(
+        format!("{:?}", s.redis.unwrap()),
+        format!("{:?}", pubsub_redis::Config::new(url))
+    );
+}
+
+/// What `validate` hands to `app`: origins parsed, rate and long-poll set,
+/// the verifier built, the drain timings as durations.
+#[test]
+fn sections_convert_into_the_librarys_types() {
+    use crate::socket::{CheckOrigin, OriginRule};
+    use std::time::Duration;
+    let text = "[server]\nmax_memory_mb = 2\nmetrics_listen = \"127.0.0.1:9090\"\n\
+                [api]\nkey = \"k\"\n[demo]\nenabled = true\n\
+                [[socket]]\ncheck_origin = [\"//*.example.com\"]\npush_rate = 0\n\
+                [socket.jwt]\nsecret = \"s\"\n";
+    let s = load(text, &[]).unwrap().validate().unwrap();
+    let socket = &s.sockets[0];
+    assert_eq!(
+        socket.config.check_origin,
+        CheckOrigin::Allow(vec![OriginRule::parse("//*.example.com").unwrap()])
+    );
+    assert_eq!(socket.config.push_rate, None);
+    assert!(
+        socket.config.longpoll.is_none(),
+        "long-poll is off by default"
+    );
+    assert!(socket.auth.verifier.is_some());
+    assert_eq!(socket.auth.token_param, "token");
+    assert_eq!(s.server.limits.max_memory, Some(2 << 20));
+    assert_eq!(
+        s.server.metrics_listen,
+        Some("127.0.0.1:9090".parse().unwrap())
+    );
+    assert_eq!(s.server.shutdown.deadline, Duration::from_secs(45));
+    assert_eq!(s.api.unwrap().path, "/api/broadcast");
+    assert_eq!(s.demo.as_deref(), Some("/socket"));
+    assert!(s.redis.is_none());
+}
