@@ -272,8 +272,10 @@ fn defaults_are_the_librarys() {
         .unwrap()
         .validate()
         .unwrap();
-    let mut lib = SocketConfig::default();
-    lib.longpoll = Some(LongPollConfig::default());
+    let lib = SocketConfig {
+        longpoll: Some(LongPollConfig::default()),
+        ..SocketConfig::default()
+    };
     assert_eq!(format!("{:?}", s.sockets[0].config), format!("{lib:?}"));
     assert_eq!(s.presence, crate::PresenceConfig::default());
     assert_eq!(
