@@ -11,8 +11,8 @@
 //! it (`socket[0].jwt.secret`). `docs/configuration.md` is the reference for
 //! every key; a test keeps it in step with the parser.
 //!
-//! It must not depend on [`app`](crate::app), which assembles the endpoint
-//! from the [`Settings`].
+//! It must not depend on `app`, which assembles the endpoint from the
+//! [`Settings`]: config sits below it, on the library and [`auth`](crate::auth).
 
 mod api;
 mod channel;
@@ -128,8 +128,8 @@ pub struct Config {
 }
 
 /// The configuration converted into the library's types: what
-/// [`Config::validate`] returns and [`app::assemble`](crate::app::assemble)
-/// builds the endpoint from.
+/// [`Config::validate`] returns and `app::assemble` builds the endpoint
+/// from.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// `[server]`: addresses, limits, drain timings.
