@@ -28,10 +28,14 @@
 //!   metrics, extra HTTP routes, and the accept loop.
 //! - `metrics`: the Prometheus metrics of docs/metrics.md, counted where
 //!   things happen and read at scrape time where they are already known.
-//! - [`config`] / [`app`]: the `gateway` binary's TOML config and the
-//!   endpoint it describes (JWT auth, `[[channel]]` rules, publish API, demo).
+//! - [`auth`]: JWT verification and the socket handler that admits
+//!   connections by their tokens.
+//! - [`config`] / [`app`]: the `gateway` binary's TOML config, converted
+//!   section by section into the library's types, and the endpoint it
+//!   describes (`[[channel]]` rules, publish API, demo).
 
 pub mod app;
+pub mod auth;
 pub mod channel;
 pub mod config;
 pub mod conn;

@@ -7,7 +7,9 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use anyhow::Context;
 use clap::Parser;
-use gateway::config::{Config, Env, LogFormat, ENV_VARS};
+use gateway::config::{
+    Config, ConfigError, Env, LogConfig, LogFormat, Lowered, Settings, Shutdown, ENV_VARS,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -37,20 +39,36 @@ struct Cli {
     check: bool,
 }
 
-fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+fn init_logging(log: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match config.log.format {
+    match log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Human => builder.init(),
     }
 }
 
+/// The config as the binary runs it: loaded, fitted to the open-files
+/// limit, then validated, so what is validated is what runs.
+fn load(
+    cli: &Cli,
+    open_files: Option<u64>,
+) -> Result<(Config, Settings, Option<Lowered>), ConfigError> {
+    let mut config = Config::load(cli.config.as_deref(), &Env::from_process())?;
+    let lowered = open_files.and_then(|soft| config.fit_to_fd_limit(soft));
+    let settings = config.validate()?;
+    Ok((config, settings, lowered))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref(), &Env::from_process()) {
-        Ok(c) => c,
+    // Before the config is validated, which needs the limit the process
+    // will really have; logged once logging is set up.
+    let open_files = raise_open_files_limit();
+    let soft = open_files.as_ref().ok().map(|&(soft, _)| soft);
+    let (config, settings, lowered) = match load(&cli, soft) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("gateway: {e}");
             return ExitCode::from(EXIT_CONFIG);
@@ -65,9 +83,19 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    init_logging(&config);
-    let mut config = config;
-    raise_open_files_limit(&mut config);
+    init_logging(&settings.log);
+    match open_files {
+        Ok((soft, hard)) => tracing::info!(soft, hard, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
+    if let Some(l) = lowered {
+        tracing::warn!(
+            configured = l.configured,
+            lowered_to = l.lowered_to,
+            open_files = l.open_files,
+            "max_connections lowered to fit the open files limit"
+        );
+    }
     gateway::server::install_panic_hook();
     // Without background threads jemalloc returns freed pages to the OS only
     // while the process allocates, so a pod whose connections left would keep
@@ -83,7 +111,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -96,45 +124,22 @@ fn main() -> ExitCode {
 /// Every connection holds a file descriptor, and the usual default soft limit
 /// (1024) would refuse connections long before memory runs out, so the soft
 /// limit goes up to the hard limit, which is what the operator (or the
-/// container runtime) allows. A `max_connections` that limit cannot hold is
-/// lowered to fit, so the pod refuses the excess with a clean 503 and fails
-/// `/readyz` instead of failing accepts.
-fn raise_open_files_limit(config: &mut Config) {
-    let soft = match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(soft) => {
-            let hard = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(soft, |(_, hard)| hard);
-            tracing::info!(soft, hard, "open files limit");
-            soft
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot raise the open files limit");
-            return;
-        }
-    };
-    let max = &mut config.server.max_connections;
-    let fits = usize::try_from(soft.saturating_sub(FD_MARGIN)).unwrap_or(usize::MAX);
-    if *max > fits {
-        tracing::warn!(
-            configured = *max,
-            lowered_to = fits,
-            open_files = soft,
-            "max_connections lowered to fit the open files limit"
-        );
-        *max = fits.max(1);
-    }
+/// container runtime) allows. Returns the new (soft, hard) limits; the config
+/// then fits `max_connections` to the soft one.
+fn raise_open_files_limit() -> std::io::Result<(u64, u64)> {
+    let soft = rlimit::increase_nofile_limit(u64::MAX)?;
+    let hard = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(soft, |(_, hard)| hard);
+    Ok((soft, hard))
 }
 
-/// File descriptors kept for what is not a client connection: the listener,
-/// Redis connections, the runtime, logs.
-const FD_MARGIN: u64 = 64;
-
-async fn run(config: Config) -> anyhow::Result<()> {
-    let addr = config.listen_addr()?;
-    let (pubsub, broker) = match config.redis.bus_config() {
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let server = settings.server.clone();
+    let addr = server.listen;
+    let (pubsub, broker) = match settings.redis.clone() {
         Some(bus) => (gateway::pubsub::PubSub::redis(bus)?, "redis"),
         None => (gateway::pubsub::PubSub::memory(), "memory"),
     };
-    let endpoint = gateway::app::build(&config, pubsub)?;
+    let endpoint = gateway::app::assemble(settings, pubsub)?;
     let presence = endpoint.presence().clone();
     let listener =
         gateway::server::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
@@ -145,20 +150,23 @@ async fn run(config: Config) -> anyhow::Result<()> {
         broker,
         "gateway listening"
     );
-    if let Some(addr) = config.metrics_addr()? {
+    if let Some(addr) = server.metrics_listen {
         let metrics = gateway::server::bind(addr)
             .with_context(|| format!("cannot listen for metrics on {addr}"))?;
         tracing::info!(addr = %metrics.local_addr()?, "metrics listening");
         tokio::spawn(gateway::server::serve_metrics(metrics, endpoint.clone()));
     }
     let ep = endpoint.clone();
-    let delay = Duration::from_millis(config.server.drain_delay_ms);
-    let period = Duration::from_millis(config.server.drain_period_ms);
+    let Shutdown {
+        drain_delay: delay,
+        drain_period: period,
+        deadline: deadline_after,
+    } = server.shutdown;
     let (deadline_tx, deadline_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         shutdown_signal().await;
         let now = tokio::time::Instant::now();
-        let deadline = now + Duration::from_millis(config.server.shutdown_deadline_ms);
+        let deadline = now + deadline_after;
         let _ = deadline_tx.send((now + delay + period, deadline));
         tracing::info!(?delay, ?period, "draining");
         ep.drain(delay, period).await;

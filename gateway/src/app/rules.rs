@@ -1,9 +1,9 @@
 //! The channel that serves `[[channel]]` rules: join policies, client
 //! events broadcast to the topic, and presence.
 
-use super::auth::claim_str;
+use crate::auth::claim_str;
 use crate::channel::{ChannelContext, HandleIn, JoinResult, Next, StopReason, TopicPattern};
-use crate::config::{ChannelRule, Mode, Policy, PresenceRule};
+use crate::config::{ChannelSettings, Mode, Policy, PresenceRule};
 use crate::protocol::Payload;
 use crate::socket::Assigns;
 use crate::Channel;
@@ -31,16 +31,16 @@ const MAX_KEY: usize = 256;
 const MAX_META: usize = 4096;
 
 impl Rule {
-    pub(crate) fn new(rule: &ChannelRule, topics_claim: Option<String>) -> Option<Rule> {
-        Some(Rule {
-            pattern: TopicPattern::parse(&rule.pattern).ok()?,
+    pub(crate) fn new(rule: &ChannelSettings, topics_claim: Option<String>) -> Rule {
+        Rule {
+            pattern: rule.pattern.clone(),
             policy: rule.policy,
             events: rule.events.clone(),
             mode: rule.mode,
             include_sender: rule.include_sender,
             topics_claim,
             presence: rule.presence.clone(),
-        })
+        }
     }
 
     /// Whether a connection with these assigns may join `topic`.
@@ -281,8 +281,8 @@ mod tests {
     use super::*;
 
     fn rule(pattern: &str, policy: Policy, topics_claim: Option<&str>) -> Rule {
-        let r = ChannelRule {
-            pattern: pattern.into(),
+        let r = ChannelSettings {
+            pattern: TopicPattern::parse(pattern).unwrap(),
             policy,
             sockets: None,
             events: vec![],
@@ -290,7 +290,7 @@ mod tests {
             include_sender: true,
             presence: None,
         };
-        Rule::new(&r, topics_claim.map(Into::into)).unwrap()
+        Rule::new(&r, topics_claim.map(Into::into))
     }
 
     fn claims(v: Value) -> Assigns {

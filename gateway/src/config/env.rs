@@ -1,6 +1,6 @@
 //! Environment overrides for what operators change per deployment.
 
-use super::{invalid, Config, ConfigError, LogFormat};
+use super::{Config, ConfigError, Key, LogFormat};
 use std::collections::HashMap;
 
 /// The environment variables the binary reads, with what they do; printed by
@@ -78,7 +78,7 @@ impl Config {
         if let Some(port) = env.get("PORT") {
             let port: u16 = port
                 .parse()
-                .map_err(|_| invalid("PORT", format!("{port:?} is not a port number")))?;
+                .map_err(|_| Key::root("PORT").invalid(format!("{port:?} is not a port number")))?;
             let host = match self.server.listen.rsplit_once(':') {
                 Some((host, _)) => host.to_owned(),
                 None => "127.0.0.1".to_owned(),
@@ -105,10 +105,8 @@ impl Config {
                 "human" => LogFormat::Human,
                 "json" => LogFormat::Json,
                 other => {
-                    return Err(invalid(
-                        "GATEWAY_LOG_FORMAT",
-                        format!("{other:?}: use human or json"),
-                    ))
+                    return Err(Key::root("GATEWAY_LOG_FORMAT")
+                        .invalid(format!("{other:?}: use human or json")))
                 }
             };
         }

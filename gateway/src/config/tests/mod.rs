@@ -28,7 +28,7 @@ fn defaults_give_one_socket() {
 
 #[test]
 fn example_config_is_valid() {
-    let text = include_str!("../../../config/example.toml");
+    let text = include_str!("../../../../config/example.toml");
     let c = load(text, &[]).unwrap();
     assert_eq!(c.channels.len(), 3);
     assert!(
@@ -130,13 +130,16 @@ fn jwt_secret_from_env_satisfies_validation() {
 
 #[test]
 fn presence_rules() {
-    let text = include_str!("../../../config/example.toml");
+    let text = include_str!("../../../../config/example.toml");
     let c = load(text, &[]).unwrap();
     let room = c.channels[0].presence.as_ref().unwrap();
     assert_eq!(room.key_param.as_deref(), Some("user"));
     let private = c.channels[1].presence.as_ref().unwrap();
     assert_eq!(private.key_claim.as_deref(), Some("sub"));
-    assert_eq!(c.presence.settings(), crate::PresenceConfig::default());
+    assert_eq!(
+        c.validate().unwrap().presence,
+        crate::PresenceConfig::default()
+    );
 
     let rule = |p: &str| format!("[[channel]]\npattern = \"room:*\"\n[channel.presence]\n{p}\n");
     fails(&rule(""), "channel[0].presence.key_claim");
@@ -170,7 +173,7 @@ fn presence_rules() {
     fails("[presence]\nbatch_ms = 60000", "presence.batch_ms");
     let c = load("[presence]\nbatch_ms = 0\npod_timeout_ms = 2000", &[]).unwrap();
     assert_eq!(
-        c.presence.settings().pod_timeout,
+        c.validate().unwrap().presence.pod_timeout,
         std::time::Duration::from_secs(2)
     );
 }
@@ -182,7 +185,7 @@ fn longpoll_keys() {
     assert_eq!(c.sockets[0].longpoll.window_ms, 10_000);
     assert_eq!(c.sockets[0].longpoll.session_timeout_ms, 15_000);
     assert_eq!(c.longpoll.relay_timeout_ms, 2000);
-    let example = load(include_str!("../../../config/example.toml"), &[]).unwrap();
+    let example = load(include_str!("../../../../config/example.toml"), &[]).unwrap();
     assert!(example.sockets[0].longpoll.enabled);
 
     let lp = |body: &str| format!("[[socket]]\n[socket.longpoll]\nenabled = true\n{body}");
@@ -228,4 +231,98 @@ fn serializes_back_to_the_same_config() {
         format!("{defaults:?}"),
         format!("{:?}", Config::parse(&written, "w").unwrap())
     );
+}
+
+mod docs;
+
+/// `max_connections` is fitted to the open-files limit before validation,
+/// so the settings carry the fitted value.
+#[test]
+fn max_connections_fits_the_open_files_limit() {
+    let mut c = Config::parse("[server]\nmax_connections = 10000", "t").unwrap();
+    assert_eq!(c.fit_to_fd_limit(100_000), None, "enough descriptors");
+    let lowered = c.fit_to_fd_limit(1024).unwrap();
+    assert_eq!(
+        lowered,
+        Lowered {
+            configured: 10_000,
+            lowered_to: 1024 - FD_MARGIN as usize,
+            open_files: 1024
+        }
+    );
+    assert_eq!(c.server.max_connections, 960);
+    let settings = c.validate().unwrap();
+    assert_eq!(settings.server.limits.max_connections, Some(960));
+
+    let mut tiny = Config::parse("", "t").unwrap();
+    assert_eq!(tiny.fit_to_fd_limit(10).map(|l| l.lowered_to), Some(1));
+    let mut unlimited = Config::parse("[server]\nmax_connections = 0", "t").unwrap();
+    assert_eq!(unlimited.fit_to_fd_limit(10), None, "0 means no limit");
+    assert_eq!(
+        unlimited.validate().unwrap().server.limits.max_connections,
+        None
+    );
+}
+
+/// The defaults are the library's own, so a number is written once.
+#[test]
+fn defaults_are_the_librarys() {
+    use crate::socket::{LongPollConfig, SocketConfig};
+    let s = load("[[socket]]\n[socket.longpoll]\nenabled = true", &[])
+        .unwrap()
+        .validate()
+        .unwrap();
+    let lib = SocketConfig {
+        longpoll: Some(LongPollConfig::default()),
+        ..SocketConfig::default()
+    };
+    assert_eq!(format!("{:?}", s.sockets[0].config), format!("{lib:?}"));
+    assert_eq!(s.presence, crate::PresenceConfig::default());
+    assert_eq!(
+        s.longpoll.relay_timeout,
+        crate::endpoint::DEFAULT_RELAY_TIMEOUT
+    );
+    let url = "redis://127.0.0.1:6390";
+    let s = load(&format!("[redis]\nurl = \"{url}\""), &[])
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert_eq!(
+        format!("{:?}", s.redis.unwrap()),
+        format!("{:?}", pubsub_redis::Config::new(url))
+    );
+}
+
+/// What `validate` hands to `app`: origins parsed, rate and long-poll set,
+/// the verifier built, the drain timings as durations.
+#[test]
+fn sections_convert_into_the_librarys_types() {
+    use crate::socket::{CheckOrigin, OriginRule};
+    use std::time::Duration;
+    let text = "[server]\nmax_memory_mb = 2\nmetrics_listen = \"127.0.0.1:9090\"\n\
+                [api]\nkey = \"k\"\n[demo]\nenabled = true\n\
+                [[socket]]\ncheck_origin = [\"//*.example.com\"]\npush_rate = 0\n\
+                [socket.jwt]\nsecret = \"s\"\n";
+    let s = load(text, &[]).unwrap().validate().unwrap();
+    let socket = &s.sockets[0];
+    assert_eq!(
+        socket.config.check_origin,
+        CheckOrigin::Allow(vec![OriginRule::parse("//*.example.com").unwrap()])
+    );
+    assert_eq!(socket.config.push_rate, None);
+    assert!(
+        socket.config.longpoll.is_none(),
+        "long-poll is off by default"
+    );
+    assert!(socket.auth.verifier.is_some());
+    assert_eq!(socket.auth.token_param, "token");
+    assert_eq!(s.server.limits.max_memory, Some(2 << 20));
+    assert_eq!(
+        s.server.metrics_listen,
+        Some("127.0.0.1:9090".parse().unwrap())
+    );
+    assert_eq!(s.server.shutdown.deadline, Duration::from_secs(45));
+    assert_eq!(s.api.unwrap().path, "/api/broadcast");
+    assert_eq!(s.demo.as_deref(), Some("/socket"));
+    assert!(s.redis.is_none());
 }

@@ -1,17 +1,50 @@
-//! Connect-time authentication of the `gateway` binary: JWTs verified with
-//! HS*, RS* or ES*, whose claims become the socket assigns.
+//! Connect-time JWT authentication: tokens verified with HS*, RS* or ES*,
+//! whose claims become the socket assigns, and the [`SocketHandler`] that
+//! admits a socket's connections by them.
+//!
+//! It takes its settings as plain values ([`JwtSettings`], [`SocketAuth`])
+//! and knows nothing of the config file: reading key files and naming the
+//! config key at fault is the config's job.
 
-use crate::config::{JwtConfig, SocketSection};
 use crate::protocol::Payload;
 use crate::socket::{Assigns, ConnectError, ConnectInfo, Params, SocketHandler};
 use async_trait::async_trait;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::Validation;
 use serde_json::Value;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use jsonwebtoken::{Algorithm, DecodingKey};
+
+/// How one socket's tokens are verified.
+#[derive(Clone)]
+pub struct JwtSettings {
+    /// The only `alg` accepted; `none` never is.
+    pub algorithm: Algorithm,
+    /// The HS* secret or the RS*/ES* public key.
+    pub key: DecodingKey,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// Required `iss`, if any.
+    pub issuer: Option<String>,
+    /// Required `aud`, if any.
+    pub audience: Option<String>,
+}
+
+impl fmt::Debug for JwtSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtSettings")
+            .field("algorithm", &self.algorithm)
+            .field("leeway", &self.leeway)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Verifies tokens for one socket.
+#[derive(Clone)]
 pub struct TokenVerifier {
     key: DecodingKey,
     validation: Validation,
@@ -27,56 +60,24 @@ impl fmt::Debug for TokenVerifier {
 }
 
 impl TokenVerifier {
-    /// Builds a verifier. Errors carry the `jwt.*` key at fault.
-    ///
-    /// # Errors
-    /// An unknown algorithm, a missing secret or an unreadable key file.
-    pub fn from_config(cfg: &JwtConfig) -> Result<Self, (&'static str, String)> {
-        let alg: Algorithm = cfg.algorithm.to_ascii_uppercase().parse().map_err(|_| {
-            (
-                "algorithm",
-                format!("{:?} is not a supported algorithm", cfg.algorithm),
-            )
-        })?;
-        let key = match alg {
-            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
-                let secret = cfg.secret.as_deref().filter(|s| !s.is_empty()).ok_or((
-                    "secret",
-                    "missing: set jwt.secret or GATEWAY_JWT_SECRET".to_owned(),
-                ))?;
-                DecodingKey::from_secret(secret.as_bytes())
-            }
-            _ => {
-                let path = cfg.public_key_file.as_ref().ok_or((
-                    "public_key_file",
-                    format!("missing: {} needs a PEM public key", cfg.algorithm),
-                ))?;
-                let pem = std::fs::read(path)
-                    .map_err(|e| ("public_key_file", format!("{}: {e}", path.display())))?;
-                let key = match alg {
-                    Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem),
-                    Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
-                    _ => DecodingKey::from_rsa_pem(&pem),
-                };
-                key.map_err(|e| ("public_key_file", format!("{}: {e}", path.display())))?
-            }
-        };
-        let mut validation = Validation::new(alg);
-        validation.leeway = cfg.leeway_secs;
+    /// A verifier with these settings.
+    pub fn new(settings: JwtSettings) -> Self {
+        let mut validation = Validation::new(settings.algorithm);
+        validation.leeway = settings.leeway.as_secs();
         validation.validate_nbf = true;
         validation.required_spec_claims.clear();
-        validation.validate_aud = cfg.audience.is_some();
-        if let Some(aud) = &cfg.audience {
+        validation.validate_aud = settings.audience.is_some();
+        if let Some(aud) = &settings.audience {
             validation.set_audience(&[aud]);
         }
-        if let Some(iss) = &cfg.issuer {
+        if let Some(iss) = &settings.issuer {
             validation.set_issuer(&[iss]);
         }
-        Ok(TokenVerifier {
-            key,
+        TokenVerifier {
+            key: settings.key,
             validation,
-            leeway: Duration::from_secs(cfg.leeway_secs),
-        })
+            leeway: settings.leeway,
+        }
     }
 
     /// The token's claims, if it is valid now.
@@ -189,7 +190,24 @@ pub(crate) fn render(template: &str, claims: &Assigns) -> Option<String> {
     Some(out)
 }
 
-/// The socket handler built from a `[[socket]]` section.
+/// Who one socket admits: the settings of its [`TokenSocket`].
+#[derive(Debug, Clone)]
+pub struct SocketAuth {
+    /// Verifies tokens; without one, any token is refused (and only
+    /// anonymous connections are possible).
+    pub verifier: Option<TokenVerifier>,
+    /// Refuse connections without a valid token.
+    pub require_token: bool,
+    /// The connect param that carries the token (beside phoenix.js'
+    /// `authToken`, always accepted).
+    pub token_param: String,
+    /// Socket id template such as `users_socket:{sub}`.
+    pub socket_id: Option<String>,
+    /// Claims a token must carry with exactly these values.
+    pub require_claims: Assigns,
+}
+
+/// The socket handler of a socket whose connections authenticate with JWTs.
 #[derive(Debug)]
 pub struct TokenSocket {
     verifier: Option<TokenVerifier>,
@@ -202,28 +220,21 @@ pub struct TokenSocket {
 }
 
 impl TokenSocket {
-    /// Builds the handler; the section was validated with the config.
-    ///
-    /// # Errors
-    /// The `jwt.*` key at fault.
-    pub fn new(s: &SocketSection) -> Result<Self, (&'static str, String)> {
-        let require_claims = match serde_json::to_value(&s.require_claims) {
-            Ok(Value::Object(m)) => m,
-            _ => Assigns::new(),
-        };
-        if let Some(template) = &s.socket_id {
+    /// The handler of the socket at `path`; registers its metrics labels.
+    pub fn new(path: &str, auth: SocketAuth) -> Self {
+        if let Some(template) = &auth.socket_id {
             crate::metrics::register_pattern(template);
         }
-        let path = s.path.trim_end_matches('/').to_owned();
+        let path = path.trim_end_matches('/').to_owned();
         crate::metrics::metrics().init_auth(&path, &REFUSAL_LABELS);
-        Ok(TokenSocket {
-            verifier: s.jwt.as_ref().map(TokenVerifier::from_config).transpose()?,
-            require_token: s.require_token,
-            token_param: s.token_param.clone(),
-            socket_id: s.socket_id.clone(),
-            require_claims,
+        TokenSocket {
+            verifier: auth.verifier,
+            require_token: auth.require_token,
+            token_param: auth.token_param,
+            socket_id: auth.socket_id,
+            require_claims: auth.require_claims,
             path,
-        })
+        }
     }
 
     /// The claims of a valid token; a refusal is counted in the metrics.

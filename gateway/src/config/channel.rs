@@ -1,0 +1,191 @@
+//! `[[channel]]` with its `[channel.presence]`: a topic pattern, who may
+//! join it, what clients may push, and presence. Converted with the pattern
+//! parsed once; `app` turns the result into a channel.
+
+use super::{ConfigError, Key};
+use crate::channel::TopicPattern;
+use serde::{Deserialize, Serialize};
+
+/// Who may join a rule's topics.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Anyone, with or without a token (default).
+    #[default]
+    Public,
+    /// Connections with a valid token; placeholders must equal its claims.
+    Token,
+}
+
+/// What happens to events clients push.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Broadcast to every subscriber of the topic, then reply ok (default).
+    #[default]
+    Broadcast,
+}
+
+/// `[[channel]]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelRule {
+    /// Topic pattern: `room:*`, `user:{sub}`, or an exact topic.
+    pub pattern: String,
+    /// `public` (default) or `token`.
+    #[serde(default)]
+    pub policy: Policy,
+    /// Socket paths this rule applies to; all sockets by default.
+    #[serde(default)]
+    pub sockets: Option<Vec<String>>,
+    /// Events clients may push. None by default.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// What pushed events do. Default `broadcast`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Whether a pushed event is also sent back to its sender. Default true.
+    #[serde(default = "default_true")]
+    pub include_sender: bool,
+    /// `[channel.presence]`: track every joined client's presence. Off by
+    /// default.
+    #[serde(default)]
+    pub presence: Option<PresenceRule>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `[channel.presence]`: who a joined client is, and what others see of it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceRule {
+    /// The token claim (e.g. `sub`) that is the presence key. Set exactly
+    /// one of `key_claim` and `key_param`.
+    #[serde(default)]
+    pub key_claim: Option<String>,
+    /// The join param that is the presence key: chosen by the client, so
+    /// anyone can claim any key. Set exactly one of `key_claim` and
+    /// `key_param`.
+    #[serde(default)]
+    pub key_param: Option<String>,
+    /// Join params copied into the meta (beside `online_at`). None by default.
+    #[serde(default)]
+    pub meta_params: Vec<String>,
+    /// An event clients push to change their own meta: the `meta_params` in
+    /// its payload replace theirs. None by default.
+    #[serde(default)]
+    pub update_event: Option<String>,
+}
+
+/// `[[channel]]`, converted.
+#[derive(Debug, Clone)]
+pub struct ChannelSettings {
+    /// The topics the rule serves.
+    pub pattern: TopicPattern,
+    /// Who may join.
+    pub policy: Policy,
+    /// The socket paths the rule applies to; `None`: all.
+    pub sockets: Option<Vec<String>>,
+    /// Events clients may push.
+    pub events: Vec<String>,
+    /// What pushed events do.
+    pub mode: Mode,
+    /// Whether a pushed event is also sent back to its sender.
+    pub include_sender: bool,
+    /// Presence, when tracked.
+    pub presence: Option<PresenceRule>,
+}
+
+impl ChannelSettings {
+    /// Whether the rule serves the socket at `path`.
+    pub fn applies_to(&self, path: &str) -> bool {
+        self.sockets
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|p| p == path))
+    }
+}
+
+/// Client events that are the protocol's own, or empty.
+fn reserved_event(e: &str) -> bool {
+    e.is_empty() || e.starts_with("phx_") || e == "access_token"
+}
+
+impl ChannelRule {
+    /// `socket_paths`: the configured sockets. `presence_store`: whether
+    /// the broker can store presence (not on a Redis Cluster).
+    pub(super) fn settings(
+        &self,
+        key: &Key,
+        socket_paths: &[&str],
+        presence_store: bool,
+    ) -> Result<ChannelSettings, ConfigError> {
+        let field = |name: &str| key.field(name);
+        let pattern =
+            TopicPattern::parse(&self.pattern).map_err(|e| field("pattern").invalid(e.reason))?;
+        if pattern.placeholders().next().is_some() && self.policy != Policy::Token {
+            return Err(field("policy")
+                .invalid("patterns with {claim} placeholders need policy = \"token\""));
+        }
+        for p in self.sockets.iter().flatten() {
+            if !socket_paths.contains(&p.as_str()) {
+                return Err(field("sockets").invalid(format!("no [[socket]] has path {p:?}")));
+            }
+        }
+        if let Some(e) = self.events.iter().find(|e| reserved_event(e)) {
+            return Err(field("events").invalid(format!("{e:?} is reserved or empty")));
+        }
+        if let Some(p) = &self.presence {
+            p.check(&field("presence"), self.policy, presence_store)?;
+        }
+        Ok(ChannelSettings {
+            pattern,
+            policy: self.policy,
+            sockets: self.sockets.clone(),
+            events: self.events.clone(),
+            mode: self.mode,
+            include_sender: self.include_sender,
+            presence: self.presence.clone(),
+        })
+    }
+}
+
+impl PresenceRule {
+    fn check(&self, key: &Key, policy: Policy, presence_store: bool) -> Result<(), ConfigError> {
+        let field = |name: &str| key.field(name);
+        match (&self.key_claim, &self.key_param) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(field("key_claim").invalid("set exactly one of key_claim and key_param"))
+            }
+            (Some(c), None) if c.is_empty() => {
+                return Err(field("key_claim").invalid("must not be empty"))
+            }
+            (None, Some(k)) if k.is_empty() => {
+                return Err(field("key_param").invalid("must not be empty"))
+            }
+            (Some(_), None) if policy != Policy::Token => {
+                return Err(
+                    field("key_claim").invalid("a claim as presence key needs policy = \"token\"")
+                )
+            }
+            _ => {}
+        }
+        if let Some(e) = self.update_event.as_deref().filter(|e| reserved_event(e)) {
+            return Err(field("update_event").invalid(format!("{e:?} is reserved or empty")));
+        }
+        if let Some(m) = self
+            .meta_params
+            .iter()
+            .find(|m| m.is_empty() || m.starts_with("phx_") || *m == "online_at")
+        {
+            return Err(field("meta_params").invalid(format!("{m:?} is reserved or empty")));
+        }
+        if !presence_store {
+            return Err(key.invalid(
+                "presence needs a single Redis server; it is not supported with redis.cluster = true",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,153 @@
+//! `[server]`: where the pod listens, when it refuses connections, how it
+//! drains on SIGTERM, and fitting `max_connections` to the open-files limit.
+
+use super::{ConfigError, Key};
+use crate::endpoint::Limits;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Listen address. Default `127.0.0.1:4000`; `PORT` replaces the port.
+    pub listen: String,
+    /// This node's name, shown to channels. Default `gateway@$HOSTNAME`.
+    pub node_name: Option<String>,
+    /// After SIGTERM, how long new connections are still accepted while
+    /// `/readyz` already fails (balancers notice at their next probe). Default 2000.
+    pub drain_delay_ms: u64,
+    /// Open connections close at random points of this period after SIGTERM,
+    /// so clients reconnect elsewhere gradually. Default 30000.
+    pub drain_period_ms: u64,
+    /// The process exits this long after SIGTERM at the latest, whatever is
+    /// still open; keep it below Kubernetes' terminationGracePeriodSeconds.
+    /// Default 45000.
+    pub shutdown_deadline_ms: u64,
+    /// Open connections (WebSocket and long-poll sessions) past which new
+    /// ones are refused (503) and `/readyz` fails. Default 50000; 0: no limit.
+    pub max_connections: usize,
+    /// Resident memory in MiB past which new connections are refused and
+    /// `/readyz` fails, below the container's limit. Default 0: no threshold.
+    pub max_memory_mb: u64,
+    /// Serve `GET /metrics` on this address instead of the main port, so
+    /// the public port does not expose it. Default: unset (main port).
+    pub metrics_listen: Option<String>,
+}
+
+/// The library has no defaults for these: they are the binary's, tuned for
+/// Kubernetes' default 30 s probe period and 60 s grace.
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:4000".into(),
+            node_name: None,
+            drain_delay_ms: 2000,
+            drain_period_ms: 30_000,
+            shutdown_deadline_ms: 45_000,
+            max_connections: 50_000,
+            max_memory_mb: 0,
+            metrics_listen: None,
+        }
+    }
+}
+
+/// `[server]`, converted.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// The main listener.
+    pub listen: SocketAddr,
+    /// The separate `/metrics` listener, if any.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The node name, when configured (the library derives one otherwise).
+    pub node_name: Option<String>,
+    /// Connection and memory limits of the pod.
+    pub limits: Limits,
+    /// What happens after SIGTERM.
+    pub shutdown: Shutdown,
+}
+
+/// The timings of a drain, from SIGTERM on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shutdown {
+    /// New connections are still accepted this long while `/readyz` fails.
+    pub drain_delay: Duration,
+    /// Open connections close at random points of this period.
+    pub drain_period: Duration,
+    /// The process exits by then, at the latest.
+    pub deadline: Duration,
+}
+
+/// File descriptors kept for what is not a client connection: the listener,
+/// Redis connections, the runtime, logs.
+pub const FD_MARGIN: u64 = 64;
+
+/// `max_connections` lowered to fit the open-files limit: loading happens
+/// before logging is set up, so the caller logs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lowered {
+    /// As configured.
+    pub configured: usize,
+    /// What it is now.
+    pub lowered_to: usize,
+    /// The open-files (soft) limit it was fitted to.
+    pub open_files: u64,
+}
+
+impl ServerConfig {
+    /// Every connection holds a file descriptor, so a `max_connections` the
+    /// open-files limit cannot hold is lowered to it minus [`FD_MARGIN`]
+    /// (at least 1): the pod then refuses the excess with a clean 503 and
+    /// fails `/readyz` instead of failing accepts. `0` (no limit) stays.
+    pub fn fit_to_fd_limit(&mut self, open_files: u64) -> Option<Lowered> {
+        let fits = usize::try_from(open_files.saturating_sub(FD_MARGIN)).unwrap_or(usize::MAX);
+        if self.max_connections <= fits {
+            return None;
+        }
+        let lowered = Lowered {
+            configured: self.max_connections,
+            lowered_to: fits.max(1),
+            open_files,
+        };
+        self.max_connections = lowered.lowered_to;
+        Some(lowered)
+    }
+
+    pub(super) fn settings(&self, key: &Key) -> Result<ServerSettings, ConfigError> {
+        let listen = self.listen.parse().map_err(|_| {
+            key.field("listen").invalid(format!(
+                "{:?} is not an address like 127.0.0.1:4000",
+                self.listen
+            ))
+        })?;
+        let metrics_listen = match &self.metrics_listen {
+            None => None,
+            Some(addr) => Some(addr.parse().map_err(|_| {
+                key.field("metrics_listen")
+                    .invalid(format!("{addr:?} is not an address like 0.0.0.0:9090"))
+            })?),
+        };
+        if self.drain_delay_ms.saturating_add(self.drain_period_ms) > self.shutdown_deadline_ms {
+            return Err(key.field("shutdown_deadline_ms").invalid(format!(
+                "{} is shorter than drain_delay_ms + drain_period_ms ({} + {})",
+                self.shutdown_deadline_ms, self.drain_delay_ms, self.drain_period_ms
+            )));
+        }
+        Ok(ServerSettings {
+            listen,
+            metrics_listen,
+            node_name: self.node_name.clone(),
+            limits: Limits {
+                max_connections: (self.max_connections > 0).then_some(self.max_connections),
+                max_memory: (self.max_memory_mb > 0)
+                    .then(|| self.max_memory_mb.saturating_mul(1024 * 1024)),
+            },
+            shutdown: Shutdown {
+                drain_delay: Duration::from_millis(self.drain_delay_ms),
+                drain_period: Duration::from_millis(self.drain_period_ms),
+                deadline: Duration::from_millis(self.shutdown_deadline_ms),
+            },
+        })
+    }
+}
