@@ -105,7 +105,12 @@ fn modules_import_only_downward() {
     let mut wrong = Vec::new();
     for file in &files {
         let rel = file.strip_prefix(&src).unwrap();
-        let first = rel.components().next().unwrap().as_os_str().to_string_lossy();
+        let first = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy();
         let module = first.trim_end_matches(".rs").to_owned();
         if module == "lib" || module == "main" {
             continue;
@@ -131,7 +136,11 @@ fn modules_import_only_downward() {
         "docs/architecture.md's layers and gateway/src's modules differ: \
          not declared {unplaced:?}, declared but absent {stale:?}"
     );
-    assert!(wrong.is_empty(), "imports against the layer order:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "imports against the layer order:\n{}",
+        wrong.join("\n")
+    );
 }
 
 #[test]

@@ -4,11 +4,11 @@
 use crate::auth::claim_str;
 use crate::channel::{ChannelContext, HandleIn, JoinResult, Next, StopReason, TopicPattern};
 use crate::config::{ChannelSettings, Mode, Policy, PresenceRule};
-use crate::protocol::Payload;
+use crate::protocol::{Payload, Refusal};
 use crate::socket::Assigns;
 use crate::Channel;
 use async_trait::async_trait;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::sync::Arc;
 
 /// A `[[channel]]` rule, compiled.
@@ -159,7 +159,7 @@ impl RuleChannel {
         ctx: &mut ChannelContext<RuleInfo>,
     ) -> HandleIn {
         let Some((key, Value::Object(meta))) = &mut self.presence else {
-            return HandleIn::error(json!({"reason": "not present"}));
+            return HandleIn::error(Refusal::NotPresent.payload());
         };
         let mut new = meta.clone();
         for name in &p.meta_params {
@@ -168,9 +168,9 @@ impl RuleChannel {
             }
         }
         if serde_json::to_vec(&new).map_or(0, |v| v.len()) > MAX_META + 64 {
-            return HandleIn::error(json!({
-                "reason": format!("presence meta params take more than {MAX_META} bytes")
-            }));
+            return HandleIn::error(Payload::reason(format_args!(
+                "presence meta params take more than {MAX_META} bytes"
+            )));
         }
         if !self.tracked {
             // Client events are handled before the join's AfterJoin: it
@@ -183,13 +183,9 @@ impl RuleChannel {
                 *meta = new;
                 HandleIn::ok(Payload::empty())
             }
-            Err(e) => HandleIn::error(json!({"reason": e.to_string()})),
+            Err(e) => HandleIn::error(Payload::reason(e)),
         }
     }
-}
-
-fn unauthorized() -> Payload {
-    Payload::json(&json!({"reason": "unauthorized"}))
 }
 
 #[async_trait]
@@ -203,11 +199,10 @@ impl Channel for RuleChannel {
         ctx: &mut ChannelContext<RuleInfo>,
     ) -> JoinResult {
         if !self.rule.allows(topic, ctx.assigns()) {
-            return Err(unauthorized());
+            return Err(Refusal::Unauthorized.payload());
         }
         if let Some(p) = &self.rule.presence {
-            let me = presence_of(p, ctx.assigns(), &params)
-                .map_err(|reason| Payload::json(&json!({ "reason": reason })))?;
+            let me = presence_of(p, ctx.assigns(), &params).map_err(Payload::reason)?;
             self.presence = me;
             // The reply and the subscription come first; Phoenix apps do the
             // same with `send(self(), :after_join)`.
@@ -252,7 +247,7 @@ impl Channel for RuleChannel {
             }
         }
         if !self.rule.events.iter().any(|e| e == event) {
-            return HandleIn::error(json!({"reason": "event not allowed"}));
+            return HandleIn::error(Refusal::EventNotAllowed.payload());
         }
         let sent = match self.rule.mode {
             Mode::Broadcast if self.rule.include_sender => ctx.broadcast(event, payload).await,
@@ -262,7 +257,7 @@ impl Channel for RuleChannel {
             Ok(()) => HandleIn::ok(Payload::empty()),
             Err(e) => {
                 tracing::warn!(topic = ctx.topic(), error = %e, "client broadcast failed");
-                HandleIn::error(json!({"reason": "broadcast failed"}))
+                HandleIn::error(Refusal::BroadcastFailed.payload())
             }
         }
     }
@@ -279,6 +274,7 @@ impl Channel for RuleChannel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn rule(pattern: &str, policy: Policy, topics_claim: Option<&str>) -> Rule {
         let r = ChannelSettings {

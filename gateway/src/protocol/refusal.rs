@@ -25,6 +25,12 @@ pub enum Refusal {
     JoinCrashed,
     /// The channel refused the client's credentials.
     Unauthorized,
+    /// A `[[channel]]` rule does not let clients push this event.
+    EventNotAllowed,
+    /// The broker did not take a client's broadcast (Redis is down).
+    BroadcastFailed,
+    /// A presence update from a client the channel does not track.
+    NotPresent,
     /// The channel crashed after joining: the `phx_error` a client rejoins on.
     ChannelCrash,
 }
@@ -40,6 +46,9 @@ impl Refusal {
             Refusal::SubscriptionFailed => "subscription failed, try again",
             Refusal::JoinCrashed => "join crashed",
             Refusal::Unauthorized => "unauthorized",
+            Refusal::EventNotAllowed => "event not allowed",
+            Refusal::BroadcastFailed => "broadcast failed",
+            Refusal::NotPresent => "not present",
             Refusal::ChannelCrash => "channel_crash",
         }
     }
