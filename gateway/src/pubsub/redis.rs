@@ -8,8 +8,9 @@
 //! Point-to-point messages between pods (the long-poll relay) travel on the
 //! channel `{prefix}lp:{node}` of the receiving pod, which the bus listens
 //! on apart from topics (`RedisBus::listen`): they reach the pod's
-//! [`NodeInbox`], never the hub, so no client receives them even if it joins
-//! a topic of that name.
+//! [`NodeInbox`], never the hub. Topics under `lp:` are never subscribed in
+//! Redis, so a client that joins one (naming another pod's inbox, say)
+//! receives nothing from it.
 
 use super::hub::{Broadcast, Hub};
 use super::{Broker, BrokerError, BrokerStatus, NodeInbox};
@@ -131,6 +132,9 @@ impl Broker for RedisBroker {
     }
 
     async fn subscribe(&self, topic: &str) -> Result<(), BrokerError> {
+        if topic.starts_with(NODE_TOPIC) {
+            return Ok(());
+        }
         self.bus
             .subscribe(topic)
             .await
@@ -138,7 +142,9 @@ impl Broker for RedisBroker {
     }
 
     fn unsubscribe(&self, topic: &str) {
-        self.bus.unsubscribe(topic);
+        if !topic.starts_with(NODE_TOPIC) {
+            self.bus.unsubscribe(topic);
+        }
     }
 
     async fn publish(&self, msg: Broadcast) -> Result<(), BrokerError> {
