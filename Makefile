@@ -64,10 +64,12 @@ test-image:
 	$(CARGO) build -p gateway --bin gateway
 	bash scripts/image-check.sh $(TARGET_DIR)/debug/gateway
 
-## lint: formatting and clippy, warnings as errors, and lint-k8s
+## lint: formatting, clippy (warnings as errors), the layer order of
+## gateway/src against docs/architecture.md, and lint-k8s
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test -p gateway --test architecture
 	$(MAKE) --no-print-directory lint-k8s
 
 ## lint-k8s: render every k8s/ overlay with kustomize and validate it offline

@@ -78,7 +78,7 @@ impl Connection {
         };
         tracing::debug!(
             conn = conn.id(),
-            transport = transport.as_str(),
+            ?transport,
             socket = socket.path,
             vsn = conn.vsn().as_str(),
             socket_id = socket_id.as_deref(),
@@ -359,7 +359,7 @@ impl Drop for Connection {
         let reason = self.conn.reason().unwrap_or(Disconnect::TransportError);
         tracing::debug!(
             conn = self.conn.id(),
-            transport = self.open.transport().as_str(),
+            transport = ?self.open.transport(),
             reason = reason.label(),
             "connection closed"
         );

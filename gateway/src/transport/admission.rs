@@ -97,7 +97,7 @@ impl Admission {
             let m = metrics();
             m.limit_hit(limit);
             m.refused(transport, limit.label());
-            tracing::debug!(transport = transport.as_str(), why, "connection refused");
+            tracing::debug!(?transport, why, "connection refused");
             return Err(Refused::OverLimit(why));
         }
         self.check_origin(socket, transport, info.peer, origin)?;
@@ -125,12 +125,7 @@ impl Admission {
             return Ok(());
         }
         metrics().refused(transport, "origin");
-        tracing::debug!(
-            ?peer,
-            ?origin,
-            transport = transport.as_str(),
-            "origin refused"
-        );
+        tracing::debug!(?peer, ?origin, ?transport, "origin refused");
         Err(Refused::Origin)
     }
 
