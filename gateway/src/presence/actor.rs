@@ -11,6 +11,7 @@
 
 use super::diff::{state, Diff, Entry};
 use super::store::{Store, StoreError};
+use super::timing::Timing;
 use crate::protocol::Payload;
 use crate::pubsub::{Broadcast, Broker, Hub};
 use base64::Engine;
@@ -54,37 +55,6 @@ const MAX_BATCH: usize = 4096;
 /// How soon a diff that could not be published is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// The periods derived from the configured window and pod timeout.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Timing {
-    /// How long diffs of a topic are collected before one is published.
-    pub(crate) batch: Duration,
-    /// Lifetime of this pod's liveness key.
-    ttl: Duration,
-    /// How often the liveness key is refreshed: a third of its lifetime, so
-    /// two missed refreshes are survived.
-    heartbeat: Duration,
-    /// Mean period between checks for dead pods (jittered ±50%).
-    reap: Duration,
-    /// After the store lost data, how long until local clients get a fresh
-    /// `presence_state`: long enough for every live pod to re-announce.
-    resync: Duration,
-}
-
-impl Timing {
-    /// Leaves of a dead pod are published within `ttl + 1.5 * reap + batch`
-    /// = 7/8 of `pod_timeout` plus the window.
-    pub(crate) fn new(batch: Duration, pod_timeout: Duration) -> Timing {
-        Timing {
-            batch,
-            ttl: pod_timeout / 2,
-            heartbeat: pod_timeout / 6,
-            reap: pod_timeout / 4,
-            resync: pod_timeout / 3 + batch,
-        }
-    }
-}
-
 /// One presence tracked on this pod.
 #[derive(Debug)]
 struct Local {
@@ -119,7 +89,7 @@ pub(crate) struct Actor {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) hub: Arc<Hub>,
     pub(crate) broker: Arc<dyn Broker>,
-    pub(crate) timing: Timing,
+    timing: Timing,
     refs: RefGen,
     local: HashMap<u64, Local>,
     /// Writes that failed, to apply again before the next ones; the latest
@@ -505,12 +475,5 @@ mod tests {
         assert!(a
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
-    }
-
-    #[test]
-    fn timing_bounds_the_pod_timeout() {
-        let t = Timing::new(Duration::from_millis(50), Duration::from_secs(30));
-        assert!(t.ttl + t.reap.mul_f64(1.5) + t.batch < Duration::from_secs(30));
-        assert!(t.heartbeat * 3 <= t.ttl);
     }
 }

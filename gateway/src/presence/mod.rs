@@ -17,15 +17,17 @@
 mod actor;
 mod diff;
 mod store;
+mod timing;
 
 use crate::pubsub::PubSub;
-use actor::{Actor, Cmd, Timing};
+use actor::{Actor, Cmd};
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use timing::Timing;
 use tokio::sync::{mpsc, oneshot};
 
 use store::{MemoryStore, RedisStore, Store, Unsupported};
