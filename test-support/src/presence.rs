@@ -1,0 +1,142 @@
+//! A client-side presence list that applies `presence_state` and
+//! `presence_diff` exactly as phoenix.js's `Presence.syncState` /
+//! `syncDiff` do (joins before leaves, metas matched by `phx_ref`), so tests
+//! can check what `presence.list()` would show.
+
+use crate::phoenix::{PhxClient, Received};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// key -> metas, as a phoenix.js `Presence` holds them.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct View {
+    pub state: BTreeMap<String, Vec<Value>>,
+    pub synced: bool,
+}
+
+fn metas(v: &Value) -> Vec<Value> {
+    v["metas"].as_array().cloned().unwrap_or_default()
+}
+
+fn phx_ref(m: &Value) -> &str {
+    m["phx_ref"].as_str().unwrap_or_default()
+}
+
+impl View {
+    /// Applies a diff: joins first, then leaves.
+    pub fn diff(&mut self, diff: &Value) {
+        if let Some(joins) = diff["joins"].as_object() {
+            for (key, p) in joins {
+                let mut new = metas(p);
+                let refs: Vec<String> = new.iter().map(|m| phx_ref(m).to_owned()).collect();
+                if let Some(cur) = self.state.get(key) {
+                    let mut kept: Vec<Value> = cur
+                        .iter()
+                        .filter(|m| !refs.iter().any(|r| r == phx_ref(m)))
+                        .cloned()
+                        .collect();
+                    kept.append(&mut new);
+                    new = kept;
+                }
+                self.state.insert(key.clone(), new);
+            }
+        }
+        if let Some(leaves) = diff["leaves"].as_object() {
+            for (key, p) in leaves {
+                let gone: Vec<String> = metas(p).iter().map(|m| phx_ref(m).to_owned()).collect();
+                if let Some(cur) = self.state.get_mut(key) {
+                    cur.retain(|m| !gone.iter().any(|r| r == phx_ref(m)));
+                    if cur.is_empty() {
+                        self.state.remove(key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Replaces the state, as syncState ends up doing.
+    pub fn set_state(&mut self, state: &Value) {
+        self.state = state
+            .as_object()
+            .map(|o| o.iter().map(|(k, v)| (k.clone(), metas(v))).collect())
+            .unwrap_or_default();
+        self.synced = true;
+    }
+
+    /// Applies one frame if it is presence for `topic`; true if it was.
+    pub fn apply(&mut self, topic: &str, frame: &Value) -> bool {
+        if frame[2] != topic {
+            return false;
+        }
+        match frame[3].as_str() {
+            Some("presence_state") => self.set_state(&frame[4]),
+            Some("presence_diff") => self.diff(&frame[4]),
+            _ => return false,
+        }
+        true
+    }
+
+    /// key -> number of metas.
+    pub fn counts(&self) -> BTreeMap<String, usize> {
+        self.state
+            .iter()
+            .map(|(k, v)| (k.clone(), v.len()))
+            .collect()
+    }
+}
+
+/// A client joined to one presence topic, with its view.
+#[derive(Debug)]
+pub struct Member {
+    pub client: PhxClient,
+    pub topic: String,
+    pub view: View,
+}
+
+impl Member {
+    /// Joins `topic` with `params` (join_ref and ref `jr`), expecting `ok`; presence
+    /// frames that arrive before the reply (a broadcast may overtake it) are
+    /// applied to the view.
+    pub async fn join(mut client: PhxClient, topic: &str, jr: &str, params: Value) -> Member {
+        client
+            .send(serde_json::json!([jr, jr, topic, "phx_join", params]))
+            .await;
+        let mut view = View::default();
+        loop {
+            let f = client.recv().await;
+            if f[3] == "phx_reply" && f[1] == jr {
+                assert_eq!(f[4]["status"], "ok", "{f}");
+                break;
+            }
+            assert!(
+                view.apply(topic, &f),
+                "unexpected frame before the join reply: {f}"
+            );
+        }
+        Member {
+            client,
+            topic: topic.into(),
+            view,
+        }
+    }
+
+    /// Reads frames until the view shows `want` (key -> metas), within `within`.
+    pub async fn wait_for(&mut self, want: &[(&str, usize)], within: Duration) {
+        let want: BTreeMap<String, usize> = want.iter().map(|(k, n)| (k.to_string(), *n)).collect();
+        let deadline = Instant::now() + within;
+        while !(self.view.synced && self.view.counts() == want) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.client.next_within(left).await {
+                Some(Received::Text(f)) => {
+                    self.view.apply(&self.topic, &f);
+                }
+                other => panic!(
+                    "{}: waiting for {want:?}, view {:?}, got {other:?}",
+                    self.topic,
+                    self.view.counts()
+                ),
+            }
+        }
+    }
+}
