@@ -58,8 +58,7 @@ impl Request {
 
     /// A JSON body, with `Content-Type: application/json`.
     pub fn json(self, body: &str) -> Request {
-        self.header("Content-Type", "application/json")
-            .body(body)
+        self.header("Content-Type", "application/json").body(body)
     }
 
     pub fn body(mut self, body: impl AsRef<[u8]>) -> Request {
@@ -81,7 +80,10 @@ impl Request {
 
     /// The exact bytes this request is, `Host: {host}` included.
     pub fn to_bytes(&self, host: SocketAddr) -> Vec<u8> {
-        let mut head = format!("{} {} HTTP/1.1\r\nHost: {host}\r\n", self.method, self.target);
+        let mut head = format!(
+            "{} {} HTTP/1.1\r\nHost: {host}\r\n",
+            self.method, self.target
+        );
         if !self.keep_alive {
             head.push_str("Connection: close\r\n");
         }

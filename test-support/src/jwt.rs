@@ -99,11 +99,20 @@ fn openssl(args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
 pub fn keypair(dir: &TempDir, name: &str, kind: KeyKind) -> KeyPair {
     let private_pem = match kind {
         KeyKind::Rsa => openssl(
-            &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+            &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ],
             None,
         ),
         KeyKind::Ec => {
-            let sec1 = openssl(&["ecparam", "-genkey", "-name", "prime256v1", "-noout"], None);
+            let sec1 = openssl(
+                &["ecparam", "-genkey", "-name", "prime256v1", "-noout"],
+                None,
+            );
             openssl(&["pkcs8", "-topk8", "-nocrypt"], Some(&sec1))
         }
     };

@@ -10,7 +10,9 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::handshake::client::{Request as WsRequest, Response as WsResponse};
+use tokio_tungstenite::tungstenite::handshake::client::{
+    Request as WsRequest, Response as WsResponse,
+};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
@@ -36,7 +38,11 @@ pub fn auth_token_request(url: &str, token: &str) -> WsRequest {
     let encoded = base64::engine::general_purpose::STANDARD
         .encode(token)
         .replace('=', "");
-    header_request(url, "Sec-WebSocket-Protocol", &format!("phoenix, base64url.bearer.phx.{encoded}"))
+    header_request(
+        url,
+        "Sec-WebSocket-Protocol",
+        &format!("phoenix, base64url.bearer.phx.{encoded}"),
+    )
 }
 
 /// A handshake request to `url` with one more header (`Origin`, …).
@@ -336,8 +342,10 @@ impl PhxClient {
     /// Sends a heartbeat and waits for its reply, which must be the next
     /// frame: everything the socket had queued before it was received.
     pub async fn heartbeat(&mut self, r: &str) {
-        self.send(json!([null, r, "phoenix", "heartbeat", {}])).await;
-        self.expect(reply(None, r, "phoenix", "ok", json!({}))).await;
+        self.send(json!([null, r, "phoenix", "heartbeat", {}]))
+            .await;
+        self.expect(reply(None, r, "phoenix", "ok", json!({})))
+            .await;
     }
 
     /// Closes with 1000 (normal).

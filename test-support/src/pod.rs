@@ -10,9 +10,7 @@ use crate::http::Request;
 use crate::phoenix::PhxClient;
 use crate::process::{start_on_free_port, Probe, Process};
 use crate::temp::{free_port, prefix, unique, TempDir};
-use gateway::config::{
-    ChannelRule, Config, JwtConfig, Mode, Policy, PresenceRule, SocketSection,
-};
+use gateway::config::{ChannelRule, Config, JwtConfig, Mode, Policy, PresenceRule, SocketSection};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,10 +31,12 @@ pub fn test_config() -> Config {
     // Every field at its default, as an empty `[socket.jwt]` table gives.
     let mut jwt: JwtConfig = toml::from_str("").unwrap();
     jwt.secret = Some(crate::jwt::SECRET.into());
-    let mut socket = SocketSection::default();
-    socket.socket_id = Some("users_socket:{sub}".into());
-    socket.push_rate = 0;
-    socket.jwt = Some(jwt);
+    let mut socket = SocketSection {
+        socket_id: Some("users_socket:{sub}".into()),
+        push_rate: 0,
+        jwt: Some(jwt),
+        ..Default::default()
+    };
     socket.longpoll.enabled = true;
     c.sockets = vec![socket];
     c.channels = vec![
@@ -90,7 +90,10 @@ pub fn built_binary(package: &str, name: &str) -> PathBuf {
         .current_dir(crate::temp::repo_path(""))
         .status()
         .unwrap();
-    assert!(status.success(), "cargo build -p {package} --bin {name} failed");
+    assert!(
+        status.success(),
+        "cargo build -p {package} --bin {name} failed"
+    );
     own.join("debug").join(name)
 }
 
@@ -190,7 +193,9 @@ impl GatewayBuilder {
             let mut cmd = match &shell_prefix {
                 Some(sh) => {
                     let mut cmd = Command::new("sh");
-                    cmd.arg("-c").arg(format!("{sh} && exec \"$0\" \"$@\"")).arg(&bin);
+                    cmd.arg("-c")
+                        .arg(format!("{sh} && exec \"$0\" \"$@\""))
+                        .arg(&bin);
                     cmd
                 }
                 None => Command::new(&bin),
@@ -224,7 +229,12 @@ async fn is_ours(port: u16, api_path: String, key: String) -> Probe {
         Some(r) if r.status == 200 => {}
         _ => return Probe::Pending,
     }
-    match Request::post(&api_path).bearer(&key).json("{}").try_send(addr).await {
+    match Request::post(&api_path)
+        .bearer(&key)
+        .json("{}")
+        .try_send(addr)
+        .await
+    {
         Some(r) if r.status == 401 || r.status == 404 => Probe::Taken,
         Some(_) => Probe::Ready,
         None => Probe::Pending,

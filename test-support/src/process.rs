@@ -41,7 +41,9 @@ impl Process {
             .stdout(Stdio::from(file.try_clone().unwrap()))
             .stderr(Stdio::from(file))
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {:?} ({e}): is it installed?", cmd.get_program()));
+            .unwrap_or_else(|e| {
+                panic!("cannot run {:?} ({e}): is it installed?", cmd.get_program())
+            });
         Process {
             name,
             child,

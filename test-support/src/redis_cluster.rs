@@ -76,11 +76,13 @@ impl RedisCluster {
             nodes.push(started.expect("redis-server did not start on any of 5 free ports"));
         }
         let cluster = RedisCluster { nodes, dir };
-        for i in 0..NODES {
+        for (i, first) in FIRST_SLOTS.iter().enumerate() {
             let epoch = (i + 1).to_string();
-            let first = FIRST_SLOTS[i].to_string();
+            let first = first.to_string();
             let last = FIRST_SLOTS.get(i + 1).map_or(16383, |s| s - 1).to_string();
-            let _: String = cluster.cmd(i, &["CLUSTER", "SET-CONFIG-EPOCH", &epoch]).await;
+            let _: String = cluster
+                .cmd(i, &["CLUSTER", "SET-CONFIG-EPOCH", &epoch])
+                .await;
             let _: String = cluster
                 .cmd(i, &["CLUSTER", "ADDSLOTSRANGE", &first, &last])
                 .await;
@@ -218,7 +220,10 @@ impl RedisCluster {
         for i in 0..NODES {
             let port = self.nodes[i].port;
             let dir = &self.dir;
-            let p = until("redis-server restart", START_TIMEOUT, || start_node(dir, port)).await;
+            let p = until("redis-server restart", START_TIMEOUT, || {
+                start_node(dir, port)
+            })
+            .await;
             self.nodes[i].process = p;
         }
         self.wait_ok().await;

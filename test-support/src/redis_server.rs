@@ -90,7 +90,10 @@ impl RedisServer {
     /// sleep is over. [`DebugSleep::done`] reads its reply.
     pub fn debug_sleep(&self, secs: u32) -> DebugSleep {
         let mut conn = self.client().get_connection_with_timeout(TIMEOUT).unwrap();
-        let cmd = redis::cmd("DEBUG").arg("SLEEP").arg(secs).get_packed_command();
+        let cmd = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(secs)
+            .get_packed_command();
         conn.send_packed_command(&cmd).unwrap();
         DebugSleep(conn)
     }
@@ -174,7 +177,13 @@ pub(crate) async fn start_redis_on(
 async fn is_ours(port: u16, pid: u32) -> Probe {
     let url = format!("redis://127.0.0.1:{port}");
     match cmd_on::<String>(&url, &["INFO", "server"]).await {
-        Ok(info) if info.lines().any(|l| l.trim() == format!("process_id:{pid}")) => Probe::Ready,
+        Ok(info)
+            if info
+                .lines()
+                .any(|l| l.trim() == format!("process_id:{pid}")) =>
+        {
+            Probe::Ready
+        }
         Ok(_) => Probe::Taken,
         Err(_) => Probe::Pending,
     }

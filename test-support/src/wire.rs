@@ -36,7 +36,8 @@ impl Wire {
     /// Connects and joins `room:lobby` with join_ref and ref `"1"`.
     pub async fn joined(server: &TestServer, vsn: Vsn) -> Wire {
         let mut w = Wire::connect(server, vsn).await;
-        w.send(json!(["1", "1", "room:lobby", "phx_join", {}])).await;
+        w.send(json!(["1", "1", "room:lobby", "phx_join", {}]))
+            .await;
         w.expect(reply(Some("1"), "1", "room:lobby", "ok", json!({})))
             .await;
         w
@@ -82,7 +83,9 @@ impl Wire {
 
     /// Sends a heartbeat and asserts its reply is the very next frame.
     pub async fn heartbeat_next(&mut self, r: &str) {
-        self.send(json!([null, r, "phoenix", "heartbeat", {}])).await;
-        self.expect(reply(None, r, "phoenix", "ok", json!({}))).await;
+        self.send(json!([null, r, "phoenix", "heartbeat", {}]))
+            .await;
+        self.expect(reply(None, r, "phoenix", "ok", json!({})))
+            .await;
     }
 }
