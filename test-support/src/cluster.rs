@@ -40,7 +40,7 @@ impl Cluster {
 
     async fn around(redis: RedisServer, pod: GatewayBuilder, pods: usize) -> Cluster {
         let prefix = prefix("t");
-        let pod = pod.redis(&redis.url(), &prefix);
+        let pod = pod.redis(&redis.url()).prefix(&prefix);
         let pods = futures_util::future::join_all((0..pods).map(|_| pod.clone().start())).await;
         Cluster {
             pods,

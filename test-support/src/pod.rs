@@ -107,9 +107,15 @@ pub struct GatewayBuilder {
 }
 
 impl GatewayBuilder {
-    /// Redis at `url` (the Redis broker) with channel prefix `prefix`.
-    pub fn redis(mut self, url: &str, prefix: &str) -> Self {
+    /// Redis at `url`: the Redis broker.
+    pub fn redis(mut self, url: &str) -> Self {
         self.config.redis.url = Some(url.into());
+        self
+    }
+
+    /// The Redis channel prefix, to share one with other pods (by default
+    /// each builder has one of its own).
+    pub fn prefix(mut self, prefix: &str) -> Self {
         self.config.redis.prefix = prefix.into();
         self
     }
@@ -148,7 +154,8 @@ impl GatewayBuilder {
         self
     }
 
-    /// Replaces the config (the listen address and API key are still set).
+    /// Replaces the config, its Redis prefix included (the listen address
+    /// and API key are still set at start).
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
         self
