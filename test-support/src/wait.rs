@@ -23,7 +23,22 @@ pub const POLL: Duration = Duration::from_millis(20);
 
 /// Calls `f` every [`POLL`] until it returns `Ok`, for at most `within`; on
 /// timeout panics with `what` and the last `Err` (what was observed).
-pub async fn until<T, E, F, Fut>(what: &str, within: Duration, mut f: F) -> T
+pub async fn until<T, E, F, Fut>(what: &str, within: Duration, f: F) -> T
+where
+    E: Debug,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    until_every(what, within, POLL, f).await
+}
+
+/// [`until`], calling `f` every `interval` (for costly observations).
+pub async fn until_every<T, E, F, Fut>(
+    what: &str,
+    within: Duration,
+    interval: Duration,
+    mut f: F,
+) -> T
 where
     E: Debug,
     F: FnMut() -> Fut,
@@ -38,7 +53,7 @@ where
                 "{what}: not within {within:?}; last seen: {last:?}"
             ),
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(interval).await;
     }
 }
 
