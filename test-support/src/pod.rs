@@ -133,10 +133,18 @@ impl GatewayBuilder {
 
     /// One more rule, `presence:*`, with presence keyed by the `user` join
     /// param and `tab` in the meta; dead pods' presences reaped after
-    /// `pod_timeout_ms`; diffs batched over 20 ms.
+    /// `pod_timeout_ms`; diffs batched over 20 ms. Again: a new timeout.
     pub fn presence(mut self, pod_timeout_ms: u64) -> Self {
         self.config.presence.batch_ms = 20;
         self.config.presence.pod_timeout_ms = pod_timeout_ms;
+        if self
+            .config
+            .channels
+            .iter()
+            .any(|r| r.pattern == "presence:*")
+        {
+            return self;
+        }
         let presence = PresenceRule {
             key_claim: None,
             key_param: Some("user".into()),
