@@ -2,13 +2,12 @@
 //! end: bearer key, broadcasts reaching WebSocket clients, request errors,
 //! `disconnect` on socket ids, and environment overrides of the config.
 
-mod app_support;
-mod support;
-
-use app_support::*;
 use gateway::config::{Config, Env};
 use serde_json::{json, Value};
-use support::{PhxClient, TestServer};
+use test_support::http::Request;
+use test_support::jwt::{hs256, hs256_with, SECRET};
+use test_support::phoenix::auth_token_request;
+use test_support::{PhxClient, TempDir, TestServer};
 
 const KEY: &str = "api-key-for-tests";
 
@@ -34,20 +33,24 @@ fn bearer() -> String {
     format!("Bearer {KEY}")
 }
 
+/// `POST /api/broadcast` with a JSON body and, if given, `Authorization: {auth}`.
+async fn post(server: &TestServer, auth: Option<&str>, body: &str) -> (u16, String) {
+    let mut req = Request::post("/api/broadcast").json(body);
+    if let Some(a) = auth {
+        req = req.header("Authorization", a);
+    }
+    let r = req.send(server.addr).await;
+    (r.status, r.body)
+}
+
 async fn publish(server: &TestServer, body: &Value) -> (u16, String) {
-    post(
-        server.addr,
-        "/api/broadcast",
-        Some(&bearer()),
-        &body.to_string(),
-    )
-    .await
+    post(server, Some(&bearer()), &body.to_string()).await
 }
 
 #[tokio::test]
 async fn bearer_key_is_required() {
-    let server = serve(&config()).await;
-    let mut c = connect(&server, "/socket", None).await;
+    let server = TestServer::from_toml(&config()).await;
+    let mut c = server.connect("/socket", None).await;
     c.join("room:lobby", "1").await;
     let body = json!({"topic": "room:lobby", "event": "new_msg", "payload": {}}).to_string();
     for auth in [
@@ -58,7 +61,7 @@ async fn bearer_key_is_required() {
         Some("api-key-for-tests"),
         Some("Basic YXBpOmFwaS1rZXktZm9yLXRlc3Rz"),
     ] {
-        let (status, _) = post(server.addr, "/api/broadcast", auth, &body).await;
+        let (status, _) = post(&server, auth, &body).await;
         assert_eq!(status, 401, "{auth:?}");
     }
     // Nothing was broadcast.
@@ -67,9 +70,9 @@ async fn bearer_key_is_required() {
 
 #[tokio::test]
 async fn broadcasts_reach_subscribers() {
-    let server = serve(&config()).await;
-    let mut a = connect(&server, "/socket", None).await;
-    let mut b = connect(&server, "/socket", None).await;
+    let server = TestServer::from_toml(&config()).await;
+    let mut a = server.connect("/socket", None).await;
+    let mut b = server.connect("/socket", None).await;
     a.join("room:lobby", "1").await;
     b.join("room:lobby", "1").await;
     b.join("room:other", "2").await;
@@ -109,8 +112,8 @@ async fn broadcasts_reach_subscribers() {
 
 #[tokio::test]
 async fn bad_requests_are_refused_with_400() {
-    let server = serve(&config()).await;
-    let mut c = connect(&server, "/socket", None).await;
+    let server = TestServer::from_toml(&config()).await;
+    let mut c = server.connect("/socket", None).await;
     c.join("room:lobby", "1").await;
     let long = format!("room:{}", "a".repeat(300));
     for body in [
@@ -125,7 +128,7 @@ async fn bad_requests_are_refused_with_400() {
         json!({"topic": "", "event": "x"}).to_string(),
         json!({"topic": long, "event": "x"}).to_string(),
     ] {
-        let (status, resp) = post(server.addr, "/api/broadcast", Some(&bearer()), &body).await;
+        let (status, resp) = post(&server, Some(&bearer()), &body).await;
         assert_eq!(status, 400, "{body} → {resp}");
     }
     c.heartbeat("h1").await;
@@ -133,8 +136,8 @@ async fn bad_requests_are_refused_with_400() {
 
 #[tokio::test]
 async fn oversized_bodies_are_refused_with_413() {
-    let server = serve(&config().replace("[api]", "[api]\nmax_body = 64")).await;
-    let mut c = connect(&server, "/socket", None).await;
+    let server = TestServer::from_toml(&config().replace("[api]", "[api]\nmax_body = 64")).await;
+    let mut c = server.connect("/socket", None).await;
     c.join("room:lobby", "1").await;
     let small = json!({"topic": "room:lobby", "event": "x"});
     assert_eq!(publish(&server, &small).await.0, 200);
@@ -146,27 +149,27 @@ async fn oversized_bodies_are_refused_with_413() {
 
 #[tokio::test]
 async fn api_is_absent_without_a_key() {
-    let server = serve(&config().replace(&format!("key = \"{KEY}\""), "")).await;
+    let server = TestServer::from_toml(&config().replace(&format!("key = \"{KEY}\""), "")).await;
     let body = json!({"topic": "room:lobby", "event": "x"}).to_string();
-    let (status, _) = post(server.addr, "/api/broadcast", Some(&bearer()), &body).await;
+    let (status, _) = post(&server, Some(&bearer()), &body).await;
     assert_eq!(status, 404);
-    let (status, _) = post(server.addr, "/api/broadcast", None, &body).await;
+    let (status, _) = post(&server, None, &body).await;
     assert_eq!(status, 404);
 }
 
 #[tokio::test]
 async fn disconnect_closes_every_connection_of_a_socket_id() {
-    let server = serve(&config()).await;
+    let server = TestServer::from_toml(&config()).await;
     // Two connections of user 42 (numeric and string claims name the same
     // socket id), one of user 7, one anonymous.
     let t42 = hs256(&json!({"sub": 42}));
     let t42s = hs256(&json!({"sub": "42"}));
     let t7 = hs256(&json!({"sub": 7}));
-    let mut u42a = connect(&server, "/socket", Some(&t42)).await;
-    let req = auth_token_request(&ws_url(&server, "/socket", ""), &t42s);
+    let mut u42a = server.connect("/socket", Some(&t42)).await;
+    let req = auth_token_request(&server.ws_url("/socket", ""), &t42s);
     let (mut u42b, _) = PhxClient::try_connect(req).await.unwrap();
-    let mut u7 = connect(&server, "/socket", Some(&t7)).await;
-    let mut anon = connect(&server, "/socket", None).await;
+    let mut u7 = server.connect("/socket", Some(&t7)).await;
+    let mut anon = server.connect("/socket", None).await;
     for c in [&mut u42a, &mut u42b, &mut u7, &mut anon] {
         c.join("room:lobby", "1").await;
     }
@@ -221,23 +224,16 @@ policy = "token"
         ("GATEWAY_JWT_SECRET", "secret-from-env"),
     ]);
     let config = Config::load(Some(&path), &env).unwrap();
-    let endpoint = gateway::app::build(&config, gateway::pubsub::PubSub::memory()).unwrap();
-    let server = TestServer::spawn(endpoint).await;
+    let server = TestServer::from_config(&config).await;
 
     let from_file = hs256_with("from-the-file", &json!({"sub": "a"}));
-    assert_eq!(refused(&server, "/socket", Some(&from_file)).await, 403);
+    assert_eq!(server.refused("/socket", Some(&from_file)).await, 403);
     let token = hs256_with("secret-from-env", &json!({"sub": "a"}));
-    let mut c = connect(&server, "/socket", Some(&token)).await;
+    let mut c = server.connect("/socket", Some(&token)).await;
     c.join("user:a", "1").await;
 
     let body = json!({"topic": "user:a", "event": "note", "payload": {"k": 1}}).to_string();
-    let (status, _) = post(
-        server.addr,
-        "/api/broadcast",
-        Some("Bearer key-from-env"),
-        &body,
-    )
-    .await;
+    let (status, _) = post(&server, Some("Bearer key-from-env"), &body).await;
     assert_eq!(status, 200);
     c.expect(json!([null, null, "user:a", "note", {"k": 1}]))
         .await;
@@ -248,8 +244,8 @@ async fn anonymous_connections_cannot_take_a_socket_id_by_refresh() {
     // A socket id is fixed at connect: `disconnect` on users_socket:42 must
     // reach every connection acting as user 42, so an anonymous connection
     // may not become user 42 by pushing `access_token`.
-    let server = serve(&config()).await;
-    let mut anon = connect(&server, "/socket", None).await;
+    let server = TestServer::from_toml(&config()).await;
+    let mut anon = server.connect("/socket", None).await;
     anon.join("room:lobby", "1").await;
     let t42 = hs256(&json!({"sub": 42}));
     anon.send(json!(["1", "2", "room:lobby", "access_token", {"access_token": t42}]))

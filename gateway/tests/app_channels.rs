@@ -2,11 +2,9 @@
 //! policies with claim placeholders and `topics_claim`, invalid and unmatched
 //! topics, and client events broadcast with and without the sender.
 
-mod app_support;
-mod support;
-
-use app_support::*;
 use serde_json::json;
+use test_support::jwt::{alg_none, at, hs256, hs256_with, now, SECRET};
+use test_support::{reply, PhxClient, TestServer};
 
 fn config() -> String {
     format!(
@@ -47,63 +45,67 @@ policy = "token"
 
 #[tokio::test]
 async fn join_policies_follow_claims() {
-    let server = serve(&config()).await;
+    let server = TestServer::from_toml(&config()).await;
     let token = hs256(&json!({"sub": "alice", "team": 7}));
-    let mut c = connect(&server, "/socket", Some(&token)).await;
+    let mut c = server.connect("/socket", Some(&token)).await;
     c.join("room:lobby", "1").await;
     c.join("private:x", "2").await;
     c.join("user:alice", "3").await;
-    join_refused(&mut c, "user:bob", "4", "unauthorized").await;
+    c.join_refused("user:bob", "4", "unauthorized").await;
     c.join("notifications:t-7:u-alice", "5").await;
-    join_refused(&mut c, "notifications:t-8:u-alice", "6", "unauthorized").await;
-    join_refused(&mut c, "notifications:t-7:u-bob", "7", "unauthorized").await;
+    c.join_refused("notifications:t-8:u-alice", "6", "unauthorized")
+        .await;
+    c.join_refused("notifications:t-7:u-bob", "7", "unauthorized")
+        .await;
 
     // Numeric claims compare as text; a missing claim never matches.
     let numeric = hs256(&json!({"sub": 42}));
-    let mut n = connect(&server, "/socket", Some(&numeric)).await;
+    let mut n = server.connect("/socket", Some(&numeric)).await;
     n.join("user:42", "1").await;
-    join_refused(&mut n, "notifications:t-7:u-42", "2", "unauthorized").await;
+    n.join_refused("notifications:t-7:u-42", "2", "unauthorized")
+        .await;
 }
 
 #[tokio::test]
 async fn anonymous_connections_join_public_topics_only() {
-    let server = serve(&config()).await;
-    let mut c = connect(&server, "/socket", None).await;
+    let server = TestServer::from_toml(&config()).await;
+    let mut c = server.connect("/socket", None).await;
     c.join("room:lobby", "1").await;
     c.join("quiet:x", "2").await;
-    join_refused(&mut c, "private:x", "3", "unauthorized").await;
-    join_refused(&mut c, "user:alice", "4", "unauthorized").await;
-    join_refused(&mut c, "notifications:t-7:u-alice", "5", "unauthorized").await;
+    c.join_refused("private:x", "3", "unauthorized").await;
+    c.join_refused("user:alice", "4", "unauthorized").await;
+    c.join_refused("notifications:t-7:u-alice", "5", "unauthorized")
+        .await;
 }
 
 #[tokio::test]
 async fn topics_claim_narrows_every_rule() {
-    let server = serve(&config()).await;
+    let server = TestServer::from_toml(&config()).await;
     let token = hs256(&json!({
         "sub": "alice",
         "topics": ["private:team-*", "room:lobby", "user:alice"]
     }));
-    let mut c = connect(&server, "/socket", Some(&token)).await;
+    let mut c = server.connect("/socket", Some(&token)).await;
     c.join("private:team-a", "1").await;
     c.join("room:lobby", "2").await;
     c.join("user:alice", "3").await;
-    join_refused(&mut c, "private:other", "4", "unauthorized").await;
-    join_refused(&mut c, "room:other", "5", "unauthorized").await;
+    c.join_refused("private:other", "4", "unauthorized").await;
+    c.join_refused("room:other", "5", "unauthorized").await;
     // The claim narrows what rules allow; it never widens them.
     let token = hs256(&json!({"sub": "alice", "topics": ["user:*"]}));
-    let mut c = connect(&server, "/socket", Some(&token)).await;
-    join_refused(&mut c, "user:bob", "1", "unauthorized").await;
+    let mut c = server.connect("/socket", Some(&token)).await;
+    c.join_refused("user:bob", "1", "unauthorized").await;
     c.join("user:alice", "2").await;
     // A claim that is not a list allows nothing.
     let token = hs256(&json!({"sub": "alice", "topics": "room:*"}));
-    let mut c = connect(&server, "/socket", Some(&token)).await;
-    join_refused(&mut c, "room:lobby", "1", "unauthorized").await;
+    let mut c = server.connect("/socket", Some(&token)).await;
+    c.join_refused("room:lobby", "1", "unauthorized").await;
 }
 
 #[tokio::test]
 async fn unmatched_and_invalid_topics() {
-    let server = serve(&config()).await;
-    let mut c = connect(&server, "/socket", None).await;
+    let server = TestServer::from_toml(&config()).await;
+    let mut c = server.connect("/socket", None).await;
     c.send(json!(["1", "1", "nowhere:x", "phx_join", {}])).await;
     c.expect(json!([null, "1", "nowhere:x", "phx_reply",
         {"status": "error", "response": {"reason": "unmatched topic"}}]))
@@ -123,7 +125,7 @@ async fn unmatched_and_invalid_topics() {
     .enumerate()
     {
         let jr = format!("i{i}");
-        join_refused(&mut c, topic, &jr, "invalid topic").await;
+        c.join_refused(topic, &jr, "invalid topic").await;
     }
     // 255 bytes is still a topic.
     c.join(&format!("room:{}", "a".repeat(250)), "ok").await;
@@ -131,21 +133,18 @@ async fn unmatched_and_invalid_topics() {
 
 #[tokio::test]
 async fn listed_events_broadcast_to_every_subscriber() {
-    let server = serve(&config()).await;
-    let mut a = connect(&server, "/socket", None).await;
-    let mut b = connect(&server, "/socket", None).await;
+    let server = TestServer::from_toml(&config()).await;
+    let mut a = server.connect("/socket", None).await;
+    let mut b = server.connect("/socket", None).await;
     a.join("room:lobby", "1").await;
     b.join("room:lobby", "7").await;
     a.send(json!(["1", "2", "room:lobby", "new_msg", {"body": "hi"}]))
         .await;
     let broadcast = json!([null, null, "room:lobby", "new_msg", {"body": "hi"}]);
-    expect_unordered(
-        &mut a,
-        vec![
-            broadcast.clone(),
-            reply(Some("1"), "2", "room:lobby", "ok", json!({})),
-        ],
-    )
+    a.expect_unordered(vec![
+        broadcast.clone(),
+        reply(Some("1"), "2", "room:lobby", "ok", json!({})),
+    ])
     .await;
     b.expect(broadcast).await;
     // Nothing else was sent to either.
@@ -155,9 +154,9 @@ async fn listed_events_broadcast_to_every_subscriber() {
 
 #[tokio::test]
 async fn include_sender_false_skips_the_sender() {
-    let server = serve(&config()).await;
-    let mut a = connect(&server, "/socket", None).await;
-    let mut b = connect(&server, "/socket", None).await;
+    let server = TestServer::from_toml(&config()).await;
+    let mut a = server.connect("/socket", None).await;
+    let mut b = server.connect("/socket", None).await;
     a.join("quiet:x", "1").await;
     b.join("quiet:x", "1").await;
     a.send(json!(["1", "2", "quiet:x", "typing", {"who": "a"}]))
@@ -173,10 +172,10 @@ async fn include_sender_false_skips_the_sender() {
 
 #[tokio::test]
 async fn unlisted_events_get_an_error_reply() {
-    let server = serve(&config()).await;
+    let server = TestServer::from_toml(&config()).await;
     let token = hs256(&json!({"sub": "alice"}));
-    let mut a = connect(&server, "/socket", Some(&token)).await;
-    let mut b = connect(&server, "/socket", None).await;
+    let mut a = server.connect("/socket", Some(&token)).await;
+    let mut b = server.connect("/socket", None).await;
     a.join("room:lobby", "1").await;
     b.join("room:lobby", "1").await;
     a.join("user:alice", "2").await;
@@ -222,7 +221,7 @@ fn strict() -> String {
 
 /// Asserts the connection stays open until `deadline` passes, then proves it
 /// is alive with a heartbeat.
-async fn open_past(c: &mut support::PhxClient, deadline: std::time::SystemTime, r: &str) {
+async fn open_past(c: &mut PhxClient, deadline: std::time::SystemTime, r: &str) {
     let wait = deadline
         .duration_since(std::time::SystemTime::now())
         .unwrap_or_default();
@@ -234,10 +233,10 @@ async fn open_past(c: &mut support::PhxClient, deadline: std::time::SystemTime, 
 
 #[tokio::test]
 async fn expired_token_closes_the_connection() {
-    let server = serve(&strict()).await;
+    let server = TestServer::from_toml(&strict()).await;
     let exp = now() + 3;
     let token = hs256(&json!({"sub": "alice", "exp": exp}));
-    let mut c = connect(&server, "/socket", Some(&token)).await;
+    let mut c = server.connect("/socket", Some(&token)).await;
     c.join("user:alice", "1").await;
     assert_eq!(c.expect_close().await, Some(1008));
     let early = at(exp)
@@ -253,20 +252,20 @@ async fn expired_token_closes_the_connection() {
 async fn fractional_exp_still_expires() {
     // NumericDate may be fractional (RFC 7519 §2); the verifier accepts it,
     // so the live connection must honour it too.
-    let server = serve(&strict()).await;
+    let server = TestServer::from_toml(&strict()).await;
     let exp = now() + 3;
     let token = hs256(&json!({"sub": "alice", "exp": exp as f64 + 0.25}));
-    let mut c = connect(&server, "/socket", Some(&token)).await;
+    let mut c = server.connect("/socket", Some(&token)).await;
     c.join("user:alice", "1").await;
     assert_eq!(c.expect_close().await, Some(1008));
 }
 
 #[tokio::test]
 async fn access_token_refresh_extends_the_connection() {
-    let server = serve(&strict()).await;
+    let server = TestServer::from_toml(&strict()).await;
     let exp = now() + 3;
     let token = hs256(&json!({"sub": "alice", "exp": exp}));
-    let mut c = connect(&server, "/socket", Some(&token)).await;
+    let mut c = server.connect("/socket", Some(&token)).await;
     c.join("user:alice", "1").await;
     c.join("room:lobby", "2").await;
     let fresh = hs256(&json!({"sub": "alice", "exp": now() + 3600}));
@@ -278,13 +277,10 @@ async fn access_token_refresh_extends_the_connection() {
     // Both channels are still joined.
     c.send(json!(["2", "4", "room:lobby", "new_msg", {"n": 1}]))
         .await;
-    expect_unordered(
-        &mut c,
-        vec![
-            json!([null, null, "room:lobby", "new_msg", {"n": 1}]),
-            reply(Some("2"), "4", "room:lobby", "ok", json!({})),
-        ],
-    )
+    c.expect_unordered(vec![
+        json!([null, null, "room:lobby", "new_msg", {"n": 1}]),
+        reply(Some("2"), "4", "room:lobby", "ok", json!({})),
+    ])
     .await;
     c.send(json!(["1", "5", "user:alice", "ping", {}])).await;
     c.expect(reply(
@@ -299,32 +295,26 @@ async fn access_token_refresh_extends_the_connection() {
 
 #[tokio::test]
 async fn refresh_that_drops_a_topic_closes_that_channel_only() {
-    let server = serve(&strict()).await;
+    let server = TestServer::from_toml(&strict()).await;
     let claims = |topics: &[&str]| json!({"sub": "alice", "exp": now() + 3600, "topics": topics});
     let token = hs256(&claims(&["private:a", "private:b"]));
-    let mut c = connect(&server, "/socket", Some(&token)).await;
+    let mut c = server.connect("/socket", Some(&token)).await;
     c.join("private:a", "ja").await;
     c.join("private:b", "jb").await;
     let narrower = hs256(&claims(&["private:a"]));
     c.send(json!(["ja", "r1", "private:a", "access_token", {"access_token": narrower}]))
         .await;
-    expect_unordered(
-        &mut c,
-        vec![
-            reply(Some("ja"), "r1", "private:a", "ok", json!({})),
-            json!(["jb", "jb", "private:b", "phx_close", {}]),
-        ],
-    )
+    c.expect_unordered(vec![
+        reply(Some("ja"), "r1", "private:a", "ok", json!({})),
+        json!(["jb", "jb", "private:b", "phx_close", {}]),
+    ])
     .await;
     c.send(json!(["ja", "r2", "private:a", "new_msg", {"x": 1}]))
         .await;
-    expect_unordered(
-        &mut c,
-        vec![
-            json!([null, null, "private:a", "new_msg", {"x": 1}]),
-            reply(Some("ja"), "r2", "private:a", "ok", json!({})),
-        ],
-    )
+    c.expect_unordered(vec![
+        json!([null, null, "private:a", "new_msg", {"x": 1}]),
+        reply(Some("ja"), "r2", "private:a", "ok", json!({})),
+    ])
     .await;
     c.send(json!(["jb", "r3", "private:b", "new_msg", {}]))
         .await;
@@ -337,16 +327,11 @@ async fn refresh_that_drops_a_topic_closes_that_channel_only() {
     ))
     .await;
     // Rejoining is refused by the new claims.
-    join_refused(&mut c, "private:b", "jb2", "unauthorized").await;
+    c.join_refused("private:b", "jb2", "unauthorized").await;
 }
 
 /// Pushes `access_token` and asserts an error reply with some reason.
-async fn refresh_refused(
-    c: &mut support::PhxClient,
-    jr: &str,
-    r: &str,
-    payload: serde_json::Value,
-) {
+async fn refresh_refused(c: &mut PhxClient, jr: &str, r: &str, payload: serde_json::Value) {
     c.send(json!([jr, r, "user:alice", "access_token", payload]))
         .await;
     let got = c.recv().await;
@@ -363,10 +348,10 @@ async fn refresh_refused(
 
 #[tokio::test]
 async fn invalid_refresh_is_refused_and_expiry_stands() {
-    let server = serve(&strict()).await;
+    let server = TestServer::from_toml(&strict()).await;
     let exp = now() + 3;
     let token = hs256(&json!({"sub": "alice", "exp": exp}));
-    let mut c = connect(&server, "/socket", Some(&token)).await;
+    let mut c = server.connect("/socket", Some(&token)).await;
     c.join("user:alice", "1").await;
     let forged = hs256_with(
         "another-secret",
@@ -384,10 +369,10 @@ async fn invalid_refresh_is_refused_and_expiry_stands() {
 
 #[tokio::test]
 async fn refresh_for_another_user_is_refused() {
-    let server = serve(&strict()).await;
+    let server = TestServer::from_toml(&strict()).await;
     let exp = now() + 3600;
     let token = hs256(&json!({"sub": "alice", "exp": exp}));
-    let mut c = connect(&server, "/socket", Some(&token)).await;
+    let mut c = server.connect("/socket", Some(&token)).await;
     c.join("user:alice", "1").await;
     let bob = hs256(&json!({"sub": "bob", "exp": exp}));
     refresh_refused(&mut c, "1", "2", json!({"access_token": bob})).await;
@@ -401,5 +386,5 @@ async fn refresh_for_another_user_is_refused() {
         json!({"reason": "event not allowed"}),
     ))
     .await;
-    join_refused(&mut c, "user:bob", "4", "unauthorized").await;
+    c.join_refused("user:bob", "4", "unauthorized").await;
 }

@@ -1,6 +1,6 @@
 //! The conformance vectors of the Phoenix protocol spec (1–28; the long-poll
 //! vectors 29–33 are in tests/longpoll.rs), replayed over WebSocket
-//! against the spec's `RoomChannel` fixture (`support::room`).
+//! against the spec's `RoomChannel` fixture (`test_support::room`).
 //!
 //! Every vector runs on both serializers: as written (V2 arrays), and as V1
 //! objects, where the server must answer `{"topic","event","payload","ref"}`
@@ -12,8 +12,6 @@
 //! (channel tasks handle their inbox in order), or a heartbeat when the
 //! socket itself drops the message.
 
-mod support;
-
 use async_trait::async_trait;
 use gateway::protocol::Vsn;
 use gateway::pubsub::Broadcast;
@@ -21,8 +19,9 @@ use gateway::{Assigns, ConnectError, ConnectInfo, Params, Payload, SocketConfig,
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use support::{room, v1_out, PhxClient, Received, TestServer, Wire};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use test_support::phoenix::header_request;
+use test_support::wire::{v1_in, v1_out};
+use test_support::{room, PhxClient, Received, TestServer, Wire};
 
 /// Runs `$name(vsn)` as two tests, `$name::v1` and `$name::v2`.
 macro_rules! both_serializers {
@@ -441,7 +440,7 @@ async fn v27_handshake_vsn() {
     let (mut c, resp) = PhxClient::try_connect(url.as_str()).await.unwrap();
     assert_eq!(resp.status().as_u16(), 101);
     let hb = json!([null, "10", "phoenix", "heartbeat", {}]);
-    c.send(support::v1_in(&hb)).await;
+    c.send(v1_in(&hb)).await;
     c.expect(v1_out(&ok(Value::Null, "10", "phoenix", json!({}))))
         .await;
 }
@@ -451,13 +450,8 @@ async fn v28_auth_subprotocol(vsn: Vsn) {
     let tokens = handler.auth_token.clone();
     let s = TestServer::spawn(room::endpoint_with(handler, SocketConfig::default())).await;
     let url = s.url(&format!("vsn={}", vsn.as_str()));
-    let mut req = url.as_str().into_client_request().unwrap();
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        "phoenix, base64url.bearer.phx.czNjcjN0LWF1dGg"
-            .parse()
-            .unwrap(),
-    );
+    let proto = "phoenix, base64url.bearer.phx.czNjcjN0LWF1dGg";
+    let req = header_request(&url, "Sec-WebSocket-Protocol", proto);
     let (client, resp) = PhxClient::try_connect(req).await.unwrap();
     assert_eq!(resp.status().as_u16(), 101);
     let proto = resp.headers().get("Sec-WebSocket-Protocol").unwrap();

@@ -5,12 +5,8 @@
 //!
 //! Needs `redis-server` on PATH.
 
-mod support;
-
-use futures_util::{SinkExt as _, StreamExt as _};
 use std::time::{Duration, Instant};
-use support::redis::{Pod, RedisServer};
-use tokio_tungstenite::tungstenite::Message;
+use test_support::{wait, GatewayProcess, PhxClient, Received, RedisServer};
 
 const CLIENTS: usize = 1000;
 const DELAY: Duration = Duration::from_millis(500);
@@ -20,13 +16,15 @@ const DEADLINE: Duration = Duration::from_secs(8);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_spreads_closes_over_the_drain_period_and_exits_before_the_deadline() {
     let redis = RedisServer::start().await;
-    let server = format!(
-        "drain_delay_ms = {}\ndrain_period_ms = {}\nshutdown_deadline_ms = {}\n",
-        DELAY.as_millis(),
-        PERIOD.as_millis(),
-        DEADLINE.as_millis()
-    );
-    let mut pod = Pod::start_with_server(&server, &redis.url(), "drain:").await;
+    let mut pod = GatewayProcess::builder(env!("CARGO_BIN_EXE_gateway"))
+        .redis(&redis.url())
+        .configure(|c| {
+            c.server.drain_delay_ms = DELAY.as_millis() as u64;
+            c.server.drain_period_ms = PERIOD.as_millis() as u64;
+            c.server.shutdown_deadline_ms = DEADLINE.as_millis() as u64;
+        })
+        .start()
+        .await;
     assert_eq!(pod.get("/readyz").await.map(|r| r.0), Some(200));
 
     // 1,000 clients, each joined to a room; each reports how its connection ended.
@@ -36,26 +34,14 @@ async fn sigterm_spreads_closes_over_the_drain_period_and_exits_before_the_deadl
         let url = pod.url("");
         let (ready_tx, end_tx) = (ready_tx.clone(), end_tx.clone());
         tokio::spawn(async move {
-            let (mut ws, _) = tokio_tungstenite::connect_async(url)
-                .await
-                .expect("connect");
-            let join = format!(r#"["1","1","room:drain{}","phx_join",{{}}]"#, i % 10);
-            ws.send(Message::text(join)).await.expect("send join");
-            loop {
-                match ws.next().await {
-                    Some(Ok(Message::Text(t))) if t.contains("phx_reply") => {
-                        let _ = ready_tx.send(());
-                    }
-                    Some(Ok(Message::Close(frame))) => {
-                        let code = frame.map(|f| u16::from(f.code));
-                        let _ = end_tx.send((Instant::now(), code));
-                        return;
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => {
-                        let _ = end_tx.send((Instant::now(), None));
-                        return;
-                    }
+            let mut c = PhxClient::connect(&url).await;
+            c.join(&format!("room:drain{}", i % 10), "1").await;
+            let _ = ready_tx.send(());
+            // Until the drain ends the connection (bounded far beyond it).
+            while let Some(frame) = c.next_within(Duration::from_secs(120)).await {
+                if let Received::Close(code) = frame {
+                    let _ = end_tx.send((Instant::now(), code));
+                    return;
                 }
             }
         });
@@ -64,31 +50,25 @@ async fn sigterm_spreads_closes_over_the_drain_period_and_exits_before_the_deadl
     for _ in 0..CLIENTS {
         tokio::time::timeout(Duration::from_secs(30), ready_rx.recv())
             .await
-            .expect("every client joins")
-            .expect("client task alive");
+            .unwrap()
+            .unwrap();
     }
 
     pod.terminate();
     let sigterm = Instant::now();
     // Not ready at once (the signal is delivered asynchronously: poll briefly).
-    loop {
-        if pod.get("/readyz").await.map(|r| r.0) == Some(503) {
-            break;
-        }
-        assert!(
-            sigterm.elapsed() < DELAY,
-            "/readyz still not 503 {:?} after SIGTERM",
-            sigterm.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait::until("/readyz 503 after SIGTERM", DELAY, || async {
+        let status = pod.get("/readyz").await.map(|r| r.0);
+        (status == Some(503)).then_some(()).ok_or(status)
+    })
+    .await;
 
     let mut ends = Vec::with_capacity(CLIENTS);
     for _ in 0..CLIENTS {
         let end = tokio::time::timeout(DEADLINE, end_rx.recv())
             .await
-            .expect("every client is closed before the deadline")
-            .expect("client task alive");
+            .unwrap()
+            .unwrap();
         ends.push(end);
     }
     let codes: Vec<_> = ends.iter().filter(|e| e.1 != Some(1001)).collect();
@@ -112,21 +92,13 @@ async fn sigterm_spreads_closes_over_the_drain_period_and_exits_before_the_deadl
     // New connections are refused after the delay (the listener is closed).
     assert!(sigterm.elapsed() > DELAY);
     assert!(
-        tokio_tungstenite::connect_async(pod.url("")).await.is_err(),
+        PhxClient::try_connect(pod.url("")).await.is_err(),
         "a new connection was accepted while draining"
     );
 
     // The process exits, cleanly, before its deadline.
-    let status = loop {
-        if let Some(status) = pod.exited() {
-            break status;
-        }
-        assert!(
-            sigterm.elapsed() < DEADLINE + Duration::from_secs(2),
-            "still running past the shutdown deadline"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let left = (DEADLINE + Duration::from_secs(2)).saturating_sub(sigterm.elapsed());
+    let status = pod.wait_exit(left).await;
     assert!(status.success(), "exit status {status}");
     let log = pod.log();
     assert!(!log.contains("panicked"), "panic in the log:\n{log}");

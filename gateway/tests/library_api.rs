@@ -1,15 +1,13 @@
 //! The Rust channel API: isolation of slow and panicking channels, deferred
 //! replies, timers through handle_info, assigns, and terminate.
 
-mod support;
-
 use gateway::channel::{ChannelContext, HandleIn, JoinResult, Next, ReplyRef, Terminate};
 use gateway::socket::{Assigns, ConnectError, ConnectInfo, Params, SocketHandler};
 use gateway::{Channel, Endpoint, Payload, Router, Socket};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::TestServer;
+use test_support::{PhxClient, TestServer};
 use tokio::sync::Notify;
 
 /// Records terminate reasons so tests can observe them.
@@ -143,7 +141,7 @@ async fn server(log: Log) -> TestServer {
 #[tokio::test]
 async fn slow_handle_in_does_not_stall_other_channels() {
     let s = server(Log::default()).await;
-    let mut c = support::PhxClient::connect(&s.url("vsn=2.0.0&user=ann")).await;
+    let mut c = PhxClient::connect(&s.url("vsn=2.0.0&user=ann")).await;
     c.join("lab:a", "1").await;
     c.join("lab:b", "2").await;
     c.send(json!(["1", "3", "lab:a", "slow", {}])).await;
@@ -165,7 +163,7 @@ async fn slow_handle_in_does_not_stall_other_channels() {
 async fn panic_ends_only_that_channel_and_rejoin_works() {
     let log = Log::default();
     let s = server(log.clone()).await;
-    let mut c = support::PhxClient::connect(&s.url("vsn=2.0.0&user=ann")).await;
+    let mut c = PhxClient::connect(&s.url("vsn=2.0.0&user=ann")).await;
     c.join("lab:a", "1").await;
     c.join("lab:b", "2").await;
     c.send(json!(["1", "3", "lab:a", "boom", {}])).await;
@@ -193,7 +191,7 @@ async fn panic_ends_only_that_channel_and_rejoin_works() {
 #[tokio::test]
 async fn deferred_replies_timers_and_assigns() {
     let s = server(Log::default()).await;
-    let mut c = support::PhxClient::connect(&s.url("vsn=2.0.0&user=ann")).await;
+    let mut c = PhxClient::connect(&s.url("vsn=2.0.0&user=ann")).await;
     let reply = c.join_with("lab:a", "1", json!({"k": "v"})).await;
     assert_eq!(reply[4]["response"], json!({"user": "ann"}));
     c.send(json!(["1", "2", "lab:a", "assigns", {}])).await;
@@ -225,8 +223,8 @@ async fn deferred_replies_timers_and_assigns() {
 async fn broadcast_from_skips_sender_and_terminate_sees_leave() {
     let log = Log::default();
     let s = server(log.clone()).await;
-    let mut a = support::PhxClient::connect(&s.url("vsn=2.0.0&user=a")).await;
-    let mut b = support::PhxClient::connect(&s.url("vsn=1.0.0&user=b")).await;
+    let mut a = PhxClient::connect(&s.url("vsn=2.0.0&user=a")).await;
+    let mut b = PhxClient::connect(&s.url("vsn=1.0.0&user=b")).await;
     a.join("lab:x", "1").await;
     b.send(
         json!({"topic": "lab:x", "event": "phx_join", "payload": {}, "ref": "1", "join_ref": "1"}),
@@ -251,11 +249,5 @@ async fn broadcast_from_skips_sender_and_terminate_sees_leave() {
 #[tokio::test]
 async fn refused_connect_is_403() {
     let s = server(Log::default()).await;
-    let err = tokio_tungstenite::connect_async(s.url("vsn=2.0.0"))
-        .await
-        .unwrap_err();
-    match err {
-        tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 403),
-        other => panic!("expected HTTP 403, got {other:?}"),
-    }
+    assert_eq!(PhxClient::refused_status(s.url("vsn=2.0.0")).await, 403);
 }

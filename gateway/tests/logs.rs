@@ -5,40 +5,42 @@
 //!
 //! Needs `redis-server` on PATH.
 
-mod support;
-
+use gateway::config::LogFormat;
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
-use support::redis::{broadcast, token, Pod, RedisServer};
+use std::time::Duration;
+use test_support::jwt::token;
+use test_support::{broadcast, wait, GatewayProcess, RedisServer};
 
 const SECRET_PAYLOAD: &str = "do-not-log-this-payload";
 
 /// The pod's log lines parsed as JSON, once one has `message` = `until`.
-async fn lines_until(pod: &Pod, until: &str) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+async fn lines_until(pod: &GatewayProcess, until: &str) -> Vec<Value> {
+    let what = format!("a {until:?} line");
+    wait::until(&what, Duration::from_secs(10), || async {
         let log = pod.log();
         let lines: Vec<Value> = log
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
             .collect();
-        if lines.iter().any(|l| l["fields"]["message"] == until) {
-            return lines;
+        match lines.iter().any(|l| l["fields"]["message"] == until) {
+            true => Ok(lines),
+            false => Err(log),
         }
-        assert!(Instant::now() < deadline, "no {until:?} line in\n{log}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test]
 async fn json_lines_one_per_lifecycle_event_and_no_payloads() {
     let redis = RedisServer::start().await;
-    let pod = Pod::start_with_log(
-        "format = \"json\"\nlevel = \"debug\"\n",
-        &redis.url(),
-        "logs:",
-    )
-    .await;
+    let pod = GatewayProcess::builder(env!("CARGO_BIN_EXE_gateway"))
+        .redis(&redis.url())
+        .configure(|c| {
+            c.log.format = LogFormat::Json;
+            c.log.level = "debug".into();
+        })
+        .start()
+        .await;
     let mut c = pod.client_with_token(&token("carol")).await;
     c.join("room:lobby", "1").await;
     let refused = c.try_join("nowhere:1", "2").await;
@@ -67,7 +69,7 @@ async fn json_lines_one_per_lifecycle_event_and_no_payloads() {
         .iter()
         .find(|l| l["fields"]["message"] == "connection opened")
         .map(|l| l["fields"]["conn"].clone())
-        .expect("a connection opened line");
+        .unwrap();
     let of_conn = |message: &str| {
         events
             .iter()

@@ -4,8 +4,6 @@
 //! `authToken` header) and its conformance vectors 29–33, on both
 //! serializers where they differ, against the `RoomChannel` fixture.
 
-mod support;
-
 use async_trait::async_trait;
 use gateway::protocol::Vsn;
 use gateway::{
@@ -14,8 +12,10 @@ use gateway::{
 };
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use support::longpoll::{request, LpClient};
-use support::{room, v1_in, v1_out, TestServer, TIMEOUT};
+use test_support::http::Request;
+use test_support::wait::TIMEOUT;
+use test_support::wire::{v1_in, v1_out};
+use test_support::{room, LpClient, TestServer};
 
 fn lp(window_ms: u64) -> LongPollConfig {
     LongPollConfig {
@@ -62,15 +62,9 @@ async fn joined(server: &TestServer, vsn: Vsn) -> LpClient {
 #[tokio::test]
 async fn first_get_opens_a_session() {
     let s = server().await;
-    let r = request(
-        s.addr,
-        "GET",
-        "/socket/longpoll?vsn=2.0.0",
-        &[],
-        b"",
-        TIMEOUT,
-    )
-    .await;
+    let r = Request::get("/socket/longpoll?vsn=2.0.0")
+        .send(s.addr)
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(
         r.header("content-type"),
@@ -278,18 +272,12 @@ async fn token_header() {
     let s = server().await;
     let c = joined(&s, Vsn::V2).await;
     let token = c.token.clone().unwrap();
-    let r = request(
-        s.addr,
-        "POST",
-        "/socket/longpoll?vsn=2.0.0",
-        &[
-            ("x-phoenix-longpoll-token", &token),
-            ("content-type", "application/x-ndjson"),
-        ],
-        br#"[null,"1","phoenix","heartbeat",{}]"#,
-        TIMEOUT,
-    )
-    .await;
+    let r = Request::post("/socket/longpoll?vsn=2.0.0")
+        .header("x-phoenix-longpoll-token", &token)
+        .header("content-type", "application/x-ndjson")
+        .body(r#"[null,"1","phoenix","heartbeat",{}]"#)
+        .send(s.addr)
+        .await;
     assert_eq!(r.json(), json!({"status": 200}));
 }
 
@@ -379,22 +367,15 @@ async fn malformed_line_ends_the_session() {
 #[tokio::test]
 async fn cors_preflight() {
     let s = server().await;
-    let r = request(
-        s.addr,
-        "OPTIONS",
-        "/socket/longpoll?vsn=2.0.0",
-        &[
-            ("Origin", "http://elsewhere.example"),
-            ("Access-Control-Request-Method", "POST"),
-            (
-                "Access-Control-Request-Headers",
-                "content-type,x-phoenix-authtoken",
-            ),
-        ],
-        b"",
-        TIMEOUT,
-    )
-    .await;
+    let r = Request::new("OPTIONS", "/socket/longpoll?vsn=2.0.0")
+        .header("Origin", "http://elsewhere.example")
+        .header("Access-Control-Request-Method", "POST")
+        .header(
+            "Access-Control-Request-Headers",
+            "content-type,x-phoenix-authtoken",
+        )
+        .send(s.addr)
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body, "");
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
@@ -435,17 +416,12 @@ async fn auth_token_header() {
     )
     .await;
     let path = "/socket/longpoll?vsn=2.0.0";
-    let ok = request(
-        s.addr,
-        "GET",
-        path,
-        &[("X-Phoenix-AuthToken", "s3cr3t-auth")],
-        b"",
-        TIMEOUT,
-    )
-    .await;
+    let ok = Request::get(path)
+        .header("X-Phoenix-AuthToken", "s3cr3t-auth")
+        .send(s.addr)
+        .await;
     assert_eq!(ok.json()["status"], 410);
-    let refused = request(s.addr, "GET", path, &[], b"", TIMEOUT).await;
+    let refused = Request::get(path).send(s.addr).await;
     assert_eq!(refused.status, 200);
     assert_eq!(refused.json(), json!({"status": 403}));
 }
@@ -465,38 +441,21 @@ async fn refused_connects() {
     )
     .await;
     for vsn in ["3.0.0", "2.0"] {
-        let r = request(
-            s.addr,
-            "GET",
-            &format!("/socket/longpoll?vsn={vsn}"),
-            &[],
-            b"",
-            TIMEOUT,
-        )
-        .await;
+        let path = format!("/socket/longpoll?vsn={vsn}");
+        let r = Request::get(&path).send(s.addr).await;
         assert_eq!(r.json(), json!({"status": 403}), "vsn {vsn}");
     }
     for method in ["GET", "POST", "OPTIONS"] {
-        let r = request(
-            s.addr,
-            method,
-            "/socket/longpoll?vsn=2.0.0",
-            &[("Origin", "https://evil.example")],
-            b"",
-            TIMEOUT,
-        )
-        .await;
+        let r = Request::new(method, "/socket/longpoll?vsn=2.0.0")
+            .header("Origin", "https://evil.example")
+            .send(s.addr)
+            .await;
         assert_eq!(r.json(), json!({"status": 403}), "{method}");
     }
-    let ok = request(
-        s.addr,
-        "GET",
-        "/socket/longpoll?vsn=2.0.0",
-        &[("Origin", "https://good.example")],
-        b"",
-        TIMEOUT,
-    )
-    .await;
+    let ok = Request::get("/socket/longpoll?vsn=2.0.0")
+        .header("Origin", "https://good.example")
+        .send(s.addr)
+        .await;
     assert_eq!(ok.json()["status"], 410);
 }
 
@@ -515,30 +474,20 @@ async fn bad_requests() {
         },
     )
     .await;
-    let r = request(s.addr, "PUT", "/socket/longpoll", &[], b"", TIMEOUT).await;
+    let r = Request::new("PUT", "/socket/longpoll").send(s.addr).await;
     assert_eq!(r.status, 400);
     let c = joined(&s, Vsn::V2).await;
-    let r = request(
-        s.addr,
-        "POST",
-        &c.target(),
-        &[("Content-Type", "application/x-ndjson")],
-        &vec![b'['; 4096],
-        TIMEOUT,
-    )
-    .await;
+    let r = Request::post(&c.target())
+        .header("Content-Type", "application/x-ndjson")
+        .body(vec![b'['; 4096])
+        .send(s.addr)
+        .await;
     assert_eq!(r.status, 400);
 
     let off = room::endpoint();
     let s = TestServer::spawn(off).await;
-    let r = request(
-        s.addr,
-        "GET",
-        "/socket/longpoll?vsn=2.0.0",
-        &[],
-        b"",
-        TIMEOUT,
-    )
-    .await;
+    let r = Request::get("/socket/longpoll?vsn=2.0.0")
+        .send(s.addr)
+        .await;
     assert_eq!(r.status, 404);
 }

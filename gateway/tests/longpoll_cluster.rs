@@ -2,12 +2,17 @@
 //! `redis-server`, with every request of one session sent to a different pod
 //! than the one before, as a round-robin balancer does.
 
-mod support;
-
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::time::Duration;
-use support::longpoll::{request, LpClient};
-use support::redis::Cluster;
+use test_support::http::Request;
+use test_support::jwt::token;
+use test_support::longpoll::decode;
+use test_support::{Cluster, GatewayBuilder, GatewayProcess, LpClient};
+
+fn pod() -> GatewayBuilder {
+    GatewayProcess::builder(env!("CARGO_BIN_EXE_gateway"))
+}
 
 /// A `new_msg` push; the `room:*` rule broadcasts it (sender included) and
 /// replies ok.
@@ -33,9 +38,7 @@ async fn collect(c: &mut LpClient, cluster: &Cluster, n: usize) -> Vec<Value> {
         c.addr = cluster.pods[round % cluster.pods.len()].addr;
         let v = c.get().await;
         assert!(v["status"] == 200 || v["status"] == 204, "{v}");
-        for m in v["messages"].as_array().unwrap() {
-            got.push(serde_json::from_str::<Value>(m.as_str().unwrap()).unwrap());
-        }
+        got.extend(decode(&v));
     }
     assert_eq!(got.len(), n, "{got:?}");
     got
@@ -62,7 +65,7 @@ async fn session(cluster: &Cluster) -> LpClient {
 
 #[tokio::test]
 async fn every_request_on_another_pod() {
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(pod(), 3).await;
     let mut c = session(&cluster).await;
 
     // POSTs through each pod in turn are applied in the order sent, and
@@ -98,7 +101,7 @@ async fn every_request_on_another_pod() {
     // (through a relaying pod) and a WebSocket client on another pod alike.
     let mut ws = cluster.pods[1].client().await;
     ws.join("room:lb", "5").await;
-    let mut resp = cluster.resp().await;
+    let mut resp = cluster.conn().await;
     let n = resp
         .publish(
             &cluster.channel("room:lb"),
@@ -117,7 +120,7 @@ async fn every_request_on_another_pod() {
 /// from the owner through yet another pod, and confirming them drops them.
 #[tokio::test]
 async fn relayed_answers_are_acknowledged() {
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(pod(), 3).await;
     let mut c = session(&cluster).await;
     let before = c.token.clone();
     assert_eq!(c.post(&[ping(2), ping(3)]).await, 200);
@@ -133,12 +136,7 @@ async fn relayed_answers_are_acknowledged() {
     // Confirmed ones never come again: everything else arrives once.
     let seen = first["messages"].as_array().unwrap().len();
     assert_eq!(c.post(&[ping(4)]).await, 200);
-    let mut all: Vec<Value> = first["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| serde_json::from_str(m.as_str().unwrap()).unwrap())
-        .collect();
+    let mut all = decode(&first);
     all.extend(collect(&mut c, &cluster, 6 - seen).await);
     for r in 2..=4 {
         assert_eq!(all.iter().filter(|m| **m == pong(r)).count(), 1, "{all:?}");
@@ -150,7 +148,7 @@ async fn relayed_answers_are_acknowledged() {
 /// survivors answer 410, and a new session works through them.
 #[tokio::test]
 async fn owner_gone_is_410() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(pod(), 3).await;
     let mut c = session(&cluster).await;
     drop(cluster.pods.remove(0));
     c.addr = cluster.pods[0].addr;
@@ -176,9 +174,9 @@ async fn owner_gone_is_410() {
 /// pod, as phoenix.js expects (410).
 #[tokio::test]
 async fn disconnect_by_socket_id() {
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(pod(), 3).await;
     let user = format!("lp-{}", std::process::id());
-    let query = format!("vsn=2.0.0&token={}", support::redis::token(&user));
+    let query = format!("vsn=2.0.0&token={}", token(&user));
     let mut c = LpClient::new(cluster.pods[0].addr, &query);
     c.open().await;
     c.addr = cluster.pods[1].addr;
@@ -187,7 +185,7 @@ async fn disconnect_by_socket_id() {
         &[json!([null, "1", "phoenix", "phx_reply", {"status": "ok", "response": {}}])],
     )
     .await;
-    let mut resp = cluster.resp().await;
+    let mut resp = cluster.conn().await;
     let receivers = resp
         .publish(
             &cluster.channel(&format!("users_socket:{user}")),
@@ -220,23 +218,26 @@ fn owner_of(token: &str) -> String {
 /// pod probes the owner), not after the poll window.
 #[tokio::test]
 async fn owner_dies_during_a_relayed_poll() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(pod(), 3).await;
     let c = session(&cluster).await;
     let owner = owner_of(c.token.as_deref().unwrap());
-    let mut monitor = cluster.resp().await;
-    monitor.send(&[b"MONITOR"]).await;
-    assert_eq!(monitor.read().await.text(), "OK");
+    let mut monitor = cluster.redis.monitor().await;
 
     let (addr, target) = (cluster.pods[1].addr, c.target());
     let poll = tokio::spawn(async move {
         let started = std::time::Instant::now();
-        let r = request(addr, "GET", &target, &[], b"", Duration::from_secs(30)).await;
+        let r = Request::get(&target)
+            .send_within(addr, Duration::from_secs(30))
+            .await;
         (r.json(), started.elapsed())
     });
     // The relayed GET has reached Redis (and so the owner's subscription).
-    let channel = format!("{}lp:{owner}", cluster.prefix);
+    let channel = cluster.channel(&format!("lp:{owner}"));
     loop {
-        let line = monitor.read_within(Duration::from_secs(10)).await.text();
+        let line = tokio::time::timeout(Duration::from_secs(10), monitor.next())
+            .await
+            .unwrap()
+            .unwrap();
         if line.contains("\"PUBLISH\"") && line.contains(&channel) {
             break;
         }
@@ -251,7 +252,7 @@ async fn owner_dies_during_a_relayed_poll() {
 /// session, whichever pod relays them.
 #[tokio::test]
 async fn v1_session_across_pods() {
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(pod(), 3).await;
     let mut c = LpClient::new(cluster.pods[0].addr, "vsn=1.0.0");
     c.open().await;
     c.addr = cluster.pods[1].addr;

@@ -3,13 +3,11 @@
 //! never a panic, and a second client connected all along keeps working.
 //! Also the idle timeout.
 
-mod support;
-
 use gateway::protocol::Vsn;
 use gateway::{AcceptAll, SocketConfig};
 use serde_json::json;
 use std::time::{Duration, Instant};
-use support::{room, PhxClient, Received, TestServer, Wire};
+use test_support::{room, PhxClient, Received, TestServer, Wire};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
 

@@ -7,19 +7,14 @@
 //!
 //! Needs `redis-server` and `promtool` on PATH.
 
-mod support;
-
 use serde_json::json;
 use std::net::SocketAddr;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
-use support::longpoll::LpClient;
-use support::redis::{broadcast, free_port, token, try_http, Pod, RedisServer};
-use support::PhxClient;
+use test_support::http::Request;
+use test_support::jwt::token;
+use test_support::{broadcast, wait, GatewayBuilder, GatewayProcess, LpClient, PhxClient};
+use test_support::{RedisServer, SETTLE};
 use tokio::io::AsyncWriteExt;
-
-/// How long a metric may take to reach the value a test waits for.
-const SETTLE: Duration = Duration::from_secs(10);
 
 /// The sum of the samples of `name` whose labels include all of `labels`;
 /// `None` when no sample matches.
@@ -42,7 +37,7 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
             .map(|(k, v)| (k, v.trim_matches('"')))
             .collect();
         if labels.iter().all(|want| have.contains(want)) {
-            let v: f64 = value.parse().expect("a numeric sample");
+            let v: f64 = value.parse().unwrap();
             total = Some(total.unwrap_or(0.0) + v);
         }
     }
@@ -50,28 +45,22 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 }
 
 async fn scrape_at(addr: SocketAddr) -> String {
-    let (status, body) = try_http(addr, "GET", "/metrics", None, "")
-        .await
-        .expect("/metrics answers");
-    assert_eq!(status, 200, "{body}");
-    body
+    let r = Request::get("/metrics").send(addr).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body
 }
 
 /// Scrapes until `name{labels}` equals `want`, failing after [`SETTLE`].
 async fn wait_for(addr: SocketAddr, name: &str, labels: &[(&str, &str)], want: f64) -> String {
-    let deadline = Instant::now() + SETTLE;
-    loop {
+    let what = format!("{name}{labels:?} = {want}");
+    wait::until(&what, SETTLE, || async {
         let text = scrape_at(addr).await;
-        let got = sample(&text, name, labels);
-        if got == Some(want) {
-            return text;
+        match sample(&text, name, labels) {
+            Some(got) if got == want => Ok(text),
+            got => Err(format!("{got:?} in\n{text}")),
         }
-        assert!(
-            Instant::now() < deadline,
-            "{name}{labels:?} is {got:?}, expected {want}\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 /// Runs `promtool check metrics` on an exposition.
@@ -82,17 +71,22 @@ async fn promtool_check(text: &str) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("promtool on PATH (Debian package prometheus; make test-deps installs it)");
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    stdin.write_all(text.as_bytes()).await.expect("write");
+        .unwrap_or_else(|e| panic!("promtool ({e}): Debian package prometheus, make test-deps"));
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(text.as_bytes()).await.unwrap();
     drop(stdin);
-    let out = child.wait_with_output().await.expect("promtool ran");
+    let out = child.wait_with_output().await.unwrap();
     assert!(
         out.status.success(),
         "promtool check metrics failed:\n{}{}\n{text}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A pod on `redis` (drain delay and period 0, as every test pod).
+fn pod(redis: &RedisServer) -> GatewayBuilder {
+    GatewayProcess::builder(env!("CARGO_BIN_EXE_gateway")).redis(&redis.url())
 }
 
 fn get(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -102,16 +96,14 @@ fn get(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 #[tokio::test]
 async fn a_live_scrape_passes_promtool_and_counts_what_happened() {
     let redis = RedisServer::start().await;
-    let pod = Pod::start_with_server(
-        "drain_delay_ms = 0\ndrain_period_ms = 0\nmax_connections = 100\n",
-        &redis.url(),
-        "metrics:",
-    )
-    .await;
+    let pod = pod(&redis)
+        .configure(|c| c.server.max_connections = 100)
+        .start()
+        .await;
     promtool_check(&scrape_at(pod.addr).await).await;
 
     // A bad token: refused before a socket exists.
-    let status = PhxClient::refused_status(&pod.url("token=not-a-jwt")).await;
+    let status = PhxClient::refused_status(pod.url("token=not-a-jwt")).await;
     assert_eq!(status, 403);
 
     let mut c = pod.client_with_token(&token("alice")).await;
@@ -139,13 +131,11 @@ async fn a_live_scrape_passes_promtool_and_counts_what_happened() {
     assert_eq!(status, 200, "{body}");
     c.expect(broadcast("room:lobby", "new_msg", json!({"n": 2})))
         .await;
-    let mut resp = redis.client().await;
-    resp.publish("metrics:room:lobby", "not an envelope").await;
-    resp.publish(
-        "metrics:room:lobby",
-        r#"{"event":"new_msg","payload":{"n":3}}"#,
-    )
-    .await;
+    let mut conn = redis.conn().await;
+    let lobby = pod.channel("room:lobby");
+    conn.publish(&lobby, "not an envelope").await;
+    conn.publish(&lobby, r#"{"event":"new_msg","payload":{"n":3}}"#)
+        .await;
     c.expect(broadcast("room:lobby", "new_msg", json!({"n": 3})))
         .await;
     c.heartbeat("h1").await;
@@ -269,15 +259,13 @@ async fn a_live_scrape_passes_promtool_and_counts_what_happened() {
 #[tokio::test]
 async fn refusals_at_the_connection_limit_are_counted() {
     let redis = RedisServer::start().await;
-    let pod = Pod::start_with_server(
-        "drain_delay_ms = 0\ndrain_period_ms = 0\nmax_connections = 1\n",
-        &redis.url(),
-        "metrics-limit:",
-    )
-    .await;
+    let pod = pod(&redis)
+        .configure(|c| c.server.max_connections = 1)
+        .start()
+        .await;
     let mut c = pod.client().await;
     c.heartbeat("h").await;
-    assert_eq!(PhxClient::refused_status(&pod.url("")).await, 503);
+    assert_eq!(PhxClient::refused_status(pod.url("")).await, 503);
     let text = scrape_at(pod.addr).await;
     assert_eq!(get(&text, "gateway_connections_max", &[]), 1.0);
     assert_eq!(
@@ -302,17 +290,12 @@ async fn refusals_at_the_connection_limit_are_counted() {
 #[tokio::test]
 async fn redis_going_down_shows_in_metrics_and_readyz() {
     let mut redis = RedisServer::start().await;
-    let pod = Pod::start_with_server(
-        "drain_delay_ms = 0\ndrain_period_ms = 0\n",
-        &redis.url(),
-        "metrics-outage:",
-    )
-    .await;
+    let pod = pod(&redis).start().await;
     wait_for(pod.addr, "gateway_redis_up", &[], 1.0).await;
     redis.kill();
     let text = wait_for(pod.addr, "gateway_redis_up", &[], 0.0).await;
     promtool_check(&text).await;
-    let (_, body) = pod.get("/readyz").await.expect("readyz answers");
+    let (_, body) = pod.get("/readyz").await.unwrap();
     assert!(body.contains("redis: disconnected"), "{body}");
     redis.restart().await;
     // The bus counts a reconnect before it reports itself connected.
@@ -327,18 +310,17 @@ async fn redis_going_down_shows_in_metrics_and_readyz() {
 #[tokio::test]
 async fn a_separate_metrics_port_keeps_answering_through_a_drain() {
     let redis = RedisServer::start().await;
-    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let mut pod = Pod::start_with_server(
-        &format!(
-            "drain_delay_ms = 10000\ndrain_period_ms = 0\nshutdown_deadline_ms = 20000\n\
-             metrics_listen = \"{metrics}\"\n"
-        ),
-        &redis.url(),
-        "metrics-drain:",
-    )
-    .await;
+    let mut pod = pod(&redis)
+        .configure(|c| {
+            c.server.drain_delay_ms = 10_000;
+            c.server.shutdown_deadline_ms = 20_000;
+        })
+        .metrics_port()
+        .start()
+        .await;
+    let metrics = pod.metrics_addr();
     // Only the metrics port serves /metrics.
-    let (status, _) = pod.get("/metrics").await.expect("main port answers");
+    let (status, _) = pod.get("/metrics").await.unwrap();
     assert_eq!(status, 404);
     let text = scrape_at(metrics).await;
     assert_eq!(get(&text, "gateway_draining", &[]), 0.0);
@@ -353,12 +335,7 @@ async fn a_separate_metrics_port_keeps_answering_through_a_drain() {
 #[tokio::test]
 async fn long_poll_sessions_are_counted_under_their_transport() {
     let redis = RedisServer::start().await;
-    let pod = Pod::start_with_server(
-        "drain_delay_ms = 0\ndrain_period_ms = 0\n",
-        &redis.url(),
-        "metrics-lp:",
-    )
-    .await;
+    let pod = pod(&redis).start().await;
     let mut lp = LpClient::new(pod.addr, "vsn=2.0.0");
     lp.open().await;
     lp.call(

@@ -3,17 +3,13 @@
 //! `presence_diff` shapes, two tabs of one key, leaves on leave and on
 //! disconnect, and `track` / `update` / `untrack` from the Rust channel API.
 
-mod app_support;
-mod support;
-
-use app_support::*;
-use gateway::channel::{ChannelContext, HandleIn, JoinResult};
-use gateway::socket::AcceptAll;
-use gateway::{Channel, Endpoint, Payload, Router, Socket};
+use gateway::{
+    AcceptAll, Channel, ChannelContext, Endpoint, HandleIn, JoinResult, Payload, Router, Socket,
+};
 use serde_json::{json, Value};
 use std::time::Duration;
-use support::presence::Member;
-use support::{PhxClient, TestServer, TIMEOUT};
+use test_support::jwt::{hs256, now, SECRET};
+use test_support::{Member, PhxClient, TestServer, TIMEOUT};
 
 fn config() -> String {
     format!(
@@ -48,7 +44,7 @@ async fn member(server: &TestServer, topic: &str, jr: &str, params: Value) -> Me
 
 #[tokio::test]
 async fn state_on_join_then_diffs_with_phoenix_shapes() {
-    let server = serve(&config()).await;
+    let server = TestServer::from_toml(&config()).await;
     let mut a = server.v2().await;
     a.join_with(
         "room:shapes",
@@ -103,7 +99,7 @@ async fn state_on_join_then_diffs_with_phoenix_shapes() {
 
 #[tokio::test]
 async fn a_rule_update_event_changes_the_meta() {
-    let server = serve(&config()).await;
+    let server = TestServer::from_toml(&config()).await;
     let mut w = member(&server, "room:upd", "1", json!({"user": "w"})).await;
     let mut u = member(
         &server,
@@ -141,7 +137,7 @@ async fn a_rule_update_event_changes_the_meta() {
 
 #[tokio::test]
 async fn an_update_pushed_right_after_the_join_is_kept() {
-    let server = serve(&config()).await;
+    let server = TestServer::from_toml(&config()).await;
     let mut w = member(&server, "room:early", "1", json!({"user": "w"})).await;
     let mut u = server.v2().await;
     u.send(json!(["1", "1", "room:early", "phx_join", {"user": "u", "status": "online"}]))
@@ -165,7 +161,7 @@ async fn an_update_pushed_right_after_the_join_is_kept() {
 
 #[tokio::test]
 async fn two_tabs_are_one_key_with_two_metas_and_disconnect_leaves() {
-    let server = serve(&config()).await;
+    let server = TestServer::from_toml(&config()).await;
     let mut watcher = member(&server, "room:tabs", "1", json!({"user": "w"})).await;
     let tab1 = member(&server, "room:tabs", "1", json!({"user": "alice"})).await;
     let mut tab2 = member(&server, "room:tabs", "1", json!({"user": "alice"})).await;
@@ -179,7 +175,7 @@ async fn two_tabs_are_one_key_with_two_metas_and_disconnect_leaves() {
 
 #[tokio::test]
 async fn without_the_key_a_client_watches_and_a_bad_key_is_refused() {
-    let server = serve(&config()).await;
+    let server = TestServer::from_toml(&config()).await;
     let mut a = member(&server, "room:x", "1", json!({"user": "alice"})).await;
     a.wait_for(&[("alice", 1)], TIMEOUT).await;
     // No key: joined, gets the list, is not in it.
@@ -209,9 +205,9 @@ async fn without_the_key_a_client_watches_and_a_bad_key_is_refused() {
 
 #[tokio::test]
 async fn key_from_a_token_claim() {
-    let server = serve(&config()).await;
+    let server = TestServer::from_toml(&config()).await;
     let token = hs256(&json!({"sub": "carol", "exp": now() + 3600}));
-    let mut c = connect(&server, "/socket", Some(&token)).await;
+    let mut c = server.connect("/socket", Some(&token)).await;
     // A param cannot choose the key of a claim-keyed rule.
     c.join_with("private:p", "1", json!({"user": "mallory"}))
         .await;
@@ -326,7 +322,7 @@ async fn rust_api_track_update_untrack() {
 
 #[tokio::test]
 async fn v1_clients_get_presence_too() {
-    let server = serve(&config()).await;
+    let server = TestServer::from_toml(&config()).await;
     let mut c = PhxClient::connect(&server.url("vsn=1.0.0")).await;
     c.send(json!({"topic": "room:v1", "event": "phx_join", "payload": {"user": "v"}, "ref": "1", "join_ref": "1"}))
         .await;

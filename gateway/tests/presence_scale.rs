@@ -18,14 +18,10 @@
 //! 4. The simulated pod's liveness key is deleted: time until the survivors
 //!    published all its leaves, and in how many diffs.
 
-mod support;
-
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use support::presence::{Member, View};
-use support::redis::{Cluster, Pod, Reply, Resp};
-use support::Received;
+use test_support::{Cluster, GatewayProcess, Member, PhxClient, Received, RedisConn, View};
 use tokio::sync::watch;
 
 const STORM: usize = 2000;
@@ -33,8 +29,8 @@ const SEEDED: usize = 10_000;
 const POD_TIMEOUT_MS: u64 = 3000;
 const LONG: Duration = Duration::from_secs(120);
 
-async fn commandstats(resp: &mut Resp) -> HashMap<String, i64> {
-    let text = resp.cmd(&["INFO", "commandstats"]).await.text();
+async fn commandstats(resp: &mut RedisConn) -> HashMap<String, i64> {
+    let text: String = resp.cmd(&["INFO", "commandstats"]).await;
     text.lines()
         .filter_map(|l| {
             let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
@@ -70,7 +66,7 @@ async fn watch_until(m: &mut Member, diffs: &mut usize, done: impl Fn(&View) -> 
 
 /// A client that joins `topic` on `pod` and reads everything until stopped.
 fn storm_client(
-    pod: &Pod,
+    pod: &GatewayProcess,
     topic: &str,
     user: String,
     mut stop: watch::Receiver<bool>,
@@ -78,7 +74,7 @@ fn storm_client(
     let url = pod.url("");
     let topic = topic.to_owned();
     tokio::spawn(async move {
-        let c = support::PhxClient::connect(&url).await;
+        let c = PhxClient::connect(&url).await;
         let mut c = Member::join(c, &topic, "1", json!({"user": user}))
             .await
             .client;
@@ -97,9 +93,10 @@ fn storm_client(
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "a measurement; run by hand with --ignored --nocapture"]
 async fn presence_at_scale() {
-    let mut cluster = Cluster::with_presence(2, POD_TIMEOUT_MS).await;
+    let pod = GatewayProcess::builder(env!("CARGO_BIN_EXE_gateway")).presence(POD_TIMEOUT_MS);
+    let mut cluster = Cluster::start(pod, 2).await;
     let t = "presence:big";
-    let mut resp = cluster.resp().await;
+    let mut resp = cluster.conn().await;
     let mut obs = Member {
         client: cluster.pods[0].client().await,
         topic: t.into(),
@@ -162,8 +159,9 @@ async fn presence_at_scale() {
     let topic_key = format!("{p}presence:{t}");
     let index_key = format!("{p}presence-pod:{fake}");
     let alive_key = format!("{p}presence-alive:{fake}");
-    resp.cmd(&["SET", &alive_key, "1", "PX", "600000"]).await;
-    resp.cmd(&["SADD", &format!("{p}presence-pods"), fake])
+    let _: String = resp.cmd(&["SET", &alive_key, "1", "PX", "600000"]).await;
+    let _: i64 = resp
+        .cmd(&["SADD", &format!("{p}presence-pods"), fake])
         .await;
     for chunk in (0..SEEDED).collect::<Vec<_>>().chunks(1000) {
         let mut hset = vec!["HSET".to_owned(), topic_key.clone()];
@@ -177,7 +175,7 @@ async fn presence_at_scale() {
         }
         for cmd in [hset, index] {
             let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
-            assert!(matches!(resp.cmd(&args).await, Reply::Int(_)));
+            let _: i64 = resp.cmd(&args).await;
         }
     }
     let total = SEEDED + 1;
@@ -217,7 +215,7 @@ async fn presence_at_scale() {
     // 4. The simulated pod dies: survivors reap its SEEDED presences.
     let before = commandstats(&mut resp).await;
     let died = Instant::now();
-    resp.cmd(&["DEL", &alive_key]).await;
+    let _: i64 = resp.cmd(&["DEL", &alive_key]).await;
     let mut diffs = 0;
     watch_until(&mut joiner, &mut diffs, |v| v.state.len() == 2).await;
     let reaped = died.elapsed();
@@ -227,5 +225,5 @@ async fn presence_at_scale() {
          vanished, in {diffs} diff(s); {} EVAL",
         delta(&before, &after, "eval")
     );
-    assert_eq!(resp.cmd(&["HLEN", &topic_key]).await.int(), 2);
+    assert_eq!(resp.cmd::<i64>(&["HLEN", &topic_key]).await, 2);
 }

@@ -8,35 +8,30 @@
 //!
 //! Needs `redis-server` and `prometheus` on PATH.
 
-mod support;
-
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use support::redis::{free_port, http_post, Pod, RedisServer};
-use support::Received;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use std::time::Duration;
+use test_support::http::Request;
+use test_support::process::{start_on_free_port, Probe, Process};
+use test_support::temp::repo_path;
+use test_support::{wait, GatewayProcess, PhxClient, Received, RedisServer, TempDir};
 
 const NAMESPACE: &str = "gw-test";
 /// Each pod's connection limit: the test fills one pod to it.
 const MAX_CONNECTIONS: usize = 3;
 /// How long Prometheus may take to show what the test waits for.
 const SETTLE: Duration = Duration::from_secs(30);
-
-fn repo_file(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
-}
+/// Interval of the queries that wait for it.
+const QUERY_EVERY: Duration = Duration::from_millis(200);
 
 /// The rules file inside the PrometheusRule: its `spec`, de-indented.
 fn rules_file() -> String {
-    let text = std::fs::read_to_string(repo_file("k8s/components/monitoring/prometheusrule.yaml"))
-        .expect("the PrometheusRule");
-    let spec = text.split_once("\nspec:\n").expect("a spec: section").1;
+    let rule = repo_path("k8s/components/monitoring/prometheusrule.yaml");
+    let text = std::fs::read_to_string(rule).unwrap();
+    let spec = text.split_once("\nspec:\n").unwrap().1;
     spec.lines()
         .map(|l| l.strip_prefix("  ").unwrap_or(l))
         .collect::<Vec<_>>()
@@ -46,11 +41,10 @@ fn rules_file() -> String {
 /// Every query of the dashboard, with its variables filled in: the title of
 /// its panel and the PromQL.
 fn dashboard_queries() -> Vec<(String, String)> {
-    let text =
-        std::fs::read_to_string(repo_file("k8s/dashboards/gateway.json")).expect("the dashboard");
-    let dashboard: Value = serde_json::from_str(&text).expect("dashboard JSON");
+    let text = std::fs::read_to_string(repo_path("k8s/dashboards/gateway.json")).unwrap();
+    let dashboard: Value = serde_json::from_str(&text).unwrap();
     let mut queries = Vec::new();
-    for panel in dashboard["panels"].as_array().expect("panels") {
+    for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().into_iter().flatten() {
             let Some(expr) = target["expr"].as_str() else {
                 continue;
@@ -69,19 +63,14 @@ fn dashboard_queries() -> Vec<(String, String)> {
 /// A `prometheus` server scraping the pods every second, killed on drop.
 struct Prometheus {
     addr: SocketAddr,
-    child: Child,
-    dir: PathBuf,
+    _process: Process,
+    _dir: TempDir,
 }
 
 impl Prometheus {
-    async fn start(pods: &[&Pod]) -> Prometheus {
-        let dir = std::env::temp_dir().join(format!(
-            "gateway-prometheus-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        std::fs::write(dir.join("rules.yaml"), rules_file()).expect("rules file");
+    async fn start(pods: &[&GatewayProcess]) -> Prometheus {
+        let dir = TempDir::new("prometheus");
+        dir.write("rules.yaml", rules_file());
         let targets: String = pods
             .iter()
             .enumerate()
@@ -97,51 +86,36 @@ impl Prometheus {
              rule_files: [rules.yaml]\n\
              scrape_configs:\n  - job_name: gateway\n    static_configs:\n{targets}"
         );
-        std::fs::write(dir.join("prometheus.yml"), config).expect("config");
-        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let log = std::fs::File::create(dir.join("prometheus.log")).expect("log");
-        let child = Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().expect("log")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("prometheus on PATH (Debian package prometheus; make test-deps installs it)");
-        let mut prom = Prometheus { addr, child, dir };
-        let deadline = Instant::now() + SETTLE;
-        while get(addr, "/-/ready").await.map(|r| r.0) != Some(200) {
-            assert!(
-                prom.child.try_wait().expect("wait").is_none(),
-                "prometheus exited:\n{}",
-                prom.log()
-            );
-            assert!(
-                Instant::now() < deadline,
-                "prometheus not ready:\n{}",
-                prom.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let config = dir.write("prometheus.yml", config);
+        // (Debian package prometheus; make test-deps installs it.)
+        let command = |port: u16| {
+            let mut cmd = Command::new("prometheus");
+            cmd.arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+            cmd
+        };
+        let ready = |port: u16, _| async move {
+            match get(([127, 0, 0, 1], port).into(), "/-/ready").await {
+                Some((200, _)) => Probe::Ready,
+                _ => Probe::Pending,
+            }
+        };
+        let log = dir.path("prometheus.log");
+        let (process, port) = start_on_free_port("prometheus", &log, command, ready).await;
+        Prometheus {
+            addr: ([127, 0, 0, 1], port).into(),
+            _process: process,
+            _dir: dir,
         }
-        prom
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
     }
 
     /// `GET /api/v1/<path>`'s `data`, asserting success.
     async fn api(&self, path: &str) -> Value {
-        let (status, body) = get(self.addr, &format!("/api/v1/{path}"))
-            .await
-            .expect("prometheus answers");
+        let (status, body) = get(self.addr, &format!("/api/v1/{path}")).await.unwrap();
         let v: Value = serde_json::from_str(&body)
             .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {body}"));
         assert_eq!(status, 200, "{path}: {v}");
@@ -158,19 +132,12 @@ impl Prometheus {
 
     /// Polls until `promql` returns a sample for each of `n` series or more.
     async fn wait_series(&self, promql: &str, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + SETTLE;
-        loop {
+        let what = format!("{promql}: {n} series");
+        wait::until_every(&what, SETTLE, QUERY_EVERY, || async {
             let result = self.query(promql).await;
-            if result.len() >= n {
-                return result;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{promql}: {} series, expected {n}",
-                result.len()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            (result.len() >= n).then_some(result.clone()).ok_or(result)
+        })
+        .await
     }
 
     /// The names of the alerts pending or firing, with their pods.
@@ -193,62 +160,30 @@ impl Prometheus {
 
     /// Polls until `alert` is active for every pod in `pods`.
     async fn wait_alert(&self, alert: &str, pods: &[&str]) {
-        let deadline = Instant::now() + SETTLE;
-        loop {
+        let what = format!("{alert} active for {pods:?}");
+        wait::until_every(&what, SETTLE, QUERY_EVERY, || async {
             let active = self.active_alerts().await;
-            if pods
-                .iter()
-                .all(|p| active.contains(&(alert.to_owned(), (*p).to_owned())))
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{alert} not active for {pods:?}; active: {active:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("----- prometheus log -----\n{}", self.log());
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// `GET path` as HTTP/1.0, so the body is never chunked: (status, body).
-async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let exchange = async {
-        let mut s = TcpStream::connect(addr).await.ok()?;
-        let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut resp = Vec::new();
-        s.read_to_end(&mut resp).await.ok()?;
-        let text = String::from_utf8_lossy(&resp).into_owned();
-        let status = text.split(' ').nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-        Some((status, body))
-    };
-    tokio::time::timeout(Duration::from_secs(10), exchange)
+            let of = |p: &&str| active.contains(&(alert.to_owned(), (*p).to_owned()));
+            pods.iter().all(of).then_some(()).ok_or(active)
+        })
         .await
-        .ok()?
+    }
+}
+
+/// `GET path`: (status, body), or `None` when nothing answers.
+async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let r = Request::get(path).try_send(addr).await?;
+    Some((r.status, r.body))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_queries_and_alerts_work_on_real_scrapes() {
     let mut redis = RedisServer::start().await;
-    let server =
-        format!("drain_delay_ms = 0\ndrain_period_ms = 0\nmax_connections = {MAX_CONNECTIONS}\n");
-    let pods = [
-        Pod::start_with_server(&server, &redis.url(), "prom:").await,
-        Pod::start_with_server(&server, &redis.url(), "prom:").await,
-    ];
+    // Two pods on one Redis prefix.
+    let pod = GatewayProcess::builder(env!("CARGO_BIN_EXE_gateway"))
+        .redis(&redis.url())
+        .configure(|c| c.server.max_connections = MAX_CONNECTIONS);
+    let pods = [pod.clone().start().await, pod.start().await];
     let prom = Prometheus::start(&[&pods[0], &pods[1]]).await;
 
     // One reader on each pod joined to room:lobby, reading until the end; a
@@ -276,7 +211,7 @@ async fn dashboard_queries_and_alerts_work_on_real_scrapes() {
     pusher
         .send(json!(["1", "p", "room:lobby", "new_msg", {"n": 0}]))
         .await;
-    let _ = support::PhxClient::try_connect(pods[1].url("token=bad")).await;
+    let _ = PhxClient::try_connect(pods[1].url("token=bad")).await;
 
     // Broadcasts through the API every 100 ms until the dashboard has data.
     let publishing = {
@@ -287,8 +222,8 @@ async fn dashboard_queries_and_alerts_work_on_real_scrapes() {
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 let body = json!({"topic": "room:lobby", "event": "new_msg", "payload": {"n": n}});
-                let (status, _) = http_post(addr, "/api/broadcast", &key, &body.to_string()).await;
-                assert_eq!(status, 200);
+                let req = Request::post("/api/broadcast").bearer(&key);
+                assert_eq!(req.json(&body.to_string()).send(addr).await.status, 200);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
@@ -318,8 +253,8 @@ async fn dashboard_queries_and_alerts_work_on_real_scrapes() {
     // Every rule evaluates cleanly, and nothing is wrong yet.
     let rules = prom.api("rules").await;
     let mut evaluated = 0;
-    for group in rules["groups"].as_array().expect("rule groups") {
-        for rule in group["rules"].as_array().expect("rules") {
+    for group in rules["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
             assert_eq!(rule["health"], "ok", "{rule}");
             evaluated += 1;
         }
@@ -339,7 +274,7 @@ async fn dashboard_queries_and_alerts_work_on_real_scrapes() {
 
     stop.store(true, Ordering::Relaxed);
     for r in readers {
-        assert!(r.await.expect("reader") > 0, "a reader received broadcasts");
+        assert!(r.await.unwrap() > 0, "a reader received broadcasts");
     }
     drop(third);
 }

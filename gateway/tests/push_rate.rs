@@ -2,12 +2,10 @@
 //! reply and the connection stays; after `burst` refusals in a row it is
 //! closed with 1008. Heartbeats are never limited.
 
-mod support;
-
 use gateway::{AcceptAll, PushRate, SocketConfig};
 use serde_json::json;
-use support::room::endpoint_with;
-use support::TestServer;
+use test_support::room::endpoint_with;
+use test_support::TestServer;
 
 #[tokio::test]
 async fn over_the_rate_pushes_are_refused_then_the_connection_is_closed() {

@@ -6,12 +6,16 @@
 //!
 //! Needs `redis-server` and `redis-cli` on PATH.
 
-mod support;
-
+use futures_util::{Stream, StreamExt};
 use serde_json::json;
 use std::time::{Duration, Instant};
-use support::redis::{broadcast, redis_cli, token, Cluster, Reply};
-use support::PhxClient;
+use test_support::jwt::token;
+use test_support::redis_server::redis_cli;
+use test_support::{broadcast, Cluster, GatewayBuilder, GatewayProcess, PhxClient, TIMEOUT};
+
+fn pod() -> GatewayBuilder {
+    GatewayProcess::builder(env!("CARGO_BIN_EXE_gateway"))
+}
 
 /// Connects one anonymous client per pod in `pods` and joins each to `topic`.
 async fn joined(cluster: &Cluster, pods: &[usize], topic: &str) -> Vec<PhxClient> {
@@ -26,7 +30,7 @@ async fn joined(cluster: &Cluster, pods: &[usize], topic: &str) -> Vec<PhxClient
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_pod_receives_client_pushes_redis_publishes_and_api_broadcasts() {
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(pod(), 3).await;
     let mut clients = joined(&cluster, &[0, 1, 2], "room:lobby").await;
 
     // A client push on pod 0, broadcast by the room:* rule (sender included).
@@ -45,7 +49,7 @@ async fn every_pod_receives_client_pushes_redis_publishes_and_api_broadcasts() {
 
     // The contract's one-liner, verbatim: redis-cli PUBLISH {prefix}room:lobby ...
     let receivers = redis_cli(
-        cluster.redis.port,
+        cluster.redis.port(),
         &[
             "PUBLISH",
             &cluster.channel("room:lobby"),
@@ -76,7 +80,7 @@ async fn every_pod_receives_client_pushes_redis_publishes_and_api_broadcasts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcast_from_skips_only_the_sender_on_every_pod() {
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(pod(), 3).await;
     // quiet:* has include_sender = false. Two clients on pod 0, one on 1 and 2.
     let mut clients = joined(&cluster, &[0, 0, 1, 2], "quiet:room").await;
 
@@ -93,7 +97,7 @@ async fn broadcast_from_skips_only_the_sender_on_every_pod() {
     }
     // Redis delivers a pod's messages in publish order: a marker published
     // after the push must be the sender's very next frame.
-    let mut resp = cluster.resp().await;
+    let mut resp = cluster.conn().await;
     let marker = r#"{"event":"marker","payload":{}}"#;
     assert_eq!(
         resp.publish(&cluster.channel("quiet:room"), marker).await,
@@ -106,7 +110,7 @@ async fn broadcast_from_skips_only_the_sender_on_every_pod() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnect_by_socket_id_closes_that_user_on_every_pod() {
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(pod(), 3).await;
     let t42 = token("42");
     let mut victims = vec![
         cluster.pods[0].client_with_token(&t42).await,
@@ -119,7 +123,7 @@ async fn disconnect_by_socket_id_closes_that_user_on_every_pod() {
     }
     let mut other_user = cluster.pods[1].client_with_token(&token("7")).await;
     let mut anonymous = cluster.pods[0].client().await;
-    let mut resp = cluster.resp().await;
+    let mut resp = cluster.conn().await;
     let id_channel = cluster.channel("users_socket:42");
     assert_eq!(
         resp.numsub(&id_channel).await,
@@ -128,7 +132,7 @@ async fn disconnect_by_socket_id_closes_that_user_on_every_pod() {
     );
 
     let receivers = redis_cli(
-        cluster.redis.port,
+        cluster.redis.port(),
         &["PUBLISH", &id_channel, r#"{"event":"disconnect"}"#],
     )
     .await;
@@ -145,9 +149,9 @@ async fn disconnect_by_socket_id_closes_that_user_on_every_pod() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_envelopes_are_dropped_and_extra_fields_ignored() {
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(pod(), 3).await;
     let mut clients = joined(&cluster, &[0, 1, 2], "room:lobby").await;
-    let mut resp = cluster.resp().await;
+    let mut resp = cluster.conn().await;
     let channel = cluster.channel("room:lobby");
 
     for bad in [
@@ -184,8 +188,8 @@ async fn malformed_envelopes_are_dropped_and_extra_fields_ignored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_subscriptions_follow_local_subscribers() {
-    let cluster = Cluster::start(3).await;
-    let mut resp = cluster.resp().await;
+    let cluster = Cluster::start(pod(), 3).await;
+    let mut resp = cluster.conn().await;
     let lobby = cluster.channel("room:lobby");
     assert_eq!(resp.numsub(&lobby).await, 0);
 
@@ -224,13 +228,16 @@ async fn redis_subscriptions_follow_local_subscribers() {
 }
 
 /// MONITOR lines up to and including the first `UNSUBSCRIBE` of `until`.
-async fn monitor_until_unsubscribe(monitor: &mut support::redis::Resp, until: &str) -> Vec<String> {
+async fn monitor_until_unsubscribe(
+    monitor: &mut (impl Stream<Item = String> + Unpin),
+    until: &str,
+) -> Vec<String> {
     let mut lines = Vec::new();
     loop {
-        let line = match monitor.read().await {
-            Reply::Status(s) => s,
-            other => panic!("unexpected MONITOR output {other:?}"),
-        };
+        let line = tokio::time::timeout(TIMEOUT, monitor.next())
+            .await
+            .unwrap()
+            .unwrap();
         let done = line.to_ascii_lowercase().contains("\"unsubscribe\"")
             && line.contains(&format!("\"{until}\""));
         lines.push(line);
@@ -243,15 +250,14 @@ async fn monitor_until_unsubscribe(monitor: &mut support::redis::Resp, until: &s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leave_and_rejoin_within_the_linger_keeps_the_subscription() {
     const LINGER_MS: u64 = 1000;
-    let cluster = Cluster::with_linger(1, LINGER_MS).await;
+    let cluster = Cluster::with_linger(pod(), 1, LINGER_MS).await;
     let lobby = cluster.channel("room:lobby");
     let other = cluster.channel("room:other");
     let mut x = cluster.pods[0].client().await;
     let mut y = cluster.pods[0].client().await;
     x.join("room:lobby", "1").await;
     y.join("room:other", "1").await;
-    let mut monitor = cluster.resp().await;
-    assert_eq!(monitor.cmd(&["MONITOR"]).await, Reply::Status("OK".into()));
+    let mut monitor = cluster.redis.monitor().await;
 
     let started = Instant::now();
     x.leave("room:lobby", "1", "2").await;
@@ -273,7 +279,7 @@ async fn leave_and_rejoin_within_the_linger_keeps_the_subscription() {
         .collect();
     assert!(flaps.is_empty(), "room:lobby flapped: {flaps:?}");
 
-    let mut resp = cluster.resp().await;
+    let mut resp = cluster.conn().await;
     assert_eq!(resp.numsub(&lobby).await, 1);
     assert_eq!(resp.numsub(&other).await, 0);
     assert_eq!(resp.publish(&lobby, r#"{"event":"after"}"#).await, 1);
@@ -295,7 +301,7 @@ fn expect_numbered(mut c: PhxClient, topic: &'static str) -> tokio::task::JoinHa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_pushes_arrive_in_order_on_every_pod() {
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(pod(), 3).await;
     let topic = "room:order";
     let mut sender = cluster.pods[0].client().await;
     sender.join(topic, "1").await;
@@ -338,14 +344,14 @@ async fn client_pushes_arrive_in_order_on_every_pod() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_publishes_arrive_in_order_on_every_pod() {
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(pod(), 3).await;
     let topic = "room:order";
     let readers: Vec<_> = joined(&cluster, &[0, 0, 1, 2], topic)
         .await
         .into_iter()
         .map(|c| expect_numbered(c, topic))
         .collect();
-    let mut resp = cluster.resp().await;
+    let mut resp = cluster.conn().await;
     let channel = cluster.channel(topic);
     for n in 0..N {
         let msg = json!({"event": "new_msg", "payload": {"n": n}}).to_string();

@@ -7,12 +7,10 @@
 //!
 //! Needs `redis-server` on PATH.
 
-mod support;
-
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::{Duration, Instant};
-use support::redis::{broadcast, token, Cluster, Reply};
-use support::{PhxClient, Received};
+use test_support::jwt::token;
+use test_support::{broadcast, Cluster, GatewayBuilder, GatewayProcess, PhxClient, SETTLE};
 
 /// Longest a refused join may take when the pod already knows Redis is down.
 const FAST: Duration = Duration::from_secs(2);
@@ -21,20 +19,15 @@ const FAST: Duration = Duration::from_secs(2);
 /// `pubsub_redis::Config::timeout`), plus slack for a loaded machine.
 const SUBSCRIBE_BOUND: Duration = Duration::from_secs(10);
 
-/// The next frame within `within`, which must be JSON text.
-async fn recv_within(c: &mut PhxClient, within: Duration) -> Value {
-    match c.next_within(within).await {
-        Some(Received::Text(v)) => v,
-        Some(other) => panic!("expected a text frame, got {other:?}"),
-        None => panic!("no frame within {within:?}"),
-    }
+fn pod() -> GatewayBuilder {
+    GatewayProcess::builder(env!("CARGO_BIN_EXE_gateway"))
 }
 
 /// Joins `topic` and asserts an error reply arrives within `bound`.
 async fn join_refused(c: &mut PhxClient, topic: &str, jr: &str, bound: Duration) -> Duration {
     let started = Instant::now();
     c.send(json!([jr, jr, topic, "phx_join", {}])).await;
-    let reply = recv_within(c, bound).await;
+    let reply = c.recv_within(bound).await;
     let took = started.elapsed();
     assert_eq!(
         reply,
@@ -46,7 +39,7 @@ async fn join_refused(c: &mut PhxClient, topic: &str, jr: &str, bound: Duration)
 
 /// Retries a join until it succeeds (Redis is back), bounded.
 async fn join_eventually(c: &mut PhxClient, topic: &str) {
-    let deadline = Instant::now() + support::redis::SETTLE_TIMEOUT;
+    let deadline = Instant::now() + SETTLE;
     for attempt in 0.. {
         let jr = format!("r{attempt}");
         let reply = c.try_join(topic, &jr).await;
@@ -61,7 +54,7 @@ async fn join_eventually(c: &mut PhxClient, topic: &str) {
 /// After an outage: waits until every pod delivers `room:lobby` again (by
 /// publishing probes), then asserts a message reaches every client.
 async fn delivery_resumes(cluster: &Cluster, clients: &mut [&mut PhxClient], tag: &str) {
-    let mut resp = cluster.resp().await;
+    let mut resp = cluster.conn().await;
     cluster
         .wait_delivering(&mut resp, "room:lobby", cluster.pods.len() as i64)
         .await;
@@ -81,7 +74,7 @@ async fn delivery_resumes(cluster: &Cluster, clients: &mut [&mut PhxClient], tag
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_keeps_connections_and_resubscribes() {
-    let mut cluster = Cluster::start(2).await;
+    let mut cluster = Cluster::start(pod(), 2).await;
     let mut a = cluster.pods[0].client().await;
     let mut b = cluster.pods[1].client().await;
     a.join("room:lobby", "1").await;
@@ -115,7 +108,7 @@ async fn redis_restart_keeps_connections_and_resubscribes() {
     // No client action: the pods reconnect and resubscribe every live topic,
     // the socket id included.
     delivery_resumes(&cluster, &mut [&mut a, &mut b], "restart").await;
-    let mut resp = cluster.resp().await;
+    let mut resp = cluster.conn().await;
     resp.wait_numsub(&cluster.channel("users_socket:42"), 1)
         .await;
     resp.publish(
@@ -132,16 +125,16 @@ async fn redis_restart_keeps_connections_and_resubscribes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_subscriber_connections_reconnect_and_resubscribe() {
-    let mut cluster = Cluster::start(2).await;
+    let mut cluster = Cluster::start(pod(), 2).await;
     let mut a = cluster.pods[0].client().await;
     let mut b = cluster.pods[1].client().await;
     a.join("room:lobby", "1").await;
     b.join("room:lobby", "1").await;
     let mut user = cluster.pods[0].client_with_token(&token("42")).await;
 
-    let mut resp = cluster.resp().await;
-    let killed = resp.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
-    assert_eq!(killed, Reply::Int(2), "one subscriber connection per pod");
+    let mut resp = cluster.conn().await;
+    let killed: i64 = resp.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+    assert_eq!(killed, 2, "one subscriber connection per pod");
 
     a.heartbeat("h1").await;
     b.heartbeat("h1").await;
@@ -154,7 +147,7 @@ async fn killed_subscriber_connections_reconnect_and_resubscribe() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_redis_delays_but_breaks_nothing() {
-    let mut cluster = Cluster::start(2).await;
+    let mut cluster = Cluster::start(pod(), 2).await;
     let mut a = cluster.pods[0].client().await;
     let mut b = cluster.pods[1].client().await;
     let mut c = cluster.pods[1].client().await;
@@ -162,8 +155,7 @@ async fn slow_redis_delays_but_breaks_nothing() {
     b.join("room:lobby", "1").await;
 
     // Redis answers nobody for 2 s.
-    let mut sleeper = cluster.resp().await;
-    sleeper.send(&[b"DEBUG", b"SLEEP", b"2"]).await;
+    let sleeper = cluster.redis.debug_sleep(2);
 
     let started = Instant::now();
     a.heartbeat("h1").await;
@@ -179,11 +171,11 @@ async fn slow_redis_delays_but_breaks_nothing() {
     // A join of a new topic waits for Redis to confirm, which it does in time.
     c.send(json!(["1", "1", "room:slow", "phx_join", {}])).await;
     assert_eq!(
-        recv_within(&mut c, SUBSCRIBE_BOUND).await,
+        c.recv_within(SUBSCRIBE_BOUND).await,
         json!(["1", "1", "room:slow", "phx_reply", {"status": "ok", "response": {}}])
     );
     loop {
-        let f = recv_within(&mut a, SUBSCRIBE_BOUND).await;
+        let f = a.recv_within(SUBSCRIBE_BOUND).await;
         if f[3] == "phx_reply" {
             assert_eq!(f[1], "2", "{f}");
             assert!(f[4]["status"] == "ok" || f[4]["status"] == "error", "{f}");
@@ -192,13 +184,10 @@ async fn slow_redis_delays_but_breaks_nothing() {
         }
         assert_eq!(f[3], "new_msg", "{f}");
     }
-    assert_eq!(
-        sleeper.read_within(SUBSCRIBE_BOUND).await,
-        Reply::Status("OK".into())
-    );
+    assert_eq!(sleeper.done(SUBSCRIBE_BOUND).await, "OK");
 
     // No reconnect was needed: both pods still deliver at once.
-    let mut resp = cluster.resp().await;
+    let mut resp = cluster.conn().await;
     let after = r#"{"event":"after","payload":{}}"#;
     assert_eq!(resp.publish(&cluster.channel("room:lobby"), after).await, 2);
     // The push made during the sleep may or may not have been delivered.
@@ -218,7 +207,7 @@ async fn slow_redis_delays_but_breaks_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_redis_fails_joins_within_the_timeout_then_recovers() {
-    let mut cluster = Cluster::start(2).await;
+    let mut cluster = Cluster::start(pod(), 2).await;
     let mut a = cluster.pods[0].client().await;
     let mut b = cluster.pods[1].client().await;
     a.join("room:lobby", "1").await;
@@ -246,7 +235,7 @@ async fn paused_redis_fails_joins_within_the_timeout_then_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_started_without_redis_connect_when_it_comes_up() {
-    let mut cluster = Cluster::with_redis_down(2).await;
+    let mut cluster = Cluster::with_redis_down(pod(), 2).await;
     let mut a = cluster.pods[0].client().await;
     let mut b = cluster.pods[1].client().await;
     join_refused(&mut a, "room:lobby", "1", FAST).await;
@@ -256,7 +245,7 @@ async fn pods_started_without_redis_connect_when_it_comes_up() {
 
     join_eventually(&mut a, "room:lobby").await;
     join_eventually(&mut b, "room:lobby").await;
-    let mut resp = cluster.resp().await;
+    let mut resp = cluster.conn().await;
     let msg = r#"{"event":"new_msg","payload":{"body":"hi"}}"#;
     assert_eq!(resp.publish(&cluster.channel("room:lobby"), msg).await, 2);
     for c in [&mut a, &mut b] {

@@ -3,10 +3,9 @@
 #[path = "../examples/seeds/app.rs"]
 #[allow(dead_code)]
 mod app;
-mod support;
 
 use serde_json::json;
-use support::TestServer;
+use test_support::TestServer;
 
 #[tokio::test]
 async fn room_lobby_broadcasts_and_replies() {

@@ -7,16 +7,10 @@
 //!
 //! Needs `redis-server` on PATH.
 
-mod support;
-
-use futures_util::{SinkExt as _, StreamExt as _};
-use redis::AsyncCommands as _;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use support::redis::{Pod, RedisServer};
-use support::Received;
+use test_support::{broadcast, wait, GatewayProcess, PhxClient, Received, RedisServer};
 use tokio::net::TcpSocket;
-use tokio_tungstenite::tungstenite::Message;
 
 const TOPIC: &str = "room:flood";
 /// `[[socket]] outbound_queue` of the pod, in frames.
@@ -62,7 +56,7 @@ const STEP: Duration = Duration::from_secs(20);
 
 /// `VmRSS` or `VmHWM` of `pid`, in bytes.
 fn proc_status_bytes(pid: u32, field: &str) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status
         .lines()
         .find(|l| l.starts_with(field))
@@ -82,8 +76,8 @@ fn reset_peak(pid: u32) -> bool {
 }
 
 /// The number after `connections: ` in the pod's `/readyz` body.
-async fn open_connections(pod: &Pod) -> usize {
-    let (_, body) = pod.get("/readyz").await.expect("readyz answers");
+async fn open_connections(pod: &GatewayProcess) -> usize {
+    let (_, body) = pod.get("/readyz").await.unwrap();
     body.lines()
         .find_map(|l| l.strip_prefix("connections: "))
         .and_then(|n| n.trim().parse().ok())
@@ -96,69 +90,43 @@ fn mib(bytes: usize) -> f64 {
 
 /// The `n` of a `flood` broadcast, `None` for any other frame.
 fn flood_n(frame: &Value) -> Option<u64> {
-    (frame[2] == TOPIC && frame[3] == "flood").then(|| frame[4]["n"].as_u64().expect("n"))
+    (frame[2] == TOPIC && frame[3] == "flood").then(|| frame[4]["n"].as_u64().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_closed_and_memory_stays_bounded() {
     let redis = RedisServer::start().await;
-    let mut pod = Pod::start_with_socket(
-        &format!("outbound_queue = {QUEUE}\n"),
-        &redis.url(),
-        "slow:",
-    )
-    .await;
+    let mut pod = GatewayProcess::builder(env!("CARGO_BIN_EXE_gateway"))
+        .redis(&redis.url())
+        .configure(|c| c.sockets[0].outbound_queue = QUEUE)
+        .start()
+        .await;
     let pid = pod.pid();
 
     // The slow client: a small kernel receive buffer, joins, then reads
     // nothing until the flood is over.
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(SLOW_RCVBUF).expect("SO_RCVBUF");
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(SLOW_RCVBUF).unwrap();
     let stream = tokio::time::timeout(STEP, socket.connect(pod.addr))
         .await
-        .expect("connect timed out")
-        .expect("connect");
-    let (mut slow, _) =
-        tokio::time::timeout(STEP, tokio_tungstenite::client_async(pod.url(""), stream))
-            .await
-            .expect("handshake timed out")
-            .expect("handshake");
-    slow.send(Message::text(format!(
-        r#"["1","1","{TOPIC}","phx_join",{{}}]"#
-    )))
-    .await
-    .expect("send join");
-    match tokio::time::timeout(STEP, slow.next()).await {
-        Ok(Some(Ok(Message::Text(t)))) => {
-            let reply: Value = serde_json::from_str(t.as_str()).unwrap();
-            assert_eq!(reply[4]["status"], "ok", "{reply}");
-        }
-        other => panic!("slow client: expected the join reply, got {other:?}"),
-    }
+        .unwrap()
+        .unwrap();
+    let mut slow = PhxClient::connect_stream(&pod.url(""), stream).await;
+    slow.join(TOPIC, "1").await;
 
     // The good client joins the same topic and reads everything.
     let mut good = pod.client().await;
     good.join(TOPIC, "1").await;
     assert_eq!(open_connections(&pod).await, 2);
 
-    let client = redis::Client::open(redis.url()).expect("redis url");
-    let mut publisher = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to redis");
-    let channel = format!("slow:{TOPIC}");
+    let mut publisher = redis.conn().await;
+    let channel = pod.channel(TOPIC);
     // Both joins were answered, so the pod is subscribed: exactly one receiver.
-    let receivers: i64 = publisher
+    let receivers = publisher
         .publish(&channel, r#"{"event":"warmup","payload":{}}"#)
-        .await
-        .expect("publish");
+        .await;
     assert_eq!(receivers, 1, "the pod is not subscribed to {channel}");
-    good.expect(support::redis::broadcast(
-        TOPIC,
-        "warmup",
-        serde_json::json!({}),
-    ))
-    .await;
+    good.expect(broadcast(TOPIC, "warmup", json!({}))).await;
 
     let baseline = proc_status_bytes(pid, "VmRSS:");
     let hwm_reset = reset_peak(pid);
@@ -199,7 +167,7 @@ async fn a_client_that_stops_reading_is_closed_and_memory_stays_bounded() {
         tokio::time::timeout(STEP, progress.wait_for(|&r| r >= want))
             .await
             .unwrap_or_else(|_| panic!("good client stuck below {want} of {sent} sent"))
-            .expect("good client reader ended");
+            .unwrap();
         let mut pipe = redis::pipe();
         let batch = WINDOW.min(FLOOD - sent);
         for n in sent..sent + batch {
@@ -208,8 +176,8 @@ async fn a_client_that_stops_reading_is_closed_and_memory_stays_bounded() {
         }
         let replies: Vec<i64> = tokio::time::timeout(STEP, pipe.query_async(&mut publisher))
             .await
-            .expect("publish timed out")
-            .expect("publish");
+            .unwrap()
+            .unwrap();
         assert!(replies.iter().all(|&r| r == 1), "receivers: {replies:?}");
         sent += batch;
         peak_sampled = peak_sampled.max(proc_status_bytes(pid, "VmRSS:"));
@@ -220,10 +188,7 @@ async fn a_client_that_stops_reading_is_closed_and_memory_stays_bounded() {
         }
     }
     let flood_time = started.elapsed();
-    let (received, _good) = tokio::time::timeout(STEP, reader)
-        .await
-        .expect("good client did not receive the whole flood")
-        .expect("good client reader panicked");
+    let (received, _good) = tokio::time::timeout(STEP, reader).await.unwrap().unwrap();
     let peak_hwm = proc_status_bytes(pid, "VmHWM:");
     let peak = if hwm_reset {
         peak_sampled.max(peak_hwm)
@@ -263,26 +228,20 @@ async fn a_client_that_stops_reading_is_closed_and_memory_stays_bounded() {
     let slow_closed_at = match slow_closed_at {
         Some(n) => n,
         None => {
-            let deadline = Instant::now() + STEP;
-            while open_connections(&pod).await != 1 {
-                assert!(
-                    Instant::now() < deadline,
-                    "the slow client is still connected after the whole flood"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            let what = "the slow client closed after the whole flood";
+            wait::until(what, STEP, || async {
+                let n = open_connections(&pod).await;
+                (n == 1).then_some(()).ok_or(n)
+            })
+            .await;
             FLOOD
         }
     };
     let mut slow_got = 0u64;
     let mut warmup = false;
     let end = loop {
-        let frame = tokio::time::timeout(STEP, slow.next())
-            .await
-            .expect("slow client: neither a frame nor the end");
-        match frame {
-            Some(Ok(Message::Text(t))) => {
-                let frame: Value = serde_json::from_str(t.as_str()).unwrap();
+        match slow.next_within(STEP).await {
+            Some(Received::Text(frame)) => {
                 if !warmup && frame[3] == "warmup" {
                     warmup = true;
                     continue;
@@ -290,11 +249,9 @@ async fn a_client_that_stops_reading_is_closed_and_memory_stays_bounded() {
                 assert_eq!(flood_n(&frame), Some(slow_got), "slow client: {frame}");
                 slow_got += 1;
             }
-            Some(Ok(Message::Close(c))) => {
-                break c.map(|c| (u16::from(c.code), c.reason.to_string()))
-            }
-            Some(Ok(other)) => panic!("slow client: unexpected {other:?}"),
-            Some(Err(_)) | None => break None,
+            // A close frame, or the end of the stream (`None`).
+            Some(Received::Close(_)) => break slow.close_frame().map(|(c, r)| (c, r.to_owned())),
+            other => panic!("slow client: neither a frame nor the end: {other:?}"),
         }
     };
     if let Some((code, reason)) = &end {

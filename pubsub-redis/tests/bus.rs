@@ -5,39 +5,29 @@
 //!
 //! Needs `redis-server` on PATH.
 
-mod support;
-
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use pubsub_redis::{Envelope, Origin};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use support::{numsub, publish, wait_numsub, wait_until, RedisServer, TestBus};
+use test_support::bus::TestBus;
+use test_support::wait::until_true;
+use test_support::{free_port, temp, wait, RedisServer, SETTLE};
 
 /// Longest a refused subscribe may take once the bus knows Redis is down.
 const FAST: Duration = Duration::from_secs(1);
 
-/// MONITOR lines from now on, as a stream of strings.
-async fn monitor(redis: &RedisServer) -> impl futures_util::Stream<Item = String> {
-    let client = redis::Client::open(redis.url()).unwrap();
-    tokio::time::timeout(support::TIMEOUT, client.get_async_monitor())
-        .await
-        .unwrap()
-        .unwrap()
-        .into_on_message::<String>()
-}
-
 /// Reads MONITOR lines until one satisfies `last`, returning all of them.
 async fn monitor_until(
-    lines: &mut (impl futures_util::Stream<Item = String> + Unpin),
+    lines: &mut (impl Stream<Item = String> + Unpin),
     last: impl Fn(&str) -> bool,
 ) -> Vec<String> {
     let mut seen = Vec::new();
     loop {
-        let line = tokio::time::timeout(support::SETTLE, lines.next())
+        let line = tokio::time::timeout(SETTLE, lines.next())
             .await
-            .expect("MONITOR line not seen in time")
-            .expect("MONITOR connection closed");
+            .unwrap()
+            .unwrap();
         let done = last(&line);
         seen.push(line);
         if done {
@@ -65,7 +55,7 @@ async fn subscribe_resolves_only_once_redis_confirmed() {
         t.bus.subscribe(&topic).await.unwrap();
         // Published right after subscribe returned: Redis already has it.
         let msg = format!(r#"{{"event":"e","payload":{{"i":{i}}}}}"#);
-        assert_eq!(publish(&mut conn, &t.channel(&topic), &msg).await, 1);
+        assert_eq!(conn.publish(&t.channel(&topic), &msg).await, 1);
         assert_eq!(
             t.next_text().await,
             (topic, "e".to_owned(), format!(r#"{{"i":{i}}}"#))
@@ -85,7 +75,7 @@ async fn references_are_counted_and_released_after_the_linger() {
 
     t.subscribe_eventually("room").await;
     t.bus.subscribe("room").await.unwrap();
-    assert_eq!(numsub(&mut conn, &room).await, 1, "one SUBSCRIBE per topic");
+    assert_eq!(conn.numsub(&room).await, 1, "one SUBSCRIBE per topic");
     assert_eq!(t.stat(|s| &s.subscriptions), 1);
 
     // One of two references goes: nothing changes in Redis. A marker whose
@@ -93,19 +83,19 @@ async fn references_are_counted_and_released_after_the_linger() {
     t.bus.unsubscribe("room");
     t.bus.subscribe("marker").await.unwrap();
     t.bus.unsubscribe("marker");
-    wait_numsub(&mut conn, &marker, 0).await;
-    assert_eq!(numsub(&mut conn, &room).await, 1);
+    conn.wait_numsub(&marker, 0).await;
+    assert_eq!(conn.numsub(&room).await, 1);
 
     // The last reference goes: UNSUBSCRIBE, but not before the linger.
     let released = Instant::now();
     t.bus.unsubscribe("room");
-    wait_numsub(&mut conn, &room, 0).await;
+    conn.wait_numsub(&room, 0).await;
     assert!(
         released.elapsed() >= linger,
         "unsubscribed after {:?}, before the linger of {linger:?}",
         released.elapsed()
     );
-    wait_until("subscriptions stat = 0", || {
+    until_true("subscriptions stat = 0", SETTLE, || {
         t.bus.stats().subscriptions.load(Ordering::Relaxed) == 0
     })
     .await;
@@ -113,7 +103,7 @@ async fn references_are_counted_and_released_after_the_linger() {
     // Unsubscribing a topic nobody holds changes nothing.
     t.bus.unsubscribe("never");
     t.bus.subscribe("room").await.unwrap();
-    assert_eq!(numsub(&mut conn, &room).await, 1);
+    assert_eq!(conn.numsub(&room).await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,7 +114,7 @@ async fn resubscribing_within_the_linger_does_not_flap() {
     let (room, marker) = (t.channel("room"), t.channel("marker"));
     t.subscribe_eventually("room").await;
     t.bus.subscribe("marker").await.unwrap();
-    let mut lines = Box::pin(monitor(&redis).await);
+    let mut lines = redis.monitor().await;
 
     t.bus.unsubscribe("room");
     // A round trip of its own, so the release and the new reference are
@@ -139,7 +129,7 @@ async fn resubscribing_within_the_linger_does_not_flap() {
         .filter(|l| is_cmd(l, "subscribe", &room) || is_cmd(l, "unsubscribe", &room))
         .collect();
     assert!(flaps.is_empty(), "room flapped: {flaps:?}");
-    assert_eq!(numsub(&mut conn, &room).await, 1);
+    assert_eq!(conn.numsub(&room).await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,21 +177,16 @@ async fn many_concurrent_subscribes_are_batched_without_losing_waiters() {
         t.bus.unsubscribe(tp);
     }
     let pattern = format!("{}*", t.prefix);
-    let deadline = Instant::now() + support::SETTLE;
-    loop {
-        let left: Vec<String> = redis::cmd("PUBSUB")
-            .arg("CHANNELS")
-            .arg(&pattern)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if left.is_empty() {
-            break;
+    wait::until("no channel left", SETTLE, || {
+        let mut conn = conn.clone();
+        let pattern = pattern.clone();
+        async move {
+            let left: Vec<String> = conn.cmd(&["PUBSUB", "CHANNELS", &pattern]).await;
+            left.is_empty().then_some(()).ok_or(left.len())
         }
-        assert!(Instant::now() < deadline, "{} channels left", left.len());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    wait_until("subscriptions stat = 0", || {
+    })
+    .await;
+    until_true("subscriptions stat = 0", SETTLE, || {
         t.bus.stats().subscriptions.load(Ordering::Relaxed) == 0
     })
     .await;
@@ -221,8 +206,8 @@ async fn a_subscribe_whose_caller_went_away_is_released() {
     }
     // Commands are handled in order: once this resolves, "gone" was handled.
     t.bus.subscribe("barrier").await.unwrap();
-    wait_numsub(&mut conn, &t.channel("gone"), 0).await;
-    wait_until("subscriptions stat = 1", || {
+    conn.wait_numsub(&t.channel("gone"), 0).await;
+    until_true("subscriptions stat = 1", SETTLE, || {
         t.bus.stats().subscriptions.load(Ordering::Relaxed) == 1
     })
     .await;
@@ -236,7 +221,7 @@ async fn subscribe_fails_fast_while_redis_is_down_and_topics_come_back() {
     assert!(t.bus.is_connected());
 
     redis.kill();
-    wait_until("the bus sees Redis down", || !t.bus.is_connected()).await;
+    until_true("the bus sees Redis down", SETTLE, || !t.bus.is_connected()).await;
     let started = Instant::now();
     let err = t.bus.subscribe("new").await.unwrap_err();
     assert!(started.elapsed() < FAST, "took {:?}", started.elapsed());
@@ -262,8 +247,8 @@ async fn subscribe_fails_fast_while_redis_is_down_and_topics_come_back() {
     assert!(t.stat(|s| &s.reconnects) >= 1);
     // "kept" was resubscribed with no action of its subscriber.
     let mut conn = redis.conn().await;
-    assert_eq!(numsub(&mut conn, &t.channel("kept")).await, 1);
-    assert_eq!(numsub(&mut conn, &t.channel("new")).await, 1);
+    assert_eq!(conn.numsub(&t.channel("kept")).await, 1);
+    assert_eq!(conn.numsub(&t.channel("new")).await, 1);
     t.bus
         .publish("kept", Envelope::encode("back", b"[1]", None))
         .await
@@ -277,7 +262,7 @@ async fn subscribe_fails_fast_while_redis_is_down_and_topics_come_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_redis_fails_fast_from_the_start() {
-    let url = format!("redis://127.0.0.1:{}/0", support::free_port());
+    let url = format!("redis://127.0.0.1:{}/0", free_port());
     let t = TestBus::start(&url, Duration::from_millis(200));
     for topic in ["a", "b", "c"] {
         let started = Instant::now();
@@ -296,21 +281,17 @@ async fn killed_subscriber_connection_reconnects_and_resubscribes() {
     t.subscribe_eventually("a").await;
     t.bus.subscribe("b").await.unwrap();
 
-    let killed: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let killed: i64 = conn.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
     assert_eq!(killed, 1);
-    wait_until("a reconnect", || {
+    until_true("a reconnect", SETTLE, || {
         t.bus.stats().reconnects.load(Ordering::Relaxed) == 1 && t.bus.is_connected()
     })
     .await;
     for topic in ["a", "b"] {
-        assert_eq!(numsub(&mut conn, &t.channel(topic)).await, 1);
-        let n = publish(&mut conn, &t.channel(topic), r#"{"event":"again"}"#).await;
+        assert_eq!(conn.numsub(&t.channel(topic)).await, 1);
+        let n = conn
+            .publish(&t.channel(topic), r#"{"event":"again"}"#)
+            .await;
         assert_eq!(n, 1);
         assert_eq!(t.next().await.0, topic);
     }
@@ -332,9 +313,10 @@ async fn malformed_envelopes_are_counted_and_dropped() {
         r#"{"payload":{}}"#,
     ];
     for m in bad {
-        assert_eq!(publish(&mut conn, &ch, m).await, 1);
+        assert_eq!(conn.publish(&ch, m).await, 1);
     }
-    publish(&mut conn, &ch, r#"{"event":"ok","payload":{"n":1}}"#).await;
+    conn.publish(&ch, r#"{"event":"ok","payload":{"n":1}}"#)
+        .await;
     assert_eq!(
         t.next_text().await,
         ("room".into(), "ok".into(), r#"{"n":1}"#.into())
@@ -372,7 +354,7 @@ async fn envelopes_from_other_publishers() {
         (r#"{"payload":7,"event":"f"}"#, "7"),
     ];
     for (msg, _) in cases {
-        assert_eq!(publish(&mut conn, &ch, msg).await, 1, "{msg}");
+        assert_eq!(conn.publish(&ch, msg).await, 1, "{msg}");
     }
     for (msg, payload) in cases {
         let (_, e) = t.next().await;
@@ -385,7 +367,7 @@ async fn envelopes_from_other_publishers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_on_one_prefix_see_each_others_publishes_with_origin() {
     let redis = RedisServer::start().await;
-    let prefix = format!("{}:", support::unique("shared"));
+    let prefix = temp::prefix("shared");
     let mut a = TestBus::with_prefix(&redis.url(), &prefix, Duration::from_millis(200));
     let b = TestBus::with_prefix(&redis.url(), &prefix, Duration::from_millis(200));
     a.subscribe_eventually("room").await;
@@ -418,7 +400,7 @@ async fn keepalive_ping_keeps_a_subscribed_connection() {
     let mut t = TestBus::start(&redis.url(), Duration::from_millis(200));
     let mut conn = redis.conn().await;
     t.subscribe_eventually("room").await;
-    let mut lines = Box::pin(monitor(&redis).await);
+    let mut lines = redis.monitor().await;
     monitor_until(&mut lines, |l| l.to_ascii_lowercase().contains("\"ping\"")).await;
     // Handled after the PING's answer: the connection must still be the same.
     t.bus.subscribe("after-ping").await.unwrap();
@@ -429,7 +411,8 @@ async fn keepalive_ping_keeps_a_subscribed_connection() {
         "the keepalive dropped the connection"
     );
     assert_eq!(
-        publish(&mut conn, &t.channel("room"), r#"{"event":"still"}"#).await,
+        conn.publish(&t.channel("room"), r#"{"event":"still"}"#)
+            .await,
         1
     );
     assert_eq!(t.next().await.1.event, "still");

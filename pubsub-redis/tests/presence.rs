@@ -4,12 +4,11 @@
 //!
 //! Needs `redis-server` on PATH.
 
-mod support;
-
 use bytes::Bytes;
 use pubsub_redis::presence::{Op, PresenceStore};
 use std::time::Duration;
-use support::{RedisServer, TestBus};
+use test_support::bus::TestBus;
+use test_support::RedisServer;
 
 fn put(topic: &str, entry: &str, value: &str) -> Op {
     Op::Put {
@@ -67,13 +66,8 @@ async fn write_list_heartbeat_reap() {
 
     // pod-a's liveness key expires (deleted here rather than waited for):
     // pod-b sees it dead and reaps it, once.
-    let mut conn = redis.conn().await;
     let alive = format!("{}presence-alive:pod-a", a.prefix);
-    redis::cmd("DEL")
-        .arg(&alive)
-        .query_async::<i64>(&mut conn)
-        .await
-        .unwrap();
+    let _: i64 = redis.conn().await.cmd(&["DEL", &alive]).await;
     assert_eq!(pb.dead_pods().await.unwrap(), vec!["pod-a".to_owned()]);
     let (first, second) = tokio::join!(pb.reap("pod-a"), pb.reap("pod-a"));
     let mut got = first.unwrap();

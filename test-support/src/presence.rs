@@ -3,7 +3,7 @@
 //! `syncDiff` do (joins before leaves, metas matched by `phx_ref`), so tests
 //! can check what `presence.list()` would show.
 
-use super::PhxClient;
+use crate::phoenix::{PhxClient, Received};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -87,6 +87,7 @@ impl View {
 }
 
 /// A client joined to one presence topic, with its view.
+#[derive(Debug)]
 pub struct Member {
     pub client: PhxClient,
     pub topic: String,
@@ -127,7 +128,7 @@ impl Member {
         while !(self.view.synced && self.view.counts() == want) {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.client.next_within(left).await {
-                Some(super::Received::Text(f)) => {
+                Some(Received::Text(f)) => {
                     self.view.apply(&self.topic, &f);
                 }
                 other => panic!(
