@@ -265,3 +265,38 @@ async fn v1_session_across_pods() {
                     "payload": {"status": "ok", "response": {}}})]
     );
 }
+
+/// A pod's relay inbox is not a topic: a client that joins `lp:{pod}` (here
+/// allowed by a catch-all rule) on another pod subscribes nothing in Redis,
+/// so the relayed requests of a session on that pod never reach it.
+#[tokio::test]
+async fn a_pods_inbox_never_reaches_clients() {
+    use gateway::config::{ChannelRule, Mode, Policy};
+    let open = pod().configure(|c| {
+        c.channels.push(ChannelRule {
+            pattern: "lp:*".into(),
+            policy: Policy::Public,
+            sockets: None,
+            events: Vec::new(),
+            mode: Mode::Broadcast,
+            include_sender: true,
+            presence: None,
+        })
+    });
+    let cluster = Cluster::start(open, 3).await;
+    let mut c = session(&cluster).await;
+    let owner = owner_of(c.token.as_deref().unwrap());
+    let inbox = cluster.channel(&format!("lp:{owner}"));
+    let mut spy = cluster.pods[1].client().await;
+    spy.join(&format!("lp:{owner}"), "1").await;
+    // The join is answered after any Redis subscription it makes: only the
+    // owner listens on its inbox.
+    let mut redis = cluster.conn().await;
+    assert_eq!(redis.numsub(&inbox).await, 1);
+    // Requests relayed through the spy's pod cross that inbox.
+    c.addr = cluster.pods[1].addr;
+    assert_eq!(c.post(&[ping(1)]).await, 200);
+    let got = c.messages(2).await;
+    assert!(got.contains(&pong(1)) && got.contains(&echo(1)), "{got:?}");
+    spy.heartbeat("h").await;
+}
