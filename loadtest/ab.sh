@@ -7,6 +7,8 @@
 #
 # AB_ROUNDS (default 3) rounds; AB_DURATION (default 20s) each run;
 # AB_SHAPE (default "-s 10000 -t 1 -p 50": fanout-10k's shape).
+# AB_IDLE="-n 10000 -r 5000" compares memory per idle joined connection
+# instead (the idle scenario, with the same rounds and duration).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,9 +28,14 @@ for round in $(seq 1 "$ROUNDS"); do
   for side in A B; do
     GW=${!side}
     start_gateway "gw-$side-$round"
-    # shellcheck disable=SC2086
-    lt "$side-$round" fanout $SHAPE --via redis --redis-url "$REDIS_URL" --prefix "$PREFIX" \
-      --url "$GW_URL" --gateway-pid "$GW_PID" --duration "$DURATION" --drain 5s
+    if [ -n "${AB_IDLE:-}" ]; then
+      # shellcheck disable=SC2086
+      lt "$side-$round" idle $AB_IDLE --url "$GW_URL" --gateway-pid "$GW_PID" --duration "$DURATION"
+    else
+      # shellcheck disable=SC2086
+      lt "$side-$round" fanout $SHAPE --via redis --redis-url "$REDIS_URL" --prefix "$PREFIX" \
+        --url "$GW_URL" --gateway-pid "$GW_PID" --duration "$DURATION" --drain 5s
+    fi
     stop "$GW_PID"
   done
 done
@@ -38,6 +45,22 @@ import json, os, statistics, sys
 out, a, b = sys.argv[1:4]
 runs = {"A": [], "B": []}
 print(f"\nA = {a}\nB = {b}\n")
+idle = {"A": [], "B": []}
+for f in sorted(os.listdir(out)):
+    if not f.endswith(".json"):
+        continue
+    d = json.load(open(os.path.join(out, f)))
+    if d.get("scenario") == "idle" or "delivery" not in d.get("latency", {}):
+        mem = (d.get("memory") or {}).get("bytes_per_connection")
+        if mem is not None:
+            idle[f[0]].append(mem)
+            print(f"{f[:-5]:<6}{mem:>10.0f} bytes per idle connection")
+if idle["A"] or idle["B"]:
+    for side, ms in idle.items():
+        if ms:
+            print(f"median {side}: {statistics.median(ms):.0f} bytes per idle connection")
+    print(f"\nresults in {out}")
+    sys.exit(0)
 print(f"{'run':<6}{'deliv/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'missing':>9}{'CPU µs/d':>10}")
 for f in sorted(os.listdir(out)):
     if not f.endswith(".json"):
