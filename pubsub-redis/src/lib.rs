@@ -225,9 +225,19 @@ impl RedisBus {
     /// When Redis is unreachable or does not confirm in time. No reference is
     /// kept in that case.
     pub async fn subscribe(&self, topic: &str) -> Result<(), Error> {
+        self.confirmed(|tx| Command::Subscribe(topic.to_owned(), tx))
+            .await
+    }
+
+    /// Sends a command to the subscriber actor and waits for Redis to
+    /// confirm it.
+    async fn confirmed(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<(), Error>>) -> Command,
+    ) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
         self.commands
-            .send(Command::Subscribe(topic.to_owned(), tx))
+            .send(command(tx))
             .map_err(|_| Error::Unavailable("bus stopped".into()))?;
         rx.await
             .map_err(|_| Error::Unavailable("bus stopped".into()))?
@@ -247,12 +257,8 @@ impl RedisBus {
     /// When Redis is unreachable or does not confirm in time; nothing is
     /// kept then, so calling again retries.
     pub async fn listen(&self, name: &str) -> Result<(), Error> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Listen(name.to_owned(), tx))
-            .map_err(|_| Error::Unavailable("bus stopped".into()))?;
-        rx.await
-            .map_err(|_| Error::Unavailable("bus stopped".into()))?
+        self.confirmed(|tx| Command::Listen(name.to_owned(), tx))
+            .await
     }
 
     /// Publishes an encoded envelope to `topic` on every pod. Returns how

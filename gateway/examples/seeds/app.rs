@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use gateway::channel::{ChannelContext, HandleIn, JoinResult, Next, Router, StopReason, Terminate};
 use gateway::endpoint::{Body, Endpoint, Socket};
+use gateway::protocol::Refusal;
 use gateway::{AcceptAll, Channel, Payload};
 use http_body_util::BodyExt;
 use hyper::{Method, Request, Response, StatusCode};
@@ -98,9 +99,7 @@ impl Channel for WildChannel {
         if ok {
             Ok(Payload::empty())
         } else {
-            Err(Payload::json(
-                &json!({"reason": "wild:A:B requires integers with B = 2*A"}),
-            ))
+            Err(Payload::reason("wild:A:B requires integers with B = 2*A"))
         }
     }
 
@@ -111,7 +110,7 @@ impl Channel for WildChannel {
         _: &mut ChannelContext<()>,
     ) -> HandleIn {
         ping_reply(event, &payload).unwrap_or_else(|| {
-            HandleIn::error(json!({"reason": format!("unhandled event {event}")}))
+            HandleIn::error(Payload::reason(format_args!("unhandled event {event}")))
         })
     }
 }
@@ -175,7 +174,7 @@ impl Channel for RoomChannel {
         if topic == "room:lobby" {
             Ok(Payload::empty())
         } else {
-            Err(Payload::json(&json!({"reason": "unauthorized"})))
+            Err(Refusal::Unauthorized.payload())
         }
     }
 
@@ -192,11 +191,11 @@ impl Channel for RoomChannel {
                     .await
                 {
                     Ok(()) => HandleIn::ok(Payload::empty()),
-                    Err(e) => HandleIn::error(json!({"reason": e.to_string()})),
+                    Err(e) => HandleIn::error(Payload::reason(e)),
                 }
             }
-            ("new_msg", _) => HandleIn::error(json!({"reason": "invalid message"})),
-            (other, _) => HandleIn::error(json!({"reason": format!("unhandled event {other}")})),
+            ("new_msg", _) => HandleIn::error(Payload::reason("invalid message")),
+            (other, _) => HandleIn::error(Payload::reason(format_args!("unhandled event {other}"))),
         }
     }
 }
