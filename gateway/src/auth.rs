@@ -84,8 +84,8 @@ impl TokenVerifier {
     ///
     /// # Errors
     /// Why not: expired, not yet valid, claims not accepted, or invalid.
-    pub fn verify(&self, token: &str) -> Result<Assigns, Refusal> {
-        let invalid = Refusal::invalid;
+    pub fn verify(&self, token: &str) -> Result<Assigns, TokenError> {
+        let invalid = TokenError::invalid;
         match jsonwebtoken::decode::<Assigns>(token, &self.key, &self.validation) {
             Ok(data) if data.claims.is_empty() => Err(invalid("token has no claims")),
             // jsonwebtoken skips `exp`/`nbf` it cannot parse (strings,
@@ -101,18 +101,18 @@ impl TokenVerifier {
             }
             Ok(data) => Ok(data.claims),
             Err(e) => Err(match e.kind() {
-                ErrorKind::ExpiredSignature => Refusal {
+                ErrorKind::ExpiredSignature => TokenError {
                     label: "expired",
                     message: "token expired",
                 },
-                ErrorKind::ImmatureSignature => Refusal {
+                ErrorKind::ImmatureSignature => TokenError {
                     label: "not_yet_valid",
                     message: "token not yet valid",
                 },
                 ErrorKind::InvalidSignature => invalid("bad token signature"),
                 ErrorKind::InvalidAlgorithm => invalid("token algorithm not accepted"),
-                ErrorKind::InvalidAudience => Refusal::claims("token audience not accepted"),
-                ErrorKind::InvalidIssuer => Refusal::claims("token issuer not accepted"),
+                ErrorKind::InvalidAudience => TokenError::claims("token audience not accepted"),
+                ErrorKind::InvalidIssuer => TokenError::claims("token issuer not accepted"),
                 _ => invalid("invalid token"),
             }),
         }
@@ -122,15 +122,15 @@ impl TokenVerifier {
 /// Why a token was refused: a sentence for logs and replies, and the
 /// `reason` label of `gateway_auth_failures_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refusal {
+pub struct TokenError {
     /// `missing_token`, `invalid_token`, `expired`, `not_yet_valid` or `claims`.
     pub label: &'static str,
     /// What went wrong, in words.
     pub message: &'static str,
 }
 
-/// The labels a [`Refusal`] may carry.
-const REFUSAL_LABELS: [&str; 5] = [
+/// The labels a [`TokenError`] may carry.
+const TOKEN_ERROR_LABELS: [&str; 5] = [
     "missing_token",
     "invalid_token",
     "expired",
@@ -138,23 +138,23 @@ const REFUSAL_LABELS: [&str; 5] = [
     "claims",
 ];
 
-impl Refusal {
+impl TokenError {
     fn invalid(message: &'static str) -> Self {
-        Refusal {
+        TokenError {
             label: "invalid_token",
             message,
         }
     }
 
     fn claims(message: &'static str) -> Self {
-        Refusal {
+        TokenError {
             label: "claims",
             message,
         }
     }
 }
 
-impl std::fmt::Display for Refusal {
+impl std::fmt::Display for TokenError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.message)
     }
@@ -226,7 +226,7 @@ impl TokenSocket {
             crate::metrics::register_pattern(template);
         }
         let path = path.trim_end_matches('/').to_owned();
-        crate::metrics::metrics().init_auth(&path, &REFUSAL_LABELS);
+        crate::metrics::metrics().init_auth(&path, &TOKEN_ERROR_LABELS);
         TokenSocket {
             verifier: auth.verifier,
             require_token: auth.require_token,
@@ -242,21 +242,21 @@ impl TokenSocket {
         self.verify(token).map_err(|r| self.refused(r))
     }
 
-    fn verify(&self, token: &str) -> Result<Assigns, Refusal> {
+    fn verify(&self, token: &str) -> Result<Assigns, TokenError> {
         let verifier = self
             .verifier
             .as_ref()
-            .ok_or(Refusal::invalid("tokens are not enabled on this socket"))?;
+            .ok_or(TokenError::invalid("tokens are not enabled on this socket"))?;
         let claims = verifier.verify(token)?;
         for (k, want) in &self.require_claims {
             if claims.get(k) != Some(want) {
-                return Err(Refusal::claims("token lacks a required claim"));
+                return Err(TokenError::claims("token lacks a required claim"));
             }
         }
         Ok(claims)
     }
 
-    fn refused(&self, r: Refusal) -> &'static str {
+    fn refused(&self, r: TokenError) -> &'static str {
         crate::metrics::metrics().auth_failure(&self.path, r.label);
         r.message
     }
@@ -270,7 +270,7 @@ impl SocketHandler for TokenSocket {
             .as_deref()
             .or_else(|| params.get(&self.token_param));
         match token.filter(|t| !t.is_empty()) {
-            None if self.require_token => Err(ConnectError::forbidden(self.refused(Refusal {
+            None if self.require_token => Err(ConnectError::forbidden(self.refused(TokenError {
                 label: "missing_token",
                 message: "token required",
             }))),
