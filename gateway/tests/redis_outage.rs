@@ -10,7 +10,7 @@
 use serde_json::json;
 use std::time::{Duration, Instant};
 use test_support::jwt::token;
-use test_support::{broadcast, Cluster, GatewayBuilder, GatewayProcess, PhxClient, SETTLE};
+use test_support::{broadcast, Cluster, GatewayBuilder, GatewayProcess, PhxClient};
 
 /// Longest a refused join may take when the pod already knows Redis is down.
 const FAST: Duration = Duration::from_secs(2);
@@ -35,20 +35,6 @@ async fn join_refused(c: &mut PhxClient, topic: &str, jr: &str, bound: Duration)
                {"status": "error", "response": {"reason": "subscription failed, try again"}}])
     );
     took
-}
-
-/// Retries a join until it succeeds (Redis is back), bounded.
-async fn join_eventually(c: &mut PhxClient, topic: &str) {
-    let deadline = Instant::now() + SETTLE;
-    for attempt in 0.. {
-        let jr = format!("r{attempt}");
-        let reply = c.try_join(topic, &jr).await;
-        if reply[4]["status"] == "ok" {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{topic}: still refused: {reply}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// After an outage: waits until every pod delivers `room:lobby` again (by
@@ -243,8 +229,8 @@ async fn pods_started_without_redis_connect_when_it_comes_up() {
 
     cluster.redis.restart().await;
 
-    join_eventually(&mut a, "room:lobby").await;
-    join_eventually(&mut b, "room:lobby").await;
+    a.join_retrying("room:lobby", "r").await;
+    b.join_retrying("room:lobby", "r").await;
     let mut resp = cluster.conn().await;
     let msg = r#"{"event":"new_msg","payload":{"body":"hi"}}"#;
     assert_eq!(resp.publish(&cluster.channel("room:lobby"), msg).await, 2);
