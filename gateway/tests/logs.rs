@@ -14,15 +14,19 @@ use test_support::{broadcast, wait, GatewayProcess, RedisServer};
 const SECRET_PAYLOAD: &str = "do-not-log-this-payload";
 
 /// The pod's log lines parsed as JSON, once one has `message` = `until`.
-async fn lines_until(pod: &GatewayProcess, until: &str) -> Vec<Value> {
-    let what = format!("a {until:?} line");
+/// The log's lines once every message of `until` is among them (the
+/// connection's and its channel's ends are logged by different tasks, in
+/// either order).
+async fn lines_until(pod: &GatewayProcess, until: &[&str]) -> Vec<Value> {
+    let what = format!("lines {until:?}");
     wait::until(&what, Duration::from_secs(10), || async {
         let log = pod.log();
         let lines: Vec<Value> = log
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
             .collect();
-        match lines.iter().any(|l| l["fields"]["message"] == until) {
+        let seen = |m: &&str| lines.iter().any(|l| l["fields"]["message"] == *m);
+        match until.iter().all(seen) {
             true => Ok(lines),
             false => Err(log),
         }
@@ -55,7 +59,7 @@ async fn json_lines_one_per_lifecycle_event_and_no_payloads() {
     }
     c.close().await;
 
-    let lines = lines_until(&pod, "connection closed").await;
+    let lines = lines_until(&pod, &["connection closed", "channel left"]).await;
     for l in &lines {
         assert!(l["timestamp"].is_string(), "{l}");
         assert!(l["level"].is_string(), "{l}");
