@@ -124,11 +124,7 @@ impl Endpoint {
     pub fn readiness(&self) -> (bool, String) {
         let (ok, state) = if !self.ready.load(Ordering::SeqCst) {
             (false, "draining".to_owned())
-        } else if let Some((_, why)) = self
-            .admission
-            .over_limit()
-            .or_else(|| self.http_full(1))
-        {
+        } else if let Some((_, why)) = self.admission.over_limit().or_else(|| self.http_full(1)) {
             (false, why)
         } else {
             (true, "ready".to_owned())

@@ -96,7 +96,10 @@ async fn trickled_bodies_get_408_when_the_body_timeout_passes() {
         let (status, sent, mut conn) = a.await.unwrap();
         assert_eq!(status, 408, "after {sent} trickled bytes");
         assert!(sent < BODY, "the whole body went through ({sent} bytes)");
-        assert!(conn.closed_within(TIMEOUT).await, "still open after the 408");
+        assert!(
+            conn.closed_within(TIMEOUT).await,
+            "still open after the 408"
+        );
     }
     // 1 s of body timeout, not the minutes a trickle of 4 kB would take.
     let took = started.elapsed();
@@ -111,7 +114,11 @@ async fn trickled_bodies_get_408_when_the_body_timeout_passes() {
     )
     .await;
     // The session and the publish API still serve well-behaved clients.
-    assert_eq!(lp.post(&[json!(["1", "1", "room:lp", "phx_join", {}])]).await, 200);
+    assert_eq!(
+        lp.post(&[json!(["1", "1", "room:lp", "phx_join", {}])])
+            .await,
+        200
+    );
     let (status, body) = pod
         .api_broadcast("room:canary-408", "new_msg", json!({"n": 1}))
         .await;
@@ -136,11 +143,17 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
     assert_eq!(r.status, 200, "{}", r.body);
     // ...then closed once it sat idle past the header timeout.
     let started = Instant::now();
-    assert!(idle.closed_within(TIMEOUT).await, "idle connection kept open");
+    assert!(
+        idle.closed_within(TIMEOUT).await,
+        "idle connection kept open"
+    );
     assert!(started.elapsed() >= Duration::from_millis(400));
     // A connection that never sends a byte goes the same way.
     let mut silent = HttpConn::connect(pod.addr).await;
-    assert!(silent.closed_within(TIMEOUT).await, "silent connection kept open");
+    assert!(
+        silent.closed_within(TIMEOUT).await,
+        "silent connection kept open"
+    );
     canary_beat(&mut c, "hb").await;
 }
 
@@ -192,13 +205,20 @@ async fn a_flood_of_http_connections_stops_at_max_http_connections() {
     assert!(refused(pod.addr).await.contains("connection limit"));
     probes_say(metrics, "at http connection limit").await;
     let text = scrape_at(metrics).await;
-    let hits = sample(&text, "gateway_limit_hits_total", &[("limit", "max_http_connections")]);
+    let hits = sample(
+        &text,
+        "gateway_limit_hits_total",
+        &[("limit", "max_http_connections")],
+    );
     assert!(hits >= Some(1.0), "{hits:?}");
     // The canary (upgraded, so not a plain connection) is served: a
     // heartbeat, and a broadcast from a backend through Redis.
     canary_beat(&mut c, "hb1").await;
     redis
-        .publish(&pod.channel(topic), r#"{"event":"new_msg","payload":{"n":1}}"#)
+        .publish(
+            &pod.channel(topic),
+            r#"{"event":"new_msg","payload":{"n":1}}"#,
+        )
         .await;
     c.expect(broadcast(topic, "new_msg", json!({"n": 1}))).await;
     let grew = vm_rss(pod.pid()).saturating_sub(baseline);
@@ -226,7 +246,13 @@ async fn plain_connections_leave_descriptors_for_the_probes_at_the_open_files_li
     let (mut c, jr) = canary(&pod, topic).await;
     let baseline = vm_rss(pod.pid());
     let held = hoard(pod.addr, SOCKETS - 1).await;
-    wait_for(metrics, "gateway_http_connections", &[], (SOCKETS - 1) as f64).await;
+    wait_for(
+        metrics,
+        "gateway_http_connections",
+        &[],
+        (SOCKETS - 1) as f64,
+    )
+    .await;
     refused(pod.addr).await;
     probes_say(metrics, "at socket limit").await;
     canary_beat(&mut c, "hb1").await;

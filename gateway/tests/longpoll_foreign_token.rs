@@ -22,7 +22,10 @@ async fn a_token_of_another_secret_is_410_and_the_client_recovers() {
 
     let got = Request::get(&foreign).send(b.addr).await;
     assert_eq!(got.status, 200, "{got:?}");
-    assert_eq!(got.json(), json!({"status": 410, "token": null, "messages": []}));
+    assert_eq!(
+        got.json(),
+        json!({"status": 410, "token": null, "messages": []})
+    );
     let posted = Request::post(&foreign)
         .header("Content-Type", "application/x-ndjson")
         .body(json!(["1", "1", "room:x", "phx_join", {}]).to_string())

@@ -11,8 +11,8 @@ use serde_json::json;
 use std::process::Stdio;
 use test_support::jwt::token;
 use test_support::scrape::{sample, scrape_at, wait_for};
-use test_support::{broadcast, GatewayBuilder, GatewayProcess, LpClient, PhxClient};
 use test_support::RedisServer;
+use test_support::{broadcast, GatewayBuilder, GatewayProcess, LpClient, PhxClient};
 use tokio::io::AsyncWriteExt;
 
 /// Runs `promtool check metrics` on an exposition.

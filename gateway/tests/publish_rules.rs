@@ -99,7 +99,10 @@ async fn protocol_and_presence_events_from_redis_are_dropped_and_counted() {
     .await;
     let log = pod.log();
     let lines = log.matches("dropping messages from Redis").count();
-    assert_eq!(lines, 1, "logged once per interval, not per message:\n{log}");
+    assert_eq!(
+        lines, 1,
+        "logged once per interval, not per message:\n{log}"
+    );
 }
 
 #[tokio::test]

@@ -17,9 +17,7 @@ mod prefix;
 
 pub(crate) use guard::{JoinedChannel, OpenConnection};
 pub(crate) use label::{Dropped, Limit, Received, Sent, Source};
-use label::{
-    DROPPED, JOIN_RESULTS, LATENCY_BUCKETS, LIMITS, RECEIVED_KINDS, REFUSALS, SENT_KINDS,
-};
+use label::{DROPPED, JOIN_RESULTS, LATENCY_BUCKETS, LIMITS, RECEIVED_KINDS, REFUSALS, SENT_KINDS};
 
 use crate::protocol::Transport;
 use prometheus::core::Collector;
