@@ -26,6 +26,7 @@
 //! | [`jwt`] | tokens: HS256, RS256/ES256 keypairs, `alg: none` |
 //! | [`room`] | the spec's `RoomChannel` fixture |
 //! | [`bus`] | `TestBus`, a `pubsub-redis` bus that hands deliveries over |
+//! | [`scrape`] | reading samples of a pod's `/metrics` |
 
 pub mod bus;
 pub mod cluster;
@@ -39,6 +40,7 @@ pub mod process;
 pub mod redis_cluster;
 pub mod redis_server;
 pub mod room;
+pub mod scrape;
 pub mod server;
 pub mod temp;
 pub mod wait;

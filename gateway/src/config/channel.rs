@@ -107,9 +107,9 @@ impl ChannelSettings {
     }
 }
 
-/// Client events that are the protocol's own, or empty.
+/// Client events that are the protocol's own (presence's included), or empty.
 fn reserved_event(e: &str) -> bool {
-    e.is_empty() || e.starts_with("phx_") || e == "access_token"
+    e.is_empty() || crate::protocol::reserved_event(e).is_some() || e == "access_token"
 }
 
 impl ChannelRule {

@@ -39,7 +39,7 @@ pub struct LongPollConfig {
     /// Messages buffered for a session between two GETs; more ends the
     /// session as a slow consumer instead of growing. Default 1024.
     pub max_buffer: usize,
-    /// Largest POST body, bytes; larger is refused with HTTP 400.
+    /// Largest POST body, bytes; larger is refused with HTTP 413.
     /// Default 8 MiB, as Plug's `read_body`.
     pub max_body: usize,
 }

@@ -59,6 +59,23 @@ fn every_error_names_its_key() {
     fails("[server]\nlisten = \"nope\"", "server.listen");
     fails("[log]\nformat = \"xml\"", "format");
     fails("[api]\npath = \"api\"", "api.path");
+    fails("[server]\nbody_timeout_ms = 0", "server.body_timeout_ms");
+    fails(
+        "[server]\nheader_timeout_ms = 99",
+        "server.header_timeout_ms",
+    );
+    fails(
+        "[server]\nmax_publish_bytes = 10",
+        "server.max_publish_bytes",
+    );
+    fails(
+        "[server]\nmax_publish_bytes = 50000000",
+        "server.max_publish_bytes",
+    );
+    fails(
+        "[[channel]]\npattern = \"r:*\"\nevents = [\"presence_diff\"]",
+        "channel[0].events",
+    );
     fails("[api]\nkey = \"\"", "api.key");
     fails("[[socket]]\npath = \"socket\"", "socket[0].path");
     fails("[[socket]]\n[[socket]]", "socket[1].path");
@@ -253,6 +270,23 @@ fn max_connections_fits_the_open_files_limit() {
     assert_eq!(c.server.max_connections, 960);
     let settings = c.validate().unwrap();
     assert_eq!(settings.server.limits.max_connections, Some(960));
+    assert_eq!(
+        settings.server.limits.max_sockets,
+        Some(960),
+        "WebSocket and plain HTTP connections share the descriptors"
+    );
+    assert_eq!(settings.server.limits.max_http_connections, Some(50_000));
+    assert_eq!(
+        Config::parse("", "t")
+            .unwrap()
+            .validate()
+            .unwrap()
+            .server
+            .limits
+            .max_sockets,
+        None,
+        "not enforced without a known limit"
+    );
 
     let mut tiny = Config::parse("", "t").unwrap();
     assert_eq!(tiny.fit_to_fd_limit(10).map(|l| l.lowered_to), Some(1));
