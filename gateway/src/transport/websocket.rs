@@ -230,7 +230,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
             Ok(Err(ReadError::TooLarge)) => return Disconnect::FrameTooLarge,
             Ok(Err(ReadError::Protocol(why))) => {
                 tracing::debug!(conn = conn.id(), why, "websocket protocol error");
-                return Disconnect::Malformed;
+                return Disconnect::ProtocolError;
+            }
+            Ok(Err(ReadError::InvalidUtf8(why))) => {
+                tracing::debug!(conn = conn.id(), why, "websocket protocol error");
+                return Disconnect::InvalidUtf8;
             }
         };
         let data = match &incoming {
