@@ -1,6 +1,6 @@
-//! The WebSocket transport at `{path}/websocket`: the handshake (vsn,
-//! `authToken` subprotocol, connect), then a reader loop that feeds the
-//! connection and a writer task that drains its queue.
+//! The WebSocket transport at `{path}/websocket`: the handshake (RFC 6455
+//! §4.2.1 checks, vsn, `authToken` subprotocol, connect), then a reader loop
+//! that feeds the connection and a writer task that drains its queue.
 //!
 //! fastwebsockets answers the upgrade; frames are read by our own
 //! [`FrameReader`], whose buffer is released whenever it drains.
@@ -17,8 +17,10 @@ use crate::socket::connection::Connection;
 use crate::socket::{ConnectInfo, Params, Socket, SocketConfig};
 use base64::Engine;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header::{
+    HeaderValue, HOST, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION,
+};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,17 +37,8 @@ pub(crate) async fn handshake(
     peer: SocketAddr,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
-    if req.method() != Method::GET {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "websocket endpoint accepts GET only",
-        );
-    }
-    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "expected a websocket upgrade request",
-        );
+    if let Err(refusal) = check_handshake(&req) {
+        return refusal;
     }
     let (phoenix_offered, auth_token) = match subprotocols(&req) {
         Ok(p) => p,
@@ -95,6 +88,49 @@ pub(crate) async fn handshake(
             .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("phoenix"));
     }
     resp
+}
+
+/// Refuses a request that is not an opening handshake as RFC 6455 §4.2.1
+/// describes, before admission runs: 400, or 426 naming the version we speak.
+fn check_handshake<B>(req: &Request<B>) -> Result<(), Response<Body>> {
+    let bad = |why| Err(text(StatusCode::BAD_REQUEST, why));
+    if req.method() != Method::GET {
+        return bad("websocket endpoint accepts GET only");
+    }
+    if req.version() < Version::HTTP_11 {
+        return bad("websocket needs HTTP/1.1 or later");
+    }
+    if !fastwebsockets::upgrade::is_upgrade_request(req) {
+        return bad("expected a websocket upgrade request");
+    }
+    let headers = req.headers();
+    if !headers.contains_key(HOST) {
+        return bad("missing Host header");
+    }
+    match headers.get(SEC_WEBSOCKET_VERSION) {
+        None => return bad("missing Sec-WebSocket-Version header"),
+        Some(v) if v.as_bytes() == b"13" => {}
+        Some(_) => {
+            let mut resp = text(
+                StatusCode::UPGRADE_REQUIRED,
+                "unsupported Sec-WebSocket-Version, expected 13",
+            );
+            resp.headers_mut()
+                .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            return Err(resp);
+        }
+    }
+    let mut keys = headers.get_all(SEC_WEBSOCKET_KEY).iter();
+    let key = match (keys.next(), keys.next()) {
+        (Some(key), None) => key,
+        _ => return bad("expected one Sec-WebSocket-Key header"),
+    };
+    // A nonce of 16 random bytes, base64-encoded (§4.1, item 7).
+    let nonce = base64::engine::general_purpose::STANDARD.decode(key.as_bytes());
+    if !matches!(nonce, Ok(n) if n.len() == 16) {
+        return bad("Sec-WebSocket-Key is not the base64 of 16 bytes");
+    }
+    Ok(())
 }
 
 /// The answer to a refused handshake.
@@ -255,7 +291,78 @@ async fn read_loop<R: AsyncRead + Unpin>(
 
 #[cfg(test)]
 mod tests {
-    use super::decode_auth_token;
+    use super::{check_handshake, decode_auth_token};
+    use hyper::{Request, Version};
+
+    /// The status `check_handshake` answers a handshake changed by `edit`, and
+    /// its `Sec-WebSocket-Version` header; `None` when accepted.
+    fn status(edit: impl FnOnce(&mut Request<()>)) -> Option<(u16, Option<String>)> {
+        let mut req = Request::get("/socket/websocket")
+            .header("Host", "example.com")
+            .header("Connection", "keep-alive, Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13")
+            .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(())
+            .unwrap();
+        edit(&mut req);
+        check_handshake(&req).err().map(|r| {
+            let version = r.headers().get("sec-websocket-version");
+            (
+                r.status().as_u16(),
+                version.map(|v| v.to_str().unwrap().to_owned()),
+            )
+        })
+    }
+
+    #[test]
+    fn handshake_checks() {
+        assert_eq!(status(|_| {}), None);
+        let bad = Some((400, None));
+        assert_eq!(status(|r| *r.version_mut() = Version::HTTP_10), bad);
+        assert_eq!(status(|r| *r.method_mut() = hyper::Method::POST), bad);
+        assert_eq!(status(|r| drop(r.headers_mut().remove("host"))), bad);
+        assert_eq!(status(|r| drop(r.headers_mut().remove("upgrade"))), bad);
+        let version = |v: Option<&'static str>| {
+            status(move |r| {
+                r.headers_mut().remove("sec-websocket-version");
+                if let Some(v) = v {
+                    r.headers_mut()
+                        .insert("sec-websocket-version", v.parse().unwrap());
+                }
+            })
+        };
+        assert_eq!(version(None), bad);
+        for v in ["8", "12", "14", "13, 8", " 13x"] {
+            assert_eq!(version(Some(v)), Some((426, Some("13".into()))), "{v:?}");
+        }
+        let key = |k: Option<&'static str>| {
+            status(move |r| {
+                r.headers_mut().remove("sec-websocket-key");
+                if let Some(k) = k {
+                    r.headers_mut()
+                        .append("sec-websocket-key", k.parse().unwrap());
+                }
+            })
+        };
+        assert_eq!(key(None), bad);
+        for k in [
+            "",
+            "not base64!",
+            "dGhlIHNhbXBsZSBub25j",         // 15 bytes
+            "dGhlIHNhbXBsZSBub25jZTE=",     // 17 bytes
+            "dGhlIHNhbXBsZSBub25jZQ",       // unpadded
+            "dGhlIHNhbXBsZSBub25jZQ==dGhl", // trailing data
+        ] {
+            assert_eq!(key(Some(k)), bad, "{k:?}");
+        }
+        assert_eq!(key(Some("AAAAAAAAAAAAAAAAAAAAAA==")), None);
+        let two = status(|r| {
+            let k = "AAAAAAAAAAAAAAAAAAAAAA==".parse().unwrap();
+            r.headers_mut().append("sec-websocket-key", k);
+        });
+        assert_eq!(two, bad);
+    }
 
     #[test]
     fn auth_token_alphabets() {
