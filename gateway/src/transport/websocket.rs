@@ -37,8 +37,8 @@ pub(crate) async fn handshake(
     peer: SocketAddr,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
-    if let Err(refusal) = check_handshake(&req) {
-        return refusal;
+    if let Err(bad) = check_handshake(&req) {
+        return bad.response();
     }
     let (phoenix_offered, auth_token) = match subprotocols(&req) {
         Ok(p) => p,
@@ -90,10 +90,34 @@ pub(crate) async fn handshake(
     resp
 }
 
-/// Refuses a request that is not an opening handshake as RFC 6455 §4.2.1
-/// describes, before admission runs: 400, or 426 naming the version we speak.
-fn check_handshake<B>(req: &Request<B>) -> Result<(), Response<Body>> {
-    let bad = |why| Err(text(StatusCode::BAD_REQUEST, why));
+/// Why a request is not an opening handshake as RFC 6455 §4.2.1 describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BadHandshake {
+    /// 400, with this reason.
+    Malformed(&'static str),
+    /// A `Sec-WebSocket-Version` other than 13: 426, naming 13.
+    Version,
+}
+
+impl BadHandshake {
+    fn response(self) -> Response<Body> {
+        match self {
+            BadHandshake::Malformed(why) => text(StatusCode::BAD_REQUEST, why),
+            BadHandshake::Version => {
+                let why = "unsupported Sec-WebSocket-Version, expected 13";
+                let mut resp = text(StatusCode::UPGRADE_REQUIRED, why);
+                resp.headers_mut()
+                    .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+                resp
+            }
+        }
+    }
+}
+
+/// Checks the opening handshake before admission runs, so a request that
+/// is not one is refused whatever the socket's handler would say.
+fn check_handshake<B>(req: &Request<B>) -> Result<(), BadHandshake> {
+    let bad = |why| Err(BadHandshake::Malformed(why));
     if req.method() != Method::GET {
         return bad("websocket endpoint accepts GET only");
     }
@@ -110,15 +134,7 @@ fn check_handshake<B>(req: &Request<B>) -> Result<(), Response<Body>> {
     match headers.get(SEC_WEBSOCKET_VERSION) {
         None => return bad("missing Sec-WebSocket-Version header"),
         Some(v) if v.as_bytes() == b"13" => {}
-        Some(_) => {
-            let mut resp = text(
-                StatusCode::UPGRADE_REQUIRED,
-                "unsupported Sec-WebSocket-Version, expected 13",
-            );
-            resp.headers_mut()
-                .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-            return Err(resp);
-        }
+        Some(_) => return Err(BadHandshake::Version),
     }
     let mut keys = headers.get_all(SEC_WEBSOCKET_KEY).iter();
     let key = match (keys.next(), keys.next()) {
@@ -306,7 +322,8 @@ mod tests {
             .body(())
             .unwrap();
         edit(&mut req);
-        check_handshake(&req).err().map(|r| {
+        check_handshake(&req).err().map(|bad| {
+            let r = bad.response();
             let version = r.headers().get("sec-websocket-version");
             (
                 r.status().as_u16(),
