@@ -106,11 +106,19 @@ pub(crate) fn hb_of(len: usize) -> (Vec<u8>, Ev) {
     (hb(r.as_bytes()), Ev::Reply(r))
 }
 
-/// A V2 binary heartbeat (kind 0 push) of exactly `len` bytes, padded
-/// with 0xFE after ref `b`.
+/// The length of the smallest binary heartbeat: header, ref, topic, event.
+pub(crate) const BIN_HB_MIN: usize = 22;
+
+/// A V2 binary heartbeat (kind 0 push) of exactly `len` bytes (at least
+/// [`BIN_HB_MIN`]), padded with 0xFE after ref `b`.
 pub(crate) fn bin_hb_of(len: usize) -> (Vec<u8>, Ev) {
     let mut f = vec![0, 0, 1, 7, 9];
     f.extend_from_slice(b"bphoenixheartbeat");
+    assert_eq!(f.len(), BIN_HB_MIN);
+    assert!(
+        len >= BIN_HB_MIN,
+        "a binary heartbeat has {BIN_HB_MIN} bytes at least"
+    );
     f.resize(len, 0xFE);
     (f, Ev::Reply("b".into()))
 }
