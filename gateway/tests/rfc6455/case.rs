@@ -2,10 +2,17 @@
 //! and the heartbeats that stand in for echoed messages.
 
 use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use test_support::process::proc_status_bytes;
 use test_support::raw_ws::{Event, RawFrame as F, RawWs, CONTINUATION};
 use test_support::{GatewayProcess, PhxClient};
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_gateway");
+/// Generous bounds, whatever the cases sent: the canary's answer time and
+/// the pod's memory (1 MiB messages are its largest; larger frames are
+/// refused from their header, before anything is buffered).
+const CANARY_BOUND: Duration = Duration::from_secs(3);
+const RSS_BOUND: usize = 128 << 20;
 /// `[socket] max_frame_size` of the test pods (the default).
 pub(crate) const MAX: usize = 1 << 20;
 
@@ -166,13 +173,29 @@ impl Pod {
         RawWs::connect(self.gw.addr, "/socket/websocket?vsn=2.0.0").await
     }
 
-    /// Runs each case on a connection of its own, then checks the canary.
+    /// Runs each case on a connection of its own, the canary's heartbeat
+    /// answered after each; then bounds its slowest answer and the pod's RSS.
     pub(crate) async fn run(&mut self, cases: Vec<Case>) {
+        let mut slowest = self.canary_answer().await;
         for c in cases {
             self.run_case(c).await;
+            slowest = slowest.max(self.canary_answer().await);
         }
-        self.canary.heartbeat("canary").await;
         assert!(self.gw.alive());
+        let rss = proc_status_bytes(self.gw.pid(), "VmRSS:");
+        eprintln!(
+            "canary's slowest answer {slowest:?}, pod RSS {} MiB",
+            rss >> 20
+        );
+        assert!(slowest < CANARY_BOUND, "canary answered in {slowest:?}");
+        assert!(rss < RSS_BOUND, "pod RSS {} MiB", rss >> 20);
+    }
+
+    /// How long the canary's heartbeat took to be answered.
+    async fn canary_answer(&mut self) -> Duration {
+        let sent = Instant::now();
+        self.canary.heartbeat("canary").await;
+        sent.elapsed()
     }
 
     async fn run_case(&self, c: Case) {
