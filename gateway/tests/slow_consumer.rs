@@ -9,7 +9,6 @@
 
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use test_support::process::proc_status_bytes;
 use test_support::{broadcast, wait, GatewayProcess, PhxClient, Received, RedisServer};
 use tokio::net::TcpSocket;
 
@@ -54,6 +53,21 @@ const WINDOW: u64 = 8;
 const FLOOD_TIME: Duration = Duration::from_secs(120);
 /// Any single expected event (a frame, a close, a pipeline reply).
 const STEP: Duration = Duration::from_secs(20);
+
+/// `VmRSS` or `VmHWM` of `pid`, in bytes.
+fn proc_status_bytes(pid: u32, field: &str) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    let kb: usize = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("cannot parse {line:?}"));
+    kb * 1024
+}
 
 /// Resets `VmHWM` (peak RSS) of `pid` to its current RSS; false where the
 /// kernel does not allow it (then the sampled maximum is all we have).

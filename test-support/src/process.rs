@@ -1,9 +1,8 @@
 //! The process guard: a child process killed on drop, whose output goes to a
 //! log file that is printed to stderr when the test is panicking (so a CI
 //! failure shows why); signals (SIGTERM, SIGSTOP/SIGCONT) and exit status;
-//! the memory a process holds (`/proc/<pid>/status`); and starting a server
-//! on a free port, again on a new one when another test took the port
-//! between the probe and the bind.
+//! and starting a server on a free port, again on a new one when another
+//! test took the port between the probe and the bind.
 
 use crate::temp::free_port;
 use crate::wait::{POLL, START_TIMEOUT};
@@ -11,21 +10,6 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-
-/// `VmRSS` or `VmHWM` of `pid`, in bytes.
-pub fn proc_status_bytes(pid: u32, field: &str) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
-    let kb: usize = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("cannot parse {line:?}"));
-    kb * 1024
-}
 
 /// How many free ports a starter tries before it gives up.
 const ATTEMPTS: usize = 5;

@@ -131,24 +131,9 @@ async fn reserved_bits_3() {
     let mut pod = Pod::start().await;
     pod.run(cases).await;
     // Counted under their own reason (when each connection's task ends).
-    let gw = &pod.gw;
-    test_support::wait::until("7 protocol_error closes", test_support::SETTLE, || async {
-        let (_, metrics) = gw.get("/metrics").await.ok_or("no answer")?;
-        let closed = metrics
-            .lines()
-            .find(|l| {
-                l.starts_with("gateway_connections_closed_total{")
-                    && l.contains(r#"transport="websocket""#)
-                    && l.contains(r#"reason="protocol_error""#)
-            })
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
-        if closed == Some(7.0) {
-            Ok(())
-        } else {
-            Err(format!("{closed:?}"))
-        }
-    })
-    .await;
+    let labels = [("transport", "websocket"), ("reason", "protocol_error")];
+    let closed = "gateway_connections_closed_total";
+    test_support::scrape::wait_for(pod.gw.addr, closed, &labels, 7.0).await;
 }
 
 /// Autobahn 4: reserved opcodes, data (3–7) and control (11–15).
