@@ -187,6 +187,12 @@ impl HttpConn {
         })
     }
 
+    /// The connection, with anything read past the last answer still
+    /// buffered (what a server sent after `101 Switching Protocols`).
+    pub fn into_stream(self) -> BufReader<TcpStream> {
+        self.stream
+    }
+
     /// Writes raw bytes (part of a request, at the caller's pace).
     pub async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.get_mut().write_all(bytes).await

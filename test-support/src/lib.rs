@@ -19,6 +19,7 @@
 //! | [`cluster`] | one `RedisServer` and several pods on one prefix |
 //! | [`server`] | `TestServer`, an endpoint served in-process |
 //! | [`phoenix`] | `PhxClient`, the Phoenix client over WebSocket |
+//! | [`raw_ws`] | `RawWs`, raw WebSocket frames over TCP (framing tests) |
 //! | [`wire`] | `Wire`, V2 arrays on either serializer |
 //! | [`http`] | the HTTP/1.1 client |
 //! | [`longpoll`] | `LpClient`, the long-poll client |
@@ -37,6 +38,7 @@ pub mod phoenix;
 pub mod pod;
 pub mod presence;
 pub mod process;
+pub mod raw_ws;
 pub mod redis_cluster;
 pub mod redis_server;
 pub mod room;
@@ -51,6 +53,7 @@ pub use longpoll::LpClient;
 pub use phoenix::{broadcast, reply, PhxClient, Received};
 pub use pod::{GatewayBuilder, GatewayProcess};
 pub use presence::{Member, View};
+pub use raw_ws::{RawFrame, RawWs};
 pub use redis_cluster::RedisCluster;
 pub use redis_server::{RedisConn, RedisServer};
 pub use server::TestServer;

@@ -35,8 +35,14 @@ pub enum Disconnect {
     ClientClosed(Option<u16>),
     /// Reading from or writing to the transport failed.
     TransportError,
-    /// A frame could not be decoded as a Phoenix message.
+    /// A well-formed WebSocket message is not a Phoenix message (1007: its
+    /// data does not match what the `phoenix` subprotocol's frames carry).
     Malformed,
+    /// The client broke RFC 6455's framing: unmasked, reserved bits or
+    /// opcodes, bad fragments or control frames, an invalid close code.
+    ProtocolError,
+    /// A text message or close reason is not UTF-8.
+    InvalidUtf8,
     /// A frame or message exceeded `max_frame_size`.
     FrameTooLarge,
     /// Nothing was received for `idle_timeout`.
@@ -55,10 +61,12 @@ pub enum Disconnect {
 
 impl Disconnect {
     /// Every reason, for metrics that list each one from the start.
-    pub const ALL: [Disconnect; 10] = [
+    pub const ALL: [Disconnect; 12] = [
         Disconnect::ClientClosed(None),
         Disconnect::TransportError,
         Disconnect::Malformed,
+        Disconnect::ProtocolError,
+        Disconnect::InvalidUtf8,
         Disconnect::FrameTooLarge,
         Disconnect::IdleTimeout,
         Disconnect::SlowConsumer,
@@ -75,6 +83,8 @@ impl Disconnect {
             Disconnect::ClientClosed(code) => Some((code.unwrap_or(1000), "")),
             Disconnect::TransportError => None,
             Disconnect::Malformed => Some((1007, "malformed message")),
+            Disconnect::ProtocolError => Some((1002, "protocol error")),
+            Disconnect::InvalidUtf8 => Some((1007, "invalid utf-8")),
             Disconnect::FrameTooLarge => Some((1009, "message too big")),
             Disconnect::IdleTimeout => Some((1001, "idle timeout")),
             Disconnect::SlowConsumer => Some((1008, "slow consumer")),
@@ -101,6 +111,8 @@ impl Disconnect {
             Disconnect::ClientClosed(_) => "client_closed",
             Disconnect::TransportError => "transport_error",
             Disconnect::Malformed => "malformed",
+            Disconnect::ProtocolError => "protocol_error",
+            Disconnect::InvalidUtf8 => "invalid_utf8",
             Disconnect::FrameTooLarge => "frame_too_large",
             Disconnect::IdleTimeout => "idle_timeout",
             Disconnect::SlowConsumer => "slow_consumer",
