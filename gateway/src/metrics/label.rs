@@ -50,15 +50,17 @@ pub(crate) enum Limit {
     MaxFrameSize,
     PushRate,
     OutboundQueue,
+    MaxPayload,
 }
 
-pub(super) const LIMITS: [&str; 6] = [
+pub(super) const LIMITS: [&str; 7] = [
     "max_connections",
     "max_memory",
     "max_channels",
     "max_frame_size",
     "push_rate",
     "outbound_queue",
+    "max_payload",
 ];
 
 impl Limit {

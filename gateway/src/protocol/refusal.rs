@@ -33,6 +33,8 @@ pub enum Refusal {
     NotPresent,
     /// The channel crashed after joining: the `phx_error` a client rejoins on.
     ChannelCrash,
+    /// A push's payload is larger than its route allows (`max_payload`).
+    PayloadTooLarge,
 }
 
 impl Refusal {
@@ -50,6 +52,7 @@ impl Refusal {
             Refusal::BroadcastFailed => "broadcast failed",
             Refusal::NotPresent => "not present",
             Refusal::ChannelCrash => "channel_crash",
+            Refusal::PayloadTooLarge => "payload too large",
         }
     }
 
