@@ -24,7 +24,7 @@ use crate::protocol::{Frame, Outbound, Vsn};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tokio::sync::Notify;
@@ -194,6 +194,9 @@ struct Inner {
     vsn: Vsn,
     budget: Budget,
     queue: Mutex<Queue>,
+    /// Bytes of client pushes handed to channels and not yet handled: a
+    /// channel waiting on a slow broker must not let them pile up.
+    inbound: AtomicUsize,
     /// Wakes the writer; `notify_one` keeps a permit so no wake-up is lost.
     wake: Notify,
     closing: CancellationToken,
@@ -223,6 +226,7 @@ impl ConnHandle {
                 bytes: budget.bytes.max(1),
             },
             queue: Mutex::new(Queue::default()),
+            inbound: AtomicUsize::new(0),
             wake: Notify::new(),
             closing: CancellationToken::new(),
             reason: OnceLock::new(),
@@ -315,6 +319,19 @@ impl ConnHandle {
         }
     }
 
+    /// Counts a client push of `size` bytes against the byte budget until
+    /// the returned guard drops (its channel handled it); `None` when the
+    /// pushes still waiting for their channels would exceed the budget.
+    pub(crate) fn hold_inbound(&self, size: usize) -> Option<Inbound> {
+        let before = self.0.inbound.fetch_add(size, Ordering::Relaxed);
+        let inbound = Inbound {
+            conn: self.clone(),
+            size,
+        };
+        // The first push always passes: max_payload and max_frame_size bound it.
+        (before == 0 || before + size <= self.0.budget.bytes).then_some(inbound)
+    }
+
     /// Starts closing the connection. The first reason given wins.
     pub fn close(&self, reason: Disconnect) {
         let _ = self.0.reason.set(reason);
@@ -334,6 +351,20 @@ impl ConnHandle {
     /// Why the connection is closing, once it is.
     pub fn reason(&self) -> Option<Disconnect> {
         self.0.reason.get().copied()
+    }
+}
+
+/// A client push on its way to its channel, counted against the
+/// connection's byte budget until dropped.
+#[derive(Debug)]
+pub(crate) struct Inbound {
+    conn: ConnHandle,
+    size: usize,
+}
+
+impl Drop for Inbound {
+    fn drop(&mut self) {
+        self.conn.0.inbound.fetch_sub(self.size, Ordering::Relaxed);
     }
 }
 
@@ -391,6 +422,22 @@ mod tests {
         assert!(!c.is_closed());
         assert!(!c.enqueue(data(1)), "300 taken + 700 queued");
         assert_eq!(c.reason(), Some(Disconnect::SlowConsumer));
+    }
+
+    #[test]
+    fn pushes_waiting_for_their_channel_are_bounded_in_bytes() {
+        let c = ConnHandle::new(Vsn::V2, budget(100, 1000));
+        let big = c.hold_inbound(5000).expect("the first push always passes");
+        assert!(c.hold_inbound(1).is_none());
+        drop(big);
+        let a = c.hold_inbound(600).unwrap();
+        let b = c.hold_inbound(400).unwrap();
+        assert!(c.hold_inbound(1).is_none());
+        drop(a);
+        assert!(c.hold_inbound(600).is_some());
+        drop(b);
+        assert_eq!(c.0.inbound.load(Ordering::Relaxed), 0);
+        assert!(!c.is_closed(), "refused, not closed");
     }
 
     #[tokio::test]

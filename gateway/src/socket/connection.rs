@@ -297,20 +297,29 @@ impl Connection {
                         return;
                     }
                 }
-                if h.max_payload.is_some_and(|max| msg.payload.size() > max) {
+                let to = ReplyTo {
+                    topic: &msg.topic,
+                    join_ref: h.join_ref.as_deref(),
+                    ref_: msg.ref_.as_deref(),
+                };
+                let size = msg.payload.size();
+                if h.max_payload.is_some_and(|max| size > max) {
                     metrics().limit_hit(Limit::MaxPayload);
-                    let to = ReplyTo {
-                        topic: &msg.topic,
-                        join_ref: h.join_ref.as_deref(),
-                        ref_: msg.ref_.as_deref(),
-                    };
                     self.conn.refuse(to, Refusal::PayloadTooLarge);
                     return;
                 }
+                let Some(held) = self.conn.hold_inbound(size) else {
+                    // Its earlier pushes still wait for their channels (a
+                    // slow broker): the client must slow down.
+                    metrics().limit_hit(Limit::PushRate);
+                    self.conn.refuse(to, Refusal::RateLimited);
+                    return;
+                };
                 let event = ChannelMsg::In {
                     event: msg.event,
                     ref_: msg.ref_,
                     payload: msg.payload,
+                    held,
                 };
                 if let Err(e) = h.inbox.send(Box::new(event)) {
                     if let ChannelMsg::In { event, ref_, .. } = *e.0 {
