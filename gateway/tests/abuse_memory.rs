@@ -72,7 +72,12 @@ async fn never_reading(pod: &GatewayProcess, topic: &str) -> PhxClient {
 /// `gateway_connections_closed_total{reason}` of the pod.
 async fn closed(pod: &GatewayProcess, reason: &str) -> f64 {
     let (_, text) = pod.get("/metrics").await.unwrap();
-    sample(&text, "gateway_connections_closed_total", &[("reason", reason)]).unwrap_or(0.0)
+    sample(
+        &text,
+        "gateway_connections_closed_total",
+        &[("reason", reason)],
+    )
+    .unwrap_or(0.0)
 }
 
 /// A well-behaved client beside the abuse: every 200 ms a heartbeat and a
@@ -107,7 +112,9 @@ fn canary(
             ];
             tokio::time::timeout(CANARY_MAX, client.expect_unordered(expected))
                 .await
-                .unwrap_or_else(|_| panic!("canary: round {rounds} not answered in {CANARY_MAX:?}"));
+                .unwrap_or_else(|_| {
+                    panic!("canary: round {rounds} not answered in {CANARY_MAX:?}")
+                });
             slowest = slowest.max(started.elapsed());
             rounds += 1;
         }
@@ -319,7 +326,10 @@ async fn a_subscriber_that_never_reads_a_flood_of_large_messages_is_closed() {
     if let Some((code, reason)) = &end {
         assert_eq!((*code, reason.as_str()), (1008, "slow consumer"));
     }
-    assert!(sent < FLOOD, "still open after {sent} messages of {MESSAGE} bytes");
+    assert!(
+        sent < FLOOD,
+        "still open after {sent} messages of {MESSAGE} bytes"
+    );
     assert!(
         peak <= baseline + BOUND,
         "RSS grew by {:.1} MiB, more than the bound of {:.1} MiB",
@@ -358,9 +368,15 @@ async fn a_push_over_max_payload_is_refused_and_not_broadcast() {
     sender.send(json!(["1", "3", topic, "new_msg", fits])).await;
     // The other client's next frame is the one that fit: the big one was
     // never broadcast.
-    other.expect(broadcast(topic, "new_msg", fits.clone())).await;
+    other
+        .expect(broadcast(topic, "new_msg", fits.clone()))
+        .await;
 
     let (_, text) = pod.get("/metrics").await.unwrap();
-    let hits = sample(&text, "gateway_limit_hits_total", &[("limit", "max_payload")]);
+    let hits = sample(
+        &text,
+        "gateway_limit_hits_total",
+        &[("limit", "max_payload")],
+    );
     assert_eq!(hits, Some(1.0));
 }
