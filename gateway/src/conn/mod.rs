@@ -295,13 +295,14 @@ impl ConnHandle {
     /// call, which releases them: call it again only once done with the
     /// previous batch (written, or confirmed by the long-poll client).
     pub(crate) async fn next_batch(&self, batch: &mut Vec<Out>) -> bool {
-        self.0.queue.lock().taken = 0;
         loop {
             if self.0.closing.is_cancelled() {
                 return false;
             }
             {
                 let mut q = self.0.queue.lock();
+                // Done with the previous batch, before waiting for the next.
+                q.taken = 0;
                 if !q.frames.is_empty() {
                     batch.extend(q.frames.drain(..));
                     q.taken = std::mem::take(&mut q.queued);
@@ -422,6 +423,20 @@ mod tests {
         assert!(!c.is_closed());
         assert!(!c.enqueue(data(1)), "300 taken + 700 queued");
         assert_eq!(c.reason(), Some(Disconnect::SlowConsumer));
+    }
+
+    #[tokio::test]
+    async fn a_writer_waiting_for_frames_holds_nothing() {
+        use futures_util::FutureExt;
+        let c = ConnHandle::new(Vsn::V2, budget(100, 1000));
+        assert!(c.enqueue(data(700)));
+        let mut batch = Vec::new();
+        assert!(c.next_batch(&mut batch).await);
+        batch.clear();
+        // Written; the writer waits for more.
+        assert!(c.next_batch(&mut batch).now_or_never().is_none());
+        assert!(c.enqueue(data(700)));
+        assert!(!c.is_closed());
     }
 
     #[test]
