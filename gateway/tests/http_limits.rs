@@ -14,7 +14,7 @@ use serde_json::json;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use test_support::http::{HttpConn, Request};
-use test_support::process::vm_rss;
+use test_support::memory;
 use test_support::scrape::{sample, scrape_at, wait_for};
 use test_support::{broadcast, GatewayBuilder, GatewayProcess, LpClient, PhxClient};
 use test_support::{RedisServer, TIMEOUT};
@@ -72,7 +72,7 @@ async fn trickled_bodies_get_408_when_the_body_timeout_passes() {
         .start()
         .await;
     let (mut c, _) = canary(&pod, "room:canary-408").await;
-    let baseline = vm_rss(pod.pid());
+    let baseline = memory::rss(pod.pid());
     let mut lp = LpClient::new(pod.addr, "vsn=2.0.0");
     lp.open().await;
     let lp_post = Request::post(&lp.target())
@@ -104,7 +104,7 @@ async fn trickled_bodies_get_408_when_the_body_timeout_passes() {
     // 1 s of body timeout, not the minutes a trickle of 4 kB would take.
     let took = started.elapsed();
     assert!(took < TIMEOUT, "408s took {took:?}");
-    let grew = vm_rss(pod.pid()).saturating_sub(baseline);
+    let grew = memory::rss(pod.pid()).saturating_sub(baseline);
     assert!(grew < RSS_SLACK, "pod grew by {grew} bytes");
     wait_for(
         pod.addr,
@@ -199,7 +199,7 @@ async fn a_flood_of_http_connections_stops_at_max_http_connections() {
     let metrics = pod.metrics_addr();
     let topic = "room:canary-flood";
     let (mut c, _) = canary(&pod, topic).await;
-    let baseline = vm_rss(pod.pid());
+    let baseline = memory::rss(pod.pid());
     let held = hoard(pod.addr, CAP).await;
     wait_for(metrics, "gateway_http_connections", &[], CAP as f64).await;
     assert!(refused(pod.addr).await.contains("connection limit"));
@@ -221,7 +221,7 @@ async fn a_flood_of_http_connections_stops_at_max_http_connections() {
         )
         .await;
     c.expect(broadcast(topic, "new_msg", json!({"n": 1}))).await;
-    let grew = vm_rss(pod.pid()).saturating_sub(baseline);
+    let grew = memory::rss(pod.pid()).saturating_sub(baseline);
     assert!(grew < RSS_SLACK, "pod grew by {grew} bytes");
     drop(held);
     wait_for(metrics, "gateway_http_connections", &[], 0.0).await;
@@ -244,7 +244,7 @@ async fn plain_connections_leave_descriptors_for_the_probes_at_the_open_files_li
     let metrics = pod.metrics_addr();
     let topic = "room:canary-fd";
     let (mut c, jr) = canary(&pod, topic).await;
-    let baseline = vm_rss(pod.pid());
+    let baseline = memory::rss(pod.pid());
     let held = hoard(pod.addr, SOCKETS - 1).await;
     wait_for(
         metrics,
@@ -262,7 +262,7 @@ async fn plain_connections_leave_descriptors_for_the_probes_at_the_open_files_li
         broadcast(topic, "new_msg", json!({"n": 2})),
     ])
     .await;
-    let grew = vm_rss(pod.pid()).saturating_sub(baseline);
+    let grew = memory::rss(pod.pid()).saturating_sub(baseline);
     assert!(grew < RSS_SLACK, "pod grew by {grew} bytes");
     drop(held);
     wait_for(metrics, "gateway_http_connections", &[], 0.0).await;

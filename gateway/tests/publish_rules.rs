@@ -10,7 +10,7 @@
 //! Needs `redis-server` on PATH.
 
 use serde_json::json;
-use test_support::process::vm_rss;
+use test_support::memory;
 use test_support::scrape::wait_for;
 use test_support::{broadcast, GatewayBuilder, GatewayProcess, PhxClient, RedisServer};
 
@@ -54,7 +54,7 @@ async fn the_api_refuses_protocol_and_presence_events() {
     let pod = pod(&redis).start().await;
     let topic = "room:forged-api";
     let (mut c, jr) = joined(&pod, topic).await;
-    let baseline = vm_rss(pod.pid());
+    let baseline = memory::rss(pod.pid());
     for event in RESERVED {
         let (status, body) = pod.api_broadcast(topic, event, json!({})).await;
         assert_eq!(status, 422, "{event}: {body}");
@@ -65,7 +65,7 @@ async fn the_api_refuses_protocol_and_presence_events() {
     // The next frame is the normal broadcast: nothing forged came first.
     c.expect(broadcast(topic, "new_msg", json!({"n": 1}))).await;
     still_joined(&mut c, topic, &jr, 2).await;
-    let grew = vm_rss(pod.pid()).saturating_sub(baseline);
+    let grew = memory::rss(pod.pid()).saturating_sub(baseline);
     assert!(grew < RSS_SLACK, "pod grew by {grew} bytes");
 }
 

@@ -13,6 +13,8 @@
 //! | [`temp`] | temp dirs, unique names, free ports, repo paths |
 //! | [`wait`] | the shared time bounds and bounded polling |
 //! | [`process`] | the process guard, starting on a free port |
+//! | [`memory`] | a process's resident memory (`/proc/<pid>/status`) |
+//! | [`metrics`] | samples of a `/metrics` exposition |
 //! | [`redis_server`] | `RedisServer` and `RedisConn` |
 //! | [`redis_cluster`] | `RedisCluster`, three masters |
 //! | [`pod`] | `GatewayProcess`, a `gateway` binary with a typed config |
@@ -34,6 +36,7 @@ pub mod cluster;
 pub mod http;
 pub mod jwt;
 pub mod longpoll;
+pub mod memory;
 pub mod phoenix;
 pub mod pod;
 pub mod presence;

@@ -204,18 +204,3 @@ where
     let log = std::fs::read_to_string(log).unwrap_or_default();
     panic!("{name} did not start on any of {ATTEMPTS} free ports; its log:\n{log}");
 }
-
-/// The resident memory (`VmRSS`) of process `pid`, bytes.
-pub fn vm_rss(pid: u32) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"));
-    let kb: usize = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("cannot parse {line:?}"));
-    kb * 1024
-}

@@ -82,6 +82,9 @@ pub fn assemble(settings: Settings, pubsub: PubSub) -> Result<Arc<Endpoint>, Con
                     key: format!("channel[{j}].pattern"),
                     message: e.reason.into(),
                 })?;
+            if let Some(max) = c.max_payload {
+                router = router.max_payload(max);
+            }
         }
         let handler = TokenSocket::new(&s.path, s.auth);
         builder = builder.socket(Socket::new(&s.path, handler, router).config(s.config));

@@ -295,6 +295,7 @@ mod tests {
             events: vec![],
             mode: Mode::Broadcast,
             include_sender: true,
+            max_payload: None,
             presence: None,
         };
         Rule::new(&r, topics_claim.map(Into::into))

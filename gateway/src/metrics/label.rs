@@ -57,9 +57,11 @@ pub(crate) enum Limit {
     BodyTimeout,
     /// A broadcast refused for a payload over `max_publish_bytes`.
     MaxPublishBytes,
+    /// A client push over its rule's `max_payload`.
+    MaxPayload,
 }
 
-pub(super) const LIMITS: [&str; 9] = [
+pub(super) const LIMITS: [&str; 10] = [
     "max_connections",
     "max_memory",
     "max_channels",
@@ -69,6 +71,7 @@ pub(super) const LIMITS: [&str; 9] = [
     "max_http_connections",
     "body_timeout",
     "max_publish_bytes",
+    "max_payload",
 ];
 
 impl Limit {

@@ -37,6 +37,8 @@ pub enum Refusal {
     NotPresent,
     /// The channel crashed after joining: the `phx_error` a client rejoins on.
     ChannelCrash,
+    /// A push's payload is larger than its route allows (`max_payload`).
+    PayloadTooLarge,
 }
 
 impl Refusal {
@@ -56,6 +58,7 @@ impl Refusal {
             Refusal::BinaryBroadcast => "binary payloads cannot be broadcast through Redis",
             Refusal::NotPresent => "not present",
             Refusal::ChannelCrash => "channel_crash",
+            Refusal::PayloadTooLarge => "payload too large",
         }
     }
 

@@ -235,7 +235,7 @@ where
         assigns,
     } = open;
     let config = socket.config.clone();
-    let conn = ConnHandle::new(vsn, config.outbound_queue);
+    let conn = ConnHandle::new(vsn, config.outbound_budget());
     let writer = tokio::spawn(writer::run(w, conn.clone()));
     let opened = Connection::open(
         Transport::WebSocket,

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use test_support::process::vm_rss;
+use test_support::memory;
 use test_support::raw_ws::{Event, RawFrame as F, RawWs, CONTINUATION};
 use test_support::{GatewayProcess, PhxClient};
 
@@ -182,7 +182,7 @@ impl Pod {
             slowest = slowest.max(self.canary_answer().await);
         }
         assert!(self.gw.alive());
-        let rss = vm_rss(self.gw.pid());
+        let rss = memory::rss(self.gw.pid());
         eprintln!(
             "canary's slowest answer {slowest:?}, pod RSS {} MiB",
             rss >> 20

@@ -107,6 +107,14 @@ fn every_error_names_its_key() {
         "socket[0].idle_timeout_ms",
     );
     fails("[[socket]]\nmax_channels = 0", "socket[0].max_channels");
+    fails(
+        "[[socket]]\nmax_frame_size = 65536\noutbound_queue_bytes = 65535",
+        "socket[0].outbound_queue_bytes",
+    );
+    fails(
+        "[server]\nmax_publish_bytes = 2097152\n[[socket]]\nmax_frame_size = 65536\noutbound_queue_bytes = 1048576",
+        "socket[0].outbound_queue_bytes",
+    );
     fails("[[channel]]\npattern = \"a*b\"", "channel[0].pattern");
     fails("[[channel]]\npattern = \"user:{sub}\"", "channel[0].policy");
     fails(
@@ -359,4 +367,22 @@ fn sections_convert_into_the_librarys_types() {
     assert_eq!(s.api.unwrap().path, "/api/broadcast");
     assert_eq!(s.demo.as_deref(), Some("/socket"));
     assert!(s.redis.is_none());
+}
+
+/// Memory bounds: the shipped config sets them, and `max_payload = 0`
+/// leaves a rule to `max_frame_size`.
+#[test]
+fn memory_bounds() {
+    let example = load(include_str!("../../../../config/example.toml"), &[])
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert!(example.server.limits.max_memory.is_some());
+    let socket = &example.sockets[0].config;
+    assert!(socket.max_frame_size > example.channels[0].max_payload.unwrap());
+    assert!(socket.outbound_queue_bytes >= 4 * socket.max_frame_size);
+    let text = "[[channel]]\npattern = \"a:*\"\n[[channel]]\npattern = \"b:*\"\nmax_payload = 0\n";
+    let s = load(text, &[]).unwrap().validate().unwrap();
+    assert_eq!(s.channels[0].max_payload, Some(DEFAULT_MAX_PAYLOAD));
+    assert_eq!(s.channels[1].max_payload, None);
 }
