@@ -97,6 +97,15 @@ impl Disconnect {
         }
     }
 
+    /// Whether what is still queued is sent before the close frame: yes for
+    /// a client that broke the rules (it gets the replies to what it sent
+    /// before), a drain, the idle, and a client's own close; no when the
+    /// transport failed or the client does not read (a slow consumer would
+    /// not take it).
+    pub(crate) fn flushes(self) -> bool {
+        !matches!(self, Disconnect::TransportError | Disconnect::SlowConsumer)
+    }
+
     /// The configured limit this reason means was hit, if any.
     pub(crate) fn limit(self) -> Option<Limit> {
         match self {
@@ -330,6 +339,14 @@ impl ConnHandle {
                 _ = self.0.wake.notified() => {}
             }
         }
+    }
+
+    /// Moves what is still queued into `batch` once the connection is
+    /// closing, for a last write before the close frame.
+    pub(crate) fn take_rest(&self, batch: &mut Vec<Out>) {
+        let mut q = self.0.queue.lock();
+        batch.extend(q.frames.drain(..));
+        q.queued = 0;
     }
 
     /// Counts a client push of `size` bytes against the byte budget until

@@ -18,57 +18,99 @@ const OP_PONG: u8 = 0xA;
 /// Frames per `writev`, well under IOV_MAX (1024) with two slices each.
 const FRAMES_PER_WRITE: usize = 256;
 
-/// Runs until the connection closes, then sends the close frame for its reason.
+/// How long the frames still queued and the close frame may take to write
+/// once the connection is closing.
+const CLOSE_WRITE: Duration = Duration::from_secs(1);
+
+/// Runs until the connection closes, then sends what is still queued (when
+/// the reason allows: see [`Disconnect::flushes`]) and the close frame.
 pub(crate) async fn run<W: AsyncWrite + Unpin>(mut w: W, conn: ConnHandle) {
     let mut batch: Vec<Out> = Vec::new();
-    let mut heads: Vec<([u8; 10], usize)> = Vec::new();
     let mut clean = true;
-    'outer: while conn.next_batch(&mut batch).await {
-        for chunk in batch.chunks(FRAMES_PER_WRITE) {
-            heads.clear();
-            heads.extend(chunk.iter().map(|out| {
+    while conn.next_batch(&mut batch).await {
+        let res = {
+            let write = write_batch(&mut w, &batch);
+            tokio::pin!(write);
+            tokio::select! {
+                biased;
+                _ = conn.closed() => {
+                    // A client that broke the protocol still gets the answers
+                    // to what it sent before, if its socket takes them in
+                    // time; anyone else is cut off mid-write.
+                    if !conn.reason().is_some_and(Disconnect::flushes) {
+                        clean = false;
+                        break;
+                    }
+                    match tokio::time::timeout(CLOSE_WRITE, &mut write).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            clean = false;
+                            break;
+                        }
+                    }
+                }
+                r = &mut write => r,
+            }
+        };
+        if let Err(e) = res {
+            tracing::debug!(conn = conn.id(), error = %e, "write failed");
+            conn.close(Disconnect::TransportError);
+            clean = false;
+            break;
+        }
+        metrics().sent(Transport::WebSocket, batch.iter().filter_map(Out::sent));
+        batch.clear();
+    }
+    if clean {
+        let reason = conn.reason();
+        let finish = async {
+            if reason.is_some_and(Disconnect::flushes) {
+                batch.clear();
+                conn.take_rest(&mut batch);
+                write_batch(&mut w, &batch).await?;
+                metrics().sent(Transport::WebSocket, batch.iter().filter_map(Out::sent));
+            }
+            if let Some((code, why)) = reason.and_then(Disconnect::close_frame) {
+                let mut frame = Vec::with_capacity(4 + why.len());
+                let (head, n) = header(OP_CLOSE, 2 + why.len());
+                frame.extend_from_slice(&head[..n]);
+                frame.extend_from_slice(&code.to_be_bytes());
+                frame.extend_from_slice(why.as_bytes());
+                w.write_all(&frame).await?;
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        let _ = tokio::time::timeout(CLOSE_WRITE, finish).await;
+    }
+    let _ = tokio::time::timeout(CLOSE_WRITE, w.shutdown()).await;
+}
+
+/// Writes `batch` with one vectored write per [`FRAMES_PER_WRITE`] frames.
+async fn write_batch<W: AsyncWrite + Unpin>(w: &mut W, batch: &[Out]) -> std::io::Result<()> {
+    for chunk in batch.chunks(FRAMES_PER_WRITE) {
+        let heads: Vec<([u8; 10], usize)> = chunk
+            .iter()
+            .map(|out| {
                 let (op, len) = match out {
                     Out::Data(Frame::Text(b), _) => (OP_TEXT, b.len()),
                     Out::Data(Frame::Binary(b), _) => (OP_BINARY, b.len()),
                     Out::Pong(b) => (OP_PONG, b.len()),
                 };
                 header(op, len)
-            }));
-            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(chunk.len() * 2);
-            for (out, (head, n)) in chunk.iter().zip(&heads) {
-                slices.push(IoSlice::new(&head[..*n]));
-                let body = match out {
-                    Out::Data(f, _) => f.bytes(),
-                    Out::Pong(b) => b,
-                };
-                slices.push(IoSlice::new(body));
-            }
-            let res = tokio::select! {
-                biased;
-                _ = conn.closed() => { clean = false; break 'outer; }
-                r = write_all_vectored(&mut w, &mut slices) => r,
+            })
+            .collect();
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(chunk.len() * 2);
+        for (out, (head, n)) in chunk.iter().zip(&heads) {
+            slices.push(IoSlice::new(&head[..*n]));
+            let body = match out {
+                Out::Data(f, _) => f.bytes(),
+                Out::Pong(b) => b,
             };
-            if let Err(e) = res {
-                tracing::debug!(conn = conn.id(), error = %e, "write failed");
-                conn.close(Disconnect::TransportError);
-                clean = false;
-                break 'outer;
-            }
-            metrics().sent(Transport::WebSocket, chunk.iter().filter_map(Out::sent));
+            slices.push(IoSlice::new(body));
         }
-        batch.clear();
+        write_all_vectored(w, &mut slices).await?;
     }
-    if clean {
-        if let Some((code, reason)) = conn.reason().and_then(Disconnect::close_frame) {
-            let mut frame = Vec::with_capacity(4 + reason.len());
-            let (head, n) = header(OP_CLOSE, 2 + reason.len());
-            frame.extend_from_slice(&head[..n]);
-            frame.extend_from_slice(&code.to_be_bytes());
-            frame.extend_from_slice(reason.as_bytes());
-            let _ = tokio::time::timeout(Duration::from_secs(1), w.write_all(&frame)).await;
-        }
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), w.shutdown()).await;
+    Ok(())
 }
 
 /// A final, unmasked frame header.
