@@ -43,6 +43,8 @@ pub struct Endpoint {
     timeouts: Timeouts,
     /// Plain HTTP connections open on the main port.
     http: Slots,
+    /// `/readyz` fails once the broker has been unreachable this long.
+    unready_without_broker: Option<Duration>,
 }
 
 impl fmt::Debug for Endpoint {
@@ -68,6 +70,7 @@ impl Endpoint {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             metrics_here: true,
+            unready_without_broker: None,
         }
     }
 
@@ -126,6 +129,11 @@ impl Endpoint {
             (false, "draining".to_owned())
         } else if let Some((_, why)) = self.admission.over_limit().or_else(|| self.http_full(1)) {
             (false, why)
+        } else if let Some(down) = self.broker_down_too_long() {
+            (
+                false,
+                format!("broker unreachable for {} ms", down.as_millis()),
+            )
         } else {
             (true, "ready".to_owned())
         };
@@ -138,6 +146,14 @@ impl Endpoint {
                 self.pubsub().broker_health()
             ),
         )
+    }
+
+    /// How long the broker has been unreachable, once that is longer than
+    /// `unready_without_broker`.
+    fn broker_down_too_long(&self) -> Option<Duration> {
+        let after = self.unready_without_broker?;
+        let down = self.pubsub().broker_status()?.down_for?;
+        (down >= after).then_some(down)
     }
 
     /// Why `more` plain HTTP connections would not fit: at
@@ -248,6 +264,7 @@ pub struct EndpointBuilder {
     limits: Limits,
     timeouts: Timeouts,
     metrics_here: bool,
+    unready_without_broker: Option<Duration>,
 }
 
 impl Default for EndpointBuilder {
@@ -320,6 +337,16 @@ impl EndpointBuilder {
         self
     }
 
+    /// Fail `/readyz` once the broker has been unreachable for `after`, so a
+    /// balancer sends new users to pods that can deliver to them (default:
+    /// readiness ignores the broker). An outage of the one Redis every pod
+    /// shares makes every pod unready at once: open connections stay, and
+    /// new users could not join anywhere meanwhile anyway.
+    pub fn unready_without_broker(mut self, after: Option<Duration>) -> Self {
+        self.unready_without_broker = after;
+        self
+    }
+
     /// How long to wait for a long-poll session's owner to answer a relayed
     /// request, beyond the poll window. Default [`DEFAULT_RELAY_TIMEOUT`].
     pub fn longpoll_relay_timeout(mut self, timeout: Duration) -> Self {
@@ -381,6 +408,7 @@ impl EndpointBuilder {
             longpoll,
             timeouts: self.timeouts,
             http: Slots::default(),
+            unready_without_broker: self.unready_without_broker,
         })
     }
 }

@@ -242,12 +242,20 @@ async fn refusals_at_the_connection_limit_are_counted() {
 #[tokio::test]
 async fn redis_going_down_shows_in_metrics_and_readyz() {
     let mut redis = RedisServer::start().await;
-    let pod = pod(&redis).start().await;
+    let pod = pod(&redis)
+        .configure(|c| c.server.unready_without_redis_ms = 500)
+        .start()
+        .await;
     wait_for(pod.addr, "gateway_redis_up", &[], 1.0).await;
     redis.kill();
     let text = wait_for(pod.addr, "gateway_redis_up", &[], 0.0).await;
     promtool_check(&text).await;
-    let (_, body) = pod.get("/readyz").await.unwrap();
+    // Cut off from Redis for longer than unready_without_redis_ms: not ready,
+    // so a balancer sends new users to pods that can deliver to them.
+    wait_for(pod.addr, "gateway_ready", &[], 0.0).await;
+    let (status, body) = pod.get("/readyz").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("broker unreachable for"), "{body}");
     assert!(body.contains("redis: disconnected"), "{body}");
     redis.restart().await;
     // The bus counts a reconnect before it reports itself connected.

@@ -117,6 +117,9 @@ impl Config {
 pub struct Stats {
     /// Whether the subscriber connection is up.
     pub connected: AtomicBool,
+    /// When `connected` last changed, milliseconds after the process's
+    /// first bus started ([`Bus::down_for`] reads it).
+    pub changed_at_ms: AtomicU64,
     /// Reconnects of the subscriber connection since start.
     pub reconnects: AtomicU64,
     /// Channels currently subscribed in Redis.
@@ -207,6 +210,8 @@ impl RedisBus {
             )
         };
         let stats = Arc::new(Stats::default());
+        // Down since now, until the first connect.
+        stats.set_connected(false);
         let (tx, rx) = mpsc::unbounded_channel();
         let prefix: Arc<str> = Arc::from(config.prefix.as_str());
         let (url, timeout) = (Arc::from(config.url.as_str()), config.timeout);
@@ -311,5 +316,32 @@ impl RedisBus {
     /// Whether the subscriber connection is up.
     pub fn is_connected(&self) -> bool {
         self.stats.connected.load(Ordering::Relaxed)
+    }
+
+    /// How long the subscriber connection has been down (since the bus
+    /// started, if it never came up); `None` while it is up. What readiness
+    /// decides on: a pod cut off from Redis delivers nothing.
+    pub fn down_for(&self) -> Option<Duration> {
+        if self.is_connected() {
+            return None;
+        }
+        let since = self.stats.changed_at_ms.load(Ordering::Relaxed);
+        Some(Duration::from_millis(clock_ms().saturating_sub(since)))
+    }
+}
+
+/// Milliseconds since the first call in this process: the clock of
+/// [`Stats::changed_at_ms`].
+pub(crate) fn clock_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Stats {
+    /// Records the subscriber connection going up or down.
+    pub(crate) fn set_connected(&self, up: bool) {
+        self.changed_at_ms.store(clock_ms(), Ordering::Relaxed);
+        self.connected.store(up, Ordering::Relaxed);
     }
 }

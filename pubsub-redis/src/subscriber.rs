@@ -82,7 +82,7 @@ pub(crate) async fn run(
             Ok(()) => {
                 connected_before = true;
                 delay = Duration::ZERO;
-                actor.stats.connected.store(true, Ordering::Relaxed);
+                actor.stats.set_connected(true);
                 tracing::info!(topics = actor.topics.len(), "redis subscriber connected");
                 match actor.serve(&mut sub, &mut rx).await {
                     Ok(()) => return,
@@ -93,7 +93,7 @@ pub(crate) async fn run(
             }
             Err(e) => tracing::warn!(error = %e, "redis resubscribe failed; reconnecting"),
         }
-        actor.stats.connected.store(false, Ordering::Relaxed);
+        actor.stats.set_connected(false);
         actor.stats.subscriptions.store(0, Ordering::Relaxed);
         for t in actor.topics.values_mut() {
             t.subscribed = false;

@@ -48,6 +48,7 @@ pub fn assemble(settings: Settings, pubsub: PubSub) -> Result<Arc<Endpoint>, Con
     let mut builder = Endpoint::builder()
         .limits(server.limits)
         .timeouts(server.timeouts)
+        .unready_without_broker(server.unready_without_broker)
         .presence(Presence::new(&pubsub, presence))
         .pubsub(pubsub.clone())
         .metrics_on_main_port(server.metrics_listen.is_none())

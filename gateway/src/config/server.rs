@@ -53,6 +53,10 @@ pub struct ServerConfig {
     /// are refused, and larger messages arriving from Redis are dropped.
     /// Default 1048576 (1 MiB); at most 32 MiB.
     pub max_publish_bytes: usize,
+    /// `/readyz` fails once the pod has been cut off from Redis this long,
+    /// so a balancer moves new users to pods that deliver. Milliseconds,
+    /// default 5000; 0: readiness ignores Redis.
+    pub unready_without_redis_ms: u64,
     /// The open-files limit `fit_to_fd_limit` saw, which bounds the sockets
     /// the main port may hold; not a key.
     #[serde(skip)]
@@ -76,6 +80,7 @@ impl Default for ServerConfig {
             header_timeout_ms: millis(Timeouts::default().header),
             body_timeout_ms: millis(Timeouts::default().body),
             max_publish_bytes: DEFAULT_MAX_PUBLISH,
+            unready_without_redis_ms: 5000,
             open_files: None,
         }
     }
@@ -96,6 +101,8 @@ pub struct ServerSettings {
     pub timeouts: Timeouts,
     /// Largest broadcast payload, bytes.
     pub max_publish: usize,
+    /// `/readyz` fails once the broker has been unreachable this long.
+    pub unready_without_broker: Option<Duration>,
     /// What happens after SIGTERM.
     pub shutdown: Shutdown,
 }
@@ -213,6 +220,8 @@ impl ServerConfig {
                 body: Duration::from_millis(self.body_timeout_ms),
             },
             max_publish: self.max_publish_bytes,
+            unready_without_broker: (self.unready_without_redis_ms > 0)
+                .then(|| Duration::from_millis(self.unready_without_redis_ms)),
             shutdown: Shutdown {
                 drain_delay: Duration::from_millis(self.drain_delay_ms),
                 drain_period: Duration::from_millis(self.drain_period_ms),

@@ -437,6 +437,8 @@ pub struct BrokerStatus {
     pub reconnects: u64,
     /// Channels the subscriber connection holds.
     pub subscriptions: u64,
+    /// How long the connection has been down; `None` while it is up.
+    pub down_for: Option<std::time::Duration>,
     /// Messages dropped because their envelope was malformed.
     pub malformed: u64,
 }

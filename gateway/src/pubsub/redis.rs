@@ -183,6 +183,7 @@ impl Broker for RedisBroker {
         let s = self.bus.stats();
         Some(BrokerStatus {
             connected: self.bus.is_connected(),
+            down_for: self.bus.down_for(),
             reconnects: s.reconnects.load(Ordering::Relaxed),
             subscriptions: s.subscriptions.load(Ordering::Relaxed),
             malformed: s.malformed.load(Ordering::Relaxed),
