@@ -3,6 +3,7 @@
 //! `Phoenix.Endpoint` ties them together. The server serves it; it serves
 //! nothing itself.
 
+use crate::channel::queue::Joins;
 use crate::channel::Services;
 use crate::metrics::{metrics, Scrape};
 use crate::presence::{Presence, PresenceConfig};
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 pub use crate::socket::Socket;
 pub use crate::transport::admission::Limits;
+pub use crate::transport::source::{IpNet, SourceLimits};
 pub use crate::transport::response::Body;
 
 type RouteFn = dyn Fn(Request<Incoming>) -> BoxFuture<'static, Response<Body>> + Send + Sync;
@@ -125,8 +127,9 @@ impl Endpoint {
         (
             ok,
             format!(
-                "{state}\nconnections: {}\n{}\n",
-                self.admission.drain().open(),
+                "{state}\nconnections: {}\nunpolled long-poll sessions: {}\n{}\n",
+                self.admission.connections().get(),
+                self.admission.unpolled().get(),
                 self.pubsub().broker_health()
             ),
         )
@@ -144,7 +147,7 @@ impl Endpoint {
 
     /// The per-pod limits this endpoint enforces.
     pub fn limits(&self) -> Limits {
-        self.admission.limits()
+        self.admission.limits().clone()
     }
 
     /// The Prometheus text exposition of this process's metrics
@@ -288,6 +291,7 @@ impl EndpointBuilder {
             pubsub,
             presence,
             node: Arc::from(node),
+            joins: Joins::new(self.limits.per_source.max_queued_joins),
         });
         let admission = Admission::new(self.limits);
         let secret = self

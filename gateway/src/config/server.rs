@@ -2,7 +2,8 @@
 //! drains on SIGTERM, and fitting `max_connections` to the open-files limit.
 
 use super::{ConfigError, Key};
-use crate::endpoint::Limits;
+use crate::endpoint::{IpNet, Limits, SourceLimits};
+use crate::socket::PushRate;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -34,6 +35,24 @@ pub struct ServerConfig {
     /// Serve `GET /metrics` on this address instead of the main port, so
     /// the public port does not expose it. Default: unset (main port).
     pub metrics_listen: Option<String>,
+    /// Connections (WebSocket and long-poll sessions) one client address
+    /// may hold on this pod; more are refused with 429, and the pod stays
+    /// ready. Default 1000; 0: no limit.
+    pub max_connections_per_source: usize,
+    /// New connections and long-poll sessions one client address may open
+    /// per second; faster ones are refused with 429. Default 20; 0: no limit.
+    pub connection_rate_per_source: u32,
+    /// Connections one client address may open at once after a quiet
+    /// period. Default 100.
+    pub connection_burst_per_source: u32,
+    /// Joins of one client address that may wait while 16 of them run;
+    /// more are refused with "too many joins waiting, try again".
+    /// Default 1000; 0: no limit.
+    pub max_queued_joins_per_source: usize,
+    /// Proxies and balancers (addresses or CIDR networks) whose
+    /// `X-Forwarded-For` names the client, for the per-source limits.
+    /// Default none: the source is the peer address.
+    pub trusted_proxies: Vec<String>,
 }
 
 /// The library has no defaults for these: they are the binary's, tuned for
@@ -49,6 +68,11 @@ impl Default for ServerConfig {
             max_connections: 50_000,
             max_memory_mb: 0,
             metrics_listen: None,
+            max_connections_per_source: 1000,
+            connection_rate_per_source: 20,
+            connection_burst_per_source: 100,
+            max_queued_joins_per_source: 1000,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -114,6 +138,32 @@ impl ServerConfig {
         Some(lowered)
     }
 
+    /// The per-source limits, validated.
+    fn per_source(&self, key: &Key) -> Result<SourceLimits, ConfigError> {
+        if self.connection_rate_per_source > 0 && self.connection_burst_per_source == 0 {
+            return Err(key
+                .field("connection_burst_per_source")
+                .invalid("must be at least 1 when connection_rate_per_source is set"));
+        }
+        let trusted_proxies = self
+            .trusted_proxies
+            .iter()
+            .map(|p| p.parse::<IpNet>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| key.field("trusted_proxies").invalid(e))?;
+        Ok(SourceLimits {
+            max_connections: (self.max_connections_per_source > 0)
+                .then_some(self.max_connections_per_source),
+            rate: (self.connection_rate_per_source > 0).then_some(PushRate {
+                per_second: f64::from(self.connection_rate_per_source),
+                burst: self.connection_burst_per_source,
+            }),
+            trusted_proxies,
+            max_queued_joins: (self.max_queued_joins_per_source > 0)
+                .then_some(self.max_queued_joins_per_source),
+        })
+    }
+
     pub(super) fn settings(&self, key: &Key) -> Result<ServerSettings, ConfigError> {
         let listen = self.listen.parse().map_err(|_| {
             key.field("listen").invalid(format!(
@@ -142,6 +192,7 @@ impl ServerConfig {
                 max_connections: (self.max_connections > 0).then_some(self.max_connections),
                 max_memory: (self.max_memory_mb > 0)
                     .then(|| self.max_memory_mb.saturating_mul(1024 * 1024)),
+                per_source: self.per_source(key)?,
             },
             shutdown: Shutdown {
                 drain_delay: Duration::from_millis(self.drain_delay_ms),

@@ -50,15 +50,21 @@ pub(crate) enum Limit {
     MaxFrameSize,
     PushRate,
     OutboundQueue,
+    SourceConnections,
+    SourceRate,
+    QueuedJoins,
 }
 
-pub(super) const LIMITS: [&str; 6] = [
+pub(super) const LIMITS: [&str; 9] = [
     "max_connections",
     "max_memory",
     "max_channels",
     "max_frame_size",
     "push_rate",
     "outbound_queue",
+    "source_connections",
+    "source_rate",
+    "queued_joins",
 ];
 
 impl Limit {
@@ -90,22 +96,25 @@ impl Source {
 }
 
 /// The `reason` values of `gateway_connections_refused_total`.
-pub(super) const REFUSALS: [&str; 5] = [
+pub(super) const REFUSALS: [&str; 7] = [
     "max_connections",
     "max_memory",
+    "source_connections",
+    "source_rate",
     "auth",
     "origin",
     "draining",
 ];
 
 /// The `result` values of `gateway_joins_total`.
-pub(super) const JOIN_RESULTS: [&str; 7] = [
+pub(super) const JOIN_RESULTS: [&str; 8] = [
     "ok",
     "unauthorized",
     "unmatched_topic",
     "invalid_topic",
     "too_many_channels",
     "subscription_failed",
+    "queue_full",
     "error",
 ];
 

@@ -50,7 +50,7 @@ pub(crate) struct Metrics {
     broadcast_failures: IntCounterVec,
     latency: Histogram,
     malformed: IntCounter,
-    limit_hits: [IntCounter; 6],
+    limit_hits: [IntCounter; 9],
     auth_failures: IntCounterVec,
     redis_up: IntGauge,
     redis_reconnects: IntCounter,

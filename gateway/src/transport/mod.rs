@@ -6,6 +6,7 @@
 //! # Layout
 //! - `admission`: who may connect; the per-pod limits, stop signal, drain.
 //! - `drain`: when each connection closes during a graceful drain.
+//! - `source`: per-source limits and who the source of a request is.
 //! - `websocket`, `frame_reader`: `{path}/websocket`.
 //! - `longpoll`: `{path}/longpoll`, its sessions and their relay between pods.
 //! - `response`: the HTTP answers both give.
@@ -15,6 +16,7 @@ pub(crate) mod drain;
 mod frame_reader;
 pub(crate) mod longpoll;
 pub(crate) mod response;
+pub(crate) mod source;
 pub(crate) mod websocket;
 
 use crate::conn::Disconnect;

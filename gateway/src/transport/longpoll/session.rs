@@ -13,6 +13,7 @@ use crate::metrics::metrics;
 use crate::protocol::{Frame, Transport};
 use crate::socket::connection::Connection;
 use crate::socket::LongPollConfig;
+use super::ticket::Ticket;
 use crate::transport::drain::Drain;
 use crate::transport::{decode, Data};
 use base64::Engine;
@@ -86,6 +87,8 @@ pub(crate) struct Session {
     /// Phoenix hands new data to the newest poll.
     poller: Mutex<CancellationToken>,
     activity: Mutex<Activity>,
+    /// Its place in the pod's and its source's limits.
+    ticket: Ticket,
 }
 
 struct Polling<'a>(&'a Session);
@@ -100,7 +103,12 @@ impl Drop for Polling<'_> {
 
 impl Session {
     /// A session whose buffer is `conn` and whose POSTs go to `posts`.
-    pub(crate) fn new(conn: ConnHandle, config: LongPollConfig, posts: mpsc::Sender<Post>) -> Self {
+    pub(crate) fn new(
+        conn: ConnHandle,
+        config: LongPollConfig,
+        posts: mpsc::Sender<Post>,
+        ticket: Ticket,
+    ) -> Self {
         Session {
             conn,
             config,
@@ -111,6 +119,7 @@ impl Session {
                 polling: 0,
                 last: Instant::now(),
             }),
+            ticket,
         }
     }
 
@@ -119,6 +128,7 @@ impl Session {
     /// # Cancel safety
     /// Cancel-safe: messages taken from the buffer are kept until confirmed.
     pub(crate) async fn poll(&self, ack: u64) -> Poll {
+        self.ticket.polled();
         let me = CancellationToken::new();
         std::mem::replace(&mut *self.poller.lock(), me.clone()).cancel();
         let _polling = {
@@ -181,9 +191,15 @@ impl Session {
     }
 
     /// When the session expires unless a GET starts; `None` while one runs.
+    /// A session that never polled expires sooner: it is not a user yet.
     fn expires(&self) -> Option<Instant> {
+        let timeout = if self.ticket.has_polled() {
+            self.config.session_timeout
+        } else {
+            self.config.unpolled_timeout
+        };
         let a = self.activity.lock();
-        (a.polling == 0).then_some(a.last + self.config.session_timeout)
+        (a.polling == 0).then_some(a.last + timeout)
     }
 }
 
@@ -277,7 +293,7 @@ mod tests {
             ..Default::default()
         };
         let conn = ConnHandle::new(Vsn::V2, 8);
-        (Arc::new(Session::new(conn, config, tx)), rx)
+        (Arc::new(Session::new(conn, config, tx, Ticket::detached())), rx)
     }
 
     fn push(s: &Session, topic: &str) {
