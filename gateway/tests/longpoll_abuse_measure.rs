@@ -15,19 +15,9 @@ use serde_json::json;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use test_support::http::{HttpConn, Request};
+use test_support::http::{tcp_from, HttpConn, Request};
+use test_support::process::resident_bytes as rss;
 use test_support::{GatewayProcess, PhxClient, RedisServer};
-use tokio::net::TcpSocket;
-
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "measurement at full scale; see the module doc"]
@@ -40,7 +30,14 @@ async fn measure_join_flood() {
     let redis = RedisServer::start().await;
     let pod = GatewayProcess::builder(bin)
         .redis(&redis.url())
-        .configure(|c| c.log.level = "warn".into())
+        .configure(|c| {
+            c.log.level = "warn".into();
+            // The shipped defaults, which test pods turn off.
+            let d = gateway::config::ServerConfig::default();
+            c.server.max_connections_per_source = d.max_connections_per_source;
+            c.server.connection_rate_per_source = d.connection_rate_per_source;
+            c.server.max_queued_joins_per_source = d.max_queued_joins_per_source;
+        })
         .start()
         .await;
     let addr = pod.addr;
@@ -48,9 +45,7 @@ async fn measure_join_flood() {
     let base = rss(pid);
 
     // The canary, from another source address.
-    let sock = TcpSocket::new_v4().unwrap();
-    sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-    let stream = sock.connect(addr).await.unwrap();
+    let stream = tcp_from([127, 0, 0, 2].into(), addr).await.unwrap();
     let mut canary = PhxClient::connect_stream(&pod.url(""), stream).await;
     let done = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(base));
