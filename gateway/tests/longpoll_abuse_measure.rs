@@ -3,7 +3,9 @@
 //! against any `gateway` binary, e.g. a release build of main and of a
 //! branch. Ignored by default; run with
 //! `GATEWAY_BIN=target/release/gateway SESSIONS=2000 cargo test -p gateway
-//! --test longpoll_abuse_measure -- --ignored --nocapture`.
+//! --test longpoll_abuse_measure -- --ignored --nocapture` (with `LIMITS=queue`
+//! only the per-source join queue is on, so the whole flood gets in;
+//! `LIMITS=none` for a binary that predates these settings).
 //!
 //! An abuser on 127.0.0.1 opens `SESSIONS` anonymous sessions over 32
 //! keep-alive connections and POSTs 100 joins on distinct topics into each,
@@ -32,11 +34,18 @@ async fn measure_join_flood() {
         .redis(&redis.url())
         .configure(|c| {
             c.log.level = "warn".into();
-            // The shipped defaults, which test pods turn off.
+            // The shipped defaults, which test pods turn off; LIMITS=queue
+            // keeps only the join queue (the flood then runs at full size),
+            // LIMITS=none (for main's binary) sets none of the new keys.
             let d = gateway::config::ServerConfig::default();
-            c.server.max_connections_per_source = d.max_connections_per_source;
-            c.server.connection_rate_per_source = d.connection_rate_per_source;
-            c.server.max_queued_joins_per_source = d.max_queued_joins_per_source;
+            let limits = std::env::var("LIMITS").unwrap_or_default();
+            if limits != "none" {
+                c.server.max_queued_joins_per_source = d.max_queued_joins_per_source;
+            }
+            if limits.is_empty() {
+                c.server.max_connections_per_source = d.max_connections_per_source;
+                c.server.connection_rate_per_source = d.connection_rate_per_source;
+            }
         })
         .start()
         .await;
