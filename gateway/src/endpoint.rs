@@ -21,8 +21,8 @@ use std::time::Duration;
 
 pub use crate::socket::Socket;
 pub use crate::transport::admission::Limits;
-pub use crate::transport::source::{IpNet, SourceLimits};
 pub use crate::transport::response::Body;
+pub use crate::transport::source::{IpNet, SourceLimits};
 
 type RouteFn = dyn Fn(Request<Incoming>) -> BoxFuture<'static, Response<Body>> + Send + Sync;
 

@@ -125,7 +125,10 @@ async fn a_join_flood_is_refused_past_its_limits_and_never_delays_other_joins() 
     let fill = joins((0..MAX_CHANNELS).map(|j| format!("room:flood-0-{j}")));
     assert_eq!(first.post_raw(fill.as_bytes()).await, 200);
     let replies = first.messages(MAX_CHANNELS).await;
-    assert!(replies.iter().all(|r| r[4]["status"] == "ok"), "{replies:?}");
+    assert!(
+        replies.iter().all(|r| r[4]["status"] == "ok"),
+        "{replies:?}"
+    );
     let extra = json!(["x", "x", "room:flood-0-x", "phx_join", {}]);
     assert_eq!(first.post(&[extra]).await, 200);
     assert_eq!(
@@ -150,10 +153,15 @@ async fn a_join_flood_is_refused_past_its_limits_and_never_delays_other_joins() 
         let replies = lp.messages(MAX_CHANNELS).await;
         for r in replies.iter().filter(|r| r[4]["status"] != "ok") {
             let reason: &Value = &r[4]["response"]["reason"];
-            *reasons.entry(reason.as_str().unwrap().to_owned()).or_insert(0) += 1;
+            *reasons
+                .entry(reason.as_str().unwrap().to_owned())
+                .or_insert(0) += 1;
         }
     }
-    let known = ["too many channels joined", "too many joins waiting, try again"];
+    let known = [
+        "too many channels joined",
+        "too many joins waiting, try again",
+    ];
     assert!(
         reasons.keys().all(|r| known.contains(&r.as_str())),
         "{reasons:?}"
@@ -250,7 +258,11 @@ async fn a_session_flood_is_refused_per_source_and_the_pod_stays_ready() {
     );
     let reply = lp.messages(1).await;
     assert_eq!(reply[0][4]["status"], "ok", "{reply:?}");
-    assert!(t.elapsed() < PROMPT, "the canary's join took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < PROMPT,
+        "the canary's join took {:?}",
+        t.elapsed()
+    );
     let mut ws = canary_ws(&pod).await;
     ws.join("room:canary", "1").await;
     let (status, body) = pod.get("/readyz").await.unwrap();

@@ -102,15 +102,22 @@ async fn measure_join_flood() {
                     .flatten();
                 let Some(token) = token else {
                     *statuses
-                        .lock().unwrap()
+                        .lock()
+                        .unwrap()
                         .entry(format!("open {} {}", r.status, r.body.trim()))
                         .or_insert(0) += 1;
                     continue;
                 };
                 let body: Vec<String> = (0..100)
                     .map(|j| {
-                        json!([j.to_string(), j.to_string(), format!("room:ab-{i}-{j}"), "phx_join", {}])
-                            .to_string()
+                        json!([
+                            j.to_string(),
+                            j.to_string(),
+                            format!("room:ab-{i}-{j}"),
+                            "phx_join",
+                            {}
+                        ])
+                        .to_string()
                     })
                     .collect();
                 let r = conn
@@ -122,7 +129,8 @@ async fn measure_join_flood() {
                     )
                     .await;
                 *statuses
-                    .lock().unwrap()
+                    .lock()
+                    .unwrap()
                     .entry(format!("post {} {}", r.status, r.body.trim()))
                     .or_insert(0) += 1;
             }

@@ -120,7 +120,10 @@ mod tests {
         let joins = Joins::new(Some(2));
         let a = joins.lane("192.0.2.1".parse().unwrap());
         let same = joins.lane("192.0.2.1".parse().unwrap());
-        assert!(Arc::ptr_eq(&a, &same), "connections of a source share a lane");
+        assert!(
+            Arc::ptr_eq(&a, &same),
+            "connections of a source share a lane"
+        );
         let mut held = Vec::new();
         for _ in 0..IN_FLIGHT {
             held.push(a.turn().await.unwrap());

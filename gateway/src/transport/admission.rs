@@ -169,7 +169,9 @@ impl Admission {
         }
         // Both transports know the peer; a caller that does not shares one
         // unspecified source.
-        let peer = info.peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.ip());
+        let peer = info
+            .peer
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.ip());
         let source = source::source(peer, &info.headers, self.sources.trusted_proxies());
         let permit = self.sources.admit(source).map_err(|refusal| {
             let limit = match refusal {

@@ -82,7 +82,11 @@ impl FromStr for IpNet {
         let addr = canonical(addr.parse::<IpAddr>().map_err(|_| bad())?);
         let bits = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
-            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= bits).ok_or_else(bad)?,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= bits)
+                .ok_or_else(bad)?,
             None => bits,
         };
         Ok(IpNet { addr, prefix })
@@ -92,9 +96,7 @@ impl FromStr for IpNet {
 /// IPv4-mapped IPv6 addresses as the IPv4 address they are.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(IpAddr::V6(v6), IpAddr::V4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     }
 }
@@ -232,7 +234,9 @@ impl Sources {
             None
         };
         if let Some(refusal) = refusal {
-            if t.last_log.is_none_or(|l| now.duration_since(l) >= LOG_EVERY) {
+            if t.last_log
+                .is_none_or(|l| now.duration_since(l) >= LOG_EVERY)
+            {
                 t.last_log = Some(now);
                 tracing::warn!(
                     %source,
@@ -299,7 +303,10 @@ mod tests {
         assert!(one.contains(ip("127.0.0.1")) && !one.contains(ip("127.0.0.2")));
         let v6: IpNet = "fd00::/8".parse().unwrap();
         assert!(v6.contains(ip("fd12::1")) && !v6.contains(ip("fe80::1")));
-        assert!("0.0.0.0/0".parse::<IpNet>().unwrap().contains(ip("8.8.8.8")));
+        assert!("0.0.0.0/0"
+            .parse::<IpNet>()
+            .unwrap()
+            .contains(ip("8.8.8.8")));
         for bad in ["10.0.0.0/33", "10.0.0", "x/8", "::/129", ""] {
             assert!(bad.parse::<IpNet>().is_err(), "{bad}");
         }
@@ -311,7 +318,10 @@ mod tests {
         let h = xff("203.0.113.9");
         assert_eq!(source(ip("198.51.100.1"), &h, &trusted), ip("198.51.100.1"));
         assert_eq!(source(ip("10.0.0.5"), &h, &trusted), ip("203.0.113.9"));
-        assert_eq!(source(ip("10.0.0.5"), &HeaderMap::new(), &trusted), ip("10.0.0.5"));
+        assert_eq!(
+            source(ip("10.0.0.5"), &HeaderMap::new(), &trusted),
+            ip("10.0.0.5")
+        );
         // A client cannot pick its source by sending X-Forwarded-For itself:
         // the proxy appends the address it saw, and that one counts.
         let h = xff("1.1.1.1, 203.0.113.9, 10.0.0.7");
@@ -339,7 +349,10 @@ mod tests {
         let a = ip("192.0.2.1");
         let p1 = sources.admit(a).unwrap();
         let _p2 = sources.admit(a).unwrap();
-        assert!(matches!(sources.admit(a), Err(SourceRefusal::Connections(_))));
+        assert!(matches!(
+            sources.admit(a),
+            Err(SourceRefusal::Connections(_))
+        ));
         assert!(sources.admit(ip("192.0.2.2")).is_ok(), "another source");
         drop(p1);
         // Two taken, one refused by count (which took no token), one left.

@@ -128,7 +128,13 @@ async fn open(
         Ok(admitted) => admitted,
         Err(refused) => return refusal(refused),
     };
-    let ticket = |permit| Ticket::new(permit, admission.unpolled(), admission.connections().clone());
+    let ticket = |permit| {
+        Ticket::new(
+            permit,
+            admission.unpolled(),
+            admission.connections().clone(),
+        )
+    };
     match lp.create(socket, config, admitted, ticket).await {
         Ok(token) => envelope(410, Some(&token), &[]),
         Err(e) => {

@@ -24,8 +24,8 @@ mod session;
 mod ticket;
 pub(crate) mod token;
 
-use super::drain::Drain;
 use super::admission::Admitted;
+use super::drain::Drain;
 use super::source::SourcePermit;
 use crate::channel::Services;
 use crate::conn::ConnHandle;
@@ -37,11 +37,11 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use relay::Message;
 use session::{Poll, Session};
-use ticket::Ticket;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+use ticket::Ticket;
 use token::{SessionToken, Signer};
 use tokio::sync::{mpsc, oneshot};
 

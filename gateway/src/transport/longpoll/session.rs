@@ -8,12 +8,12 @@
 //! response lost on its way (a relaying pod or proxy gave up on it) is
 //! therefore sent again, and none is sent twice to a client that got it.
 
+use super::ticket::Ticket;
 use crate::conn::{ConnHandle, Disconnect, Out};
 use crate::metrics::metrics;
 use crate::protocol::{Frame, Transport};
 use crate::socket::connection::Connection;
 use crate::socket::LongPollConfig;
-use super::ticket::Ticket;
 use crate::transport::drain::Drain;
 use crate::transport::{decode, Data};
 use base64::Engine;
@@ -293,7 +293,10 @@ mod tests {
             ..Default::default()
         };
         let conn = ConnHandle::new(Vsn::V2, 8);
-        (Arc::new(Session::new(conn, config, tx, Ticket::detached())), rx)
+        (
+            Arc::new(Session::new(conn, config, tx, Ticket::detached())),
+            rx,
+        )
     }
 
     fn push(s: &Session, topic: &str) {

@@ -43,9 +43,7 @@ impl Ticket {
     #[cfg(test)]
     pub(crate) fn detached() -> Self {
         let sources = crate::transport::source::Sources::new(Default::default());
-        let permit = sources
-            .admit(std::net::Ipv4Addr::LOCALHOST.into())
-            .unwrap();
+        let permit = sources.admit(std::net::Ipv4Addr::LOCALHOST.into()).unwrap();
         Ticket::new(permit, &Gauge::default(), Gauge::default())
     }
 }
