@@ -3,6 +3,7 @@
 //! `Phoenix.Endpoint` ties them together. The server serves it; it serves
 //! nothing itself.
 
+use crate::channel::queue::Joins;
 use crate::channel::Services;
 use crate::metrics::{metrics, Limit, Scrape};
 use crate::presence::{Presence, PresenceConfig};
@@ -23,6 +24,7 @@ pub use crate::socket::Socket;
 pub use crate::transport::admission::Limits;
 pub use crate::transport::http::Timeouts;
 pub use crate::transport::response::Body;
+pub use crate::transport::source::{IpNet, SourceLimits};
 
 type RouteFn = dyn Fn(Request<Incoming>) -> BoxFuture<'static, Response<Body>> + Send + Sync;
 
@@ -140,8 +142,9 @@ impl Endpoint {
         (
             ok,
             format!(
-                "{state}\nconnections: {}\nhttp connections: {}\n{}\n",
-                self.admission.drain().open(),
+                "{state}\nconnections: {}\nunpolled long-poll sessions: {}\nhttp connections: {}\n{}\n",
+                self.admission.connections().get(),
+                self.admission.unpolled().get(),
                 self.http.open(),
                 self.pubsub().broker_health()
             ),
@@ -169,7 +172,7 @@ impl Endpoint {
             }
         }
         if let Some(max) = limits.max_sockets {
-            let open = http + self.admission.drain().open();
+            let open = http + self.admission.connections().get();
             if open + more > max {
                 let why = format!("at socket limit ({open} of {max}, from the open files limit)");
                 return Some((Limit::MaxHttpConnections, why));
@@ -212,7 +215,7 @@ impl Endpoint {
 
     /// The per-pod limits this endpoint enforces.
     pub fn limits(&self) -> Limits {
-        self.admission.limits()
+        self.admission.limits().clone()
     }
 
     /// The Prometheus text exposition of this process's metrics
@@ -387,6 +390,7 @@ impl EndpointBuilder {
             pubsub,
             presence,
             node: Arc::from(node),
+            joins: Joins::new(self.limits.per_source.max_queued_joins),
         });
         let admission = Admission::new(self.limits);
         let secret = self

@@ -7,7 +7,8 @@
 use crate::connection::{Conn, Event, Target};
 use crate::{Command, Config, Envelope, Error, Sink, Stats};
 use bytes::Bytes;
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +51,14 @@ struct Actor {
     sink: Arc<dyn Sink>,
     stats: Arc<Stats>,
     topics: HashMap<String, Topic>,
+    /// How many of `topics` Redis has confirmed, kept as they change: with
+    /// hundreds of thousands of topics, counting them per command batch
+    /// made every join wait behind a scan of all of them.
+    subscribed: usize,
+    /// When lingering topics are due, soonest first, for the same reason.
+    /// Entries are not removed when a topic is wanted again: `expire` skips
+    /// those whose topic no longer lingers until that instant.
+    lingering: BinaryHeap<Reverse<(Instant, String)>>,
     malformed_since_log: u64,
     last_log: Option<Instant>,
 }
@@ -66,6 +75,8 @@ pub(crate) async fn run(
         sink,
         stats,
         topics: HashMap::new(),
+        subscribed: 0,
+        lingering: BinaryHeap::new(),
         malformed_since_log: 0,
         last_log: None,
     };
@@ -94,10 +105,11 @@ pub(crate) async fn run(
             Err(e) => tracing::warn!(error = %e, "redis resubscribe failed; reconnecting"),
         }
         actor.stats.set_connected(false);
-        actor.stats.subscriptions.store(0, Ordering::Relaxed);
         for t in actor.topics.values_mut() {
             t.subscribed = false;
         }
+        actor.subscribed = 0;
+        actor.count_subscriptions();
         actor.topics.retain(|_, t| t.refs > 0);
         delay = next_delay(delay, actor.config.max_backoff);
     }
@@ -154,7 +166,9 @@ impl Actor {
             t.refs = t.refs.saturating_sub(1);
             if t.unwanted() {
                 if t.subscribed {
-                    t.linger = Some(Instant::now() + self.config.linger);
+                    let at = Instant::now() + self.config.linger;
+                    t.linger = Some(at);
+                    self.lingering.push(Reverse((at, topic.to_owned())));
                 } else {
                     self.topics.remove(topic);
                 }
@@ -174,7 +188,10 @@ impl Actor {
                 .map_err(|_| Error::Unavailable("SUBSCRIBE not confirmed in time".into()))??;
             for t in chunk {
                 if let Some(state) = self.topics.get_mut(t) {
-                    state.subscribed = true;
+                    if !state.subscribed {
+                        state.subscribed = true;
+                        self.subscribed += 1;
+                    }
                 }
             }
         }
@@ -183,8 +200,9 @@ impl Actor {
     }
 
     fn count_subscriptions(&self) {
-        let n = self.topics.values().filter(|t| t.subscribed).count();
-        self.stats.subscriptions.store(n as u64, Ordering::Relaxed);
+        self.stats
+            .subscriptions
+            .store(self.subscribed as u64, Ordering::Relaxed);
     }
 
     async fn resubscribe(&mut self, sub: &mut Conn) -> Result<(), Error> {
@@ -201,7 +219,7 @@ impl Actor {
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         keepalive.tick().await;
         loop {
-            let next_linger = self.topics.values().filter_map(|t| t.linger).min();
+            let next_linger = self.lingering.peek().map(|Reverse((at, _))| *at);
             tokio::select! {
                 msg = sub.next() => match msg {
                     Some(Event::Message(channel, payload)) => self.received(&channel, payload),
@@ -232,6 +250,7 @@ impl Actor {
     async fn apply(&mut self, sub: &mut Conn, cmds: Vec<Command>) -> Result<(), Error> {
         let mut waiters: Vec<(String, bool, Waiter)> = Vec::new();
         let mut wanted: Vec<String> = Vec::new();
+        let mut seen: HashSet<String> = HashSet::new();
         for cmd in cmds {
             let (topic, tx, direct) = match cmd {
                 Command::Subscribe(topic, tx) => (topic, tx, false),
@@ -251,7 +270,7 @@ impl Actor {
             if t.subscribed {
                 self.confirm(&topic, direct, tx);
             } else {
-                if !wanted.contains(&topic) {
+                if seen.insert(topic.clone()) {
                     wanted.push(topic.clone());
                 }
                 waiters.push((topic, direct, tx));
@@ -296,19 +315,32 @@ impl Actor {
     /// Unsubscribes topics whose linger has passed.
     async fn expire(&mut self, sub: &mut Conn) -> Result<(), Error> {
         let now = Instant::now();
-        let expired: Vec<String> = self
-            .topics
-            .iter()
-            .filter(|(_, t)| t.unwanted() && t.linger.is_some_and(|l| l <= now))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let mut expired: Vec<String> = Vec::new();
+        while let Some(Reverse((at, _))) = self.lingering.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, topic))) = self.lingering.pop() else {
+                break;
+            };
+            // Still lingering until this instant (not wanted again since).
+            if self
+                .topics
+                .get(&topic)
+                .is_some_and(|t| t.unwanted() && t.linger == Some(at))
+            {
+                expired.push(topic);
+            }
+        }
         for chunk in expired.chunks(BATCH) {
             let channels: Vec<String> = chunk.iter().map(|t| self.channel(t)).collect();
             tokio::time::timeout(self.config.timeout, sub.unsubscribe(&channels))
                 .await
                 .map_err(|_| Error::Unavailable("UNSUBSCRIBE not confirmed in time".into()))??;
             for t in chunk {
-                self.topics.remove(t);
+                if self.topics.remove(t).is_some_and(|t| t.subscribed) {
+                    self.subscribed -= 1;
+                }
             }
         }
         self.count_subscriptions();
@@ -326,7 +358,10 @@ impl Actor {
             return Ok(());
         };
         match self.topics.get_mut(topic) {
-            Some(t) if t.subscribed => t.subscribed = false,
+            Some(t) if t.subscribed => {
+                t.subscribed = false;
+                self.subscribed -= 1;
+            }
             _ => return Ok(()),
         }
         tracing::info!(channel, "redis dropped a subscription; subscribing again");

@@ -7,7 +7,7 @@
 use crate::wait::TIMEOUT;
 use serde_json::Value;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -133,11 +133,40 @@ impl Request {
             .ok()
     }
 
+    /// [`Request::send_within`] from the local address `from` (another
+    /// loopback address such as 127.0.0.2 is another client to the server).
+    pub async fn send_from(self, addr: SocketAddr, from: IpAddr, within: Duration) -> Response {
+        let what = format!("{} {} to {addr} from {from}", self.method, self.target);
+        let exchange = async {
+            let mut conn = HttpConn::try_connect_from(addr, Some(from)).await?;
+            conn.write(&self.to_bytes(addr)).await?;
+            conn.read(&self.method).await
+        };
+        match tokio::time::timeout(within, exchange).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => panic!("{what}: {e}"),
+            Err(_) => panic!("{what}: no answer within {within:?}"),
+        }
+    }
+
     async fn exchange(self, addr: SocketAddr) -> io::Result<Response> {
         let mut conn = HttpConn::try_connect(addr).await?;
         conn.write(&self.to_bytes(addr)).await?;
         conn.read(&self.method).await
     }
+}
+
+/// A TCP connection to `addr` from the local address `from`: loopback
+/// addresses other than 127.0.0.1 (127.0.0.2, .3, …) are other clients to
+/// the server's per-source limits. For a [`crate::PhxClient`] too, through
+/// `PhxClient::connect_stream`.
+pub async fn tcp_from(from: IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = match from {
+        IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(from, 0))?;
+    socket.connect(addr).await
 }
 
 /// An HTTP answer: status, headers (names lowercased) and body.
@@ -180,7 +209,15 @@ impl HttpConn {
     }
 
     async fn try_connect(addr: SocketAddr) -> io::Result<HttpConn> {
-        let stream = TcpStream::connect(addr).await?;
+        HttpConn::try_connect_from(addr, None).await
+    }
+
+    /// A connection from the local address `from`, when given.
+    async fn try_connect_from(addr: SocketAddr, from: Option<IpAddr>) -> io::Result<HttpConn> {
+        let stream = match from {
+            Some(ip) => tcp_from(ip, addr).await?,
+            None => TcpStream::connect(addr).await?,
+        };
         Ok(HttpConn {
             stream: BufReader::new(stream),
             addr,

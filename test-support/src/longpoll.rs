@@ -5,7 +5,7 @@
 use crate::http::Request;
 use crate::wait::TIMEOUT;
 use serde_json::Value;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// A long-poll client of one socket. `addr` can change between requests
@@ -18,6 +18,9 @@ pub struct LpClient {
     pub token: Option<String>,
     /// Longest a GET may take (the server's poll window plus slack).
     pub within: Duration,
+    /// The local address requests come from (another loopback address is
+    /// another client to per-source limits); `None`: the system's choice.
+    pub from: Option<IpAddr>,
 }
 
 impl LpClient {
@@ -27,6 +30,7 @@ impl LpClient {
             query: query.to_owned(),
             token: None,
             within: TIMEOUT + Duration::from_secs(12),
+            from: None,
         }
     }
 
@@ -41,15 +45,20 @@ impl LpClient {
     /// A GET with the current token; stores the token it returns (when a
     /// string), as phoenix.js does. Returns the JSON body.
     pub async fn get(&mut self) -> Value {
-        let r = Request::get(&self.target())
-            .send_within(self.addr, self.within)
-            .await;
+        let r = self.send(Request::get(&self.target())).await;
         assert_eq!(r.status, 200, "{r:?}");
         let v = r.json();
         if let Some(t) = v["token"].as_str() {
             self.token = Some(t.to_owned());
         }
         v
+    }
+
+    async fn send(&self, r: Request) -> crate::http::Response {
+        match self.from {
+            Some(from) => r.send_from(self.addr, from, self.within).await,
+            None => r.send_within(self.addr, self.within).await,
+        }
     }
 
     /// Opens a session: the first GET must answer 410 with a token.
@@ -74,9 +83,8 @@ impl LpClient {
     pub async fn post_raw(&self, body: &[u8]) -> u64 {
         let r = Request::post(&self.target())
             .header("Content-Type", "application/x-ndjson")
-            .body(body)
-            .send_within(self.addr, self.within)
-            .await;
+            .body(body);
+        let r = self.send(r).await;
         assert_eq!(r.status, 200, "{r:?}");
         r.json()["status"].as_u64().unwrap()
     }

@@ -22,11 +22,16 @@ use std::time::Duration;
 /// and no push rate limit (ordering tests push faster than the default);
 /// the channel rules of config/example.toml without presence (`room:*`,
 /// `private:*`, `user:{sub}`), plus `quiet:*`, whose pushes skip their
-/// sender; the API at `/api/broadcast`; and no drain delay.
+/// sender; the API at `/api/broadcast`; no drain delay; and no per-source
+/// limits (every test client comes from 127.0.0.1, and some open a thousand
+/// at once; `longpoll_abuse.rs` sets them).
 pub fn test_config() -> Config {
     let mut c = Config::default();
     c.server.drain_delay_ms = 0;
     c.server.drain_period_ms = 0;
+    c.server.max_connections_per_source = 0;
+    c.server.connection_rate_per_source = 0;
+    c.server.max_queued_joins_per_source = 0;
     c.log.level = "info,pubsub_redis=debug".into();
     // Every field at its default, as an empty `[socket.jwt]` table gives.
     let mut jwt: JwtConfig = toml::from_str("").unwrap();

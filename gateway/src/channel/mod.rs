@@ -16,6 +16,7 @@
 
 mod context;
 mod pattern;
+pub(crate) mod queue;
 mod router;
 mod runner;
 
@@ -43,6 +44,8 @@ pub(crate) struct Services {
     pub(crate) pubsub: PubSub,
     pub(crate) presence: Presence,
     pub(crate) node: Arc<str>,
+    /// Where joins wait for their turn, one lane per client address.
+    pub(crate) joins: queue::Joins,
 }
 
 /// Facts about the connection shared by all its channels.

@@ -4,12 +4,13 @@
 //! Every callback runs under `catch_unwind`, so a panic ends this channel
 //! with `phx_error` and leaves the connection and its other channels alone.
 
+use super::queue::Lane;
 use super::{
     join_answered, Channel, ChannelContext, ChannelMsg, HandleIn, Inbox, Next, Services,
     SocketInfo, StopReason, Terminate,
 };
 use crate::conn::{ConnHandle, End as Ended, ReplyTo};
-use crate::metrics::metrics;
+use crate::metrics::{metrics, Limit};
 use crate::protocol::{Payload, Refusal};
 use crate::pubsub::hub::{Intercept, Subscriber, Target};
 use futures_util::FutureExt;
@@ -40,6 +41,8 @@ pub(crate) struct Start {
     pub(crate) previous: Option<Previous>,
     pub(crate) inbox: Inbox,
     pub(crate) rx: UnboundedReceiver<Box<ChannelMsg>>,
+    /// The lane of the client's address, where the join waits for its turn.
+    pub(crate) lane: Arc<Lane>,
 }
 
 enum End {
@@ -106,6 +109,7 @@ pub(crate) async fn run<C: Channel>(mut chan: C, s: Start) {
         previous,
         inbox,
         mut rx,
+        lane,
     } = s;
     if let Some(prev) = &previous {
         if prev.replace {
@@ -127,22 +131,36 @@ pub(crate) async fn run<C: Channel>(mut chan: C, s: Start) {
         ref_: ref_.as_deref(),
     };
 
-    let joined = AssertUnwindSafe(chan.join(&topic, payload, &mut ctx))
-        .catch_unwind()
-        .await;
+    // The turn is held through the join and its subscription, so a source's
+    // joins wait behind its own, never in front of other sources'.
+    let turn = lane.turn().await;
+    let joined = match &turn {
+        Ok(_) => Some(
+            AssertUnwindSafe(chan.join(&topic, payload, &mut ctx))
+                .catch_unwind()
+                .await,
+        ),
+        Err(_) => None,
+    };
     let subscription = match joined {
-        Err(_) => {
+        None => {
+            join_answered(&conn, &topic, "queue_full");
+            metrics().limit_hit(Limit::QueuedJoins);
+            conn.refuse(to, Refusal::JoinQueueFull);
+            None
+        }
+        Some(Err(_)) => {
             join_answered(&conn, &topic, "error");
             tracing::error!(topic = %topic, "channel join panicked");
             conn.refuse(to, Refusal::JoinCrashed);
             None
         }
-        Ok(Err(response)) => {
+        Some(Ok(Err(response))) => {
             join_answered(&conn, &topic, refusal(&response));
             conn.reply(to, "error", &response);
             None
         }
-        Ok(Ok(response)) => {
+        Some(Ok(Ok(response))) => {
             let events = chan.intercept();
             let intercept = (!events.is_empty()).then(|| {
                 Box::new(Interceptor {
@@ -171,6 +189,7 @@ pub(crate) async fn run<C: Channel>(mut chan: C, s: Start) {
             }
         }
     };
+    drop(turn);
     drop(inbox);
     if let Some(prev) = previous.filter(|p| p.replace) {
         conn.end(&topic, prev.join_ref.as_deref(), Ended::Close);

@@ -2,8 +2,9 @@
 //! drains on SIGTERM, and fitting `max_connections` to the open-files limit.
 
 use super::{millis, ConfigError, Key};
-use crate::endpoint::{Limits, Timeouts};
+use crate::endpoint::{IpNet, Limits, SourceLimits, Timeouts};
 use crate::pubsub::DEFAULT_MAX_PUBLISH;
+use crate::socket::PushRate;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -61,6 +62,24 @@ pub struct ServerConfig {
     /// the main port may hold; not a key.
     #[serde(skip)]
     open_files: Option<u64>,
+    /// Connections (WebSocket and long-poll sessions) one client address
+    /// may hold on this pod; more are refused with 429, and the pod stays
+    /// ready. Default 1000; 0: no limit.
+    pub max_connections_per_source: usize,
+    /// New connections and long-poll sessions one client address may open
+    /// per second; faster ones are refused with 429. Default 20; 0: no limit.
+    pub connection_rate_per_source: u32,
+    /// Connections one client address may open at once after a quiet
+    /// period. Default 100.
+    pub connection_burst_per_source: u32,
+    /// Joins of one client address that may wait while 16 of them run;
+    /// more are refused with "too many joins waiting, try again".
+    /// Default 1000; 0: no limit.
+    pub max_queued_joins_per_source: usize,
+    /// Proxies and balancers (addresses or CIDR networks) whose
+    /// `X-Forwarded-For` names the client, for the per-source limits.
+    /// Default none: the source is the peer address.
+    pub trusted_proxies: Vec<String>,
 }
 
 /// The library has no defaults for these: they are the binary's, tuned for
@@ -82,6 +101,11 @@ impl Default for ServerConfig {
             max_publish_bytes: DEFAULT_MAX_PUBLISH,
             unready_without_redis_ms: 5000,
             open_files: None,
+            max_connections_per_source: 1000,
+            connection_rate_per_source: 20,
+            connection_burst_per_source: 100,
+            max_queued_joins_per_source: 1000,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -163,6 +187,32 @@ impl ServerConfig {
         Some(lowered)
     }
 
+    /// The per-source limits, validated.
+    fn per_source(&self, key: &Key) -> Result<SourceLimits, ConfigError> {
+        if self.connection_rate_per_source > 0 && self.connection_burst_per_source == 0 {
+            return Err(key
+                .field("connection_burst_per_source")
+                .invalid("must be at least 1 when connection_rate_per_source is set"));
+        }
+        let trusted_proxies = self
+            .trusted_proxies
+            .iter()
+            .map(|p| p.parse::<IpNet>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| key.field("trusted_proxies").invalid(e))?;
+        Ok(SourceLimits {
+            max_connections: (self.max_connections_per_source > 0)
+                .then_some(self.max_connections_per_source),
+            rate: (self.connection_rate_per_source > 0).then_some(PushRate {
+                per_second: f64::from(self.connection_rate_per_source),
+                burst: self.connection_burst_per_source,
+            }),
+            trusted_proxies,
+            max_queued_joins: (self.max_queued_joins_per_source > 0)
+                .then_some(self.max_queued_joins_per_source),
+        })
+    }
+
     pub(super) fn settings(&self, key: &Key) -> Result<ServerSettings, ConfigError> {
         let listen = self.listen.parse().map_err(|_| {
             key.field("listen").invalid(format!(
@@ -214,6 +264,7 @@ impl ServerConfig {
                 max_http_connections: (self.max_http_connections > 0)
                     .then_some(self.max_http_connections),
                 max_sockets,
+                per_source: self.per_source(key)?,
             },
             timeouts: Timeouts {
                 header: Duration::from_millis(self.header_timeout_ms),

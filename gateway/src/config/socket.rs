@@ -117,6 +117,10 @@ pub struct LongPollSection {
     /// A session with no GET started for this long ends, milliseconds.
     /// Default 15000.
     pub session_timeout_ms: u64,
+    /// A session that has not polled yet ends this long after it opened,
+    /// milliseconds; until it polls it does not count against
+    /// `max_connections`. Default 5000.
+    pub unpolled_timeout_ms: u64,
     /// Messages buffered per session between GETs; more ends the session.
     /// Default 1024.
     pub max_buffer: usize,
@@ -131,6 +135,7 @@ impl Default for LongPollSection {
             enabled: false,
             window_ms: millis(lib.window),
             session_timeout_ms: millis(lib.session_timeout),
+            unpolled_timeout_ms: millis(lib.unpolled_timeout),
             max_buffer: lib.max_buffer,
             max_body: lib.max_body,
         }
@@ -284,6 +289,10 @@ impl LongPollSection {
         if self.session_timeout_ms < self.window_ms {
             return Err(field("session_timeout_ms").invalid("must be at least window_ms"));
         }
+        if self.unpolled_timeout_ms < 100 || self.unpolled_timeout_ms > self.session_timeout_ms {
+            return Err(field("unpolled_timeout_ms")
+                .invalid("must be at least 100 and at most session_timeout_ms"));
+        }
         if self.max_buffer == 0 {
             return Err(field("max_buffer").invalid("must be at least 1"));
         }
@@ -293,6 +302,7 @@ impl LongPollSection {
         Ok(LongPollConfig {
             window: Duration::from_millis(self.window_ms),
             session_timeout: Duration::from_millis(self.session_timeout_ms),
+            unpolled_timeout: Duration::from_millis(self.unpolled_timeout_ms),
             max_buffer: self.max_buffer,
             max_body: self.max_body,
         })

@@ -59,9 +59,12 @@ pub(crate) enum Limit {
     MaxPublishBytes,
     /// A client push over its rule's `max_payload`.
     MaxPayload,
+    SourceConnections,
+    SourceRate,
+    QueuedJoins,
 }
 
-pub(super) const LIMITS: [&str; 10] = [
+pub(super) const LIMITS: [&str; 13] = [
     "max_connections",
     "max_memory",
     "max_channels",
@@ -72,6 +75,9 @@ pub(super) const LIMITS: [&str; 10] = [
     "body_timeout",
     "max_publish_bytes",
     "max_payload",
+    "source_connections",
+    "source_rate",
+    "queued_joins",
 ];
 
 impl Limit {
@@ -121,22 +127,25 @@ impl Dropped {
 }
 
 /// The `reason` values of `gateway_connections_refused_total`.
-pub(super) const REFUSALS: [&str; 5] = [
+pub(super) const REFUSALS: [&str; 7] = [
     "max_connections",
     "max_memory",
+    "source_connections",
+    "source_rate",
     "auth",
     "origin",
     "draining",
 ];
 
 /// The `result` values of `gateway_joins_total`.
-pub(super) const JOIN_RESULTS: [&str; 7] = [
+pub(super) const JOIN_RESULTS: [&str; 8] = [
     "ok",
     "unauthorized",
     "unmatched_topic",
     "invalid_topic",
     "too_many_channels",
     "subscription_failed",
+    "queue_full",
     "error",
 ];
 

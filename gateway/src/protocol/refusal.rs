@@ -21,6 +21,8 @@ pub enum Refusal {
     RateLimited,
     /// The broker did not confirm the subscription (Redis is down).
     SubscriptionFailed,
+    /// Too many joins from the client's address are waiting for their turn.
+    JoinQueueFull,
     /// The channel's `join` panicked.
     JoinCrashed,
     /// The channel refused the client's credentials.
@@ -50,6 +52,7 @@ impl Refusal {
             Refusal::TooManyChannels => "too many channels joined",
             Refusal::RateLimited => "rate limited",
             Refusal::SubscriptionFailed => "subscription failed, try again",
+            Refusal::JoinQueueFull => "too many joins waiting, try again",
             Refusal::JoinCrashed => "join crashed",
             Refusal::Unauthorized => "unauthorized",
             Refusal::EventNotAllowed => "event not allowed",

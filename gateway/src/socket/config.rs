@@ -43,6 +43,10 @@ pub struct LongPollConfig {
     pub window: Duration,
     /// A session ends when no GET started for this long. Default 15 s.
     pub session_timeout: Duration,
+    /// A session that has not polled yet ends this long after it was
+    /// opened (phoenix.js polls at once). Until it polls it does not count
+    /// against the pod's connection limit. Default 5 s.
+    pub unpolled_timeout: Duration,
     /// Messages buffered for a session between two GETs; more ends the
     /// session as a slow consumer instead of growing. Default 1024.
     pub max_buffer: usize,
@@ -56,6 +60,7 @@ impl Default for LongPollConfig {
         LongPollConfig {
             window: Duration::from_secs(10),
             session_timeout: Duration::from_secs(15),
+            unpolled_timeout: Duration::from_secs(5),
             max_buffer: 1024,
             max_body: 8 << 20,
         }

@@ -7,6 +7,7 @@
 
 use super::rate::{Bucket, Verdict};
 use super::{Assigns, Socket};
+use crate::channel::queue::Lane;
 use crate::channel::{join_answered, ChannelMsg, Inbox, Previous, Services, SocketInfo, Start};
 use crate::conn::{ConnHandle, Disconnect, ReplyTo};
 use crate::metrics::{metrics, Limit, OpenConnection, Received};
@@ -14,6 +15,7 @@ use crate::protocol::{valid_topic, Message, Payload, Refusal, Transport};
 use crate::pubsub::hub::{Subscriber, Target};
 use crate::pubsub::{BrokerError, Subscription};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use tokio::sync::watch;
@@ -56,17 +58,20 @@ pub(crate) struct Connection {
     push_limit: Option<Bucket>,
     /// Counts the connection in the metrics until it is dropped.
     open: OpenConnection,
+    /// Where this client address's joins wait for their turn.
+    lane: Arc<Lane>,
 }
 
 impl Connection {
-    /// Sets up a connection; when it has a socket id, subscribes to it so a
-    /// `disconnect` broadcast can close it.
+    /// Sets up a connection of a client at `source`; when it has a socket
+    /// id, subscribes to it so a `disconnect` broadcast can close it.
     pub(crate) async fn open(
         transport: Transport,
         conn: ConnHandle,
         socket: Arc<Socket>,
         services: Arc<Services>,
         assigns: Assigns,
+        source: IpAddr,
     ) -> Result<Self, BrokerError> {
         let socket_id = socket.handler.id(&assigns);
         let id_sub = match &socket_id {
@@ -88,6 +93,7 @@ impl Connection {
             "connection opened"
         );
         let open = metrics().connection_opened(transport, &socket.path);
+        let lane = services.joins.lane(source);
         let mut connection = Connection {
             conn,
             socket,
@@ -101,6 +107,7 @@ impl Connection {
             _socket_id: id_sub,
             push_limit: None,
             open,
+            lane,
         };
         connection.push_limit = connection
             .socket
@@ -244,6 +251,7 @@ impl Connection {
             previous,
             inbox: inbox.clone(),
             rx,
+            lane: self.lane.clone(),
         });
         self.channels.insert(
             topic,

@@ -15,7 +15,7 @@ mod config;
 pub(crate) mod connection;
 mod handler;
 mod origin;
-mod rate;
+pub(crate) mod rate;
 
 pub use crate::channel::Assigns;
 pub use crate::protocol::Transport;

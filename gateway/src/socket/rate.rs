@@ -44,6 +44,13 @@ impl Bucket {
         }
     }
 
+    /// Whether the bucket has refilled to its burst by `now`: forgetting it
+    /// then changes nothing.
+    pub(crate) fn full(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last);
+        self.tokens + elapsed.as_secs_f64() * self.rate.per_second >= f64::from(self.rate.burst)
+    }
+
     pub(crate) fn take(&mut self, now: Instant) -> Verdict {
         let elapsed = now.saturating_duration_since(self.last);
         self.last = now;

@@ -5,21 +5,27 @@
 //! its own HTTP answer.
 //!
 //! Also the pod-wide state of connections the sequence reads: the limits, the
-//! stop signal and the drain that tracks every connection task.
+//! connections counted against them, the stop signal and the drain that
+//! tracks every connection task.
 
 use super::drain::Drain;
+use super::source::{self, SourceLimits, SourcePermit, SourceRefusal, Sources};
 use crate::channel::Assigns;
 use crate::metrics::{metrics, Limit};
 use crate::protocol::{Transport, UnsupportedVsn, Vsn};
 use crate::socket::{ConnectError, ConnectInfo, Params, Socket};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// Per-pod limits past which new connections are refused and `/readyz`
-/// fails, so a balancer sends new users elsewhere.
-#[derive(Debug, Clone, Copy, Default)]
+/// fails, so a balancer sends new users elsewhere; and per-source limits,
+/// past which only that source is refused.
+#[derive(Debug, Clone, Default)]
 pub struct Limits {
-    /// Open connections (WebSocket and long-poll sessions); `None`: no limit.
+    /// Open connections (WebSocket connections and long-poll sessions that
+    /// polled); `None`: no limit.
     pub max_connections: Option<usize>,
     /// Resident memory in bytes; `None`: no threshold.
     pub max_memory: Option<u64>,
@@ -33,6 +39,33 @@ pub struct Limits {
     /// the same way, so descriptors stay for Redis and the metrics listener's
     /// `/healthz` and `/readyz`. `None`: not enforced.
     pub max_sockets: Option<usize>,
+    /// What one client address may hold and open.
+    pub per_source: SourceLimits,
+}
+
+/// How many connections hold a [`Counted`] of it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Gauge(Arc<AtomicUsize>);
+
+/// One connection in a [`Gauge`] until dropped.
+#[derive(Debug)]
+pub(crate) struct Counted(Arc<AtomicUsize>);
+
+impl Gauge {
+    pub(crate) fn count(&self) -> Counted {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Counted(self.0.clone())
+    }
+
+    pub(crate) fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Why a connection attempt was refused.
@@ -42,6 +75,8 @@ pub(crate) enum Refused {
     Draining,
     /// At a limit; the sentence says which.
     OverLimit(String),
+    /// The client's source is at its own limit; the pod is fine.
+    Source(SourceRefusal),
     /// `check_origin` does not allow the request's origin.
     Origin,
     /// The `vsn` param names no serializer the gateway speaks.
@@ -50,33 +85,65 @@ pub(crate) enum Refused {
     Connect(ConnectError),
 }
 
-/// An admitted client: its serializer and what its handler learned.
+/// An admitted client: its serializer, what its handler learned, and its
+/// place in its source's count, which the connection holds until it ends.
 #[derive(Debug)]
 pub(crate) struct Admitted {
     pub(crate) vsn: Vsn,
     pub(crate) assigns: Assigns,
+    /// The client's address (see [`source::source`]).
+    pub(crate) source: IpAddr,
+    pub(crate) permit: SourcePermit,
 }
 
 /// The gate every new connection passes, and the connections it let in.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Admission {
     limits: Limits,
     /// Cancelled when the pod stops accepting connections.
     stopped: CancellationToken,
     /// When open connections close during a drain, and which are open.
     drain: Drain,
+    sources: Arc<Sources>,
+    /// Connections counted against `max_connections`: WebSocket connections
+    /// from admission on, long-poll sessions from their first poll on.
+    connections: Gauge,
+    /// Long-poll sessions that have not polled yet: not counted against
+    /// `max_connections` (a client that never polls is not a user), and
+    /// ended soon.
+    unpolled: Gauge,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Admission::new(Limits::default())
+    }
 }
 
 impl Admission {
     pub(crate) fn new(limits: Limits) -> Self {
         Admission {
+            sources: Sources::new(limits.per_source.clone()),
             limits,
-            ..Default::default()
+            stopped: CancellationToken::new(),
+            drain: Drain::default(),
+            connections: Gauge::default(),
+            unpolled: Gauge::default(),
         }
     }
 
-    pub(crate) fn limits(&self) -> Limits {
-        self.limits
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Connections counted against `max_connections`.
+    pub(crate) fn connections(&self) -> &Gauge {
+        &self.connections
+    }
+
+    /// Long-poll sessions that have not polled yet.
+    pub(crate) fn unpolled(&self) -> &Gauge {
+        &self.unpolled
     }
 
     pub(crate) fn drain(&self) -> &Drain {
@@ -110,10 +177,31 @@ impl Admission {
             tracing::debug!(?transport, why, "connection refused");
             return Err(Refused::OverLimit(why));
         }
+        // Both transports know the peer; a caller that does not shares one
+        // unspecified source.
+        let peer = info
+            .peer
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.ip());
+        let source = source::source(peer, &info.headers, self.sources.trusted_proxies());
+        let permit = self.sources.admit(source).map_err(|refusal| {
+            let limit = match refusal {
+                SourceRefusal::Connections(_) => Limit::SourceConnections,
+                SourceRefusal::Rate(_) => Limit::SourceRate,
+            };
+            let m = metrics();
+            m.limit_hit(limit);
+            m.refused(transport, limit.label());
+            Refused::Source(refusal)
+        })?;
         self.check_origin(socket, transport, info.peer, origin)?;
         let vsn = Vsn::negotiate(params.get("vsn")).map_err(Refused::Vsn)?;
         match socket.handler.connect(params, info).await {
-            Ok(assigns) => Ok(Admitted { vsn, assigns }),
+            Ok(assigns) => Ok(Admitted {
+                vsn,
+                assigns,
+                source,
+                permit,
+            }),
             Err(e) => {
                 metrics().refused(transport, "auth");
                 tracing::debug!(peer = ?info.peer, reason = %e.reason, "connect refused");
@@ -143,7 +231,7 @@ impl Admission {
     /// memory threshold; the limit, and a sentence for the answer's body.
     pub(crate) fn over_limit(&self) -> Option<(Limit, String)> {
         if let Some(max) = self.limits.max_connections {
-            let open = self.drain.open();
+            let open = self.connections.get();
             if open >= max {
                 let why = format!("at connection limit ({open} of {max})");
                 return Some((Limit::MaxConnections, why));

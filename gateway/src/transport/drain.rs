@@ -51,11 +51,6 @@ impl Drain {
         self.0.connections.spawn(task);
     }
 
-    /// Connections (and long-poll sessions) open now, handshakes included.
-    pub(crate) fn open(&self) -> usize {
-        self.0.connections.len()
-    }
-
     /// Resolves once every counted connection task has ended. Only meaningful
     /// after new connections are refused.
     pub(crate) async fn closed(&self) {

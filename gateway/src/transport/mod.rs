@@ -6,6 +6,7 @@
 //! # Layout
 //! - `admission`: who may connect; the per-pod limits, stop signal, drain.
 //! - `drain`: when each connection closes during a graceful drain.
+//! - `source`: per-source limits and who the source of a request is.
 //! - `websocket`, `frame_reader`: `{path}/websocket`.
 //! - `longpoll`: `{path}/longpoll`, its sessions and their relay between pods.
 //! - `response`: the HTTP answers both give.
@@ -17,6 +18,7 @@ mod frame_reader;
 pub(crate) mod http;
 pub(crate) mod longpoll;
 pub(crate) mod response;
+pub(crate) mod source;
 pub(crate) mod websocket;
 
 use crate::conn::Disconnect;

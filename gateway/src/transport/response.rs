@@ -19,3 +19,12 @@ pub(crate) fn text(status: StatusCode, body: &str) -> Response<Body> {
     );
     resp
 }
+
+/// 429 for a client over a per-source limit, with `retry-after: 1`: the
+/// source is refused, not the pod (which stays ready for others).
+pub(crate) fn too_many(body: &str) -> Response<Body> {
+    let mut resp = text(StatusCode::TOO_MANY_REQUESTS, body);
+    resp.headers_mut()
+        .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}

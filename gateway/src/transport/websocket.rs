@@ -5,14 +5,14 @@
 //! fastwebsockets answers the upgrade; frames are read by our own
 //! [`FrameReader`], whose buffer is released whenever it drains.
 
-use super::admission::{Admission, Admitted, Refused};
+use super::admission::{Admission, Admitted, Counted, Refused};
 use super::drain::Drain;
 use super::frame_reader::{FrameReader, Incoming as Read, ReadError};
-use super::response::{text, Body};
+use super::response::{text, too_many, Body};
 use super::{decode, Data};
-use crate::channel::{Assigns, Services};
+use crate::channel::Services;
 use crate::conn::{writer, ConnHandle, Disconnect, Out};
-use crate::protocol::{Transport, Vsn};
+use crate::protocol::Transport;
 use crate::socket::connection::Connection;
 use crate::socket::{ConnectInfo, Params, Socket, SocketConfig};
 use base64::Engine;
@@ -56,10 +56,12 @@ pub(crate) async fn handshake(
         auth_token,
         transport: Transport::WebSocket,
     };
-    let Admitted { vsn, assigns } = match admission.admit(&socket, &params, origin, &info).await {
+    let admitted = match admission.admit(&socket, &params, origin, &info).await {
         Ok(admitted) => admitted,
         Err(refused) => return refusal(refused),
     };
+    // Counted against max_connections from here until the task ends.
+    let counted = admission.connections().count();
     let (resp, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(r) => r,
         Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string()),
@@ -72,8 +74,8 @@ pub(crate) async fn handshake(
                     drain,
                     services,
                     socket,
-                    vsn,
-                    assigns,
+                    admitted,
+                    _counted: counted,
                 };
                 run(ws.into_inner(), open).await
             }
@@ -157,6 +159,7 @@ fn refusal(refused: Refused) -> Response<Body> {
         Refused::Origin => text(StatusCode::FORBIDDEN, "origin not allowed"),
         Refused::Vsn(e) => text(StatusCode::FORBIDDEN, &e.to_string()),
         Refused::Connect(e) => text(e.status, "forbidden"),
+        Refused::Source(r) => too_many(r.why()),
     }
 }
 
@@ -165,8 +168,9 @@ struct Open {
     drain: Drain,
     services: Arc<Services>,
     socket: Arc<Socket>,
-    vsn: Vsn,
-    assigns: Assigns,
+    admitted: Admitted,
+    /// Its place in `max_connections`, held while the connection runs.
+    _counted: Counted,
 }
 
 /// Reads `Sec-WebSocket-Protocol`: whether `phoenix` was offered, and the
@@ -231,9 +235,15 @@ where
         drain,
         services,
         socket,
+        admitted,
+        _counted,
+    } = open;
+    let Admitted {
         vsn,
         assigns,
-    } = open;
+        source,
+        permit: _permit,
+    } = admitted;
     let config = socket.config.clone();
     let conn = ConnHandle::new(vsn, config.outbound_budget());
     let writer = tokio::spawn(writer::run(w, conn.clone()));
@@ -243,6 +253,7 @@ where
         socket,
         services,
         assigns,
+        source,
     )
     .await;
     let mut connection = match opened {

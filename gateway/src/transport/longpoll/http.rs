@@ -3,12 +3,13 @@
 //! client reads (`{"status":410,"token":"…","messages":[]}`), plus CORS so a
 //! page on another origin can poll with XHR.
 
+use super::ticket::Ticket;
 use super::{token, Answer, LongPoll};
 use crate::protocol::Transport;
 use crate::socket::{ConnectInfo, LongPollConfig, Params, Socket};
-use crate::transport::admission::{Admission, Admitted, Refused};
+use crate::transport::admission::{Admission, Refused};
 use crate::transport::http::read_body;
-use crate::transport::response::{text, Body};
+use crate::transport::response::{text, too_many, Body};
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -122,11 +123,18 @@ async fn open(
         auth_token,
         transport: Transport::LongPoll,
     };
-    let Admitted { vsn, assigns } = match admission.admit(&socket, params, origin, &info).await {
+    let admitted = match admission.admit(&socket, params, origin, &info).await {
         Ok(admitted) => admitted,
         Err(refused) => return refusal(refused),
     };
-    match lp.create(socket, config, vsn, assigns).await {
+    let ticket = |permit| {
+        Ticket::new(
+            permit,
+            admission.unpolled(),
+            admission.connections().clone(),
+        )
+    };
+    match lp.create(socket, config, admitted, ticket).await {
         Ok(token) => envelope(410, Some(&token), &[]),
         Err(e) => {
             tracing::warn!(error = %e, "long-poll session refused: the broker is unavailable");
@@ -145,6 +153,8 @@ fn refusal(refused: Refused) -> Response<Body> {
             "server is shutting down",
         )),
         Refused::OverLimit(why) => cors(text(StatusCode::SERVICE_UNAVAILABLE, &why)),
+        // Plain text too: phoenix.js retries with its backoff.
+        Refused::Source(r) => cors(too_many(r.why())),
         Refused::Origin | Refused::Vsn(_) | Refused::Connect(_) => status_only(403),
     }
 }

@@ -14,18 +14,22 @@
 //! - `session`: a session on its owner (buffer, acknowledged delivery, POSTs).
 //! - `relay`: the messages between pods.
 //! - `token`: the signed session token.
+//! - `ticket`: what a session holds against the pod's and its source's limits.
 //!
 //! [`Broker::send_to`]: crate::pubsub::Broker::send_to
 
 pub(crate) mod http;
 mod relay;
 mod session;
+mod ticket;
 pub(crate) mod token;
 
+use super::admission::Admitted;
 use super::drain::Drain;
-use crate::channel::{Assigns, Services};
+use super::source::SourcePermit;
+use crate::channel::Services;
 use crate::conn::ConnHandle;
-use crate::protocol::{Transport, Vsn};
+use crate::protocol::Transport;
 use crate::pubsub::{Broker, BrokerError, NodeInbox};
 use crate::socket::connection::Connection;
 use crate::socket::{LongPollConfig, Socket};
@@ -37,6 +41,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+use ticket::Ticket;
 use token::{SessionToken, Signer};
 use tokio::sync::{mpsc, oneshot};
 
@@ -169,9 +174,15 @@ impl LongPoll {
         &self,
         socket: Arc<Socket>,
         config: &LongPollConfig,
-        vsn: Vsn,
-        assigns: Assigns,
+        admitted: Admitted,
+        ticket: impl FnOnce(SourcePermit) -> Ticket,
     ) -> Result<String, BrokerError> {
+        let Admitted {
+            vsn,
+            assigns,
+            source,
+            permit,
+        } = admitted;
         self.listen().await?;
         let conn = ConnHandle::new(vsn, socket.config.longpoll_budget(config));
         let max_frame = socket.config.max_frame_size;
@@ -181,11 +192,12 @@ impl LongPoll {
             socket,
             self.services.clone(),
             assigns,
+            source,
         )
         .await?;
         let id = token::random_u128();
         let (tx, rx) = mpsc::channel(POST_QUEUE);
-        let session = Arc::new(Session::new(conn, config.clone(), tx));
+        let session = Arc::new(Session::new(conn, config.clone(), tx, ticket(permit)));
         self.sessions.lock().insert(id, session.clone());
         let drain = self.drain.clone();
         let this = self.this.clone();

@@ -8,6 +8,7 @@
 //! response lost on its way (a relaying pod or proxy gave up on it) is
 //! therefore sent again, and none is sent twice to a client that got it.
 
+use super::ticket::Ticket;
 use crate::conn::{ConnHandle, Disconnect, Out};
 use crate::metrics::metrics;
 use crate::protocol::{Frame, Transport};
@@ -86,6 +87,8 @@ pub(crate) struct Session {
     /// Phoenix hands new data to the newest poll.
     poller: Mutex<CancellationToken>,
     activity: Mutex<Activity>,
+    /// Its place in the pod's and its source's limits.
+    ticket: Ticket,
 }
 
 struct Polling<'a>(&'a Session);
@@ -100,7 +103,12 @@ impl Drop for Polling<'_> {
 
 impl Session {
     /// A session whose buffer is `conn` and whose POSTs go to `posts`.
-    pub(crate) fn new(conn: ConnHandle, config: LongPollConfig, posts: mpsc::Sender<Post>) -> Self {
+    pub(crate) fn new(
+        conn: ConnHandle,
+        config: LongPollConfig,
+        posts: mpsc::Sender<Post>,
+        ticket: Ticket,
+    ) -> Self {
         Session {
             conn,
             config,
@@ -111,6 +119,7 @@ impl Session {
                 polling: 0,
                 last: Instant::now(),
             }),
+            ticket,
         }
     }
 
@@ -119,6 +128,7 @@ impl Session {
     /// # Cancel safety
     /// Cancel-safe: messages taken from the buffer are kept until confirmed.
     pub(crate) async fn poll(&self, ack: u64) -> Poll {
+        self.ticket.polled();
         let me = CancellationToken::new();
         std::mem::replace(&mut *self.poller.lock(), me.clone()).cancel();
         let _polling = {
@@ -183,9 +193,15 @@ impl Session {
     }
 
     /// When the session expires unless a GET starts; `None` while one runs.
+    /// A session that never polled expires sooner: it is not a user yet.
     fn expires(&self) -> Option<Instant> {
+        let timeout = if self.ticket.has_polled() {
+            self.config.session_timeout
+        } else {
+            self.config.unpolled_timeout
+        };
         let a = self.activity.lock();
-        (a.polling == 0).then_some(a.last + self.config.session_timeout)
+        (a.polling == 0).then_some(a.last + timeout)
     }
 }
 
@@ -284,7 +300,10 @@ mod tests {
             bytes: 1 << 20,
         };
         let conn = ConnHandle::new(Vsn::V2, budget);
-        (Arc::new(Session::new(conn, config, tx)), rx)
+        (
+            Arc::new(Session::new(conn, config, tx, Ticket::detached())),
+            rx,
+        )
     }
 
     fn push(s: &Session, topic: &str) {
