@@ -104,13 +104,15 @@ SOAK_SECONDS ?= 3600
 ## a pod is killed, a pod's Redis link is cut, a Cluster master fails over;
 ## figures under bench/results/chaos/ (docs/reliability.md; about 12 minutes)
 chaos:
-	$(CARGO) build --release -p gateway --bin gateway -p chaos
+	$(CARGO) build --release -p gateway --bin gateway
+	$(CARGO) build --release -p chaos --bin chaos
 	$(TARGET_DIR)/release/chaos scenarios $(CHAOS_ARGS)
 
 ## soak: the same fan-out for SOAK_SECONDS with connection churn: memory,
 ## descriptors and latency per minute (docs/reliability.md)
 soak:
-	$(CARGO) build --release -p gateway --bin gateway -p chaos
+	$(CARGO) build --release -p gateway --bin gateway
+	$(CARGO) build --release -p chaos --bin chaos
 	SOAK_SECONDS=$(SOAK_SECONDS) $(TARGET_DIR)/release/chaos soak $(SOAK_ARGS)
 
 ## curves: the scaling curves of docs/performance.md (memory vs connections,
