@@ -67,11 +67,16 @@ impl TokenVerifier {
         validation.validate_nbf = true;
         validation.required_spec_claims.clear();
         validation.validate_aud = settings.audience.is_some();
+        // A required `iss` or `aud` must be there: jsonwebtoken only checks
+        // those present (and of its types), so without these a token with
+        // no `aud`, or `"aud": false`, passed an audience check.
         if let Some(aud) = &settings.audience {
             validation.set_audience(&[aud]);
+            validation.required_spec_claims.insert("aud".into());
         }
         if let Some(iss) = &settings.issuer {
             validation.set_issuer(&[iss]);
+            validation.required_spec_claims.insert("iss".into());
         }
         TokenVerifier {
             key: settings.key,
@@ -113,6 +118,12 @@ impl TokenVerifier {
                 ErrorKind::InvalidAlgorithm => invalid("token algorithm not accepted"),
                 ErrorKind::InvalidAudience => TokenError::claims("token audience not accepted"),
                 ErrorKind::InvalidIssuer => TokenError::claims("token issuer not accepted"),
+                ErrorKind::MissingRequiredClaim(c) if c == "aud" => {
+                    TokenError::claims("token audience not accepted")
+                }
+                ErrorKind::MissingRequiredClaim(c) if c == "iss" => {
+                    TokenError::claims("token issuer not accepted")
+                }
                 _ => invalid("invalid token"),
             }),
         }
@@ -327,5 +338,41 @@ mod tests {
         assert_eq!(render("t:{team}:{sub}", &claims).as_deref(), Some("t:a:42"));
         assert_eq!(render("x:{missing}", &claims), None);
         assert_eq!(render("plain", &claims).as_deref(), Some("plain"));
+    }
+
+    /// Found by the `jwt` fuzz target: with `audience`/`issuer` set, a token
+    /// without the claim, or with one of another type, was accepted.
+    #[test]
+    fn required_audience_and_issuer_must_be_present() {
+        let verifier = TokenVerifier::new(JwtSettings {
+            algorithm: Algorithm::HS256,
+            key: DecodingKey::from_secret(b"k"),
+            leeway: Duration::from_secs(5),
+            issuer: Some("me".into()),
+            audience: Some("gw".into()),
+        });
+        let token = |claims: Value| {
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::default(),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(b"k"),
+            )
+            .unwrap()
+        };
+        let ok = verifier.verify(&token(json!({"sub": "1", "iss": "me", "aud": "gw"})));
+        assert!(ok.is_ok(), "{ok:?}");
+        let ok = verifier.verify(&token(json!({"sub": "1", "iss": "me", "aud": ["x", "gw"]})));
+        assert!(ok.is_ok(), "{ok:?}");
+        for claims in [
+            json!({"sub": "1", "iss": "me"}),
+            json!({"sub": "1", "iss": "me", "aud": false}),
+            json!({"sub": "1", "iss": "me", "aud": "other"}),
+            json!({"sub": "1", "aud": "gw"}),
+            json!({"sub": "1", "iss": 7, "aud": "gw"}),
+            json!({"sub": "1", "iss": "you", "aud": "gw"}),
+        ] {
+            let err = verifier.verify(&token(claims.clone())).unwrap_err();
+            assert_eq!(err.label, "claims", "{claims}: {err}");
+        }
     }
 }

@@ -18,8 +18,8 @@
 //! [`Broker::send_to`]: crate::pubsub::Broker::send_to
 
 pub(crate) mod http;
-mod relay;
-mod session;
+pub(super) mod relay;
+pub(super) mod session;
 pub(crate) mod token;
 
 use super::drain::Drain;
