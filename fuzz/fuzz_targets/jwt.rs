@@ -112,6 +112,17 @@ fn time(u: &mut Unstructured<'_>, now: f64) -> arbitrary::Result<Value> {
 /// Whether the token should verify, or `None` when the times sit too close
 /// to now to say.
 fn expected(c: &Map<String, Value>, now: f64, leeway: u64, iss: &Option<String>, aud: &Option<String>) -> Option<bool> {
+    // jsonwebtoken refuses a token whose `sub`, `iss` or `aud` is an array
+    // or object it cannot read (RFC 7519 wants strings, `aud` a list of
+    // them), or accepts it when nothing checks that claim: either is fine.
+    let readable = |k: &str, list: bool| match c.get(k) {
+        None | Some(Value::String(_) | Value::Number(_) | Value::Bool(_) | Value::Null) => true,
+        Some(Value::Array(a)) => list && a.iter().all(Value::is_string),
+        Some(Value::Object(_)) => false,
+    };
+    if !readable("sub", false) || !readable("iss", true) || !readable("aud", true) {
+        return None;
+    }
     let leeway = leeway as f64;
     let date = |k: &str| c.get(k).map(|v| v.as_f64().filter(|n| n.is_finite() && *n >= 0.0));
     let mut ok = !c.is_empty();

@@ -51,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
     let origin = o.get("origin").and_then(|v| serde_json::from_value::<Origin>(v.clone()).ok());
     assert_eq!(e.origin, origin);
     frames(&e);
-}
+});
 
 fn frames(e: &Envelope) {
     // The frames the hub queues for V1 and V2 subscribers.
