@@ -17,23 +17,35 @@ use libfuzzer_sys::fuzz_target;
 use std::path::PathBuf;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    let Ok(mut config) = Config::parse(text, "fuzz") else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(mut config) = Config::parse(text, "fuzz") else {
+        return;
+    };
     for (i, s) in config.sockets.iter_mut().enumerate() {
         if let Some(jwt) = s.jwt.as_mut().filter(|j| j.public_key_file.is_some()) {
             let key = ["rsa.pem", "ec.pem", "ed.pem", "missing.pem"][i % 4];
-            jwt.public_key_file = Some(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/keys")).join(key));
+            jwt.public_key_file =
+                Some(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/keys")).join(key));
         }
     }
     let validated = config.validate();
 
     if let Ok(written) = toml::to_string(&config) {
         let again = Config::parse(&written, "fuzz").expect("a written config parses");
-        assert_eq!(toml::to_string(&again).ok().as_deref(), Some(written.as_str()), "not a fixpoint");
+        assert_eq!(
+            toml::to_string(&again).ok().as_deref(),
+            Some(written.as_str()),
+            "not a fixpoint"
+        );
         let revalidated = again.validate();
         assert_eq!(
             validated.as_ref().map(|_| ()).map_err(ToString::to_string),
-            revalidated.as_ref().map(|_| ()).map_err(ToString::to_string),
+            revalidated
+                .as_ref()
+                .map(|_| ())
+                .map_err(ToString::to_string),
             "validates differently once written"
         );
     }
@@ -46,14 +58,27 @@ fuzz_target!(|data: &[u8]| {
             panic!("valid config invalid once fit to {open_files} files: {e}");
         }
     }
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &serde_json::json!({"sub": "1", "exp": 4_000_000_000u64, "nbf": 1}),
-        &jsonwebtoken::EncodingKey::from_secret(b"x"),
-    )
-    .unwrap();
-    for s in &settings.sockets {
-        if let Some(v) = &s.auth.verifier {
+    for (s, section) in settings.sockets.iter().zip(&config.sockets) {
+        let (Some(v), Some(jwt)) = (&s.auth.verifier, &section.jwt) else {
+            continue;
+        };
+        // A token this socket accepts, so its time checks run.
+        let Ok(alg) = jwt
+            .algorithm
+            .to_ascii_uppercase()
+            .parse::<jsonwebtoken::Algorithm>()
+        else {
+            continue;
+        };
+        let secret = jwt.secret.as_deref().unwrap_or("");
+        let claims = serde_json::json!({
+            "sub": "1", "exp": 4_000_000_000u64, "nbf": 1, "iss": jwt.issuer, "aud": jwt.audience,
+        });
+        if let Ok(token) = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(alg),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        ) {
             let _ = v.verify(&token);
         }
     }

@@ -52,14 +52,24 @@ fn read_all(io: Trickle<'_>, max: usize) -> (Vec<Frame>, Option<Stop>) {
         let polled = poll_once(reader.next());
         let (len, cap, partial) = reader.held();
         assert!(len <= cap);
-        assert!(partial <= max, "fragments over the limit are kept: {partial} > {max}");
+        assert!(
+            partial <= max,
+            "fragments over the limit are kept: {partial} > {max}"
+        );
         let bound = 2 * (max + HEADER) + 2 * READ_CHUNK;
-        assert!(cap <= bound, "read buffer of {cap} bytes for a limit of {max}");
+        assert!(
+            cap <= bound,
+            "read buffer of {cap} bytes for a limit of {max}"
+        );
         match polled {
             None => continue, // cancelled while pending; call again
             Some(Ok(frame)) => {
                 if let Frame::Text(b) | Frame::Binary(b) = &frame {
-                    assert!(b.len() <= max, "a message of {} bytes, limit {max}", b.len());
+                    assert!(
+                        b.len() <= max,
+                        "a message of {} bytes, limit {max}",
+                        b.len()
+                    );
                 }
                 let close = matches!(frame, Frame::Close(_));
                 out.push(frame);

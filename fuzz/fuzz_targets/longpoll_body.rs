@@ -24,7 +24,9 @@ use gateway_fuzz::{json, word};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {
-    let Some((&flags, rest)) = input.split_first() else { return };
+    let Some((&flags, rest)) = input.split_first() else {
+        return;
+    };
     let ndjson = flags & 1 != 0;
     let vsn = if flags & 2 != 0 { Vsn::V2 } else { Vsn::V1 };
     let max = [16, 256, 4096, 1 << 20][usize::from(flags >> 2 & 3)];
@@ -55,14 +57,20 @@ fn raw(body: &[u8], ndjson: bool, vsn: Vsn, max: usize) {
         } else if line.len() > max {
             Err(())
         } else if line.starts_with(['[', '{']) {
-            vsn.decode_text(&Bytes::copy_from_slice(line.as_bytes())).map(Some).map_err(|_| ())
+            vsn.decode_text(&Bytes::copy_from_slice(line.as_bytes()))
+                .map(Some)
+                .map_err(|_| ())
         } else {
             match STANDARD.decode(line) {
                 Ok(b) => vsn.decode_binary(&Bytes::from(b)).map(Some).map_err(|_| ()),
                 Err(_) => Err(()),
             }
         };
-        assert_eq!(got.as_ref().map_err(|_| ()), want.as_ref().map_err(|_| ()), "line {line:?}");
+        assert_eq!(
+            got.as_ref().map_err(|_| ()),
+            want.as_ref().map_err(|_| ()),
+            "line {line:?}"
+        );
     }
 }
 
@@ -72,7 +80,9 @@ fn recipe(data: &[u8], crlf: bool) {
     let mut lines = Vec::new();
     while !u.is_empty() && sent.len() < 120 {
         let Ok(m) = message(&mut u) else { break };
-        let Some(line) = phoenix_js_line(&m) else { continue };
+        let Some(line) = phoenix_js_line(&m) else {
+            continue;
+        };
         lines.push(line);
         sent.push(m);
     }
@@ -82,13 +92,21 @@ fn recipe(data: &[u8], crlf: bool) {
         .iter()
         .filter_map(|l| longpoll_line(Vsn::V2, l, 1 << 20).expect("phoenix.js lines decode"))
         .collect();
-    let want: Vec<Message> = if body.is_empty() { vec![] } else { sent.into_iter().take(100).collect() };
+    let want: Vec<Message> = if body.is_empty() {
+        vec![]
+    } else {
+        sent.into_iter().take(100).collect()
+    };
     assert_eq!(got, want);
 }
 
 fn message(u: &mut Unstructured<'_>) -> arbitrary::Result<Message> {
     let opt = |u: &mut Unstructured<'_>| -> arbitrary::Result<Option<String>> {
-        Ok(if u.arbitrary()? { Some(word(u)?).filter(|s| !s.is_empty()) } else { None })
+        Ok(if u.arbitrary()? {
+            Some(word(u)?).filter(|s| !s.is_empty())
+        } else {
+            None
+        })
     };
     let (join_ref, ref_, topic, event) = (opt(u)?, opt(u)?, word(u)?, word(u)?);
     let payload = if u.ratio(1, 4)? {
@@ -97,7 +115,13 @@ fn message(u: &mut Unstructured<'_>) -> arbitrary::Result<Message> {
         let text = serde_json::to_vec(&json(u, 3)?).unwrap();
         Payload::Json(Json::from_bytes(text.into()).unwrap())
     };
-    Ok(Message { join_ref, ref_, topic, event, payload })
+    Ok(Message {
+        join_ref,
+        ref_,
+        topic,
+        event,
+        payload,
+    })
 }
 
 /// The line phoenix.js's LongPoll transport posts for `m`, if it can.

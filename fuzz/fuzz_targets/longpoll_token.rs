@@ -23,7 +23,9 @@ static OURS: LazyLock<Signer> = LazyLock::new(|| Signer::new(b"fuzz-longpoll-sec
 static OTHER: LazyLock<Signer> = LazyLock::new(|| Signer::new(b"another-pod's-secret"));
 
 fuzz_target!(|input: &[u8]| {
-    let Some((&mode, data)) = input.split_first() else { return };
+    let Some((&mode, data)) = input.split_first() else {
+        return;
+    };
     let mut u = Unstructured::new(data);
     let _ = match mode % 4 {
         0 => Ok(arbitrary_token(data)),
@@ -36,7 +38,11 @@ fuzz_target!(|input: &[u8]| {
 fn arbitrary_token(data: &[u8]) {
     let token = String::from_utf8_lossy(data);
     if let Some((node, session, ack)) = OURS.verify(&token) {
-        assert_eq!(OURS.sign(&node, session, ack), token, "a token we did not sign verifies");
+        assert_eq!(
+            OURS.sign(&node, session, ack),
+            token,
+            "a token we did not sign verifies"
+        );
     }
     if let Ok(m) = std::str::from_utf8(data) {
         // Relay messages from anyone who can publish to Redis.
@@ -57,7 +63,11 @@ fn tampered_token(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     if let Some((n, s, a)) = said {
         assert_eq!(OURS.sign(&n, s, a), token);
     }
-    assert_eq!(OTHER.verify(&token), None, "another secret's token verifies");
+    assert_eq!(
+        OTHER.verify(&token),
+        None,
+        "another secret's token verifies"
+    );
     let mut bytes = token.clone().into_bytes();
     let at = u.choose_index(bytes.len().max(1))?;
     match u.int_in_range(0..=3)? {
@@ -73,7 +83,11 @@ fn tampered_token(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     let changed = String::from_utf8_lossy(&bytes);
     if changed != token {
         if let Some((n, s, a)) = OURS.verify(&changed) {
-            assert_eq!(OURS.sign(&n, s, a), changed, "a changed token verifies: {changed:?}");
+            assert_eq!(
+                OURS.sign(&n, s, a),
+                changed,
+                "a changed token verifies: {changed:?}"
+            );
         }
     }
     Ok(())
@@ -91,7 +105,10 @@ fn macs(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     }
     let guess: String = u.arbitrary()?;
     if OURS.check_mac(data, &guess) {
-        assert!(guess.eq_ignore_ascii_case(&mac), "MAC {guess:?} accepted for {mac:?}");
+        assert!(
+            guess.eq_ignore_ascii_case(&mac),
+            "MAC {guess:?} accepted for {mac:?}"
+        );
     }
     // The real MAC, one character changed.
     let mut m = mac.into_bytes();
@@ -99,7 +116,10 @@ fn macs(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     m[at] = u.arbitrary()?;
     let m = String::from_utf8_lossy(&m);
     if OURS.check_mac(data, &m) {
-        assert!(m.eq_ignore_ascii_case(&OURS.mac(data)), "MAC {m:?} accepted");
+        assert!(
+            m.eq_ignore_ascii_case(&OURS.mac(data)),
+            "MAC {m:?} accepted"
+        );
     }
     Ok(())
 }

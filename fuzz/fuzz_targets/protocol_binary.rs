@@ -40,11 +40,37 @@ fuzz_target!(|data: &[u8]| {
         payload: &m.payload,
     };
     let got = read_server(Vsn::V2.encode(&push).unwrap().bytes());
-    assert_eq!(got, (0, s(&m.join_ref), String::new(), m.topic.clone(), m.event.clone(), bytes.to_vec()));
+    assert_eq!(
+        got,
+        (
+            0,
+            s(&m.join_ref),
+            String::new(),
+            m.topic.clone(),
+            m.event.clone(),
+            bytes.to_vec()
+        )
+    );
     // A broadcast: kind 2, no refs.
-    let broadcast = Outbound::Message { join_ref: None, ref_: None, topic: &m.topic, event: &m.event, payload: &m.payload };
+    let broadcast = Outbound::Message {
+        join_ref: None,
+        ref_: None,
+        topic: &m.topic,
+        event: &m.event,
+        payload: &m.payload,
+    };
     let got = read_server(Vsn::V2.encode(&broadcast).unwrap().bytes());
-    assert_eq!(got, (2, String::new(), String::new(), m.topic.clone(), m.event.clone(), bytes.to_vec()));
+    assert_eq!(
+        got,
+        (
+            2,
+            String::new(),
+            String::new(),
+            m.topic.clone(),
+            m.event.clone(),
+            bytes.to_vec()
+        )
+    );
     // A reply, its status in the event's place.
     let reply = Outbound::Reply {
         join_ref: m.join_ref.as_deref(),
@@ -54,12 +80,31 @@ fuzz_target!(|data: &[u8]| {
         response: &m.payload,
     };
     let got = read_server(Vsn::V2.encode(&reply).unwrap().bytes());
-    assert_eq!(got, (1, s(&m.join_ref), s(&m.ref_), m.topic.clone(), m.event.clone(), bytes.to_vec()));
+    assert_eq!(
+        got,
+        (
+            1,
+            s(&m.join_ref),
+            s(&m.ref_),
+            m.topic.clone(),
+            m.event.clone(),
+            bytes.to_vec()
+        )
+    );
     // V1 cannot carry it; a field over 255 bytes cannot be framed.
     assert_eq!(Vsn::V1.encode(&reply), Err(EncodeError::BinaryOnV1));
     let long = "x".repeat(256);
-    let too_long = Outbound::Message { join_ref: None, ref_: None, topic: &long, event: &m.event, payload: &m.payload };
-    assert!(matches!(Vsn::V2.encode(&too_long), Err(EncodeError::FieldTooLong(_))));
+    let too_long = Outbound::Message {
+        join_ref: None,
+        ref_: None,
+        topic: &long,
+        event: &m.event,
+        payload: &m.payload,
+    };
+    assert!(matches!(
+        Vsn::V2.encode(&too_long),
+        Err(EncodeError::FieldTooLong(_))
+    ));
 });
 
 /// Spec §2.3, kind 0 from a client, read plainly.
@@ -88,8 +133,16 @@ fn reference(d: &[u8]) -> Option<Message> {
 fn client_push(m: &Message) -> Bytes {
     let jr = m.join_ref.as_deref().unwrap_or("");
     let r = m.ref_.as_deref().unwrap_or("");
-    let Payload::Binary(p) = &m.payload else { unreachable!() };
-    let mut f = vec![0u8, jr.len() as u8, r.len() as u8, m.topic.len() as u8, m.event.len() as u8];
+    let Payload::Binary(p) = &m.payload else {
+        unreachable!()
+    };
+    let mut f = vec![
+        0u8,
+        jr.len() as u8,
+        r.len() as u8,
+        m.topic.len() as u8,
+        m.event.len() as u8,
+    ];
     for s in [jr, r, &m.topic, &m.event] {
         f.extend_from_slice(s.as_bytes());
     }
@@ -102,7 +155,10 @@ fn client_push(m: &Message) -> Bytes {
 fn read_server(d: &[u8]) -> (u8, String, String, String, String, Vec<u8>) {
     let kind = d[0];
     let (lens, mut at): (Vec<usize>, usize) = match kind {
-        0 => (vec![usize::from(d[1]), 0, usize::from(d[2]), usize::from(d[3])], 4),
+        0 => (
+            vec![usize::from(d[1]), 0, usize::from(d[2]), usize::from(d[3])],
+            4,
+        ),
         1 => (d[1..5].iter().map(|&l| usize::from(l)).collect(), 5),
         2 => (vec![0, 0, usize::from(d[1]), usize::from(d[2])], 3),
         k => panic!("server frame of kind {k}"),
@@ -112,5 +168,12 @@ fn read_server(d: &[u8]) -> (u8, String, String, String, String, Vec<u8>) {
         f.push(String::from_utf8(d[at..at + len].to_vec()).expect("fields are UTF-8"));
         at += len;
     }
-    (kind, f[0].clone(), f[1].clone(), f[2].clone(), f[3].clone(), d[at..].to_vec())
+    (
+        kind,
+        f[0].clone(),
+        f[1].clone(),
+        f[2].clone(),
+        f[3].clone(),
+        d[at..].to_vec(),
+    )
 }

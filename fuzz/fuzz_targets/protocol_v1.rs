@@ -27,8 +27,14 @@ fuzz_target!(|data: &[u8]| {
     let Value::Object(o) = v else {
         panic!("a V1 frame that is not an object decoded: {m:?}");
     };
-    assert_eq!(o.get("topic").and_then(Value::as_str), Some(m.topic.as_str()));
-    assert_eq!(o.get("event").and_then(Value::as_str), Some(m.event.as_str()));
+    assert_eq!(
+        o.get("topic").and_then(Value::as_str),
+        Some(m.topic.as_str())
+    );
+    assert_eq!(
+        o.get("event").and_then(Value::as_str),
+        Some(m.event.as_str())
+    );
     let r = |k: &str| match o.get(k) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
@@ -49,9 +55,14 @@ fuzz_target!(|data: &[u8]| {
         payload: &m.payload,
     };
     let frame = Vsn::V1.encode(&push).expect("JSON payloads encode");
-    let back = Vsn::V1.decode_text(frame.bytes()).expect("own frames decode");
+    let back = Vsn::V1
+        .decode_text(frame.bytes())
+        .expect("own frames decode");
     assert_eq!(back.join_ref, None, "V1 frames carry no join_ref");
-    assert_eq!((&back.ref_, &back.topic, &back.event, &back.payload), (&m.ref_, &m.topic, &m.event, &m.payload));
+    assert_eq!(
+        (&back.ref_, &back.topic, &back.event, &back.payload),
+        (&m.ref_, &m.topic, &m.event, &m.payload)
+    );
     // The same fields as a V2 array never pass as V1.
     if let Ok(v2) = Vsn::V2.encode(&push) {
         assert!(Vsn::V1.decode_text(v2.bytes()).is_err());

@@ -25,7 +25,10 @@ fuzz_target!(|data: &[u8]| {
     }
     match (&decoded, &want) {
         (Ok(m), Some(w)) => {
-            assert_eq!((&m.join_ref, &m.ref_, &m.topic, &m.event), (&w.0, &w.1, &w.2, &w.3));
+            assert_eq!(
+                (&m.join_ref, &m.ref_, &m.topic, &m.event),
+                (&w.0, &w.1, &w.2, &w.3)
+            );
             let p = m.payload.as_json().expect("text frames carry JSON");
             let v = serde_json::from_slice::<Value>(p.bytes());
             assert_eq!(v.ok().as_ref(), Some(&w.4), "payload");
@@ -71,7 +74,9 @@ fn round_trip(m: &Message) {
         payload: &m.payload,
     };
     let frame = Vsn::V2.encode(&push).expect("JSON payloads encode");
-    let back = Vsn::V2.decode_text(frame.bytes()).expect("own frames decode");
+    let back = Vsn::V2
+        .decode_text(frame.bytes())
+        .expect("own frames decode");
     assert_eq!(&back, m, "decode(encode(m)) != m");
 
     let reply = Outbound::Reply {
@@ -88,7 +93,8 @@ fn round_trip(m: &Message) {
     ) else {
         return assert!(lenient_only(m.payload.as_json().unwrap().bytes()));
     };
-    let want = json!([m.join_ref, m.ref_, m.topic, "phx_reply", {"status": m.event, "response": payload}]);
+    let want =
+        json!([m.join_ref, m.ref_, m.topic, "phx_reply", {"status": m.event, "response": payload}]);
     assert_eq!(got, want);
     let _ = Payload::empty();
 }

@@ -23,13 +23,21 @@ enum Part {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let (pattern, topic) = text.split_once('\n').unwrap_or((text, ""));
     let parsed = TopicPattern::parse(pattern);
     let want = grammar(pattern);
     let (parts, prefix) = match (&parsed, &want) {
         (Ok(p), Some((parts, prefix))) => {
-            let names: Vec<&str> = parts.iter().filter_map(|p| match p { Part::Var(n) => Some(n.as_str()), _ => None }).collect();
+            let names: Vec<&str> = parts
+                .iter()
+                .filter_map(|p| match p {
+                    Part::Var(n) => Some(n.as_str()),
+                    _ => None,
+                })
+                .collect();
             assert_eq!(p.placeholders().collect::<Vec<_>>(), names);
             assert_eq!(p.as_str(), pattern);
             (parts.clone(), *prefix)
@@ -41,8 +49,11 @@ fuzz_target!(|data: &[u8]| {
     let want = reference_captures(&parts, prefix, topic);
     let got = p.captures(topic);
     assert_eq!(got.is_some(), p.matches(topic));
-    let got: Option<Vec<(String, String)>> =
-        got.map(|c| c.into_iter().map(|(n, v)| (n.to_owned(), v.to_owned())).collect());
+    let got: Option<Vec<(String, String)>> = got.map(|c| {
+        c.into_iter()
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect()
+    });
     assert_eq!(got, want, "{pattern:?} against {topic:?}");
     if let Some(caps) = got {
         let mut rebuilt = String::new();

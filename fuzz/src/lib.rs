@@ -117,11 +117,27 @@ pub fn object(u: &mut Unstructured<'_>, depth: u32) -> Result<Map<String, Value>
     Ok(m)
 }
 
-/// Whether serde_json's strict reading of `data` may fail where the
-/// gateway's decoders rightly accept it: they skip what they do not keep
-/// (extra array elements, unknown keys) without checking its UTF-8, and keep
-/// payloads as text, where `\uDxxx` escapes need not pair up (JavaScript's
-/// `JSON.parse` takes lone surrogates too).
+/// Whether serde_json's strict reading of `data` fails where the gateway's
+/// decoders rightly accept it: they skip what they do not keep (extra array
+/// elements, unknown keys) without checking its UTF-8, and keep payloads as
+/// text, where `\uDxxx` escapes need not pair up and numbers may exceed an
+/// f64, as JavaScript's `JSON.parse` takes them (lone surrogates, Infinity),
+/// and nest deeper than serde_json's 128 levels (skipped without recursion).
 pub fn lenient_only(data: &[u8]) -> bool {
-    std::str::from_utf8(data).is_err() || data.windows(3).any(|w| w[0] == b'\\' && w[1] == b'u' && matches!(w[2], b'd' | b'D'))
+    match serde_json::from_slice::<Value>(data) {
+        Ok(_) => false,
+        Err(_) if std::str::from_utf8(data).is_err() => true,
+        Err(e) => {
+            let e = e.to_string();
+            [
+                "invalid unicode code point",
+                "surrogate",
+                "hex escape",
+                "number out of range",
+                "recursion limit",
+            ]
+            .iter()
+            .any(|m| e.contains(m))
+        }
+    }
 }

@@ -104,16 +104,23 @@ impl TokenVerifier {
             {
                 Err(invalid("invalid token time claim"))
             }
+            // Nor an `nbf` beyond u64 seconds: `1e30` passed as valid now.
+            Ok(data)
+                if data
+                    .claims
+                    .get("nbf")
+                    .and_then(numeric_date)
+                    .is_some_and(|nbf| nbf > now_secs() + self.leeway.as_secs_f64()) =>
+            {
+                Err(TokenError::NOT_YET_VALID)
+            }
             Ok(data) => Ok(data.claims),
             Err(e) => Err(match e.kind() {
                 ErrorKind::ExpiredSignature => TokenError {
                     label: "expired",
                     message: "token expired",
                 },
-                ErrorKind::ImmatureSignature => TokenError {
-                    label: "not_yet_valid",
-                    message: "token not yet valid",
-                },
+                ErrorKind::ImmatureSignature => TokenError::NOT_YET_VALID,
                 ErrorKind::InvalidSignature => invalid("bad token signature"),
                 ErrorKind::InvalidAlgorithm => invalid("token algorithm not accepted"),
                 ErrorKind::InvalidAudience => TokenError::claims("token audience not accepted"),
@@ -150,6 +157,11 @@ const TOKEN_ERROR_LABELS: [&str; 5] = [
 ];
 
 impl TokenError {
+    const NOT_YET_VALID: TokenError = TokenError {
+        label: "not_yet_valid",
+        message: "token not yet valid",
+    };
+
     fn invalid(message: &'static str) -> Self {
         TokenError {
             label: "invalid_token",
@@ -175,6 +187,13 @@ impl std::fmt::Display for TokenError {
 /// fractional (RFC 7519 §2).
 fn numeric_date(v: &Value) -> Option<f64> {
     v.as_f64().filter(|n| n.is_finite() && *n >= 0.0)
+}
+
+/// Seconds since the epoch, now.
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// A claim as text, for comparison with topic segments and templates.
@@ -343,7 +362,7 @@ mod tests {
     /// Found by the `jwt` fuzz target: with `audience`/`issuer` set, a token
     /// without the claim, or with one of another type, was accepted.
     #[test]
-    fn required_audience_and_issuer_must_be_present() {
+    fn required_claims_and_not_before_are_enforced() {
         let verifier = TokenVerifier::new(JwtSettings {
             algorithm: Algorithm::HS256,
             key: DecodingKey::from_secret(b"k"),
@@ -373,6 +392,13 @@ mod tests {
         ] {
             let err = verifier.verify(&token(claims.clone())).unwrap_err();
             assert_eq!(err.label, "claims", "{claims}: {err}");
+        }
+        // Found by the same target: an `nbf` beyond u64 seconds, which
+        // jsonwebtoken does not read, made a not-yet-valid token valid.
+        for nbf in [json!(1e30), json!(4_000_000_000u64)] {
+            let claims = json!({"sub": "1", "iss": "me", "aud": "gw", "nbf": nbf});
+            let err = verifier.verify(&token(claims.clone())).unwrap_err();
+            assert_eq!(err.label, "not_yet_valid", "{claims}: {err}");
         }
     }
 }
