@@ -40,6 +40,7 @@ failed=0
 for t in "${targets[@]}"; do
     mkdir -p "work/$t" "artifacts/$t"
     log="artifacts/$t/last-run.log"
+    touch "artifacts/$t/.started"
     printf 'fuzz: %s for %ss\n' "$t" "$seconds"
     # The first corpus directory is where libFuzzer adds what it finds, so
     # the committed seeds stay as they are.
@@ -56,7 +57,8 @@ for t in "${targets[@]}"; do
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
     corpus=$(find "work/$t" "corpus/$t" -type f | wc -l)
-    findings=$(find "artifacts/$t" -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' -o -name 'leak-*' \) | wc -l)
+    findings=$(find "artifacts/$t" -type f -newer "artifacts/$t/.started" \
+        \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' -o -name 'leak-*' \) | wc -l)
     results+=("$(printf '%-16s %12s %10s %8s %9s  %s' "$t" "${execs:-?}" "${rate:-?}" "$corpus" "$findings" "$status")")
 done
 
