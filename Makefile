@@ -12,7 +12,7 @@ FUZZ_SMOKE_SECONDS ?= 5
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 SEEDS_BIN  ?= $(TARGET_DIR)/debug/examples/seeds
 
-.PHONY: run run-seeds build test test-deps test-rust test-fuzz test-compat test-e2e test-image lint lint-k8s image image-check bench curves bench-ab fuzz
+.PHONY: run run-seeds build test test-deps test-rust test-compat test-e2e test-image lint lint-k8s image image-check bench curves bench-ab chaos soak test-fuzz fuzz
 
 ## run: the gateway on 127.0.0.1:$(PORT) with config/example.toml and the demo
 ## chat at /; the in-memory broker unless REDIS_URL is set
@@ -107,9 +107,26 @@ image-check:
 	bash scripts/image-check.sh
 
 ## bench: a short fixed set of loadtest scenarios against a release gateway and
-## redis-server; JSON and HTML results under bench/results/ (BENCH_DURATION=10s)
+## redis-server; JSON and HTML results under bench/results/ (BENCH_DURATION=10s);
+## then the soak (SOAK_SECONDS, an hour by default)
 bench:
 	bash loadtest/bench.sh
+	$(MAKE) --no-print-directory soak
+
+SOAK_SECONDS ?= 3600
+
+## chaos: fan-out over 3 release pods on Redis while Redis is killed, stopped,
+## a pod is killed, a pod's Redis link is cut, a Cluster master fails over;
+## figures under bench/results/chaos/ (docs/reliability.md; about 12 minutes)
+chaos:
+	$(CARGO) build --release -p gateway --bin gateway -p chaos
+	$(TARGET_DIR)/release/chaos scenarios $(CHAOS_ARGS)
+
+## soak: the same fan-out for SOAK_SECONDS with connection churn: memory,
+## descriptors and latency per minute (docs/reliability.md)
+soak:
+	$(CARGO) build --release -p gateway --bin gateway -p chaos
+	SOAK_SECONDS=$(SOAK_SECONDS) $(TARGET_DIR)/release/chaos soak $(SOAK_ARGS)
 
 ## curves: the scaling curves of docs/performance.md (memory vs connections,
 ## fan-out vs subscribers and publish rate, 1-3 pods) as SVG under bench/results/;

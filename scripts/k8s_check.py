@@ -199,6 +199,13 @@ def check_deployment(dep, docs, secrets_external):
         listen = tomllib.loads(cm["data"]["gateway.toml"]).get("server", {}).get("listen", "")
         if listen != f"0.0.0.0:{http[0]}":
             raise CheckError(f"{where}: gateway.toml listens on {listen!r}, the port `http` is {http[0]}")
+        metrics = [p["containerPort"] for p in c.get("ports", []) if p.get("name") == "metrics"]
+        metrics_listen = tomllib.loads(cm["data"]["gateway.toml"]).get("server", {}).get("metrics_listen")
+        if metrics and metrics_listen != f"0.0.0.0:{metrics[0]}":
+            raise CheckError(f"{where}: gateway.toml metrics_listen is {metrics_listen!r}, the port `metrics` is {metrics[0]}")
+        for probe in ("readinessProbe", "livenessProbe"):
+            if metrics and c[probe]["httpGet"]["port"] != "metrics":
+                raise CheckError(f"{where}: {probe} must use the port `metrics` (metrics_listen), which clients cannot fill")
         if c["readinessProbe"]["httpGet"]["path"] != "/readyz":
             raise CheckError(f"{where}: readiness must probe /readyz")
         if c["livenessProbe"]["httpGet"]["path"] != "/healthz":

@@ -6,7 +6,9 @@
 //!
 //! Checks:
 //! - it agrees with a reference reader written from RFC 6455 (below): the
-//!   same messages in the same order, then the same kind of stop;
+//!   same messages in the same order, then the same kind of stop (1002
+//!   framing errors, 1007 invalid UTF-8 as soon as a fragment shows it, too
+//!   large, end of input);
 //! - the result does not depend on how the bytes arrive, nor on `next()`
 //!   being cancelled while the socket has nothing (cancel safety);
 //! - no message is over the limit, and the reader never holds more than
@@ -83,9 +85,12 @@ fn read_all(io: Trickle<'_>, max: usize) -> (Vec<Frame>, Option<Stop>) {
 }
 
 /// RFC 6455 as a server reads client frames, written plainly over the whole
-/// input: frames must be masked, no reserved bits or opcodes, control frames
-/// unfragmented and at most 125 bytes, continuations only inside a message,
-/// text valid UTF-8, close codes as §7.4 allows, messages up to `max`.
+/// input: frames must be masked, with no reserved bits or opcodes, control
+/// frames unfragmented and at most 125 bytes, lengths under 2^63,
+/// continuations only inside a message, close codes as §7.4 and IANA allow;
+/// all of that is a protocol error (1002). Text must be UTF-8, checked as
+/// each fragment arrives, and so must a close reason (1007). Messages are at
+/// most `max` bytes.
 fn reference(mut wire: &[u8], max: usize) -> (Vec<Frame>, Option<Stop>) {
     let mut out = Vec::new();
     let mut partial: Option<(u8, Vec<u8>)> = None;
@@ -100,11 +105,11 @@ fn reference(mut wire: &[u8], max: usize) -> (Vec<Frame>, Option<Stop>) {
             wire[0] & 0x0F,
             wire[1] & 0x80 != 0,
         );
-        if rsv != 0 || !masked {
+        if rsv != 0 || !masked || !matches!(opcode, 0 | 1 | 2 | 8 | 9 | 10) {
             return stop(out, Stop::Protocol);
         }
         let control = opcode >= 8;
-        if !matches!(opcode, 0 | 1 | 2 | 8 | 9 | 10) {
+        if control && !fin {
             return stop(out, Stop::Protocol);
         }
         let (len, at) = match wire[1] & 0x7F {
@@ -113,7 +118,7 @@ fn reference(mut wire: &[u8], max: usize) -> (Vec<Frame>, Option<Stop>) {
             126 | 127 => return stop(out, Stop::Eof),
             n => (u64::from(n), 2),
         };
-        if control && (!fin || len > 125) {
+        if control && len > 125 || len >= 1 << 63 {
             return stop(out, Stop::Protocol);
         }
         let so_far = partial.as_ref().map_or(0, |(_, p)| p.len() as u64);
@@ -140,9 +145,11 @@ fn reference(mut wire: &[u8], max: usize) -> (Vec<Frame>, Option<Stop>) {
                     1 => return stop(out, Stop::Protocol),
                     _ => {
                         let code = u16::from_be_bytes([payload[0], payload[1]]);
-                        let ok = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999);
-                        if !ok || std::str::from_utf8(&payload[2..]).is_err() {
+                        if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
                             return stop(out, Stop::Protocol);
+                        }
+                        if std::str::from_utf8(&payload[2..]).is_err() {
+                            return stop(out, Stop::InvalidUtf8);
                         }
                         Some(code)
                     }
@@ -150,41 +157,36 @@ fn reference(mut wire: &[u8], max: usize) -> (Vec<Frame>, Option<Stop>) {
                 out.push(Frame::Close(code));
                 return (out, None);
             }
-            0 => {
-                let Some((_, data)) = partial.as_mut() else {
-                    return stop(out, Stop::Protocol);
-                };
-                data.extend_from_slice(&payload);
-                if fin {
-                    let (op, data) = partial.take().unwrap();
-                    match message(op, data) {
-                        Some(m) => out.push(m),
-                        None => return stop(out, Stop::Protocol),
-                    }
-                }
-            }
             op => {
-                if partial.is_some() {
-                    return stop(out, Stop::Protocol);
-                }
-                if fin {
-                    match message(op, payload) {
-                        Some(m) => out.push(m),
-                        None => return stop(out, Stop::Protocol),
+                let (op, data) = match (op, partial.take()) {
+                    (0, None) => return stop(out, Stop::Protocol),
+                    (0, Some((op, mut data))) => {
+                        data.extend_from_slice(&payload);
+                        (op, data)
                     }
+                    (_, Some(_)) => return stop(out, Stop::Protocol),
+                    (op, None) => (op, payload),
+                };
+                if op == 1 && !utf8_so_far(&data, fin) {
+                    return stop(out, Stop::InvalidUtf8);
+                }
+                if !fin {
+                    partial = Some((op, data));
+                } else if op == 1 {
+                    out.push(Frame::Text(data.into()));
                 } else {
-                    partial = Some((op, payload));
+                    out.push(Frame::Binary(data.into()));
                 }
             }
         }
     }
 }
 
-fn message(opcode: u8, data: Vec<u8>) -> Option<Frame> {
-    if opcode == 1 {
-        std::str::from_utf8(&data).ok()?;
-        Some(Frame::Text(data.into()))
-    } else {
-        Some(Frame::Binary(data.into()))
+/// Whether text received so far can still be UTF-8: it is, or it ends in
+/// the first bytes of a code point and more fragments follow.
+fn utf8_so_far(data: &[u8], fin: bool) -> bool {
+    match std::str::from_utf8(data) {
+        Ok(_) => true,
+        Err(e) => e.error_len().is_none() && !fin,
     }
 }

@@ -8,7 +8,9 @@
 //! - any string: a token that verifies is exactly the one we would sign for
 //!   what it says (nothing verifies that we did not sign);
 //! - sign then verify gives back node, session and ack; any change to a
-//!   signed token fails, or verifies only as a token we signed;
+//!   signed token fails, or verifies only as a token we signed; every token
+//!   we sign has a session token's shape (so another pod's is answered 410),
+//!   and a JWT never has it;
 //! - a relay MAC checks only for its own data, and only written as we write it
 //!   (hex, any case); a sealed relay message opens to itself, under the
 //!   same secret only, and any change to it fails or opens to the same message.
@@ -43,6 +45,13 @@ fn arbitrary_token(data: &[u8]) {
             token,
             "a token we did not sign verifies"
         );
+        assert!(Signer::is_session_token(&token));
+    }
+    if token.starts_with("eyJ") {
+        assert!(
+            !Signer::is_session_token(&token),
+            "a JWT taken for a session token"
+        );
     }
     if let Ok(m) = std::str::from_utf8(data) {
         // Relay messages from anyone who can publish to Redis.
@@ -68,6 +77,8 @@ fn tampered_token(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
         None,
         "another secret's token verifies"
     );
+    // Another pod's token is still told apart from a JWT (answered 410).
+    assert_eq!(Signer::is_session_token(&token), token.len() <= 512);
     let mut bytes = token.clone().into_bytes();
     let at = u.choose_index(bytes.len().max(1))?;
     match u.int_in_range(0..=3)? {

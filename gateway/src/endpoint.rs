@@ -4,10 +4,11 @@
 //! nothing itself.
 
 use crate::channel::Services;
-use crate::metrics::{metrics, Scrape};
+use crate::metrics::{metrics, Limit, Scrape};
 use crate::presence::{Presence, PresenceConfig};
 use crate::pubsub::PubSub;
 use crate::transport::admission::Admission;
+use crate::transport::http::{Slot, Slots};
 use crate::transport::longpoll::{self, LongPoll};
 use futures_util::future::BoxFuture;
 use hyper::body::Incoming;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 pub use crate::socket::Socket;
 pub use crate::transport::admission::Limits;
+pub use crate::transport::http::Timeouts;
 pub use crate::transport::response::Body;
 
 type RouteFn = dyn Fn(Request<Incoming>) -> BoxFuture<'static, Response<Body>> + Send + Sync;
@@ -37,6 +39,10 @@ pub struct Endpoint {
     ready: AtomicBool,
     /// Long-poll sessions owned here and requests relayed to their owners.
     pub(crate) longpoll: Arc<LongPoll>,
+    /// How long the server waits on HTTP clients.
+    timeouts: Timeouts,
+    /// Plain HTTP connections open on the main port.
+    http: Slots,
 }
 
 impl fmt::Debug for Endpoint {
@@ -60,6 +66,7 @@ impl Endpoint {
             longpoll_secret: None,
             relay_timeout: DEFAULT_RELAY_TIMEOUT,
             limits: Limits::default(),
+            timeouts: Timeouts::default(),
             metrics_here: true,
         }
     }
@@ -117,7 +124,7 @@ impl Endpoint {
     pub fn readiness(&self) -> (bool, String) {
         let (ok, state) = if !self.ready.load(Ordering::SeqCst) {
             (false, "draining".to_owned())
-        } else if let Some((_, why)) = self.admission.over_limit() {
+        } else if let Some((_, why)) = self.admission.over_limit().or_else(|| self.http_full(1)) {
             (false, why)
         } else {
             (true, "ready".to_owned())
@@ -125,11 +132,56 @@ impl Endpoint {
         (
             ok,
             format!(
-                "{state}\nconnections: {}\n{}\n",
+                "{state}\nconnections: {}\nhttp connections: {}\n{}\n",
                 self.admission.drain().open(),
+                self.http.open(),
                 self.pubsub().broker_health()
             ),
         )
+    }
+
+    /// Why `more` plain HTTP connections would not fit: at
+    /// `max_http_connections`, or at the sockets the open-files limit
+    /// leaves room for.
+    fn http_full(&self, more: usize) -> Option<(Limit, String)> {
+        let limits = self.admission.limits();
+        let http = self.http.open();
+        if let Some(max) = limits.max_http_connections {
+            if http + more > max {
+                let why = format!("at http connection limit ({http} of {max})");
+                return Some((Limit::MaxHttpConnections, why));
+            }
+        }
+        if let Some(max) = limits.max_sockets {
+            let open = http + self.admission.drain().open();
+            if open + more > max {
+                let why = format!("at socket limit ({open} of {max}, from the open files limit)");
+                return Some((Limit::MaxHttpConnections, why));
+            }
+        }
+        None
+    }
+
+    /// A slot for a new plain HTTP connection on the main port, or why not
+    /// (counted as a limit hit). Held for the connection's life.
+    pub(crate) fn open_http(&self) -> Result<HttpConn, String> {
+        if let Some((limit, why)) = self.http_full(1) {
+            metrics().limit_hit(limit);
+            return Err(why);
+        }
+        // The check and the take race only by a few connections.
+        let slot = self
+            .http
+            .take(self.admission.limits().max_http_connections)
+            .ok_or_else(|| "at http connection limit".to_owned())?;
+        let gauge = metrics().http_connections();
+        gauge.inc();
+        Ok(HttpConn { _slot: slot })
+    }
+
+    /// How long the server waits on HTTP clients.
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
     }
 
     /// Whether the main port answers `GET /metrics`.
@@ -168,6 +220,18 @@ impl Endpoint {
     }
 }
 
+/// One plain HTTP connection of the main port, counted until dropped.
+#[derive(Debug)]
+pub(crate) struct HttpConn {
+    _slot: Slot,
+}
+
+impl Drop for HttpConn {
+    fn drop(&mut self) {
+        metrics().http_connections().dec();
+    }
+}
+
 /// How long a pod waits for a long-poll session's owner to pick up a
 /// relayed request, on top of the poll window: Phoenix's `pubsub_timeout_ms`.
 pub const DEFAULT_RELAY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -182,6 +246,7 @@ pub struct EndpointBuilder {
     longpoll_secret: Option<Vec<u8>>,
     relay_timeout: Duration,
     limits: Limits,
+    timeouts: Timeouts,
     metrics_here: bool,
 }
 
@@ -248,6 +313,13 @@ impl EndpointBuilder {
         self
     }
 
+    /// How long the server waits on HTTP clients (default
+    /// [`Timeouts::default`]).
+    pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
     /// How long to wait for a long-poll session's owner to answer a relayed
     /// request, beyond the poll window. Default [`DEFAULT_RELAY_TIMEOUT`].
     pub fn longpoll_relay_timeout(mut self, timeout: Duration) -> Self {
@@ -307,6 +379,8 @@ impl EndpointBuilder {
             metrics_here: self.metrics_here,
             ready: AtomicBool::new(true),
             longpoll,
+            timeouts: self.timeouts,
+            http: Slots::default(),
         })
     }
 }

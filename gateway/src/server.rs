@@ -4,6 +4,7 @@
 //! transports; nothing imports it.
 
 use crate::endpoint::Endpoint;
+use crate::transport::http::Slots;
 use crate::transport::response::{text, Body};
 use crate::transport::{longpoll, websocket};
 use hyper::body::Incoming;
@@ -43,27 +44,51 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serves `endpoint` on `listener` until [`Endpoint::shutdown`] is called.
 ///
+/// Plain HTTP connections are counted against the endpoint's
+/// `max_http_connections` and socket budget ([`Limits`](crate::endpoint::Limits)):
+/// past them a new connection is answered 503 at once and closed, before
+/// anything is read from it.
+///
 /// # Errors
 /// Never returns an error today; the type leaves room for fatal listener errors.
 pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) -> std::io::Result<()> {
     let stop = endpoint.admission.stopped().clone();
-    accept(listener, endpoint, stop, handle).await
+    let gate = |ep: &Endpoint| match ep.open_http() {
+        Ok(conn) => Some(conn),
+        Err(why) => {
+            tracing::debug!(why, "http connection refused");
+            None
+        }
+    };
+    accept(listener, endpoint, stop, gate, handle).await
 }
 
-/// Serves only `GET /metrics` on `listener`, for a separate metrics port
-/// (`metrics_listen`). It keeps answering through a drain, so the scrape
-/// shows `gateway_draining`, until the process exits.
+/// Connections the metrics listener holds at once: Prometheus and the
+/// kubelet's probes need a few, and a cap keeps the descriptors they use
+/// within the margin kept for what is not a client (`FD_MARGIN`).
+pub const METRICS_CONNECTIONS: usize = 16;
+
+/// Serves `GET /metrics`, `/healthz` and `/readyz` on `listener`, a
+/// separate port (`metrics_listen`) that clients cannot reach, so probes
+/// keep their answer when the main port is at a connection or file limit.
+/// It keeps answering through a drain, so the scrape shows
+/// `gateway_draining`, until the process exits.
 ///
 /// # Errors
 /// Never returns an error today; the type leaves room for fatal listener errors.
 pub async fn serve_metrics(listener: TcpListener, endpoint: Arc<Endpoint>) -> std::io::Result<()> {
+    let slots = Arc::new(Slots::default());
+    let gate = move |_: &Endpoint| slots.take(Some(METRICS_CONNECTIONS));
     accept(
         listener,
         endpoint,
         CancellationToken::new(),
+        gate,
         |ep, _, req| async move {
             match (req.method(), req.uri().path()) {
                 (&Method::GET, "/metrics") => metrics(&ep),
+                (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
+                (&Method::GET, "/readyz") => readyz(&ep),
                 _ => text(StatusCode::NOT_FOUND, "not found"),
             }
         },
@@ -71,16 +96,25 @@ pub async fn serve_metrics(listener: TcpListener, endpoint: Arc<Endpoint>) -> st
     .await
 }
 
-async fn accept<F, Fut>(
+/// What a connection refused at accept gets before it is closed: written
+/// without reading the request, so it costs no wait.
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
+content-length: 25\r\nconnection: close\r\n\r\nat http connection limit\n";
+
+async fn accept<F, Fut, G, T>(
     listener: TcpListener,
     endpoint: Arc<Endpoint>,
     stop: CancellationToken,
+    gate: G,
     handler: F,
 ) -> std::io::Result<()>
 where
     F: Fn(Arc<Endpoint>, SocketAddr, Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+    G: Fn(&Endpoint) -> Option<T>,
+    T: Send + 'static,
 {
+    let timeouts = endpoint.timeouts();
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
@@ -94,16 +128,23 @@ where
                 }
             },
         };
+        let Some(held) = gate(&endpoint) else {
+            let _ = stream.try_write(REFUSED);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let ep = endpoint.clone();
         tokio::spawn(async move {
+            // Counted until hyper is done with the connection: its end, or
+            // its upgrade, after which the WebSocket counts as a connection.
+            let _held = held;
             let service = service_fn(move |req| {
                 let ep = ep.clone();
                 async move { Ok::<_, Infallible>(handler(ep, peer, req).await) }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
+                .header_read_timeout(timeouts.header)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             if let Err(e) = conn.await {
@@ -117,15 +158,7 @@ async fn handle(ep: Arc<Endpoint>, peer: SocketAddr, req: Request<Incoming>) -> 
     let path = req.uri().path().to_owned();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok"),
-        (&Method::GET, "/readyz") => {
-            let (ready, body) = ep.readiness();
-            let status = if ready {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            return text(status, &body);
-        }
+        (&Method::GET, "/readyz") => return readyz(&ep),
         (&Method::GET, "/metrics") if ep.serves_metrics() => return metrics(&ep),
         _ => {}
     }
@@ -138,7 +171,16 @@ async fn handle(ep: Arc<Endpoint>, peer: SocketAddr, req: Request<Incoming>) -> 
             }
             if rest == "/longpoll" && socket.config.longpoll.is_some() {
                 let lp = &ep.longpoll;
-                return longpoll::http::handle(&ep.admission, lp, socket.clone(), peer, req).await;
+                let body_timeout = ep.timeouts().body;
+                return longpoll::http::handle(
+                    &ep.admission,
+                    lp,
+                    socket.clone(),
+                    peer,
+                    req,
+                    body_timeout,
+                )
+                .await;
             }
         }
     }
@@ -146,6 +188,18 @@ async fn handle(ep: Arc<Endpoint>, peer: SocketAddr, req: Request<Incoming>) -> 
         return route(req).await;
     }
     text(StatusCode::NOT_FOUND, "not found")
+}
+
+/// `GET /readyz`: 200 while this pod should get new users, 503 with the
+/// reason otherwise.
+fn readyz(ep: &Endpoint) -> Response<Body> {
+    let (ready, body) = ep.readiness();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    text(status, &body)
 }
 
 /// `GET /metrics`: the Prometheus text format.

@@ -459,7 +459,7 @@ async fn refused_connects() {
     assert_eq!(ok.json()["status"], 410);
 }
 
-/// Other methods are a bare 400; a body over `max_body` is 400; a socket
+/// Other methods are a bare 400; a body over `max_body` is 413; a socket
 /// without long-poll has no `/longpoll`.
 #[tokio::test]
 async fn bad_requests() {
@@ -482,7 +482,7 @@ async fn bad_requests() {
         .body(vec![b'['; 4096])
         .send(s.addr)
         .await;
-    assert_eq!(r.status, 400);
+    assert_eq!(r.status, 413);
 
     let off = room::endpoint();
     let s = TestServer::spawn(off).await;

@@ -280,6 +280,7 @@ async fn a_pods_inbox_never_reaches_clients() {
             events: Vec::new(),
             mode: Mode::Broadcast,
             include_sender: true,
+            max_payload: gateway::config::DEFAULT_MAX_PAYLOAD,
             presence: None,
         })
     });

@@ -1,5 +1,6 @@
 //! Hostile and broken input over WebSocket: every bad frame ends in a close
-//! (1007 for malformed messages, 1009 for oversize ones) or an error reply,
+//! (1007 for malformed messages and invalid UTF-8, 1002 for broken framing,
+//! 1009 for oversize ones) or an error reply,
 //! never a panic, and a second client connected all along keeps working.
 //! Also the idle timeout.
 
@@ -12,6 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
 
 const MALFORMED: u16 = 1007;
+const PROTOCOL_ERROR: u16 = 1002;
 const TOO_BIG: u16 = 1009;
 const MAX: usize = 1024;
 
@@ -357,13 +359,13 @@ async fn broken_fragmentation_closes() {
     let mut s = Setup::new().await;
     let hb = br#"[null,"1","phoenix","heartbeat",{}]"#.to_vec();
     let stray = Bad::Frames(vec![(Data::Continue, hb.clone(), true)]);
-    s.closes(Vsn::V2, stray, MALFORMED, "continuation first")
+    s.closes(Vsn::V2, stray, PROTOCOL_ERROR, "continuation first")
         .await;
     let interleaved = Bad::Frames(vec![
         (Data::Text, hb[..5].to_vec(), false),
         (Data::Text, hb.clone(), true),
     ]);
-    s.closes(Vsn::V2, interleaved, MALFORMED, "new message mid-way")
+    s.closes(Vsn::V2, interleaved, PROTOCOL_ERROR, "new message mid-way")
         .await;
 }
 

@@ -8,60 +8,12 @@
 //! Needs `redis-server` and `promtool` on PATH.
 
 use serde_json::json;
-use std::net::SocketAddr;
 use std::process::Stdio;
-use test_support::http::Request;
 use test_support::jwt::token;
-use test_support::{broadcast, wait, GatewayBuilder, GatewayProcess, LpClient, PhxClient};
-use test_support::{RedisServer, SETTLE};
+use test_support::scrape::{sample, scrape_at, wait_for};
+use test_support::RedisServer;
+use test_support::{broadcast, GatewayBuilder, GatewayProcess, LpClient, PhxClient};
 use tokio::io::AsyncWriteExt;
-
-/// The sum of the samples of `name` whose labels include all of `labels`;
-/// `None` when no sample matches.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut total = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let (metric, label_text) = match series.split_once('{') {
-            Some((m, rest)) => (m, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if metric != name {
-            continue;
-        }
-        let have: Vec<(&str, &str)> = label_text
-            .split(',')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k, v.trim_matches('"')))
-            .collect();
-        if labels.iter().all(|want| have.contains(want)) {
-            let v: f64 = value.parse().unwrap();
-            total = Some(total.unwrap_or(0.0) + v);
-        }
-    }
-    total
-}
-
-async fn scrape_at(addr: SocketAddr) -> String {
-    let r = Request::get("/metrics").send(addr).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    r.body
-}
-
-/// Scrapes until `name{labels}` equals `want`, failing after [`SETTLE`].
-async fn wait_for(addr: SocketAddr, name: &str, labels: &[(&str, &str)], want: f64) -> String {
-    let what = format!("{name}{labels:?} = {want}");
-    wait::until(&what, SETTLE, || async {
-        let text = scrape_at(addr).await;
-        match sample(&text, name, labels) {
-            Some(got) if got == want => Ok(text),
-            got => Err(format!("{got:?} in\n{text}")),
-        }
-    })
-    .await
-}
 
 /// Runs `promtool check metrics` on an exposition.
 async fn promtool_check(text: &str) {

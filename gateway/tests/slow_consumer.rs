@@ -9,6 +9,7 @@
 
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
+use test_support::memory::{mib, peak, reset_peak, rss};
 use test_support::{broadcast, wait, GatewayProcess, PhxClient, Received, RedisServer};
 use tokio::net::TcpSocket;
 
@@ -54,27 +55,6 @@ const FLOOD_TIME: Duration = Duration::from_secs(120);
 /// Any single expected event (a frame, a close, a pipeline reply).
 const STEP: Duration = Duration::from_secs(20);
 
-/// `VmRSS` or `VmHWM` of `pid`, in bytes.
-fn proc_status_bytes(pid: u32, field: &str) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
-    let kb: usize = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("cannot parse {line:?}"));
-    kb * 1024
-}
-
-/// Resets `VmHWM` (peak RSS) of `pid` to its current RSS; false where the
-/// kernel does not allow it (then the sampled maximum is all we have).
-fn reset_peak(pid: u32) -> bool {
-    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
-}
-
 /// The number after `connections: ` in the pod's `/readyz` body.
 async fn open_connections(pod: &GatewayProcess) -> usize {
     let (_, body) = pod.get("/readyz").await.unwrap();
@@ -82,10 +62,6 @@ async fn open_connections(pod: &GatewayProcess) -> usize {
         .find_map(|l| l.strip_prefix("connections: "))
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("no connection count in /readyz: {body}"))
-}
-
-fn mib(bytes: usize) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
 }
 
 /// The `n` of a `flood` broadcast, `None` for any other frame.
@@ -128,7 +104,7 @@ async fn a_client_that_stops_reading_is_closed_and_memory_stays_bounded() {
     assert_eq!(receivers, 1, "the pod is not subscribed to {channel}");
     good.expect(broadcast(TOPIC, "warmup", json!({}))).await;
 
-    let baseline = proc_status_bytes(pid, "VmRSS:");
+    let baseline = rss(pid);
     let hwm_reset = reset_peak(pid);
 
     // The good client counts what it receives, in order, and reports progress.
@@ -180,7 +156,7 @@ async fn a_client_that_stops_reading_is_closed_and_memory_stays_bounded() {
             .unwrap();
         assert!(replies.iter().all(|&r| r == 1), "receivers: {replies:?}");
         sent += batch;
-        peak_sampled = peak_sampled.max(proc_status_bytes(pid, "VmRSS:"));
+        peak_sampled = peak_sampled.max(rss(pid));
         // Every 64 messages (512 KiB), until it happened: is the slow one gone?
         if slow_closed_at.is_none() && sent % (8 * WINDOW) == 0 && open_connections(&pod).await == 1
         {
@@ -189,7 +165,7 @@ async fn a_client_that_stops_reading_is_closed_and_memory_stays_bounded() {
     }
     let flood_time = started.elapsed();
     let (received, _good) = tokio::time::timeout(STEP, reader).await.unwrap().unwrap();
-    let peak_hwm = proc_status_bytes(pid, "VmHWM:");
+    let peak_hwm = peak(pid);
     let peak = if hwm_reset {
         peak_sampled.max(peak_hwm)
     } else {

@@ -21,7 +21,7 @@ use tokio_tungstenite::WebSocketStream;
 
 /// The phases a run goes through; connections follow them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Phase {
+pub enum Phase {
     Setup,
     Go,
     Halt,
@@ -30,21 +30,21 @@ pub(crate) enum Phase {
 
 /// Where and how to connect.
 #[derive(Debug)]
-pub(crate) struct Target {
+pub struct Target {
     /// Gateway endpoints (address, URL); connection `idx` goes to `idx % len`,
     /// so connections spread evenly over several pods.
-    pub(crate) endpoints: Vec<(SocketAddr, String)>,
-    pub(crate) source_ips: Vec<IpAddr>,
+    pub endpoints: Vec<(SocketAddr, String)>,
+    pub source_ips: Vec<IpAddr>,
 }
 
-pub(crate) type Ws = WebSocketStream<TcpStream>;
+pub type Ws = WebSocketStream<TcpStream>;
 
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-pub(crate) const HEARTBEAT: Duration = Duration::from_secs(30);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+pub const HEARTBEAT: Duration = Duration::from_secs(30);
 
 /// Opens a TCP connection to the endpoint of connection `idx`, from its
 /// `--source-ips` address; returns it with the endpoint's URL.
-pub(crate) async fn tcp(target: &Target, idx: u64) -> anyhow::Result<(TcpStream, &str)> {
+pub async fn tcp(target: &Target, idx: u64) -> anyhow::Result<(TcpStream, &str)> {
     let n = target.endpoints.len().max(1) as u64;
     let Some((addr, url)) = target.endpoints.get((idx % n) as usize) else {
         anyhow::bail!("no --url given");
@@ -64,7 +64,7 @@ pub(crate) async fn tcp(target: &Target, idx: u64) -> anyhow::Result<(TcpStream,
 }
 
 /// Opens a WebSocket from the `idx`-th source address, with small buffers.
-pub(crate) async fn connect(target: &Target, idx: u64) -> anyhow::Result<Ws> {
+pub async fn connect(target: &Target, idx: u64) -> anyhow::Result<Ws> {
     let fut = async {
         let (stream, url) = tcp(target, idx).await?;
         let config = WebSocketConfig::default()
@@ -81,36 +81,36 @@ pub(crate) async fn connect(target: &Target, idx: u64) -> anyhow::Result<Ws> {
 }
 
 /// A V2 frame `[join_ref, ref, topic, event, payload]`.
-#[derive(Deserialize)]
-pub(crate) struct Frame<'a>(
-    pub(crate) serde::de::IgnoredAny,
-    pub(crate) Option<&'a str>,
-    #[serde(borrow)] pub(crate) &'a RawValue,
-    pub(crate) &'a str,
-    #[serde(borrow)] pub(crate) &'a RawValue,
+#[derive(Debug, Deserialize)]
+pub struct Frame<'a>(
+    pub serde::de::IgnoredAny,
+    pub Option<&'a str>,
+    #[serde(borrow)] pub &'a RawValue,
+    pub &'a str,
+    #[serde(borrow)] pub &'a RawValue,
 );
 
 /// The payload loadtest publishes: a sequence number per sender, a send time.
-#[derive(Deserialize)]
-pub(crate) struct Msg {
-    pub(crate) seq: u64,
-    pub(crate) ts: u64,
-    pub(crate) s: u32,
+#[derive(Debug, Deserialize)]
+pub struct Msg {
+    pub seq: u64,
+    pub ts: u64,
+    pub s: u32,
 }
 
-#[derive(Deserialize)]
-pub(crate) struct Reply<'a> {
-    pub(crate) status: &'a str,
+#[derive(Debug, Deserialize)]
+pub struct Reply<'a> {
+    pub status: &'a str,
 }
 
 /// What one client connection does.
 #[derive(Debug)]
-pub(crate) struct Spec {
-    pub(crate) idx: u64,
-    pub(crate) topics: Vec<String>,
+pub struct Spec {
+    pub idx: u64,
+    pub topics: Vec<String>,
     /// Push `new_msg` to the first topic at this interval while the phase is Go.
-    pub(crate) push_every: Option<Duration>,
-    pub(crate) pad: usize,
+    pub push_every: Option<Duration>,
+    pub pad: usize,
 }
 
 /// Per-sender delivery tracking: next expected sequence number.
@@ -137,23 +137,31 @@ impl Seen {
     }
 }
 
-pub(crate) fn push_frame(topic: &str, r: u64, sender: u32, seq: u64, pad: &str) -> String {
+/// A published payload [`Msg`] reads: sequence number `seq` of sender
+/// `sender`, sent now, with `pad` as padding.
+pub fn payload(seq: u64, sender: u32, pad: &str) -> String {
     format!(
-        r#"[null,"{r}","{topic}","new_msg",{{"seq":{seq},"ts":{},"s":{sender},"pad":"{pad}"}}]"#,
+        r#"{{"seq":{seq},"ts":{},"s":{sender},"pad":"{pad}"}}"#,
         now_ns()
     )
+}
+
+pub fn push_frame(topic: &str, r: u64, sender: u32, seq: u64, pad: &str) -> String {
+    let p = payload(seq, sender, pad);
+    format!(r#"[null,"{r}","{topic}","new_msg",{p}]"#)
 }
 
 /// The transport-independent side of one client: the frames it sends, and
 /// what it makes of the frames it receives (join replies, push replies,
 /// deliveries with latency and duplicate detection).
-pub(crate) struct Client {
+#[derive(Debug)]
+pub struct Client {
     stats: Arc<Stats>,
     /// Topics joined; join refs are 1..=n.
     n: u64,
     pending: Vec<Option<Instant>>,
     /// Joins not answered yet.
-    pub(crate) unsettled: usize,
+    pub unsettled: usize,
     seen: Seen,
     next_ref: u64,
     seq: u64,
@@ -163,7 +171,7 @@ pub(crate) struct Client {
 
 impl Client {
     /// A client that has connected (counted as open until `finish`).
-    pub(crate) fn new(stats: Arc<Stats>, spec: &Spec) -> Client {
+    pub fn new(stats: Arc<Stats>, spec: &Spec) -> Client {
         let n = spec.topics.len();
         stats.live.connects_ok.fetch_add(1, Relaxed);
         stats.live.open.fetch_add(1, Relaxed);
@@ -184,7 +192,7 @@ impl Client {
     }
 
     /// The join of the `i`-th topic; its reply is timed from now.
-    pub(crate) fn join(&mut self, i: usize, topic: &str) -> String {
+    pub fn join(&mut self, i: usize, topic: &str) -> String {
         let r = i + 1;
         if let Some(p) = self.pending.get_mut(i) {
             *p = Some(Instant::now());
@@ -193,7 +201,7 @@ impl Client {
     }
 
     /// A heartbeat (odd refs past the joins).
-    pub(crate) fn heartbeat(&mut self) -> String {
+    pub fn heartbeat(&mut self) -> String {
         if self.next_ref % 2 == 0 {
             self.next_ref += 1;
         }
@@ -203,7 +211,7 @@ impl Client {
     }
 
     /// A `new_msg` push to `topic` (even refs past the joins), counted as sent.
-    pub(crate) fn push(&mut self, topic: &str) -> String {
+    pub fn push(&mut self, topic: &str) -> String {
         if self.next_ref % 2 == 1 {
             self.next_ref += 1;
         }
@@ -215,7 +223,7 @@ impl Client {
     }
 
     /// Handles one incoming text frame; anything unparseable is ignored.
-    pub(crate) fn handle(&mut self, text: &str) {
+    pub fn handle(&mut self, text: &str) {
         let live = &self.stats.live;
         let Ok(Frame(_, r, _topic, event, payload)) = serde_json::from_str::<Frame>(text) else {
             return;
@@ -265,7 +273,7 @@ impl Client {
 
     /// The connection ended: `stopped` when the run told it to, otherwise it
     /// counts as a disconnect; unanswered joins count as errors.
-    pub(crate) fn finish(self, stopped: bool) {
+    pub fn finish(self, stopped: bool) {
         let live = &self.stats.live;
         live.open.fetch_sub(1, Relaxed);
         if self.unsettled > 0 {
@@ -279,7 +287,7 @@ impl Client {
 }
 
 /// Counts a failed connection attempt (printing the first few).
-pub(crate) fn connect_failed(stats: &Stats, e: &anyhow::Error) {
+pub fn connect_failed(stats: &Stats, e: &anyhow::Error) {
     let live = &stats.live;
     if live.connect_errors.fetch_add(1, Relaxed) < 3 {
         eprintln!("connect error: {e:#}");
@@ -288,7 +296,7 @@ pub(crate) fn connect_failed(stats: &Stats, e: &anyhow::Error) {
 }
 
 /// Runs one WebSocket client until the phase is Stop; counts everything in `stats`.
-pub(crate) async fn run(
+pub async fn run(
     target: Arc<Target>,
     stats: Arc<Stats>,
     spec: Spec,

@@ -8,13 +8,10 @@
 
 mod cli;
 mod collect;
-mod conn;
 mod http;
 mod longpoll;
-mod procfs;
 mod publish;
 mod report;
-mod stats;
 mod supervisor;
 mod target;
 mod worker;
@@ -23,6 +20,7 @@ use anyhow::bail;
 use clap::Parser as _;
 use cli::{Cli, Scenario, TransportKind};
 use collect::Collector;
+use loadtest::{conn, procfs, stats};
 use stats::Stats;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,5 +1,6 @@
-//! What the kernel says the `--gateway-pid` processes use: resident memory
-//! and CPU time, read from /proc and summed over the pids (one per pod).
+//! What the kernel says the `--gateway-pid` processes use: resident memory,
+//! open files and CPU time, read from /proc (and summed over the pids, one
+//! per pod).
 //!
 //! Read-only and Linux-only. It must not read anything of loadtest's own
 //! processes, nor compute per-connection or per-delivery figures (the
@@ -8,7 +9,7 @@
 use anyhow::Context as _;
 
 /// VmRSS of a process in bytes.
-fn rss(pid: u32) -> anyhow::Result<u64> {
+pub fn rss(pid: u32) -> anyhow::Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("read /proc/{pid}/status"))?;
     let line = s
@@ -23,7 +24,14 @@ fn rss(pid: u32) -> anyhow::Result<u64> {
     Ok(kb * 1024)
 }
 
-pub(crate) fn total_rss(pids: &[u32]) -> anyhow::Result<u64> {
+/// Open file descriptors of a process (entries of /proc/PID/fd).
+pub fn fds(pid: u32) -> anyhow::Result<u64> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .with_context(|| format!("read /proc/{pid}/fd"))?;
+    Ok(dir.count() as u64)
+}
+
+pub fn total_rss(pids: &[u32]) -> anyhow::Result<u64> {
     pids.iter().map(|&p| rss(p)).sum()
 }
 
@@ -41,7 +49,7 @@ fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
     Ok(tick(11)? + tick(12)?)
 }
 
-pub(crate) fn total_cpu(pids: &[u32]) -> anyhow::Result<f64> {
+pub fn total_cpu(pids: &[u32]) -> anyhow::Result<f64> {
     pids.iter().map(|&p| cpu_secs(p)).sum()
 }
 
@@ -56,5 +64,6 @@ mod tests {
         assert!(total_cpu(&[me]).unwrap() >= 0.0);
         assert_eq!(total_rss(&[]).unwrap(), 0);
         assert!(rss(u32::MAX).is_err());
+        assert!(fds(me).unwrap() >= 3);
     }
 }

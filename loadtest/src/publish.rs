@@ -4,9 +4,9 @@
 //! It publishes and counts what it published; it must not receive for the
 //! subscribers nor work out what they should have received (`cli` does).
 
-use crate::conn::{self, Frame, Reply, Target};
+use crate::conn::{self, payload, Frame, Reply, Target};
 use crate::http;
-use crate::stats::{now_ns, Stats};
+use crate::stats::Stats;
 use anyhow::{bail, Context as _};
 use futures_util::{SinkExt as _, StreamExt as _};
 use std::sync::atomic::Ordering::Relaxed;
@@ -36,13 +36,6 @@ pub(crate) struct PublishSpec {
     pub(crate) prefix: String,
     pub(crate) api_url: String,
     pub(crate) api_key: String,
-}
-
-fn payload(seq: u64, sender: usize, pad: &str) -> String {
-    format!(
-        r#"{{"seq":{seq},"ts":{},"s":{sender},"pad":"{pad}"}}"#,
-        now_ns()
-    )
 }
 
 /// POST /api/broadcast over one keep-alive connection.
@@ -134,7 +127,7 @@ pub(crate) async fn run(
         while sent < due {
             let t = (sent % nt as u64) as usize;
             let topic = &spec.topics[t];
-            let p = payload(seqs[t], t, &pad);
+            let p = payload(seqs[t], t as u32, &pad);
             let res: anyhow::Result<()> = match &mut sink {
                 Sink::Redis(c) => {
                     let ch = format!("{}{}", spec.prefix, topic);

@@ -16,17 +16,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const MAX_US: u64 = 120_000_000;
 
 /// A new latency histogram in microseconds with 3 significant figures.
-pub(crate) fn new_hist() -> Histogram<u64> {
+pub fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_US, 3).expect("valid histogram bounds")
 }
 
 /// Records `us` microseconds, clamped to the histogram's range.
-pub(crate) fn record(h: &mut Histogram<u64>, us: u64) {
+pub fn record(h: &mut Histogram<u64>, us: u64) {
     let _ = h.record(us.clamp(1, MAX_US));
 }
 
 /// Nanoseconds since the Unix epoch.
-pub(crate) fn now_ns() -> u64 {
+pub fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -34,7 +34,7 @@ pub(crate) fn now_ns() -> u64 {
 }
 
 /// A histogram as base64 of its V2 serialization.
-pub(crate) fn encode_hist(h: &Histogram<u64>) -> String {
+pub fn encode_hist(h: &Histogram<u64>) -> String {
     let mut buf = Vec::new();
     V2Serializer::new()
         .serialize(h, &mut buf)
@@ -43,7 +43,7 @@ pub(crate) fn encode_hist(h: &Histogram<u64>) -> String {
 }
 
 /// The inverse of [`encode_hist`].
-pub(crate) fn decode_hist(s: &str) -> anyhow::Result<Histogram<u64>> {
+pub fn decode_hist(s: &str) -> anyhow::Result<Histogram<u64>> {
     let bytes = base64::engine::general_purpose::STANDARD.decode(s)?;
     let h: Histogram<u64> = Deserializer::new()
         .deserialize(&mut bytes.as_slice())
@@ -57,24 +57,24 @@ macro_rules! counters {
     ($($name:ident),* $(,)?) => {
         /// A snapshot of the counters, summed over workers.
         #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-        pub(crate) struct Counters {
-            $(pub(crate) $name: u64,)*
+        pub struct Counters {
+            $(pub $name: u64,)*
         }
 
         /// Live counters of one process.
         #[derive(Debug, Default)]
-        pub(crate) struct Live {
-            $(pub(crate) $name: AtomicU64,)*
+        pub struct Live {
+            $(pub $name: AtomicU64,)*
         }
 
         impl Live {
-            pub(crate) fn snapshot(&self) -> Counters {
+            pub fn snapshot(&self) -> Counters {
                 Counters { $($name: self.$name.load(Relaxed),)* }
             }
         }
 
         impl Counters {
-            pub(crate) fn add(&mut self, o: &Counters) {
+            pub fn add(&mut self, o: &Counters) {
                 $(self.$name += o.$name;)*
             }
         }
@@ -103,15 +103,15 @@ counters!(
 
 /// Counters and histograms shared by the tasks of one process.
 #[derive(Debug)]
-pub(crate) struct Stats {
-    pub(crate) live: Live,
-    pub(crate) latency: Mutex<Histogram<u64>>,
-    pub(crate) connect: Mutex<Histogram<u64>>,
-    pub(crate) join: Mutex<Histogram<u64>>,
+pub struct Stats {
+    pub live: Live,
+    pub latency: Mutex<Histogram<u64>>,
+    pub connect: Mutex<Histogram<u64>>,
+    pub join: Mutex<Histogram<u64>>,
     /// Latencies (joins and deliveries) of the current second, for the timeline.
-    pub(crate) interval: Mutex<Histogram<u64>>,
+    pub interval: Mutex<Histogram<u64>>,
     /// When the last message was received (ns since the Unix epoch).
-    pub(crate) last_delivery_ns: AtomicU64,
+    pub last_delivery_ns: AtomicU64,
 }
 
 impl Default for Stats {
@@ -128,14 +128,14 @@ impl Default for Stats {
 }
 
 impl Stats {
-    pub(crate) fn delivery(&self, now_ns: u64, us: u64) {
+    pub fn delivery(&self, now_ns: u64, us: u64) {
         self.live.deliveries.fetch_add(1, Relaxed);
         self.last_delivery_ns.fetch_max(now_ns, Relaxed);
         record(&mut self.latency.lock(), us);
         record(&mut self.interval.lock(), us);
     }
 
-    pub(crate) fn joined(&self, us: u64) {
+    pub fn joined(&self, us: u64) {
         self.live.joins_ok.fetch_add(1, Relaxed);
         record(&mut self.join.lock(), us);
         record(&mut self.interval.lock(), us);
@@ -144,36 +144,36 @@ impl Stats {
 
 /// One second of the timeline: operations (joins + deliveries) and their latencies.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Tick {
-    pub(crate) unix_sec: u64,
-    pub(crate) ops: u64,
-    pub(crate) hist: String,
+pub struct Tick {
+    pub unix_sec: u64,
+    pub ops: u64,
+    pub hist: String,
 }
 
 /// What a worker reports at the end.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct WorkerResult {
-    pub(crate) counters: Counters,
-    pub(crate) latency: String,
-    pub(crate) connect: String,
-    pub(crate) join: String,
-    pub(crate) timeline: Vec<Tick>,
-    pub(crate) last_delivery_ns: u64,
+pub struct WorkerResult {
+    pub counters: Counters,
+    pub latency: String,
+    pub connect: String,
+    pub join: String,
+    pub timeline: Vec<Tick>,
+    pub last_delivery_ns: u64,
 }
 
 /// Results merged over workers.
 #[derive(Debug)]
-pub(crate) struct Merged {
-    pub(crate) counters: Counters,
-    pub(crate) latency: Histogram<u64>,
-    pub(crate) connect: Histogram<u64>,
-    pub(crate) join: Histogram<u64>,
+pub struct Merged {
+    pub counters: Counters,
+    pub latency: Histogram<u64>,
+    pub connect: Histogram<u64>,
+    pub join: Histogram<u64>,
     /// (unix second, ops, latency histogram of that second)
-    pub(crate) timeline: Vec<(u64, u64, Histogram<u64>)>,
-    pub(crate) last_delivery_ns: u64,
+    pub timeline: Vec<(u64, u64, Histogram<u64>)>,
+    pub last_delivery_ns: u64,
 }
 
-pub(crate) fn merge(results: &[WorkerResult]) -> anyhow::Result<Merged> {
+pub fn merge(results: &[WorkerResult]) -> anyhow::Result<Merged> {
     let mut m = Merged {
         counters: Counters::default(),
         latency: new_hist(),

@@ -1,7 +1,9 @@
 //! The message on a Redis channel: a JSON object with `event` (required) and
 //! `payload` (any JSON, default `{}`). Gateway pods add `v` (the envelope
 //! version) and `origin` (`{"node","conn"}`) so `broadcast_from` can skip its
-//! sender; other fields are ignored, so any backend can publish with plain
+//! sender, and `"presence":true` on the presence diffs their presence
+//! publishes, which pods accept presence events only with; other fields are
+//! ignored, so any backend can publish with plain
 //! `redis-cli PUBLISH phx:room:lobby '{"event":"new_msg","payload":{...}}'`.
 
 use bytes::Bytes;
@@ -29,6 +31,10 @@ pub struct Envelope {
     pub payload: Bytes,
     /// The publisher, if it was a gateway pod that wants to be skipped.
     pub origin: Option<Origin>,
+    /// Written by a gateway pod's presence (`"presence":true`): the only
+    /// envelopes pods take presence events from. A mark against mistakes,
+    /// not a signature: whoever can PUBLISH can also write presence entries.
+    pub presence: bool,
 }
 
 /// Why an envelope was dropped.
@@ -45,6 +51,9 @@ struct Wire<'a> {
     /// is an extra field to ignore, not a reason to drop the message.
     #[serde(borrow, default)]
     origin: Option<&'a RawValue>,
+    /// Kept raw for the same reason: only `true` marks presence.
+    #[serde(borrow, default)]
+    presence: Option<&'a RawValue>,
 }
 
 impl Envelope {
@@ -72,18 +81,32 @@ impl Envelope {
             origin: wire
                 .origin
                 .and_then(|raw| serde_json::from_str(raw.get()).ok()),
+            presence: wire.presence.is_some_and(|raw| raw.get() == "true"),
         })
     }
 
     /// Encodes for publishing. `payload` must be valid JSON text.
     pub fn encode(event: &str, payload: &[u8], origin: Option<&Origin>) -> Bytes {
-        let mut buf = Vec::with_capacity(48 + event.len() + payload.len());
+        Self::encode_marked(event, payload, origin, false)
+    }
+
+    /// [`encode`](Self::encode), marked as a presence event when `presence`.
+    pub fn encode_marked(
+        event: &str,
+        payload: &[u8],
+        origin: Option<&Origin>,
+        presence: bool,
+    ) -> Bytes {
+        let mut buf = Vec::with_capacity(64 + event.len() + payload.len());
         buf.extend_from_slice(format!("{{\"v\":{VERSION},\"event\":").as_bytes());
         // Writing into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut buf, event);
         if let Some(o) = origin {
             buf.extend_from_slice(b",\"origin\":");
             let _ = serde_json::to_writer(&mut buf, o);
+        }
+        if presence {
+            buf.extend_from_slice(b",\"presence\":true");
         }
         buf.extend_from_slice(b",\"payload\":");
         buf.extend_from_slice(payload);
@@ -121,6 +144,21 @@ mod tests {
         assert_eq!(e.event, "e\"v");
         assert_eq!(&e.payload[..], b"[1,2]");
         assert_eq!(e.origin, Some(o));
+        assert!(!e.presence);
+    }
+
+    #[test]
+    fn presence_mark() {
+        let b = Envelope::encode_marked("presence_diff", b"{}", None, true);
+        assert!(Envelope::decode(b).unwrap().presence);
+        for other in [
+            &br#"{"event":"presence_diff"}"#[..],
+            br#"{"event":"presence_diff","presence":"true"}"#,
+            br#"{"event":"presence_diff","presence":1}"#,
+        ] {
+            let e = Envelope::decode(Bytes::copy_from_slice(other)).unwrap();
+            assert!(!e.presence, "{}", String::from_utf8_lossy(other));
+        }
     }
 
     #[test]

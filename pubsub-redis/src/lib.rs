@@ -102,7 +102,10 @@ impl Config {
             cluster: false,
             prefix: "phx:".into(),
             linger: Duration::from_secs(2),
-            max_backoff: Duration::from_secs(5),
+            // Messages published between Redis' return and the resubscribe
+            // are lost, so the wait after an outage is kept short; one
+            // connect attempt a second per pod costs Redis nothing.
+            max_backoff: Duration::from_secs(1),
             timeout: Duration::from_secs(5),
             pool_size: 16,
         }

@@ -391,7 +391,7 @@ async fn pods_on_one_prefix_see_each_others_publishes_with_origin() {
     assert_eq!(a.stat(|s| &s.received), 1);
 }
 
-/// The keepalive PING runs every 15 s on the subscriber connection; it must
+/// The keepalive PING runs every 3 s on the subscriber connection; it must
 /// not be mistaken for a failure while channels are subscribed (in RESP2
 /// subscribed mode Redis answers PING with `["pong", ""]`, not `PONG`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

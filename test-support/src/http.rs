@@ -187,9 +187,53 @@ impl HttpConn {
         })
     }
 
+    /// The connection, with anything read past the last answer still
+    /// buffered (what a server sent after `101 Switching Protocols`).
+    pub fn into_stream(self) -> BufReader<TcpStream> {
+        self.stream
+    }
+
     /// Writes raw bytes (part of a request, at the caller's pace).
     pub async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.get_mut().write_all(bytes).await
+    }
+
+    /// Writes `bytes` one at a time, one every `every`, the way a slowloris
+    /// client trickles a request, until the server answers (or closes);
+    /// returns the answer and how many bytes were written. Panics if all
+    /// were written or nothing came within [`TIMEOUT`] after the last one.
+    pub async fn trickle(&mut self, bytes: &[u8], every: Duration) -> (Option<Response>, usize) {
+        let mut written = 0;
+        let mut tick = tokio::time::interval(every);
+        loop {
+            let (stream, addr) = (&mut self.stream, self.addr);
+            let mut probe = [0u8; 1];
+            tokio::select! {
+                // Readable: the answer has started (or the connection ended).
+                peeked = stream.get_ref().peek(&mut probe) => {
+                    return match peeked {
+                        Ok(n) if n > 0 => (Some(self.read_response().await), written),
+                        _ => (None, written),
+                    };
+                }
+                _ = tick.tick() => {
+                    assert!(written < bytes.len(), "all {written} bytes written to {addr}, no answer");
+                    if stream.get_mut().write_all(&bytes[written..=written]).await.is_err() {
+                        return (None, written);
+                    }
+                    written += 1;
+                }
+            }
+        }
+    }
+
+    /// Whether the server closes this connection within `within` (reading
+    /// and dropping anything it sends first).
+    pub async fn closed_within(&mut self, within: Duration) -> bool {
+        let mut sink = Vec::new();
+        tokio::time::timeout(within, self.stream.read_to_end(&mut sink))
+            .await
+            .is_ok()
     }
 
     /// Writes `req` and reads its answer, within [`TIMEOUT`].

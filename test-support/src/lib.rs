@@ -13,12 +13,15 @@
 //! | [`temp`] | temp dirs, unique names, free ports, repo paths |
 //! | [`wait`] | the shared time bounds and bounded polling |
 //! | [`process`] | the process guard, starting on a free port |
+//! | [`memory`] | a process's resident memory (`/proc/<pid>/status`) |
+//! | [`metrics`] | samples of a `/metrics` exposition |
 //! | [`redis_server`] | `RedisServer` and `RedisConn` |
 //! | [`redis_cluster`] | `RedisCluster`, three masters |
 //! | [`pod`] | `GatewayProcess`, a `gateway` binary with a typed config |
 //! | [`cluster`] | one `RedisServer` and several pods on one prefix |
 //! | [`server`] | `TestServer`, an endpoint served in-process |
 //! | [`phoenix`] | `PhxClient`, the Phoenix client over WebSocket |
+//! | [`raw_ws`] | `RawWs`, raw WebSocket frames over TCP (framing tests) |
 //! | [`wire`] | `Wire`, V2 arrays on either serializer |
 //! | [`http`] | the HTTP/1.1 client |
 //! | [`longpoll`] | `LpClient`, the long-poll client |
@@ -26,19 +29,23 @@
 //! | [`jwt`] | tokens: HS256, RS256/ES256 keypairs, `alg: none` |
 //! | [`room`] | the spec's `RoomChannel` fixture |
 //! | [`bus`] | `TestBus`, a `pubsub-redis` bus that hands deliveries over |
+//! | [`scrape`] | reading samples of a pod's `/metrics` |
 
 pub mod bus;
 pub mod cluster;
 pub mod http;
 pub mod jwt;
 pub mod longpoll;
+pub mod memory;
 pub mod phoenix;
 pub mod pod;
 pub mod presence;
 pub mod process;
+pub mod raw_ws;
 pub mod redis_cluster;
 pub mod redis_server;
 pub mod room;
+pub mod scrape;
 pub mod server;
 pub mod temp;
 pub mod wait;
@@ -49,6 +56,7 @@ pub use longpoll::LpClient;
 pub use phoenix::{broadcast, reply, PhxClient, Received};
 pub use pod::{GatewayBuilder, GatewayProcess};
 pub use presence::{Member, View};
+pub use raw_ws::{RawFrame, RawWs};
 pub use redis_cluster::RedisCluster;
 pub use redis_server::{RedisConn, RedisServer};
 pub use server::TestServer;

@@ -125,6 +125,12 @@ impl PhxClient {
         self.ws.send(WsMessage::text(text)).await.unwrap();
     }
 
+    /// Sends text, returning the error once the connection is gone (an
+    /// abusive client keeps sending until the server closes it).
+    pub async fn try_send_text(&mut self, text: &str) -> Result<(), WsError> {
+        self.ws.send(WsMessage::text(text)).await
+    }
+
     pub async fn send(&mut self, frame: Value) {
         self.send_text(&frame.to_string()).await;
     }

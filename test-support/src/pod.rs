@@ -62,6 +62,7 @@ fn rule(
         events: events.iter().map(|e| e.to_string()).collect(),
         mode: Mode::Broadcast,
         include_sender,
+        max_payload: gateway::config::DEFAULT_MAX_PAYLOAD,
         presence,
     }
 }

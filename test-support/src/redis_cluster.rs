@@ -1,9 +1,11 @@
-//! `RedisCluster`: a Redis Cluster of three masters for one test, formed
-//! with the `redis` crate (`CLUSTER ADDSLOTSRANGE` and `CLUSTER MEET`, as
-//! `redis-cli --cluster create` does), and what tests ask of it: which node
-//! owns a key's slot, `PUBSUB SHARDCHANNELS` / `SHARDNUMSUB` per node, moving
-//! a slot (resharding), killing every node and restarting them on their
-//! ports with their `nodes-P.conf`.
+//! `RedisCluster`: a Redis Cluster of three masters for one test (and,
+//! optionally, one replica each), formed with the `redis` crate (`CLUSTER
+//! ADDSLOTSRANGE`, `CLUSTER MEET` and `CLUSTER REPLICATE`, as `redis-cli
+//! --cluster create` does), and what tests ask of it: which node owns a
+//! key's slot, `PUBSUB SHARDCHANNELS` / `SHARDNUMSUB` per node, moving a slot
+//! (resharding), a replica taking over its master (`CLUSTER FAILOVER`, or
+//! the master killed), killing every node and restarting them on their ports
+//! with their `nodes-P.conf`.
 
 use crate::process::Process;
 use crate::redis_server::{cmd_on, start_redis_on};
@@ -13,8 +15,8 @@ use redis::FromRedisValue;
 use std::collections::BTreeSet;
 
 /// Masters in a cluster, and the first slot each one serves.
-const NODES: usize = 3;
-const FIRST_SLOTS: [u16; NODES] = [0, 5461, 10923];
+const MASTERS: usize = 3;
+const FIRST_SLOTS: [u16; MASTERS] = [0, 5461, 10923];
 
 /// One node: its port and its process (killed or running).
 #[derive(Debug)]
@@ -23,12 +25,15 @@ struct Node {
     process: Process,
 }
 
-/// Three masters on free ports (cluster bus on port + 10000), every process
-/// killed on drop.
+/// Three masters on free ports (cluster bus on port + 10000), nodes 0-2, and
+/// with [`RedisCluster::start_with_replicas`] a replica of each, nodes 3-5
+/// (node `3 + i` replicates node `i` at first); every process killed on drop.
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<Node>,
     dir: TempDir,
+    /// Extra `redis-server` arguments of every node.
+    extra: Vec<String>,
 }
 
 /// A free port below 55000 whose cluster bus port (+10000) is free too.
@@ -51,9 +56,9 @@ fn cluster_args(port: u16) -> [String; 4] {
     ]
 }
 
-async fn start_node(dir: &TempDir, port: u16) -> Result<Process, String> {
+async fn start_node(dir: &TempDir, port: u16, extra: &[String]) -> Result<Process, String> {
     let args = cluster_args(port);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let args: Vec<&str> = args.iter().chain(extra).map(String::as_str).collect();
     start_redis_on(dir, port, &args, &format!("redis-{port}.log")).await
 }
 
@@ -62,20 +67,50 @@ impl RedisCluster {
     /// them to each other and waits until every node reports
     /// `cluster_state:ok`.
     pub async fn start() -> RedisCluster {
+        RedisCluster::form(0, &[]).await
+    }
+
+    /// Three masters and a replica of each (node `3 + i` of master `i`); a
+    /// node that does not answer its peers for `node_timeout_ms` is failed
+    /// over to its replica (Redis's default is 15000). Returns once every
+    /// replica's link to its master is up.
+    pub async fn start_with_replicas(node_timeout_ms: u64) -> RedisCluster {
+        let timeout = ["--cluster-node-timeout".into(), node_timeout_ms.to_string()];
+        let cluster = RedisCluster::form(MASTERS, &timeout).await;
+        for i in 0..MASTERS {
+            let (replica, cluster) = (MASTERS + i, &cluster);
+            until("replica in sync", START_TIMEOUT, || async move {
+                let info: String = cluster.try_cmd(replica, &["INFO", "replication"]).await?;
+                let up = info.lines().any(|l| l.trim() == "master_link_status:up");
+                up.then_some(()).ok_or(info)
+            })
+            .await;
+        }
+        cluster
+    }
+
+    /// Starts the masters and `replicas` more nodes with `extra` arguments,
+    /// assigns the slots, introduces every node and makes node `MASTERS + i`
+    /// replicate master `i`.
+    async fn form(replicas: usize, extra: &[String]) -> RedisCluster {
         let dir = TempDir::new("redis-cluster");
         let mut nodes = Vec::new();
-        for _ in 0..NODES {
+        for _ in 0..MASTERS + replicas {
             let mut started = None;
             for _ in 0..5 {
                 let port = cluster_port();
-                if let Ok(process) = start_node(&dir, port).await {
+                if let Ok(process) = start_node(&dir, port, extra).await {
                     started = Some(Node { port, process });
                     break;
                 }
             }
             nodes.push(started.expect("redis-server did not start on any of 5 free ports"));
         }
-        let cluster = RedisCluster { nodes, dir };
+        let cluster = RedisCluster {
+            nodes,
+            dir,
+            extra: extra.to_vec(),
+        };
         for (i, first) in FIRST_SLOTS.iter().enumerate() {
             let epoch = (i + 1).to_string();
             let first = first.to_string();
@@ -87,23 +122,41 @@ impl RedisCluster {
                 .cmd(i, &["CLUSTER", "ADDSLOTSRANGE", &first, &last])
                 .await;
         }
-        for i in 1..NODES {
+        for i in 1..cluster.nodes.len() {
             let port = cluster.port(i).to_string();
             let _: String = cluster
                 .cmd(0, &["CLUSTER", "MEET", "127.0.0.1", &port])
                 .await;
         }
         cluster.wait_ok().await;
+        for i in 0..replicas {
+            let master: String = cluster.cmd(i, &["CLUSTER", "MYID"]).await;
+            let replica = MASTERS + i;
+            // The replica must know the master's id before it can follow it.
+            until("replica knows its master", START_TIMEOUT, || {
+                let master = master.clone();
+                let cluster = &cluster;
+                async move {
+                    cluster
+                        .try_cmd::<String>(replica, &["CLUSTER", "REPLICATE", &master])
+                        .await
+                }
+            })
+            .await;
+        }
+        cluster.wait_ok().await;
         cluster
     }
 
-    /// Waits until every node reports `cluster_state:ok` and knows every node.
+    /// Waits until every running node reports `cluster_state:ok` and knows
+    /// every node.
     async fn wait_ok(&self) {
-        for i in 0..NODES {
+        let count = self.nodes.len();
+        for i in 0..count {
             until("cluster_state:ok", START_TIMEOUT, || async move {
                 let info: String = self.try_cmd(i, &["CLUSTER", "INFO"]).await?;
                 let has = |l: &str| info.lines().any(|x| x.trim() == l);
-                let known = format!("cluster_known_nodes:{NODES}");
+                let known = format!("cluster_known_nodes:{count}");
                 (has("cluster_state:ok") && has(&known))
                     .then_some(())
                     .ok_or(info)
@@ -148,7 +201,7 @@ impl RedisCluster {
     pub async fn owner(&self, key: &str) -> usize {
         let slot = self.slot(key).await;
         let mut owners = Vec::new();
-        for i in 0..NODES {
+        for i in 0..self.nodes.len() {
             let text: String = self.cmd(i, &["CLUSTER", "NODES"]).await;
             let me = text
                 .lines()
@@ -198,13 +251,81 @@ impl RedisCluster {
             let ok: String = self.cmd(i, &["CLUSTER", "SETSLOT", &slot, what, id]).await;
             assert_eq!(ok, "OK");
         }
-        for i in 0..NODES {
+        for i in 0..self.nodes.len() {
             let ok: String = self
                 .cmd(i, &["CLUSTER", "SETSLOT", &slot, "NODE", &id_to])
                 .await;
             assert_eq!(ok, "OK");
         }
         assert_eq!(self.owner(key).await, to);
+    }
+
+    /// The process id of node `i`.
+    pub fn pid(&self, i: usize) -> u32 {
+        self.nodes[i].process.pid()
+    }
+
+    /// Whether node `i` is a master now (`ROLE`).
+    pub async fn is_master(&self, i: usize) -> bool {
+        let role: Vec<redis::Value> = self.cmd(i, &["ROLE"]).await;
+        matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master")
+    }
+
+    /// The node replicating master `i` (from `i`'s `CLUSTER REPLICAS`).
+    pub async fn replica_of(&self, i: usize) -> usize {
+        let id: String = self.cmd(i, &["CLUSTER", "MYID"]).await;
+        let lines: Vec<String> = self.cmd(i, &["CLUSTER", "REPLICAS", &id]).await;
+        let line = lines
+            .first()
+            .unwrap_or_else(|| panic!("master {i} has no replica"));
+        // `id 127.0.0.1:PORT@BUS ...`
+        let port: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|a| a.split(['@']).next())
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line}"));
+        self.nodes
+            .iter()
+            .position(|n| n.port == port)
+            .unwrap_or_else(|| panic!("no node on port {port}"))
+    }
+
+    /// `CLUSTER FAILOVER` on replica `replica` (a coordinated switch: its
+    /// master stops taking writes, the replica catches up and takes over);
+    /// returns once the replica reports itself master.
+    pub async fn failover(&self, replica: usize) {
+        let ok: String = self.cmd(replica, &["CLUSTER", "FAILOVER"]).await;
+        assert_eq!(ok, "OK");
+        self.wait_master(replica).await;
+    }
+
+    /// Waits until node `i` reports itself master (a failover finished).
+    pub async fn wait_master(&self, i: usize) {
+        until("replica promoted", START_TIMEOUT, || async move {
+            let info: String = self.try_cmd(i, &["INFO", "replication"]).await?;
+            let master = info.lines().any(|l| l.trim() == "role:master");
+            master.then_some(()).ok_or(info)
+        })
+        .await;
+    }
+
+    /// SIGKILLs node `i`.
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].process.kill();
+    }
+
+    /// Starts node `i` again on its port with its `nodes-P.conf` (it rejoins
+    /// the cluster, as a replica if it was failed over).
+    pub async fn restart(&mut self, i: usize) {
+        let port = self.nodes[i].port;
+        let (dir, extra) = (&self.dir, &self.extra);
+        let p = until("redis-server restart", START_TIMEOUT, || {
+            start_node(dir, port, extra)
+        })
+        .await;
+        self.nodes[i].process = p;
     }
 
     /// SIGKILLs every node.
@@ -217,14 +338,8 @@ impl RedisCluster {
     /// Starts every node again on its port and `nodes-P.conf`, which
     /// remembers the cluster, and waits until the cluster is ok again.
     pub async fn restart_all(&mut self) {
-        for i in 0..NODES {
-            let port = self.nodes[i].port;
-            let dir = &self.dir;
-            let p = until("redis-server restart", START_TIMEOUT, || {
-                start_node(dir, port)
-            })
-            .await;
-            self.nodes[i].process = p;
+        for i in 0..self.nodes.len() {
+            self.restart(i).await;
         }
         self.wait_ok().await;
     }

@@ -3,17 +3,16 @@
 
 use crate::endpoint::Body;
 use crate::metrics::{metrics, Source};
-use crate::protocol::valid_topic;
-use crate::protocol::{Json, Payload};
-use crate::pubsub::Broadcast;
-use crate::pubsub::PubSub;
+use crate::protocol::{reserved_event, valid_topic, Json, Payload};
+use crate::pubsub::{Broadcast, PubSub, PublishError};
+use crate::transport::http::read_body;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
+use std::time::Duration;
 
 #[derive(Deserialize)]
 struct BroadcastRequest<'a> {
@@ -38,12 +37,16 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Serves one broadcast request.
+/// Serves one broadcast request. The body must arrive within
+/// `body_timeout` (408 otherwise); events only the gateway sends (`phx_*`,
+/// presence events) are refused with 422, payloads over the pod's publish
+/// limit with 413.
 pub(crate) async fn broadcast(
     req: Request<Incoming>,
     pubsub: PubSub,
     key: &str,
     max_body: usize,
+    body_timeout: Duration,
 ) -> Response<Body> {
     let bearer = req
         .headers()
@@ -59,14 +62,9 @@ pub(crate) async fn broadcast(
             json!({"error": "missing or wrong bearer key"}),
         );
     }
-    let body = match Limited::new(req.into_body(), max_body).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return reply(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                json!({"error": "body too large or unreadable"}),
-            )
-        }
+    let body = match read_body(req.into_body(), max_body, body_timeout).await {
+        Ok(b) => b,
+        Err(e) => return e.closing(reply(e.status(), json!({"error": e.to_string()}))),
     };
     let msg: BroadcastRequest<'_> = match serde_json::from_slice(&body) {
         Ok(m) => m,
@@ -86,6 +84,12 @@ pub(crate) async fn broadcast(
             json!({"error": "event must not be empty"}),
         );
     }
+    if let Some(why) = reserved_event(&msg.event) {
+        return reply(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"error": format!("event {:?}: {why}", msg.event)}),
+        );
+    }
     let payload = match msg.payload {
         Some(raw) => Payload::Json(Json::from_trusted(body.slice_ref(raw.get().as_bytes()))),
         None => Payload::empty(),
@@ -98,9 +102,14 @@ pub(crate) async fn broadcast(
     };
     match pubsub.broadcast_counted(Source::Http, b).await {
         Ok(()) => reply(StatusCode::OK, json!({"ok": true})),
-        Err(e) => reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"error": e.to_string()}),
-        ),
+        Err(e) => {
+            let status = match e {
+                PublishError::Reserved { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                PublishError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                PublishError::Binary => StatusCode::BAD_REQUEST,
+                PublishError::Broker(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            reply(status, json!({"error": e.to_string()}))
+        }
     }
 }

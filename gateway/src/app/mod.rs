@@ -44,8 +44,10 @@ pub fn assemble(settings: Settings, pubsub: PubSub) -> Result<Arc<Endpoint>, Con
         presence,
         ..
     } = settings;
+    let pubsub = pubsub.max_publish(server.max_publish);
     let mut builder = Endpoint::builder()
         .limits(server.limits)
+        .timeouts(server.timeouts)
         .presence(Presence::new(&pubsub, presence))
         .pubsub(pubsub.clone())
         .metrics_on_main_port(server.metrics_listen.is_none())
@@ -80,18 +82,22 @@ pub fn assemble(settings: Settings, pubsub: PubSub) -> Result<Arc<Endpoint>, Con
                     key: format!("channel[{j}].pattern"),
                     message: e.reason.into(),
                 })?;
+            if let Some(max) = c.max_payload {
+                router = router.max_payload(max);
+            }
         }
         let handler = TokenSocket::new(&s.path, s.auth);
         builder = builder.socket(Socket::new(&s.path, handler, router).config(s.config));
     }
     if let Some(api) = api {
         let max_body = api.max_body;
+        let body_timeout = server.timeouts.body;
         let key = api.key;
         let pubsub = pubsub.clone();
         crate::metrics::metrics().init_auth("api", &["api_key"]);
         builder = builder.route(Method::POST, &api.path, move |req| {
             let (key, pubsub) = (key.clone(), pubsub.clone());
-            async move { api::broadcast(req, pubsub, &key, max_body).await }
+            async move { api::broadcast(req, pubsub, &key, max_body, body_timeout).await }
         });
     }
     if let Some(socket) = demo {

@@ -5,6 +5,7 @@ use crate::auth::claim_str;
 use crate::channel::{ChannelContext, HandleIn, JoinResult, Next, StopReason, TopicPattern};
 use crate::config::{ChannelSettings, Mode, Policy, PresenceRule};
 use crate::protocol::{Payload, Refusal};
+use crate::pubsub::PublishError;
 use crate::socket::Assigns;
 use crate::Channel;
 use async_trait::async_trait;
@@ -257,7 +258,7 @@ impl Channel for RuleChannel {
             Ok(()) => HandleIn::ok(Payload::empty()),
             Err(e) => {
                 tracing::warn!(topic = ctx.topic(), error = %e, "client broadcast failed");
-                HandleIn::error(Refusal::BroadcastFailed.payload())
+                HandleIn::error(publish_refusal(&e).payload())
             }
         }
     }
@@ -268,6 +269,16 @@ impl Channel for RuleChannel {
         } else {
             Next::Stop(StopReason::Shutdown("unauthorized".into()))
         }
+    }
+}
+
+/// What a client reads when its push could not be broadcast.
+fn publish_refusal(e: &PublishError) -> Refusal {
+    match e {
+        PublishError::Reserved { .. } => Refusal::EventNotAllowed,
+        PublishError::TooLarge { .. } => Refusal::BroadcastTooLarge,
+        PublishError::Binary => Refusal::BinaryBroadcast,
+        PublishError::Broker(_) => Refusal::BroadcastFailed,
     }
 }
 
@@ -284,6 +295,7 @@ mod tests {
             events: vec![],
             mode: Mode::Broadcast,
             include_sender: true,
+            max_payload: None,
             presence: None,
         };
         Rule::new(&r, topics_claim.map(Into::into))

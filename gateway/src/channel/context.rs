@@ -6,7 +6,7 @@ use crate::conn::{ConnHandle, ReplyTo};
 use crate::metrics::Source;
 use crate::presence::{PresenceError, TrackId};
 use crate::protocol::Payload;
-use crate::pubsub::{Broadcast, BrokerError};
+use crate::pubsub::{Broadcast, PublishError};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -101,16 +101,17 @@ impl<I: Send + 'static> ChannelContext<I> {
     /// Broadcasts an event to every subscriber of this topic, this client included.
     ///
     /// # Errors
-    /// When the broker cannot accept the message.
-    pub async fn broadcast(&self, event: &str, payload: Payload) -> Result<(), BrokerError> {
+    /// A reserved event, a payload over the pod's publish limit, or the
+    /// broker cannot accept the message (see [`PublishError`]).
+    pub async fn broadcast(&self, event: &str, payload: Payload) -> Result<(), PublishError> {
         self.broadcast_inner(event, payload, None).await
     }
 
     /// Broadcasts an event to every subscriber of this topic except this client.
     ///
     /// # Errors
-    /// When the broker cannot accept the message.
-    pub async fn broadcast_from(&self, event: &str, payload: Payload) -> Result<(), BrokerError> {
+    /// As [`broadcast`](Self::broadcast).
+    pub async fn broadcast_from(&self, event: &str, payload: Payload) -> Result<(), PublishError> {
         self.broadcast_inner(event, payload, Some(self.conn.id()))
             .await
     }
@@ -120,7 +121,7 @@ impl<I: Send + 'static> ChannelContext<I> {
         event: &str,
         payload: Payload,
         from: Option<u64>,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<(), PublishError> {
         let msg = Broadcast {
             topic: self.topic.to_string(),
             event: event.to_owned(),

@@ -24,7 +24,7 @@ pub use pattern::{PatternError, TopicPattern};
 pub use router::Router;
 pub(crate) use runner::{Previous, Start};
 
-use crate::conn::ConnHandle;
+use crate::conn::{ConnHandle, Inbound};
 use crate::metrics::metrics;
 use crate::presence::Presence;
 use crate::protocol::Payload;
@@ -196,11 +196,13 @@ pub trait Channel: Send + 'static {
 /// What the socket and the hub send to a channel task.
 #[derive(Debug)]
 pub(crate) enum ChannelMsg {
-    /// A client event.
+    /// A client event, counted against the connection's byte budget until
+    /// handled.
     In {
         event: String,
         ref_: Option<String>,
         payload: Payload,
+        held: Inbound,
     },
     /// The client left; reply to `ref_`.
     Leave {

@@ -23,16 +23,26 @@ where
     }
 }
 
+/// Topics one channel implementation serves, and the limits of their pushes.
+#[derive(Clone)]
+pub(crate) struct Route {
+    pattern: TopicPattern,
+    pub(crate) factory: Arc<dyn Factory>,
+    /// Largest payload of a client push, bytes; `None`: only the socket's
+    /// `max_frame_size` bounds it.
+    pub(crate) max_payload: Option<usize>,
+}
+
 /// Routes a topic to the channel that serves it; the first matching route wins.
 #[derive(Clone, Default)]
 pub struct Router {
-    routes: Vec<(TopicPattern, Arc<dyn Factory>)>,
+    routes: Vec<Route>,
 }
 
 impl fmt::Debug for Router {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list()
-            .entries(self.routes.iter().map(|(p, _)| p))
+            .entries(self.routes.iter().map(|r| (&r.pattern, r.max_payload)))
             .finish()
     }
 }
@@ -45,7 +55,7 @@ impl Router {
 
     /// The patterns served, in the order they were added.
     pub(crate) fn patterns(&self) -> impl Iterator<Item = &TopicPattern> {
-        self.routes.iter().map(|(p, _)| p)
+        self.routes.iter().map(|r| &r.pattern)
     }
 
     /// Serves topics matching `pattern` with channels made by `make`, one per
@@ -77,15 +87,32 @@ impl Router {
         F: Fn() -> C + Send + Sync + 'static,
     {
         let pattern = TopicPattern::parse(pattern)?;
-        self.routes.push((pattern, Arc::new(FnFactory(make))));
+        self.routes.push(Route {
+            pattern,
+            factory: Arc::new(FnFactory(make)),
+            max_payload: None,
+        });
         Ok(self)
     }
 
-    pub(crate) fn route(&self, topic: &str) -> Option<&Arc<dyn Factory>> {
-        self.routes
-            .iter()
-            .find(|(p, _)| p.matches(topic))
-            .map(|(_, f)| f)
+    /// Limits the payload of client pushes on the route added last to
+    /// `bytes` (its JSON text, or its binary bytes). A larger push is
+    /// answered with an error reply, reason `payload too large`, and never
+    /// reaches the channel, so it is neither queued for the channel nor
+    /// broadcast. Without it only the socket's `max_frame_size` bounds a push.
+    ///
+    /// # Panics
+    /// If no route was added yet: a programming error.
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        match self.routes.last_mut() {
+            Some(route) => route.max_payload = Some(bytes),
+            None => panic!("Router::max_payload: add a channel route first"),
+        }
+        self
+    }
+
+    pub(crate) fn route(&self, topic: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.pattern.matches(topic))
     }
 }
 
@@ -114,6 +141,16 @@ mod tests {
         assert!(r.route("room:lobby").is_some());
         assert!(r.route("room:").is_some());
         assert!(r.route("rooms").is_none());
+    }
+
+    #[test]
+    fn max_payload_applies_to_the_route_added_last() {
+        let r = Router::new()
+            .channel("ping", || Nop)
+            .channel("room:*", || Nop)
+            .max_payload(100);
+        assert_eq!(r.route("ping").unwrap().max_payload, None);
+        assert_eq!(r.route("room:a").unwrap().max_payload, Some(100));
     }
 
     #[test]

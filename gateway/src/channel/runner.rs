@@ -236,11 +236,13 @@ async fn event_loop<C: Channel>(
                     event,
                     ref_,
                     payload,
+                    held,
                 } => {
                     ctx.current_ref = ref_;
                     let res = AssertUnwindSafe(chan.handle_in(&event, payload, ctx))
                         .catch_unwind()
                         .await;
+                    drop(held);
                     let ref_ = ctx.current_ref.take();
                     match res {
                         Err(_) => Err(End::Crash),

@@ -47,6 +47,11 @@ pub struct ChannelRule {
     /// Whether a pushed event is also sent back to its sender. Default true.
     #[serde(default = "default_true")]
     pub include_sender: bool,
+    /// Largest payload of a client push, bytes; larger gets an error reply
+    /// (`payload too large`) and is not broadcast. Default 65536; 0: only
+    /// the socket's `max_frame_size` bounds it.
+    #[serde(default = "default_max_payload")]
+    pub max_payload: usize,
     /// `[channel.presence]`: track every joined client's presence. Off by
     /// default.
     #[serde(default)]
@@ -55,6 +60,13 @@ pub struct ChannelRule {
 
 fn default_true() -> bool {
     true
+}
+
+/// 64 KiB: a chat message or a JSON document, not a file upload.
+pub const DEFAULT_MAX_PAYLOAD: usize = 64 << 10;
+
+fn default_max_payload() -> usize {
+    DEFAULT_MAX_PAYLOAD
 }
 
 /// `[channel.presence]`: who a joined client is, and what others see of it.
@@ -94,6 +106,8 @@ pub struct ChannelSettings {
     pub mode: Mode,
     /// Whether a pushed event is also sent back to its sender.
     pub include_sender: bool,
+    /// Largest payload of a client push, bytes; `None`: no limit of its own.
+    pub max_payload: Option<usize>,
     /// Presence, when tracked.
     pub presence: Option<PresenceRule>,
 }
@@ -107,9 +121,9 @@ impl ChannelSettings {
     }
 }
 
-/// Client events that are the protocol's own, or empty.
+/// Client events that are the protocol's own (presence's included), or empty.
 fn reserved_event(e: &str) -> bool {
-    e.is_empty() || e.starts_with("phx_") || e == "access_token"
+    e.is_empty() || crate::protocol::reserved_event(e).is_some() || e == "access_token"
 }
 
 impl ChannelRule {
@@ -146,6 +160,7 @@ impl ChannelRule {
             events: self.events.clone(),
             mode: self.mode,
             include_sender: self.include_sender,
+            max_payload: (self.max_payload > 0).then_some(self.max_payload),
             presence: self.presence.clone(),
         })
     }

@@ -26,7 +26,7 @@ mod server;
 mod socket;
 
 pub use api::{ApiConfig, ApiSettings};
-pub use channel::{ChannelRule, ChannelSettings, Mode, Policy, PresenceRule};
+pub use channel::{ChannelRule, ChannelSettings, Mode, Policy, PresenceRule, DEFAULT_MAX_PAYLOAD};
 pub use demo::DemoConfig;
 pub use env::{Env, ENV_VARS};
 pub use log::{LogConfig, LogFormat};
@@ -215,6 +215,14 @@ impl Config {
                 return Err(key
                     .field("path")
                     .invalid(format!("{:?} is used by two sockets", s.path)));
+            }
+            // A broadcast bigger than a subscriber's budget would close every
+            // subscriber it reaches as a slow consumer.
+            if s.outbound_queue_bytes < self.server.max_publish_bytes {
+                return Err(key.field("outbound_queue_bytes").invalid(format!(
+                    "must be at least server.max_publish_bytes ({})",
+                    self.server.max_publish_bytes
+                )));
             }
             sockets.push(s.settings(&key, self.longpoll.relay_timeout_ms)?);
         }

@@ -1,8 +1,9 @@
 //! `[server]`: where the pod listens, when it refuses connections, how it
 //! drains on SIGTERM, and fitting `max_connections` to the open-files limit.
 
-use super::{ConfigError, Key};
-use crate::endpoint::Limits;
+use super::{millis, ConfigError, Key};
+use crate::endpoint::{Limits, Timeouts};
+use crate::pubsub::DEFAULT_MAX_PUBLISH;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -31,9 +32,31 @@ pub struct ServerConfig {
     /// Resident memory in MiB past which new connections are refused and
     /// `/readyz` fails, below the container's limit. Default 0: no threshold.
     pub max_memory_mb: u64,
-    /// Serve `GET /metrics` on this address instead of the main port, so
-    /// the public port does not expose it. Default: unset (main port).
+    /// Serve `GET /metrics`, `/healthz` and `/readyz` on this address as
+    /// well (`/metrics` then only there), so the public port does not expose
+    /// metrics and probes are answered whatever clients do to the main port.
+    /// Default: unset (main port).
     pub metrics_listen: Option<String>,
+    /// Plain HTTP connections (not upgraded to WebSocket) open at once on
+    /// the main port; past it new ones get 503 and `/readyz` fails.
+    /// Default 50000; 0: no limit.
+    pub max_http_connections: usize,
+    /// How long a client may take to send a request's headers, counted from
+    /// when the server is ready for it: also how long a keep-alive
+    /// connection may sit idle between requests. Milliseconds, default 30000.
+    pub header_timeout_ms: u64,
+    /// How long a client may take to send a request's whole body (long-poll
+    /// POSTs, the publish API) once its headers arrived; then 408 and the
+    /// connection is closed. Milliseconds, default 10000.
+    pub body_timeout_ms: u64,
+    /// Largest broadcast payload, bytes: the API and client pushes over it
+    /// are refused, and larger messages arriving from Redis are dropped.
+    /// Default 1048576 (1 MiB); at most 32 MiB.
+    pub max_publish_bytes: usize,
+    /// The open-files limit `fit_to_fd_limit` saw, which bounds the sockets
+    /// the main port may hold; not a key.
+    #[serde(skip)]
+    open_files: Option<u64>,
 }
 
 /// The library has no defaults for these: they are the binary's, tuned for
@@ -49,6 +72,11 @@ impl Default for ServerConfig {
             max_connections: 50_000,
             max_memory_mb: 0,
             metrics_listen: None,
+            max_http_connections: 50_000,
+            header_timeout_ms: millis(Timeouts::default().header),
+            body_timeout_ms: millis(Timeouts::default().body),
+            max_publish_bytes: DEFAULT_MAX_PUBLISH,
+            open_files: None,
         }
     }
 }
@@ -64,6 +92,10 @@ pub struct ServerSettings {
     pub node_name: Option<String>,
     /// Connection and memory limits of the pod.
     pub limits: Limits,
+    /// How long the server waits on HTTP clients.
+    pub timeouts: Timeouts,
+    /// Largest broadcast payload, bytes.
+    pub max_publish: usize,
     /// What happens after SIGTERM.
     pub shutdown: Shutdown,
 }
@@ -79,9 +111,16 @@ pub struct Shutdown {
     pub deadline: Duration,
 }
 
-/// File descriptors kept for what is not a client connection: the listener,
-/// Redis connections, the runtime, logs.
+/// File descriptors kept for what is not a client connection: the
+/// listeners, Redis connections, the runtime, logs, and the metrics
+/// listener's connections (`server::METRICS_CONNECTIONS`), which serve the
+/// probes.
 pub const FD_MARGIN: u64 = 64;
+
+/// Redis closes a pub/sub subscriber whose output buffer passes 32 MiB (its
+/// default `client-output-buffer-limit pubsub`): every pod's subscriber
+/// connection, for one message that large.
+const MAX_PUBLISH_CEILING: usize = 32 << 20;
 
 /// `max_connections` lowered to fit the open-files limit: loading happens
 /// before logging is set up, so the caller logs it.
@@ -100,7 +139,10 @@ impl ServerConfig {
     /// open-files limit cannot hold is lowered to it minus [`FD_MARGIN`]
     /// (at least 1): the pod then refuses the excess with a clean 503 and
     /// fails `/readyz` instead of failing accepts. `0` (no limit) stays.
+    /// The same number bounds WebSocket and plain HTTP connections together
+    /// (`Limits::max_sockets`), so [`FD_MARGIN`] descriptors always remain.
     pub fn fit_to_fd_limit(&mut self, open_files: u64) -> Option<Lowered> {
+        self.open_files = Some(open_files);
         let fits = usize::try_from(open_files.saturating_sub(FD_MARGIN)).unwrap_or(usize::MAX);
         if self.max_connections <= fits {
             return None;
@@ -134,6 +176,26 @@ impl ServerConfig {
                 self.shutdown_deadline_ms, self.drain_delay_ms, self.drain_period_ms
             )));
         }
+        for (name, ms) in [
+            ("header_timeout_ms", self.header_timeout_ms),
+            ("body_timeout_ms", self.body_timeout_ms),
+        ] {
+            if ms < 100 {
+                return Err(key.field(name).invalid("must be at least 100"));
+            }
+        }
+        if !(64..=MAX_PUBLISH_CEILING).contains(&self.max_publish_bytes) {
+            return Err(key.field("max_publish_bytes").invalid(format!(
+                "{} is not between 64 and {MAX_PUBLISH_CEILING} (Redis drops a subscriber \
+                 whose output buffer passes 32 MiB)",
+                self.max_publish_bytes
+            )));
+        }
+        let max_sockets = self.open_files.map(|n| {
+            usize::try_from(n.saturating_sub(FD_MARGIN))
+                .unwrap_or(usize::MAX)
+                .max(1)
+        });
         Ok(ServerSettings {
             listen,
             metrics_listen,
@@ -142,7 +204,15 @@ impl ServerConfig {
                 max_connections: (self.max_connections > 0).then_some(self.max_connections),
                 max_memory: (self.max_memory_mb > 0)
                     .then(|| self.max_memory_mb.saturating_mul(1024 * 1024)),
+                max_http_connections: (self.max_http_connections > 0)
+                    .then_some(self.max_http_connections),
+                max_sockets,
             },
+            timeouts: Timeouts {
+                header: Duration::from_millis(self.header_timeout_ms),
+                body: Duration::from_millis(self.body_timeout_ms),
+            },
+            max_publish: self.max_publish_bytes,
             shutdown: Shutdown {
                 drain_delay: Duration::from_millis(self.drain_delay_ms),
                 drain_period: Duration::from_millis(self.drain_period_ms),

@@ -45,6 +45,10 @@ pub struct SocketSection {
     /// Outbound frames queued per connection before it is dropped as a slow
     /// consumer. Default 1024.
     pub outbound_queue: usize,
+    /// Outbound bytes held per connection (queued, being written, or
+    /// unconfirmed on long-poll) before it is dropped as a slow consumer;
+    /// at least `max_frame_size`. Default 4194304.
+    pub outbound_queue_bytes: usize,
     /// Messages per second a connection may send (heartbeats excepted);
     /// more get an error reply. Default 100; 0: no limit.
     pub push_rate: u32,
@@ -77,6 +81,7 @@ impl Default for SocketSection {
             max_frame_size: lib.max_frame_size,
             max_channels: lib.max_channels,
             outbound_queue: lib.outbound_queue,
+            outbound_queue_bytes: lib.outbound_queue_bytes,
             push_rate,
             push_burst,
             idle_timeout_ms: millis(lib.idle_timeout),
@@ -217,6 +222,14 @@ impl SocketSection {
         if self.outbound_queue == 0 {
             return Err(field("outbound_queue").invalid("must be at least 1"));
         }
+        // A client's push comes back to it as a frame of about its own size:
+        // a budget below that would close every sender of a large message.
+        if self.outbound_queue_bytes < self.max_frame_size {
+            return Err(field("outbound_queue_bytes").invalid(format!(
+                "must be at least max_frame_size ({})",
+                self.max_frame_size
+            )));
+        }
         if self.idle_timeout_ms < 1000 {
             return Err(field("idle_timeout_ms").invalid("must be at least 1000"));
         }
@@ -234,6 +247,7 @@ impl SocketSection {
                 max_frame_size: self.max_frame_size,
                 max_channels: self.max_channels,
                 outbound_queue: self.outbound_queue,
+                outbound_queue_bytes: self.outbound_queue_bytes,
                 push_rate: (self.push_rate > 0).then_some(PushRate {
                     per_second: f64::from(self.push_rate),
                     burst: self.push_burst,

@@ -5,7 +5,9 @@
 //!
 //! Fan-out pushes into the queue without awaiting; a queue that is full means
 //! the client does not keep up, and the connection is closed as a slow
-//! consumer instead of letting memory grow.
+//! consumer instead of letting memory grow. Full is a [`Budget`] of frames
+//! and of bytes; the bytes count what the writer took and has not finished
+//! with too, so one connection holds at most `Budget::bytes` of frames.
 //!
 //! # Layout
 //! - `reply`: the one way replies, refusals and `phx_close`/`phx_error` are
@@ -22,7 +24,7 @@ use crate::protocol::{Frame, Outbound, Vsn};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tokio::sync::Notify;
@@ -35,13 +37,19 @@ pub enum Disconnect {
     ClientClosed(Option<u16>),
     /// Reading from or writing to the transport failed.
     TransportError,
-    /// A frame could not be decoded as a Phoenix message.
+    /// A well-formed WebSocket message is not a Phoenix message (1007: its
+    /// data does not match what the `phoenix` subprotocol's frames carry).
     Malformed,
+    /// The client broke RFC 6455's framing: unmasked, reserved bits or
+    /// opcodes, bad fragments or control frames, an invalid close code.
+    ProtocolError,
+    /// A text message or close reason is not UTF-8.
+    InvalidUtf8,
     /// A frame or message exceeded `max_frame_size`.
     FrameTooLarge,
     /// Nothing was received for `idle_timeout`.
     IdleTimeout,
-    /// The outbound queue overflowed.
+    /// The outbound queue overflowed its [`Budget`] of frames or bytes.
     SlowConsumer,
     /// A `disconnect` broadcast on the socket id.
     Forced,
@@ -55,10 +63,12 @@ pub enum Disconnect {
 
 impl Disconnect {
     /// Every reason, for metrics that list each one from the start.
-    pub const ALL: [Disconnect; 10] = [
+    pub const ALL: [Disconnect; 12] = [
         Disconnect::ClientClosed(None),
         Disconnect::TransportError,
         Disconnect::Malformed,
+        Disconnect::ProtocolError,
+        Disconnect::InvalidUtf8,
         Disconnect::FrameTooLarge,
         Disconnect::IdleTimeout,
         Disconnect::SlowConsumer,
@@ -75,6 +85,8 @@ impl Disconnect {
             Disconnect::ClientClosed(code) => Some((code.unwrap_or(1000), "")),
             Disconnect::TransportError => None,
             Disconnect::Malformed => Some((1007, "malformed message")),
+            Disconnect::ProtocolError => Some((1002, "protocol error")),
+            Disconnect::InvalidUtf8 => Some((1007, "invalid utf-8")),
             Disconnect::FrameTooLarge => Some((1009, "message too big")),
             Disconnect::IdleTimeout => Some((1001, "idle timeout")),
             Disconnect::SlowConsumer => Some((1008, "slow consumer")),
@@ -101,6 +113,8 @@ impl Disconnect {
             Disconnect::ClientClosed(_) => "client_closed",
             Disconnect::TransportError => "transport_error",
             Disconnect::Malformed => "malformed",
+            Disconnect::ProtocolError => "protocol_error",
+            Disconnect::InvalidUtf8 => "invalid_utf8",
             Disconnect::FrameTooLarge => "frame_too_large",
             Disconnect::IdleTimeout => "idle_timeout",
             Disconnect::SlowConsumer => "slow_consumer",
@@ -148,6 +162,16 @@ pub(crate) enum Out {
 }
 
 impl Out {
+    /// Bytes the item holds, as the byte budget counts them: the encoded
+    /// message (shared between subscribers, counted by each), not the frame
+    /// header the writer adds.
+    fn size(&self) -> usize {
+        match self {
+            Out::Data(f, _) => f.bytes().len(),
+            Out::Pong(b) => b.len(),
+        }
+    }
+
     /// What the item carries, for `gateway_messages_sent_total`; a pong is
     /// not a Phoenix message.
     pub(crate) fn sent(&self) -> Option<Sent> {
@@ -160,6 +184,18 @@ impl Out {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// What a connection may hold for its client before it is closed as a slow
+/// consumer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Budget {
+    /// Frames queued (`outbound_queue`, or long-poll's `max_buffer`).
+    pub(crate) frames: usize,
+    /// Bytes queued plus those of the batch taken by the last
+    /// [`ConnHandle::next_batch`] (`outbound_queue_bytes`). A single frame
+    /// larger than this can never be sent: it closes the connection too.
+    pub(crate) bytes: usize,
+}
+
 /// A cheap, cloneable handle on a live connection.
 #[derive(Clone, Debug)]
 pub struct ConnHandle(Arc<Inner>);
@@ -168,22 +204,41 @@ pub struct ConnHandle(Arc<Inner>);
 struct Inner {
     id: u64,
     vsn: Vsn,
-    capacity: usize,
-    queue: Mutex<VecDeque<Out>>,
+    budget: Budget,
+    queue: Mutex<Queue>,
+    /// Bytes of client pushes handed to channels and not yet handled: a
+    /// channel waiting on a slow broker must not let them pile up.
+    inbound: AtomicUsize,
     /// Wakes the writer; `notify_one` keeps a permit so no wake-up is lost.
     wake: Notify,
     closing: CancellationToken,
     reason: OnceLock<Disconnect>,
 }
 
+/// The outbound queue and the bytes it accounts for, under one lock so the
+/// budget check costs nothing beyond the lock fan-out takes anyway.
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<Out>,
+    /// Bytes of `frames`.
+    queued: usize,
+    /// Bytes of the batch the last `next_batch` took: being written, or
+    /// (long-poll) sent and not yet confirmed.
+    taken: usize,
+}
+
 impl ConnHandle {
-    /// A new connection with a unique id and an outbound queue of `capacity` frames.
-    pub(crate) fn new(vsn: Vsn, capacity: usize) -> Self {
+    /// A new connection with a unique id and an outbound queue bounded by `budget`.
+    pub(crate) fn new(vsn: Vsn, budget: Budget) -> Self {
         ConnHandle(Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             vsn,
-            capacity: capacity.max(1),
-            queue: Mutex::new(VecDeque::new()),
+            budget: Budget {
+                frames: budget.frames.max(1),
+                bytes: budget.bytes.max(1),
+            },
+            queue: Mutex::new(Queue::default()),
+            inbound: AtomicUsize::new(0),
             wake: Notify::new(),
             closing: CancellationToken::new(),
             reason: OnceLock::new(),
@@ -200,21 +255,25 @@ impl ConnHandle {
         self.0.vsn
     }
 
-    /// Queues a frame. Returns false if the connection is closing or the queue
-    /// was full, in which case the connection is closed as a slow consumer.
+    /// Queues a frame. Returns false if the connection is closing or the
+    /// frame would take it over its budget, in which case the connection is
+    /// closed as a slow consumer.
     pub(crate) fn enqueue(&self, out: Out) -> bool {
         if self.0.closing.is_cancelled() {
             return false;
         }
+        let size = out.size();
         let was_empty = {
             let mut q = self.0.queue.lock();
-            if q.len() >= self.0.capacity {
+            let held = q.queued + q.taken;
+            if q.frames.len() >= self.0.budget.frames || held + size > self.0.budget.bytes {
                 drop(q);
                 self.close(Disconnect::SlowConsumer);
                 return false;
             }
-            q.push_back(out);
-            q.len() == 1
+            q.frames.push_back(out);
+            q.queued += size;
+            q.frames.len() == 1
         };
         if was_empty {
             self.0.wake.notify_one();
@@ -243,6 +302,10 @@ impl ConnHandle {
 
     /// Moves everything queued into `batch`, waiting until there is something
     /// or the connection closes. Returns false once the connection is closing.
+    ///
+    /// The batch's bytes stay counted against the budget until the next
+    /// call, which releases them: call it again only once done with the
+    /// previous batch (written, or confirmed by the long-poll client).
     pub(crate) async fn next_batch(&self, batch: &mut Vec<Out>) -> bool {
         loop {
             if self.0.closing.is_cancelled() {
@@ -250,10 +313,13 @@ impl ConnHandle {
             }
             {
                 let mut q = self.0.queue.lock();
-                if !q.is_empty() {
-                    batch.extend(q.drain(..));
-                    if q.capacity() > 64 {
-                        q.shrink_to(16);
+                // Done with the previous batch, before waiting for the next.
+                q.taken = 0;
+                if !q.frames.is_empty() {
+                    batch.extend(q.frames.drain(..));
+                    q.taken = std::mem::take(&mut q.queued);
+                    if q.frames.capacity() > 64 {
+                        q.frames.shrink_to(16);
                     }
                     return true;
                 }
@@ -264,6 +330,19 @@ impl ConnHandle {
                 _ = self.0.wake.notified() => {}
             }
         }
+    }
+
+    /// Counts a client push of `size` bytes against the byte budget until
+    /// the returned guard drops (its channel handled it); `None` when the
+    /// pushes still waiting for their channels would exceed the budget.
+    pub(crate) fn hold_inbound(&self, size: usize) -> Option<Inbound> {
+        let before = self.0.inbound.fetch_add(size, Ordering::Relaxed);
+        let inbound = Inbound {
+            conn: self.clone(),
+            size,
+        };
+        // The first push always passes: max_payload and max_frame_size bound it.
+        (before == 0 || before + size <= self.0.budget.bytes).then_some(inbound)
     }
 
     /// Starts closing the connection. The first reason given wins.
@@ -288,24 +367,109 @@ impl ConnHandle {
     }
 }
 
+/// A client push on its way to its channel, counted against the
+/// connection's byte budget until dropped.
+#[derive(Debug)]
+pub(crate) struct Inbound {
+    conn: ConnHandle,
+    size: usize,
+}
+
+impl Drop for Inbound {
+    fn drop(&mut self) {
+        self.conn.0.inbound.fetch_sub(self.size, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn budget(frames: usize, bytes: usize) -> Budget {
+        Budget { frames, bytes }
+    }
+
+    fn data(n: usize) -> Out {
+        Out::Data(Frame::Text(Bytes::from(vec![b'x'; n])), Kind::Push)
+    }
+
     #[tokio::test]
     async fn overflow_closes_as_slow_consumer() {
-        let c = ConnHandle::new(Vsn::V2, 2);
-        let f = || Out::Data(Frame::Text(Bytes::from_static(b"x")), Kind::Push);
-        assert!(c.enqueue(f()));
-        assert!(c.enqueue(f()));
-        assert!(!c.enqueue(f()));
+        let c = ConnHandle::new(Vsn::V2, budget(2, 1 << 20));
+        assert!(c.enqueue(data(1)));
+        assert!(c.enqueue(data(1)));
+        assert!(!c.enqueue(data(1)));
         assert_eq!(c.reason(), Some(Disconnect::SlowConsumer));
         assert!(c.is_closed());
     }
 
     #[tokio::test]
+    async fn bytes_over_budget_close_as_slow_consumer() {
+        let c = ConnHandle::new(Vsn::V2, budget(100, 1000));
+        assert!(c.enqueue(data(600)));
+        assert!(c.enqueue(data(400)), "exactly the budget fits");
+        assert!(!c.enqueue(Out::Pong(Bytes::from_static(b"p"))));
+        assert_eq!(c.reason(), Some(Disconnect::SlowConsumer));
+    }
+
+    #[tokio::test]
+    async fn a_frame_larger_than_the_budget_closes_even_an_idle_connection() {
+        let c = ConnHandle::new(Vsn::V2, budget(100, 1000));
+        assert!(!c.enqueue(data(1001)));
+        assert_eq!(c.reason(), Some(Disconnect::SlowConsumer));
+    }
+
+    #[tokio::test]
+    async fn the_batch_being_written_counts_until_the_next_one_is_taken() {
+        let c = ConnHandle::new(Vsn::V2, budget(100, 1000));
+        assert!(c.enqueue(data(700)));
+        let mut batch = Vec::new();
+        assert!(c.next_batch(&mut batch).await);
+        assert_eq!(batch.len(), 1);
+        // The writer holds 700 bytes: 300 more fit, not 301.
+        assert!(c.enqueue(data(300)));
+        batch.clear();
+        // Written: taking the next batch releases the first one.
+        assert!(c.next_batch(&mut batch).await);
+        assert!(c.enqueue(data(700)));
+        assert!(!c.is_closed());
+        assert!(!c.enqueue(data(1)), "300 taken + 700 queued");
+        assert_eq!(c.reason(), Some(Disconnect::SlowConsumer));
+    }
+
+    #[tokio::test]
+    async fn a_writer_waiting_for_frames_holds_nothing() {
+        use futures_util::FutureExt;
+        let c = ConnHandle::new(Vsn::V2, budget(100, 1000));
+        assert!(c.enqueue(data(700)));
+        let mut batch = Vec::new();
+        assert!(c.next_batch(&mut batch).await);
+        batch.clear();
+        // Written; the writer waits for more.
+        assert!(c.next_batch(&mut batch).now_or_never().is_none());
+        assert!(c.enqueue(data(700)));
+        assert!(!c.is_closed());
+    }
+
+    #[test]
+    fn pushes_waiting_for_their_channel_are_bounded_in_bytes() {
+        let c = ConnHandle::new(Vsn::V2, budget(100, 1000));
+        let big = c.hold_inbound(5000).expect("the first push always passes");
+        assert!(c.hold_inbound(1).is_none());
+        drop(big);
+        let a = c.hold_inbound(600).unwrap();
+        let b = c.hold_inbound(400).unwrap();
+        assert!(c.hold_inbound(1).is_none());
+        drop(a);
+        assert!(c.hold_inbound(600).is_some());
+        drop(b);
+        assert_eq!(c.0.inbound.load(Ordering::Relaxed), 0);
+        assert!(!c.is_closed(), "refused, not closed");
+    }
+
+    #[tokio::test]
     async fn batches_drain_everything() {
-        let c = ConnHandle::new(Vsn::V2, 10);
+        let c = ConnHandle::new(Vsn::V2, budget(10, 1 << 20));
         for _ in 0..3 {
             c.enqueue(Out::Pong(Bytes::new()));
         }

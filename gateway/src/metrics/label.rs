@@ -50,15 +50,28 @@ pub(crate) enum Limit {
     MaxFrameSize,
     PushRate,
     OutboundQueue,
+    /// A plain HTTP connection refused at `max_http_connections` or at the
+    /// sockets the open-files limit leaves room for.
+    MaxHttpConnections,
+    /// A request body not received within `body_timeout_ms`.
+    BodyTimeout,
+    /// A broadcast refused for a payload over `max_publish_bytes`.
+    MaxPublishBytes,
+    /// A client push over its rule's `max_payload`.
+    MaxPayload,
 }
 
-pub(super) const LIMITS: [&str; 6] = [
+pub(super) const LIMITS: [&str; 10] = [
     "max_connections",
     "max_memory",
     "max_channels",
     "max_frame_size",
     "push_rate",
     "outbound_queue",
+    "max_http_connections",
+    "body_timeout",
+    "max_publish_bytes",
+    "max_payload",
 ];
 
 impl Limit {
@@ -86,6 +99,24 @@ impl Source {
             Source::Http => "http",
             Source::Redis => "redis",
         }
+    }
+}
+
+/// Why a message from Redis was dropped, for `gateway_redis_dropped_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dropped {
+    /// A `phx_*` event, or a presence event not written by presence.
+    ReservedEvent,
+    /// A payload over `max_publish_bytes`.
+    Oversize,
+}
+
+pub(super) const DROPPED: [&str; 2] = ["reserved_event", "oversize"];
+
+impl Dropped {
+    /// The `reason` label.
+    pub(crate) fn label(self) -> &'static str {
+        DROPPED[self as usize]
     }
 }
 

@@ -16,8 +16,8 @@ mod label;
 mod prefix;
 
 pub(crate) use guard::{JoinedChannel, OpenConnection};
-pub(crate) use label::{Limit, Received, Sent, Source};
-use label::{JOIN_RESULTS, LATENCY_BUCKETS, LIMITS, RECEIVED_KINDS, REFUSALS, SENT_KINDS};
+pub(crate) use label::{Dropped, Limit, Received, Sent, Source};
+use label::{DROPPED, JOIN_RESULTS, LATENCY_BUCKETS, LIMITS, RECEIVED_KINDS, REFUSALS, SENT_KINDS};
 
 use crate::protocol::Transport;
 use prometheus::core::Collector;
@@ -50,7 +50,9 @@ pub(crate) struct Metrics {
     broadcast_failures: IntCounterVec,
     latency: Histogram,
     malformed: IntCounter,
-    limit_hits: [IntCounter; 6],
+    redis_dropped: [IntCounter; DROPPED.len()],
+    limit_hits: [IntCounter; LIMITS.len()],
+    http_connections: IntGauge,
     auth_failures: IntCounterVec,
     redis_up: IntGauge,
     redis_reconnects: IntCounter,
@@ -132,6 +134,12 @@ impl Metrics {
             "gateway_limit_hits_total",
             "Times a configured limit refused, throttled or disconnected something.",
             &["limit"],
+        );
+        let redis_dropped = counter_vec(
+            &r,
+            "gateway_redis_dropped_total",
+            "Well-formed messages from Redis dropped because publishers may not send them, by reason.",
+            &["reason"],
         );
         let build_info = gauge_vec(
             &r,
@@ -223,7 +231,13 @@ impl Metrics {
                 "gateway_malformed_envelopes_total",
                 "Messages read from Redis dropped for a malformed envelope.",
             ),
+            redis_dropped: DROPPED.map(|d| redis_dropped.with_label_values(&[d])),
             limit_hits: LIMITS.map(|l| limit_hits.with_label_values(&[l])),
+            http_connections: gauge(
+                &r,
+                "gateway_http_connections",
+                "Plain HTTP connections open on the main port (not upgraded to WebSocket).",
+            ),
             auth_failures: counter_vec(
                 &r,
                 "gateway_auth_failures_total",
@@ -303,6 +317,16 @@ impl Metrics {
 
     pub(crate) fn limit_hit(&self, limit: Limit) {
         self.limit_hits[limit as usize].inc();
+    }
+
+    /// A message from Redis was dropped.
+    pub(crate) fn redis_dropped(&self, why: Dropped) {
+        self.redis_dropped[why as usize].inc();
+    }
+
+    /// The gauge of open plain HTTP connections, which the server moves.
+    pub(crate) fn http_connections(&self) -> &IntGauge {
+        &self.http_connections
     }
 
     pub(crate) fn received(&self, transport: Transport, kind: Received) {

@@ -7,12 +7,14 @@
 use bytes::Bytes;
 
 mod binary;
+mod event;
 mod message;
 mod payload;
 mod refusal;
 mod v1;
 mod v2;
 
+pub use event::{is_presence_event, reserved_event, ReservedEvent};
 pub use message::{valid_topic, Frame, Message, Outbound};
 pub use payload::{Json, Payload};
 pub use refusal::Refusal;

@@ -106,6 +106,14 @@ impl Payload {
         Payload::json(&serde_json::json!({ "reason": reason.to_string() }))
     }
 
+    /// Bytes of the payload as it travels: its JSON text, or its raw bytes.
+    pub fn size(&self) -> usize {
+        match self {
+            Payload::Json(j) => j.bytes().len(),
+            Payload::Binary(b) => b.len(),
+        }
+    }
+
     /// The JSON, if this is a JSON payload.
     pub fn as_json(&self) -> Option<&Json> {
         match self {

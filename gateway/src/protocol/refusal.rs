@@ -29,10 +29,16 @@ pub enum Refusal {
     EventNotAllowed,
     /// The broker did not take a client's broadcast (Redis is down).
     BroadcastFailed,
+    /// A broadcast's payload is over the pod's `max_publish_bytes`.
+    BroadcastTooLarge,
+    /// A binary payload cannot cross Redis, whose envelope is JSON.
+    BinaryBroadcast,
     /// A presence update from a client the channel does not track.
     NotPresent,
     /// The channel crashed after joining: the `phx_error` a client rejoins on.
     ChannelCrash,
+    /// A push's payload is larger than its route allows (`max_payload`).
+    PayloadTooLarge,
 }
 
 impl Refusal {
@@ -48,8 +54,11 @@ impl Refusal {
             Refusal::Unauthorized => "unauthorized",
             Refusal::EventNotAllowed => "event not allowed",
             Refusal::BroadcastFailed => "broadcast failed",
+            Refusal::BroadcastTooLarge => "broadcast too large",
+            Refusal::BinaryBroadcast => "binary payloads cannot be broadcast through Redis",
             Refusal::NotPresent => "not present",
             Refusal::ChannelCrash => "channel_crash",
+            Refusal::PayloadTooLarge => "payload too large",
         }
     }
 

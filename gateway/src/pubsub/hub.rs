@@ -10,7 +10,7 @@
 //! some events for itself (Phoenix's `intercept`) registers an [`Intercept`],
 //! a small interface the hub owns and the channel implements.
 
-use crate::conn::{ConnHandle, Disconnect, Kind, Out};
+use crate::conn::{Budget, ConnHandle, Disconnect, Kind, Out};
 use crate::protocol::{Frame, Outbound, Payload, Vsn};
 use indexmap::IndexMap;
 use parking_lot::Mutex;
@@ -130,15 +130,19 @@ impl Hub {
     /// the API and may change or vanish at any time.
     ///
     /// Subscribes to `topic` a fresh connection of serializer `vsn` with an
-    /// outbound queue of `capacity` frames, as a fastlane channel subscriber
-    /// that intercepts nothing (what a joined channel without `handle_out`
+    /// outbound queue of `capacity` frames and 4 MiB, as a fastlane channel
+    /// subscriber that intercepts nothing (what a joined channel without `handle_out`
     /// registers). Returns a function that empties that connection's queue,
     /// as its writer would, and returns how many frames it held. The
     /// subscription lives as long as the hub.
     #[doc(hidden)]
     pub fn bench_subscribe(&self, topic: &str, vsn: Vsn, capacity: usize) -> impl FnMut() -> usize {
         use futures_util::FutureExt;
-        let conn = ConnHandle::new(vsn, capacity);
+        let budget = Budget {
+            frames: capacity,
+            bytes: 4 << 20,
+        };
+        let conn = ConnHandle::new(vsn, budget);
         self.subscribe(
             topic,
             Subscriber {
@@ -221,6 +225,11 @@ fn encode(vsn: Vsn, msg: &Broadcast) -> Option<Frame> {
 mod tests {
     use super::*;
 
+    const BUDGET: Budget = Budget {
+        frames: 8,
+        bytes: 1 << 20,
+    };
+
     fn fastlane(conn: &ConnHandle) -> Subscriber {
         Subscriber {
             conn: conn.clone(),
@@ -231,7 +240,7 @@ mod tests {
     #[tokio::test]
     async fn encodes_once_and_shares_bytes() {
         let hub = Hub::default();
-        let conns: Vec<_> = (0..3).map(|_| ConnHandle::new(Vsn::V2, 8)).collect();
+        let conns: Vec<_> = (0..3).map(|_| ConnHandle::new(Vsn::V2, BUDGET)).collect();
         for c in &conns {
             hub.subscribe("t", fastlane(c));
         }
@@ -258,7 +267,7 @@ mod tests {
     #[test]
     fn unsubscribe_removes_empty_topics() {
         let hub = Hub::default();
-        let c = ConnHandle::new(Vsn::V1, 8);
+        let c = ConnHandle::new(Vsn::V1, BUDGET);
         let id = hub.subscribe("t", fastlane(&c));
         assert_eq!(hub.topics(), 1);
         hub.unsubscribe("t", id);

@@ -18,7 +18,8 @@ pub use hub::{Broadcast, Hub};
 pub use memory::MemoryBroker;
 pub use redis::RedisBroker;
 
-use crate::metrics::{metrics, Source};
+use crate::metrics::{metrics, Limit, Source};
+use crate::protocol::{reserved_event, Payload, ReservedEvent};
 use async_trait::async_trait;
 use bytes::Bytes;
 use hub::{SubId, Subscriber};
@@ -29,6 +30,38 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 #[error("broker unavailable: {0}")]
 pub struct BrokerError(pub String);
+
+/// Why a broadcast was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// An event only the gateway itself sends (`phx_*`, presence events).
+    #[error("event {event:?} cannot be broadcast: {why}")]
+    Reserved {
+        /// The event.
+        event: String,
+        /// Which kind of reserved event.
+        why: ReservedEvent,
+    },
+    /// The payload is larger than [`PubSub::max_publish`] allows.
+    #[error("payload of {size} bytes is over the {max}-byte publish limit")]
+    TooLarge {
+        /// The payload's size, bytes.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A binary payload, which the Redis envelope (JSON) cannot carry.
+    #[error("binary payloads cannot be broadcast through Redis")]
+    Binary,
+    /// The broker did not take it.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// Default of [`PubSub::max_publish`]: 1 MiB, the default `max_frame_size`,
+/// far below what Redis' pub/sub output buffers hold (8 MiB soft, 32 MiB
+/// hard by default) before they drop every pod's subscriber connection.
+pub const DEFAULT_MAX_PUBLISH: usize = 1 << 20;
 
 /// Carries broadcasts to every node's [`Hub`].
 ///
@@ -105,6 +138,8 @@ pub struct PubSub {
     broker: Arc<dyn Broker>,
     /// The same broker when it is Redis's, whose connection presence shares.
     redis: Option<Arc<RedisBroker>>,
+    /// Largest payload published, bytes.
+    max_publish: usize,
 }
 
 impl PubSub {
@@ -122,10 +157,12 @@ impl PubSub {
     pub fn redis(config: pubsub_redis::Config) -> Result<Self, BrokerError> {
         let hub = Arc::new(Hub::default());
         let broker = Arc::new(RedisBroker::start(config, hub.clone())?);
+        broker.set_max_payload(DEFAULT_MAX_PUBLISH);
         Ok(PubSub {
             hub,
             broker: broker.clone(),
             redis: Some(broker),
+            max_publish: DEFAULT_MAX_PUBLISH,
         })
     }
 
@@ -135,7 +172,21 @@ impl PubSub {
             hub,
             broker,
             redis: None,
+            max_publish: DEFAULT_MAX_PUBLISH,
         }
+    }
+
+    /// Refuses to publish payloads over `bytes` (default
+    /// [`DEFAULT_MAX_PUBLISH`]), and with Redis drops larger ones that
+    /// backends publish, so one oversized message cannot be fanned out to
+    /// every client or overflow Redis' output buffers. Applies to every
+    /// clone made afterwards and, with Redis, to what the pod receives.
+    pub fn max_publish(mut self, bytes: usize) -> Self {
+        self.max_publish = bytes;
+        if let Some(redis) = &self.redis {
+            redis.set_max_payload(bytes);
+        }
+        self
     }
 
     /// The Redis broker, when this pubsub runs on Redis.
@@ -166,9 +217,35 @@ impl PubSub {
     /// Broadcasts to every subscriber of `msg.topic` on every node.
     ///
     /// # Errors
-    /// When the broker cannot accept the message.
-    pub async fn broadcast(&self, msg: Broadcast) -> Result<(), BrokerError> {
-        self.broker.publish(msg).await
+    /// A reserved event (`phx_*`, presence events: see
+    /// [`reserved_event`]), a payload over [`max_publish`](Self::max_publish)
+    /// or, with Redis, a binary one; or the broker cannot accept the message.
+    pub async fn broadcast(&self, msg: Broadcast) -> Result<(), PublishError> {
+        self.check(&msg)?;
+        Ok(self.broker.publish(msg).await?)
+    }
+
+    /// What every publisher is held to, before anything leaves the pod.
+    fn check(&self, msg: &Broadcast) -> Result<(), PublishError> {
+        if let Some(why) = reserved_event(&msg.event) {
+            return Err(PublishError::Reserved {
+                event: msg.event.clone(),
+                why,
+            });
+        }
+        let size = match &msg.payload {
+            Payload::Json(json) => json.bytes().len(),
+            Payload::Binary(_) if self.redis.is_some() => return Err(PublishError::Binary),
+            Payload::Binary(bytes) => bytes.len(),
+        };
+        if size > self.max_publish {
+            metrics().limit_hit(Limit::MaxPublishBytes);
+            return Err(PublishError::TooLarge {
+                size,
+                max: self.max_publish,
+            });
+        }
+        Ok(())
     }
 
     /// [`broadcast`](Self::broadcast), counted in the metrics by where it
@@ -177,14 +254,18 @@ impl PubSub {
         &self,
         source: Source,
         msg: Broadcast,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<(), PublishError> {
         let m = metrics();
+        if let Err(e) = self.check(&msg) {
+            m.broadcast_failed(source);
+            return Err(e);
+        }
         m.broadcast(source, &msg.topic);
         let result = self.broker.publish(msg).await;
         if result.is_err() {
             m.broadcast_failed(source);
         }
-        result
+        Ok(result?)
     }
 
     /// Registers a local subscriber and waits until the broker delivers the

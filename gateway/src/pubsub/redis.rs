@@ -5,6 +5,11 @@
 //! one order per publisher and topic. The envelope names this pod and the
 //! sending connection so `broadcast_from` skips the sender on its own pod.
 //!
+//! What backends may publish is checked on the way in: `phx_*` events,
+//! presence events without the mark only this pod's presence writes, and
+//! payloads over the publish limit are dropped, counted and logged at most
+//! once per interval (docs/redis.md), never fanned out to clients.
+//!
 //! Point-to-point messages between pods (the long-poll relay) travel on the
 //! channel `{prefix}lp:{node}` of the receiving pod, which the bus listens
 //! on apart from topics (`RedisBus::listen`): they reach the pod's
@@ -14,19 +19,23 @@
 
 use super::hub::{Broadcast, Hub};
 use super::{Broker, BrokerError, BrokerStatus, NodeInbox};
-use crate::metrics::{metrics, Source};
-use crate::protocol::{Json, Payload};
+use crate::metrics::{metrics, Dropped, Source};
+use crate::protocol::{is_presence_event, reserved_event, Json, Payload, ReservedEvent};
 use async_trait::async_trait;
 use bytes::Bytes;
+use parking_lot::Mutex;
 use pubsub_redis::{Envelope, Origin, RedisBus, Sink};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Where a pod's inbox channel is named, after the prefix: `lp:{node}`.
 const NODE_TOPIC: &str = "lp:";
 /// The event name of a point-to-point message's envelope.
 const NODE_EVENT: &str = "lp";
+/// At most one log line about dropped messages per this interval.
+const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Publishes to and subscribes from Redis.
 #[derive(Debug)]
@@ -41,6 +50,10 @@ struct HubSink {
     node: String,
     /// This pod's inbox topic and receiver, once [`Broker::listen`] ran.
     inbox: OnceLock<(String, Arc<dyn NodeInbox>)>,
+    /// Largest payload delivered to clients, bytes.
+    max_payload: AtomicUsize,
+    /// When dropped messages were last logged, and how many since.
+    dropped_log: Mutex<(Option<Instant>, u64)>,
 }
 
 impl std::fmt::Debug for HubSink {
@@ -61,6 +74,10 @@ impl Sink for HubSink {
     }
 
     fn deliver(&self, topic: &str, envelope: Envelope) {
+        if let Some(why) = self.refuse(&envelope) {
+            self.dropped(topic, &envelope.event, why);
+            return;
+        }
         metrics().broadcast(Source::Redis, topic);
         let from = envelope
             .origin
@@ -73,6 +90,40 @@ impl Sink for HubSink {
             payload: Payload::Json(Json::from_trusted(envelope.payload)),
             from,
         });
+    }
+}
+
+impl HubSink {
+    /// Why a message from Redis must not reach clients: an event only the
+    /// gateway sends (presence's own diffs, marked, excepted), or a payload
+    /// over the limit (presence's excepted too: a burst of joins is large).
+    fn refuse(&self, envelope: &Envelope) -> Option<Dropped> {
+        let presence = envelope.presence && is_presence_event(&envelope.event);
+        match reserved_event(&envelope.event) {
+            Some(ReservedEvent::Presence) if presence => {}
+            Some(_) => return Some(Dropped::ReservedEvent),
+            None => {}
+        }
+        let over = envelope.payload.len() > self.max_payload.load(Ordering::Relaxed);
+        (over && !presence).then_some(Dropped::Oversize)
+    }
+
+    /// Counts a dropped message and logs it, at most once per [`LOG_EVERY`].
+    fn dropped(&self, topic: &str, event: &str, why: Dropped) {
+        metrics().redis_dropped(why);
+        let mut log = self.dropped_log.lock();
+        log.1 += 1;
+        let now = Instant::now();
+        if log.0.is_none_or(|at| now.duration_since(at) >= LOG_EVERY) {
+            tracing::warn!(
+                topic,
+                event,
+                reason = why.label(),
+                dropped = log.1,
+                "dropping messages from Redis that publishers may not send (docs/redis.md)"
+            );
+            *log = (Some(now), 0);
+        }
     }
 }
 
@@ -93,6 +144,8 @@ impl RedisBroker {
             hub,
             node: node.clone(),
             inbox: OnceLock::new(),
+            max_payload: AtomicUsize::new(usize::MAX),
+            dropped_log: Mutex::new((None, 0)),
         });
         let bus = RedisBus::start(config, sink.clone()).map_err(|e| BrokerError(e.to_string()))?;
         Ok(RedisBroker { bus, node, sink })
@@ -101,6 +154,11 @@ impl RedisBroker {
     /// This pod's id, random per process start.
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// Payloads larger than `bytes` that arrive from Redis are dropped.
+    pub(crate) fn set_max_payload(&self, bytes: usize) {
+        self.sink.max_payload.store(bytes, Ordering::Relaxed);
     }
 
     /// The bus, for health checks and metrics.
@@ -157,7 +215,11 @@ impl Broker for RedisBroker {
             node: self.node.clone(),
             conn,
         });
-        let envelope = Envelope::encode(&msg.event, payload.bytes(), origin.as_ref());
+        // Only presence gets here with a presence event: `PubSub::broadcast`
+        // refuses them from every other publisher.
+        let presence = is_presence_event(&msg.event);
+        let envelope =
+            Envelope::encode_marked(&msg.event, payload.bytes(), origin.as_ref(), presence);
         self.bus
             .publish(&msg.topic, envelope)
             .await

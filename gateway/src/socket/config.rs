@@ -2,6 +2,7 @@
 //! defaults a Phoenix user expects.
 
 use super::{CheckOrigin, PushRate};
+use crate::conn::Budget;
 use std::time::Duration;
 
 /// Per-socket limits. Each field's default is what a Phoenix user expects.
@@ -15,6 +16,12 @@ pub struct SocketConfig {
     /// Outbound frames queued per connection before it is closed as a slow
     /// consumer. Default 1024.
     pub outbound_queue: usize,
+    /// Outbound bytes held per connection (queued, plus the batch being
+    /// written or, on long-poll, not yet confirmed) before it is closed as a
+    /// slow consumer. What bounds a connection's memory whatever its client
+    /// fails to read; keep it above the largest message a client receives.
+    /// Default 4 MiB.
+    pub outbound_queue_bytes: usize,
     /// A connection that sends nothing for this long is closed. Default 60 s
     /// (phoenix.js heartbeats every 30 s).
     pub idle_timeout: Duration,
@@ -39,7 +46,7 @@ pub struct LongPollConfig {
     /// Messages buffered for a session between two GETs; more ends the
     /// session as a slow consumer instead of growing. Default 1024.
     pub max_buffer: usize,
-    /// Largest POST body, bytes; larger is refused with HTTP 400.
+    /// Largest POST body, bytes; larger is refused with HTTP 413.
     /// Default 8 MiB, as Plug's `read_body`.
     pub max_body: usize,
 }
@@ -55,12 +62,32 @@ impl Default for LongPollConfig {
     }
 }
 
+impl SocketConfig {
+    /// What a WebSocket connection may hold for its client.
+    pub(crate) fn outbound_budget(&self) -> Budget {
+        Budget {
+            frames: self.outbound_queue,
+            bytes: self.outbound_queue_bytes,
+        }
+    }
+
+    /// What a long-poll session may hold: `max_buffer` messages, in the
+    /// same bytes as a WebSocket.
+    pub(crate) fn longpoll_budget(&self, longpoll: &LongPollConfig) -> Budget {
+        Budget {
+            frames: longpoll.max_buffer,
+            bytes: self.outbound_queue_bytes,
+        }
+    }
+}
+
 impl Default for SocketConfig {
     fn default() -> Self {
         SocketConfig {
             max_frame_size: 1 << 20,
             max_channels: 100,
             outbound_queue: 1024,
+            outbound_queue_bytes: 4 << 20,
             idle_timeout: Duration::from_secs(60),
             check_origin: CheckOrigin::Off,
             longpoll: None,

@@ -25,6 +25,9 @@ struct ChannelHandle {
     inbox: Inbox,
     /// A `phx_leave` was forwarded; the task is finishing.
     leaving: bool,
+    /// Its route's `max_payload`: larger pushes are refused here, before
+    /// the inbox (which is unbounded) holds them.
+    max_payload: Option<usize>,
 }
 
 impl ChannelHandle {
@@ -216,19 +219,21 @@ impl Connection {
                         join_ref: p.join_ref,
                         inbox: p.inbox,
                         leaving: true,
+                        max_payload: None,
                     },
                 );
             }
             return;
         }
-        let Some(factory) = self.socket.router.route(&topic) else {
+        let Some(route) = self.socket.router.route(&topic) else {
             join_answered(&self.conn, &topic, "unmatched_topic");
             self.conn.reply_unjoined("phx_join", to);
             return;
         };
         let (inbox, rx) = tokio::sync::mpsc::unbounded_channel();
         let join_ref: Option<Arc<str>> = join_ref.map(Arc::from);
-        factory.start(Start {
+        let max_payload = route.max_payload;
+        route.factory.start(Start {
             topic: Arc::from(topic.as_str()),
             join_ref: join_ref.clone(),
             ref_,
@@ -246,6 +251,7 @@ impl Connection {
                 join_ref,
                 inbox,
                 leaving: false,
+                max_payload,
             },
         );
     }
@@ -291,10 +297,29 @@ impl Connection {
                         return;
                     }
                 }
+                let to = ReplyTo {
+                    topic: &msg.topic,
+                    join_ref: h.join_ref.as_deref(),
+                    ref_: msg.ref_.as_deref(),
+                };
+                let size = msg.payload.size();
+                if h.max_payload.is_some_and(|max| size > max) {
+                    metrics().limit_hit(Limit::MaxPayload);
+                    self.conn.refuse(to, Refusal::PayloadTooLarge);
+                    return;
+                }
+                let Some(held) = self.conn.hold_inbound(size) else {
+                    // Its earlier pushes still wait for their channels (a
+                    // slow broker): the client must slow down.
+                    metrics().limit_hit(Limit::PushRate);
+                    self.conn.refuse(to, Refusal::RateLimited);
+                    return;
+                };
                 let event = ChannelMsg::In {
                     event: msg.event,
                     ref_: msg.ref_,
                     payload: msg.payload,
+                    held,
                 };
                 if let Err(e) = h.inbox.send(Box::new(event)) {
                     if let ChannelMsg::In { event, ref_, .. } = *e.0 {

@@ -23,6 +23,16 @@ pub struct Limits {
     pub max_connections: Option<usize>,
     /// Resident memory in bytes; `None`: no threshold.
     pub max_memory: Option<u64>,
+    /// Open plain HTTP connections (requests in progress, parked long-poll
+    /// GETs, idle keep-alive): past it new TCP connections are answered 503
+    /// and closed, and `/readyz` fails; `None`: no limit.
+    pub max_http_connections: Option<usize>,
+    /// Client sockets the open-files limit leaves room for: WebSocket
+    /// connections (and long-poll sessions, counted as if they held one)
+    /// plus plain HTTP connections. Past it new TCP connections are refused
+    /// the same way, so descriptors stay for Redis and the metrics listener's
+    /// `/healthz` and `/readyz`. `None`: not enforced.
+    pub max_sockets: Option<usize>,
 }
 
 /// Why a connection attempt was refused.

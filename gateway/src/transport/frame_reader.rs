@@ -1,5 +1,11 @@
 //! Reads client WebSocket messages: frame headers, unmasking, control frames,
-//! fragment reassembly, the size limit and UTF-8 validation of text.
+//! fragment reassembly, the size limit and UTF-8 validation of text, with
+//! every rule of RFC 6455 §5 a server must check (docs/websocket.md lists
+//! them against the Autobahn|Testsuite cases).
+//!
+//! Text is validated fragment by fragment, so a fragmented message fails as
+//! soon as the fragment that makes it invalid arrives; within one frame, once
+//! the frame is complete.
 //!
 //! The read buffer starts empty and is released whenever it drains, so an
 //! idle connection holds no buffer at all (fastwebsockets keeps an 8 KiB one
@@ -32,9 +38,11 @@ pub(super) enum ReadError {
     Io,
     /// A message exceeded the size limit.
     TooLarge,
-    /// The bytes break RFC 6455 (unmasked, reserved bits, bad fragments,
-    /// invalid UTF-8, bad close frame).
+    /// The bytes break RFC 6455's framing (unmasked, reserved bits or
+    /// opcodes, bad fragments or control frames, a bad close code): 1002.
     Protocol(&'static str),
+    /// A text message or close reason is not UTF-8: 1007.
+    InvalidUtf8(&'static str),
 }
 
 const CONTINUATION: u8 = 0x0;
@@ -51,12 +59,20 @@ struct Frame {
     payload: BytesMut,
 }
 
+/// A fragmented message being assembled.
+struct Partial {
+    opcode: u8,
+    data: BytesMut,
+    /// How many bytes of a text message are known to be UTF-8; the rest is
+    /// at most an incomplete code point that the next fragment completes.
+    checked: usize,
+}
+
 pub(super) struct FrameReader<R> {
     io: R,
     buf: BytesMut,
     max: usize,
-    /// A fragmented message being assembled: its opcode and bytes so far.
-    partial: Option<(u8, BytesMut)>,
+    partial: Option<Partial>,
 }
 
 #[cfg(feature = "fuzzing")]
@@ -64,7 +80,7 @@ impl<R> FrameReader<R> {
     /// What the reader holds: the read buffer's length and capacity, and the
     /// bytes of a fragmented message so far (the fuzz target bounds them).
     pub(super) fn held(&self) -> (usize, usize, usize) {
-        let partial = self.partial.as_ref().map_or(0, |(_, p)| p.len());
+        let partial = self.partial.as_ref().map_or(0, |p| p.data.len());
         (self.buf.len(), self.buf.capacity(), partial)
     }
 }
@@ -123,6 +139,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if control && !matches!(opcode, CLOSE | PING | PONG) || !control && opcode > BINARY {
             return Err(ReadError::Protocol("unknown opcode"));
         }
+        if control && !fin {
+            return Err(ReadError::Protocol("fragmented control frame"));
+        }
         let (len, at) = match b[1] & 0x7F {
             126 if b.len() >= 4 => (u64::from(u16::from_be_bytes([b[2], b[3]])), 4),
             127 if b.len() >= 10 => {
@@ -133,10 +152,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             126 | 127 => return Ok(None),
             n => (u64::from(n), 2),
         };
-        if control && (!fin || len > 125) {
-            return Err(ReadError::Protocol("invalid control frame"));
+        if control && len > 125 {
+            return Err(ReadError::Protocol("control frame over 125 bytes"));
         }
-        let so_far = self.partial.as_ref().map_or(0, |(_, p)| p.len());
+        if len >> 63 != 0 {
+            return Err(ReadError::Protocol("length's most significant bit set"));
+        }
+        let so_far = self.partial.as_ref().map_or(0, |p| p.data.len());
         let len = usize::try_from(len).map_err(|_| ReadError::TooLarge)?;
         if !control && len.saturating_add(so_far) > self.max {
             return Err(ReadError::TooLarge);
@@ -167,26 +189,33 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             PONG => Ok(None),
             CLOSE => close(&frame.payload).map(|code| Some(Incoming::Close(code))),
             CONTINUATION => {
-                let Some((_, data)) = self.partial.as_mut() else {
+                let Some(partial) = self.partial.as_mut() else {
                     return Err(ReadError::Protocol("continuation without a message"));
                 };
-                data.extend_from_slice(&frame.payload);
+                partial.data.extend_from_slice(&frame.payload);
+                partial.check(frame.fin)?;
                 if !frame.fin {
                     return Ok(None);
                 }
-                let Some((opcode, data)) = self.partial.take() else {
+                let Some(Partial { opcode, data, .. }) = self.partial.take() else {
                     return Ok(None);
                 };
-                message(opcode, data).map(Some)
+                Ok(Some(message(opcode, data)))
             }
             opcode => {
                 if self.partial.is_some() {
                     return Err(ReadError::Protocol("new message inside a fragmented one"));
                 }
+                let mut partial = Partial {
+                    opcode,
+                    data: frame.payload,
+                    checked: 0,
+                };
+                partial.check(frame.fin)?;
                 if frame.fin {
-                    message(opcode, frame.payload).map(Some)
+                    Ok(Some(message(opcode, partial.data)))
                 } else {
-                    self.partial = Some((opcode, frame.payload));
+                    self.partial = Some(partial);
                     Ok(None)
                 }
             }
@@ -194,14 +223,33 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
-fn message(opcode: u8, data: BytesMut) -> Result<Incoming, ReadError> {
-    if opcode == TEXT {
-        if std::str::from_utf8(&data).is_err() {
-            return Err(ReadError::Protocol("text is not utf-8"));
+impl Partial {
+    /// Validates the text received since the last check: invalid bytes fail
+    /// at once, an incomplete code point only at the end of the message.
+    fn check(&mut self, fin: bool) -> Result<(), ReadError> {
+        if self.opcode != TEXT {
+            return Ok(());
         }
-        Ok(Incoming::Text(data.freeze()))
+        match std::str::from_utf8(&self.data[self.checked..]) {
+            Ok(_) => {
+                self.checked = self.data.len();
+                Ok(())
+            }
+            Err(e) if e.error_len().is_none() && !fin => {
+                self.checked += e.valid_up_to();
+                Ok(())
+            }
+            Err(_) => Err(ReadError::InvalidUtf8("text is not utf-8")),
+        }
+    }
+}
+
+/// A complete message; text was validated as it arrived.
+fn message(opcode: u8, data: BytesMut) -> Incoming {
+    if opcode == TEXT {
+        Incoming::Text(data.freeze())
     } else {
-        Ok(Incoming::Binary(data.freeze()))
+        Incoming::Binary(data.freeze())
     }
 }
 
@@ -212,12 +260,14 @@ fn close(payload: &[u8]) -> Result<Option<u16>, ReadError> {
         1 => Err(ReadError::Protocol("close frame of one byte")),
         _ => {
             let code = u16::from_be_bytes([payload[0], payload[1]]);
-            let allowed = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999);
+            // 1004–1006 and 1015 are reserved or must never be sent, 1016–2999
+            // are unassigned, 1012–1014 were registered by IANA after the RFC.
+            let allowed = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
             if !allowed {
                 return Err(ReadError::Protocol("invalid close code"));
             }
             if std::str::from_utf8(&payload[2..]).is_err() {
-                return Err(ReadError::Protocol("close reason is not utf-8"));
+                return Err(ReadError::InvalidUtf8("close reason is not utf-8"));
             }
             Ok(Some(code))
         }
@@ -282,13 +332,179 @@ mod tests {
         assert_eq!(out[6], Err(ReadError::Eof));
     }
 
+    /// Hands out one byte per read, as a client sending octet-wise chops.
+    struct OneByte<'a>(&'a [u8]);
+
+    impl AsyncRead for OneByte<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if let Some((first, rest)) = self.0.split_first() {
+                buf.put_slice(&[*first]);
+                self.0 = rest;
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
     #[tokio::test]
-    async fn refusals() {
-        let first = |v: Vec<Result<Incoming, ReadError>>| v.into_iter().next().unwrap();
+    async fn octet_wise_chops_read_the_same() {
+        let mut wire = masked(0x01, b"frag");
+        wire.extend(masked(0x89, &[0xFE; 125]));
+        wire.extend(masked(0x80, "κόσμε".as_bytes()));
+        wire.extend(masked(0x82, &[7; 300]));
+        let mut r = FrameReader::new(OneByte(&wire), 1 << 20);
         assert_eq!(
-            first(read_all(masked(0x81, &[0xFF]), 100).await),
-            Err(ReadError::Protocol("text is not utf-8"))
+            r.next().await,
+            Ok(Incoming::Ping(Bytes::from(vec![0xFE; 125])))
         );
+        assert_eq!(r.next().await, Ok(Incoming::Text(Bytes::from("fragκόσμε"))));
+        assert_eq!(
+            r.next().await,
+            Ok(Incoming::Binary(Bytes::from(vec![7; 300])))
+        );
+        assert_eq!(r.buf.capacity(), 0, "a drained buffer is released");
+        assert_eq!(r.next().await, Err(ReadError::Eof));
+    }
+
+    fn first_of(bytes: Vec<u8>) -> Result<Incoming, ReadError> {
+        let mut r = FrameReader::new(&bytes[..], 100);
+        futures_util::FutureExt::now_or_never(r.next()).unwrap()
+    }
+
+    #[test]
+    fn framing_errors_are_protocol_errors() {
+        let protocol = |why| Err(ReadError::Protocol(why));
+        let mut unmasked = vec![0x81, 0x01, b'a'];
+        assert_eq!(
+            first_of(unmasked.clone()),
+            protocol("client frames must be masked")
+        );
+        unmasked[0] = 0x89;
+        assert_eq!(first_of(unmasked), protocol("client frames must be masked"));
+        for rsv in [0x10, 0x20, 0x40, 0x70] {
+            for op in [0x1, 0x2, 0x8, 0x9] {
+                let got = first_of(masked(0x80 | rsv | op, b"a"));
+                assert_eq!(got, protocol("reserved bits set"), "rsv {rsv:#x} op {op}");
+            }
+        }
+        for op in [3, 4, 5, 6, 7, 11, 12, 13, 14, 15] {
+            let got = first_of(masked(0x80 | op, b"a"));
+            assert_eq!(got, protocol("unknown opcode"), "opcode {op}");
+        }
+        for op in [0x8, 0x9, 0xA] {
+            let got = first_of(masked(op, b"a"));
+            assert_eq!(got, protocol("fragmented control frame"), "opcode {op}");
+            let got = first_of(masked(0x80 | op, &[0x03; 126]));
+            assert_eq!(got, protocol("control frame over 125 bytes"), "opcode {op}");
+        }
+        let mut huge = vec![0x82, 0x80 | 127];
+        huge.extend_from_slice(&(1u64 << 63).to_be_bytes());
+        huge.extend_from_slice(&[0; 4]);
+        assert_eq!(
+            first_of(huge),
+            protocol("length's most significant bit set")
+        );
+        assert_eq!(
+            first_of(masked(0x80, b"x")),
+            protocol("continuation without a message")
+        );
+        let mut cont = masked(0x00, b"x");
+        cont.extend(masked(0x81, b"y"));
+        assert_eq!(first_of(cont), protocol("continuation without a message"));
+        let mut nested = masked(0x01, b"x");
+        nested.extend(masked(0x81, b"y"));
+        assert_eq!(
+            first_of(nested),
+            protocol("new message inside a fragmented one")
+        );
+        let mut nested = masked(0x02, b"x");
+        nested.extend(masked(0x02, b"y"));
+        assert_eq!(
+            first_of(nested),
+            protocol("new message inside a fragmented one")
+        );
+    }
+
+    #[test]
+    fn close_frames() {
+        let close = |code: u16, reason: &[u8]| {
+            let mut p = code.to_be_bytes().to_vec();
+            p.extend_from_slice(reason);
+            first_of(masked(0x88, &p))
+        };
+        assert_eq!(first_of(masked(0x88, b"")), Ok(Incoming::Close(None)));
+        let valid = [
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014,
+        ];
+        for code in valid.into_iter().chain([3000, 3999, 4000, 4999]) {
+            assert_eq!(
+                close(code, b"bye"),
+                Ok(Incoming::Close(Some(code))),
+                "{code}"
+            );
+        }
+        let invalid = [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ];
+        for code in invalid {
+            assert_eq!(
+                close(code, b""),
+                Err(ReadError::Protocol("invalid close code")),
+                "{code}"
+            );
+        }
+        assert_eq!(
+            first_of(masked(0x88, &[0x03])),
+            Err(ReadError::Protocol("close frame of one byte"))
+        );
+        assert_eq!(close(1000, &[b'*'; 123]), Ok(Incoming::Close(Some(1000))));
+        assert_eq!(
+            close(1000, &[b'*'; 124]),
+            Err(ReadError::Protocol("control frame over 125 bytes"))
+        );
+        assert_eq!(
+            close(1000, &[0xce, 0xba, 0xed, 0xa0, 0x80]),
+            Err(ReadError::InvalidUtf8("close reason is not utf-8"))
+        );
+    }
+
+    #[test]
+    fn utf8_is_checked_fragment_by_fragment() {
+        let bad = Err(ReadError::InvalidUtf8("text is not utf-8"));
+        assert_eq!(first_of(masked(0x81, &[0xFF])), bad);
+        // A code point split across fragments is fine.
+        let mut split = masked(0x01, &[0xCE]);
+        split.extend(masked(0x80, &[0xBA]));
+        assert_eq!(first_of(split), Ok(Incoming::Text(Bytes::from("κ"))));
+        // One left incomplete at the end of the message is not.
+        assert_eq!(first_of(masked(0x81, &[b'a', 0xCE])), bad);
+        let mut unfinished = masked(0x01, &[0xCE]);
+        unfinished.extend(masked(0x80, b""));
+        assert_eq!(first_of(unfinished), bad);
+        // Fail fast: the fragment that makes the text invalid fails it, with
+        // the rest of the message still to come (Autobahn 6.4.1, 6.4.2).
+        let mut fast = masked(0x01, "κόσμε".as_bytes());
+        fast.extend(masked(0x00, &[0xF4, 0x90, 0x80, 0x80]));
+        assert_eq!(first_of(fast), bad);
+        let mut fast = masked(0x01, &"κόσμε".as_bytes()[..10]);
+        fast.extend(masked(0x00, &[0xF4]));
+        fast.extend(masked(0x00, &[0x90]));
+        assert_eq!(first_of(fast), bad);
+        // Binary is never checked.
+        let mut bin = masked(0x02, &[0xCE]);
+        bin.extend(masked(0x80, &[0xFF]));
+        assert_eq!(
+            first_of(bin),
+            Ok(Incoming::Binary(Bytes::from_static(&[0xCE, 0xFF])))
+        );
+    }
+
+    #[tokio::test]
+    async fn size_limit() {
+        let first = |v: Vec<Result<Incoming, ReadError>>| v.into_iter().next().unwrap();
         assert_eq!(
             first(read_all(masked(0x81, &[b'a'; 101]), 100).await),
             Err(ReadError::TooLarge)
@@ -296,34 +512,6 @@ mod tests {
         let mut frags = masked(0x01, &[b'a'; 60]);
         frags.extend(masked(0x80, &[b'a'; 60]));
         assert_eq!(first(read_all(frags, 100).await), Err(ReadError::TooLarge));
-        assert_eq!(
-            first(read_all(masked(0x80, b"x"), 100).await),
-            Err(ReadError::Protocol("continuation without a message"))
-        );
-        assert_eq!(
-            first(read_all(vec![0x81, 0x01, b'a'], 100).await),
-            Err(ReadError::Protocol("client frames must be masked"))
-        );
-        assert_eq!(
-            first(read_all(masked(0xC1, b"a"), 100).await),
-            Err(ReadError::Protocol("reserved bits set"))
-        );
-        assert_eq!(
-            first(read_all(masked(0x09, b"a"), 100).await),
-            Err(ReadError::Protocol("invalid control frame"))
-        );
-        assert_eq!(
-            first(read_all(masked(0x88, &[0x03]), 100).await),
-            Err(ReadError::Protocol("close frame of one byte"))
-        );
-        assert_eq!(
-            first(read_all(masked(0x88, &[0x03, 0xED]), 100).await),
-            Err(ReadError::Protocol("invalid close code"))
-        );
-        assert_eq!(
-            first(read_all(masked(0x83, b"a"), 100).await),
-            Err(ReadError::Protocol("unknown opcode"))
-        );
         // A message of exactly the limit is accepted.
         assert!(matches!(
             first(read_all(masked(0x82, &[0; 100]), 100).await),

@@ -30,8 +30,10 @@ pub enum Stop {
     Io,
     /// A message over the limit.
     TooLarge,
-    /// An RFC 6455 violation.
+    /// An RFC 6455 framing violation (1002).
     Protocol,
+    /// Text or a close reason that is not UTF-8 (1007).
+    InvalidUtf8,
 }
 
 /// The WebSocket frame reader of `transport/frame_reader.rs`.
@@ -60,6 +62,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             Err(ReadError::Io) => Err(Stop::Io),
             Err(ReadError::TooLarge) => Err(Stop::TooLarge),
             Err(ReadError::Protocol(_)) => Err(Stop::Protocol),
+            Err(ReadError::InvalidUtf8(_)) => Err(Stop::InvalidUtf8),
         }
     }
 
@@ -105,6 +108,11 @@ impl Signer {
     /// `(node, session, ack)` if this secret signed `token`.
     pub fn verify(&self, token: &str) -> Option<(String, u128, u64)> {
         self.0.verify(token).map(|t| (t.node, t.session, t.ack))
+    }
+
+    /// Whether `token` has the shape of a session token, whoever signed it.
+    pub fn is_session_token(token: &str) -> bool {
+        token::is_session_token(token)
     }
 
     /// A relay MAC over `data`.

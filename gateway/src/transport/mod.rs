@@ -9,12 +9,14 @@
 //! - `websocket`, `frame_reader`: `{path}/websocket`.
 //! - `longpoll`: `{path}/longpoll`, its sessions and their relay between pods.
 //! - `response`: the HTTP answers both give.
+//! - `http`: plain HTTP connections: timeouts, their count, reading bodies.
 
 pub(crate) mod admission;
 pub(crate) mod drain;
 mod frame_reader;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzzing;
+pub(crate) mod http;
 pub(crate) mod longpoll;
 pub(crate) mod response;
 pub(crate) mod websocket;

@@ -1,6 +1,6 @@
-//! The WebSocket transport at `{path}/websocket`: the handshake (vsn,
-//! `authToken` subprotocol, connect), then a reader loop that feeds the
-//! connection and a writer task that drains its queue.
+//! The WebSocket transport at `{path}/websocket`: the handshake (RFC 6455
+//! §4.2.1 checks, vsn, `authToken` subprotocol, connect), then a reader loop
+//! that feeds the connection and a writer task that drains its queue.
 //!
 //! fastwebsockets answers the upgrade; frames are read by our own
 //! [`FrameReader`], whose buffer is released whenever it drains.
@@ -17,8 +17,10 @@ use crate::socket::connection::Connection;
 use crate::socket::{ConnectInfo, Params, Socket, SocketConfig};
 use base64::Engine;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header::{
+    HeaderValue, HOST, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION,
+};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,17 +37,8 @@ pub(crate) async fn handshake(
     peer: SocketAddr,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
-    if req.method() != Method::GET {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "websocket endpoint accepts GET only",
-        );
-    }
-    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "expected a websocket upgrade request",
-        );
+    if let Err(bad) = check_handshake(&req) {
+        return bad.response();
     }
     let (phoenix_offered, auth_token) = match subprotocols(&req) {
         Ok(p) => p,
@@ -95,6 +88,65 @@ pub(crate) async fn handshake(
             .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("phoenix"));
     }
     resp
+}
+
+/// Why a request is not an opening handshake as RFC 6455 §4.2.1 describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BadHandshake {
+    /// 400, with this reason.
+    Malformed(&'static str),
+    /// A `Sec-WebSocket-Version` other than 13: 426, naming 13.
+    Version,
+}
+
+impl BadHandshake {
+    fn response(self) -> Response<Body> {
+        match self {
+            BadHandshake::Malformed(why) => text(StatusCode::BAD_REQUEST, why),
+            BadHandshake::Version => {
+                let why = "unsupported Sec-WebSocket-Version, expected 13";
+                let mut resp = text(StatusCode::UPGRADE_REQUIRED, why);
+                resp.headers_mut()
+                    .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+                resp
+            }
+        }
+    }
+}
+
+/// Checks the opening handshake before admission runs, so a request that
+/// is not one is refused whatever the socket's handler would say.
+fn check_handshake<B>(req: &Request<B>) -> Result<(), BadHandshake> {
+    let bad = |why| Err(BadHandshake::Malformed(why));
+    if req.method() != Method::GET {
+        return bad("websocket endpoint accepts GET only");
+    }
+    if req.version() < Version::HTTP_11 {
+        return bad("websocket needs HTTP/1.1 or later");
+    }
+    if !fastwebsockets::upgrade::is_upgrade_request(req) {
+        return bad("expected a websocket upgrade request");
+    }
+    let headers = req.headers();
+    if !headers.contains_key(HOST) {
+        return bad("missing Host header");
+    }
+    match headers.get(SEC_WEBSOCKET_VERSION) {
+        None => return bad("missing Sec-WebSocket-Version header"),
+        Some(v) if v.as_bytes() == b"13" => {}
+        Some(_) => return Err(BadHandshake::Version),
+    }
+    let mut keys = headers.get_all(SEC_WEBSOCKET_KEY).iter();
+    let key = match (keys.next(), keys.next()) {
+        (Some(key), None) => key,
+        _ => return bad("expected one Sec-WebSocket-Key header"),
+    };
+    // A nonce of 16 random bytes, base64-encoded (§4.1, item 7).
+    let nonce = base64::engine::general_purpose::STANDARD.decode(key.as_bytes());
+    if !matches!(nonce, Ok(n) if n.len() == 16) {
+        return bad("Sec-WebSocket-Key is not the base64 of 16 bytes");
+    }
+    Ok(())
 }
 
 /// The answer to a refused handshake.
@@ -183,7 +235,7 @@ where
         assigns,
     } = open;
     let config = socket.config.clone();
-    let conn = ConnHandle::new(vsn, config.outbound_queue);
+    let conn = ConnHandle::new(vsn, config.outbound_budget());
     let writer = tokio::spawn(writer::run(w, conn.clone()));
     let opened = Connection::open(
         Transport::WebSocket,
@@ -230,7 +282,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
             Ok(Err(ReadError::TooLarge)) => return Disconnect::FrameTooLarge,
             Ok(Err(ReadError::Protocol(why))) => {
                 tracing::debug!(conn = conn.id(), why, "websocket protocol error");
-                return Disconnect::Malformed;
+                return Disconnect::ProtocolError;
+            }
+            Ok(Err(ReadError::InvalidUtf8(why))) => {
+                tracing::debug!(conn = conn.id(), why, "websocket protocol error");
+                return Disconnect::InvalidUtf8;
             }
         };
         let data = match &incoming {
@@ -251,7 +307,79 @@ async fn read_loop<R: AsyncRead + Unpin>(
 
 #[cfg(test)]
 mod tests {
-    use super::decode_auth_token;
+    use super::{check_handshake, decode_auth_token};
+    use hyper::{Request, Version};
+
+    /// The status `check_handshake` answers a handshake changed by `edit`, and
+    /// its `Sec-WebSocket-Version` header; `None` when accepted.
+    fn status(edit: impl FnOnce(&mut Request<()>)) -> Option<(u16, Option<String>)> {
+        let mut req = Request::get("/socket/websocket")
+            .header("Host", "example.com")
+            .header("Connection", "keep-alive, Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13")
+            .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(())
+            .unwrap();
+        edit(&mut req);
+        check_handshake(&req).err().map(|bad| {
+            let r = bad.response();
+            let version = r.headers().get("sec-websocket-version");
+            (
+                r.status().as_u16(),
+                version.map(|v| v.to_str().unwrap().to_owned()),
+            )
+        })
+    }
+
+    #[test]
+    fn handshake_checks() {
+        assert_eq!(status(|_| {}), None);
+        let bad = Some((400, None));
+        assert_eq!(status(|r| *r.version_mut() = Version::HTTP_10), bad);
+        assert_eq!(status(|r| *r.method_mut() = hyper::Method::POST), bad);
+        assert_eq!(status(|r| drop(r.headers_mut().remove("host"))), bad);
+        assert_eq!(status(|r| drop(r.headers_mut().remove("upgrade"))), bad);
+        let version = |v: Option<&'static str>| {
+            status(move |r| {
+                r.headers_mut().remove("sec-websocket-version");
+                if let Some(v) = v {
+                    r.headers_mut()
+                        .insert("sec-websocket-version", v.parse().unwrap());
+                }
+            })
+        };
+        assert_eq!(version(None), bad);
+        for v in ["8", "12", "14", "13, 8", " 13x"] {
+            assert_eq!(version(Some(v)), Some((426, Some("13".into()))), "{v:?}");
+        }
+        let key = |k: Option<&'static str>| {
+            status(move |r| {
+                r.headers_mut().remove("sec-websocket-key");
+                if let Some(k) = k {
+                    r.headers_mut()
+                        .append("sec-websocket-key", k.parse().unwrap());
+                }
+            })
+        };
+        assert_eq!(key(None), bad);
+        for k in [
+            "",
+            "not base64!",
+            "dGhlIHNhbXBsZSBub25j",         // 15 bytes
+            "dGhlIHNhbXBsZSBub25jZTE=",     // 17 bytes
+            "dGhlIHNhbXBsZSBub25jZQ",       // unpadded
+            "dGhlIHNhbXBsZSBub25jZQ==dGhl", // trailing data
+        ] {
+            assert_eq!(key(Some(k)), bad, "{k:?}");
+        }
+        assert_eq!(key(Some("AAAAAAAAAAAAAAAAAAAAAA==")), None);
+        let two = status(|r| {
+            let k = "AAAAAAAAAAAAAAAAAAAAAA==".parse().unwrap();
+            r.headers_mut().append("sec-websocket-key", k);
+        });
+        assert_eq!(two, bad);
+    }
 
     #[test]
     fn auth_token_alphabets() {

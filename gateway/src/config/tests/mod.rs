@@ -59,6 +59,23 @@ fn every_error_names_its_key() {
     fails("[server]\nlisten = \"nope\"", "server.listen");
     fails("[log]\nformat = \"xml\"", "format");
     fails("[api]\npath = \"api\"", "api.path");
+    fails("[server]\nbody_timeout_ms = 0", "server.body_timeout_ms");
+    fails(
+        "[server]\nheader_timeout_ms = 99",
+        "server.header_timeout_ms",
+    );
+    fails(
+        "[server]\nmax_publish_bytes = 10",
+        "server.max_publish_bytes",
+    );
+    fails(
+        "[server]\nmax_publish_bytes = 50000000",
+        "server.max_publish_bytes",
+    );
+    fails(
+        "[[channel]]\npattern = \"r:*\"\nevents = [\"presence_diff\"]",
+        "channel[0].events",
+    );
     fails("[api]\nkey = \"\"", "api.key");
     fails("[[socket]]\npath = \"socket\"", "socket[0].path");
     fails("[[socket]]\n[[socket]]", "socket[1].path");
@@ -90,6 +107,14 @@ fn every_error_names_its_key() {
         "socket[0].idle_timeout_ms",
     );
     fails("[[socket]]\nmax_channels = 0", "socket[0].max_channels");
+    fails(
+        "[[socket]]\nmax_frame_size = 65536\noutbound_queue_bytes = 65535",
+        "socket[0].outbound_queue_bytes",
+    );
+    fails(
+        "[server]\nmax_publish_bytes = 2097152\n[[socket]]\nmax_frame_size = 65536\noutbound_queue_bytes = 1048576",
+        "socket[0].outbound_queue_bytes",
+    );
     fails("[[channel]]\npattern = \"a*b\"", "channel[0].pattern");
     fails("[[channel]]\npattern = \"user:{sub}\"", "channel[0].policy");
     fails(
@@ -253,6 +278,23 @@ fn max_connections_fits_the_open_files_limit() {
     assert_eq!(c.server.max_connections, 960);
     let settings = c.validate().unwrap();
     assert_eq!(settings.server.limits.max_connections, Some(960));
+    assert_eq!(
+        settings.server.limits.max_sockets,
+        Some(960),
+        "WebSocket and plain HTTP connections share the descriptors"
+    );
+    assert_eq!(settings.server.limits.max_http_connections, Some(50_000));
+    assert_eq!(
+        Config::parse("", "t")
+            .unwrap()
+            .validate()
+            .unwrap()
+            .server
+            .limits
+            .max_sockets,
+        None,
+        "not enforced without a known limit"
+    );
 
     let mut tiny = Config::parse("", "t").unwrap();
     assert_eq!(tiny.fit_to_fd_limit(10).map(|l| l.lowered_to), Some(1));
@@ -325,4 +367,22 @@ fn sections_convert_into_the_librarys_types() {
     assert_eq!(s.api.unwrap().path, "/api/broadcast");
     assert_eq!(s.demo.as_deref(), Some("/socket"));
     assert!(s.redis.is_none());
+}
+
+/// Memory bounds: the shipped config sets them, and `max_payload = 0`
+/// leaves a rule to `max_frame_size`.
+#[test]
+fn memory_bounds() {
+    let example = load(include_str!("../../../../config/example.toml"), &[])
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert!(example.server.limits.max_memory.is_some());
+    let socket = &example.sockets[0].config;
+    assert!(socket.max_frame_size > example.channels[0].max_payload.unwrap());
+    assert!(socket.outbound_queue_bytes >= 4 * socket.max_frame_size);
+    let text = "[[channel]]\npattern = \"a:*\"\n[[channel]]\npattern = \"b:*\"\nmax_payload = 0\n";
+    let s = load(text, &[]).unwrap().validate().unwrap();
+    assert_eq!(s.channels[0].max_payload, Some(DEFAULT_MAX_PAYLOAD));
+    assert_eq!(s.channels[1].max_payload, None);
 }

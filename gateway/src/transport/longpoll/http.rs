@@ -3,18 +3,19 @@
 //! client reads (`{"status":410,"token":"…","messages":[]}`), plus CORS so a
 //! page on another origin can poll with XHR.
 
-use super::{Answer, LongPoll};
+use super::{token, Answer, LongPoll};
 use crate::protocol::Transport;
 use crate::socket::{ConnectInfo, LongPollConfig, Params, Socket};
 use crate::transport::admission::{Admission, Admitted, Refused};
+use crate::transport::http::read_body;
 use crate::transport::response::{text, Body};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Lines of one POST that are applied; the rest are ignored, as Phoenix.
 const MAX_LINES: usize = 100;
@@ -31,6 +32,7 @@ pub(crate) async fn handle(
     socket: Arc<Socket>,
     peer: SocketAddr,
     req: Request<Incoming>,
+    body_timeout: Duration,
 ) -> Response<Body> {
     let Some(config) = socket.config.longpoll.clone() else {
         return text(StatusCode::NOT_FOUND, "not found");
@@ -50,15 +52,20 @@ pub(crate) async fn handle(
         return preflight(&req);
     }
     let params = Params::from_query(req.uri().query().unwrap_or(""));
-    let session = req
+    let presented = req
         .headers()
         .get(SESSION_TOKEN)
         .and_then(|v| v.to_str().ok())
-        .or_else(|| params.get("token"))
-        .and_then(|t| lp.verify(t));
+        .or_else(|| params.get("token"));
+    let session = presented.and_then(|t| lp.verify(t));
     if method == Method::GET {
         return match session {
             Some(t) => answer(lp.get(&t, config.window).await),
+            // A session token this pod cannot verify (signed with another
+            // secret, or altered): its session is unknown here, so 410, on
+            // which phoenix.js drops the token and opens a new session.
+            // Anything else in `token` is a connect param (a JWT).
+            None if presented.is_some_and(token::is_session_token) => envelope(410, None, &[]),
             None => open(admission, lp, socket, &config, peer, &params, req).await,
         };
     }
@@ -70,17 +77,9 @@ pub(crate) async fn handle(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-ndjson"));
-    let body = match Limited::new(req.into_body(), config.max_body)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return cors(text(
-                StatusCode::BAD_REQUEST,
-                "body too large or unreadable",
-            ))
-        }
+    let body = match read_body(req.into_body(), config.max_body, body_timeout).await {
+        Ok(b) => b,
+        Err(e) => return e.closing(cors(text(e.status(), &e.to_string()))),
     };
     let Ok(body) = String::from_utf8(body.to_vec()) else {
         return cors(text(StatusCode::BAD_REQUEST, "body is not UTF-8"));

@@ -173,7 +173,7 @@ impl LongPoll {
         assigns: Assigns,
     ) -> Result<String, BrokerError> {
         self.listen().await?;
-        let conn = ConnHandle::new(vsn, config.max_buffer);
+        let conn = ConnHandle::new(vsn, socket.config.longpoll_budget(config));
         let max_frame = socket.config.max_frame_size;
         let connection = Connection::open(
             Transport::LongPoll,

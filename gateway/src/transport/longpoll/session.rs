@@ -133,6 +133,8 @@ impl Session {
         };
         d.confirm(ack);
         if d.unacked.is_empty() {
+            // Only now, with every message confirmed: taking a batch
+            // releases the bytes of the previous one from the budget.
             let mut batch = Vec::new();
             tokio::select! {
                 biased;
@@ -279,6 +281,7 @@ async fn sleep_until(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::Budget;
     use crate::protocol::{Payload, Vsn};
     use std::time::Duration;
 
@@ -288,7 +291,11 @@ mod tests {
             window: Duration::from_millis(window_ms),
             ..Default::default()
         };
-        let conn = ConnHandle::new(Vsn::V2, 8);
+        let budget = Budget {
+            frames: 8,
+            bytes: 1 << 20,
+        };
+        let conn = ConnHandle::new(Vsn::V2, budget);
         (Arc::new(Session::new(conn, config, tx)), rx)
     }
 
@@ -341,5 +348,20 @@ mod tests {
         }
         assert_eq!(s.conn.reason(), Some(Disconnect::SlowConsumer));
         assert_eq!(s.poll(0).await, Poll::Gone);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unconfirmed_bytes_count_until_acked() {
+        let (s, _rx) = session(10_000);
+        let big = Payload::json(&serde_json::json!({ "data": "x".repeat(400 << 10) }));
+        s.conn.push("a", None, "e", &big);
+        s.conn.push("a", None, "e", &big);
+        let Poll::Messages { ack, .. } = s.poll(0).await else {
+            panic!("expected messages")
+        };
+        // Sent, not confirmed: still held, so a third overflows 1 MiB.
+        s.conn.push("a", None, "e", &big);
+        assert_eq!(s.conn.reason(), Some(Disconnect::SlowConsumer));
+        assert_eq!(ack, 2);
     }
 }

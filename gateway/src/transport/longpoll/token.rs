@@ -88,6 +88,16 @@ impl Signer {
     }
 }
 
+/// Whether `token` has the shape of a session token, whoever signed it:
+/// its first part decodes to `v1.…`. A JWT's decodes to `{…`.
+pub(crate) fn is_session_token(token: &str) -> bool {
+    token.len() <= MAX_TOKEN
+        && token
+            .split_once('.')
+            .and_then(|(body, _)| URL_SAFE_NO_PAD.decode(body).ok())
+            .is_some_and(|text| text.starts_with(b"v1."))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -158,6 +168,15 @@ mod tests {
         assert_eq!(s.verify(&format!("{body}.{bad_mac}")), None);
         for garbage in ["", ".", "garbage", "a.b.c", &"x".repeat(4096)] {
             assert_eq!(s.verify(garbage), None, "{garbage}");
+        }
+    }
+
+    #[test]
+    fn session_tokens_are_told_from_jwts_whoever_signed_them() {
+        assert!(is_session_token(&Signer::new(b"other").sign(&t())));
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln";
+        for not in [jwt, "", "garbage", "a.b", &"x".repeat(4096)] {
+            assert!(!is_session_token(not), "{not}");
         }
     }
 
