@@ -140,6 +140,9 @@ with open(os.path.join(here, "config", "example.toml")) as f:
 put("config", "empty.toml", "")
 put("config", "rs256.toml", '[[socket]]\npath = "/socket"\nrequire_token = true\nsocket_id = "users_socket:{sub}"\ntopics_claim = "topics"\n[socket.jwt]\nalgorithm = "RS256"\npublic_key_file = "/x.pem"\nleeway_secs = 30\nissuer = "me"\naudience = "gw"\n\n[[channel]]\npattern = "user:{sub}"\npolicy = "token"\n')
 put("config", "hs256.toml", '[[socket]]\npath = "/socket"\n[socket.jwt]\nalgorithm = "HS256"\nsecret = "s"\nleeway_secs = 30\nissuer = "me"\n')
+# Before jwt.leeway_secs was capped, this one validated and then panicked
+# in jsonwebtoken (now - leeway) when a token was checked.
+put("config", "hs256_leeway_past_epoch.toml", '[[socket]]\n[socket.jwt]\nsecret = "s"\nleeway_secs = 3000000000\n')
 put("config", "redis.toml", '[redis]\nurl = "redis://127.0.0.1:6379"\nprefix = "phx:"\n[server]\nmax_connections = 10\n[[socket]]\npath = "/a"\n[socket.longpoll]\nenabled = true\n[[socket]]\npath = "/a"\n')
 
 patterns = [

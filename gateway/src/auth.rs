@@ -17,6 +17,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use jsonwebtoken::{Algorithm, DecodingKey};
 
+/// The largest leeway on `exp` and `nbf`. jsonwebtoken subtracts the leeway
+/// from the current time in u64 seconds: a leeway past the epoch panicked
+/// there (debug builds) or made every token expired (release).
+pub const MAX_LEEWAY: Duration = Duration::from_secs(86_400);
+
 /// How one socket's tokens are verified.
 #[derive(Clone)]
 pub struct JwtSettings {
@@ -24,7 +29,7 @@ pub struct JwtSettings {
     pub algorithm: Algorithm,
     /// The HS* secret or the RS*/ES* public key.
     pub key: DecodingKey,
-    /// Clock skew allowed on `exp` and `nbf`.
+    /// Clock skew allowed on `exp` and `nbf`; at most [`MAX_LEEWAY`].
     pub leeway: Duration,
     /// Required `iss`, if any.
     pub issuer: Option<String>,
@@ -62,8 +67,9 @@ impl fmt::Debug for TokenVerifier {
 impl TokenVerifier {
     /// A verifier with these settings.
     pub fn new(settings: JwtSettings) -> Self {
+        let leeway = settings.leeway.min(MAX_LEEWAY);
         let mut validation = Validation::new(settings.algorithm);
-        validation.leeway = settings.leeway.as_secs();
+        validation.leeway = leeway.as_secs();
         validation.validate_nbf = true;
         validation.required_spec_claims.clear();
         validation.validate_aud = settings.audience.is_some();
@@ -81,7 +87,7 @@ impl TokenVerifier {
         TokenVerifier {
             key: settings.key,
             validation,
-            leeway: settings.leeway,
+            leeway,
         }
     }
 
@@ -393,6 +399,20 @@ mod tests {
             let err = verifier.verify(&token(claims.clone())).unwrap_err();
             assert_eq!(err.label, "claims", "{claims}: {err}");
         }
+        // A leeway past the epoch is capped: jsonwebtoken's `now - leeway`
+        // panicked (debug) or expired every token (release).
+        let lenient = TokenVerifier::new(JwtSettings {
+            algorithm: Algorithm::HS256,
+            key: DecodingKey::from_secret(b"k"),
+            leeway: Duration::from_secs(u64::MAX),
+            issuer: None,
+            audience: None,
+        });
+        assert!(lenient
+            .verify(&token(json!({"exp": 4_000_000_000u64})))
+            .is_ok());
+        let err = lenient.verify(&token(json!({"exp": 1}))).unwrap_err();
+        assert_eq!(err.label, "expired");
         // Found by the same target: an `nbf` beyond u64 seconds, which
         // jsonwebtoken does not read, made a not-yet-valid token valid.
         for nbf in [json!(1e30), json!(4_000_000_000u64)] {
