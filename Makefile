@@ -4,12 +4,15 @@
 CARGO ?= cargo
 NPM   ?= npm
 PORT  ?= 4000
+# Seconds per fuzz target: `make fuzz`, and the smoke of `make test`.
+FUZZ_SECONDS       ?= 60
+FUZZ_SMOKE_SECONDS ?= 5
 
 # The seeds example binary that the phoenix.js compatibility suite drives.
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 SEEDS_BIN  ?= $(TARGET_DIR)/debug/examples/seeds
 
-.PHONY: run run-seeds build test test-deps test-rust test-compat test-e2e test-image lint lint-k8s image image-check bench curves bench-ab chaos soak
+.PHONY: run run-seeds build test test-deps test-rust test-compat test-e2e test-image lint lint-k8s image image-check bench curves bench-ab chaos soak test-fuzz fuzz
 
 ## run: the gateway on 127.0.0.1:$(PORT) with config/example.toml and the demo
 ## chat at /; the in-memory broker unless REDIS_URL is set
@@ -31,6 +34,7 @@ test:
 	$(MAKE) --no-print-directory lint-k8s
 	$(MAKE) --no-print-directory test-image
 	$(MAKE) --no-print-directory test-rust
+	$(MAKE) --no-print-directory test-fuzz
 	$(MAKE) --no-print-directory test-compat
 	$(MAKE) --no-print-directory test-e2e
 
@@ -39,6 +43,17 @@ test-deps:
 
 test-rust:
 	$(CARGO) test --workspace
+
+# A smoke of every fuzz target (docs/fuzzing.md): its committed seeds, then
+# FUZZ_SMOKE_SECONDS of fuzzing; an unoptimized build without sanitizer, the
+# quickest to build. Needs nightly and cargo-fuzz (make test-deps).
+test-fuzz:
+	FUZZ_FLAGS="--dev --sanitizer none" bash scripts/fuzz.sh $(FUZZ_SMOKE_SECONDS)
+
+## fuzz: every cargo-fuzz target of fuzz/ for FUZZ_SECONDS (60) each, one after
+## another; prints execs, execs/s, corpus size and findings (docs/fuzzing.md)
+fuzz:
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
 # The official phoenix npm client against the seeds example, and against
 # three gateway pods and Redis: presence, and long-poll behind nginx.

@@ -16,6 +16,10 @@
 #   python3 venv  Debian package python3-venv (make lint-k8s installs
 #                 kubernetes-validate and yamllint from PyPI into a venv;
 #                 scripts/k8s-lint.sh does that part itself)
+#   nightly       rustup toolchain, minimal profile (the fuzz smoke of make
+#                 test; cargo fuzz builds with nightly-only flags)
+#   cargo-fuzz    from crates.io with cargo install --locked (make test-fuzz,
+#                 make fuzz; docs/fuzzing.md)
 set -euo pipefail
 
 say() { printf 'setup-test-deps: %s\n' "$*"; }
@@ -83,6 +87,22 @@ if [ ${#missing[@]} -gt 0 ]; then
     [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 ||
         die "nginx is still missing after installing ${missing[*]}"
     say "installed ${missing[*]}"
+fi
+
+# The fuzz targets (make test-fuzz) build with nightly through cargo-fuzz.
+if rustup run nightly rustc --version >/dev/null 2>&1; then
+    say "found $(rustup run nightly rustc --version)"
+else
+    command -v rustup >/dev/null 2>&1 ||
+        die "no nightly toolchain and no rustup to install it: install rustup (https://rustup.rs)"
+    say "missing the nightly toolchain: running rustup toolchain install nightly --profile minimal"
+    rustup toolchain install nightly --profile minimal
+fi
+if command -v cargo-fuzz >/dev/null 2>&1; then
+    say "found cargo-fuzz at $(command -v cargo-fuzz)"
+else
+    say "missing cargo-fuzz: running cargo install cargo-fuzz --locked"
+    cargo install cargo-fuzz --locked
 fi
 
 # The compat suite asks for Node 20 or newer (compat/package.json engines).

@@ -1,7 +1,8 @@
 //! The system under test: Redis (one server, or a cluster of three masters
 //! with a replica each) and gateway pods running `config/example.toml` —
 //! what users run — with only the listen address, the Redis URL and prefix
-//! (and the API key test-support's readiness check needs) set, plus, for
+//! (and the API key test-support's readiness check needs) set and the
+//! per-source limits off (every simulated client shares one address), plus, for
 //! one pod, a [`Proxy`] on its link to Redis. test-support starts and owns
 //! every process; each is killed when the rig drops.
 
@@ -66,6 +67,13 @@ impl Rig {
             (Backend::Single(r), url)
         };
         config.redis.url = Some(url.clone());
+        // Every simulated client connects from 127.0.0.1: the per-source
+        // limits (docs/security.md) would count thousands of users as one
+        // address and refuse their reconnect storm after a pod kill, which
+        // real clients, each from its own address, do not hit.
+        config.server.max_connections_per_source = 0;
+        config.server.connection_rate_per_source = 0;
+        config.server.max_queued_joins_per_source = 0;
         config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
 
         let proxy = match (&backend, spec.proxied) {

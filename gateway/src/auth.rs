@@ -17,6 +17,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use jsonwebtoken::{Algorithm, DecodingKey};
 
+/// The largest leeway on `exp` and `nbf`. jsonwebtoken subtracts the leeway
+/// from the current time in u64 seconds: a leeway past the epoch panicked
+/// there (debug builds) or made every token expired (release).
+pub const MAX_LEEWAY: Duration = Duration::from_secs(86_400);
+
 /// How one socket's tokens are verified.
 #[derive(Clone)]
 pub struct JwtSettings {
@@ -24,7 +29,7 @@ pub struct JwtSettings {
     pub algorithm: Algorithm,
     /// The HS* secret or the RS*/ES* public key.
     pub key: DecodingKey,
-    /// Clock skew allowed on `exp` and `nbf`.
+    /// Clock skew allowed on `exp` and `nbf`; at most [`MAX_LEEWAY`].
     pub leeway: Duration,
     /// Required `iss`, if any.
     pub issuer: Option<String>,
@@ -62,21 +67,27 @@ impl fmt::Debug for TokenVerifier {
 impl TokenVerifier {
     /// A verifier with these settings.
     pub fn new(settings: JwtSettings) -> Self {
+        let leeway = settings.leeway.min(MAX_LEEWAY);
         let mut validation = Validation::new(settings.algorithm);
-        validation.leeway = settings.leeway.as_secs();
+        validation.leeway = leeway.as_secs();
         validation.validate_nbf = true;
         validation.required_spec_claims.clear();
         validation.validate_aud = settings.audience.is_some();
+        // A required `iss` or `aud` must be there: jsonwebtoken only checks
+        // those present (and of its types), so without these a token with
+        // no `aud`, or `"aud": false`, passed an audience check.
         if let Some(aud) = &settings.audience {
             validation.set_audience(&[aud]);
+            validation.required_spec_claims.insert("aud".into());
         }
         if let Some(iss) = &settings.issuer {
             validation.set_issuer(&[iss]);
+            validation.required_spec_claims.insert("iss".into());
         }
         TokenVerifier {
             key: settings.key,
             validation,
-            leeway: settings.leeway,
+            leeway,
         }
     }
 
@@ -99,20 +110,33 @@ impl TokenVerifier {
             {
                 Err(invalid("invalid token time claim"))
             }
+            // Nor an `nbf` beyond u64 seconds: `1e30` passed as valid now.
+            Ok(data)
+                if data
+                    .claims
+                    .get("nbf")
+                    .and_then(numeric_date)
+                    .is_some_and(|nbf| nbf > now_secs() + self.leeway.as_secs_f64()) =>
+            {
+                Err(TokenError::NOT_YET_VALID)
+            }
             Ok(data) => Ok(data.claims),
             Err(e) => Err(match e.kind() {
                 ErrorKind::ExpiredSignature => TokenError {
                     label: "expired",
                     message: "token expired",
                 },
-                ErrorKind::ImmatureSignature => TokenError {
-                    label: "not_yet_valid",
-                    message: "token not yet valid",
-                },
+                ErrorKind::ImmatureSignature => TokenError::NOT_YET_VALID,
                 ErrorKind::InvalidSignature => invalid("bad token signature"),
                 ErrorKind::InvalidAlgorithm => invalid("token algorithm not accepted"),
                 ErrorKind::InvalidAudience => TokenError::claims("token audience not accepted"),
                 ErrorKind::InvalidIssuer => TokenError::claims("token issuer not accepted"),
+                ErrorKind::MissingRequiredClaim(c) if c == "aud" => {
+                    TokenError::claims("token audience not accepted")
+                }
+                ErrorKind::MissingRequiredClaim(c) if c == "iss" => {
+                    TokenError::claims("token issuer not accepted")
+                }
                 _ => invalid("invalid token"),
             }),
         }
@@ -139,6 +163,11 @@ const TOKEN_ERROR_LABELS: [&str; 5] = [
 ];
 
 impl TokenError {
+    const NOT_YET_VALID: TokenError = TokenError {
+        label: "not_yet_valid",
+        message: "token not yet valid",
+    };
+
     fn invalid(message: &'static str) -> Self {
         TokenError {
             label: "invalid_token",
@@ -164,6 +193,13 @@ impl std::fmt::Display for TokenError {
 /// fractional (RFC 7519 §2).
 fn numeric_date(v: &Value) -> Option<f64> {
     v.as_f64().filter(|n| n.is_finite() && *n >= 0.0)
+}
+
+/// Seconds since the epoch, now.
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// A claim as text, for comparison with topic segments and templates.
@@ -327,5 +363,62 @@ mod tests {
         assert_eq!(render("t:{team}:{sub}", &claims).as_deref(), Some("t:a:42"));
         assert_eq!(render("x:{missing}", &claims), None);
         assert_eq!(render("plain", &claims).as_deref(), Some("plain"));
+    }
+
+    /// Found by the `jwt` fuzz target: with `audience`/`issuer` set, a token
+    /// without the claim, or with one of another type, was accepted.
+    #[test]
+    fn required_claims_and_not_before_are_enforced() {
+        let verifier = TokenVerifier::new(JwtSettings {
+            algorithm: Algorithm::HS256,
+            key: DecodingKey::from_secret(b"k"),
+            leeway: Duration::from_secs(5),
+            issuer: Some("me".into()),
+            audience: Some("gw".into()),
+        });
+        let token = |claims: Value| {
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::default(),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(b"k"),
+            )
+            .unwrap()
+        };
+        let ok = verifier.verify(&token(json!({"sub": "1", "iss": "me", "aud": "gw"})));
+        assert!(ok.is_ok(), "{ok:?}");
+        let ok = verifier.verify(&token(json!({"sub": "1", "iss": "me", "aud": ["x", "gw"]})));
+        assert!(ok.is_ok(), "{ok:?}");
+        for claims in [
+            json!({"sub": "1", "iss": "me"}),
+            json!({"sub": "1", "iss": "me", "aud": false}),
+            json!({"sub": "1", "iss": "me", "aud": "other"}),
+            json!({"sub": "1", "aud": "gw"}),
+            json!({"sub": "1", "iss": 7, "aud": "gw"}),
+            json!({"sub": "1", "iss": "you", "aud": "gw"}),
+        ] {
+            let err = verifier.verify(&token(claims.clone())).unwrap_err();
+            assert_eq!(err.label, "claims", "{claims}: {err}");
+        }
+        // A leeway past the epoch is capped: jsonwebtoken's `now - leeway`
+        // panicked (debug) or expired every token (release).
+        let lenient = TokenVerifier::new(JwtSettings {
+            algorithm: Algorithm::HS256,
+            key: DecodingKey::from_secret(b"k"),
+            leeway: Duration::from_secs(u64::MAX),
+            issuer: None,
+            audience: None,
+        });
+        assert!(lenient
+            .verify(&token(json!({"exp": 4_000_000_000u64})))
+            .is_ok());
+        let err = lenient.verify(&token(json!({"exp": 1}))).unwrap_err();
+        assert_eq!(err.label, "expired");
+        // Found by the same target: an `nbf` beyond u64 seconds, which
+        // jsonwebtoken does not read, made a not-yet-valid token valid.
+        for nbf in [json!(1e30), json!(4_000_000_000u64)] {
+            let claims = json!({"sub": "1", "iss": "me", "aud": "gw", "nbf": nbf});
+            let err = verifier.verify(&token(claims.clone())).unwrap_err();
+            assert_eq!(err.label, "not_yet_valid", "{claims}: {err}");
+        }
     }
 }

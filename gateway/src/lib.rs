@@ -40,6 +40,9 @@ pub mod channel;
 pub mod config;
 pub mod conn;
 pub mod endpoint;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod metrics;
 pub mod presence;
 pub mod protocol;

@@ -62,6 +62,10 @@ impl Envelope {
     /// # Errors
     /// Not a JSON object, no string `event`, or an empty event.
     pub fn decode(body: Bytes) -> Result<Envelope, EnvelopeError> {
+        // serde would also read the struct from a positional array.
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(EnvelopeError("not a JSON object".into()));
+        }
         let wire: Wire<'_> =
             serde_json::from_slice(&body).map_err(|e| EnvelopeError(e.to_string()))?;
         if wire.event.is_empty() {
@@ -166,6 +170,10 @@ mod tests {
             br#"{"event":1}"#,
             br#"{"event":""}"#,
             br#"{"event":"x","payload":}"#,
+            // An array read positionally as {event, payload} (found by the
+            // redis_envelope fuzz target).
+            br#"["new_msg",{"body":"hi"}]"#,
+            br#" [")"]"#,
         ] {
             assert!(Envelope::decode(Bytes::copy_from_slice(bad)).is_err());
         }

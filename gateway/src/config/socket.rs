@@ -4,7 +4,7 @@
 //! the token verifier built once, here.
 
 use super::{millis, ConfigError, Key};
-use crate::auth::{Algorithm, DecodingKey, JwtSettings, SocketAuth, TokenVerifier};
+use crate::auth::{Algorithm, DecodingKey, JwtSettings, SocketAuth, TokenVerifier, MAX_LEEWAY};
 use crate::channel::TopicPattern;
 use crate::socket::{CheckOrigin, LongPollConfig, OriginRule, PushRate, SocketConfig};
 use serde::{Deserialize, Serialize};
@@ -152,7 +152,7 @@ pub struct JwtConfig {
     pub secret: Option<String>,
     /// PEM public key file for RS*/ES*.
     pub public_key_file: Option<PathBuf>,
-    /// Clock skew allowed on `exp` and `nbf`, seconds. Default 5.
+    /// Clock skew allowed on `exp` and `nbf`, seconds. Default 5; at most 86400.
     pub leeway_secs: u64,
     /// Required `iss`, if set.
     pub issuer: Option<String>,
@@ -326,6 +326,13 @@ impl OriginSetting {
 impl JwtConfig {
     /// The verifier: the algorithm parsed and the key read, once.
     fn verifier(&self, key: &Key) -> Result<TokenVerifier, ConfigError> {
+        if self.leeway_secs > MAX_LEEWAY.as_secs() {
+            return Err(key.field("leeway_secs").invalid(format!(
+                "{} is more than a day ({} s)",
+                self.leeway_secs,
+                MAX_LEEWAY.as_secs()
+            )));
+        }
         let algorithm: Algorithm = self.algorithm.to_ascii_uppercase().parse().map_err(|_| {
             key.field("algorithm")
                 .invalid(format!("{:?} is not a supported algorithm", self.algorithm))

@@ -75,6 +75,16 @@ pub(super) struct FrameReader<R> {
     partial: Option<Partial>,
 }
 
+#[cfg(feature = "fuzzing")]
+impl<R> FrameReader<R> {
+    /// What the reader holds: the read buffer's length and capacity, and the
+    /// bytes of a fragmented message so far (the fuzz target bounds them).
+    pub(super) fn held(&self) -> (usize, usize, usize) {
+        let partial = self.partial.as_ref().map_or(0, |p| p.data.len());
+        (self.buf.len(), self.buf.capacity(), partial)
+    }
+}
+
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Messages over `max` bytes are refused.
     pub(super) fn new(io: R, max: usize) -> Self {

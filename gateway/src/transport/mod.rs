@@ -15,6 +15,8 @@
 pub(crate) mod admission;
 pub(crate) mod drain;
 mod frame_reader;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;
 pub(crate) mod http;
 pub(crate) mod longpoll;
 pub(crate) mod response;

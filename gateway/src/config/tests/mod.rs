@@ -153,6 +153,16 @@ fn jwt_secret_from_env_satisfies_validation() {
     assert!(load(text, &[("GATEWAY_JWT_SECRET", "s3cret")]).is_ok());
 }
 
+/// A leeway past the epoch broke jsonwebtoken's `now - leeway` (found
+/// writing the `config` fuzz target, which now verifies a token per socket).
+#[test]
+fn jwt_leeway_is_at_most_a_day() {
+    let jwt = |l: u64| format!("[[socket]]\n[socket.jwt]\nsecret = \"s\"\nleeway_secs = {l}\n");
+    assert!(load(&jwt(86_400), &[]).is_ok());
+    fails(&jwt(86_401), "socket[0].jwt.leeway_secs");
+    fails(&jwt(3_000_000_000), "socket[0].jwt.leeway_secs");
+}
+
 #[test]
 fn presence_rules() {
     let text = include_str!("../../../../config/example.toml");

@@ -85,15 +85,20 @@ pub(crate) async fn handle(
     let Ok(body) = String::from_utf8(body.to_vec()) else {
         return cors(text(StatusCode::BAD_REQUEST, "body is not UTF-8"));
     };
-    let lines = if ndjson {
+    status_only(lp.post(&t, body_lines(body, ndjson), config.window).await)
+}
+
+/// The frames of a POST body: the first [`MAX_LINES`] lines of an ndjson
+/// body, or the whole body (legacy clients, V1 objects).
+pub(crate) fn body_lines(body: String, ndjson: bool) -> Vec<String> {
+    if ndjson {
         body.split('\n')
             .take(MAX_LINES)
             .map(str::to_owned)
             .collect()
     } else {
         vec![body]
-    };
-    status_only(lp.post(&t, lines, config.window).await)
+    }
 }
 
 /// A first GET (or one whose session token is not ours): connect, open a

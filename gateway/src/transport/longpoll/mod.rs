@@ -19,8 +19,8 @@
 //! [`Broker::send_to`]: crate::pubsub::Broker::send_to
 
 pub(crate) mod http;
-mod relay;
-mod session;
+pub(super) mod relay;
+pub(super) mod session;
 mod ticket;
 pub(crate) mod token;
 

@@ -11,7 +11,7 @@
 use super::ticket::Ticket;
 use crate::conn::{ConnHandle, Disconnect, Out};
 use crate::metrics::metrics;
-use crate::protocol::{Frame, Transport};
+use crate::protocol::{Frame, Message, Transport, Vsn};
 use crate::socket::connection::Connection;
 use crate::socket::LongPollConfig;
 use crate::transport::drain::Drain;
@@ -246,33 +246,45 @@ pub(crate) async fn run(
     // Dropping `connection` logs "connection closed" and counts it.
 }
 
-/// Hands each line to the connection: a JSON text frame, or the base64 of a
-/// binary one. Empty lines are skipped.
+/// Hands each line to the connection. Empty lines are skipped.
 fn apply(connection: &mut Connection, lines: &[String], max: usize) -> Result<(), Disconnect> {
     for line in lines {
-        let line = line.trim_end_matches('\r');
-        if line.is_empty() {
-            continue;
-        }
-        if line.len() > max {
-            return Err(Disconnect::FrameTooLarge);
-        }
         let (vsn, id) = (connection.conn().vsn(), connection.conn().id());
-        let msg = if line.starts_with(['[', '{']) {
-            decode(
-                vsn,
-                id,
-                Data::Text(&Bytes::copy_from_slice(line.as_bytes())),
-            )?
-        } else {
-            let data = base64::engine::general_purpose::STANDARD
-                .decode(line)
-                .map_err(|_| Disconnect::Malformed)?;
-            decode(vsn, id, Data::Binary(&Bytes::from(data)))?
-        };
-        connection.handle(msg);
+        if let Some(msg) = line_message(vsn, id, line, max)? {
+            connection.handle(msg);
+        }
     }
     Ok(())
+}
+
+/// One POSTed line as a message: a JSON text frame, or the base64 of a
+/// binary one; `None` for an empty line.
+pub(crate) fn line_message(
+    vsn: Vsn,
+    id: u64,
+    line: &str,
+    max: usize,
+) -> Result<Option<Message>, Disconnect> {
+    let line = line.trim_end_matches('\r');
+    if line.is_empty() {
+        return Ok(None);
+    }
+    if line.len() > max {
+        return Err(Disconnect::FrameTooLarge);
+    }
+    let msg = if line.starts_with(['[', '{']) {
+        decode(
+            vsn,
+            id,
+            Data::Text(&Bytes::copy_from_slice(line.as_bytes())),
+        )?
+    } else {
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(line)
+            .map_err(|_| Disconnect::Malformed)?;
+        decode(vsn, id, Data::Binary(&Bytes::from(data)))?
+    };
+    Ok(Some(msg))
 }
 
 async fn sleep_until(at: Option<Instant>) {

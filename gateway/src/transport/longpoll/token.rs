@@ -103,7 +103,9 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.is_ascii() {
+    // Hex digits only: `from_str_radix` also takes a sign, so "+f" read as
+    // "0f" and a MAC had several spellings (found by the fuzz target).
+    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len())
@@ -185,6 +187,14 @@ mod tests {
         assert!(s.check_mac(b"hello", &m));
         assert!(!s.check_mac(b"hellO", &m));
         assert!(!s.check_mac(b"hello", "zz"));
+        assert!(s.check_mac(b"hello", &m.to_ascii_uppercase()));
+        // A sign is not a hex digit: "+f" must not stand for "0f".
+        let zero_led = (0u32..)
+            .map(|i| i.to_string())
+            .find(|d| s.mac(d.as_bytes()).starts_with('0'))
+            .unwrap();
+        let mac = s.mac(zero_led.as_bytes());
+        assert!(!s.check_mac(zero_led.as_bytes(), &format!("+{}", &mac[1..])));
         assert!(!Signer::new(b"j").check_mac(b"hello", &m));
     }
 }
