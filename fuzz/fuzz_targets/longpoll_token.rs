@@ -66,7 +66,8 @@ fn tampered_token(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     let (session, ack): (u128, u64) = (u.arbitrary()?, u.arbitrary()?);
     let token = OURS.sign(&node, session, ack);
     let said = OURS.verify(&token);
-    if !node.is_empty() && !node.contains('.') {
+    // Tokens over 512 bytes are refused unread (real node ids are 16 hex digits).
+    if !node.is_empty() && !node.contains('.') && token.len() <= 512 {
         assert_eq!(said, Some((node.clone(), session, ack)), "round trip");
     }
     if let Some((n, s, a)) = said {
