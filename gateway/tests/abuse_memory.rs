@@ -22,7 +22,6 @@ use test_support::scrape::sample;
 use test_support::{
     broadcast, reply, wait, GatewayBuilder, GatewayProcess, PhxClient, Received, RedisServer,
 };
-use tokio::net::TcpSocket;
 use tokio::sync::watch;
 
 /// `max_payload` of the rules (the default) and `max_frame_size` of the
@@ -58,13 +57,7 @@ fn pod(redis: &RedisServer) -> GatewayBuilder {
 
 /// A client with a tiny receive buffer that will stop reading after its join.
 async fn never_reading(pod: &GatewayProcess, topic: &str) -> PhxClient {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(SLOW_RCVBUF).unwrap();
-    let stream = tokio::time::timeout(STEP, socket.connect(pod.addr))
-        .await
-        .unwrap()
-        .unwrap();
-    let mut c = PhxClient::connect_stream(&pod.url(""), stream).await;
+    let mut c = PhxClient::connect_small_rcvbuf(&pod.url(""), pod.addr, SLOW_RCVBUF).await;
     c.join(topic, "1").await;
     c
 }

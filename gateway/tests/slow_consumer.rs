@@ -11,7 +11,6 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use test_support::memory::{mib, peak, reset_peak, rss};
 use test_support::{broadcast, wait, GatewayProcess, PhxClient, Received, RedisServer};
-use tokio::net::TcpSocket;
 
 const TOPIC: &str = "room:flood";
 /// `[[socket]] outbound_queue` of the pod, in frames.
@@ -81,13 +80,7 @@ async fn a_client_that_stops_reading_is_closed_and_memory_stays_bounded() {
 
     // The slow client: a small kernel receive buffer, joins, then reads
     // nothing until the flood is over.
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(SLOW_RCVBUF).unwrap();
-    let stream = tokio::time::timeout(STEP, socket.connect(pod.addr))
-        .await
-        .unwrap()
-        .unwrap();
-    let mut slow = PhxClient::connect_stream(&pod.url(""), stream).await;
+    let mut slow = PhxClient::connect_small_rcvbuf(&pod.url(""), pod.addr, SLOW_RCVBUF).await;
     slow.join(TOPIC, "1").await;
 
     // The good client joins the same topic and reads everything.

@@ -112,6 +112,23 @@ impl PhxClient {
         PhxClient::new(ws)
     }
 
+    /// Connects to `addr` with a kernel receive buffer of `rcvbuf` bytes, so
+    /// the server's writes stall soon after the client stops reading: the
+    /// slow consumer of the abuse tests.
+    pub async fn connect_small_rcvbuf(
+        url: &str,
+        addr: std::net::SocketAddr,
+        rcvbuf: u32,
+    ) -> PhxClient {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(rcvbuf).unwrap();
+        let stream = tokio::time::timeout(TIMEOUT, socket.connect(addr))
+            .await
+            .expect("connect timed out")
+            .unwrap();
+        PhxClient::connect_stream(url, stream).await
+    }
+
     /// The HTTP status of a handshake that must be refused.
     pub async fn refused_status<R: IntoClientRequest + Unpin>(req: R) -> u16 {
         match PhxClient::try_connect(req).await {
