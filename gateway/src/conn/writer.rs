@@ -26,10 +26,11 @@ const CLOSE_WRITE: Duration = Duration::from_secs(1);
 /// the reason allows: see [`Disconnect::flushes`]) and the close frame.
 pub(crate) async fn run<W: AsyncWrite + Unpin>(mut w: W, conn: ConnHandle) {
     let mut batch: Vec<Out> = Vec::new();
+    let mut heads: Vec<([u8; 10], usize)> = Vec::new();
     let mut clean = true;
     while conn.next_batch(&mut batch).await {
         let res = {
-            let write = write_batch(&mut w, &batch);
+            let write = write_batch(&mut w, &batch, &mut heads);
             tokio::pin!(write);
             tokio::select! {
                 biased;
@@ -67,7 +68,7 @@ pub(crate) async fn run<W: AsyncWrite + Unpin>(mut w: W, conn: ConnHandle) {
             if reason.is_some_and(Disconnect::flushes) {
                 batch.clear();
                 conn.take_rest(&mut batch);
-                write_batch(&mut w, &batch).await?;
+                write_batch(&mut w, &batch, &mut heads).await?;
                 metrics().sent(Transport::WebSocket, batch.iter().filter_map(Out::sent));
             }
             if let Some((code, why)) = reason.and_then(Disconnect::close_frame) {
@@ -85,22 +86,25 @@ pub(crate) async fn run<W: AsyncWrite + Unpin>(mut w: W, conn: ConnHandle) {
     let _ = tokio::time::timeout(CLOSE_WRITE, w.shutdown()).await;
 }
 
-/// Writes `batch` with one vectored write per [`FRAMES_PER_WRITE`] frames.
-async fn write_batch<W: AsyncWrite + Unpin>(w: &mut W, batch: &[Out]) -> std::io::Result<()> {
+/// Writes `batch` with one vectored write per [`FRAMES_PER_WRITE`] frames;
+/// `heads` is the frame headers' buffer, kept across batches.
+async fn write_batch<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    batch: &[Out],
+    heads: &mut Vec<([u8; 10], usize)>,
+) -> std::io::Result<()> {
     for chunk in batch.chunks(FRAMES_PER_WRITE) {
-        let heads: Vec<([u8; 10], usize)> = chunk
-            .iter()
-            .map(|out| {
-                let (op, len) = match out {
-                    Out::Data(Frame::Text(b), _) => (OP_TEXT, b.len()),
-                    Out::Data(Frame::Binary(b), _) => (OP_BINARY, b.len()),
-                    Out::Pong(b) => (OP_PONG, b.len()),
-                };
-                header(op, len)
-            })
-            .collect();
+        heads.clear();
+        heads.extend(chunk.iter().map(|out| {
+            let (op, len) = match out {
+                Out::Data(Frame::Text(b), _) => (OP_TEXT, b.len()),
+                Out::Data(Frame::Binary(b), _) => (OP_BINARY, b.len()),
+                Out::Pong(b) => (OP_PONG, b.len()),
+            };
+            header(op, len)
+        }));
         let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(chunk.len() * 2);
-        for (out, (head, n)) in chunk.iter().zip(&heads) {
+        for (out, (head, n)) in chunk.iter().zip(heads.iter()) {
             slices.push(IoSlice::new(&head[..*n]));
             let body = match out {
                 Out::Data(f, _) => f.bytes(),
