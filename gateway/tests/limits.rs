@@ -2,6 +2,8 @@
 //! WebSocket and long-poll connections are refused with 503 and `/readyz`
 //! fails (its body says why and reports Redis); below it again, both recover.
 //! At start the process raises its open-files soft limit to the hard limit.
+//! One client address at `max_connections_per_source` is refused with 429
+//! while another connects and the pod stays ready.
 //!
 //! Needs `redis-server` on PATH.
 
@@ -96,4 +98,39 @@ async fn the_open_files_soft_limit_is_raised_to_the_hard_limit() {
         lowered.contains("WARN") && lowered.contains(&format!("lowered_to={}", hard - 64)),
         "{lowered}"
     );
+}
+
+/// A WebSocket handshake from `from` (a loopback address of its own), as a
+/// plain HTTP request: the status tells admitted (101) from refused.
+async fn handshake_from(
+    pod: &GatewayProcess,
+    from: std::net::IpAddr,
+) -> test_support::http::Response {
+    test_support::http::Request::get("/socket/websocket?vsn=2.0.0")
+        .header("upgrade", "websocket")
+        .header("connection", "upgrade")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send_from(pod.addr, from, Duration::from_secs(10))
+        .await
+}
+
+#[tokio::test]
+async fn one_source_at_its_limit_is_refused_while_others_connect_and_the_pod_stays_ready() {
+    let redis = RedisServer::start().await;
+    let pod = pod()
+        .redis(&redis.url())
+        .configure(|c| c.server.max_connections_per_source = 2)
+        .start()
+        .await;
+    // The abuser holds its two connections (127.0.0.1, the clients' default).
+    let _held = [pod.client().await, pod.client().await];
+    let refused = handshake_from(&pod, "127.0.0.1".parse().unwrap()).await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert!(refused.body.contains("127.0.0.1"), "{}", refused.body);
+    // Another address is its own source; the pod stays ready for it.
+    let canary = handshake_from(&pod, "127.0.0.2".parse().unwrap()).await;
+    assert_eq!(canary.status, 101, "{}", canary.body);
+    let (status, body) = pod.get("/readyz").await.unwrap();
+    assert_eq!(status, 200, "{body}");
 }
