@@ -143,8 +143,8 @@ impl Endpoint {
             ok,
             format!(
                 "{state}\nconnections: {}\nunpolled long-poll sessions: {}\nhttp connections: {}\n{}\n",
-                self.admission.connections().get(),
-                self.admission.unpolled().get(),
+                self.admission.connections().open(),
+                self.admission.unpolled().open(),
                 self.http.open(),
                 self.pubsub().broker_health()
             ),
@@ -172,7 +172,7 @@ impl Endpoint {
             }
         }
         if let Some(max) = limits.max_sockets {
-            let open = http + self.admission.connections().get();
+            let open = http + self.admission.connections().open();
             if open + more > max {
                 let why = format!("at socket limit ({open} of {max}, from the open files limit)");
                 return Some((Limit::MaxHttpConnections, why));

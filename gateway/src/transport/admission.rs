@@ -9,13 +9,13 @@
 //! tracks every connection task.
 
 use super::drain::Drain;
+pub(crate) use super::http::{Slot, Slots};
 use super::source::{self, SourceLimits, SourcePermit, SourceRefusal, Sources};
 use crate::channel::Assigns;
 use crate::metrics::{metrics, Limit};
 use crate::protocol::{Transport, UnsupportedVsn, Vsn};
 use crate::socket::{ConnectError, ConnectInfo, Params, Socket};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -41,31 +41,6 @@ pub struct Limits {
     pub max_sockets: Option<usize>,
     /// What one client address may hold and open.
     pub per_source: SourceLimits,
-}
-
-/// How many connections hold a [`Counted`] of it.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Gauge(Arc<AtomicUsize>);
-
-/// One connection in a [`Gauge`] until dropped.
-#[derive(Debug)]
-pub(crate) struct Counted(Arc<AtomicUsize>);
-
-impl Gauge {
-    pub(crate) fn count(&self) -> Counted {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Counted(self.0.clone())
-    }
-
-    pub(crate) fn get(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// Why a connection attempt was refused.
@@ -107,11 +82,11 @@ pub(crate) struct Admission {
     sources: Arc<Sources>,
     /// Connections counted against `max_connections`: WebSocket connections
     /// from admission on, long-poll sessions from their first poll on.
-    connections: Gauge,
+    connections: Slots,
     /// Long-poll sessions that have not polled yet: not counted against
     /// `max_connections` (a client that never polls is not a user), and
     /// ended soon.
-    unpolled: Gauge,
+    unpolled: Slots,
 }
 
 impl Default for Admission {
@@ -127,8 +102,8 @@ impl Admission {
             limits,
             stopped: CancellationToken::new(),
             drain: Drain::default(),
-            connections: Gauge::default(),
-            unpolled: Gauge::default(),
+            connections: Slots::default(),
+            unpolled: Slots::default(),
         }
     }
 
@@ -137,12 +112,12 @@ impl Admission {
     }
 
     /// Connections counted against `max_connections`.
-    pub(crate) fn connections(&self) -> &Gauge {
+    pub(crate) fn connections(&self) -> &Slots {
         &self.connections
     }
 
     /// Long-poll sessions that have not polled yet.
-    pub(crate) fn unpolled(&self) -> &Gauge {
+    pub(crate) fn unpolled(&self) -> &Slots {
         &self.unpolled
     }
 
@@ -231,7 +206,7 @@ impl Admission {
     /// memory threshold; the limit, and a sentence for the answer's body.
     pub(crate) fn over_limit(&self) -> Option<(Limit, String)> {
         if let Some(max) = self.limits.max_connections {
-            let open = self.connections.get();
+            let open = self.connections.open();
             if open >= max {
                 let why = format!("at connection limit ({open} of {max})");
                 return Some((Limit::MaxConnections, why));

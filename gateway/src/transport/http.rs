@@ -40,8 +40,8 @@ impl Default for Timeouts {
 }
 
 /// Counts open connections of one kind against a cap; each is a [`Slot`]
-/// held for the connection's life.
-#[derive(Debug, Default)]
+/// held for the connection's life. Clones share the count.
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Slots {
     open: Arc<AtomicUsize>,
 }
@@ -50,6 +50,12 @@ impl Slots {
     /// Connections open now.
     pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
+    }
+
+    /// A slot whatever the count: connections counted, not capped, here.
+    pub(crate) fn hold(&self) -> Slot {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        Slot(self.open.clone())
     }
 
     /// A slot, unless `open` already reached `max` (`None`: no cap).

@@ -5,7 +5,7 @@
 //! fastwebsockets answers the upgrade; frames are read by our own
 //! [`FrameReader`], whose buffer is released whenever it drains.
 
-use super::admission::{Admission, Admitted, Counted, Refused};
+use super::admission::{Admission, Admitted, Refused, Slot};
 use super::drain::Drain;
 use super::frame_reader::{FrameReader, Incoming as Read, ReadError};
 use super::response::{text, too_many, Body};
@@ -60,8 +60,8 @@ pub(crate) async fn handshake(
         Ok(admitted) => admitted,
         Err(refused) => return refusal(refused),
     };
-    // Counted against max_connections from here until the task ends.
-    let counted = admission.connections().count();
+    // Slot against max_connections from here until the task ends.
+    let counted = admission.connections().hold();
     let (resp, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(r) => r,
         Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string()),
@@ -170,7 +170,7 @@ struct Open {
     socket: Arc<Socket>,
     admitted: Admitted,
     /// Its place in `max_connections`, held while the connection runs.
-    _counted: Counted,
+    _counted: Slot,
 }
 
 /// Reads `Sec-WebSocket-Protocol`: whether `phoenix` was offered, and the

@@ -4,7 +4,7 @@
 //! never polls is not a user: it neither fills the pod's connection slots
 //! nor makes it unready, and it ends after `unpolled_timeout`.
 
-use crate::transport::admission::{Counted, Gauge};
+use crate::transport::admission::{Slot, Slots};
 use crate::transport::source::SourcePermit;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,16 +13,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub(crate) struct Ticket {
     _source: SourcePermit,
     /// In the unpolled gauge until the first poll, then in `connections`.
-    counted: Mutex<Counted>,
-    connections: Gauge,
+    counted: Mutex<Slot>,
+    connections: Slots,
     polled: AtomicBool,
 }
 
 impl Ticket {
-    pub(crate) fn new(source: SourcePermit, unpolled: &Gauge, connections: Gauge) -> Self {
+    pub(crate) fn new(source: SourcePermit, unpolled: &Slots, connections: Slots) -> Self {
         Ticket {
             _source: source,
-            counted: Mutex::new(unpolled.count()),
+            counted: Mutex::new(unpolled.hold()),
             connections,
             polled: AtomicBool::new(false),
         }
@@ -31,7 +31,7 @@ impl Ticket {
     /// The session polled: from now on it counts as a connection.
     pub(crate) fn polled(&self) {
         if !self.polled.swap(true, Ordering::Relaxed) {
-            *self.counted.lock() = self.connections.count();
+            *self.counted.lock() = self.connections.hold();
         }
     }
 
@@ -44,7 +44,7 @@ impl Ticket {
     pub(crate) fn detached() -> Self {
         let sources = crate::transport::source::Sources::new(Default::default());
         let permit = sources.admit(std::net::Ipv4Addr::LOCALHOST.into()).unwrap();
-        Ticket::new(permit, &Gauge::default(), Gauge::default())
+        Ticket::new(permit, &Slots::default(), Slots::default())
     }
 }
 
@@ -55,14 +55,14 @@ mod tests {
     #[test]
     fn a_session_counts_as_a_connection_from_its_first_poll() {
         let sources = crate::transport::source::Sources::new(Default::default());
-        let (unpolled, connections) = (Gauge::default(), Gauge::default());
+        let (unpolled, connections) = (Slots::default(), Slots::default());
         let permit = sources.admit([192, 0, 2, 1].into()).unwrap();
         let t = Ticket::new(permit, &unpolled, connections.clone());
-        assert_eq!((unpolled.get(), connections.get()), (1, 0));
+        assert_eq!((unpolled.open(), connections.open()), (1, 0));
         t.polled();
         t.polled();
-        assert_eq!((unpolled.get(), connections.get()), (0, 1));
+        assert_eq!((unpolled.open(), connections.open()), (0, 1));
         drop(t);
-        assert_eq!((unpolled.get(), connections.get()), (0, 0));
+        assert_eq!((unpolled.open(), connections.open()), (0, 0));
     }
 }
