@@ -12,7 +12,7 @@ FUZZ_SMOKE_SECONDS ?= 5
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 SEEDS_BIN  ?= $(TARGET_DIR)/debug/examples/seeds
 
-.PHONY: run run-seeds build test test-deps test-rust test-compat test-e2e test-image lint lint-k8s image image-check bench curves bench-ab chaos soak test-fuzz fuzz
+.PHONY: run run-seeds build test test-deps test-rust test-compat test-e2e test-image lint lint-k8s image image-check bench curves memory bench-ab chaos soak test-fuzz fuzz
 
 ## run: the gateway on 127.0.0.1:$(PORT) with config/example.toml and the demo
 ## chat at /; the in-memory broker unless REDIS_URL is set
@@ -135,6 +135,11 @@ soak:
 ## CURVES_DOCS=docs/perf also refreshes the committed charts (about 15 minutes)
 curves:
 	bash loadtest/curves.sh
+
+## memory: resident memory per idle joined connection on config/example.toml
+## (19,000 connections: one topic, with presence tracked, 10 topics each)
+memory:
+	bash loadtest/memory.sh
 
 ## bench-ab: the same fan-out run against two gateway binaries, alternated
 ## (make bench-ab A=old/gateway B=target/release/gateway); what a change costs

@@ -5,7 +5,7 @@
 
 CARGO=${CARGO:-cargo}
 TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
-GW=$TARGET_DIR/release/gateway
+GW=${GATEWAY_BIN:-$TARGET_DIR/release/gateway}
 LT=$TARGET_DIR/release/loadtest
 RAW=$TARGET_DIR/release/raw-writer
 PLOT=$TARGET_DIR/release/bench-plot
@@ -42,16 +42,24 @@ start_redis() {
   until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do sleep 0.05; done
 }
 
-# start_gateway NAME: config/example.toml on Redis; sets GW_PID, GW_PORT, GW_URL, GW_API.
+# example_config: config/example.toml on this Redis, without the per-source
+# limits (the load comes from a few loopback addresses).
+example_config() {
+  sed 's/^\(max_connections_per_source\|connection_rate_per_source\|max_queued_joins_per_source\) = .*/\1 = 0/' config/example.toml
+  printf '\n[redis]\nurl = "%s"\nprefix = "%s"\n' "$REDIS_URL" "$PREFIX"
+}
+
+# start_gateway NAME [example]: config/example.toml on Redis plus a public
+# bench:* rule (the benchmarks measure channels without presence, whose cost
+# docs/presence.md measures), or with "example" the shipped file alone;
+# sets GW_PID, GW_PORT, GW_URL, GW_API.
 start_gateway() {
   local name=$1
   GW_PORT=$(free_port)
-  # config/example.toml plus Redis and a public bench:* rule: the benchmarks
-  # measure channels without presence (whose cost docs/presence.md measures).
-  # Without per-source limits: the load comes from a few loopback addresses.
-  { sed 's/^\(max_connections_per_source\|connection_rate_per_source\|max_queued_joins_per_source\) = .*/\1 = 0/' config/example.toml
-    printf '\n[redis]\nurl = "%s"\nprefix = "%s"\n' "$REDIS_URL" "$PREFIX"
-    printf '\n[[channel]]\npattern = "bench:*"\npolicy = "public"\nevents = ["new_msg"]\ninclude_sender = true\n'
+  { example_config
+    if [ "${2:-}" != example ]; then
+      printf '\n[[channel]]\npattern = "bench:*"\npolicy = "public"\nevents = ["new_msg"]\ninclude_sender = true\n'
+    fi
   } >"$OUT/$name.toml"
   env -u REDIS_URL -u GATEWAY_CONFIG -u GATEWAY_LISTEN PORT="$GW_PORT" GATEWAY_API_KEY="$KEY" GATEWAY_LOG=warn \
     "$GW" --config "$OUT/$name.toml" >"$OUT/$name.log" 2>&1 &
@@ -83,6 +91,6 @@ lt() {
   local name=$1; shift
   echo "== $name: loadtest $*" >&2
   echo "$LT $*" >"$OUT/$name.cmd"
-  "$LT" "$@" --source-ips "$IPS" --topic-prefix bench:lt --json "$OUT/$name.json" --html "$OUT/$name.html" \
+  "$LT" "$@" --source-ips "$IPS" --topic-prefix "${LT_TOPIC_PREFIX:-bench:lt}" --json "$OUT/$name.json" --html "$OUT/$name.html" \
     | tee "$OUT/$name.txt" | tail -n 16 >&2 || echo "$name: loadtest exited $?" >&2
 }

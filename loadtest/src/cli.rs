@@ -59,6 +59,11 @@ pub(crate) struct Cli {
     /// Topic names are PREFIX:N (room:* is public in config/example.toml).
     #[arg(long, global = true, default_value = "room:lt")]
     pub(crate) topic_prefix: String,
+    /// Join with the param `user` set to the connection's index, so topics
+    /// whose rule keys presence by it (room:* in config/example.toml) track
+    /// every connection.
+    #[arg(long, global = true)]
+    pub(crate) join_user: bool,
     /// Bytes of padding in each published payload.
     #[arg(long, global = true, default_value_t = 0)]
     pub(crate) payload_pad: usize,

@@ -111,6 +111,9 @@ pub struct Spec {
     /// Push `new_msg` to the first topic at this interval while the phase is Go.
     pub push_every: Option<Duration>,
     pub pad: usize,
+    /// Join with `{"user": "u<idx>"}`, so a rule with a presence keyed by
+    /// the `user` param tracks every connection.
+    pub join_user: bool,
 }
 
 /// Per-sender delivery tracking: next expected sequence number.
@@ -167,6 +170,8 @@ pub struct Client {
     seq: u64,
     sender: u32,
     pad: String,
+    /// The payload of every join.
+    join_params: String,
 }
 
 impl Client {
@@ -188,6 +193,11 @@ impl Client {
             seq: 0,
             sender: spec.idx as u32,
             pad: "x".repeat(spec.pad),
+            join_params: if spec.join_user {
+                format!(r#"{{"user":"u{}"}}"#, spec.idx)
+            } else {
+                "{}".to_owned()
+            },
         }
     }
 
@@ -197,7 +207,7 @@ impl Client {
         if let Some(p) = self.pending.get_mut(i) {
             *p = Some(Instant::now());
         }
-        format!(r#"["{r}","{r}","{topic}","phx_join",{{}}]"#)
+        format!(r#"["{r}","{r}","{topic}","phx_join",{}]"#, self.join_params)
     }
 
     /// A heartbeat (odd refs past the joins).

@@ -113,6 +113,7 @@ pub(crate) async fn worker(
             topics: cli.topics_of(g),
             push_every,
             pad: cli.payload_pad,
+            join_user: cli.join_user,
         };
         let (t, st, ph) = (target.clone(), stats.clone(), phase_rx.clone());
         match cli.transport {

@@ -1,19 +1,19 @@
 //! What a channel callback can do: push, reply later, broadcast, track
 //! presences, read the socket's assigns, and schedule messages to itself.
 
+use super::slot::PostInfo;
 use super::{Assigns, Services, SocketInfo};
 use crate::conn::{ConnHandle, ReplyTo};
 use crate::metrics::Source;
 use crate::presence::{PresenceError, TrackId};
 use crate::protocol::Payload;
 use crate::pubsub::{Broadcast, PublishError};
-use std::sync::Arc;
+use std::fmt;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// The channel's view of its socket, handed to every callback.
-#[derive(Debug)]
 pub struct ChannelContext<I> {
     topic: Arc<str>,
     join_ref: Option<Arc<str>>,
@@ -23,11 +23,24 @@ pub struct ChannelContext<I> {
     /// This channel's copy of the socket assigns, made on first write.
     assigns: Option<Assigns>,
     pub(crate) current_ref: Option<String>,
-    info: Option<(mpsc::UnboundedSender<I>, mpsc::UnboundedReceiver<I>)>,
-    timers: CancellationToken,
+    /// Where `handle_info` messages go: the channel's own slot.
+    me: Weak<dyn PostInfo<I>>,
+    /// Cancels `send_after` timers when the channel ends; made by the first.
+    timers: Option<CancellationToken>,
     /// Presences this channel tracks, by key; untracked when it ends, as
     /// Phoenix's tracker does when a channel process exits.
     tracked: Vec<(String, TrackId)>,
+}
+
+impl<I> fmt::Debug for ChannelContext<I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChannelContext")
+            .field("topic", &self.topic)
+            .field("join_ref", &self.join_ref)
+            .field("conn", &self.conn.id())
+            .field("tracked", &self.tracked)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<I> Drop for ChannelContext<I> {
@@ -45,6 +58,7 @@ impl<I: Send + 'static> ChannelContext<I> {
         conn: ConnHandle,
         services: Arc<Services>,
         socket: Arc<SocketInfo>,
+        me: Weak<dyn PostInfo<I>>,
     ) -> Self {
         ChannelContext {
             topic,
@@ -54,8 +68,8 @@ impl<I: Send + 'static> ChannelContext<I> {
             socket,
             assigns: None,
             current_ref: None,
-            info: None,
-            timers: CancellationToken::new(),
+            me,
+            timers: None,
             tracked: Vec::new(),
         }
     }
@@ -224,46 +238,32 @@ impl<I: Send + 'static> ChannelContext<I> {
         })
     }
 
-    fn info_tx(&mut self) -> mpsc::UnboundedSender<I> {
-        self.info
-            .get_or_insert_with(mpsc::unbounded_channel)
-            .0
-            .clone()
-    }
-
     /// A sender that delivers messages to [`Channel::handle_info`](super::Channel::handle_info)
     /// from anywhere, for as long as the channel lives.
     pub fn info_sender(&mut self) -> InfoSender<I> {
-        InfoSender(self.info_tx())
+        InfoSender(self.me.clone())
     }
 
     /// Delivers `info` to `handle_info` after `delay`, unless the channel ends first.
     pub fn send_after(&mut self, delay: Duration, info: I) {
-        let tx = self.info_tx();
-        let cancel = self.timers.clone();
+        let to = InfoSender(self.me.clone());
+        let cancel = self
+            .timers
+            .get_or_insert_with(CancellationToken::new)
+            .clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = cancel.cancelled() => {}
-                _ = tokio::time::sleep(delay) => { let _ = tx.send(info); }
+                _ = tokio::time::sleep(delay) => { to.send(info); }
             }
         });
     }
 
-    /// The next self-sent message; pending forever when none can come.
-    pub(crate) async fn recv_info(&mut self) -> I {
-        match &mut self.info {
-            Some((_, rx)) => match rx.recv().await {
-                Some(i) => i,
-                // Unreachable while we hold a sender; stay pending if it happens.
-                None => std::future::pending().await,
-            },
-            None => std::future::pending().await,
-        }
-    }
-
     /// Cancels pending timers; called when the channel ends.
     pub(crate) fn cancel_timers(&self) {
-        self.timers.cancel();
+        if let Some(t) = &self.timers {
+            t.cancel();
+        }
     }
 
     /// Takes new socket assigns, keeping what this channel assigned itself.
@@ -282,8 +282,13 @@ impl<I: Send + 'static> ChannelContext<I> {
 }
 
 /// Sends messages to a channel's `handle_info` from other tasks.
-#[derive(Debug)]
-pub struct InfoSender<I>(mpsc::UnboundedSender<I>);
+pub struct InfoSender<I>(Weak<dyn PostInfo<I>>);
+
+impl<I> fmt::Debug for InfoSender<I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InfoSender").finish_non_exhaustive()
+    }
+}
 
 impl<I> Clone for InfoSender<I> {
     fn clone(&self) -> Self {
@@ -294,7 +299,7 @@ impl<I> Clone for InfoSender<I> {
 impl<I> InfoSender<I> {
     /// Returns false once the channel has ended.
     pub fn send(&self, info: I) -> bool {
-        self.0.send(info).is_ok()
+        self.0.upgrade().is_some_and(|to| to.post_info(info))
     }
 }
 

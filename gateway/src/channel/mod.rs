@@ -1,9 +1,11 @@
 //! Channels: the per-topic conversation between a client and the server,
 //! modelled on `Phoenix.Channel`.
 //!
-//! Each joined channel runs in its own task, as each Phoenix channel runs in
-//! its own process: a slow callback stalls only its own channel, and a panic
-//! ends only that channel (the client receives `phx_error` and may rejoin).
+//! Each joined channel is handled apart from the others, as each Phoenix
+//! channel runs in its own process: a slow callback stalls only its own
+//! channel, and a panic ends only that channel (the client receives
+//! `phx_error` and may rejoin). A channel has a task only while it has
+//! something to do; between messages it rests in its slot.
 //!
 //! Below the socket, above the pubsub: a channel subscribes, broadcasts and
 //! tracks presence; it knows nothing of transports or of the connection's
@@ -11,7 +13,8 @@
 //!
 //! # Layout
 //! - `context`: what a callback can do (`ChannelContext`, `ReplyRef`).
-//! - `runner`: the task that runs one joined channel.
+//! - `runner`: one joined channel's join, messages and end.
+//! - `slot`: where a channel rests between messages, and its queue.
 //! - `router`, `pattern`: topic patterns → channel factories.
 
 mod context;
@@ -19,11 +22,13 @@ mod pattern;
 pub(crate) mod queue;
 mod router;
 mod runner;
+mod slot;
 
 pub use context::{ChannelContext, InfoSender, ReplyRef};
 pub use pattern::{PatternError, TopicPattern};
 pub use router::Router;
 pub(crate) use runner::{Previous, Start};
+pub(crate) use slot::Inbox;
 
 use crate::conn::{ConnHandle, Inbound};
 use crate::metrics::metrics;
@@ -218,7 +223,6 @@ pub(crate) enum ChannelMsg {
     Replace,
     /// The socket assigns changed.
     Assigns(Arc<SocketInfo>),
+    /// The connection closed.
+    Closed,
 }
-
-/// A channel task's inbox. Boxed messages keep the per-channel queue small.
-pub(crate) type Inbox = tokio::sync::mpsc::UnboundedSender<Box<ChannelMsg>>;

@@ -2,13 +2,15 @@
 
 use super::pattern::{PatternError, TopicPattern};
 use super::runner::{self, Start};
+use super::slot::Inbox;
 use super::Channel;
 use std::fmt;
 use std::sync::Arc;
 
 /// Makes and starts a channel for one join.
 pub(crate) trait Factory: Send + Sync {
-    fn start(&self, start: Start);
+    /// Starts the join; the inbox takes the channel's messages.
+    fn start(&self, start: Start) -> Inbox;
 }
 
 struct FnFactory<F>(F);
@@ -18,8 +20,8 @@ where
     C: Channel,
     F: Fn() -> C + Send + Sync + 'static,
 {
-    fn start(&self, start: Start) {
-        tokio::spawn(runner::run((self.0)(), start));
+    fn start(&self, start: Start) -> Inbox {
+        runner::start((self.0)(), start)
     }
 }
 

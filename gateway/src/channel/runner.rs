@@ -1,22 +1,28 @@
-//! The task that runs one joined channel: join, then a loop over client
-//! events, intercepted broadcasts and self-sent messages, then cleanup.
+//! A joined channel's life: the join, on a task of its own; then the
+//! messages its [`Slot`] queues, each handled by a worker spawned when one
+//! arrives; then cleanup. Between messages the channel rests in the slot
+//! with no task.
 //!
 //! Every callback runs under `catch_unwind`, so a panic ends this channel
 //! with `phx_error` and leaves the connection and its other channels alone.
 
 use super::queue::Lane;
+use super::slot::{Inbox, Item, Next as Queued, Slot};
 use super::{
-    join_answered, Channel, ChannelContext, ChannelMsg, HandleIn, Inbox, Next, Services,
-    SocketInfo, StopReason, Terminate,
+    join_answered, Channel, ChannelContext, ChannelMsg, HandleIn, Next, Services, SocketInfo,
+    StopReason, Terminate,
 };
 use crate::conn::{ConnHandle, End as Ended, ReplyTo};
-use crate::metrics::{metrics, Limit};
+use crate::metrics::{metrics, JoinedChannel, Limit};
 use crate::protocol::{Payload, Refusal};
 use crate::pubsub::hub::{Intercept, Subscriber, Target};
+use crate::pubsub::Subscription;
 use futures_util::FutureExt;
+use std::collections::VecDeque;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 /// A channel instance that a new join must wait for.
 #[derive(Debug)]
@@ -39,8 +45,6 @@ pub(crate) struct Start {
     pub(crate) services: Arc<Services>,
     pub(crate) socket: Arc<SocketInfo>,
     pub(crate) previous: Option<Previous>,
-    pub(crate) inbox: Inbox,
-    pub(crate) rx: UnboundedReceiver<Box<ChannelMsg>>,
     /// The lane of the client's address, where the join waits for its turn.
     pub(crate) lane: Arc<Lane>,
 }
@@ -97,7 +101,35 @@ impl End {
     }
 }
 
-pub(crate) async fn run<C: Channel>(mut chan: C, s: Start) {
+/// A joined channel at rest between messages.
+pub(crate) struct Live<C: Channel> {
+    chan: C,
+    ctx: ChannelContext<C::Info>,
+    /// Dropped (unsubscribing) when the channel ends, with the gauge.
+    joined: (Subscription, JoinedChannel),
+}
+
+type ChannelSlot<C> = Slot<C, Live<C>>;
+
+/// Starts a channel for one join: its slot, and a task that runs the join
+/// and whatever arrives meanwhile. Returns the slot's inbox.
+pub(crate) fn start<C: Channel>(chan: C, s: Start) -> Inbox {
+    let slot: Arc<ChannelSlot<C>> = Slot::new(resume::<C>);
+    let inbox = slot.inbox();
+    tokio::spawn(join(slot, chan, s));
+    inbox
+}
+
+/// A worker for a channel at rest that received something.
+fn resume<C: Channel>(slot: Arc<ChannelSlot<C>>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        if let Some(live) = slot.take() {
+            run(slot, live).await;
+        }
+    })
+}
+
+async fn join<C: Channel>(slot: Arc<ChannelSlot<C>>, mut chan: C, s: Start) {
     let Start {
         topic,
         join_ref,
@@ -107,8 +139,6 @@ pub(crate) async fn run<C: Channel>(mut chan: C, s: Start) {
         services,
         socket,
         previous,
-        inbox,
-        mut rx,
         lane,
     } = s;
     if let Some(prev) = &previous {
@@ -124,6 +154,7 @@ pub(crate) async fn run<C: Channel>(mut chan: C, s: Start) {
         conn.clone(),
         services,
         socket,
+        slot.info_target(),
     );
     let to = ReplyTo {
         topic: &topic,
@@ -165,7 +196,7 @@ pub(crate) async fn run<C: Channel>(mut chan: C, s: Start) {
             let intercept = (!events.is_empty()).then(|| {
                 Box::new(Interceptor {
                     events,
-                    inbox: inbox.clone(),
+                    inbox: slot.inbox(),
                 }) as Box<dyn Intercept>
             });
             let sub = Subscriber {
@@ -190,19 +221,118 @@ pub(crate) async fn run<C: Channel>(mut chan: C, s: Start) {
         }
     };
     drop(turn);
-    drop(inbox);
     if let Some(prev) = previous.filter(|p| p.replace) {
         conn.end(&topic, prev.join_ref.as_deref(), Ended::Close);
     }
-    let Some(subscription) = subscription else {
-        drain(rx, &conn, &topic);
-        return;
+    match subscription {
+        Some(joined) => run(slot, Box::new(Live { chan, ctx, joined })).await,
+        None => {
+            drop(ctx);
+            answer_rest(slot.end(), &conn, &topic);
+        }
+    }
+}
+
+/// Handles what the slot queued, in order, until it is empty (the channel
+/// rests again) or the channel ends.
+async fn run<C: Channel>(slot: Arc<ChannelSlot<C>>, mut live: Box<Live<C>>) {
+    loop {
+        // A closed connection ends the channel before anything else queued.
+        let step = if live.ctx.conn().is_closed() {
+            Err(End::Closed)
+        } else {
+            match slot.next(live) {
+                Queued::Parked => return,
+                Queued::Item(l, item) => {
+                    live = l;
+                    step(&mut live, item).await
+                }
+            }
+        };
+        if let Err(end) = step {
+            finish(&slot, live, end).await;
+            return;
+        }
+    }
+}
+
+async fn step<C: Channel>(live: &mut Live<C>, item: Item<C::Info>) -> Result<(), End> {
+    let Live { chan, ctx, .. } = live;
+    let msg = match item {
+        Item::Info(info) => {
+            return next_step(
+                AssertUnwindSafe(chan.handle_info(info, ctx))
+                    .catch_unwind()
+                    .await,
+            )
+        }
+        Item::Msg(msg) => msg,
     };
+    match *msg {
+        ChannelMsg::In {
+            event,
+            ref_,
+            payload,
+            held,
+        } => {
+            ctx.current_ref = ref_;
+            let res = AssertUnwindSafe(chan.handle_in(&event, payload, ctx))
+                .catch_unwind()
+                .await;
+            drop(held);
+            let ref_ = ctx.current_ref.take();
+            match res {
+                Err(_) => Err(End::Crash),
+                Ok(HandleIn::Reply(status, response)) => {
+                    reply_to(ctx, ref_.as_deref(), &status, &response);
+                    Ok(())
+                }
+                Ok(HandleIn::NoReply) => Ok(()),
+                Ok(HandleIn::Stop(reason, reply)) => {
+                    if let Some((status, response)) = reply {
+                        reply_to(ctx, ref_.as_deref(), &status, &response);
+                    }
+                    Err(End::Stop(reason))
+                }
+            }
+        }
+        ChannelMsg::Leave { ref_, .. } => {
+            reply_to(ctx, ref_.as_deref(), "ok", &Payload::empty());
+            Err(End::Leave)
+        }
+        ChannelMsg::Out { event, payload } => next_step(
+            AssertUnwindSafe(chan.handle_out(&event, payload, ctx))
+                .catch_unwind()
+                .await,
+        ),
+        ChannelMsg::Replace => Err(End::Replaced),
+        ChannelMsg::Closed => Err(End::Closed),
+        ChannelMsg::Assigns(info) => {
+            ctx.set_socket(info);
+            next_step(
+                AssertUnwindSafe(chan.handle_assigns(ctx))
+                    .catch_unwind()
+                    .await,
+            )
+        }
+    }
+}
 
-    let end = event_loop(&mut chan, &mut ctx, &mut rx, &conn).await;
+/// Ends a joined channel: unsubscribes, calls `terminate`, tells the
+/// client, and answers what was still queued.
+async fn finish<C: Channel>(slot: &ChannelSlot<C>, live: Box<Live<C>>, end: End) {
+    let Live {
+        mut chan,
+        mut ctx,
+        joined,
+    } = *live;
+    if matches!(end, End::Crash) {
+        tracing::error!(topic = %ctx.topic(), "channel callback panicked");
+    }
+    let conn = ctx.conn().clone();
+    let topic: Arc<str> = Arc::from(ctx.topic());
     tracing::debug!(conn = conn.id(), topic = %topic, end = end.label(), "channel left");
-
-    drop(subscription);
+    drop(joined);
     ctx.cancel_timers();
     let terminate = match &end {
         End::Stop(reason) => Some(Terminate::Stop(reason.clone())),
@@ -220,7 +350,7 @@ pub(crate) async fn run<C: Channel>(mut chan: C, s: Start) {
             tracing::error!(topic = %topic, "channel terminate panicked");
         }
     }
-    let jr = join_ref.as_deref();
+    let jr = ctx.join_ref();
     match end {
         End::Stop(StopReason::Error(reason)) => {
             tracing::warn!(topic = %topic, %reason, "channel stopped with an error");
@@ -230,91 +360,9 @@ pub(crate) async fn run<C: Channel>(mut chan: C, s: Start) {
         End::Stop(_) | End::Leave => conn.end(&topic, jr, Ended::Close),
         End::Replaced | End::Closed => {}
     }
-    drain(rx, &conn, &topic);
-}
-
-async fn event_loop<C: Channel>(
-    chan: &mut C,
-    ctx: &mut ChannelContext<C::Info>,
-    rx: &mut UnboundedReceiver<Box<ChannelMsg>>,
-    conn: &ConnHandle,
-) -> End {
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = conn.closed() => return End::Closed,
-            msg = rx.recv() => match msg {
-                Some(msg) => Either::Msg(msg),
-                None => return End::Closed,
-            },
-            info = ctx.recv_info() => Either::Info(info),
-        };
-        let step = match next {
-            Either::Msg(msg) => match *msg {
-                ChannelMsg::In {
-                    event,
-                    ref_,
-                    payload,
-                    held,
-                } => {
-                    ctx.current_ref = ref_;
-                    let res = AssertUnwindSafe(chan.handle_in(&event, payload, ctx))
-                        .catch_unwind()
-                        .await;
-                    drop(held);
-                    let ref_ = ctx.current_ref.take();
-                    match res {
-                        Err(_) => Err(End::Crash),
-                        Ok(HandleIn::Reply(status, response)) => {
-                            reply_to(ctx, ref_.as_deref(), &status, &response);
-                            Ok(())
-                        }
-                        Ok(HandleIn::NoReply) => Ok(()),
-                        Ok(HandleIn::Stop(reason, reply)) => {
-                            if let Some((status, response)) = reply {
-                                reply_to(ctx, ref_.as_deref(), &status, &response);
-                            }
-                            Err(End::Stop(reason))
-                        }
-                    }
-                }
-                ChannelMsg::Leave { ref_, .. } => {
-                    reply_to(ctx, ref_.as_deref(), "ok", &Payload::empty());
-                    Err(End::Leave)
-                }
-                ChannelMsg::Out { event, payload } => next_step(
-                    AssertUnwindSafe(chan.handle_out(&event, payload, ctx))
-                        .catch_unwind()
-                        .await,
-                ),
-                ChannelMsg::Replace => Err(End::Replaced),
-                ChannelMsg::Assigns(info) => {
-                    ctx.set_socket(info);
-                    next_step(
-                        AssertUnwindSafe(chan.handle_assigns(ctx))
-                            .catch_unwind()
-                            .await,
-                    )
-                }
-            },
-            Either::Info(info) => next_step(
-                AssertUnwindSafe(chan.handle_info(info, ctx))
-                    .catch_unwind()
-                    .await,
-            ),
-        };
-        if let Err(end) = step {
-            if matches!(end, End::Crash) {
-                tracing::error!(topic = %ctx.topic(), "channel callback panicked");
-            }
-            return end;
-        }
-    }
-}
-
-enum Either<I> {
-    Msg(Box<ChannelMsg>),
-    Info(I),
+    // Presences end with the channel, before a new join can track again.
+    drop(ctx);
+    answer_rest(slot.end(), &conn, &topic);
 }
 
 fn next_step(res: std::thread::Result<Next>) -> Result<(), End> {
@@ -339,15 +387,18 @@ fn reply_to<I: Send + 'static>(
     ctx.conn().reply(to, status, response);
 }
 
-/// Closes the inbox and answers what raced into it as the socket would
+/// Answers what was queued for a channel that ended as the socket would
 /// answer messages for a topic that is not joined.
-fn drain(mut rx: UnboundedReceiver<Box<ChannelMsg>>, conn: &ConnHandle, topic: &str) {
-    rx.close();
-    while let Ok(msg) = rx.try_recv() {
+fn answer_rest<I>(rest: VecDeque<Item<I>>, conn: &ConnHandle, topic: &str) {
+    for item in rest {
+        let Item::Msg(msg) = item else { continue };
         let (event, join_ref, ref_) = match *msg {
             ChannelMsg::In { event, ref_, .. } => (event, None, ref_),
             ChannelMsg::Leave { join_ref, ref_ } => ("phx_leave".to_owned(), join_ref, ref_),
-            ChannelMsg::Out { .. } | ChannelMsg::Replace | ChannelMsg::Assigns(_) => continue,
+            ChannelMsg::Out { .. }
+            | ChannelMsg::Replace
+            | ChannelMsg::Assigns(_)
+            | ChannelMsg::Closed => continue,
         };
         let to = ReplyTo {
             topic,

@@ -3,7 +3,7 @@
 //!
 //! Runs inside the transport's reader, which hands it decoded messages, and
 //! never awaits, so a slow channel cannot stall the connection; channels do
-//! their work in their own tasks.
+//! their work apart (see the channel module).
 
 use super::rate::{Bucket, Verdict};
 use super::{Assigns, Socket};
@@ -237,10 +237,9 @@ impl Connection {
             self.conn.reply_unjoined("phx_join", to);
             return;
         };
-        let (inbox, rx) = tokio::sync::mpsc::unbounded_channel();
         let join_ref: Option<Arc<str>> = join_ref.map(Arc::from);
         let max_payload = route.max_payload;
-        route.factory.start(Start {
+        let inbox = route.factory.start(Start {
             topic: Arc::from(topic.as_str()),
             join_ref: join_ref.clone(),
             ref_,
@@ -249,8 +248,6 @@ impl Connection {
             services: self.services.clone(),
             socket: self.info.clone(),
             previous,
-            inbox: inbox.clone(),
-            rx,
             lane: self.lane.clone(),
         });
         self.channels.insert(
@@ -329,8 +326,8 @@ impl Connection {
                     payload: msg.payload,
                     held,
                 };
-                if let Err(e) = h.inbox.send(Box::new(event)) {
-                    if let ChannelMsg::In { event, ref_, .. } = *e.0 {
+                if let Err(back) = h.inbox.send(Box::new(event)) {
+                    if let ChannelMsg::In { event, ref_, .. } = *back {
                         let to = ReplyTo {
                             topic: &msg.topic,
                             join_ref: None,
@@ -387,8 +384,12 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        // Channel tasks end when the connection closes; make sure it does.
+        // Channels end when the connection closes; make sure it does, and
+        // wake those at rest so they end now.
         self.conn.close(Disconnect::TransportError);
+        for h in self.channels.values() {
+            let _ = h.inbox.send(Box::new(ChannelMsg::Closed));
+        }
         let reason = self.conn.reason().unwrap_or(Disconnect::TransportError);
         tracing::debug!(
             conn = self.conn.id(),
