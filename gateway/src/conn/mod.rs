@@ -23,12 +23,10 @@ use crate::metrics::{Limit, Sent};
 use crate::protocol::{Frame, Outbound, Vsn};
 use bytes::Bytes;
 use parking_lot::Mutex;
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 /// Why a connection ended. Maps to a WebSocket close code and a log/metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,8 +217,11 @@ struct Inner {
     /// channel waiting on a slow broker must not let them pile up.
     inbound: AtomicUsize,
     /// Wakes the writer; `notify_one` keeps a permit so no wake-up is lost.
+    /// Closing wakes it too.
     wake: Notify,
-    closing: CancellationToken,
+    /// Wakes everyone waiting in [`ConnHandle::closed`].
+    closing: Notify,
+    /// Set once: the connection is closing, and why.
     reason: OnceLock<Disconnect>,
 }
 
@@ -228,7 +229,9 @@ struct Inner {
 /// budget check costs nothing beyond the lock fan-out takes anyway.
 #[derive(Debug, Default)]
 struct Queue {
-    frames: VecDeque<Out>,
+    /// Released whenever the writer finds it empty, so an idle connection
+    /// holds no buffer; a busy one trades buffers with its writer.
+    frames: Vec<Out>,
     /// Bytes of `frames`.
     queued: usize,
     /// Bytes of the batch the last `next_batch` took: being written, or
@@ -249,7 +252,7 @@ impl ConnHandle {
             queue: Mutex::new(Queue::default()),
             inbound: AtomicUsize::new(0),
             wake: Notify::new(),
-            closing: CancellationToken::new(),
+            closing: Notify::new(),
             reason: OnceLock::new(),
         }))
     }
@@ -268,7 +271,7 @@ impl ConnHandle {
     /// frame would take it over its budget, in which case the connection is
     /// closed as a slow consumer.
     pub(crate) fn enqueue(&self, out: Out) -> bool {
-        if self.0.closing.is_cancelled() {
+        if self.is_closed() {
             return false;
         }
         let size = out.size();
@@ -280,7 +283,7 @@ impl ConnHandle {
                 self.close(Disconnect::SlowConsumer);
                 return false;
             }
-            q.frames.push_back(out);
+            q.frames.push(out);
             q.queued += size;
             q.frames.len() == 1
         };
@@ -317,7 +320,7 @@ impl ConnHandle {
     /// previous batch (written, or confirmed by the long-poll client).
     pub(crate) async fn next_batch(&self, batch: &mut Vec<Out>) -> bool {
         loop {
-            if self.0.closing.is_cancelled() {
+            if self.is_closed() {
                 return false;
             }
             {
@@ -325,19 +328,22 @@ impl ConnHandle {
                 // Done with the previous batch, before waiting for the next.
                 q.taken = 0;
                 if !q.frames.is_empty() {
-                    batch.extend(q.frames.drain(..));
-                    q.taken = std::mem::take(&mut q.queued);
-                    if q.frames.capacity() > 64 {
-                        q.frames.shrink_to(16);
+                    if batch.is_empty() {
+                        std::mem::swap(&mut q.frames, batch);
+                    } else {
+                        batch.append(&mut q.frames);
                     }
+                    q.taken = std::mem::take(&mut q.queued);
                     return true;
                 }
+                q.frames = Vec::new();
             }
-            tokio::select! {
-                biased;
-                _ = self.0.closing.cancelled() => return false,
-                _ = self.0.wake.notified() => {}
+            if batch.is_empty() {
+                // About to wait: an idle connection keeps no buffers.
+                *batch = Vec::new();
             }
+            // `close` wakes the writer too.
+            self.0.wake.notified().await;
         }
     }
 
@@ -345,7 +351,7 @@ impl ConnHandle {
     /// closing, for a last write before the close frame.
     pub(crate) fn take_rest(&self, batch: &mut Vec<Out>) {
         let mut q = self.0.queue.lock();
-        batch.extend(q.frames.drain(..));
+        batch.append(&mut q.frames);
         q.queued = 0;
     }
 
@@ -364,18 +370,29 @@ impl ConnHandle {
 
     /// Starts closing the connection. The first reason given wins.
     pub fn close(&self, reason: Disconnect) {
-        let _ = self.0.reason.set(reason);
-        self.0.closing.cancel();
+        if self.0.reason.set(reason).is_ok() {
+            self.0.closing.notify_waiters();
+            self.0.wake.notify_one();
+        }
     }
 
     /// Resolves once the connection is closing.
     pub async fn closed(&self) {
-        self.0.closing.cancelled().await
+        loop {
+            let closing = self.0.closing.notified();
+            tokio::pin!(closing);
+            // Registered before the check, so a close in between wakes it.
+            closing.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            closing.await;
+        }
     }
 
     /// True once the connection is closing.
     pub fn is_closed(&self) -> bool {
-        self.0.closing.is_cancelled()
+        self.0.reason.get().is_some()
     }
 
     /// Why the connection is closing, once it is.

@@ -24,13 +24,13 @@ const CLOSE_WRITE: Duration = Duration::from_secs(1);
 
 /// Runs until the connection closes, then sends what is still queued (when
 /// the reason allows: see [`Disconnect::flushes`]) and the close frame.
-pub(crate) async fn run<W: AsyncWrite + Unpin>(mut w: W, conn: ConnHandle) {
+pub(crate) async fn run<W: AsyncWrite + Unpin>(w: &mut W, conn: &ConnHandle) {
     let mut batch: Vec<Out> = Vec::new();
     let mut heads: Vec<([u8; 10], usize)> = Vec::new();
     let mut clean = true;
     while conn.next_batch(&mut batch).await {
         let res = {
-            let write = write_batch(&mut w, &batch, &mut heads);
+            let write = write_batch(w, &batch, &mut heads);
             tokio::pin!(write);
             tokio::select! {
                 biased;
@@ -42,7 +42,9 @@ pub(crate) async fn run<W: AsyncWrite + Unpin>(mut w: W, conn: ConnHandle) {
                         clean = false;
                         break;
                     }
-                    match tokio::time::timeout(CLOSE_WRITE, &mut write).await {
+                    // Boxed, as below: rare states stay out of the size every
+                    // connection pays for.
+                    match Box::pin(tokio::time::timeout(CLOSE_WRITE, &mut write)).await {
                         Ok(r) => r,
                         Err(_) => {
                             clean = false;
@@ -61,14 +63,30 @@ pub(crate) async fn run<W: AsyncWrite + Unpin>(mut w: W, conn: ConnHandle) {
         }
         metrics().sent(Transport::WebSocket, batch.iter().filter_map(Out::sent));
         batch.clear();
+        // Small batches are the idle connection's: keep no buffer for them.
+        if heads.capacity() <= 16 {
+            heads = Vec::new();
+        }
     }
+    Box::pin(close(w, conn, batch, heads, clean)).await
+}
+
+/// Sends what is still queued (when the reason allows) and the close frame,
+/// then shuts the socket down.
+async fn close<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    conn: &ConnHandle,
+    mut batch: Vec<Out>,
+    mut heads: Vec<([u8; 10], usize)>,
+    clean: bool,
+) {
     if clean {
         let reason = conn.reason();
         let finish = async {
             if reason.is_some_and(Disconnect::flushes) {
                 batch.clear();
                 conn.take_rest(&mut batch);
-                write_batch(&mut w, &batch, &mut heads).await?;
+                write_batch(w, &batch, &mut heads).await?;
                 metrics().sent(Transport::WebSocket, batch.iter().filter_map(Out::sent));
             }
             if let Some((code, why)) = reason.and_then(Disconnect::close_frame) {

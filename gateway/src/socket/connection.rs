@@ -14,7 +14,6 @@ use crate::metrics::{metrics, Limit, OpenConnection, Received};
 use crate::protocol::{valid_topic, Message, Payload, Refusal, Transport};
 use crate::pubsub::hub::{Subscriber, Target};
 use crate::pubsub::{BrokerError, Subscription};
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -43,6 +42,49 @@ impl ChannelHandle {
     }
 }
 
+/// A connection's channels by topic. A short list rather than a map: most
+/// connections join a handful of topics (at most `max_channels`), and an
+/// idle connection should not pay a hash table for one.
+#[derive(Debug, Default)]
+struct Channels(Vec<(String, ChannelHandle)>);
+
+impl Channels {
+    fn position(&self, topic: &str) -> Option<usize> {
+        self.0.iter().position(|(t, _)| t == topic)
+    }
+
+    fn get(&self, topic: &str) -> Option<&ChannelHandle> {
+        self.position(topic).map(|i| &self.0[i].1)
+    }
+
+    fn get_mut(&mut self, topic: &str) -> Option<&mut ChannelHandle> {
+        self.position(topic).map(|i| &mut self.0[i].1)
+    }
+
+    fn remove(&mut self, topic: &str) -> Option<ChannelHandle> {
+        self.position(topic).map(|i| self.0.swap_remove(i).1)
+    }
+
+    fn insert(&mut self, topic: String, handle: ChannelHandle) {
+        match self.get_mut(&topic) {
+            Some(h) => *h = handle,
+            None => {
+                // One at a time: most connections stay at one or a few.
+                self.0.reserve_exact(1);
+                self.0.push((topic, handle));
+            }
+        }
+    }
+
+    fn values(&self) -> impl Iterator<Item = &ChannelHandle> {
+        self.0.iter().map(|(_, h)| h)
+    }
+
+    fn retain(&mut self, keep: impl Fn(&ChannelHandle) -> bool) {
+        self.0.retain(|(_, h)| keep(h));
+    }
+}
+
 /// The per-connection state machine of `Phoenix.Socket`.
 #[derive(Debug)]
 pub(crate) struct Connection {
@@ -50,7 +92,7 @@ pub(crate) struct Connection {
     socket: Arc<Socket>,
     services: Arc<Services>,
     info: Arc<SocketInfo>,
-    channels: HashMap<String, ChannelHandle>,
+    channels: Channels,
     /// Tells the expiry watcher when the credentials now expire.
     expiry: Option<watch::Sender<Option<SystemTime>>>,
     _socket_id: Option<Subscription>,
@@ -102,7 +144,7 @@ impl Connection {
                 assigns,
                 id: socket_id,
             }),
-            channels: HashMap::new(),
+            channels: Channels::default(),
             expiry: None,
             _socket_id: id_sub,
             push_limit: None,
@@ -377,7 +419,7 @@ impl Connection {
 
     /// Channels that count against `max_channels`; forgets finished ones.
     fn live_channels(&mut self) -> usize {
-        self.channels.retain(|_, h| h.alive());
+        self.channels.retain(ChannelHandle::alive);
         self.channels.values().filter(|h| !h.leaving).count()
     }
 }

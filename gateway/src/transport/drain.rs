@@ -34,13 +34,25 @@ impl Drain {
     /// Resolves when it is this connection's turn to close: once the drain
     /// has started, after a delay drawn uniformly from the drain period.
     pub(crate) async fn turn(&self) {
+        self.started().await;
+        tokio::time::sleep(self.delay()).await;
+    }
+
+    /// Resolves once the drain has started.
+    pub(crate) async fn started(&self) {
         self.0.started.cancelled().await;
+    }
+
+    /// How long after the start of the drain one connection waits before it
+    /// closes: a random draw from the drain period.
+    pub(crate) fn delay(&self) -> Duration {
         let period = self.0.period_ms.load(Ordering::SeqCst);
-        if period > 0 {
-            // A random draw per connection (RandomState is randomly keyed).
-            let r = RandomState::new().hash_one(std::time::Instant::now());
-            tokio::time::sleep(Duration::from_millis(r % period)).await;
+        if period == 0 {
+            return Duration::ZERO;
         }
+        // A random draw per connection (RandomState is randomly keyed).
+        let r = RandomState::new().hash_one(std::time::Instant::now());
+        Duration::from_millis(r % period)
     }
 
     /// Spawns a connection's task, counted until it ends.

@@ -7,16 +7,89 @@
 //! soon as the fragment that makes it invalid arrives; within one frame, once
 //! the frame is complete.
 //!
-//! The read buffer starts empty and is released whenever it drains, so an
+//! The read buffer starts empty, is allocated only once the socket has
+//! bytes to read ([`Readable`]) and is released whenever it drains, so an
 //! idle connection holds no buffer at all (fastwebsockets keeps an 8 KiB one
 //! per connection, which dominated the memory of idle connections). All state
 //! lives in the reader, so [`FrameReader::next`] is cancel-safe.
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::net::tcp::OwnedReadHalf;
 
 /// Bytes requested from the socket when the buffer has no room.
 const READ_CHUNK: usize = 1024;
+
+/// A byte stream that can tell when it has bytes without being lent a
+/// buffer, so a reader waiting for its client holds none.
+pub(crate) trait Readable: AsyncRead + Unpin {
+    /// Ready once a read would not wait. The default is always ready: the
+    /// read then waits holding its buffer.
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let _ = cx;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Readable for &[u8] {}
+
+/// Any stream, read the plain way (the buffer is lent while waiting).
+#[derive(Debug)]
+pub(crate) struct Plain<R>(pub(crate) R);
+
+impl<R: AsyncRead + Unpin> AsyncRead for Plain<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<R: AsyncRead + Unpin> Readable for Plain<R> {}
+
+/// The read half of an upgraded TCP connection, behind the bytes the HTTP
+/// server had already read past the handshake (usually none).
+#[derive(Debug)]
+pub(crate) struct TcpIn {
+    rest: Bytes,
+    half: OwnedReadHalf,
+}
+
+impl TcpIn {
+    pub(crate) fn new(rest: Bytes, half: OwnedReadHalf) -> Self {
+        TcpIn { rest, half }
+    }
+}
+
+impl AsyncRead for TcpIn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.rest.is_empty() {
+            return Pin::new(&mut self.half).poll_read(cx, buf);
+        }
+        let n = self.rest.len().min(buf.remaining());
+        buf.put_slice(&self.rest[..n]);
+        self.rest.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Readable for TcpIn {
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.rest.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        self.half.as_ref().poll_read_ready(cx)
+    }
+}
 
 /// A complete client message or control frame.
 #[derive(Debug, PartialEq, Eq)]
@@ -85,7 +158,7 @@ impl<R> FrameReader<R> {
     }
 }
 
-impl<R: AsyncRead + Unpin> FrameReader<R> {
+impl<R: Readable> FrameReader<R> {
     /// Messages over `max` bytes are refused.
     pub(super) fn new(io: R, max: usize) -> Self {
         FrameReader {
@@ -110,6 +183,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     }
                     return Ok(incoming);
                 }
+            }
+            if self.buf.is_empty() {
+                // Wait for bytes before taking a buffer to put them in.
+                std::future::poll_fn(|cx| self.io.poll_readable(cx))
+                    .await
+                    .map_err(|_| ReadError::Io)?;
             }
             if self.buf.capacity() == self.buf.len() {
                 self.buf.reserve(READ_CHUNK);
@@ -348,6 +427,8 @@ mod tests {
             std::task::Poll::Ready(Ok(()))
         }
     }
+
+    impl super::Readable for OneByte<'_> {}
 
     #[tokio::test]
     async fn octet_wise_chops_read_the_same() {

@@ -37,7 +37,7 @@ pub enum Stop {
 }
 
 /// The WebSocket frame reader of `transport/frame_reader.rs`.
-pub struct FrameReader<R>(frame_reader::FrameReader<R>);
+pub struct FrameReader<R>(frame_reader::FrameReader<frame_reader::Plain<R>>);
 
 impl<R> std::fmt::Debug for FrameReader<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -48,7 +48,7 @@ impl<R> std::fmt::Debug for FrameReader<R> {
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// A reader refusing messages over `max` bytes.
     pub fn new(io: R, max: usize) -> Self {
-        FrameReader(frame_reader::FrameReader::new(io, max))
+        FrameReader(frame_reader::FrameReader::new(frame_reader::Plain(io), max))
     }
 
     /// The next message or control frame (cancel-safe, like the original).

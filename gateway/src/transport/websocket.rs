@@ -7,14 +7,15 @@
 
 use super::admission::{Admission, Admitted, Refused, Slot};
 use super::drain::Drain;
-use super::frame_reader::{FrameReader, Incoming as Read, ReadError};
+use super::frame_reader::{FrameReader, Incoming as Read, Plain, ReadError, Readable, TcpIn};
 use super::response::{text, too_many, Body};
+use super::source::SourcePermit;
 use super::{decode, Data};
 use crate::channel::Services;
 use crate::conn::{writer, ConnHandle, Disconnect, Out};
 use crate::protocol::Transport;
 use crate::socket::connection::Connection;
-use crate::socket::{ConnectInfo, Params, Socket, SocketConfig};
+use crate::socket::{ConnectInfo, Params, Socket};
 use base64::Engine;
 use hyper::body::Incoming;
 use hyper::header::{
@@ -24,8 +25,10 @@ use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use std::time::Duration;
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 const AUTH_PREFIX: &str = "base64url.bearer.phx.";
 
@@ -71,13 +74,15 @@ pub(crate) async fn handshake(
         match upgrade.await {
             Ok(ws) => {
                 let open = Open {
-                    drain,
+                    drain: drain.clone(),
                     services,
                     socket,
                     admitted,
                     _counted: counted,
                 };
-                run(ws.into_inner(), open).await
+                // A task of its own, sized for the connection alone rather
+                // than for the handshake's state as well.
+                run(ws.into_inner(), open).await;
             }
             Err(e) => tracing::debug!(%peer, error = %e, "websocket upgrade failed"),
         }
@@ -216,19 +221,19 @@ async fn run(io: TokioIo<hyper::upgrade::Upgraded>, open: Open) {
             // connection measured), so keep a copy of what is left (usually nothing).
             let rest = bytes::Bytes::copy_from_slice(&parts.read_buf);
             drop(parts.read_buf);
-            let r = std::io::Cursor::new(rest).chain(r);
-            drive(r, w, open).await
+            start(TcpIn::new(rest, r), w, open).await
         }
         Err(upgraded) => {
             let (r, w) = tokio::io::split(TokioIo::new(upgraded));
-            drive(r, w, open).await
+            start(Plain(r), w, open).await
         }
     }
 }
 
-async fn drive<R, W>(r: R, w: W, open: Open)
+/// Opens the connection (its socket-id subscription) and spawns its task.
+async fn start<R, W>(r: R, mut w: W, open: Open)
 where
-    R: AsyncRead + Unpin + Send + 'static,
+    R: Readable + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let Open {
@@ -242,11 +247,10 @@ where
         vsn,
         assigns,
         source,
-        permit: _permit,
+        permit,
     } = admitted;
     let config = socket.config.clone();
     let conn = ConnHandle::new(vsn, config.outbound_budget());
-    let writer = tokio::spawn(writer::run(w, conn.clone()));
     let opened = Connection::open(
         Transport::WebSocket,
         conn.clone(),
@@ -256,46 +260,121 @@ where
         source,
     )
     .await;
-    let mut connection = match opened {
+    let connection = match opened {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "closing connection: socket id subscription failed");
             conn.close(Disconnect::ServerShutdown);
-            let _ = writer.await;
+            writer::run(&mut w, &conn).await;
             return;
         }
     };
-    let mut reader = FrameReader::new(r, config.max_frame_size);
-    let reason = tokio::select! {
-        biased;
-        _ = conn.closed() => conn.reason().unwrap_or(Disconnect::TransportError),
-        _ = drain.turn() => Disconnect::ServerShutdown,
-        reason = read_loop(&mut reader, &mut connection, &conn, &config) => reason,
+    let live = Live {
+        reader: FrameReader::new(r, config.max_frame_size),
+        connection: Some(connection),
+        w,
+        conn,
+        idle: config.idle_timeout,
+        drain: drain.clone(),
+        _held: (_counted, permit),
     };
-    conn.close(reason);
-    // Logs "connection closed" and counts it.
-    drop(connection);
-    let _ = writer.await;
+    drain.spawn(serve(live));
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(
+/// What an open connection's task owns, in one place: its future holds it
+/// once, and what runs borrows from it.
+struct Live<R, W> {
+    reader: FrameReader<R>,
+    /// Dropped (logging and counting the close) once reading stops.
+    connection: Option<Connection>,
+    w: W,
+    conn: ConnHandle,
+    /// `idle_timeout`.
+    idle: Duration,
+    drain: Drain,
+    /// Its places in `max_connections` and in its source's count.
+    _held: (Slot, SourcePermit),
+}
+
+/// The connection's task: reading and writing side by side in one task,
+/// the writer's state beside the reader's.
+async fn serve<R, W>(mut live: Live<R, W>)
+where
+    R: Readable,
+    W: AsyncWrite + Unpin,
+{
+    let Live {
+        reader,
+        connection,
+        w,
+        conn,
+        idle,
+        drain,
+        ..
+    } = &mut live;
+    let read = async {
+        if let Some(c) = connection.as_mut() {
+            let reason = read_loop(reader, c, conn, *idle, drain).await;
+            conn.close(reason);
+        }
+        // Logs "connection closed" and counts it.
+        *connection = None;
+    };
+    tokio::join!(read, writer::run(w, conn));
+}
+
+/// Reads and handles the client's messages until the connection ends, and
+/// says why: the client closed or broke the protocol, it was idle too long,
+/// the drain's turn came, or it was closed from elsewhere.
+async fn read_loop<R: Readable>(
     reader: &mut FrameReader<R>,
     connection: &mut Connection,
     conn: &ConnHandle,
-    config: &SocketConfig,
+    idle: Duration,
+    drain: &Drain,
 ) -> Disconnect {
+    // One timer for the idle timeout and the drain's turn: it fires at the
+    // idle deadline as it stood when it was set; a message since then moves
+    // the deadline, and the timer is set again instead of per message.
+    let mut last = Instant::now();
+    let timer = tokio::time::sleep_until(last + idle);
+    tokio::pin!(timer);
+    let mut drain_at: Option<Instant> = None;
     loop {
-        let incoming = match tokio::time::timeout(config.idle_timeout, reader.next()).await {
-            Err(_) => return Disconnect::IdleTimeout,
-            Ok(Ok(incoming)) => incoming,
-            Ok(Err(ReadError::Eof)) => return Disconnect::ClientClosed(None),
-            Ok(Err(ReadError::Io)) => return Disconnect::TransportError,
-            Ok(Err(ReadError::TooLarge)) => return Disconnect::FrameTooLarge,
-            Ok(Err(ReadError::Protocol(why))) => {
+        let read = tokio::select! {
+            biased;
+            _ = conn.closed() => return conn.reason().unwrap_or(Disconnect::TransportError),
+            _ = drain.started(), if drain_at.is_none() => {
+                let at = Instant::now() + drain.delay();
+                drain_at = Some(at);
+                timer.as_mut().reset(at.min(last + idle));
+                continue;
+            }
+            _ = &mut timer => {
+                let now = Instant::now();
+                if drain_at.is_some_and(|at| at <= now) {
+                    return Disconnect::ServerShutdown;
+                }
+                if last + idle <= now {
+                    return Disconnect::IdleTimeout;
+                }
+                let next = last + idle;
+                timer.as_mut().reset(drain_at.map_or(next, |at| at.min(next)));
+                continue;
+            }
+            read = reader.next() => read,
+        };
+        last = Instant::now();
+        let incoming = match read {
+            Ok(incoming) => incoming,
+            Err(ReadError::Eof) => return Disconnect::ClientClosed(None),
+            Err(ReadError::Io) => return Disconnect::TransportError,
+            Err(ReadError::TooLarge) => return Disconnect::FrameTooLarge,
+            Err(ReadError::Protocol(why)) => {
                 tracing::debug!(conn = conn.id(), why, "websocket protocol error");
                 return Disconnect::ProtocolError;
             }
-            Ok(Err(ReadError::InvalidUtf8(why))) => {
+            Err(ReadError::InvalidUtf8(why)) => {
                 tracing::debug!(conn = conn.id(), why, "websocket protocol error");
                 return Disconnect::InvalidUtf8;
             }
