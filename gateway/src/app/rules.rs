@@ -133,8 +133,9 @@ pub(crate) enum RuleInfo {
 #[derive(Debug)]
 pub(crate) struct RuleChannel {
     rule: Arc<Rule>,
-    /// This client's presence key and meta, while joined with presence.
-    presence: Option<(String, Value)>,
+    /// This client's presence key and meta, while joined with presence
+    /// (boxed: most joins have none, and every idle channel holds this).
+    presence: Option<Box<(String, Value)>>,
     /// The presence is tracked (after the join's `AfterJoin`).
     tracked: bool,
 }
@@ -159,7 +160,7 @@ impl RuleChannel {
         payload: &Payload,
         ctx: &mut ChannelContext<RuleInfo>,
     ) -> HandleIn {
-        let Some((key, Value::Object(meta))) = &mut self.presence else {
+        let Some((key, Value::Object(meta))) = self.presence.as_deref_mut() else {
             return HandleIn::error(Refusal::NotPresent.payload());
         };
         let mut new = meta.clone();
@@ -204,7 +205,7 @@ impl Channel for RuleChannel {
         }
         if let Some(p) = &self.rule.presence {
             let me = presence_of(p, ctx.assigns(), &params).map_err(Payload::reason)?;
-            self.presence = me;
+            self.presence = me.map(Box::new);
             // The reply and the subscription come first; Phoenix apps do the
             // same with `send(self(), :after_join)`.
             ctx.info_sender().send(RuleInfo::AfterJoin);
@@ -215,7 +216,7 @@ impl Channel for RuleChannel {
     async fn handle_info(&mut self, info: RuleInfo, ctx: &mut ChannelContext<RuleInfo>) -> Next {
         match info {
             RuleInfo::AfterJoin => {
-                if let Some((key, meta)) = &self.presence {
+                if let Some((key, meta)) = self.presence.as_deref() {
                     match ctx.track(key.clone(), meta.clone()) {
                         Ok(()) => self.tracked = true,
                         Err(e) => {

@@ -129,6 +129,18 @@ fn resume<C: Channel>(slot: Arc<ChannelSlot<C>>) -> Pin<Box<dyn Future<Output = 
     })
 }
 
+/// Ends the slot if its worker unwinds from outside a callback (a bug), so
+/// the connection sees the channel gone instead of queueing to it forever.
+struct EndIfUnwinding<'a, C: Channel>(&'a ChannelSlot<C>);
+
+impl<C: Channel> Drop for EndIfUnwinding<'_, C> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.end();
+        }
+    }
+}
+
 async fn join<C: Channel>(slot: Arc<ChannelSlot<C>>, mut chan: C, s: Start) {
     let Start {
         topic,
@@ -141,6 +153,7 @@ async fn join<C: Channel>(slot: Arc<ChannelSlot<C>>, mut chan: C, s: Start) {
         previous,
         lane,
     } = s;
+    let unwinding = EndIfUnwinding(&slot);
     if let Some(prev) = &previous {
         if prev.replace {
             let _ = prev.inbox.send(Box::new(ChannelMsg::Replace));
@@ -221,6 +234,7 @@ async fn join<C: Channel>(slot: Arc<ChannelSlot<C>>, mut chan: C, s: Start) {
         }
     };
     drop(turn);
+    drop(unwinding);
     if let Some(prev) = previous.filter(|p| p.replace) {
         conn.end(&topic, prev.join_ref.as_deref(), Ended::Close);
     }
@@ -236,6 +250,7 @@ async fn join<C: Channel>(slot: Arc<ChannelSlot<C>>, mut chan: C, s: Start) {
 /// Handles what the slot queued, in order, until it is empty (the channel
 /// rests again) or the channel ends.
 async fn run<C: Channel>(slot: Arc<ChannelSlot<C>>, mut live: Box<Live<C>>) {
+    let _unwinding = EndIfUnwinding(&slot);
     loop {
         // A closed connection ends the channel before anything else queued.
         let step = if live.ctx.conn().is_closed() {
