@@ -6,6 +6,8 @@
 #             (the rule has presence, the client is only a watcher)
 #   presence  the same, with the `user` join param: every connection is tracked
 #   topics10  every connection joins 10 room:* topics
+# raw-writer (loadtest/src/bin/raw_writer.rs, the delivery ceiling of make
+# bench) holds the same connections in the same run, for comparison.
 # MEM_CONNECTIONS (default 19000: the most one process holds under a 20,000
 # open-files limit), MEM_RATE (connections/s, default 5000), MEM_HOLD (how long
 # they are held before RSS is read, default 15s: jemalloc returns freed pages
@@ -36,6 +38,9 @@ for shape in $SHAPES; do
   lt "$shape" idle -n "$N" -r "$RATE" "${args[@]}" --url "$GW_URL" --gateway-pid "$GW_PID" --duration "$HOLD"
   stop "$GW_PID"
 done
+start_raw
+lt raw-writer idle -n "$N" -r "$RATE" -t 1 --url "$RAW_URL" --gateway-pid "$RAW_PID" --duration "$HOLD"
+stop "$RAW_PID"
 
 python3 - "$OUT" "$N" <<'PY'
 import json, os, sys
