@@ -272,13 +272,13 @@ impl PubSub {
     /// topic. The subscription ends when the returned guard is dropped.
     pub(crate) async fn subscribe(
         &self,
-        topic: &str,
+        topic: &Arc<str>,
         sub: Subscriber,
     ) -> Result<Subscription, BrokerError> {
         let id = self.hub.subscribe(topic, sub);
         let mut guard = Subscription {
             pubsub: self.clone(),
-            topic: topic.to_owned(),
+            topic: topic.clone(),
             id,
             brokered: false,
         };
@@ -294,7 +294,8 @@ impl PubSub {
 #[derive(Debug)]
 pub(crate) struct Subscription {
     pubsub: PubSub,
-    topic: String,
+    /// Shared with the channel that holds the subscription.
+    topic: Arc<str>,
     id: SubId,
     /// The broker confirmed this subscriber's interest.
     brokered: bool,

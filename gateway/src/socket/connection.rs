@@ -46,11 +46,11 @@ impl ChannelHandle {
 /// connections join a handful of topics (at most `max_channels`), and an
 /// idle connection should not pay a hash table for one.
 #[derive(Debug, Default)]
-struct Channels(Vec<(String, ChannelHandle)>);
+struct Channels(Vec<(Arc<str>, ChannelHandle)>);
 
 impl Channels {
     fn position(&self, topic: &str) -> Option<usize> {
-        self.0.iter().position(|(t, _)| t == topic)
+        self.0.iter().position(|(t, _)| **t == *topic)
     }
 
     fn get(&self, topic: &str) -> Option<&ChannelHandle> {
@@ -65,7 +65,7 @@ impl Channels {
         self.position(topic).map(|i| self.0.swap_remove(i).1)
     }
 
-    fn insert(&mut self, topic: String, handle: ChannelHandle) {
+    fn insert(&mut self, topic: Arc<str>, handle: ChannelHandle) {
         match self.get_mut(&topic) {
             Some(h) => *h = handle,
             None => {
@@ -122,7 +122,12 @@ impl Connection {
                     conn: conn.clone(),
                     target: Target::SocketId,
                 };
-                Some(services.pubsub.subscribe(id, sub).await?)
+                Some(
+                    services
+                        .pubsub
+                        .subscribe(&Arc::from(id.as_str()), sub)
+                        .await?,
+                )
             }
             None => None,
         };
@@ -263,7 +268,7 @@ impl Connection {
             if let Some(p) = previous {
                 // Keep tracking the channel that is still leaving.
                 self.channels.insert(
-                    topic,
+                    Arc::from(topic.as_str()),
                     ChannelHandle {
                         join_ref: p.join_ref,
                         inbox: p.inbox,
@@ -281,8 +286,11 @@ impl Connection {
         };
         let join_ref: Option<Arc<str>> = join_ref.map(Arc::from);
         let max_payload = route.max_payload;
+        // One copy of the topic, shared by the channel, its subscription
+        // and this list.
+        let topic: Arc<str> = Arc::from(topic.as_str());
         let inbox = route.factory.start(Start {
-            topic: Arc::from(topic.as_str()),
+            topic: topic.clone(),
             join_ref: join_ref.clone(),
             ref_,
             payload,
