@@ -5,22 +5,32 @@
 //! [`ChannelContext`](crate::ChannelContext) (`track`, `update`, `untrack`,
 //! `push_presence_state`); a presence ends with its channel at the latest.
 //! Each pod runs one actor (`actor`) that writes entries to a store (`store`:
-//! this process, or Redis shared by all pods) and publishes the changes of a
-//! topic as one `presence_diff` per batch window through the normal
-//! broadcast path. In Redis every pod keeps a liveness key; survivors remove
-//! the entries of a pod whose key expired and publish their `leaves`.
+//! this process, or Redis shared by all pods), publishes the changes of a
+//! topic to the other pods as one `presence_diff` per batch window through
+//! the broker, and keeps the state of every topic it serves in memory
+//! (`local`), from which joins get their `presence_state` and this pod's
+//! clients one `presence_diff` per window. In Redis every pod keeps a
+//! liveness key; survivors remove the entries of a pod whose key expired and
+//! publish their `leaves`; every pod reconciles its states with Redis
+//! periodically.
 //!
 //! This module must not block channels: tracking only queues a command, and
-//! only listings wait for the store. It sits beside the pubsub and uses it
-//! like any publisher; the pubsub knows nothing of presence.
+//! only the first listing of a topic waits for the store. It sits above the
+//! pubsub: it publishes like any publisher, and takes presence diffs and
+//! vacated topics from the hub through `PresenceTap`, an interface the hub
+//! owns.
 
 mod actor;
 mod diff;
+mod local;
 mod store;
 mod timing;
 
-use crate::pubsub::PubSub;
-use actor::{Actor, Cmd};
+pub use timing::MIN_BATCH;
+
+use crate::conn::ConnHandle;
+use crate::pubsub::{Hub, PubSub};
+use actor::{Actor, Cmd, Tap};
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
 use std::fmt;
@@ -37,7 +47,8 @@ use store::{MemoryStore, RedisStore, Store, Unsupported};
 pub struct PresenceConfig {
     /// Changes of a topic are collected this long and published as one
     /// `presence_diff`, so a storm of joins costs one broadcast per window,
-    /// not one per join. Default 50 ms.
+    /// not one per join, and each client gets at most one diff per window.
+    /// At least [`MIN_BATCH`] (shorter counts as that). Default 100 ms.
     pub batch: Duration,
     /// A pod that dies without cleaning up has its presences removed and
     /// their `leaves` published within this time. Default 30 s.
@@ -47,7 +58,7 @@ pub struct PresenceConfig {
 impl Default for PresenceConfig {
     fn default() -> Self {
         PresenceConfig {
-            batch: Duration::from_millis(50),
+            batch: MIN_BATCH,
             pod_timeout: Duration::from_secs(30),
         }
     }
@@ -86,6 +97,8 @@ struct Inner {
     /// The actor, until the first command starts it: building a pubsub
     /// needs no runtime, using it does.
     idle: Mutex<Option<(Actor, mpsc::UnboundedReceiver<Cmd>)>>,
+    /// Where the actor takes presence diffs and vacated topics from.
+    hub: Arc<Hub>,
     started: AtomicBool,
     next_id: AtomicU64,
 }
@@ -101,9 +114,11 @@ impl fmt::Debug for Presence {
 impl Presence {
     /// Presence over `pubsub`: kept in Redis and shared by every pod when
     /// the pubsub runs on Redis (a single Redis server; on a Redis Cluster
-    /// listings fail), in this process otherwise. Its actor starts on first
-    /// use, so building one needs no runtime.
+    /// listings fail), in this process otherwise (it covers this node only,
+    /// whatever the broker). Its actor starts on first use, so building one
+    /// needs no runtime.
     pub fn new(pubsub: &PubSub, config: PresenceConfig) -> Self {
+        let shared = pubsub.redis_broker().is_some();
         let store: Arc<dyn Store> = match pubsub.redis_broker() {
             Some(redis) => match RedisStore::new(redis.bus(), redis.node()) {
                 Ok(s) => Arc::new(s),
@@ -112,12 +127,19 @@ impl Presence {
             None => Arc::new(MemoryStore::default()),
         };
         let timing = Timing::new(config.batch, config.pod_timeout);
-        let actor = Actor::new(store, pubsub.hub().clone(), pubsub.broker().clone(), timing);
+        let actor = Actor::new(
+            store,
+            pubsub.hub().clone(),
+            pubsub.broker().clone(),
+            timing,
+            shared,
+        );
         let (tx, rx) = mpsc::unbounded_channel();
         Presence {
             inner: Arc::new(Inner {
                 tx,
                 idle: Mutex::new(Some((actor, rx))),
+                hub: pubsub.hub().clone(),
                 started: AtomicBool::new(false),
                 next_id: AtomicU64::new(1),
             }),
@@ -130,6 +152,9 @@ impl Presence {
                 match tokio::runtime::Handle::try_current() {
                     Ok(rt) => {
                         rt.spawn(actor.run(rx));
+                        self.inner
+                            .hub
+                            .set_presence_tap(Box::new(Tap(self.inner.tx.downgrade())));
                     }
                     Err(_) => {
                         tracing::error!("presence used outside a tokio runtime");
@@ -190,13 +215,34 @@ impl Presence {
     pub async fn list(&self, topic: &str) -> Result<Map<String, Value>, PresenceError> {
         let (reply, rx) = oneshot::channel();
         self.send(Cmd::List {
-            topic: topic.to_owned(),
+            topic: Arc::from(topic),
             reply,
         });
-        let entries = rx
+        let state = rx
             .await
             .map_err(|_| PresenceError::Unavailable("presence stopped".into()))?
             .map_err(|e| PresenceError::Unavailable(e.0))?;
-        Ok(diff::state(&entries))
+        serde_json::from_slice(&state).map_err(|e| PresenceError::Unavailable(e.to_string()))
+    }
+
+    /// Queues `topic`'s `presence_state` on `conn` (with `join_ref`), from
+    /// this pod's local state of the topic, before any diff dispatched
+    /// after it. Resolves once it is queued.
+    pub(crate) async fn push_state(
+        &self,
+        topic: Arc<str>,
+        conn: ConnHandle,
+        join_ref: Option<Arc<str>>,
+    ) -> Result<(), PresenceError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Cmd::PushState {
+            topic,
+            conn,
+            join_ref,
+            reply,
+        });
+        rx.await
+            .map_err(|_| PresenceError::Unavailable("presence stopped".into()))?
+            .map_err(|e| PresenceError::Unavailable(e.0))
     }
 }
