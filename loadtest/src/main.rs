@@ -10,6 +10,7 @@ mod cli;
 mod collect;
 mod http;
 mod longpoll;
+mod presence_join;
 mod publish;
 mod report;
 mod supervisor;
@@ -47,6 +48,7 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
     }
     let setup_secs = col.started.elapsed().as_secs_f64();
 
+    let probe_before = presence_probe(&cli).await?;
     let go_at = Instant::now();
     let go_ns = stats::now_ns();
     let cpu_before = procfs::total_cpu(&cli.gateway_pid)?;
@@ -68,19 +70,27 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
                 None => bail!("the publisher thread died"),
             }
         }
-        Scenario::Chat(_) => {
+        Scenario::Chat(_) | Scenario::PresenceJoin(_) => {
             col.pump(Some(go_at + cli.duration), |_| false).await;
         }
     }
     let publish_secs = go_at.elapsed().as_secs_f64();
     if !matches!(cli.scenario, Scenario::Connect(_) | Scenario::Idle(_)) {
         workers.send(Control::Halt);
-        col.pump(Some(Instant::now() + cli.drain), |_| false).await;
+        let drain = match &cli.scenario {
+            // Lists take up to two diff windows (and a loaded machine) to agree.
+            Scenario::PresenceJoin(a) => a.settle.max(cli.drain),
+            _ => cli.drain,
+        };
+        col.pump(Some(Instant::now() + drain), |_| false).await;
     }
     // The gateway's CPU over the measured phase and the drain, before closing.
     let gateway_cpu_secs = (!cli.gateway_pid.is_empty())
         .then(|| procfs::total_cpu(&cli.gateway_pid).map(|c| c - cpu_before))
         .transpose()?;
+
+    let probe_after = presence_probe(&cli).await?;
+    let presence = report::PresenceExtra::between(probe_before, probe_after);
 
     workers.send(Control::Stop);
     col.pump(
@@ -114,6 +124,7 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
             rss_after,
             gateway_cpu_secs,
             connections: n,
+            presence,
         },
     );
     print!("{}", rep.table());
@@ -127,6 +138,26 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
         return Ok(2);
     }
     Ok(0)
+}
+
+/// Redis's command counts, the machine's and redis-server's CPU time, for
+/// the presence-join scenario (None in the others).
+async fn presence_probe(cli: &Cli) -> anyhow::Result<Option<report::Probe>> {
+    let Scenario::PresenceJoin(a) = &cli.scenario else {
+        return Ok(None);
+    };
+    if cli.transport != TransportKind::Websocket {
+        bail!("presence-join runs over WebSocket only");
+    }
+    let commands = match &a.redis_url {
+        Some(url) => Some(presence_join::commandstats(url).await?),
+        None => None,
+    };
+    Ok(Some(report::Probe {
+        commands,
+        machine_cpu: procfs::machine_busy_secs()?,
+        redis_cpu: a.redis_pid.map(|p| procfs::total_cpu(&[p])).transpose()?,
+    }))
 }
 
 fn main() {

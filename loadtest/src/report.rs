@@ -5,11 +5,13 @@
 //! measure anything itself beyond describing the machine and commit.
 
 use crate::cli::Cli;
-use crate::stats::{encode_hist, Merged};
+use crate::presence_join;
+use crate::stats::{encode_hist, Merged, MergedPresence};
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use plotters::prelude::*;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 
 /// Facts about the run besides the merged counters.
 #[derive(Debug)]
@@ -24,6 +26,42 @@ pub(crate) struct Extra {
     /// measured phase to the end of the drain.
     pub(crate) gateway_cpu_secs: Option<f64>,
     pub(crate) connections: u64,
+    /// The presence-join scenario's server-side figures.
+    pub(crate) presence: Option<PresenceExtra>,
+}
+
+/// What the parent reads before and after the presence-join measured phase.
+#[derive(Debug)]
+pub(crate) struct Probe {
+    /// `INFO commandstats` (with `--redis-url`).
+    pub(crate) commands: Option<HashMap<String, i64>>,
+    /// The machine's busy CPU seconds.
+    pub(crate) machine_cpu: f64,
+    /// redis-server's CPU seconds (with `--redis-pid`).
+    pub(crate) redis_cpu: Option<f64>,
+}
+
+/// The differences over the measured phase and the settling after it.
+#[derive(Debug)]
+pub(crate) struct PresenceExtra {
+    /// Redis calls per command, most first.
+    pub(crate) commands: Option<Vec<(String, i64)>>,
+    pub(crate) machine_cpu_secs: f64,
+    pub(crate) redis_cpu_secs: Option<f64>,
+}
+
+impl PresenceExtra {
+    pub(crate) fn between(before: Option<Probe>, after: Option<Probe>) -> Option<PresenceExtra> {
+        let (b, a) = (before?, after?);
+        Some(PresenceExtra {
+            commands: match (&b.commands, &a.commands) {
+                (Some(b), Some(a)) => Some(presence_join::delta(b, a)),
+                _ => None,
+            },
+            machine_cpu_secs: a.machine_cpu - b.machine_cpu,
+            redis_cpu_secs: a.redis_cpu.zip(b.redis_cpu).map(|(a, b)| a - b),
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -82,6 +120,66 @@ fn git_in(dir: &str) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The presence-join lines of the table.
+fn presence_table(p: &Value) -> String {
+    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    let lat = |name: &str, v: &Value| {
+        format!(
+            "{name:<22}p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2} ms ({} joins)\n",
+            f(&v["p50_ms"]),
+            f(&v["p90_ms"]),
+            f(&v["p99_ms"]),
+            f(&v["max_ms"]),
+            v["count"]
+        )
+    };
+    let mut s = String::from("\npresence\n");
+    s += &lat("join reply", &p["join_reply"]);
+    s += &lat("presence_state", &p["presence_state"]);
+    s += &format!(
+        "largest state         {:.0} kB\n",
+        f(&p["state_bytes_max"]) / 1000.0
+    );
+    match p["redis_commands"].as_i64() {
+        Some(t) => {
+            s += &format!(
+                "Redis commands/join   {:.2} ({t} in all: {})\n",
+                f(&p["redis_commands_per_join"]),
+                p["redis_commands_by_name"]
+            )
+        }
+        None => s += "Redis commands/join   - (no --redis-url)\n",
+    }
+    s += &format!(
+        "presence_diff/client  {:.2} per second on average, {} in the busiest second\n",
+        f(&p["diff_frames_per_client_sec"]),
+        p["diff_frames_max_in_one_sec"]
+    );
+    let keys: Vec<String> = p["observers"]
+        .as_array()
+        .map(|o| o.iter().map(|o| o["keys"].to_string()).collect())
+        .unwrap_or_default();
+    s += &format!(
+        "lists agree           {} (observers' keys {}; expected {})\n",
+        if p["lists_agree"] == true {
+            "yes"
+        } else {
+            "NO"
+        },
+        keys.join(", "),
+        p["expected_keys"]
+    );
+    let cpu = &p["cpu_secs"];
+    s += &format!(
+        "CPU seconds           machine {:.1}: gateway {:.1}, redis {:.1}, clients (the rest) {:.1}\n",
+        f(&cpu["machine"]),
+        f(&cpu["gateway"]),
+        f(&cpu["redis"]),
+        f(&cpu["clients"])
+    );
+    s
 }
 
 impl<'a> Report<'a> {
@@ -210,6 +308,9 @@ impl<'a> Report<'a> {
                 per
             );
         }
+        if let Some(p) = self.presence_json() {
+            s += &presence_table(&p);
+        }
         s += &format!(
             "disconnects           {}\nerrors                {} ({:.3}%)\n",
             c.disconnects,
@@ -267,7 +368,44 @@ impl<'a> Report<'a> {
                 "delivery": encode_hist(&self.m.latency),
             },
             "timeline": timeline,
+            "presence": self.presence_json(),
         })
+    }
+
+    /// The presence-join figures: join and state latency of the measured
+    /// phase, Redis commands per join, diff frames per client, whether the
+    /// observers' lists agree, and who used the machine's CPU.
+    fn presence_json(&self) -> Option<Value> {
+        let p: &MergedPresence = self.m.presence.as_ref()?;
+        let joins = p.join.len();
+        let x = self.x.presence.as_ref();
+        let commands = x.and_then(|x| x.commands.as_ref());
+        let total: Option<i64> = commands.map(|c| c.iter().map(|(_, n)| n).sum());
+        // Every client that joined (present users and joiners) is listed.
+        let expected = self.m.counters.joins_ok;
+        let agree = !p.observers.is_empty()
+            && p.observers.iter().all(|o| *o == p.observers[0])
+            && p.observers[0].0 == expected;
+        let gateway = self.x.gateway_cpu_secs;
+        let machine = x.map(|x| x.machine_cpu_secs);
+        let redis = x.and_then(|x| x.redis_cpu_secs);
+        let clients = machine.map(|m| m - gateway.unwrap_or(0.0) - redis.unwrap_or(0.0));
+        Some(json!({
+            "joins": joins,
+            "join_reply": percentiles(&p.join),
+            "presence_state": percentiles(&p.state),
+            "state_bytes_max": p.state_bytes,
+            "redis_commands": total,
+            "redis_commands_per_join": total.map(|t| t as f64 / joins.max(1) as f64),
+            "redis_commands_by_name": commands.map(|c| c.iter().map(|(k, n)| (k.clone(), json!(n))).collect::<serde_json::Map<String, Value>>()),
+            "diff_frames": p.diff_frames,
+            "diff_frames_per_client_sec": p.diff_frames as f64 / p.client_secs.max(0.001),
+            "diff_frames_max_in_one_sec": p.max_per_sec,
+            "observers": p.observers.iter().map(|o| json!({"keys": o.0, "metas": o.1, "digest": format!("{:016x}", o.2)})).collect::<Vec<_>>(),
+            "expected_keys": expected,
+            "lists_agree": agree,
+            "cpu_secs": {"machine": machine, "gateway": gateway, "redis": redis, "clients": clients},
+        }))
     }
 
     /// The main latency histogram of this scenario and its name.

@@ -246,3 +246,95 @@ impl Presence {
             .map_err(|e| PresenceError::Unavailable(e.0))
     }
 }
+
+/// **For benchmarks only** (`gateway/benches/hot_paths.rs`); not part of
+/// the API and may change or vanish at any time.
+///
+/// A topic's local state, as a pod keeps it, to time what a join and a
+/// received diff cost in a large topic.
+#[doc(hidden)]
+pub mod bench {
+    use super::local::{decode_diff, Change, TopicState};
+    use std::sync::Arc;
+
+    /// A topic's local state.
+    #[derive(Debug, Default)]
+    pub struct Topic {
+        state: TopicState,
+        seq: u64,
+    }
+
+    /// A meta as the rule channels write it.
+    fn change(key: &str, r: &str) -> Change {
+        let meta = format!(r#"{{"online_at":"1763790000","phx_ref":"{r}"}}"#);
+        (Arc::from(r), Arc::from(key), Arc::from(meta))
+    }
+
+    impl Topic {
+        /// A topic of `n` presences, keys `user{i}`.
+        pub fn with(n: usize) -> Topic {
+            let mut t = Topic::default();
+            for i in 0..n {
+                t.seq += 1;
+                let c = change(&format!("user{i}"), &format!("ref{i:018}"));
+                t.state.join(c, t.seq, false);
+            }
+            t.state.loaded = true;
+            t
+        }
+
+        /// Presences held.
+        pub fn len(&self) -> usize {
+            self.state.len()
+        }
+
+        /// Whether it holds none.
+        pub fn is_empty(&self) -> bool {
+            self.state.len() == 0
+        }
+
+        /// Encodes the `presence_state` afresh (as the first join after a
+        /// window does); its size in bytes.
+        pub fn encode_state(&mut self) -> usize {
+            self.state.encode().len()
+        }
+
+        /// Applies a `presence_diff` payload as a pod receives it, then
+        /// takes the diff its clients get; that diff's size in bytes.
+        /// Forgets the refs that left two diffs ago (a pod does so per
+        /// reconcile), so that memory stays flat over many iterations.
+        pub fn apply_diff(&mut self, payload: &[u8]) -> usize {
+            self.state.rotate();
+            let Ok((joins, leaves)) = decode_diff(payload) else {
+                return 0;
+            };
+            for c in joins {
+                self.seq += 1;
+                self.state.join(c, self.seq, true);
+            }
+            for (r, _, _) in leaves {
+                self.state.leave(&r);
+            }
+            self.state.take_pending().map_or(0, |p| p.len())
+        }
+    }
+
+    /// A `presence_diff` payload with `n` joins of fresh refs (from `from`)
+    /// and the leaves of the `n` refs before them, as a busy topic's pod
+    /// publishes per window.
+    pub fn diff(from: usize, n: usize) -> Vec<u8> {
+        let side = |range: std::ops::Range<usize>| {
+            let mut m = serde_json::Map::new();
+            for i in range {
+                let meta = serde_json::json!({"online_at": "1763790000", "phx_ref": format!("ref{i:018}")});
+                m.insert(format!("user{i}"), serde_json::json!({"metas": [meta]}));
+            }
+            serde_json::Value::Object(m)
+        };
+        serde_json::to_vec(&serde_json::json!({
+            "joins": side(from..from + n),
+            "leaves": side(from.saturating_sub(n)..from),
+        }))
+        .unwrap_or_default()
+    }
+}
