@@ -181,10 +181,20 @@ pub(crate) struct PresenceJoinArgs {
     /// Present users connected per second during setup.
     #[arg(long, default_value_t = 2000.0)]
     pub(crate) connect_rate: f64,
+    /// More present users written straight into Redis, as a pod of their own
+    /// (`loadtest-seeded`) would: in every list and every presence_state,
+    /// without connections (one process holds 20,000 at most, and every
+    /// present connection's own join receives the whole list). Needs
+    /// --redis-url; removed again at the end.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seeded: u64,
     /// The pods' Redis, whose `INFO commandstats` gives the Redis commands per
     /// join (none: not measured).
     #[arg(long)]
     pub(crate) redis_url: Option<String>,
+    /// The pods' `[redis] prefix`, for --seeded.
+    #[arg(long, default_value = "phx:")]
+    pub(crate) prefix: String,
     /// The redis-server's pid, to tell its CPU time from the clients'.
     #[arg(long)]
     pub(crate) redis_pid: Option<u32>,

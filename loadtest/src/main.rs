@@ -34,6 +34,16 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
     let (n, connect_rate, ..) = cli.shape();
     let count = supervisor::worker_count(&cli);
     let rss_before = procfs::total_rss(&cli.gateway_pid)?;
+    if let Scenario::PresenceJoin(a) = &cli.scenario {
+        if a.seeded > 0 && a.redis_url.is_none() {
+            bail!("--seeded needs --redis-url");
+        }
+    }
+    let seeded = seeded(&cli);
+    if let Some((a, url)) = seeded {
+        let ttl = Duration::from_secs(600) + cli.duration + a.settle;
+        presence_join::seed(url, &a.prefix, &cli.topic(0), a.seeded, ttl).await?;
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     let workers = Workers::spawn(&cli, count, tx)?;
     let parent_stats = Arc::new(Stats::default());
@@ -99,6 +109,9 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
     )
     .await;
     col.print();
+    if let Some((a, url)) = seeded {
+        presence_join::unseed(url, &a.prefix, &cli.topic(0), a.seeded).await?;
+    }
     let results = col.take_results()?;
     let mut merged = stats::merge(&results)?;
     merged.counters.add(&parent_stats.live.snapshot());
@@ -140,6 +153,15 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// The presence-join scenario's `--seeded` presences and the Redis to write
+/// them to, if it has any.
+fn seeded(cli: &Cli) -> Option<(&cli::PresenceJoinArgs, &str)> {
+    match &cli.scenario {
+        Scenario::PresenceJoin(a) if a.seeded > 0 => Some((a, a.redis_url.as_deref()?)),
+        _ => None,
+    }
+}
+
 /// Redis's command counts, the machine's and redis-server's CPU time, for
 /// the presence-join scenario (None in the others).
 async fn presence_probe(cli: &Cli) -> anyhow::Result<Option<report::Probe>> {
@@ -157,6 +179,7 @@ async fn presence_probe(cli: &Cli) -> anyhow::Result<Option<report::Probe>> {
         commands,
         machine_cpu: procfs::machine_busy_secs()?,
         redis_cpu: a.redis_pid.map(|p| procfs::total_cpu(&[p])).transpose()?,
+        seeded: a.seeded,
     }))
 }
 

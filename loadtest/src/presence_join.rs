@@ -358,6 +358,79 @@ pub(crate) async fn run(
     }
 }
 
+/// The simulated pod that holds `--seeded` presences.
+const SEEDED_POD: &str = "loadtest-seeded";
+
+fn seeded_ref(i: u64) -> String {
+    format!("loadtest-seeded-{i:07}")
+}
+
+/// Writes `n` presences of `topic` into Redis as the pods do, held by a pod
+/// that is alive for `ttl`, so that every pod lists them.
+pub(crate) async fn seed(
+    url: &str,
+    prefix: &str,
+    topic: &str,
+    n: u64,
+    ttl: Duration,
+) -> anyhow::Result<()> {
+    let mut c = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let index = format!("{prefix}presence-pod:{SEEDED_POD}");
+    let hash = format!("{prefix}presence:{topic}");
+    let _: () = redis::pipe()
+        .cmd("SET")
+        .arg(format!("{prefix}presence-alive:{SEEDED_POD}"))
+        .arg(1)
+        .arg("PX")
+        .arg(ttl.as_millis() as u64)
+        .ignore()
+        .sadd(format!("{prefix}presence-pods"), SEEDED_POD)
+        .ignore()
+        .query_async(&mut c)
+        .await?;
+    let ids: Vec<u64> = (0..n).collect();
+    for chunk in ids.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for &i in chunk {
+            let r = seeded_ref(i);
+            let v = serde_json::json!({"key": format!("s{i}"), "meta": {"online_at": "1763790000", "phx_ref": r}});
+            pipe.hset(&hash, &r, v.to_string()).ignore();
+            pipe.hset(&index, &r, topic).ignore();
+        }
+        let _: () = pipe.query_async(&mut c).await?;
+    }
+    Ok(())
+}
+
+/// Removes what [`seed`] wrote, quietly: no pod publishes their leaves.
+pub(crate) async fn unseed(url: &str, prefix: &str, topic: &str, n: u64) -> anyhow::Result<()> {
+    let mut c = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let hash = format!("{prefix}presence:{topic}");
+    let ids: Vec<u64> = (0..n).collect();
+    for chunk in ids.chunks(1000) {
+        let refs: Vec<String> = chunk.iter().map(|&i| seeded_ref(i)).collect();
+        let _: () = redis::cmd("HDEL")
+            .arg(&hash)
+            .arg(refs)
+            .query_async(&mut c)
+            .await?;
+    }
+    let _: () = redis::pipe()
+        .del(format!("{prefix}presence-pod:{SEEDED_POD}"))
+        .ignore()
+        .srem(format!("{prefix}presence-pods"), SEEDED_POD)
+        .ignore()
+        .del(format!("{prefix}presence-alive:{SEEDED_POD}"))
+        .ignore()
+        .query_async(&mut c)
+        .await?;
+    Ok(())
+}
+
 /// `INFO commandstats` of the Redis at `url`: command -> calls.
 pub(crate) async fn commandstats(url: &str) -> anyhow::Result<HashMap<String, i64>> {
     let client = redis::Client::open(url)?;

@@ -39,6 +39,8 @@ pub(crate) struct Probe {
     pub(crate) machine_cpu: f64,
     /// redis-server's CPU seconds (with `--redis-pid`).
     pub(crate) redis_cpu: Option<f64>,
+    /// Presences written straight into Redis (`--seeded`).
+    pub(crate) seeded: u64,
 }
 
 /// The differences over the measured phase and the settling after it.
@@ -48,6 +50,7 @@ pub(crate) struct PresenceExtra {
     pub(crate) commands: Option<Vec<(String, i64)>>,
     pub(crate) machine_cpu_secs: f64,
     pub(crate) redis_cpu_secs: Option<f64>,
+    pub(crate) seeded: u64,
 }
 
 impl PresenceExtra {
@@ -60,6 +63,7 @@ impl PresenceExtra {
             },
             machine_cpu_secs: a.machine_cpu - b.machine_cpu,
             redis_cpu_secs: a.redis_cpu.zip(b.redis_cpu).map(|(a, b)| a - b),
+            seeded: a.seeded,
         })
     }
 }
@@ -381,8 +385,9 @@ impl<'a> Report<'a> {
         let x = self.x.presence.as_ref();
         let commands = x.and_then(|x| x.commands.as_ref());
         let total: Option<i64> = commands.map(|c| c.iter().map(|(_, n)| n).sum());
-        // Every client that joined (present users and joiners) is listed.
-        let expected = self.m.counters.joins_ok;
+        // Every client that joined (present users and joiners) is listed,
+        // and every seeded presence.
+        let expected = self.m.counters.joins_ok + x.map_or(0, |x| x.seeded);
         let agree = !p.observers.is_empty()
             && p.observers.iter().all(|o| *o == p.observers[0])
             && p.observers[0].0 == expected;
@@ -392,6 +397,7 @@ impl<'a> Report<'a> {
         let clients = machine.map(|m| m - gateway.unwrap_or(0.0) - redis.unwrap_or(0.0));
         Some(json!({
             "joins": joins,
+            "seeded": x.map_or(0, |x| x.seeded),
             "join_reply": percentiles(&p.join),
             "presence_state": percentiles(&p.state),
             "state_bytes_max": p.state_bytes,

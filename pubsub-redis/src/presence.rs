@@ -10,8 +10,8 @@
 //! | `{prefix}presence-alive:{pod}` | string with a TTL | exists while the pod refreshes it |
 //! | `{prefix}presence-pods` | set | every pod that may hold entries |
 //!
-//! A write is O(1) per entry (two hash fields), a listing is one HGETALL of
-//! the topic, and reaping a dead pod is one Lua script that first checks the
+//! A write is O(1) per entry (two hash fields, on a connection of its own),
+//! a listing is one HGETALL of the topic, and reaping a dead pod is one Lua script that first checks the
 //! pod's liveness key, so a pod that came back in time is never reaped and
 //! only one survivor receives (and announces) the removed entries.
 //!
@@ -75,6 +75,10 @@ pub struct PresenceStore {
     /// would be reaped although alive.
     client: redis::Client,
     liveness: Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
+    /// Writes have one too: every checkout of a pooled connection costs two
+    /// more commands (deadpool's UNWATCH and PING), as many as a join's
+    /// write itself.
+    writer: Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
     timeout: Duration,
     prefix: String,
     pod: String,
@@ -108,6 +112,7 @@ impl PresenceStore {
             pool: pool.clone(),
             client,
             liveness: Arc::default(),
+            writer: Arc::default(),
             timeout: bus.timeout,
             prefix: bus.prefix.to_string(),
             pod: pod.into(),
@@ -177,8 +182,32 @@ impl PresenceStore {
                 }
             }
         }
-        pipe.query_async::<()>(&mut *self.conn().await?).await?;
-        Ok(())
+        let mut conn = self.dedicated(&self.writer).await?;
+        let result = tokio::time::timeout(self.timeout, pipe.query_async::<()>(&mut conn))
+            .await
+            .map_err(|_| Error::Unavailable("presence write timed out".into()))
+            .and_then(|r| r.map_err(Error::from));
+        if result.is_err() {
+            // Open a fresh connection next time.
+            *self.writer.lock().await = None;
+        }
+        result
+    }
+
+    /// The connection in `slot`, opened if there is none.
+    async fn dedicated(
+        &self,
+        slot: &tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    ) -> Result<MultiplexedConnection, Error> {
+        let mut slot = slot.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = tokio::time::timeout(self.timeout, self.client.get_multiplexed_async_connection())
+            .await
+            .map_err(|_| Error::Unavailable("connect timed out".into()))??;
+        *slot = Some(c.clone());
+        Ok(c)
     }
 
     /// Every entry of `topic`: (ref, value). One HGETALL, O(entries).
@@ -202,27 +231,14 @@ impl PresenceStore {
     /// # Errors
     /// When Redis is unreachable or refuses.
     pub async fn heartbeat(&self, ttl: Duration) -> Result<bool, Error> {
-        let mut slot = self.liveness.lock().await;
-        let mut conn = match slot.as_ref() {
-            Some(c) => c.clone(),
-            None => {
-                let c = tokio::time::timeout(
-                    self.timeout,
-                    self.client.get_multiplexed_async_connection(),
-                )
-                .await
-                .map_err(|_| Error::Unavailable("connect timed out".into()))??;
-                *slot = Some(c.clone());
-                c
-            }
-        };
+        let mut conn = self.dedicated(&self.liveness).await?;
         let result = tokio::time::timeout(self.timeout, self.refresh(&mut conn, ttl))
             .await
             .map_err(|_| Error::Unavailable("liveness refresh timed out".into()))
             .and_then(|r| r);
         if result.is_err() {
             // Open a fresh connection next time.
-            *slot = None;
+            *self.liveness.lock().await = None;
         }
         result
     }
