@@ -57,7 +57,7 @@ start_gateway() {
     printf '\n[redis]\nurl = "%s"\nprefix = "%s"\n' "$REDIS_URL" "$PREFIX"
     printf '\n[[channel]]\npattern = "bench:*"\npolicy = "public"\nevents = ["new_msg"]\ninclude_sender = true\n'
   } >"$OUT/$name.toml"
-  env -u REDIS_URL -u GATEWAY_CONFIG -u GATEWAY_LISTEN PORT="$GW_PORT" GATEWAY_API_KEY="$KEY" GATEWAY_LOG=warn \
+  env -u REDIS_URL -u GATEWAY_CONFIG -u GATEWAY_LISTEN PORT="$GW_PORT" GATEWAY_API_KEY="$KEY" GATEWAY_LOG="${GW_LOG:-warn}" \
     "$GW" --config "$OUT/$name.toml" >"$OUT/$name.log" 2>&1 &
   GW_PID=$!
   PIDS+=($GW_PID)

@@ -100,7 +100,11 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
         .transpose()?;
 
     let probe_after = presence_probe(&cli).await?;
-    let presence = report::PresenceExtra::between(probe_before, probe_after);
+    let mut presence = report::PresenceExtra::between(probe_before, probe_after);
+    if let Some(p) = &mut presence {
+        let target = target::resolve(&cli, TransportKind::Websocket).await?;
+        p.pods = presence_join::pod_states(&target, &cli.topic(0)).await?;
+    }
 
     workers.send(Control::Stop);
     col.pump(

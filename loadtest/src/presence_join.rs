@@ -10,7 +10,7 @@
 //! Like `conn`, it knows one connection and the numbers it feeds; the
 //! schedule and the judging are the worker's and the report's.
 
-use crate::conn::{self, Frame, Phase, Target};
+use crate::conn::{self, Phase, Target};
 use crate::stats::{encode_hist, new_hist, record, PresenceResult, Stats};
 use anyhow::Context as _;
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -37,7 +37,7 @@ pub(crate) struct Shared {
     state_bytes: AtomicU64,
     join: Mutex<Histogram<u64>>,
     state: Mutex<Histogram<u64>>,
-    observers: Mutex<Vec<(u64, u64, u64)>>,
+    observers: Mutex<Vec<(u64, u64, u64, u64)>>,
 }
 
 impl Default for Shared {
@@ -189,6 +189,61 @@ impl Rate {
     }
 }
 
+/// Each pod's list as a new client sees it: a watcher (no `user`, so not
+/// listed) joins `topic` on every pod of `target` and reads its
+/// `presence_state`; (keys, metas, digest) per pod, in `--url` order.
+pub(crate) async fn pod_states(
+    target: &Target,
+    topic: &str,
+) -> anyhow::Result<Vec<(u64, u64, u64)>> {
+    let mut out = Vec::new();
+    for i in 0..target.endpoints.len() as u64 {
+        let mut ws = connect(target, i).await?;
+        let join = format!(r#"["1","1","{topic}","phx_join",{{}}]"#);
+        ws.send(Message::text(join)).await?;
+        let mut view = View::default();
+        let read = async {
+            while let Some(m) = ws.next().await {
+                if let Message::Text(t) = m? {
+                    if let Some((_, "presence_state", payload)) = header(t.as_str()) {
+                        view.set_state(payload);
+                        return anyhow::Ok(());
+                    }
+                }
+            }
+            anyhow::bail!("pod {i} closed before its presence_state")
+        };
+        tokio::time::timeout(Duration::from_secs(60), read)
+            .await
+            .context("no presence_state within 60 s")??;
+        out.push(view.digest());
+        let _ = ws.close(None).await;
+    }
+    Ok(out)
+}
+
+/// Splits a V2 frame `[join_ref, ref, topic, event, payload]` without
+/// parsing its payload (a `presence_state` of a large topic is megabytes,
+/// and only observers need to read it): (ref, event, payload text). The
+/// gateway's refs, topics and events here hold no escaped quotes.
+fn header(text: &str) -> Option<(Option<&str>, &str, &str)> {
+    let mut rest = text.strip_prefix('[')?;
+    let mut field = || -> Option<Option<&str>> {
+        let (value, after) = if let Some(r) = rest.strip_prefix("null") {
+            (None, r)
+        } else {
+            let r = rest.strip_prefix('"')?;
+            let end = r.find('"')?;
+            (Some(&r[..end]), &r[end + 1..])
+        };
+        rest = after.strip_prefix(',')?;
+        Some(value)
+    };
+    let (_, r, _, event) = (field()?, field()?, field()?, field()??);
+    let payload = rest.strip_suffix(']')?;
+    Some((r, event, payload))
+}
+
 /// Opens a WebSocket that takes a `presence_state` of a large topic.
 async fn connect(target: &Target, idx: u64) -> anyhow::Result<conn::Ws> {
     let fut = async {
@@ -269,17 +324,26 @@ pub(crate) async fn run(
     let mut hb_ref = 1u64;
     let mut cur = *phase.borrow();
     let mut halted_at: Option<Instant> = None;
+    // An observer's list once nothing arrived for a second after Halt.
+    let mut quiet = None;
+    let mut last_frame = Instant::now();
     while ok && cur != Phase::Stop {
+        let quiet_at = last_frame + Duration::from_secs(1);
         tokio::select! {
+            _ = tokio::time::sleep_until(quiet_at.into()), if cur == Phase::Halt && view.is_some() => {
+                quiet = view.as_ref().map(View::digest);
+                last_frame = Instant::now();
+            }
             m = ws.next() => match m {
                 Some(Ok(Message::Text(t))) => {
-                    let Ok(Frame(_, r, _, event, payload)) = serde_json::from_str::<Frame>(t.as_str()) else {
+                    last_frame = Instant::now();
+                    let Some((r, event, payload)) = header(t.as_str()) else {
                         continue;
                     };
                     match event {
                         "phx_reply" if r == Some("1") && !settled => {
                             let us = sent.elapsed().as_micros() as u64;
-                            let status_ok = serde_json::from_str::<Reply>(payload.get())
+                            let status_ok = serde_json::from_str::<Reply>(payload)
                                 .is_ok_and(|p| p.status == "ok");
                             if status_ok {
                                 stats.joined(us);
@@ -297,9 +361,9 @@ pub(crate) async fn run(
                                 record(&mut shared.state.lock(), sent.elapsed().as_micros() as u64);
                             }
                             got_state = true;
-                            shared.state_bytes.fetch_max(payload.get().len() as u64, Relaxed);
+                            shared.state_bytes.fetch_max(payload.len() as u64, Relaxed);
                             if let Some(v) = &mut view {
-                                v.set_state(payload.get());
+                                v.set_state(payload);
                             }
                         }
                         "presence_diff" => {
@@ -307,7 +371,7 @@ pub(crate) async fn run(
                                 rate.frame(go.elapsed());
                             }
                             if let Some(v) = &mut view {
-                                v.diff(payload.get());
+                                v.diff(payload);
                             }
                         }
                         "phx_error" | "phx_close" => {
@@ -348,7 +412,18 @@ pub(crate) async fn run(
     shared.diff_frames.fetch_add(rate.frames, Relaxed);
     shared.max_per_sec.fetch_max(rate.max, Relaxed);
     if let Some(v) = &view {
-        shared.observers.lock().push(v.digest());
+        // The list from before Stop: at Stop every client leaves.
+        let (keys, metas, digest) = quiet.unwrap_or_else(|| v.digest());
+        if std::env::var_os("LT_DEBUG").is_some() {
+            eprintln!(
+                "observer {idx}: {keys} keys, states {}, diffs {}, bad {}, early {}",
+                v.states,
+                v.diffs,
+                v.bad,
+                v.early.len()
+            );
+        }
+        shared.observers.lock().push((idx, keys, metas, digest));
     }
     live.open.fetch_sub(1, Relaxed);
     if cur == Phase::Stop {
@@ -356,6 +431,16 @@ pub(crate) async fn run(
     } else {
         live.disconnects.fetch_add(1, Relaxed);
     }
+}
+
+/// A connection to `url` whose replies may take long: a busy machine, a
+/// large pipeline.
+async fn redis_conn(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
+    Ok(redis::Client::open(url)?
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?)
 }
 
 /// The simulated pod that holds `--seeded` presences.
@@ -374,9 +459,7 @@ pub(crate) async fn seed(
     n: u64,
     ttl: Duration,
 ) -> anyhow::Result<()> {
-    let mut c = redis::Client::open(url)?
-        .get_multiplexed_async_connection()
-        .await?;
+    let mut c = redis_conn(url).await?;
     let index = format!("{prefix}presence-pod:{SEEDED_POD}");
     let hash = format!("{prefix}presence:{topic}");
     let _: () = redis::pipe()
@@ -406,9 +489,7 @@ pub(crate) async fn seed(
 
 /// Removes what [`seed`] wrote, quietly: no pod publishes their leaves.
 pub(crate) async fn unseed(url: &str, prefix: &str, topic: &str, n: u64) -> anyhow::Result<()> {
-    let mut c = redis::Client::open(url)?
-        .get_multiplexed_async_connection()
-        .await?;
+    let mut c = redis_conn(url).await?;
     let hash = format!("{prefix}presence:{topic}");
     let ids: Vec<u64> = (0..n).collect();
     for chunk in ids.chunks(1000) {
@@ -433,8 +514,7 @@ pub(crate) async fn unseed(url: &str, prefix: &str, topic: &str, n: u64) -> anyh
 
 /// `INFO commandstats` of the Redis at `url`: command -> calls.
 pub(crate) async fn commandstats(url: &str) -> anyhow::Result<HashMap<String, i64>> {
-    let client = redis::Client::open(url)?;
-    let mut c = client.get_multiplexed_async_connection().await?;
+    let mut c = redis_conn(url).await?;
     let text: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(&mut c)
@@ -483,6 +563,18 @@ mod tests {
         let mut w = View::default();
         w.set_state(r#"{"b":{"metas":[{"phx_ref":"2","online_at":"5"}]}}"#);
         assert_eq!(v.digest(), w.digest());
+    }
+
+    #[test]
+    fn headers_split_without_parsing_the_payload() {
+        let f = r#"["1","1","room:lt:0","phx_reply",{"status":"ok","response":{}}]"#;
+        assert_eq!(
+            header(f),
+            Some((Some("1"), "phx_reply", r#"{"status":"ok","response":{}}"#))
+        );
+        let f = r#"[null,null,"room:lt:0","presence_diff",{"joins":{},"leaves":{}}]"#;
+        assert_eq!(header(f).map(|h| (h.0, h.1)), Some((None, "presence_diff")));
+        assert_eq!(header("[1,2]"), None);
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub(crate) struct PresenceExtra {
     pub(crate) machine_cpu_secs: f64,
     pub(crate) redis_cpu_secs: Option<f64>,
     pub(crate) seeded: u64,
+    /// Each pod's `presence_state` for a new watcher after the settling:
+    /// (keys, metas, digest), in `--url` order.
+    pub(crate) pods: Vec<(u64, u64, u64)>,
 }
 
 impl PresenceExtra {
@@ -64,6 +67,7 @@ impl PresenceExtra {
             machine_cpu_secs: a.machine_cpu - b.machine_cpu,
             redis_cpu_secs: a.redis_cpu.zip(b.redis_cpu).map(|(a, b)| a - b),
             seeded: a.seeded,
+            pods: Vec::new(),
         })
     }
 }
@@ -163,16 +167,25 @@ fn presence_table(p: &Value) -> String {
     );
     let keys: Vec<String> = p["observers"]
         .as_array()
+        .map(|o| {
+            o.iter()
+                .map(|o| format!("{} (connection {})", o["keys"], o["connection"]))
+                .collect()
+        })
+        .unwrap_or_default();
+    let pods: Vec<String> = p["pods"]
+        .as_array()
         .map(|o| o.iter().map(|o| o["keys"].to_string()).collect())
         .unwrap_or_default();
     s += &format!(
-        "lists agree           {} (observers' keys {}; expected {})\n",
+        "lists agree           {} (observers' keys {}; pods' states {}; expected {})\n",
         if p["lists_agree"] == true {
             "yes"
         } else {
             "NO"
         },
         keys.join(", "),
+        pods.join(", "),
         p["expected_keys"]
     );
     let cpu = &p["cpu_secs"];
@@ -388,9 +401,13 @@ impl<'a> Report<'a> {
         // Every client that joined (present users and joiners) is listed,
         // and every seeded presence.
         let expected = self.m.counters.joins_ok + x.map_or(0, |x| x.seeded);
-        let agree = !p.observers.is_empty()
-            && p.observers.iter().all(|o| *o == p.observers[0])
-            && p.observers[0].0 == expected;
+        // Observers' lists (what clients of each pod show) and each pod's
+        // state (what a client joining now gets) must all be the same list.
+        let pods: &[(u64, u64, u64)] = x.map_or(&[], |x| &x.pods);
+        let mut lists: Vec<(u64, u64, u64)> = p.observers.iter().map(|o| (o.1, o.2, o.3)).collect();
+        lists.extend(pods);
+        let agree =
+            !lists.is_empty() && lists.iter().all(|l| *l == lists[0]) && lists[0].0 == expected;
         let gateway = self.x.gateway_cpu_secs;
         let machine = x.map(|x| x.machine_cpu_secs);
         let redis = x.and_then(|x| x.redis_cpu_secs);
@@ -407,7 +424,8 @@ impl<'a> Report<'a> {
             "diff_frames": p.diff_frames,
             "diff_frames_per_client_sec": p.diff_frames as f64 / p.client_secs.max(0.001),
             "diff_frames_max_in_one_sec": p.max_per_sec,
-            "observers": p.observers.iter().map(|o| json!({"keys": o.0, "metas": o.1, "digest": format!("{:016x}", o.2)})).collect::<Vec<_>>(),
+            "observers": p.observers.iter().map(|o| json!({"connection": o.0, "keys": o.1, "metas": o.2, "digest": format!("{:016x}", o.3)})).collect::<Vec<_>>(),
+            "pods": pods.iter().map(|o| json!({"keys": o.0, "metas": o.1, "digest": format!("{:016x}", o.2)})).collect::<Vec<_>>(),
             "expected_keys": expected,
             "lists_agree": agree,
             "cpu_secs": {"machine": machine, "gateway": gateway, "redis": redis, "clients": clients},

@@ -165,8 +165,9 @@ pub struct PresenceResult {
     pub state: String,
     /// Largest `presence_state` received, bytes.
     pub state_bytes: u64,
-    /// Each observer's final list: (keys, metas, digest of every key and ref).
-    pub observers: Vec<(u64, u64, u64)>,
+    /// Each observer's final list: (its connection, keys, metas, digest of
+    /// every key and ref).
+    pub observers: Vec<(u64, u64, u64, u64)>,
 }
 
 /// What a worker reports at the end.
@@ -192,7 +193,7 @@ pub struct MergedPresence {
     pub join: Histogram<u64>,
     pub state: Histogram<u64>,
     pub state_bytes: u64,
-    pub observers: Vec<(u64, u64, u64)>,
+    pub observers: Vec<(u64, u64, u64, u64)>,
 }
 
 /// Results merged over workers.

@@ -203,7 +203,12 @@ impl PresenceStore {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let c = tokio::time::timeout(self.timeout, self.client.get_multiplexed_async_connection())
+        // Replies wait as long as the bus's timeout, not redis-rs's 500 ms.
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(self.timeout));
+        let connect = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config);
+        let c = tokio::time::timeout(self.timeout, connect)
             .await
             .map_err(|_| Error::Unavailable("connect timed out".into()))??;
         *slot = Some(c.clone());
