@@ -414,15 +414,6 @@ pub(crate) async fn run(
     if let Some(v) = &view {
         // The list from before Stop: at Stop every client leaves.
         let (keys, metas, digest) = quiet.unwrap_or_else(|| v.digest());
-        if std::env::var_os("LT_DEBUG").is_some() {
-            eprintln!(
-                "observer {idx}: {keys} keys, states {}, diffs {}, bad {}, early {}",
-                v.states,
-                v.diffs,
-                v.bad,
-                v.early.len()
-            );
-        }
         shared.observers.lock().push((idx, keys, metas, digest));
     }
     live.open.fetch_sub(1, Relaxed);
