@@ -183,12 +183,35 @@ impl PresenceStore {
             }
         }
         let mut conn = self.dedicated(&self.writer).await?;
-        let result = tokio::time::timeout(self.timeout, pipe.query_async::<()>(&mut conn))
+        self.written(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// Publishes `envelope` on `topic`'s channel (`{prefix}{topic}`, as the
+    /// bus does) over the write connection: a pooled checkout would add two
+    /// commands to each of presence's per-window publications.
+    ///
+    /// # Errors
+    /// When Redis is unreachable or refuses.
+    pub async fn publish(&self, topic: &str, envelope: &[u8]) -> Result<(), Error> {
+        let mut conn = self.dedicated(&self.writer).await?;
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(format!("{}{topic}", self.prefix)).arg(envelope);
+        self.written(cmd.query_async::<i64>(&mut conn))
+            .await
+            .map(|_| ())
+    }
+
+    /// Bounds a command on the write connection; after a failure the next
+    /// one opens a fresh connection.
+    async fn written<T>(
+        &self,
+        query: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Error> {
+        let result = tokio::time::timeout(self.timeout, query)
             .await
             .map_err(|_| Error::Unavailable("presence write timed out".into()))
             .and_then(|r| r.map_err(Error::from));
         if result.is_err() {
-            // Open a fresh connection next time.
             *self.writer.lock().await = None;
         }
         result

@@ -706,13 +706,24 @@ impl Actor {
             if diff.is_empty() {
                 continue;
             }
-            let msg = Broadcast {
-                topic: topic.clone(),
-                event: "presence_diff".into(),
-                payload: Payload::json(&diff.payload()),
-                from: None,
+            let payload = Payload::json(&diff.payload());
+            let Payload::Json(json) = &payload else {
+                continue;
             };
-            if let Err(e) = self.broker.publish(msg).await {
+            let published = match self.store.publish_diff(&topic, json.bytes()).await {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    let msg = Broadcast {
+                        topic: topic.clone(),
+                        event: "presence_diff".into(),
+                        payload,
+                        from: None,
+                    };
+                    self.broker.publish(msg).await.map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = published {
                 tracing::warn!(topic, error = %e, "presence_diff not published; will retry");
                 failed.push((topic, diff));
             }
