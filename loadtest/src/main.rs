@@ -58,7 +58,7 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
     }
     let setup_secs = col.started.elapsed().as_secs_f64();
 
-    let probe_before = presence_probe(&cli).await?;
+    let probe_before = presence_probe(&cli, &workers).await?;
     let go_at = Instant::now();
     let go_ns = stats::now_ns();
     let cpu_before = procfs::total_cpu(&cli.gateway_pid)?;
@@ -99,7 +99,7 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
         .then(|| procfs::total_cpu(&cli.gateway_pid).map(|c| c - cpu_before))
         .transpose()?;
 
-    let probe_after = presence_probe(&cli).await?;
+    let probe_after = presence_probe(&cli, &workers).await?;
     let mut presence = report::PresenceExtra::between(probe_before, probe_after);
     if let Some(p) = &mut presence {
         let target = target::resolve(&cli, TransportKind::Websocket).await?;
@@ -168,7 +168,7 @@ fn seeded(cli: &Cli) -> Option<(&cli::PresenceJoinArgs, &str)> {
 
 /// Redis's command counts, the machine's and redis-server's CPU time, for
 /// the presence-join scenario (None in the others).
-async fn presence_probe(cli: &Cli) -> anyhow::Result<Option<report::Probe>> {
+async fn presence_probe(cli: &Cli, workers: &Workers) -> anyhow::Result<Option<report::Probe>> {
     let Scenario::PresenceJoin(a) = &cli.scenario else {
         return Ok(None);
     };
@@ -183,6 +183,7 @@ async fn presence_probe(cli: &Cli) -> anyhow::Result<Option<report::Probe>> {
         commands,
         machine_cpu: procfs::machine_busy_secs()?,
         redis_cpu: a.redis_pid.map(|p| procfs::total_cpu(&[p])).transpose()?,
+        client_cpu: procfs::total_cpu(&workers.pids())?,
         seeded: a.seeded,
     }))
 }

@@ -39,6 +39,8 @@ pub(crate) struct Probe {
     pub(crate) machine_cpu: f64,
     /// redis-server's CPU seconds (with `--redis-pid`).
     pub(crate) redis_cpu: Option<f64>,
+    /// loadtest's own CPU seconds (this process and its workers).
+    pub(crate) client_cpu: f64,
     /// Presences written straight into Redis (`--seeded`).
     pub(crate) seeded: u64,
 }
@@ -50,6 +52,7 @@ pub(crate) struct PresenceExtra {
     pub(crate) commands: Option<Vec<(String, i64)>>,
     pub(crate) machine_cpu_secs: f64,
     pub(crate) redis_cpu_secs: Option<f64>,
+    pub(crate) client_cpu_secs: f64,
     pub(crate) seeded: u64,
     /// Each pod's `presence_state` for a new watcher after the settling:
     /// (keys, metas, digest), in `--url` order.
@@ -66,6 +69,7 @@ impl PresenceExtra {
             },
             machine_cpu_secs: a.machine_cpu - b.machine_cpu,
             redis_cpu_secs: a.redis_cpu.zip(b.redis_cpu).map(|(a, b)| a - b),
+            client_cpu_secs: a.client_cpu - b.client_cpu,
             seeded: a.seeded,
             pods: Vec::new(),
         })
@@ -190,11 +194,12 @@ fn presence_table(p: &Value) -> String {
     );
     let cpu = &p["cpu_secs"];
     s += &format!(
-        "CPU seconds           machine {:.1}: gateway {:.1}, redis {:.1}, clients (the rest) {:.1}\n",
+        "CPU seconds           machine {:.1}: gateway {:.1}, redis {:.1}, loadtest {:.1}, other processes {:.1}\n",
         f(&cpu["machine"]),
         f(&cpu["gateway"]),
         f(&cpu["redis"]),
-        f(&cpu["clients"])
+        f(&cpu["clients"]),
+        f(&cpu["other"])
     );
     s
 }
@@ -411,7 +416,9 @@ impl<'a> Report<'a> {
         let gateway = self.x.gateway_cpu_secs;
         let machine = x.map(|x| x.machine_cpu_secs);
         let redis = x.and_then(|x| x.redis_cpu_secs);
-        let clients = machine.map(|m| m - gateway.unwrap_or(0.0) - redis.unwrap_or(0.0));
+        let clients = x.map(|x| x.client_cpu_secs);
+        let other = machine
+            .map(|m| m - gateway.unwrap_or(0.0) - redis.unwrap_or(0.0) - clients.unwrap_or(0.0));
         Some(json!({
             "joins": joins,
             "seeded": x.map_or(0, |x| x.seeded),
@@ -428,7 +435,7 @@ impl<'a> Report<'a> {
             "pods": pods.iter().map(|o| json!({"keys": o.0, "metas": o.1, "digest": format!("{:016x}", o.2)})).collect::<Vec<_>>(),
             "expected_keys": expected,
             "lists_agree": agree,
-            "cpu_secs": {"machine": machine, "gateway": gateway, "redis": redis, "clients": clients},
+            "cpu_secs": {"machine": machine, "gateway": gateway, "redis": redis, "clients": clients, "other": other},
         }))
     }
 
