@@ -51,9 +51,11 @@ start_gateway() {
   # measure channels without presence (whose cost docs/presence.md measures).
   # Without per-source limits: the load comes from a few loopback addresses.
   # GW_QUEUE_BYTES: outbound_queue_bytes, for a presence_state larger than
-  # the example's 4 MiB (a topic of 100,000 presences is about 8 MB).
+  # the example's 4 MiB (a topic of 100,000 presences is about 8 MB), and
+  # GW_MAX_MEMORY_MB: max_memory_mb, for the states queued meanwhile.
   { sed -e 's/^\(max_connections_per_source\|connection_rate_per_source\|max_queued_joins_per_source\) = .*/\1 = 0/' \
-      -e "s/^outbound_queue_bytes = .*/outbound_queue_bytes = ${GW_QUEUE_BYTES:-4194304}/" config/example.toml
+      -e "s/^outbound_queue_bytes = .*/outbound_queue_bytes = ${GW_QUEUE_BYTES:-4194304}/" \
+      -e "s/^max_memory_mb = .*/max_memory_mb = ${GW_MAX_MEMORY_MB:-1024}/" config/example.toml
     printf '\n[redis]\nurl = "%s"\nprefix = "%s"\n' "$REDIS_URL" "$PREFIX"
     printf '\n[[channel]]\npattern = "bench:*"\npolicy = "public"\nevents = ["new_msg"]\ninclude_sender = true\n'
   } >"$OUT/$name.toml"

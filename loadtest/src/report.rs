@@ -155,13 +155,12 @@ fn presence_table(p: &Value) -> String {
         f(&p["state_bytes_max"]) / 1000.0
     );
     match p["redis_commands"].as_i64() {
-        Some(t) => {
-            s += &format!(
-                "Redis commands/join   {:.2} ({t} in all: {})\n",
-                f(&p["redis_commands_per_join"]),
-                p["redis_commands_by_name"]
-            )
-        }
+        Some(t) => s += &format!(
+            "Redis commands/join   {:.2} ({t} in all: {}); HSET, HDEL and PUBLISH alone {:.2}\n",
+            f(&p["redis_commands_per_join"]),
+            p["redis_commands_by_name"],
+            f(&p["redis_join_writes_and_publishes_per_join"])
+        ),
         None => s += "Redis commands/join   - (no --redis-url)\n",
     }
     s += &format!(
@@ -403,6 +402,14 @@ impl<'a> Report<'a> {
         let x = self.x.presence.as_ref();
         let commands = x.and_then(|x| x.commands.as_ref());
         let total: Option<i64> = commands.map(|c| c.iter().map(|(_, n)| n).sum());
+        // What joins cause (their writes, and the per-window publications),
+        // apart from what pods do periodically whatever the joins.
+        let driven: Option<i64> = commands.map(|c| {
+            c.iter()
+                .filter(|(cmd, _)| ["hset", "hdel", "publish"].contains(&cmd.as_str()))
+                .map(|(_, n)| n)
+                .sum()
+        });
         // Every client that joined (present users and joiners) is listed,
         // and every seeded presence.
         let expected = self.m.counters.joins_ok + x.map_or(0, |x| x.seeded);
@@ -427,6 +434,7 @@ impl<'a> Report<'a> {
             "state_bytes_max": p.state_bytes,
             "redis_commands": total,
             "redis_commands_per_join": total.map(|t| t as f64 / joins.max(1) as f64),
+            "redis_join_writes_and_publishes_per_join": driven.map(|t| t as f64 / joins.max(1) as f64),
             "redis_commands_by_name": commands.map(|c| c.iter().map(|(k, n)| (k.clone(), json!(n))).collect::<serde_json::Map<String, Value>>()),
             "diff_frames": p.diff_frames,
             "diff_frames_per_client_sec": p.diff_frames as f64 / p.client_secs.max(0.001),
