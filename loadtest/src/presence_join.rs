@@ -536,7 +536,7 @@ pub(crate) fn delta(
         .map(|(c, n)| (c.clone(), n - before.get(c).copied().unwrap_or(0)))
         .filter(|(_, n)| *n > 0)
         .collect();
-    d.sort_by(|a, b| b.1.cmp(&a.1));
+    d.sort_by_key(|c| std::cmp::Reverse(c.1));
     d
 }
 

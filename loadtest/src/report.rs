@@ -155,12 +155,14 @@ fn presence_table(p: &Value) -> String {
         f(&p["state_bytes_max"]) / 1000.0
     );
     match p["redis_commands"].as_i64() {
-        Some(t) => s += &format!(
+        Some(t) => {
+            s += &format!(
             "Redis commands/join   {:.2} ({t} in all: {}); HSET, HDEL and PUBLISH alone {:.2}\n",
             f(&p["redis_commands_per_join"]),
             p["redis_commands_by_name"],
             f(&p["redis_join_writes_and_publishes_per_join"])
-        ),
+        )
+        }
         None => s += "Redis commands/join   - (no --redis-url)\n",
     }
     s += &format!(
