@@ -513,7 +513,9 @@ impl Actor {
                 }
                 Cmd::Remote { topic, payload } => self.remote(&topic, &payload),
                 Cmd::Vacated(topic) => {
-                    if self.hub.subscribers(&topic) == 0 {
+                    // Every topic's last leave comes here; most have no state.
+                    if self.topics.contains_key(topic.as_str()) && self.hub.subscribers(&topic) == 0
+                    {
                         self.topics.remove(topic.as_str());
                         self.dirty.remove(topic.as_str());
                     }
