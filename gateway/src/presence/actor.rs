@@ -146,12 +146,15 @@ struct Cached {
     state: TopicState,
     waiters: Vec<Waiter>,
     listing: bool,
+    /// Tells this state's listings from those of one dropped before.
+    gen: u64,
 }
 
 /// A listing of the store, back from its task.
 #[derive(Debug)]
 struct Listed {
     topic: Arc<str>,
+    gen: u64,
     /// The sequence when it was requested.
     since: u64,
     result: Result<Vec<(String, Bytes)>, StoreError>,
@@ -177,6 +180,8 @@ pub(crate) struct Actor {
     topics: HashMap<Arc<str>, Cached>,
     /// Topics whose local state has changes for this pod's clients.
     dirty: HashSet<Arc<str>>,
+    /// States created whose listing has not started yet.
+    unlisted: Vec<(Arc<str>, u64)>,
     /// Increases with every change applied to a local state.
     seq: u64,
     /// Where listing tasks hand their results back.
@@ -263,16 +268,17 @@ fn jittered(mean: Duration) -> Duration {
 /// every pooled connection), handing each result back to the actor.
 fn spawn_listings(
     store: Arc<dyn Store>,
-    topics: Vec<Arc<str>>,
+    topics: Vec<(Arc<str>, u64)>,
     since: u64,
     tx: mpsc::UnboundedSender<Listed>,
 ) {
     tokio::spawn(async move {
-        for topic in topics {
+        for (topic, gen) in topics {
             let result = store.list(&topic).await;
             if tx
                 .send(Listed {
                     topic,
+                    gen,
                     since,
                     result,
                 })
@@ -308,6 +314,7 @@ impl Actor {
             pending: HashMap::new(),
             topics: HashMap::new(),
             dirty: HashSet::new(),
+            unlisted: Vec::new(),
             seq: 0,
             listed: listed.0,
             listed_rx: Some(listed.1),
@@ -383,24 +390,32 @@ impl Actor {
         Some(self.pending.entry(topic.to_owned()).or_default())
     }
 
-    /// The local state of `topic`, created (and its listing started) if
-    /// this pod had none.
+    /// The local state of `topic`, created if this pod had none (its
+    /// listing starts with [`Actor::list_new`]).
     fn cached(&mut self, topic: &Arc<str>) -> &mut Cached {
         if !self.topics.contains_key(topic) {
-            spawn_listings(
-                self.store.clone(),
-                vec![topic.clone()],
-                self.seq,
-                self.listed.clone(),
-            );
+            self.seq += 1;
+            let gen = self.seq;
+            self.unlisted.push((topic.clone(), gen));
             let cached = Cached {
                 listing: true,
+                gen,
                 ..Cached::default()
             };
             self.topics.insert(topic.clone(), cached);
         }
         // Inserted above if it was missing.
         self.topics.entry(topic.clone()).or_default()
+    }
+
+    /// Starts the listings of the states created since the last call: after
+    /// the writes queued with them, so each listing holds this pod's changes
+    /// made before it.
+    fn list_new(&mut self) {
+        let topics = std::mem::take(&mut self.unlisted);
+        if !topics.is_empty() {
+            spawn_listings(self.store.clone(), topics, self.seq, self.listed.clone());
+        }
     }
 
     /// Applies a join to the local state of `topic`.
@@ -486,6 +501,16 @@ impl Actor {
                     }
                 }
                 Cmd::List { topic, reply } => {
+                    if self.hub.subscribers(&topic) == 0
+                        && self
+                            .topics
+                            .get(&topic)
+                            .is_some_and(|c| c.waiters.is_empty())
+                    {
+                        // No diffs arrive for a topic this pod does not
+                        // subscribe: list it afresh.
+                        self.topics.remove(&topic);
+                    }
                     let cached = self.cached(&topic);
                     if cached.state.loaded {
                         let _ = reply.send(Ok(cached.state.encode()));
@@ -524,6 +549,7 @@ impl Actor {
             }
         }
         self.write(ops).await;
+        self.list_new();
         shutdown
     }
 
@@ -556,10 +582,11 @@ impl Actor {
     fn on_listed(&mut self, listed: Listed) {
         let Listed {
             topic,
+            gen,
             since,
             result,
         } = listed;
-        let Some(cached) = self.topics.get_mut(&topic) else {
+        let Some(cached) = self.topics.get_mut(&topic).filter(|c| c.gen == gen) else {
             return;
         };
         cached.listing = false;
@@ -628,7 +655,7 @@ impl Actor {
             c.state.rotate();
             if self.shared && c.state.loaded && !c.listing {
                 c.listing = true;
-                topics.push(t.clone());
+                topics.push((t.clone(), c.gen));
             }
         }
         if !topics.is_empty() {
@@ -787,6 +814,7 @@ impl Actor {
             }
         }
         self.write(ops).await;
+        self.list_new();
     }
 
     /// Removes the presences of dead pods and publishes their leaves at once
