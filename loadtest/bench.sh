@@ -10,6 +10,7 @@
 #
 # BENCH_DURATION (default 10s) is the measured phase of each scenario, except
 # fanout-10k, the issue's target run, which lasts BENCH_LONG (default 60s).
+# presence-join runs on three pods of its own, started after the others.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,6 +53,10 @@ fanout fanout-10k "$LONG" "-s 10000 -t 1 -p 50" "${REDIS_ARGS[@]}"
 fanout fanout-api "$DURATION" "-s 1000 -t 10 -p 500" "${API_ARGS[@]}"
 fanout fanout-2k "$DURATION" "-s 2000 -t 1 -p 200" "${API_ARGS[@]}"
 lt chat chat -c 200 -p 1 --url "$GW_URL" --gateway-pid "$GW_PID" --duration "$DURATION"
+# presence at scale, small (docs/performance.md#presence-at-scale has the full
+# shape): three pods, a topic of 5,000 presences (1,000 connected users, 4,000
+# written into Redis), 100 joins/s into it
+presence_join presence-join --present 1000 --seeded 4000 --rate 100 --duration "$DURATION" --settle 5s
 
 python3 - "$OUT" <<'PY'
 import json, os, sys
@@ -81,4 +86,13 @@ print("\nvs raw: the gateway's deliveries/s over raw-writer's (raw-<scenario>: s
 print("topics and publish rate, pre-encoded frames, one writev per batch), measured in this run;")
 print("'!': the gateway run lost messages, so its rate is not comparable.")
 print("CPU µs/d: the server process's CPU time (user+system) per delivery over the run and drain.")
+for f in sorted(os.listdir(out)):
+    if f.endswith(".json"):
+        p = json.load(open(os.path.join(out, f))).get("presence")
+        if p:
+            print(f"\n{f[:-5]}: {p['joins']} joins, join reply p99 {p['join_reply']['p99_ms']:.1f} ms, "
+                  f"presence_state p99 {p['presence_state']['p99_ms']:.1f} ms, "
+                  f"{p['redis_commands_per_join']:.2f} Redis commands/join, "
+                  f"{p['diff_frames_per_client_sec']:.1f} presence_diff/client/s (max {p['diff_frames_max_in_one_sec']} in a second), "
+                  f"lists agree: {p['lists_agree']}")
 PY

@@ -52,7 +52,7 @@ function startPods(t) {
   const config = {
     server: { drain_delay_ms: 0, drain_period_ms: 0 },
     redis: { prefix: `compat-${process.pid}-${Date.now()}:`, linger_ms: 200 },
-    presence: { batch_ms: 20, pod_timeout_ms: POD_TIMEOUT_MS },
+    presence: { batch_ms: 100, pod_timeout_ms: POD_TIMEOUT_MS },
     socket: [{ path: "/socket", longpoll: { enabled: true } }],
     channel: [
       {

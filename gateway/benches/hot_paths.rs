@@ -1,5 +1,7 @@
 //! Regression guard for the gateway's hot paths: decoding client frames,
-//! encoding broadcasts, and fanning one broadcast out to local subscribers.
+//! encoding broadcasts, fanning one broadcast out to local subscribers, and
+//! presence in a large topic (encoding `presence_state` from a pod's local
+//! state, applying a received `presence_diff` to it).
 //!
 //! Run with `cargo bench -p gateway` (add `-- --quick` for a short run).
 
@@ -142,5 +144,42 @@ fn deliver_idle(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decode, encode, fan_out, deliver_idle);
+
+/// A join into a large presence topic encodes its `presence_state` from the
+/// pod's local state (at most once per window), and every pod applies each
+/// `presence_diff` it receives to that state: both are O(topic) or O(diff)
+/// work on the actor's single task.
+fn presence(c: &mut Criterion) {
+    use gateway::presence::bench::{diff, Topic};
+    let mut group = c.benchmark_group("presence");
+    for n in [10_000usize, 100_000] {
+        let mut topic = Topic::with(n);
+        assert_eq!(topic.len(), n);
+        assert!(topic.encode_state() > n * 50, "a state of every presence");
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(BenchmarkId::new("encode_state", n), |b| {
+            b.iter(|| topic.encode_state())
+        });
+        // 100 joins and 100 leaves per diff: a window of a busy topic.
+        let per = 100;
+        let mut next = n;
+        assert!(topic.apply_diff(&diff(next, per)) > 0);
+        next += per;
+        group.throughput(Throughput::Elements(2 * per as u64));
+        group.bench_function(BenchmarkId::new("apply_diff_100+100", n), |b| {
+            b.iter_batched(
+                || {
+                    next += per;
+                    diff(next - per, per)
+                },
+                |payload| topic.apply_diff(&payload),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+        assert_eq!(topic.len(), n, "joins and leaves balance");
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decode, encode, fan_out, deliver_idle, presence);
 criterion_main!(benches);

@@ -15,7 +15,7 @@ fn config() -> String {
     format!(
         r#"
 [presence]
-batch_ms = 20
+batch_ms = 100
 
 [[socket]]
 path = "/socket"

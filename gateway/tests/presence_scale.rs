@@ -21,29 +21,13 @@
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use test_support::{Cluster, GatewayProcess, Member, PhxClient, Received, RedisConn, View};
+use test_support::{Cluster, GatewayProcess, Member, PhxClient, Received, View};
 use tokio::sync::watch;
 
 const STORM: usize = 2000;
 const SEEDED: usize = 10_000;
 const POD_TIMEOUT_MS: u64 = 3000;
 const LONG: Duration = Duration::from_secs(120);
-
-async fn commandstats(resp: &mut RedisConn) -> HashMap<String, i64> {
-    let text: String = resp.cmd(&["INFO", "commandstats"]).await;
-    text.lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), calls))
-        })
-        .collect()
-}
 
 fn delta(before: &HashMap<String, i64>, after: &HashMap<String, i64>, cmd: &str) -> i64 {
     after.get(cmd).copied().unwrap_or(0) - before.get(cmd).copied().unwrap_or(0)
@@ -108,7 +92,7 @@ async fn presence_at_scale() {
     obs.wait_for(&[("observer", 1)], LONG).await;
 
     // 1. Join storm.
-    let before = commandstats(&mut resp).await;
+    let before = resp.commandstats().await;
     let (stop_tx, stop_rx) = watch::channel(false);
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -123,7 +107,7 @@ async fn presence_at_scale() {
     let mut diffs = 0;
     watch_until(&mut obs, &mut diffs, |v| v.state.len() == STORM + 1).await;
     let storm = start.elapsed();
-    let after = commandstats(&mut resp).await;
+    let after = resp.commandstats().await;
     println!(
         "storm: {STORM} joins on 2 pods in {storm:?}; observer got {diffs} presence_diff frames \
          ({:.1} joins per diff); Redis: {} HSET, {} HDEL, {} HGETALL, {} PUBLISH",
@@ -213,13 +197,13 @@ async fn presence_at_scale() {
     assert_eq!(joiner.view.state.len(), total + 1);
 
     // 4. The simulated pod dies: survivors reap its SEEDED presences.
-    let before = commandstats(&mut resp).await;
+    let before = resp.commandstats().await;
     let died = Instant::now();
     let _: i64 = resp.cmd(&["DEL", &alive_key]).await;
     let mut diffs = 0;
     watch_until(&mut joiner, &mut diffs, |v| v.state.len() == 2).await;
     let reaped = died.elapsed();
-    let after = commandstats(&mut resp).await;
+    let after = resp.commandstats().await;
     println!(
         "reap: {SEEDED} presences of a dead pod left the list {reaped:?} after its liveness key \
          vanished, in {diffs} diff(s); {} EVAL",

@@ -33,19 +33,25 @@ wait_http() {
   done
 }
 
-# start_redis: sets REDIS_PORT, REDIS_URL.
+# start_redis: sets REDIS_PORT, REDIS_URL, REDIS_PID.
 start_redis() {
   REDIS_PORT=$(free_port)
   REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >"$OUT/redis.log" 2>&1 &
-  PIDS+=($!)
+  REDIS_PID=$!
+  PIDS+=($REDIS_PID)
   until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do sleep 0.05; done
 }
 
 # example_config: config/example.toml on this Redis, without the per-source
-# limits (the load comes from a few loopback addresses).
+# limits (the load comes from a few loopback addresses). GW_QUEUE_BYTES:
+# outbound_queue_bytes, for a presence_state larger than the example's 4 MiB
+# (a topic of 100,000 presences is about 8 MB), and GW_MAX_MEMORY_MB:
+# max_memory_mb, for the states queued meanwhile.
 example_config() {
-  sed 's/^\(max_connections_per_source\|connection_rate_per_source\|max_queued_joins_per_source\) = .*/\1 = 0/' config/example.toml
+  sed -e 's/^\(max_connections_per_source\|connection_rate_per_source\|max_queued_joins_per_source\) = .*/\1 = 0/' \
+    -e "s/^outbound_queue_bytes = .*/outbound_queue_bytes = ${GW_QUEUE_BYTES:-4194304}/" \
+    -e "s/^max_memory_mb = .*/max_memory_mb = ${GW_MAX_MEMORY_MB:-1024}/" config/example.toml
   printf '\n[redis]\nurl = "%s"\nprefix = "%s"\n' "$REDIS_URL" "$PREFIX"
 }
 
@@ -61,7 +67,7 @@ start_gateway() {
       printf '\n[[channel]]\npattern = "bench:*"\npolicy = "public"\nevents = ["new_msg"]\ninclude_sender = true\n'
     fi
   } >"$OUT/$name.toml"
-  env -u REDIS_URL -u GATEWAY_CONFIG -u GATEWAY_LISTEN PORT="$GW_PORT" GATEWAY_API_KEY="$KEY" GATEWAY_LOG=warn \
+  env -u REDIS_URL -u GATEWAY_CONFIG -u GATEWAY_LISTEN PORT="$GW_PORT" GATEWAY_API_KEY="$KEY" GATEWAY_LOG="${GW_LOG:-warn}" \
     "$GW" --config "$OUT/$name.toml" >"$OUT/$name.log" 2>&1 &
   GW_PID=$!
   PIDS+=($GW_PID)
@@ -86,11 +92,30 @@ start_raw() {
 }
 
 # lt NAME ARGS...: one loadtest run writing $OUT/NAME.{json,html,txt}; the
-# command line is kept in the JSON (and in NAME.cmd).
+# command line is kept in the JSON (and in NAME.cmd). Topics are
+# $LT_TOPIC_PREFIX:N (default bench:lt, without presence).
 lt() {
   local name=$1; shift
   echo "== $name: loadtest $*" >&2
   echo "$LT $*" >"$OUT/$name.cmd"
   "$LT" "$@" --source-ips "$IPS" --topic-prefix "${LT_TOPIC_PREFIX:-bench:lt}" --json "$OUT/$name.json" --html "$OUT/$name.html" \
-    | tee "$OUT/$name.txt" | tail -n 16 >&2 || echo "$name: loadtest exited $?" >&2
+    | tee "$OUT/$name.txt" | tail -n "${LT_TAIL:-16}" >&2 || echo "$name: loadtest exited $?" >&2
+}
+
+# presence_join NAME ARGS...: three pods of their own (config/example.toml,
+# whose room:* rule has presence keyed by the `user` param) on the same Redis
+# and prefix, then `loadtest presence-join ARGS` over them in room:lt:0;
+# the pods are stopped afterwards.
+presence_join() {
+  local name=$1; shift
+  local urls=() pids=() i
+  for i in 1 2 3; do
+    start_gateway "$name-pod$i"
+    urls+=("$GW_URL")
+    pids+=("$GW_PID")
+  done
+  LT_TOPIC_PREFIX=room:lt LT_TAIL=30 lt "$name" presence-join "$@" \
+    --url "$(IFS=,; echo "${urls[*]}")" --gateway-pid "$(IFS=,; echo "${pids[*]}")" \
+    --redis-url "$REDIS_URL" --redis-pid "$REDIS_PID" --prefix "$PREFIX"
+  for i in "${pids[@]}"; do stop "$i"; done
 }

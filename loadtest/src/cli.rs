@@ -106,6 +106,11 @@ pub(crate) enum Scenario {
     Fanout(FanoutArgs),
     /// Every client pushes into one shared room at a rate and receives everyone's.
     Chat(ChatArgs),
+    /// A topic with N present users over the pods; R joins/s into it; join and
+    /// presence_state latency, Redis commands per join, diff frames per client.
+    #[command(name = "presence-join")]
+    #[serde(rename = "presence-join")]
+    PresenceJoin(PresenceJoinArgs),
 }
 
 #[derive(Debug, Args, Clone, Serialize)]
@@ -168,6 +173,48 @@ pub(crate) struct ChatArgs {
     connect_rate: f64,
 }
 
+#[derive(Debug, Args, Clone, Serialize)]
+pub(crate) struct PresenceJoinArgs {
+    /// Users present in the topic before the measured phase (each a connection
+    /// joined with `{"user": "pN"}`), spread round-robin over the --url pods.
+    #[arg(long, default_value_t = 5000)]
+    pub(crate) present: u64,
+    /// Joins per second into the topic during the measured phase (new
+    /// connections joining with `{"user": "jN"}`, staying until the end).
+    #[arg(short = 'r', long, default_value_t = 200.0)]
+    pub(crate) rate: f64,
+    /// Present users connected per second during setup.
+    #[arg(long, default_value_t = 2000.0)]
+    pub(crate) connect_rate: f64,
+    /// More present users written straight into Redis, as a pod of their own
+    /// (`loadtest-seeded`) would: in every list and every presence_state,
+    /// without connections (one process holds 20,000 at most, and every
+    /// present connection's own join receives the whole list). Needs
+    /// --redis-url; removed again at the end.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seeded: u64,
+    /// The pods' Redis, whose `INFO commandstats` gives the Redis commands per
+    /// join (none: not measured).
+    #[arg(long)]
+    pub(crate) redis_url: Option<String>,
+    /// The pods' `[redis] prefix`, for --seeded.
+    #[arg(long, default_value = "phx:")]
+    pub(crate) prefix: String,
+    /// The redis-server's pid, to tell its CPU time from the clients'.
+    #[arg(long)]
+    pub(crate) redis_pid: Option<u32>,
+    /// How long observers wait for their lists to agree after the joins, at most.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) settle: Duration,
+}
+
+impl PresenceJoinArgs {
+    /// Joins of the measured phase.
+    pub(crate) fn joins(&self, duration: Duration) -> u64 {
+        (self.rate * duration.as_secs_f64()).ceil() as u64
+    }
+}
+
 /// A bare number means seconds, so that `--duration 10` reads as people mean it.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -202,6 +249,13 @@ impl Cli {
                 1,
                 Some(Duration::from_secs_f64(1.0 / a.rate.max(0.001))),
             ),
+            Scenario::PresenceJoin(a) => (
+                a.present + a.joins(self.duration),
+                a.connect_rate,
+                1,
+                1,
+                None,
+            ),
         }
     }
 
@@ -211,6 +265,7 @@ impl Cli {
             Scenario::Idle(_) => "idle",
             Scenario::Fanout(_) => "fanout",
             Scenario::Chat(_) => "chat",
+            Scenario::PresenceJoin(_) => "presence-join",
         }
     }
 
@@ -228,7 +283,7 @@ impl Cli {
                 .map(|j| self.topic((g * per_conn + j) % ntopics.max(1)))
                 .collect(),
             Scenario::Fanout(_) => vec![self.topic(g % ntopics)],
-            Scenario::Chat(_) => vec![self.topic(0)],
+            Scenario::Chat(_) | Scenario::PresenceJoin(_) => vec![self.topic(0)],
         }
     }
 
@@ -315,6 +370,19 @@ mod tests {
         let c = cli(&["connect", "-n", "4", "-t", "2", "--topic-prefix", "r"]);
         assert_eq!(c.topics_of(1), ["r:0", "r:1"]);
         assert_eq!(c.expected_deliveries(None, &Counters::default()), None);
+
+        let c = cli(&[
+            "presence-join",
+            "--present",
+            "10",
+            "--rate",
+            "4",
+            "--duration",
+            "2500ms",
+        ]);
+        assert_eq!(c.shape().0, 10 + 10, "present users, then the joiners");
+        assert_eq!(c.name(), "presence-join");
+        assert_eq!(c.topics_of(17), ["room:lt:0"]);
 
         let c = cli(&["chat", "-c", "5", "-p", "4"]);
         assert_eq!(c.topics_of(3), ["room:lt:0"]);

@@ -10,6 +10,7 @@ mod cli;
 mod collect;
 mod http;
 mod longpoll;
+mod presence_join;
 mod publish;
 mod report;
 mod supervisor;
@@ -33,6 +34,16 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
     let (n, connect_rate, ..) = cli.shape();
     let count = supervisor::worker_count(&cli);
     let rss_before = procfs::total_rss(&cli.gateway_pid)?;
+    if let Scenario::PresenceJoin(a) = &cli.scenario {
+        if a.seeded > 0 && a.redis_url.is_none() {
+            bail!("--seeded needs --redis-url");
+        }
+    }
+    let seeded = seeded(&cli);
+    if let Some((a, url)) = seeded {
+        let ttl = Duration::from_secs(600) + cli.duration + a.settle;
+        presence_join::seed(url, &a.prefix, &cli.topic(0), a.seeded, ttl).await?;
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     let workers = Workers::spawn(&cli, count, tx)?;
     let parent_stats = Arc::new(Stats::default());
@@ -47,6 +58,7 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
     }
     let setup_secs = col.started.elapsed().as_secs_f64();
 
+    let probe_before = presence_probe(&cli, &workers).await?;
     let go_at = Instant::now();
     let go_ns = stats::now_ns();
     let cpu_before = procfs::total_cpu(&cli.gateway_pid)?;
@@ -68,19 +80,31 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
                 None => bail!("the publisher thread died"),
             }
         }
-        Scenario::Chat(_) => {
+        Scenario::Chat(_) | Scenario::PresenceJoin(_) => {
             col.pump(Some(go_at + cli.duration), |_| false).await;
         }
     }
     let publish_secs = go_at.elapsed().as_secs_f64();
     if !matches!(cli.scenario, Scenario::Connect(_) | Scenario::Idle(_)) {
         workers.send(Control::Halt);
-        col.pump(Some(Instant::now() + cli.drain), |_| false).await;
+        let drain = match &cli.scenario {
+            // Lists take up to two diff windows (and a loaded machine) to agree.
+            Scenario::PresenceJoin(a) => a.settle.max(cli.drain),
+            _ => cli.drain,
+        };
+        col.pump(Some(Instant::now() + drain), |_| false).await;
     }
     // The gateway's CPU over the measured phase and the drain, before closing.
     let gateway_cpu_secs = (!cli.gateway_pid.is_empty())
         .then(|| procfs::total_cpu(&cli.gateway_pid).map(|c| c - cpu_before))
         .transpose()?;
+
+    let probe_after = presence_probe(&cli, &workers).await?;
+    let mut presence = report::PresenceExtra::between(probe_before, probe_after);
+    if let Some(p) = &mut presence {
+        let target = target::resolve(&cli, TransportKind::Websocket).await?;
+        p.pods = presence_join::pod_states(&target, &cli.topic(0)).await?;
+    }
 
     workers.send(Control::Stop);
     col.pump(
@@ -89,6 +113,9 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
     )
     .await;
     col.print();
+    if let Some((a, url)) = seeded {
+        presence_join::unseed(url, &a.prefix, &cli.topic(0), a.seeded).await?;
+    }
     let results = col.take_results()?;
     let mut merged = stats::merge(&results)?;
     merged.counters.add(&parent_stats.live.snapshot());
@@ -114,6 +141,7 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
             rss_after,
             gateway_cpu_secs,
             connections: n,
+            presence,
         },
     );
     print!("{}", rep.table());
@@ -127,6 +155,37 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
         return Ok(2);
     }
     Ok(0)
+}
+
+/// The presence-join scenario's `--seeded` presences and the Redis to write
+/// them to, if it has any.
+fn seeded(cli: &Cli) -> Option<(&cli::PresenceJoinArgs, &str)> {
+    match &cli.scenario {
+        Scenario::PresenceJoin(a) if a.seeded > 0 => Some((a, a.redis_url.as_deref()?)),
+        _ => None,
+    }
+}
+
+/// Redis's command counts, the machine's and redis-server's CPU time, for
+/// the presence-join scenario (None in the others).
+async fn presence_probe(cli: &Cli, workers: &Workers) -> anyhow::Result<Option<report::Probe>> {
+    let Scenario::PresenceJoin(a) = &cli.scenario else {
+        return Ok(None);
+    };
+    if cli.transport != TransportKind::Websocket {
+        bail!("presence-join runs over WebSocket only");
+    }
+    let commands = match &a.redis_url {
+        Some(url) => Some(presence_join::commandstats(url).await?),
+        None => None,
+    };
+    Ok(Some(report::Probe {
+        commands,
+        machine_cpu: procfs::machine_busy_secs()?,
+        redis_cpu: a.redis_pid.map(|p| procfs::total_cpu(&[p])).transpose()?,
+        client_cpu: procfs::total_cpu(&workers.pids())?,
+        seeded: a.seeded,
+    }))
 }
 
 fn main() {

@@ -2,6 +2,9 @@
 //! open files and CPU time, read from /proc (and summed over the pids, one
 //! per pod).
 //!
+//! Also the machine's busy CPU time (/proc/stat), so a run on one machine
+//! can tell the clients' share from the servers'.
+//!
 //! Read-only and Linux-only. It must not read anything of loadtest's own
 //! processes, nor compute per-connection or per-delivery figures (the
 //! report does, from these totals).
@@ -53,6 +56,22 @@ pub fn total_cpu(pids: &[u32]) -> anyhow::Result<f64> {
     pids.iter().map(|&p| cpu_secs(p)).sum()
 }
 
+/// CPU time every core of the machine spent busy (not idle or waiting for
+/// I/O), in seconds, from the first line of /proc/stat.
+pub fn machine_busy_secs() -> anyhow::Result<f64> {
+    let s = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
+    let line = s.lines().next().context("empty /proc/stat")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    anyhow::ensure!(ticks.len() == 8, "short /proc/stat line");
+    let total: u64 = ticks.iter().sum();
+    Ok((total - ticks[3] - ticks[4]) as f64 / 100.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +84,6 @@ mod tests {
         assert_eq!(total_rss(&[]).unwrap(), 0);
         assert!(rss(u32::MAX).is_err());
         assert!(fds(me).unwrap() >= 3);
+        assert!(machine_busy_secs().unwrap() > 0.0);
     }
 }

@@ -5,11 +5,13 @@
 //! measure anything itself beyond describing the machine and commit.
 
 use crate::cli::Cli;
-use crate::stats::{encode_hist, Merged};
+use crate::presence_join;
+use crate::stats::{encode_hist, Merged, MergedPresence};
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use plotters::prelude::*;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 
 /// Facts about the run besides the merged counters.
 #[derive(Debug)]
@@ -24,6 +26,54 @@ pub(crate) struct Extra {
     /// measured phase to the end of the drain.
     pub(crate) gateway_cpu_secs: Option<f64>,
     pub(crate) connections: u64,
+    /// The presence-join scenario's server-side figures.
+    pub(crate) presence: Option<PresenceExtra>,
+}
+
+/// What the parent reads before and after the presence-join measured phase.
+#[derive(Debug)]
+pub(crate) struct Probe {
+    /// `INFO commandstats` (with `--redis-url`).
+    pub(crate) commands: Option<HashMap<String, i64>>,
+    /// The machine's busy CPU seconds.
+    pub(crate) machine_cpu: f64,
+    /// redis-server's CPU seconds (with `--redis-pid`).
+    pub(crate) redis_cpu: Option<f64>,
+    /// loadtest's own CPU seconds (this process and its workers).
+    pub(crate) client_cpu: f64,
+    /// Presences written straight into Redis (`--seeded`).
+    pub(crate) seeded: u64,
+}
+
+/// The differences over the measured phase and the settling after it.
+#[derive(Debug)]
+pub(crate) struct PresenceExtra {
+    /// Redis calls per command, most first.
+    pub(crate) commands: Option<Vec<(String, i64)>>,
+    pub(crate) machine_cpu_secs: f64,
+    pub(crate) redis_cpu_secs: Option<f64>,
+    pub(crate) client_cpu_secs: f64,
+    pub(crate) seeded: u64,
+    /// Each pod's `presence_state` for a new watcher after the settling:
+    /// (keys, metas, digest), in `--url` order.
+    pub(crate) pods: Vec<(u64, u64, u64)>,
+}
+
+impl PresenceExtra {
+    pub(crate) fn between(before: Option<Probe>, after: Option<Probe>) -> Option<PresenceExtra> {
+        let (b, a) = (before?, after?);
+        Some(PresenceExtra {
+            commands: match (&b.commands, &a.commands) {
+                (Some(b), Some(a)) => Some(presence_join::delta(b, a)),
+                _ => None,
+            },
+            machine_cpu_secs: a.machine_cpu - b.machine_cpu,
+            redis_cpu_secs: a.redis_cpu.zip(b.redis_cpu).map(|(a, b)| a - b),
+            client_cpu_secs: a.client_cpu - b.client_cpu,
+            seeded: a.seeded,
+            pods: Vec::new(),
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -82,6 +132,77 @@ fn git_in(dir: &str) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The presence-join lines of the table.
+fn presence_table(p: &Value) -> String {
+    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    let lat = |name: &str, v: &Value| {
+        format!(
+            "{name:<22}p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2} ms ({} joins)\n",
+            f(&v["p50_ms"]),
+            f(&v["p90_ms"]),
+            f(&v["p99_ms"]),
+            f(&v["max_ms"]),
+            v["count"]
+        )
+    };
+    let mut s = String::from("\npresence\n");
+    s += &lat("join reply", &p["join_reply"]);
+    s += &lat("presence_state", &p["presence_state"]);
+    s += &format!(
+        "largest state         {:.0} kB\n",
+        f(&p["state_bytes_max"]) / 1000.0
+    );
+    match p["redis_commands"].as_i64() {
+        Some(t) => {
+            s += &format!(
+            "Redis commands/join   {:.2} ({t} in all: {}); HSET, HDEL and PUBLISH alone {:.2}\n",
+            f(&p["redis_commands_per_join"]),
+            p["redis_commands_by_name"],
+            f(&p["redis_join_writes_and_publishes_per_join"])
+        )
+        }
+        None => s += "Redis commands/join   - (no --redis-url)\n",
+    }
+    s += &format!(
+        "presence_diff/client  {:.2} per second on average, {} in the busiest second\n",
+        f(&p["diff_frames_per_client_sec"]),
+        p["diff_frames_max_in_one_sec"]
+    );
+    let keys: Vec<String> = p["observers"]
+        .as_array()
+        .map(|o| {
+            o.iter()
+                .map(|o| format!("{} (connection {})", o["keys"], o["connection"]))
+                .collect()
+        })
+        .unwrap_or_default();
+    let pods: Vec<String> = p["pods"]
+        .as_array()
+        .map(|o| o.iter().map(|o| o["keys"].to_string()).collect())
+        .unwrap_or_default();
+    s += &format!(
+        "lists agree           {} (observers' keys {}; pods' states {}; expected {})\n",
+        if p["lists_agree"] == true {
+            "yes"
+        } else {
+            "NO"
+        },
+        keys.join(", "),
+        pods.join(", "),
+        p["expected_keys"]
+    );
+    let cpu = &p["cpu_secs"];
+    s += &format!(
+        "CPU seconds           machine {:.1}: gateway {:.1}, redis {:.1}, loadtest {:.1}, other processes {:.1}\n",
+        f(&cpu["machine"]),
+        f(&cpu["gateway"]),
+        f(&cpu["redis"]),
+        f(&cpu["clients"]),
+        f(&cpu["other"])
+    );
+    s
 }
 
 impl<'a> Report<'a> {
@@ -210,6 +331,9 @@ impl<'a> Report<'a> {
                 per
             );
         }
+        if let Some(p) = self.presence_json() {
+            s += &presence_table(&p);
+        }
         s += &format!(
             "disconnects           {}\nerrors                {} ({:.3}%)\n",
             c.disconnects,
@@ -267,7 +391,62 @@ impl<'a> Report<'a> {
                 "delivery": encode_hist(&self.m.latency),
             },
             "timeline": timeline,
+            "presence": self.presence_json(),
         })
+    }
+
+    /// The presence-join figures: join and state latency of the measured
+    /// phase, Redis commands per join, diff frames per client, whether the
+    /// observers' lists agree, and who used the machine's CPU.
+    fn presence_json(&self) -> Option<Value> {
+        let p: &MergedPresence = self.m.presence.as_ref()?;
+        let joins = p.join.len();
+        let x = self.x.presence.as_ref();
+        let commands = x.and_then(|x| x.commands.as_ref());
+        let total: Option<i64> = commands.map(|c| c.iter().map(|(_, n)| n).sum());
+        // What joins cause (their writes, and the per-window publications),
+        // apart from what pods do periodically whatever the joins.
+        let driven: Option<i64> = commands.map(|c| {
+            c.iter()
+                .filter(|(cmd, _)| ["hset", "hdel", "publish"].contains(&cmd.as_str()))
+                .map(|(_, n)| n)
+                .sum()
+        });
+        // Every client that joined (present users and joiners) is listed,
+        // and every seeded presence.
+        let expected = self.m.counters.joins_ok + x.map_or(0, |x| x.seeded);
+        // Observers' lists (what clients of each pod show) and each pod's
+        // state (what a client joining now gets) must all be the same list.
+        let pods: &[(u64, u64, u64)] = x.map_or(&[], |x| &x.pods);
+        let mut lists: Vec<(u64, u64, u64)> = p.observers.iter().map(|o| (o.1, o.2, o.3)).collect();
+        lists.extend(pods);
+        let agree =
+            !lists.is_empty() && lists.iter().all(|l| *l == lists[0]) && lists[0].0 == expected;
+        let gateway = self.x.gateway_cpu_secs;
+        let machine = x.map(|x| x.machine_cpu_secs);
+        let redis = x.and_then(|x| x.redis_cpu_secs);
+        let clients = x.map(|x| x.client_cpu_secs);
+        let other = machine
+            .map(|m| m - gateway.unwrap_or(0.0) - redis.unwrap_or(0.0) - clients.unwrap_or(0.0));
+        Some(json!({
+            "joins": joins,
+            "seeded": x.map_or(0, |x| x.seeded),
+            "join_reply": percentiles(&p.join),
+            "presence_state": percentiles(&p.state),
+            "state_bytes_max": p.state_bytes,
+            "redis_commands": total,
+            "redis_commands_per_join": total.map(|t| t as f64 / joins.max(1) as f64),
+            "redis_join_writes_and_publishes_per_join": driven.map(|t| t as f64 / joins.max(1) as f64),
+            "redis_commands_by_name": commands.map(|c| c.iter().map(|(k, n)| (k.clone(), json!(n))).collect::<serde_json::Map<String, Value>>()),
+            "diff_frames": p.diff_frames,
+            "diff_frames_per_client_sec": p.diff_frames as f64 / p.client_secs.max(0.001),
+            "diff_frames_max_in_one_sec": p.max_per_sec,
+            "observers": p.observers.iter().map(|o| json!({"connection": o.0, "keys": o.1, "metas": o.2, "digest": format!("{:016x}", o.3)})).collect::<Vec<_>>(),
+            "pods": pods.iter().map(|o| json!({"keys": o.0, "metas": o.1, "digest": format!("{:016x}", o.2)})).collect::<Vec<_>>(),
+            "expected_keys": expected,
+            "lists_agree": agree,
+            "cpu_secs": {"machine": machine, "gateway": gateway, "redis": redis, "clients": clients, "other": other},
+        }))
     }
 
     /// The main latency histogram of this scenario and its name.

@@ -150,6 +150,26 @@ pub struct Tick {
     pub hist: String,
 }
 
+/// What the clients of the presence-join scenario saw.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PresenceResult {
+    /// `presence_diff` frames joined clients received in the measured phase.
+    pub diff_frames: u64,
+    /// Seconds clients were joined in the measured phase, summed.
+    pub client_secs: f64,
+    /// Most `presence_diff` frames one client received in one second.
+    pub max_per_sec: u64,
+    /// Join reply latency of the measured phase's joins (base64 histogram, µs).
+    pub join: String,
+    /// `phx_join` to `presence_state` of those joins (base64 histogram, µs).
+    pub state: String,
+    /// Largest `presence_state` received, bytes.
+    pub state_bytes: u64,
+    /// Each observer's final list: (its connection, keys, metas, digest of
+    /// every key and ref).
+    pub observers: Vec<(u64, u64, u64, u64)>,
+}
+
 /// What a worker reports at the end.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerResult {
@@ -159,6 +179,21 @@ pub struct WorkerResult {
     pub join: String,
     pub timeline: Vec<Tick>,
     pub last_delivery_ns: u64,
+    /// The presence-join scenario's (absent in the others).
+    #[serde(default)]
+    pub presence: Option<PresenceResult>,
+}
+
+/// [`PresenceResult`]s merged over workers.
+#[derive(Debug)]
+pub struct MergedPresence {
+    pub diff_frames: u64,
+    pub client_secs: f64,
+    pub max_per_sec: u64,
+    pub join: Histogram<u64>,
+    pub state: Histogram<u64>,
+    pub state_bytes: u64,
+    pub observers: Vec<(u64, u64, u64, u64)>,
 }
 
 /// Results merged over workers.
@@ -171,6 +206,7 @@ pub struct Merged {
     /// (unix second, ops, latency histogram of that second)
     pub timeline: Vec<(u64, u64, Histogram<u64>)>,
     pub last_delivery_ns: u64,
+    pub presence: Option<MergedPresence>,
 }
 
 pub fn merge(results: &[WorkerResult]) -> anyhow::Result<Merged> {
@@ -181,6 +217,7 @@ pub fn merge(results: &[WorkerResult]) -> anyhow::Result<Merged> {
         join: new_hist(),
         timeline: Vec::new(),
         last_delivery_ns: 0,
+        presence: None,
     };
     let mut ticks: BTreeMap<u64, (u64, Histogram<u64>)> = BTreeMap::new();
     let add = |a: &mut Histogram<u64>, s: &str| -> anyhow::Result<()> {
@@ -192,6 +229,24 @@ pub fn merge(results: &[WorkerResult]) -> anyhow::Result<Merged> {
         add(&mut m.latency, &r.latency)?;
         add(&mut m.connect, &r.connect)?;
         add(&mut m.join, &r.join)?;
+        if let Some(p) = &r.presence {
+            let mp = m.presence.get_or_insert_with(|| MergedPresence {
+                diff_frames: 0,
+                client_secs: 0.0,
+                max_per_sec: 0,
+                join: new_hist(),
+                state: new_hist(),
+                state_bytes: 0,
+                observers: Vec::new(),
+            });
+            mp.diff_frames += p.diff_frames;
+            mp.client_secs += p.client_secs;
+            mp.max_per_sec = mp.max_per_sec.max(p.max_per_sec);
+            mp.state_bytes = mp.state_bytes.max(p.state_bytes);
+            mp.observers.extend(&p.observers);
+            add(&mut mp.join, &p.join)?;
+            add(&mut mp.state, &p.state)?;
+        }
         for t in &r.timeline {
             let e = ticks.entry(t.unix_sec).or_insert_with(|| (0, new_hist()));
             e.0 += t.ops;
@@ -228,6 +283,7 @@ mod tests {
                 hist: encode_hist(h),
             }],
             last_delivery_ns: h.max(),
+            presence: None,
         };
         let m = merge(&[r(&a), r(&b)]).unwrap();
         assert_eq!(m.counters.deliveries, 2000);

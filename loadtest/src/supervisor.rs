@@ -26,8 +26,9 @@ pub(crate) fn worker_count(cli: &Cli) -> u64 {
 /// The parent's handle on one worker, in-process or a child process.
 struct Handle {
     ctrl: mpsc::UnboundedSender<Control>,
-    /// Held only so that dropping the handle kills the child (`kill_on_drop`).
-    _child: Option<tokio::process::Child>,
+    /// Dropping the handle kills the child (`kill_on_drop`); its pid counts
+    /// towards the clients' CPU time.
+    child: Option<tokio::process::Child>,
 }
 
 /// Every worker of the run; dropping it kills the child processes.
@@ -69,6 +70,18 @@ impl Workers {
         Ok(Workers { handles })
     }
 
+    /// This process and its worker processes: whose CPU time is the
+    /// clients'.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        let children = self
+            .handles
+            .iter()
+            .filter_map(|h| h.child.as_ref().and_then(|c| c.id()));
+        std::iter::once(std::process::id())
+            .chain(children)
+            .collect()
+    }
+
     /// Sends `c` to every worker. A worker that is gone no longer listens;
     /// the collector notices it by its missing messages.
     pub(crate) fn send(&self, c: Control) {
@@ -96,7 +109,7 @@ fn in_process(cli: Arc<Cli>, out: mpsc::UnboundedSender<(usize, Out)>) -> Handle
     });
     Handle {
         ctrl: ctx,
-        _child: None,
+        child: None,
     }
 }
 
@@ -133,6 +146,6 @@ fn child_process(
     });
     Ok(Handle {
         ctrl: ctx,
-        _child: Some(child),
+        child: Some(child),
     })
 }

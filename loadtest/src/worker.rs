@@ -10,6 +10,7 @@
 use crate::cli::{Cli, Scenario, TransportKind};
 use crate::conn::{self, Phase, Spec};
 use crate::longpoll;
+use crate::presence_join::{self, Role};
 use crate::stats::{self, encode_hist, new_hist, Counters, Stats, Tick, WorkerResult};
 use crate::target;
 use serde::{Deserialize, Serialize};
@@ -100,9 +101,31 @@ pub(crate) async fn worker(
         })
     };
 
+    // presence-join: (present users, joins per second); its joiners wait for Go.
+    let presence = match &cli.scenario {
+        Scenario::PresenceJoin(a) => Some((a.present, a.rate.max(0.001))),
+        _ => None,
+    };
+    let shared = Arc::new(presence_join::Shared::default());
     let mut tasks = tokio::task::JoinSet::new();
+    // Connections that join during setup, which Ready waits for.
+    let mut settling = 0;
     let start = Instant::now();
     for (k, &g) in mine.iter().enumerate() {
+        if let Some((present, jrate)) = presence {
+            if g >= present {
+                let after = Duration::from_secs_f64((g - present) as f64 / jrate);
+                let role = Role::Joiner { after };
+                let (t, st, sh, ph) = (
+                    target.clone(),
+                    stats.clone(),
+                    shared.clone(),
+                    phase_rx.clone(),
+                );
+                tasks.spawn(presence_join::run(t, st, sh, g, cli.topic(0), role, ph));
+                continue;
+            }
+        }
         let at = start + Duration::from_secs_f64(k as f64 / rate);
         if is_connect && start.elapsed() > cli.duration {
             break;
@@ -116,12 +139,22 @@ pub(crate) async fn worker(
             join_user: cli.join_user,
         };
         let (t, st, ph) = (target.clone(), stats.clone(), phase_rx.clone());
+        settling += 1;
+        if presence.is_some() {
+            // One observer per pod: connection g goes to pod g mod pods.
+            let role = Role::Present {
+                observer: g < target.endpoints.len() as u64,
+            };
+            let sh = shared.clone();
+            tasks.spawn(presence_join::run(t, st, sh, g, cli.topic(0), role, ph));
+            continue;
+        }
         match cli.transport {
             TransportKind::Websocket => tasks.spawn(conn::run(t, st, spec, ph)),
             TransportKind::Longpoll => tasks.spawn(longpoll::run(t, st, spec, ph)),
         };
     }
-    let spawned = tasks.len() as u64;
+    let spawned: u64 = settling;
     // Wait until every connection has connected and joined (or failed).
     let deadline = Instant::now() + Duration::from_secs(30);
     while stats.live.settled.load(Relaxed) < spawned && Instant::now() < deadline {
@@ -131,6 +164,7 @@ pub(crate) async fn worker(
     while let Some(c) = ctrl.recv().await {
         match c {
             Control::Go => {
+                shared.go.get_or_init(Instant::now);
                 let _ = phase_tx.send(Phase::Go);
             }
             Control::Halt => {
@@ -163,6 +197,7 @@ pub(crate) async fn worker(
         join: encode_hist(&stats.join.lock()),
         timeline: tl,
         last_delivery_ns: stats.last_delivery_ns.load(Relaxed),
+        presence: presence.map(|_| shared.result()),
     };
     let _ = out.send(Out::Result(Box::new(result)));
     Ok(())

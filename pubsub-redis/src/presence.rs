@@ -10,8 +10,8 @@
 //! | `{prefix}presence-alive:{pod}` | string with a TTL | exists while the pod refreshes it |
 //! | `{prefix}presence-pods` | set | every pod that may hold entries |
 //!
-//! A write is O(1) per entry (two hash fields), a listing is one HGETALL of
-//! the topic, and reaping a dead pod is one Lua script that first checks the
+//! A write is O(1) per entry (two hash fields, on a connection of its own),
+//! a listing is one HGETALL of the topic, and reaping a dead pod is one Lua script that first checks the
 //! pod's liveness key, so a pod that came back in time is never reaped and
 //! only one survivor receives (and announces) the removed entries.
 //!
@@ -69,12 +69,19 @@ return out
 /// Presence storage for one pod.
 #[derive(Clone)]
 pub struct PresenceStore {
-    pool: deadpool_redis::Pool,
     /// The liveness refresh has a connection of its own: queued behind
     /// large listings in a busy pool it could miss its deadline, and the pod
     /// would be reaped although alive.
     client: redis::Client,
     liveness: Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
+    /// Writes have one too: every checkout of a pooled connection costs two
+    /// more commands (deadpool's UNWATCH and PING), as many as a join's
+    /// write itself.
+    writer: Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
+    /// And listings: a large topic's HGETALL takes longer than a pooled
+    /// connection waits for a reply (redis-rs's 500 ms), and must not hold
+    /// up the writes behind it.
+    reader: Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
     timeout: Duration,
     prefix: String,
     pod: String,
@@ -97,7 +104,7 @@ impl PresenceStore {
     /// [`Error::Config`] on a Redis Cluster: reaping runs one script over
     /// keys of many slots, which a cluster refuses.
     pub fn new(bus: &RedisBus, pod: impl Into<String>) -> Result<Self, Error> {
-        let Publisher::Pool(pool) = &bus.publisher else {
+        let Publisher::Pool(_) = &bus.publisher else {
             return Err(Error::Config(
                 "presence needs a single Redis server, not a cluster".into(),
             ));
@@ -105,9 +112,10 @@ impl PresenceStore {
         let client =
             redis::Client::open(bus.url.as_ref()).map_err(|e| Error::Config(e.to_string()))?;
         Ok(PresenceStore {
-            pool: pool.clone(),
             client,
             liveness: Arc::default(),
+            writer: Arc::default(),
+            reader: Arc::default(),
             timeout: bus.timeout,
             prefix: bus.prefix.to_string(),
             pod: pod.into(),
@@ -135,11 +143,38 @@ impl PresenceStore {
         format!("{}presence-pods", self.prefix)
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, Error> {
-        self.pool
-            .get()
+    /// Runs `cmd` on the connection for listings and reaping.
+    async fn read<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, Error> {
+        let mut conn = self.dedicated(&self.reader).await?;
+        let result = self.bounded(cmd.query_async::<T>(&mut conn)).await;
+        if result.is_err() {
+            *self.reader.lock().await = None;
+        }
+        result
+    }
+
+    /// Runs `pipe` on the connection for listings and reaping.
+    async fn read_pipe<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, Error> {
+        let mut conn = self.dedicated(&self.reader).await?;
+        let result = self.bounded(pipe.query_async::<T>(&mut conn)).await;
+        if result.is_err() {
+            *self.reader.lock().await = None;
+        }
+        result
+    }
+
+    /// Bounds a query by the bus's timeout.
+    async fn bounded<T>(
+        &self,
+        query: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Error> {
+        tokio::time::timeout(self.timeout, query)
             .await
-            .map_err(|e| Error::Pool(e.to_string()))
+            .map_err(|_| Error::Unavailable("presence command timed out".into()))
+            .and_then(|r| r.map_err(Error::from))
     }
 
     /// Applies `ops` in order, in one round trip.
@@ -177,19 +212,68 @@ impl PresenceStore {
                 }
             }
         }
-        pipe.query_async::<()>(&mut *self.conn().await?).await?;
-        Ok(())
+        let mut conn = self.dedicated(&self.writer).await?;
+        self.written(pipe.query_async::<()>(&mut conn)).await
     }
 
-    /// Every entry of `topic`: (ref, value). One HGETALL, O(entries).
+    /// Publishes `envelope` on `topic`'s channel (`{prefix}{topic}`, as the
+    /// bus does) over the write connection: a pooled checkout would add two
+    /// commands to each of presence's per-window publications.
+    ///
+    /// # Errors
+    /// When Redis is unreachable or refuses.
+    pub async fn publish(&self, topic: &str, envelope: &[u8]) -> Result<(), Error> {
+        let mut conn = self.dedicated(&self.writer).await?;
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(format!("{}{topic}", self.prefix)).arg(envelope);
+        self.written(cmd.query_async::<i64>(&mut conn))
+            .await
+            .map(|_| ())
+    }
+
+    /// Bounds a command on the write connection; after a failure the next
+    /// one opens a fresh connection.
+    async fn written<T>(
+        &self,
+        query: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Error> {
+        let result = self.bounded(query).await;
+        if result.is_err() {
+            *self.writer.lock().await = None;
+        }
+        result
+    }
+
+    /// The connection in `slot`, opened if there is none.
+    async fn dedicated(
+        &self,
+        slot: &tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    ) -> Result<MultiplexedConnection, Error> {
+        let mut slot = slot.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        // Replies wait as long as the bus's timeout, not redis-rs's 500 ms.
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(self.timeout));
+        let connect = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config);
+        let c = tokio::time::timeout(self.timeout, connect)
+            .await
+            .map_err(|_| Error::Unavailable("connect timed out".into()))??;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Every entry of `topic`: (ref, value). One HGETALL, O(entries), on a
+    /// connection of its own that waits as long as the bus's timeout.
     ///
     /// # Errors
     /// When Redis is unreachable or refuses.
     pub async fn list(&self, topic: &str) -> Result<Vec<(String, Bytes)>, Error> {
-        let map: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
-            .arg(self.topic_key(topic))
-            .query_async(&mut *self.conn().await?)
-            .await?;
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(self.topic_key(topic));
+        let map: Vec<(String, Vec<u8>)> = self.read(&cmd).await?;
         Ok(map.into_iter().map(|(k, v)| (k, Bytes::from(v))).collect())
     }
 
@@ -202,27 +286,14 @@ impl PresenceStore {
     /// # Errors
     /// When Redis is unreachable or refuses.
     pub async fn heartbeat(&self, ttl: Duration) -> Result<bool, Error> {
-        let mut slot = self.liveness.lock().await;
-        let mut conn = match slot.as_ref() {
-            Some(c) => c.clone(),
-            None => {
-                let c = tokio::time::timeout(
-                    self.timeout,
-                    self.client.get_multiplexed_async_connection(),
-                )
-                .await
-                .map_err(|_| Error::Unavailable("connect timed out".into()))??;
-                *slot = Some(c.clone());
-                c
-            }
-        };
+        let mut conn = self.dedicated(&self.liveness).await?;
         let result = tokio::time::timeout(self.timeout, self.refresh(&mut conn, ttl))
             .await
             .map_err(|_| Error::Unavailable("liveness refresh timed out".into()))
             .and_then(|r| r);
         if result.is_err() {
             // Open a fresh connection next time.
-            *slot = None;
+            *self.liveness.lock().await = None;
         }
         result
     }
@@ -261,11 +332,9 @@ impl PresenceStore {
     /// # Errors
     /// When Redis is unreachable or refuses.
     pub async fn dead_pods(&self) -> Result<Vec<String>, Error> {
-        let mut conn = self.conn().await?;
-        let pods: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(self.pods_key())
-            .query_async(&mut *conn)
-            .await?;
+        let mut smembers = redis::cmd("SMEMBERS");
+        smembers.arg(self.pods_key());
+        let pods: Vec<String> = self.read(&smembers).await?;
         let others: Vec<String> = pods.into_iter().filter(|p| *p != self.pod).collect();
         if others.is_empty() {
             return Ok(others);
@@ -274,7 +343,7 @@ impl PresenceStore {
         for p in &others {
             pipe.exists(self.alive_key(p));
         }
-        let alive: Vec<bool> = pipe.query_async(&mut *conn).await?;
+        let alive: Vec<bool> = self.read_pipe(&pipe).await?;
         Ok(others
             .into_iter()
             .zip(alive)
@@ -295,16 +364,15 @@ impl PresenceStore {
     /// (nobody announces their leaves); the caller should not cancel it.
     pub async fn reap(&self, pod: &str) -> Result<Vec<(String, Bytes)>, Error> {
         // EVAL rather than EVALSHA: the script is small and reaping is rare.
-        let out: Vec<Value> = redis::cmd("EVAL")
-            .arg(REAP)
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(REAP)
             .arg(3)
             .arg(self.alive_key(pod))
             .arg(self.index_key(pod))
             .arg(self.pods_key())
             .arg(format!("{}presence:", self.prefix))
-            .arg(pod)
-            .query_async(&mut *self.conn().await?)
-            .await?;
+            .arg(pod);
+        let out: Vec<Value> = self.read(&eval).await?;
         let mut removed = Vec::with_capacity(out.len() / 2);
         let mut it = out.into_iter();
         while let (Some(Value::BulkString(topic)), Some(Value::BulkString(value))) =

@@ -55,7 +55,7 @@ pub use cluster::Cluster;
 pub use longpoll::LpClient;
 pub use phoenix::{broadcast, reply, PhxClient, Received};
 pub use pod::{GatewayBuilder, GatewayProcess};
-pub use presence::{Member, View};
+pub use presence::{Member, SimulatedPod, View};
 pub use raw_ws::{RawFrame, RawWs};
 pub use redis_cluster::RedisCluster;
 pub use redis_server::{RedisConn, RedisServer};

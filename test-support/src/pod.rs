@@ -139,9 +139,10 @@ impl GatewayBuilder {
 
     /// One more rule, `presence:*`, with presence keyed by the `user` join
     /// param and `tab` in the meta; dead pods' presences reaped after
-    /// `pod_timeout_ms`; diffs batched over 20 ms. Again: a new timeout.
+    /// `pod_timeout_ms`; diffs batched over 100 ms (the shortest window).
+    /// Again: a new timeout.
     pub fn presence(mut self, pod_timeout_ms: u64) -> Self {
-        self.config.presence.batch_ms = 20;
+        self.config.presence.batch_ms = 100;
         self.config.presence.pod_timeout_ms = pod_timeout_ms;
         if self
             .config

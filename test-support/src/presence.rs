@@ -4,6 +4,7 @@
 //! can check what `presence.list()` would show.
 
 use crate::phoenix::{PhxClient, Received};
+use crate::redis_server::RedisConn;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -138,5 +139,65 @@ impl Member {
                 ),
             }
         }
+    }
+}
+
+/// A pod that exists only in Redis: a liveness key, a place in the pods set
+/// and presences written in the pods' format, without a process (so without
+/// diffs). Pods treat it as alive until its key is deleted.
+#[derive(Debug, Clone)]
+pub struct SimulatedPod {
+    pub prefix: String,
+    pub name: String,
+}
+
+impl SimulatedPod {
+    /// Announces pod `name` under `prefix`, alive for ten minutes.
+    pub async fn start(resp: &mut RedisConn, prefix: &str, name: &str) -> SimulatedPod {
+        let pod = SimulatedPod {
+            prefix: prefix.into(),
+            name: name.into(),
+        };
+        let _: String = resp
+            .cmd(&["SET", &pod.alive_key(), "1", "PX", "600000"])
+            .await;
+        let _: i64 = resp
+            .cmd(&["SADD", &format!("{prefix}presence-pods"), name])
+            .await;
+        pod
+    }
+
+    pub fn alive_key(&self) -> String {
+        format!("{}presence-alive:{}", self.prefix, self.name)
+    }
+
+    pub fn topic_key(&self, topic: &str) -> String {
+        format!("{}presence:{topic}", self.prefix)
+    }
+
+    /// Writes presences `(key, ref)` in `topic`, 1,000 per command.
+    pub async fn track(&self, resp: &mut RedisConn, topic: &str, who: &[(String, String)]) {
+        let index = format!("{}presence-pod:{}", self.prefix, self.name);
+        for chunk in who.chunks(1000) {
+            let mut hset = vec!["HSET".to_owned(), self.topic_key(topic)];
+            let mut idx = vec!["HSET".to_owned(), index.clone()];
+            for (key, r) in chunk {
+                let value =
+                    serde_json::json!({"key": key, "meta": {"phx_ref": r, "online_at": "0"}});
+                hset.extend([r.clone(), value.to_string()]);
+                idx.extend([r.clone(), topic.to_owned()]);
+            }
+            for cmd in [hset, idx] {
+                let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+                let _: i64 = resp.cmd(&args).await;
+            }
+        }
+    }
+
+    /// Removes presence `r` from `topic` behind every pod's back (no diff).
+    pub async fn forget(&self, resp: &mut RedisConn, topic: &str, r: &str) {
+        let index = format!("{}presence-pod:{}", self.prefix, self.name);
+        let _: i64 = resp.cmd(&["HDEL", &self.topic_key(topic), r]).await;
+        let _: i64 = resp.cmd(&["HDEL", &index, r]).await;
     }
 }

@@ -252,6 +252,24 @@ impl RedisConn {
         n
     }
 
+    /// `INFO commandstats` as command -> calls, to count what pods ask of
+    /// Redis (the difference of two calls; `info` counts itself).
+    pub async fn commandstats(&mut self) -> std::collections::HashMap<String, i64> {
+        let text: String = self.cmd(&["INFO", "commandstats"]).await;
+        text.lines()
+            .filter_map(|l| {
+                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls = rest
+                    .strip_prefix("calls=")?
+                    .split(',')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                Some((name.to_owned(), calls))
+            })
+            .collect()
+    }
+
     /// Polls `PUBSUB NUMSUB` until it is `want` (bounded by [`SETTLE`]).
     pub async fn wait_numsub(&mut self, channel: &str, want: i64) {
         let what = format!("NUMSUB {channel} = {want}");

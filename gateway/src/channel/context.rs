@@ -221,9 +221,11 @@ impl<I: Send + 'static> ChannelContext<I> {
     /// # Errors
     /// When the presence store cannot answer (Redis is down).
     pub async fn push_presence_state(&self) -> Result<(), PresenceError> {
-        let state = self.presence_list().await?;
-        self.push("presence_state", Payload::json(&state));
-        Ok(())
+        // Queued by presence itself, so that it precedes every later diff.
+        self.services
+            .presence
+            .push_state(self.topic.clone(), self.conn.clone(), self.join_ref.clone())
+            .await
     }
 
     /// A handle to reply to the event being handled later, after returning

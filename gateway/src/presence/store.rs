@@ -44,8 +44,14 @@ pub(crate) trait Store: Send + Sync + fmt::Debug + 'static {
     async fn reap(&self) -> Result<Vec<(String, Bytes)>, StoreError>;
 
     /// Changes whenever messages may have been lost (the Redis subscriber
-    /// reconnected), so local clients need a fresh `presence_state`.
+    /// reconnected), so local states need a reconcile.
     fn epoch(&self) -> u64;
+
+    /// Publishes a `presence_diff` payload of `topic` to every pod itself;
+    /// `Ok(false)` when it cannot, and the broker must.
+    async fn publish_diff(&self, _topic: &str, _payload: &[u8]) -> Result<bool, StoreError> {
+        Ok(false)
+    }
 }
 
 /// Entries in this process: the single-pod case.
@@ -161,6 +167,14 @@ impl Store for RedisStore {
 
     fn epoch(&self) -> u64 {
         self.stats.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// On the store's own connection, in the envelope the broker would
+    /// write, marked as presence's.
+    async fn publish_diff(&self, topic: &str, payload: &[u8]) -> Result<bool, StoreError> {
+        let envelope = pubsub_redis::Envelope::encode_marked("presence_diff", payload, None, true);
+        self.store.publish(topic, &envelope).await?;
+        Ok(true)
     }
 }
 

@@ -8,7 +8,11 @@
 //!
 //! The hub knows connections, not channels: a subscriber whose channel wants
 //! some events for itself (Phoenix's `intercept`) registers an [`Intercept`],
-//! a small interface the hub owns and the channel implements.
+//! a small interface the hub owns and the channel implements. Likewise
+//! presence, which keeps each topic's state on this node, registers a
+//! [`PresenceTap`]: the brokers hand it the presence diffs pods publish
+//! instead of fanning them out, and the hub tells it when a topic has no
+//! local subscriber left.
 
 use crate::conn::{Budget, ConnHandle, Disconnect, Kind, Out};
 use crate::protocol::{Frame, Outbound, Payload, Vsn};
@@ -18,7 +22,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 const SHARDS: usize = 64;
@@ -48,6 +52,15 @@ pub(crate) trait Intercept: Send + Sync + fmt::Debug {
     fn deliver(&self, event: &str, payload: &Payload) -> bool;
 }
 
+/// Takes what presence keeps its per-topic state on this node from. Called
+/// on a broker's delivery task or under a shard lock, so it must only queue.
+pub(crate) trait PresenceTap: Send + Sync + fmt::Debug {
+    /// A `presence_diff` a pod's presence published to `topic` (JSON text).
+    fn diff(&self, topic: &str, payload: bytes::Bytes);
+    /// `topic`'s last local subscriber left.
+    fn vacated(&self, topic: &str);
+}
+
 /// What a subscriber wants from a topic.
 #[derive(Debug)]
 pub(crate) enum Target {
@@ -74,6 +87,8 @@ pub struct Hub {
     shards: Box<[Shard]>,
     hasher: RandomState,
     next: AtomicU64,
+    /// Presence's, once it started.
+    tap: OnceLock<Box<dyn PresenceTap>>,
 }
 
 impl Default for Hub {
@@ -82,6 +97,7 @@ impl Default for Hub {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
             next: AtomicU64::new(1),
+            tap: OnceLock::new(),
         }
     }
 }
@@ -112,8 +128,21 @@ impl Hub {
             subs.swap_remove(&id);
             if subs.is_empty() {
                 shard.remove(topic);
+                if let Some(tap) = self.tap.get() {
+                    tap.vacated(topic);
+                }
             }
         }
+    }
+
+    /// Registers presence's tap; the first one stays.
+    pub(crate) fn set_presence_tap(&self, tap: Box<dyn PresenceTap>) {
+        let _ = self.tap.set(tap);
+    }
+
+    /// Presence's tap, if presence runs on this node.
+    pub(crate) fn presence_tap(&self) -> Option<&dyn PresenceTap> {
+        self.tap.get().map(|t| &**t)
     }
 
     /// Number of local subscribers of `topic`.

@@ -14,6 +14,7 @@ mod memory;
 mod redis;
 
 pub use crate::metrics::BrokerStatus;
+pub(crate) use hub::PresenceTap;
 pub use hub::{Broadcast, Hub};
 pub use memory::MemoryBroker;
 pub use redis::RedisBroker;

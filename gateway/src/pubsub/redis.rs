@@ -34,6 +34,8 @@ use std::time::{Duration, Instant};
 const NODE_TOPIC: &str = "lp:";
 /// The event name of a point-to-point message's envelope.
 const NODE_EVENT: &str = "lp";
+/// The event of presence's diffs, which go to presence rather than clients.
+const PRESENCE_DIFF: &str = "presence_diff";
 /// At most one log line about dropped messages per this interval.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -79,6 +81,14 @@ impl Sink for HubSink {
             return;
         }
         metrics().broadcast(Source::Redis, topic);
+        if envelope.presence && envelope.event == PRESENCE_DIFF {
+            if let Some(tap) = self.hub.presence_tap() {
+                // Presence applies it to its state of the topic and tells
+                // this pod's clients once per window.
+                tap.diff(topic, envelope.payload);
+                return;
+            }
+        }
         let from = envelope
             .origin
             .filter(|o| o.node == self.node)

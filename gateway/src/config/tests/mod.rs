@@ -206,7 +206,8 @@ fn presence_rules() {
     );
     fails("[presence]\npod_timeout_ms = 10", "presence.pod_timeout_ms");
     fails("[presence]\nbatch_ms = 60000", "presence.batch_ms");
-    let c = load("[presence]\nbatch_ms = 0\npod_timeout_ms = 2000", &[]).unwrap();
+    fails("[presence]\nbatch_ms = 50", "presence.batch_ms");
+    let c = load("[presence]\nbatch_ms = 100\npod_timeout_ms = 2000", &[]).unwrap();
     assert_eq!(
         c.validate().unwrap().presence.pod_timeout,
         std::time::Duration::from_secs(2)
