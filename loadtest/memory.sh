@@ -4,7 +4,9 @@
 # reports. Three shapes, each on a fresh gateway process:
 #   room      every connection joins one room:* topic without a presence key
 #             (the rule has presence, the client is only a watcher)
-#   presence  the same, with the `user` join param: every connection is tracked
+#   presence  with the `user` join param, so every connection is tracked, in
+#             rooms of 100 (one topic of 19,000 would send every joiner a
+#             list of up to 19,000: the presence-join scenario measures that)
 #   topics10  every connection joins 10 room:* topics
 # raw-writer (loadtest/src/bin/raw_writer.rs, the delivery ceiling of make
 # bench) holds the same connections in the same run, for comparison.
@@ -30,7 +32,7 @@ export LT_TOPIC_PREFIX=room:idle
 for shape in $SHAPES; do
   case $shape in
     room) args=(-t 1) ;;
-    presence) args=(-t 1 --join-user) ;;
+    presence) args=(-t 1 --join-user --rooms $(( (N + 99) / 100 ))) ;;
     topics10) args=(-t 10) ;;
     *) echo "unknown shape $shape" >&2; exit 2 ;;
   esac

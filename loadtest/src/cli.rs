@@ -124,6 +124,10 @@ pub(crate) struct ConnectArgs {
     /// Topics each connection joins.
     #[arg(short = 't', long, default_value_t = 1)]
     topics: u64,
+    /// Topics in all, when more than `-t`: connection N joins topics N·t,
+    /// N·t+1, … modulo this (with `-t 1`, rooms of connections/rooms each).
+    #[arg(long, default_value_t = 0)]
+    rooms: u64,
 }
 
 #[derive(Debug, Args, Clone, Serialize)]
@@ -238,9 +242,13 @@ impl Cli {
     /// (connections, connect rate per second, topics, topics per connection, push interval)
     pub(crate) fn shape(&self) -> (u64, f64, u64, u64, Option<Duration>) {
         match &self.scenario {
-            Scenario::Connect(a) | Scenario::Idle(a) => {
-                (a.connections, a.rate, a.topics.max(1), a.topics, None)
-            }
+            Scenario::Connect(a) | Scenario::Idle(a) => (
+                a.connections,
+                a.rate,
+                a.topics.max(a.rooms).max(1),
+                a.topics,
+                None,
+            ),
             Scenario::Fanout(a) => (a.subscribers, a.connect_rate, a.topics.max(1), 1, None),
             Scenario::Chat(a) => (
                 a.clients,
