@@ -26,7 +26,8 @@ pub(crate) fn worker_count(cli: &Cli) -> u64 {
 /// The parent's handle on one worker, in-process or a child process.
 struct Handle {
     ctrl: mpsc::UnboundedSender<Control>,
-    /// Held only so that dropping the handle kills the child (`kill_on_drop`).
+    /// Held so that dropping the handle kills the child (`kill_on_drop`),
+    /// and read for its pid.
     _child: Option<tokio::process::Child>,
 }
 
@@ -67,6 +68,19 @@ impl Workers {
             handles.push(child_process(i as usize, child, out.clone())?);
         }
         Ok(Workers { handles })
+    }
+
+    /// The processes that run the workers (this one, when it runs the only
+    /// worker), whose CPU time is the client's.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        let children: Vec<u32> = self
+            .handles
+            .iter()
+            .filter_map(|h| h._child.as_ref().and_then(tokio::process::Child::id))
+            .collect();
+        let mut pids = vec![std::process::id()];
+        pids.extend(children);
+        pids
     }
 
     /// Sends `c` to every worker. A worker that is gone no longer listens;
