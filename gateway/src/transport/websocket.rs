@@ -8,6 +8,7 @@
 use super::admission::{Admission, Admitted, Refused, Slot};
 use super::drain::Drain;
 use super::frame_reader::{FrameReader, Incoming as Read, ReadError};
+use super::head::{self, Prefixed};
 use super::response::{text, too_many, Body};
 use super::{decode, Data};
 use crate::channel::Services;
@@ -16,6 +17,7 @@ use crate::protocol::Transport;
 use crate::socket::connection::Connection;
 use crate::socket::{ConnectInfo, Params, Socket, SocketConfig};
 use base64::Engine;
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{
     HeaderValue, HOST, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION,
@@ -24,7 +26,7 @@ use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const AUTH_PREFIX: &str = "base64url.bearer.phx.";
@@ -90,6 +92,124 @@ pub(crate) async fn handshake(
             .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("phoenix"));
     }
     resp
+}
+
+/// What [`direct`] leaves to hyper: the connection with every byte read from
+/// it in front, the answer to its first request when admission gave one, and
+/// the caller's hold on its HTTP connection slot.
+#[derive(Debug)]
+pub(crate) struct Declined<H> {
+    pub(crate) io: Prefixed,
+    pub(crate) first: Option<Response<Body>>,
+    pub(crate) held: H,
+}
+
+/// [`handshake`] for a handshake read off the socket by
+/// [`head`](super::head) rather than through hyper: `bytes` holds the head
+/// (`req`, parsed from its first `head_len` bytes) and what followed it.
+/// Spawns the connection once upgraded, releasing `held` (the HTTP
+/// connection's slot) at the upgrade as hyper did.
+///
+/// Every request this would answer otherwise than 101 is left to hyper,
+/// which answers it as before: the checks of a handshake failing, or (with
+/// the answer given in `first`, as admission counts once) admission refusing.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn direct<H>(
+    admission: &Admission,
+    services: &Arc<Services>,
+    socket: Arc<Socket>,
+    peer: SocketAddr,
+    req: Request<()>,
+    mut stream: TcpStream,
+    bytes: Bytes,
+    head_len: usize,
+    held: H,
+) -> Result<(), Declined<H>> {
+    let decline = |stream, bytes, first, held| Declined {
+        io: Prefixed {
+            prefix: bytes,
+            stream,
+        },
+        first,
+        held,
+    };
+    if check_handshake(&req).is_err() {
+        return Err(decline(stream, bytes, None, held));
+    }
+    let Ok((phoenix_offered, auth_token)) = subprotocols(&req) else {
+        return Err(decline(stream, bytes, None, held));
+    };
+    let (parts, ()) = req.into_parts();
+    let params = Params::from_query(parts.uri.query().unwrap_or(""));
+    // The request's own headers and URI, not clones: nothing else needs them.
+    let info = ConnectInfo {
+        peer: Some(peer),
+        uri: parts.uri,
+        headers: parts.headers,
+        auth_token,
+        transport: Transport::WebSocket,
+    };
+    let origin = info
+        .headers
+        .get(hyper::header::ORIGIN)
+        .and_then(|o| o.to_str().ok());
+    let admitted = match admission.admit(&socket, &params, origin, &info).await {
+        Ok(admitted) => admitted,
+        Err(refused) => return Err(decline(stream, bytes, Some(refusal(refused)), held)),
+    };
+    // Slot against max_connections from here until the task ends.
+    let counted = admission.connections().hold();
+    let mut response = Vec::with_capacity(192);
+    response.extend_from_slice(
+        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+        sec-websocket-accept: ",
+    );
+    // check_handshake found exactly one key.
+    let key = info
+        .headers
+        .get(SEC_WEBSOCKET_KEY)
+        .map(HeaderValue::as_bytes);
+    response.extend_from_slice(&accept_key(key.unwrap_or_default()));
+    if phoenix_offered {
+        // As in `handshake`: clients that offered subprotocols need one back.
+        response.extend_from_slice(b"\r\nsec-websocket-protocol: phoenix");
+    }
+    response.extend_from_slice(b"\r\ndate: ");
+    head::with_date(|date| response.extend_from_slice(date.as_bytes()));
+    response.extend_from_slice(b"\r\n\r\n");
+    // What the client sent after its handshake, copied so the head's buffer
+    // is not held for the connection's life.
+    let rest = Bytes::copy_from_slice(bytes.get(head_len..).unwrap_or_default());
+    drop((info, params, bytes));
+    if let Err(e) = stream.write_all(&response).await {
+        tracing::debug!(%peer, error = %e, "websocket upgrade failed");
+        return Ok(());
+    }
+    drop(held);
+    let open = Open {
+        drain: admission.drain().clone(),
+        services: services.clone(),
+        socket,
+        admitted,
+        _counted: counted,
+    };
+    // A task of its own, as after hyper's upgrade: run in this one, the
+    // connection would keep this task's handshake state (1.6 kB measured)
+    // for its whole life.
+    admission.drain().spawn(run_tcp(stream, rest, open));
+    Ok(())
+}
+
+/// `Sec-WebSocket-Accept` for a key (RFC 6455 §4.2.2, item 5.4).
+fn accept_key(key: &[u8]) -> [u8; 28] {
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let mut sha1 = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    sha1.update(key);
+    sha1.update(GUID);
+    let mut out = [0u8; 28];
+    // 20 bytes always encode to 28.
+    let _ = base64::engine::general_purpose::STANDARD.encode_slice(sha1.finish(), &mut out);
+    out
 }
 
 /// Why a request is not an opening handshake as RFC 6455 §4.2.1 describes.
@@ -175,7 +295,7 @@ struct Open {
 
 /// Reads `Sec-WebSocket-Protocol`: whether `phoenix` was offered, and the
 /// token phoenix.js 1.8 passes as `base64url.bearer.phx.<base64>`.
-fn subprotocols(req: &Request<Incoming>) -> Result<(bool, Option<String>), &'static str> {
+fn subprotocols<B>(req: &Request<B>) -> Result<(bool, Option<String>), &'static str> {
     let mut phoenix = false;
     let mut token = None;
     for value in req.headers().get_all(SEC_WEBSOCKET_PROTOCOL) {
@@ -206,24 +326,41 @@ fn decode_auth_token(encoded: &str) -> Option<String> {
 }
 
 async fn run(io: TokioIo<hyper::upgrade::Upgraded>, open: Open) {
-    // Owned TCP halves avoid a lock per read and write; anything hyper read
-    // past the handshake is replayed in front of the stream.
-    match io.into_inner().downcast::<TokioIo<TcpStream>>() {
+    // Owned TCP halves avoid a lock per read and write; anything read past
+    // the handshake is replayed in front of the stream. The server hands
+    // hyper a `Prefixed` stream (what it read looking for a handshake).
+    let upgraded = match io.into_inner().downcast::<TokioIo<Prefixed>>() {
         Ok(parts) => {
-            let (r, w) = parts.io.into_inner().into_split();
+            let Prefixed { prefix, stream } = parts.io.into_inner();
+            let mut rest = Vec::with_capacity(prefix.len() + parts.read_buf.len());
+            rest.extend_from_slice(&prefix);
+            rest.extend_from_slice(&parts.read_buf);
+            return run_tcp(stream, Bytes::from(rest), open).await;
+        }
+        Err(upgraded) => upgraded,
+    };
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
             // `read_buf` is a view into hyper's read buffer; holding it kept
             // that buffer alive for the life of the connection (1.2 kB per idle
             // connection measured), so keep a copy of what is left (usually nothing).
-            let rest = bytes::Bytes::copy_from_slice(&parts.read_buf);
+            let rest = Bytes::copy_from_slice(&parts.read_buf);
             drop(parts.read_buf);
-            let r = std::io::Cursor::new(rest).chain(r);
-            drive(r, w, open).await
+            run_tcp(parts.io.into_inner(), rest, open).await
         }
         Err(upgraded) => {
             let (r, w) = tokio::io::split(TokioIo::new(upgraded));
             drive(r, w, open).await
         }
     }
+}
+
+/// Runs a connection on its TCP stream, `rest` (bytes the client sent
+/// after its handshake) read first.
+async fn run_tcp(stream: TcpStream, rest: Bytes, open: Open) {
+    let (r, w) = stream.into_split();
+    let r = std::io::Cursor::new(rest).chain(r);
+    drive(r, w, open).await
 }
 
 async fn drive<R, W>(r: R, w: W, open: Open)
@@ -390,6 +527,13 @@ mod tests {
             r.headers_mut().append("sec-websocket-key", k);
         });
         assert_eq!(two, bad);
+    }
+
+    #[test]
+    fn accept_key_is_rfc_6455s() {
+        // RFC 6455 §1.3's example.
+        let accept = super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(&accept, b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     #[test]
