@@ -23,7 +23,18 @@ use std::time::Instant;
 
 const SHARDS: usize = 64;
 
-type Shard = Mutex<HashMap<Arc<str>, IndexMap<SubId, Subscriber, BuildIdHasher>>>;
+type Shard = Mutex<HashMap<Arc<str>, Topic>>;
+
+/// A topic's local subscribers, and the broker subscriptions they hold.
+#[derive(Debug)]
+struct Topic {
+    subs: IndexMap<SubId, Subscriber, BuildIdHasher>,
+    /// Broker subscriptions confirmed for the topic, released together when
+    /// its last local subscriber leaves (whoever made them): while there is
+    /// one, the broker delivers the topic here, so a new subscriber needs
+    /// no broker round trip of its own.
+    brokered: usize,
+}
 
 /// A broadcast to every subscriber of a topic.
 #[derive(Clone, Debug)]
@@ -128,35 +139,55 @@ impl Hub {
         &self.shards[i]
     }
 
-    pub(crate) fn subscribe(&self, topic: &str, sub: Subscriber) -> SubId {
+    /// Adds a local subscriber; also says whether the topic already holds
+    /// a confirmed broker subscription.
+    pub(crate) fn subscribe(&self, topic: &str, sub: Subscriber) -> (SubId, bool) {
         let id = SubId(self.next.fetch_add(1, Ordering::Relaxed));
         let mut shard = self.shard(topic).lock();
         match shard.get_mut(topic) {
-            Some(subs) => {
-                subs.insert(id, sub);
+            Some(t) => {
+                t.subs.insert(id, sub);
+                (id, t.brokered > 0)
             }
             None => {
                 let mut subs = IndexMap::with_hasher(BuildIdHasher);
                 subs.insert(id, sub);
-                shard.insert(Arc::from(topic), subs);
+                shard.insert(Arc::from(topic), Topic { subs, brokered: 0 });
+                (id, false)
             }
         }
-        id
     }
 
-    pub(crate) fn unsubscribe(&self, topic: &str, id: SubId) {
-        let mut shard = self.shard(topic).lock();
-        if let Some(subs) = shard.get_mut(topic) {
-            subs.swap_remove(&id);
-            if subs.is_empty() {
-                shard.remove(topic);
-            }
+    /// Records a broker subscription confirmed for `topic`, which one of its
+    /// local subscribers (still there) asked for.
+    pub(crate) fn brokered(&self, topic: &str) {
+        if let Some(t) = self.shard(topic).lock().get_mut(topic) {
+            t.brokered += 1;
         }
+    }
+
+    /// Removes a local subscriber; returns the broker subscriptions to
+    /// release, which the topic holds until its last subscriber leaves.
+    pub(crate) fn unsubscribe(&self, topic: &str, id: SubId) -> usize {
+        let mut shard = self.shard(topic).lock();
+        let Some(t) = shard.get_mut(topic) else {
+            return 0;
+        };
+        t.subs.swap_remove(&id);
+        if !t.subs.is_empty() {
+            return 0;
+        }
+        let brokered = t.brokered;
+        shard.remove(topic);
+        brokered
     }
 
     /// Number of local subscribers of `topic`.
     pub fn subscribers(&self, topic: &str) -> usize {
-        self.shard(topic).lock().get(topic).map_or(0, IndexMap::len)
+        self.shard(topic)
+            .lock()
+            .get(topic)
+            .map_or(0, |t| t.subs.len())
     }
 
     /// Number of topics with at least one local subscriber.
@@ -204,10 +235,10 @@ impl Hub {
         let mut frames: [Option<Frame>; 2] = [None, None];
         let mut delivered = 0;
         let shard = self.shard(&msg.topic).lock();
-        let Some(subs) = shard.get(msg.topic.as_str()) else {
+        let Some(topic) = shard.get(msg.topic.as_str()) else {
             return 0;
         };
-        for sub in subs.values() {
+        for sub in topic.subs.values() {
             if msg.from == Some(sub.conn.id()) {
                 continue;
             }
@@ -306,10 +337,29 @@ mod tests {
     fn unsubscribe_removes_empty_topics() {
         let hub = Hub::default();
         let c = ConnHandle::new(Vsn::V1, BUDGET);
-        let id = hub.subscribe("t", fastlane(&c));
+        let (id, brokered) = hub.subscribe("t", fastlane(&c));
+        assert!(!brokered);
         assert_eq!(hub.topics(), 1);
-        hub.unsubscribe("t", id);
+        assert_eq!(hub.unsubscribe("t", id), 0);
         assert_eq!(hub.topics(), 0);
         assert_eq!(hub.subscribers("t"), 0);
+    }
+
+    #[test]
+    fn a_topic_holds_its_broker_subscriptions_until_its_last_subscriber_leaves() {
+        let hub = Hub::default();
+        let c = ConnHandle::new(Vsn::V2, BUDGET);
+        let (a, brokered) = hub.subscribe("t", fastlane(&c));
+        assert!(!brokered, "the first subscriber asks the broker");
+        hub.brokered("t");
+        let (b, brokered) = hub.subscribe("t", fastlane(&c));
+        assert!(brokered, "later ones ride on its subscription");
+        // The first leaves: the subscription stays for the second.
+        assert_eq!(hub.unsubscribe("t", a), 0);
+        let (c2, brokered) = hub.subscribe("t", fastlane(&c));
+        assert!(brokered);
+        assert_eq!(hub.unsubscribe("t", b), 0);
+        assert_eq!(hub.unsubscribe("t", c2), 1, "the last releases it");
+        assert!(!hub.subscribe("t", fastlane(&c)).1);
     }
 }

@@ -107,8 +107,9 @@ pub(crate) struct Declined<H> {
 /// [`handshake`] for a handshake read off the socket by
 /// [`head`](super::head) rather than through hyper: `bytes` holds the head
 /// (`req`, parsed from its first `head_len` bytes) and what followed it.
-/// Spawns the connection once upgraded, releasing `held` (the HTTP
-/// connection's slot) at the upgrade as hyper did.
+/// Returns the upgraded connection for the caller to run in its own task,
+/// having released `held` (the HTTP connection's slot) at the upgrade as
+/// hyper did; `Err(None)` when the client went away during the upgrade.
 ///
 /// Every request this would answer otherwise than 101 is left to hyper,
 /// which answers it as before: the checks of a handshake failing, or (with
@@ -124,14 +125,16 @@ pub(crate) async fn direct<H>(
     bytes: Bytes,
     head_len: usize,
     held: H,
-) -> Result<(), Declined<H>> {
-    let decline = |stream, bytes, first, held| Declined {
-        io: Prefixed {
-            prefix: bytes,
-            stream,
-        },
-        first,
-        held,
+) -> Result<Upgraded, Option<Declined<H>>> {
+    let decline = |stream, bytes, first, held| {
+        Some(Declined {
+            io: Prefixed {
+                prefix: bytes,
+                stream,
+            },
+            first,
+            held,
+        })
     };
     if check_handshake(&req).is_err() {
         return Err(decline(stream, bytes, None, held));
@@ -159,17 +162,69 @@ pub(crate) async fn direct<H>(
     };
     // Slot against max_connections from here until the task ends.
     let counted = admission.connections().hold();
-    let mut response = Vec::with_capacity(192);
-    response.extend_from_slice(
-        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
-        sec-websocket-accept: ",
-    );
     // check_handshake found exactly one key.
     let key = info
         .headers
         .get(SEC_WEBSOCKET_KEY)
         .map(HeaderValue::as_bytes);
-    response.extend_from_slice(&accept_key(key.unwrap_or_default()));
+    let response = switching_protocols(key.unwrap_or_default(), phoenix_offered);
+    // What the client sent after its handshake, copied so the head's buffer
+    // is not held for the connection's life.
+    let rest = Bytes::copy_from_slice(bytes.get(head_len..).unwrap_or_default());
+    drop((info, params, bytes));
+    if let Err(e) = stream.write_all(&response).await {
+        tracing::debug!(%peer, error = %e, "websocket upgrade failed");
+        return Err(None);
+    }
+    drop(held);
+    Ok(Upgraded {
+        stream,
+        rest,
+        open: Open {
+            drain: admission.drain().clone(),
+            services: services.clone(),
+            socket,
+            admitted,
+            _counted: counted,
+        },
+    })
+}
+
+/// A connection [`direct`] upgraded, to run in the caller's task.
+pub(crate) struct Upgraded {
+    stream: TcpStream,
+    rest: Bytes,
+    open: Open,
+}
+
+impl std::fmt::Debug for Upgraded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upgraded")
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upgraded {
+    /// The connection, to run until it ends, counted by the drain as the
+    /// connection tasks it spawns are. Not an `async fn`: that would keep
+    /// `self` beside the connection's own state for its whole life.
+    pub(crate) fn run(self) -> impl std::future::Future<Output = ()> + Send {
+        let Upgraded { stream, rest, open } = self;
+        let drain = open.drain.clone();
+        drain.track(run_tcp(stream, rest, open))
+    }
+}
+
+/// The 101 answer to a handshake with `key`, byte for byte as hyper wrote
+/// it for [`handshake`]'s response (header order and case, `date`).
+fn switching_protocols(key: &[u8], phoenix_offered: bool) -> Vec<u8> {
+    let mut response = Vec::with_capacity(192);
+    response.extend_from_slice(
+        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+        sec-websocket-accept: ",
+    );
+    response.extend_from_slice(&accept_key(key));
     if phoenix_offered {
         // As in `handshake`: clients that offered subprotocols need one back.
         response.extend_from_slice(b"\r\nsec-websocket-protocol: phoenix");
@@ -177,27 +232,20 @@ pub(crate) async fn direct<H>(
     response.extend_from_slice(b"\r\ndate: ");
     head::with_date(|date| response.extend_from_slice(date.as_bytes()));
     response.extend_from_slice(b"\r\n\r\n");
-    // What the client sent after its handshake, copied so the head's buffer
-    // is not held for the connection's life.
-    let rest = Bytes::copy_from_slice(bytes.get(head_len..).unwrap_or_default());
-    drop((info, params, bytes));
-    if let Err(e) = stream.write_all(&response).await {
-        tracing::debug!(%peer, error = %e, "websocket upgrade failed");
-        return Ok(());
-    }
-    drop(held);
-    let open = Open {
-        drain: admission.drain().clone(),
-        services: services.clone(),
-        socket,
-        admitted,
-        _counted: counted,
-    };
-    // A task of its own, as after hyper's upgrade: run in this one, the
-    // connection would keep this task's handshake state (1.6 kB measured)
-    // for its whole life.
-    admission.drain().spawn(run_tcp(stream, rest, open));
-    Ok(())
+    response
+}
+
+/// What [`direct`] computes before admission, for the benchmark
+/// (`server::bench_handshake`): the head parsed, the handshake checked,
+/// the params read and the 101 written; `None` where hyper would answer.
+pub(crate) fn bench_handshake(bytes: &Bytes) -> Option<Vec<u8>> {
+    let (req, _) = head::get_request(bytes)?;
+    check_handshake(&req).ok()?;
+    let (phoenix_offered, _token) = subprotocols(&req).ok()?;
+    let params = Params::from_query(req.uri().query().unwrap_or(""));
+    std::hint::black_box(&params);
+    let key = req.headers().get(SEC_WEBSOCKET_KEY)?;
+    Some(switching_protocols(key.as_bytes(), phoenix_offered))
 }
 
 /// `Sec-WebSocket-Accept` for a key (RFC 6455 §4.2.2, item 5.4).
