@@ -46,6 +46,16 @@ start_gateway gateway-idle
 lt idle idle -n 10000 -r 5000 --gateway-pid "$GW_PID" --url "$GW_URL" --duration 15s
 stop "$GW_PID"
 GW_PID=$MAIN_GW_PID GW_URL=$MAIN_GW_URL
+# reconnect storm on a pod of its own: 10,000 joined clients (over 1,000
+# topics), the pod killed (SIGKILL) and started again, every client
+# reconnecting and rejoining with phoenix.js's backoff (the full 19,000:
+# docs/performance.md#reconnect-storm)
+start_gateway gateway-storm
+lt reconnect-storm reconnect-storm -n 10000 -r 5000 --gateway-pid "$GW_PID" --url "$GW_URL" \
+  --restart-cmd "$(restart_cmd gateway-storm)"
+stop "$GW_PID"
+[ -f "$OUT/gateway-storm.pid" ] && stop "$(cat "$OUT/gateway-storm.pid")" && rm -f "$OUT/gateway-storm.pid"
+GW_PID=$MAIN_GW_PID GW_URL=$MAIN_GW_URL
 # quiet latency: 1,000 subscribers, each alone on its topic; 1,000 msgs/s in all
 fanout fanout-quiet "$DURATION" "-s 1000 -t 1000 -p 1000" "${REDIS_ARGS[@]}"
 # the target: one topic, 10,000 subscribers, through Redis, sustained
@@ -95,4 +105,19 @@ for f in sorted(os.listdir(out)):
                   f"{p['redis_commands_per_join']:.2f} Redis commands/join, "
                   f"{p['diff_frames_per_client_sec']:.1f} presence_diff/client/s (max {p['diff_frames_max_in_one_sec']} in a second), "
                   f"lists agree: {p['lists_agree']}")
+storm = os.path.join(out, "reconnect-storm.json")
+if os.path.exists(storm):
+    sj = json.load(open(storm))
+    s = sj["storm"] or {}
+    o = s.get("outcome", {})
+    tcp = o.get("tcp", {})
+    gw, cl = s.get("gateway_us_per_rejoin", {}), s.get("client_us_per_rejoin", {})
+    f = lambda v: "-" if v is None else f"{v:.1f}"
+    print(f"\nreconnect-storm: {o.get('clients')} clients, SIG{o.get('signal')}; refused {s.get('refused')}, "
+          f"errors {s.get('connect_errors')}, not rejoined {s.get('not_rejoined')}, "
+          f"ListenOverflows {tcp.get('ListenOverflows')}, ListenDrops {tcp.get('ListenDrops')}; "
+          f"listening after {o.get('listening_after_secs', 0):.2f} s, all rejoined after {f(s.get('all_rejoined_after_secs'))} s; "
+          f"join p99 {sj['latency']['join']['p99_ms']:.1f} ms; "
+          f"gateway µs/rejoin user {f(gw.get('user'))} system {f(gw.get('system'))}, "
+          f"client user {f(cl.get('user'))} system {f(cl.get('system'))}")
 PY

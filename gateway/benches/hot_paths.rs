@@ -1,16 +1,22 @@
 //! Regression guard for the gateway's hot paths: decoding client frames,
 //! encoding broadcasts, fanning one broadcast out to local subscribers, and
 //! presence in a large topic (encoding `presence_state` from a pod's local
-//! state, applying a received `presence_diff` to it).
+//! state, applying a received `presence_diff` to it), and a connection's
+//! life: its handshake, and connect → join → close against a served endpoint.
 //!
 //! Run with `cargo bench -p gateway` (add `-- --quick` for a short run).
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use gateway::channel::{Channel, ChannelContext, JoinResult};
 use gateway::protocol::{Json, Outbound, Payload, Vsn};
 use gateway::pubsub::{Broadcast, Hub};
+use gateway::{AcceptAll, Endpoint, Router, Socket};
 use std::hint::black_box;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const TOPIC: &str = "room:lobby";
 const EVENT: &str = "new_msg";
@@ -144,7 +150,6 @@ fn deliver_idle(c: &mut Criterion) {
     });
 }
 
-
 /// A join into a large presence topic encodes its `presence_state` from the
 /// pod's local state (at most once per window), and every pod applies each
 /// `presence_diff` it receives to that state: both are O(topic) or O(diff)
@@ -181,5 +186,112 @@ fn presence(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode, encode, fan_out, deliver_idle, presence);
+/// A browser-like opening handshake (Chrome's headers, no cookies).
+const HANDSHAKE: &str = "GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\n\
+    Host: gateway.example.com\r\nConnection: Upgrade\r\nPragma: no-cache\r\n\
+    Cache-Control: no-cache\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) \
+    AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36\r\n\
+    Upgrade: websocket\r\nOrigin: https://app.example.com\r\n\
+    Sec-WebSocket-Version: 13\r\nAccept-Encoding: gzip, deflate, br, zstd\r\n\
+    Accept-Language: en-US,en;q=0.9\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+    Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\
+    Sec-WebSocket-Protocol: phoenix\r\n\r\n";
+
+/// The CPU part of answering a handshake before admission: the head parsed,
+/// the RFC 6455 checks, the params, the 101 answer (what a connect storm
+/// pays per connection besides the kernel and admission).
+fn handshake(c: &mut Criterion) {
+    let mut group = c.benchmark_group("handshake");
+    let head = Bytes::from_static(HANDSHAKE.as_bytes());
+    let answer = gateway::server::bench_handshake(&head).expect("a valid handshake");
+    assert!(answer.starts_with(b"HTTP/1.1 101 "));
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("head_to_101", |b| {
+        b.iter(|| gateway::server::bench_handshake(black_box(&head)))
+    });
+    group.finish();
+}
+
+/// A channel that accepts every join.
+struct Open;
+
+#[async_trait::async_trait]
+impl Channel for Open {
+    type Info = ();
+    async fn join(&mut self, _: &str, _: Payload, _: &mut ChannelContext<()>) -> JoinResult {
+        Ok(Payload::empty())
+    }
+}
+
+/// A client frame: text, masked (with a zero mask, which leaves it as is).
+fn client_text(text: &str) -> Vec<u8> {
+    assert!(text.len() < 126);
+    let mut f = vec![0x81, 0x80 | text.len() as u8, 0, 0, 0, 0];
+    f.extend_from_slice(text.as_bytes());
+    f
+}
+
+/// One connection's life as a client sees it: connect, the handshake,
+/// joining a topic, its reply, and closing the socket (reset).
+async fn lifecycle(addr: SocketAddr, join: &[u8]) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    // Closed with a reset: thousands of iterations would otherwise leave as
+    // many ports in TIME_WAIT and run out of them. (Deprecated because a
+    // non-zero linger blocks the thread on drop; a zero one never does.)
+    #[allow(deprecated)]
+    s.set_linger(Some(Duration::ZERO)).expect("linger");
+    s.write_all(HANDSHAKE.as_bytes()).await.expect("handshake");
+    let mut buf = vec![0u8; 1024];
+    let mut n = 0;
+    while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+        let m = s.read(&mut buf[n..]).await.expect("101");
+        assert!(m > 0, "closed during the handshake");
+        n += m;
+    }
+    assert!(buf.starts_with(b"HTTP/1.1 101 "));
+    s.write_all(join).await.expect("join");
+    // The reply is one small text frame; any byte of it will do.
+    let m = s.read(&mut buf).await.expect("reply");
+    assert!(m > 0, "closed before the join reply");
+}
+
+/// Connect → join → close against an endpoint served on loopback, client
+/// included: the whole of a connection's life as a connect storm repeats it.
+fn connect(c: &mut Criterion) {
+    let mut group = c.benchmark_group("connect");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let addr = rt.block_on(async {
+        let router = Router::new().channel("bench:*", || Open);
+        let ep = Endpoint::builder()
+            .socket(Socket::new("/socket", AcceptAll, router))
+            .build();
+        let listener = gateway::server::bind(([127, 0, 0, 1], 0).into()).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(gateway::server::serve(listener, ep));
+        addr
+    });
+    let join = client_text(r#"["1","1","bench:lobby","phx_join",{}]"#);
+    rt.block_on(lifecycle(addr, &join));
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("join_and_close", |b| {
+        b.iter(|| rt.block_on(lifecycle(addr, &join)))
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    decode,
+    encode,
+    fan_out,
+    deliver_idle,
+    presence,
+    handshake,
+    connect
+);
 criterion_main!(benches);

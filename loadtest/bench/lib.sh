@@ -16,7 +16,12 @@ PIDS=()
 
 build_release() { $CARGO build --release -p gateway -p loadtest; }
 
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+# Also the gateways a reconnect storm started again (their pids in $OUT/*.pid).
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for f in "$OUT"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -74,6 +79,16 @@ start_gateway() {
   GW_URL="ws://127.0.0.1:$GW_PORT/socket/websocket?vsn=2.0.0"
   GW_API="http://127.0.0.1:$GW_PORT/api/broadcast"
   wait_http "http://127.0.0.1:$GW_PORT/healthz" "$GW_PID" "$OUT/$name.log"
+}
+
+# restart_cmd NAME: prints a shell command (for `loadtest reconnect-storm
+# --restart-cmd`) that starts gateway NAME again on the same port and config
+# (call it right after start_gateway NAME), appending to its log, and prints
+# the new pid, also kept in $OUT/NAME.pid so that cleanup stops it.
+restart_cmd() {
+  local name=$1
+  printf 'env -u REDIS_URL -u GATEWAY_CONFIG -u GATEWAY_LISTEN PORT=%q GATEWAY_API_KEY=%q GATEWAY_LOG=warn %q --config %q >>%q 2>&1 </dev/null & echo $! | tee %q' \
+    "$GW_PORT" "$KEY" "$GW" "$OUT/$name.toml" "$OUT/$name.log" "$OUT/$name.pid"
 }
 
 # stop PID: stops one process started here and waits for it.

@@ -111,6 +111,11 @@ pub(crate) enum Scenario {
     #[command(name = "presence-join")]
     #[serde(rename = "presence-join")]
     PresenceJoin(PresenceJoinArgs),
+    /// N joined clients lose their pod at once (the gateway is killed and
+    /// restarted, or the clients drop their connections) and reconnect with
+    /// phoenix.js's backoff; refusals, accept-queue overflows, time to rejoin.
+    #[serde(rename = "reconnect-storm")]
+    ReconnectStorm(StormArgs),
 }
 
 #[derive(Debug, Args, Clone, Serialize)]
@@ -219,6 +224,39 @@ impl PresenceJoinArgs {
     }
 }
 
+#[derive(Debug, Args, Clone, Serialize)]
+pub(crate) struct StormArgs {
+    /// Clients (connections), connected and joined before the storm.
+    #[arg(short = 'n', long, default_value_t = 19000)]
+    pub(crate) connections: u64,
+    /// New connections per second before the storm.
+    #[arg(short = 'r', long, default_value_t = 5000.0)]
+    pub(crate) rate: f64,
+    /// Topics each client joins.
+    #[arg(short = 't', long, default_value_t = 1)]
+    pub(crate) topics: u64,
+    /// Distinct topics in all (client g joins topics g*t .. g*t+t-1, modulo
+    /// this): each is one Redis subscription the new pod makes again.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) distinct_topics: u64,
+    /// A shell command that starts the gateway again and prints the new
+    /// process id as the last line of its standard output (the gateway's own
+    /// output must go elsewhere). With it, the first `--gateway-pid` is sent
+    /// `--signal` and, once it has exited, this runs; without it, the
+    /// clients drop their connections themselves and reconnect to the same
+    /// process.
+    #[arg(long)]
+    pub(crate) restart_cmd: Option<String>,
+    /// The signal that ends the gateway: KILL (a crash, an OOM kill, a lost
+    /// node: every connection drops at once) or TERM (it drains first).
+    #[arg(long, default_value = "KILL")]
+    pub(crate) signal: String,
+    /// How long every client may take to join again before the run gives up.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[serde(skip)]
+    pub(crate) rejoin_timeout: Duration,
+}
+
 /// A bare number means seconds, so that `--duration 10` reads as people mean it.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -264,6 +302,13 @@ impl Cli {
                 1,
                 None,
             ),
+            Scenario::ReconnectStorm(a) => (
+                a.connections,
+                a.rate,
+                a.distinct_topics.max(1),
+                a.topics,
+                None,
+            ),
         }
     }
 
@@ -274,6 +319,7 @@ impl Cli {
             Scenario::Fanout(_) => "fanout",
             Scenario::Chat(_) => "chat",
             Scenario::PresenceJoin(_) => "presence-join",
+            Scenario::ReconnectStorm(_) => "reconnect-storm",
         }
     }
 
@@ -292,6 +338,9 @@ impl Cli {
                 .collect(),
             Scenario::Fanout(_) => vec![self.topic(g % ntopics)],
             Scenario::Chat(_) | Scenario::PresenceJoin(_) => vec![self.topic(0)],
+            Scenario::ReconnectStorm(_) => (0..per_conn)
+                .map(|j| self.topic((g * per_conn + j) % ntopics))
+                .collect(),
         }
     }
 
@@ -401,5 +450,18 @@ mod tests {
             ..Counters::default()
         };
         assert_eq!(c.expected_deliveries(None, &counters), Some(40));
+
+        let c = cli(&["reconnect-storm", "-n", "5", "--distinct-topics", "3"]);
+        assert_eq!(c.name(), "reconnect-storm");
+        assert_eq!(c.shape().0, 5);
+        assert_eq!(c.topics_of(4), ["room:lt:1"]);
+        assert_eq!(c.expected_deliveries(None, &Counters::default()), None);
+        let Scenario::ReconnectStorm(a) = &c.scenario else {
+            panic!("{:?}", c.scenario)
+        };
+        assert_eq!(
+            (a.signal.as_str(), a.restart_cmd.as_deref()),
+            ("KILL", None)
+        );
     }
 }

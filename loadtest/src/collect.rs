@@ -51,7 +51,8 @@ impl Collector {
         self.results.iter().all(|r| r.is_some())
     }
 
-    fn total(&self) -> Counters {
+    /// The parent's counters plus every worker's latest.
+    pub(crate) fn total(&self) -> Counters {
         let mut t = self.parent.live.snapshot();
         for p in &self.progress {
             t.add(p);

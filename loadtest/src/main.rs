@@ -9,10 +9,12 @@
 mod cli;
 mod collect;
 mod http;
+mod lifecycle;
 mod longpoll;
 mod presence_join;
 mod publish;
 mod report;
+mod storm;
 mod supervisor;
 mod target;
 mod worker;
@@ -44,6 +46,10 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
         let ttl = Duration::from_secs(600) + cli.duration + a.settle;
         presence_join::seed(url, &a.prefix, &cli.topic(0), a.seeded, ttl).await?;
     }
+    // connect: whole lifecycles, from before the first connection.
+    let lifecycle = (matches!(cli.scenario, Scenario::Connect(_)) && !cli.gateway_pid.is_empty())
+        .then(|| lifecycle::Mark::take(&cli.gateway_pid))
+        .transpose()?;
     let (tx, rx) = mpsc::unbounded_channel();
     let workers = Workers::spawn(&cli, count, tx)?;
     let parent_stats = Arc::new(Stats::default());
@@ -62,9 +68,13 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
     let go_at = Instant::now();
     let go_ns = stats::now_ns();
     let cpu_before = procfs::total_cpu(&cli.gateway_pid)?;
-    workers.send(Control::Go);
     let mut published: Option<Vec<u64>> = None;
     let mut rss_after = None;
+    let mut storm = None;
+    // The storm starts its own way: it may end the gateway first.
+    if !matches!(cli.scenario, Scenario::ReconnectStorm(_)) {
+        workers.send(Control::Go);
+    }
     match &cli.scenario {
         Scenario::Connect(_) => {}
         Scenario::Idle(_) => {
@@ -83,9 +93,15 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
         Scenario::Chat(_) | Scenario::PresenceJoin(_) => {
             col.pump(Some(go_at + cli.duration), |_| false).await;
         }
+        Scenario::ReconnectStorm(a) => {
+            storm = Some(storm::drive(&cli, a, &workers, &mut col).await?);
+        }
     }
     let publish_secs = go_at.elapsed().as_secs_f64();
-    if !matches!(cli.scenario, Scenario::Connect(_) | Scenario::Idle(_)) {
+    if !matches!(
+        cli.scenario,
+        Scenario::Connect(_) | Scenario::Idle(_) | Scenario::ReconnectStorm(_)
+    ) {
         workers.send(Control::Halt);
         let drain = match &cli.scenario {
             // Lists take up to two diff windows (and a loaded machine) to agree.
@@ -95,7 +111,8 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
         col.pump(Some(Instant::now() + drain), |_| false).await;
     }
     // The gateway's CPU over the measured phase and the drain, before closing.
-    let gateway_cpu_secs = (!cli.gateway_pid.is_empty())
+    // (The storm measures its gateway itself: the pid may have changed.)
+    let gateway_cpu_secs = (!cli.gateway_pid.is_empty() && storm.is_none())
         .then(|| procfs::total_cpu(&cli.gateway_pid).map(|c| c - cpu_before))
         .transpose()?;
 
@@ -127,6 +144,11 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
         publish_secs
     };
     drop(workers);
+    let lifecycle_cpu = match lifecycle {
+        // Only this process's CPU is the client's when it ran every connection.
+        Some(mark) if count == 1 => Some(mark.finish().await?),
+        _ => None,
+    };
 
     let expected = cli.expected_deliveries(published.as_deref(), &merged.counters);
     let rep = report::Report::new(
@@ -142,6 +164,8 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
             gateway_cpu_secs,
             connections: n,
             presence,
+            storm,
+            lifecycle_cpu,
         },
     );
     print!("{}", rep.table());

@@ -5,8 +5,10 @@
 //! measure anything itself beyond describing the machine and commit.
 
 use crate::cli::Cli;
+use crate::lifecycle::LifecycleCpu;
 use crate::presence_join;
 use crate::stats::{encode_hist, Merged, MergedPresence};
+use crate::storm;
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use plotters::prelude::*;
@@ -28,6 +30,10 @@ pub(crate) struct Extra {
     pub(crate) connections: u64,
     /// The presence-join scenario's server-side figures.
     pub(crate) presence: Option<PresenceExtra>,
+    /// What the parent saw of a reconnect storm.
+    pub(crate) storm: Option<storm::Outcome>,
+    /// connect: CPU over whole connection lifecycles.
+    pub(crate) lifecycle_cpu: Option<LifecycleCpu>,
 }
 
 /// What the parent reads before and after the presence-join measured phase.
@@ -224,6 +230,114 @@ impl<'a> Report<'a> {
             + c.publish_errors
             + c.duplicates
             + self.missing()
+            + c.refused
+            + self.not_rejoined()
+    }
+
+    /// CPU µs per connection over whole lifecycles: gateway user, system,
+    /// client user, system.
+    fn lifecycle_us(&self) -> Option<[f64; 4]> {
+        let l = self.x.lifecycle_cpu?;
+        let n = self.m.counters.connects_ok.max(1) as f64;
+        Some(
+            [
+                l.gateway_user_secs,
+                l.gateway_system_secs,
+                l.client_user_secs,
+                l.client_system_secs,
+            ]
+            .map(|secs| secs * 1e6 / n),
+        )
+    }
+
+    /// Storm clients that had not joined again when the run stopped waiting.
+    fn not_rejoined(&self) -> u64 {
+        let c = &self.m.counters;
+        self.x
+            .storm
+            .as_ref()
+            .map_or(0, |s| s.clients.saturating_sub(c.rejoined))
+    }
+
+    /// The storm's figures as the table and the JSON give them.
+    fn storm_json(&self) -> Option<Value> {
+        let s = self.x.storm.as_ref()?;
+        let c = &self.m.counters;
+        let all_rejoined = (!s.timed_out && self.m.last_rejoin_ns > s.started_ns)
+            .then(|| (self.m.last_rejoin_ns - s.started_ns) as f64 / 1e9);
+        let per = |secs: Option<f64>| secs.map(|v| v * 1e6 / c.rejoined.max(1) as f64);
+        let gw = s.gateway_user_secs.zip(s.gateway_system_secs);
+        let client = s.client_user_secs + s.client_system_secs;
+        Some(json!({
+            "outcome": s,
+            "rejoined": c.rejoined,
+            "not_rejoined": self.not_rejoined(),
+            "refused": c.refused,
+            "connect_errors": c.connect_errors,
+            "attempts_while_down": c.attempts_down,
+            "drops": c.drops,
+            "all_rejoined_after_secs": all_rejoined,
+            "all_rejoined_after_listening_secs": all_rejoined.map(|t| t - s.listening_after_secs),
+            "gateway_us_per_rejoin": {
+                "user": per(s.gateway_user_secs),
+                "system": per(s.gateway_system_secs),
+            },
+            "client_us_per_rejoin": {
+                "user": per(Some(s.client_user_secs)),
+                "system": per(Some(s.client_system_secs)),
+            },
+            "gateway_share_of_cpu": gw.map(|(u, sy)| (u + sy) / (u + sy + client).max(1e-9)),
+        }))
+    }
+
+    fn storm_table(&self) -> String {
+        let (Some(s), Some(j)) = (&self.x.storm, self.storm_json()) else {
+            return String::new();
+        };
+        let f = |v: &Value| v.as_f64().map_or("-".to_owned(), |v| format!("{v:.2}"));
+        let mut t = format!(
+            "storm ({}{})        {} clients joined before; rejoined {}, not rejoined {}\n",
+            s.mode,
+            s.signal
+                .as_ref()
+                .map_or(String::new(), |sig| format!(", SIG{sig}")),
+            s.clients,
+            j["rejoined"],
+            j["not_rejoined"],
+        );
+        t += &format!(
+            "refused / errors      {} / {} after the gateway listened ({} attempts failed before)\n",
+            j["refused"], j["connect_errors"], j["attempts_while_down"]
+        );
+        t += &format!(
+            "gateway listening     after {:.3} s{}\n",
+            s.listening_after_secs,
+            s.exited_after_secs.map_or(String::new(), |e| format!(
+                " (old process gone after {e:.3} s)"
+            ))
+        );
+        t += &format!(
+            "all rejoined          after {} s ({} s after listening){}\n",
+            f(&j["all_rejoined_after_secs"]),
+            f(&j["all_rejoined_after_listening_secs"]),
+            if s.timed_out { " — TIMED OUT" } else { "" }
+        );
+        let tcp: Vec<String> = s.tcp.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        t += &format!("TcpExt deltas         {}\n", tcp.join(", "));
+        t += &format!(
+            "gateway CPU           user {} + system {} µs per rejoined client\n",
+            f(&j["gateway_us_per_rejoin"]["user"]),
+            f(&j["gateway_us_per_rejoin"]["system"])
+        );
+        t += &format!(
+            "client CPU            user {} + system {} µs per rejoined client (gateway share {})\n",
+            f(&j["client_us_per_rejoin"]["user"]),
+            f(&j["client_us_per_rejoin"]["system"]),
+            j["gateway_share_of_cpu"]
+                .as_f64()
+                .map_or("-".to_owned(), |v| format!("{:.0}%", v * 100.0))
+        );
+        t
     }
 
     /// Errors over operations (connects, joins, expected deliveries, pushes, publishes).
@@ -279,6 +393,7 @@ impl<'a> Report<'a> {
             ("connect", &self.m.connect),
             ("join", &self.m.join),
             ("publish->receive", &self.m.latency),
+            ("drop->rejoined", &self.m.rejoin),
         ] {
             if h.is_empty() {
                 continue;
@@ -334,6 +449,17 @@ impl<'a> Report<'a> {
         if let Some(p) = self.presence_json() {
             s += &presence_table(&p);
         }
+        s += &self.storm_table();
+        if let Some([gu, gs, cu, cs]) = self.lifecycle_us() {
+            s += &format!(
+                "per connection CPU    gateway user {gu:.1} + system {gs:.1} µs, client user {cu:.1} + system {cs:.1} µs{}\n",
+                if self.x.lifecycle_cpu.is_some_and(|l| l.teardown_incomplete) {
+                    " (gateway teardown not finished)"
+                } else {
+                    ""
+                }
+            );
+        }
         s += &format!(
             "disconnects           {}\nerrors                {} ({:.3}%)\n",
             c.disconnects,
@@ -384,12 +510,22 @@ impl<'a> Report<'a> {
                 "connect": percentiles(&self.m.connect),
                 "join": percentiles(&self.m.join),
                 "delivery": percentiles(&self.m.latency),
+                "rejoin": percentiles(&self.m.rejoin),
             },
             "histograms_v2_base64": {
                 "connect": encode_hist(&self.m.connect),
                 "join": encode_hist(&self.m.join),
                 "delivery": encode_hist(&self.m.latency),
+                "rejoin": encode_hist(&self.m.rejoin),
             },
+            "storm": self.storm_json(),
+            "lifecycle_cpu": self.x.lifecycle_cpu.map(|l| {
+                let us = self.lifecycle_us().unwrap_or_default();
+                json!({"secs": l, "us_per_connection": {
+                    "gateway_user": us[0], "gateway_system": us[1],
+                    "client_user": us[2], "client_system": us[3],
+                }})
+            }),
             "timeline": timeline,
             "presence": self.presence_json(),
         })

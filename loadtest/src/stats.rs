@@ -99,6 +99,15 @@ counters!(
     // Sum of PUBLISH replies (Redis subscribers reached): Redis messages per
     // broadcast is this over `published`.
     redis_receivers,
+    // reconnect-storm: clients joined before the storm, connections lost,
+    // clients joined again, attempts refused once the gateway listened
+    // (ECONNREFUSED or an HTTP error status), and attempts that failed while
+    // it did not listen yet (what the backoff is for).
+    storm_ready,
+    drops,
+    rejoined,
+    refused,
+    attempts_down,
 );
 
 /// Counters and histograms shared by the tasks of one process.
@@ -112,6 +121,10 @@ pub struct Stats {
     pub interval: Mutex<Histogram<u64>>,
     /// When the last message was received (ns since the Unix epoch).
     pub last_delivery_ns: AtomicU64,
+    /// reconnect-storm: from losing a connection to having joined again.
+    pub rejoin: Mutex<Histogram<u64>>,
+    /// When the last client joined again (ns since the Unix epoch).
+    pub last_rejoin_ns: AtomicU64,
 }
 
 impl Default for Stats {
@@ -123,6 +136,8 @@ impl Default for Stats {
             join: Mutex::new(new_hist()),
             interval: Mutex::new(new_hist()),
             last_delivery_ns: AtomicU64::new(0),
+            rejoin: Mutex::new(new_hist()),
+            last_rejoin_ns: AtomicU64::new(0),
         }
     }
 }
@@ -139,6 +154,13 @@ impl Stats {
         self.live.joins_ok.fetch_add(1, Relaxed);
         record(&mut self.join.lock(), us);
         record(&mut self.interval.lock(), us);
+    }
+
+    /// A client that lost its connection `us` ago has joined again.
+    pub fn rejoined(&self, now_ns: u64, us: u64) {
+        self.live.rejoined.fetch_add(1, Relaxed);
+        self.last_rejoin_ns.fetch_max(now_ns, Relaxed);
+        record(&mut self.rejoin.lock(), us);
     }
 }
 
@@ -182,6 +204,11 @@ pub struct WorkerResult {
     /// The presence-join scenario's (absent in the others).
     #[serde(default)]
     pub presence: Option<PresenceResult>,
+    /// reconnect-storm only (empty histogram, 0 otherwise).
+    #[serde(default)]
+    pub rejoin: String,
+    #[serde(default)]
+    pub last_rejoin_ns: u64,
 }
 
 /// [`PresenceResult`]s merged over workers.
@@ -207,6 +234,8 @@ pub struct Merged {
     pub timeline: Vec<(u64, u64, Histogram<u64>)>,
     pub last_delivery_ns: u64,
     pub presence: Option<MergedPresence>,
+    pub rejoin: Histogram<u64>,
+    pub last_rejoin_ns: u64,
 }
 
 pub fn merge(results: &[WorkerResult]) -> anyhow::Result<Merged> {
@@ -218,6 +247,8 @@ pub fn merge(results: &[WorkerResult]) -> anyhow::Result<Merged> {
         timeline: Vec::new(),
         last_delivery_ns: 0,
         presence: None,
+        rejoin: new_hist(),
+        last_rejoin_ns: 0,
     };
     let mut ticks: BTreeMap<u64, (u64, Histogram<u64>)> = BTreeMap::new();
     let add = |a: &mut Histogram<u64>, s: &str| -> anyhow::Result<()> {
@@ -247,6 +278,10 @@ pub fn merge(results: &[WorkerResult]) -> anyhow::Result<Merged> {
             add(&mut mp.join, &p.join)?;
             add(&mut mp.state, &p.state)?;
         }
+        if !r.rejoin.is_empty() {
+            add(&mut m.rejoin, &r.rejoin)?;
+        }
+        m.last_rejoin_ns = m.last_rejoin_ns.max(r.last_rejoin_ns);
         for t in &r.timeline {
             let e = ticks.entry(t.unix_sec).or_insert_with(|| (0, new_hist()));
             e.0 += t.ops;
@@ -284,6 +319,8 @@ mod tests {
             }],
             last_delivery_ns: h.max(),
             presence: None,
+            rejoin: String::new(),
+            last_rejoin_ns: 0,
         };
         let m = merge(&[r(&a), r(&b)]).unwrap();
         assert_eq!(m.counters.deliveries, 2000);

@@ -12,6 +12,7 @@ use crate::conn::{self, Phase, Spec};
 use crate::longpoll;
 use crate::presence_join::{self, Role};
 use crate::stats::{self, encode_hist, new_hist, Counters, Stats, Tick, WorkerResult};
+use crate::storm;
 use crate::target;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering::Relaxed;
@@ -26,6 +27,8 @@ pub(crate) enum Control {
     Go,
     Halt,
     Stop,
+    /// reconnect-storm: the gateway listens again.
+    Up,
 }
 
 impl Control {
@@ -35,6 +38,7 @@ impl Control {
             Control::Go => "go\n",
             Control::Halt => "halt\n",
             Control::Stop => "stop\n",
+            Control::Up => "up\n",
         }
     }
 
@@ -44,6 +48,7 @@ impl Control {
         match line.trim() {
             "go" => Control::Go,
             "halt" => Control::Halt,
+            "up" => Control::Up,
             _ => Control::Stop,
         }
     }
@@ -74,6 +79,17 @@ pub(crate) async fn worker(
     let mine: Vec<u64> = (index..n).step_by(count as usize).collect();
     let rate = (rate / count as f64).max(0.001);
     let (phase_tx, phase_rx) = watch::channel(Phase::Setup);
+    let (up_tx, up_rx) = watch::channel(false);
+    let storm_drops = match &cli.scenario {
+        Scenario::ReconnectStorm(a) => {
+            anyhow::ensure!(
+                cli.transport == TransportKind::Websocket,
+                "reconnect-storm runs over WebSocket only"
+            );
+            Some(a.restart_cmd.is_none())
+        }
+        _ => None,
+    };
 
     // Progress and timeline, once a second.
     let timeline = Arc::new(parking_lot::Mutex::new(Vec::<Tick>::new()));
@@ -149,9 +165,12 @@ pub(crate) async fn worker(
             tasks.spawn(presence_join::run(t, st, sh, g, cli.topic(0), role, ph));
             continue;
         }
-        match cli.transport {
-            TransportKind::Websocket => tasks.spawn(conn::run(t, st, spec, ph)),
-            TransportKind::Longpoll => tasks.spawn(longpoll::run(t, st, spec, ph)),
+        match (storm_drops, cli.transport) {
+            (Some(drop_on_go), _) => {
+                tasks.spawn(storm::run(t, st, spec, ph, up_rx.clone(), drop_on_go))
+            }
+            (None, TransportKind::Websocket) => tasks.spawn(conn::run(t, st, spec, ph)),
+            (None, TransportKind::Longpoll) => tasks.spawn(longpoll::run(t, st, spec, ph)),
         };
     }
     let spawned: u64 = settling;
@@ -160,6 +179,8 @@ pub(crate) async fn worker(
     while stats.live.settled.load(Relaxed) < spawned && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The counters as of ready, so the parent knows them before it goes on.
+    let _ = out.send(Out::Progress(stats.live.snapshot()));
     let _ = out.send(Out::Ready);
     while let Some(c) = ctrl.recv().await {
         match c {
@@ -169,6 +190,9 @@ pub(crate) async fn worker(
             }
             Control::Halt => {
                 let _ = phase_tx.send(Phase::Halt);
+            }
+            Control::Up => {
+                let _ = up_tx.send(true);
             }
             Control::Stop => break,
         }
@@ -198,6 +222,8 @@ pub(crate) async fn worker(
         timeline: tl,
         last_delivery_ns: stats.last_delivery_ns.load(Relaxed),
         presence: presence.map(|_| shared.result()),
+        rejoin: encode_hist(&stats.rejoin.lock()),
+        last_rejoin_ns: stats.last_rejoin_ns.load(Relaxed),
     };
     let _ = out.send(Out::Result(Box::new(result)));
     Ok(())
@@ -235,7 +261,7 @@ mod tests {
 
     #[test]
     fn control_lines_round_trip_and_unknown_lines_stop() {
-        for c in [Control::Go, Control::Halt, Control::Stop] {
+        for c in [Control::Go, Control::Halt, Control::Stop, Control::Up] {
             assert_eq!(Control::parse(c.line()), c);
         }
         assert_eq!(Control::parse("  go \r"), Control::Go);

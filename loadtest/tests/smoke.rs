@@ -214,3 +214,125 @@ async fn scenarios_run_over_longpoll() {
     assert!(v["counters"]["pushes_ok"].as_u64().unwrap() > 0, "{v}");
     assert_eq!(v["counters"]["disconnects"], 0, "{v}");
 }
+
+/// `reconnect-storm` without a restart command: the clients drop their
+/// connections at once and all rejoin the same gateway; `connect` reports
+/// the CPU of whole lifecycles.
+#[tokio::test]
+async fn clients_that_drop_at_once_all_rejoin() {
+    let env = Env::start().await;
+    let pid = env.gateway.pid().to_string();
+    let v = env
+        .run(
+            "storm-drop",
+            &["reconnect-storm", "-n", "40", "--gateway-pid", &pid],
+        )
+        .await;
+    let s = &v["storm"];
+    assert_eq!(s["outcome"]["mode"], "client-drop", "{v}");
+    assert_eq!(s["outcome"]["clients"], 40, "{v}");
+    assert_eq!(s["rejoined"], 40, "{v}");
+    assert_eq!(s["refused"], 0, "{v}");
+    assert!(s["all_rejoined_after_secs"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(s["outcome"]["tcp"]["ListenOverflows"].is_u64(), "{v}");
+    assert_eq!(v["latency"]["rejoin"]["count"], 40, "{v}");
+
+    let v = env
+        .run(
+            "connect-cpu",
+            &["connect", "-n", "30", "--gateway-pid", &pid],
+        )
+        .await;
+    let cpu = &v["lifecycle_cpu"]["us_per_connection"];
+    assert!(cpu["gateway_system"].as_f64().unwrap() >= 0.0, "{v}");
+    assert!(cpu["client_user"].as_f64().is_some(), "{v}");
+}
+
+/// Kills the gateway whose pid the file holds when the test ends.
+struct KillOnDrop(std::path::PathBuf);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.0) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", pid.trim()])
+                .status();
+        }
+    }
+}
+
+/// `reconnect-storm` ending the gateway with SIGKILL and starting it again
+/// with `--restart-cmd`: every client rejoins the new process.
+#[tokio::test]
+async fn clients_rejoin_a_killed_and_restarted_gateway() {
+    let redis = RedisServer::start().await;
+    let dir = TempDir::new("loadtest-storm");
+    let port = test_support::free_port();
+    let config = dir.path("gateway.toml");
+    let example = std::fs::read_to_string(repo_path("config/example.toml")).unwrap();
+    let redis_section = format!(
+        "\n[redis]\nurl = \"{}\"\nprefix = \"{}\"\n",
+        redis.url(),
+        prefix("storm")
+    );
+    std::fs::write(&config, example + &redis_section).unwrap();
+    let pidfile = dir.path("gateway.pid");
+    let _guard = KillOnDrop(pidfile.clone());
+    let unset: String = gateway::config::ENV_VARS
+        .iter()
+        .map(|(name, _)| format!("-u {name} "))
+        .collect();
+    let start = format!(
+        "env {unset}PORT={port} GATEWAY_LOG=warn {} --config {} >>{} 2>&1 </dev/null & echo $! | tee {}",
+        built_binary("gateway", "gateway").display(),
+        config.display(),
+        dir.path("gateway.log").display(),
+        pidfile.display(),
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &start])
+        .output()
+        .unwrap();
+    let pid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let url = format!("ws://127.0.0.1:{port}/socket/websocket?vsn=2.0.0");
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(&addr).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gateway did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let json = dir.path("storm.json");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["reconnect-storm", "-n", "40", "--gateway-pid", &pid])
+        .args(["--url", &url, "--restart-cmd", &start, "--json"])
+        .arg(&json)
+        // A join that reaches the new process before its Redis subscriber
+        // connection is up is refused ("try again") and retried after 1 s,
+        // as phoenix.js does; counted as an error, not a failure here.
+        .args(["--max-error-rate", "100"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let s = &v["storm"];
+    assert_eq!(s["outcome"]["mode"], "restart", "{v}");
+    assert_eq!(s["outcome"]["signal"], "KILL", "{v}");
+    assert_eq!(s["rejoined"], 40, "{v}");
+    assert_eq!(s["refused"], 0, "{v}");
+    let new_pid = s["outcome"]["new_gateway_pid"].as_u64().unwrap();
+    assert_ne!(new_pid.to_string(), pid, "{v}");
+    assert!(
+        s["gateway_us_per_rejoin"]["system"].as_f64().is_some(),
+        "{v}"
+    );
+}

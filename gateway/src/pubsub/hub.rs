@@ -20,14 +20,25 @@ use indexmap::IndexMap;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 const SHARDS: usize = 64;
 
-type Shard = Mutex<HashMap<Arc<str>, IndexMap<SubId, Subscriber>>>;
+type Shard = Mutex<HashMap<Arc<str>, Topic>>;
+
+/// A topic's local subscribers, and the broker subscriptions they hold.
+#[derive(Debug)]
+struct Topic {
+    subs: IndexMap<SubId, Subscriber, BuildIdHasher>,
+    /// Broker subscriptions confirmed for the topic, released together when
+    /// its last local subscriber leaves (whoever made them): while there is
+    /// one, the broker delivers the topic here, so a new subscriber needs
+    /// no broker round trip of its own.
+    brokered: usize,
+}
 
 /// A broadcast to every subscriber of a topic.
 #[derive(Clone, Debug)]
@@ -81,6 +92,42 @@ pub(crate) struct Subscriber {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct SubId(u64);
 
+/// Hashes [`SubId`]s with one multiplication. They come from a counter, not
+/// from clients, so nobody can aim them at one bucket; SipHash cost more
+/// than the rest of a join's or a leave's work on a topic's subscribers.
+#[derive(Clone, Copy, Debug, Default)]
+struct BuildIdHasher;
+
+impl BuildHasher for BuildIdHasher {
+    type Hasher = IdHasher;
+
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+#[derive(Debug)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used by SubId; anything else still hashes.
+        for &b in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing: spreads consecutive ids over the high bits
+        // hashbrown uses for its control bytes, and the low ones.
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// The topic → subscribers registry of one node.
 #[derive(Debug)]
 pub struct Hub {
@@ -108,31 +155,51 @@ impl Hub {
         &self.shards[i]
     }
 
-    pub(crate) fn subscribe(&self, topic: &str, sub: Subscriber) -> SubId {
+    /// Adds a local subscriber; also says whether the topic already holds
+    /// a confirmed broker subscription.
+    pub(crate) fn subscribe(&self, topic: &str, sub: Subscriber) -> (SubId, bool) {
         let id = SubId(self.next.fetch_add(1, Ordering::Relaxed));
         let mut shard = self.shard(topic).lock();
         match shard.get_mut(topic) {
-            Some(subs) => {
-                subs.insert(id, sub);
+            Some(t) => {
+                t.subs.insert(id, sub);
+                (id, t.brokered > 0)
             }
             None => {
-                shard.insert(Arc::from(topic), IndexMap::from([(id, sub)]));
+                let mut subs = IndexMap::with_hasher(BuildIdHasher);
+                subs.insert(id, sub);
+                shard.insert(Arc::from(topic), Topic { subs, brokered: 0 });
+                (id, false)
             }
         }
-        id
     }
 
-    pub(crate) fn unsubscribe(&self, topic: &str, id: SubId) {
-        let mut shard = self.shard(topic).lock();
-        if let Some(subs) = shard.get_mut(topic) {
-            subs.swap_remove(&id);
-            if subs.is_empty() {
-                shard.remove(topic);
-                if let Some(tap) = self.tap.get() {
-                    tap.vacated(topic);
-                }
-            }
+    /// Records a broker subscription confirmed for `topic`, which one of its
+    /// local subscribers (still there) asked for.
+    pub(crate) fn brokered(&self, topic: &str) {
+        if let Some(t) = self.shard(topic).lock().get_mut(topic) {
+            t.brokered += 1;
         }
+    }
+
+    /// Removes a local subscriber; returns the broker subscriptions to
+    /// release, which the topic holds until its last subscriber leaves. A
+    /// topic left without subscribers is told to presence's tap.
+    pub(crate) fn unsubscribe(&self, topic: &str, id: SubId) -> usize {
+        let mut shard = self.shard(topic).lock();
+        let Some(t) = shard.get_mut(topic) else {
+            return 0;
+        };
+        t.subs.swap_remove(&id);
+        if !t.subs.is_empty() {
+            return 0;
+        }
+        let brokered = t.brokered;
+        shard.remove(topic);
+        if let Some(tap) = self.tap.get() {
+            tap.vacated(topic);
+        }
+        brokered
     }
 
     /// Registers presence's tap; the first one stays.
@@ -147,7 +214,10 @@ impl Hub {
 
     /// Number of local subscribers of `topic`.
     pub fn subscribers(&self, topic: &str) -> usize {
-        self.shard(topic).lock().get(topic).map_or(0, IndexMap::len)
+        self.shard(topic)
+            .lock()
+            .get(topic)
+            .map_or(0, |t| t.subs.len())
     }
 
     /// Number of topics with at least one local subscriber.
@@ -195,10 +265,10 @@ impl Hub {
         let mut frames: [Option<Frame>; 2] = [None, None];
         let mut delivered = 0;
         let shard = self.shard(&msg.topic).lock();
-        let Some(subs) = shard.get(msg.topic.as_str()) else {
+        let Some(topic) = shard.get(msg.topic.as_str()) else {
             return 0;
         };
-        for sub in subs.values() {
+        for sub in topic.subs.values() {
             if msg.from == Some(sub.conn.id()) {
                 continue;
             }
@@ -297,10 +367,29 @@ mod tests {
     fn unsubscribe_removes_empty_topics() {
         let hub = Hub::default();
         let c = ConnHandle::new(Vsn::V1, BUDGET);
-        let id = hub.subscribe("t", fastlane(&c));
+        let (id, brokered) = hub.subscribe("t", fastlane(&c));
+        assert!(!brokered);
         assert_eq!(hub.topics(), 1);
-        hub.unsubscribe("t", id);
+        assert_eq!(hub.unsubscribe("t", id), 0);
         assert_eq!(hub.topics(), 0);
         assert_eq!(hub.subscribers("t"), 0);
+    }
+
+    #[test]
+    fn a_topic_holds_its_broker_subscriptions_until_its_last_subscriber_leaves() {
+        let hub = Hub::default();
+        let c = ConnHandle::new(Vsn::V2, BUDGET);
+        let (a, brokered) = hub.subscribe("t", fastlane(&c));
+        assert!(!brokered, "the first subscriber asks the broker");
+        hub.brokered("t");
+        let (b, brokered) = hub.subscribe("t", fastlane(&c));
+        assert!(brokered, "later ones ride on its subscription");
+        // The first leaves: the subscription stays for the second.
+        assert_eq!(hub.unsubscribe("t", a), 0);
+        let (c2, brokered) = hub.subscribe("t", fastlane(&c));
+        assert!(brokered);
+        assert_eq!(hub.unsubscribe("t", b), 0);
+        assert_eq!(hub.unsubscribe("t", c2), 1, "the last releases it");
+        assert!(!hub.subscribe("t", fastlane(&c)).1);
     }
 }

@@ -71,14 +71,18 @@ pub const DEFAULT_MAX_PUBLISH: usize = 1 << 20;
 #[async_trait]
 pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// Ensures broadcasts to `topic` from anywhere reach this node's hub.
-    /// Called once per local subscriber; resolves when delivery is in effect,
-    /// so a message published after it returns is not missed.
+    /// Called for a topic's first local subscriber, and for later ones while
+    /// none of its subscriptions is confirmed yet or [`Broker::status`] says
+    /// the broker is disconnected; each successful call is matched by one
+    /// [`Broker::unsubscribe`] once the topic's last local subscriber
+    /// leaves. Resolves when delivery is in effect, so a message published
+    /// after it returns is not missed.
     ///
     /// # Errors
     /// When the broker cannot confirm the subscription.
     async fn subscribe(&self, topic: &str) -> Result<(), BrokerError>;
 
-    /// Releases one local subscriber's interest in `topic`.
+    /// Releases one successful [`Broker::subscribe`] of `topic`.
     fn unsubscribe(&self, topic: &str);
 
     /// Publishes to every node with subscribers of the topic.
@@ -271,22 +275,30 @@ impl PubSub {
 
     /// Registers a local subscriber and waits until the broker delivers the
     /// topic. The subscription ends when the returned guard is dropped.
+    ///
+    /// A topic with a confirmed broker subscription already delivers here:
+    /// while the broker reports itself connected, a new subscriber of it is
+    /// in effect at once, without a broker round trip (with Redis, a
+    /// command to the subscriber task and its answer: most of a join's cost
+    /// in a reconnect storm, where thousands of clients join a few topics).
     pub(crate) async fn subscribe(
         &self,
         topic: &Arc<str>,
         sub: Subscriber,
     ) -> Result<Subscription, BrokerError> {
-        let id = self.hub.subscribe(topic, sub);
-        let mut guard = Subscription {
+        let (id, brokered) = self.hub.subscribe(topic, sub);
+        let guard = Subscription {
             pubsub: self.clone(),
             topic: topic.clone(),
             id,
-            brokered: false,
         };
+        if brokered && self.broker.status().is_none_or(|s| s.connected) {
+            return Ok(guard);
+        }
         // If this future is dropped or the broker refuses, the guard removes
-        // the hub entry but releases no broker reference it never got.
+        // the hub entry; the topic releases only what the broker confirmed.
         self.broker.subscribe(topic).await?;
-        guard.brokered = true;
+        self.hub.brokered(topic);
         Ok(guard)
     }
 }
@@ -298,14 +310,13 @@ pub(crate) struct Subscription {
     /// Shared with the channel that holds the subscription.
     topic: Arc<str>,
     id: SubId,
-    /// The broker confirmed this subscriber's interest.
-    brokered: bool,
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.pubsub.hub.unsubscribe(&self.topic, self.id);
-        if self.brokered {
+        // The topic's broker subscriptions go with its last subscriber.
+        let release = self.pubsub.hub.unsubscribe(&self.topic, self.id);
+        for _ in 0..release {
             self.pubsub.broker.unsubscribe(&self.topic);
         }
     }

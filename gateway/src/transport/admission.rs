@@ -16,7 +16,9 @@ use crate::metrics::{metrics, Limit};
 use crate::protocol::{Transport, UnsupportedVsn, Vsn};
 use crate::socket::{ConnectError, ConnectInfo, Params, Socket};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Per-pod limits past which new connections are refused and `/readyz`
@@ -87,6 +89,8 @@ pub(crate) struct Admission {
     /// `max_connections` (a client that never polls is not a user), and
     /// ended soon.
     unpolled: Slots,
+    /// The last reading of this process's resident memory.
+    resident: Resident,
 }
 
 impl Default for Admission {
@@ -104,6 +108,7 @@ impl Admission {
             drain: Drain::default(),
             connections: Slots::default(),
             unpolled: Slots::default(),
+            resident: Resident::default(),
         }
     }
 
@@ -213,7 +218,7 @@ impl Admission {
             }
         }
         if let Some(max) = self.limits.max_memory {
-            let rss = resident_memory()?;
+            let rss = self.resident.bytes()?;
             if rss > max {
                 let why = format!("over memory threshold ({rss} of {max} bytes)");
                 return Some((Limit::MaxMemory, why));
@@ -223,10 +228,69 @@ impl Admission {
     }
 }
 
+/// How long a reading of the resident memory stands for. Reading it costs
+/// ~20 µs, mostly in the kernel, which every handshake paid (a fifth of a
+/// connection's CPU); in this time a connect storm adds a few MB at most.
+const RESIDENT_FRESH_MS: u64 = 50;
+
+/// This process's resident memory, read again when the last reading is
+/// older than [`RESIDENT_FRESH_MS`].
+#[derive(Debug)]
+struct Resident {
+    epoch: Instant,
+    /// Milliseconds from `epoch` to the last reading; `u64::MAX`: none yet.
+    read_at: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Default for Resident {
+    fn default() -> Self {
+        Resident {
+            epoch: Instant::now(),
+            read_at: AtomicU64::new(u64::MAX),
+            bytes: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Resident {
+    /// VmRSS in bytes, where the OS tells it.
+    fn bytes(&self) -> Option<u64> {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        let at = self.read_at.load(Ordering::Acquire);
+        if at != u64::MAX && now.saturating_sub(at) < RESIDENT_FRESH_MS {
+            return Some(self.bytes.load(Ordering::Relaxed));
+        }
+        let rss = resident_memory()?;
+        self.bytes.store(rss, Ordering::Relaxed);
+        self.read_at.store(now, Ordering::Release);
+        Some(rss)
+    }
+}
+
 /// This process's resident memory in bytes (VmRSS), where the OS tells it.
 fn resident_memory() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resident_memory_is_read_again_only_when_stale() {
+        let r = Resident::default();
+        let Some(first) = r.bytes() else {
+            return; // not Linux
+        };
+        assert!(first > 0);
+        // Within the freshness window the reading is reused as it is.
+        r.bytes.store(1, Ordering::Relaxed);
+        assert_eq!(r.bytes(), Some(1));
+        std::thread::sleep(std::time::Duration::from_millis(RESIDENT_FRESH_MS + 10));
+        assert!(r.bytes().unwrap() > 1, "read again");
+    }
 }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TrackedFuture;
 use tokio_util::task::TaskTracker;
 
 /// When each connection closes during a drain, and which connections are
@@ -61,6 +62,12 @@ impl Drain {
         F: std::future::Future<Output = ()> + Send + 'static,
     {
         self.0.connections.spawn(task);
+    }
+
+    /// A connection's future, counted until it ends: a connection run in
+    /// the task that accepted it.
+    pub(crate) fn track<F: std::future::Future>(&self, task: F) -> TrackedFuture<F> {
+        self.0.connections.track_future(task)
     }
 
     /// Resolves once every counted connection task has ended. Only meaningful

@@ -11,12 +11,15 @@
 //! - `longpoll`: `{path}/longpoll`, its sessions and their relay between pods.
 //! - `response`: the HTTP answers both give.
 //! - `http`: plain HTTP connections: timeouts, their count, reading bodies.
+//! - `head`: a new connection's first request head, read before hyper so a
+//!   WebSocket handshake skips it.
 
 pub(crate) mod admission;
 pub(crate) mod drain;
 mod frame_reader;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzzing;
+pub(crate) mod head;
 pub(crate) mod http;
 pub(crate) mod longpoll;
 pub(crate) mod response;

@@ -8,6 +8,7 @@
 use super::admission::{Admission, Admitted, Refused, Slot};
 use super::drain::Drain;
 use super::frame_reader::{FrameReader, Incoming as Read, Plain, ReadError, Readable, TcpIn};
+use super::head::{self, Prefixed};
 use super::response::{text, too_many, Body};
 use super::source::SourcePermit;
 use super::{decode, Data};
@@ -17,16 +18,22 @@ use crate::protocol::Transport;
 use crate::socket::connection::Connection;
 use crate::socket::{ConnectInfo, Params, Socket};
 use base64::Engine;
+use bytes::Bytes;
+use futures_util::future::Either;
+use futures_util::FutureExt as _;
 use hyper::body::Incoming;
 use hyper::header::{
     HeaderValue, HOST, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION,
 };
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -95,6 +102,182 @@ pub(crate) async fn handshake(
             .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("phoenix"));
     }
     resp
+}
+
+/// What [`direct`] leaves to hyper: the connection with every byte read from
+/// it in front, the answer to its first request when admission gave one, and
+/// the caller's hold on its HTTP connection slot.
+#[derive(Debug)]
+pub(crate) struct Declined<H> {
+    pub(crate) io: Prefixed,
+    pub(crate) first: Option<Response<Body>>,
+    pub(crate) held: H,
+}
+
+/// [`handshake`] for a handshake read off the socket by
+/// [`head`](super::head) rather than through hyper: `bytes` holds the head
+/// (`req`, parsed from its first `head_len` bytes) and what followed it.
+/// Returns the upgraded connection for the caller to run in its own task,
+/// having released `held` (the HTTP connection's slot) at the upgrade as
+/// hyper did; `Err(None)` when the client went away during the upgrade.
+///
+/// Every request this would answer otherwise than 101 is left to hyper,
+/// which answers it as before: the checks of a handshake failing, or (with
+/// the answer given in `first`, as admission counts once) admission refusing.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn direct<H>(
+    admission: &Admission,
+    services: &Arc<Services>,
+    socket: Arc<Socket>,
+    peer: SocketAddr,
+    req: Request<()>,
+    mut stream: TcpStream,
+    bytes: Bytes,
+    head_len: usize,
+    held: H,
+) -> Result<Upgraded, Option<Declined<H>>> {
+    let decline = |stream, bytes, first, held| {
+        Some(Declined {
+            io: Prefixed {
+                prefix: bytes,
+                stream,
+            },
+            first,
+            held,
+        })
+    };
+    if check_handshake(&req).is_err() {
+        return Err(decline(stream, bytes, None, held));
+    }
+    let Ok((phoenix_offered, auth_token)) = subprotocols(&req) else {
+        return Err(decline(stream, bytes, None, held));
+    };
+    let (parts, ()) = req.into_parts();
+    let params = Params::from_query(parts.uri.query().unwrap_or(""));
+    // The request's own headers and URI, not clones: nothing else needs them.
+    let info = ConnectInfo {
+        peer: Some(peer),
+        uri: parts.uri,
+        headers: parts.headers,
+        auth_token,
+        transport: Transport::WebSocket,
+    };
+    let origin = info
+        .headers
+        .get(hyper::header::ORIGIN)
+        .and_then(|o| o.to_str().ok());
+    let admitted = match admission.admit(&socket, &params, origin, &info).await {
+        Ok(admitted) => admitted,
+        Err(refused) => return Err(decline(stream, bytes, Some(refusal(refused)), held)),
+    };
+    // Slot against max_connections from here until the task ends.
+    let counted = admission.connections().hold();
+    // check_handshake found exactly one key.
+    let key = info
+        .headers
+        .get(SEC_WEBSOCKET_KEY)
+        .map(HeaderValue::as_bytes);
+    let response = switching_protocols(key.unwrap_or_default(), phoenix_offered);
+    // What the client sent after its handshake, copied so the head's buffer
+    // is not held for the connection's life.
+    let rest = Bytes::copy_from_slice(bytes.get(head_len..).unwrap_or_default());
+    drop((info, params, bytes));
+    if let Err(e) = stream.write_all(&response).await {
+        tracing::debug!(%peer, error = %e, "websocket upgrade failed");
+        return Err(None);
+    }
+    drop(held);
+    Ok(Upgraded {
+        stream,
+        rest,
+        open: Open {
+            drain: admission.drain().clone(),
+            services: services.clone(),
+            socket,
+            admitted,
+            _counted: counted,
+        },
+    })
+}
+
+/// Opening a directly upgraded connection, boxed apart from its life.
+type Opening = Pin<Box<dyn Future<Output = Option<Live<TcpIn, OwnedWriteHalf>>> + Send>>;
+
+/// A connection [`direct`] upgraded, to run in the caller's task.
+pub(crate) struct Upgraded {
+    stream: TcpStream,
+    rest: Bytes,
+    open: Open,
+}
+
+impl std::fmt::Debug for Upgraded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upgraded")
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upgraded {
+    /// The connection, to run until it ends, counted by the drain as the
+    /// connection tasks it spawns are. Not an `async fn`: that would keep
+    /// `self` beside the connection's own state for its whole life.
+    pub(crate) fn run(self) -> impl std::future::Future<Output = ()> + Send {
+        let Upgraded { stream, rest, open } = self;
+        let drain = open.drain.clone();
+        let (r, w) = stream.into_split();
+        // Boxed, and gone once the connection is open: only `serve`'s state
+        // stays in the task for the connection's life.
+        let opening: Opening = Box::pin(open_live(TcpIn::new(rest, r), w, open));
+        drain.track(opening.then(|live| match live {
+            Some(live) => Either::Left(serve(live)),
+            None => Either::Right(std::future::ready(())),
+        }))
+    }
+}
+
+/// The 101 answer to a handshake with `key`, byte for byte as hyper wrote
+/// it for [`handshake`]'s response (header order and case, `date`).
+fn switching_protocols(key: &[u8], phoenix_offered: bool) -> Vec<u8> {
+    let mut response = Vec::with_capacity(192);
+    response.extend_from_slice(
+        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+        sec-websocket-accept: ",
+    );
+    response.extend_from_slice(&accept_key(key));
+    if phoenix_offered {
+        // As in `handshake`: clients that offered subprotocols need one back.
+        response.extend_from_slice(b"\r\nsec-websocket-protocol: phoenix");
+    }
+    response.extend_from_slice(b"\r\ndate: ");
+    head::with_date(|date| response.extend_from_slice(date.as_bytes()));
+    response.extend_from_slice(b"\r\n\r\n");
+    response
+}
+
+/// What [`direct`] computes before admission, for the benchmark
+/// (`server::bench_handshake`): the head parsed, the handshake checked,
+/// the params read and the 101 written; `None` where hyper would answer.
+pub(crate) fn bench_handshake(bytes: &Bytes) -> Option<Vec<u8>> {
+    let (req, _) = head::get_request(bytes)?;
+    check_handshake(&req).ok()?;
+    let (phoenix_offered, _token) = subprotocols(&req).ok()?;
+    let params = Params::from_query(req.uri().query().unwrap_or(""));
+    std::hint::black_box(&params);
+    let key = req.headers().get(SEC_WEBSOCKET_KEY)?;
+    Some(switching_protocols(key.as_bytes(), phoenix_offered))
+}
+
+/// `Sec-WebSocket-Accept` for a key (RFC 6455 §4.2.2, item 5.4).
+fn accept_key(key: &[u8]) -> [u8; 28] {
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let mut sha1 = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    sha1.update(key);
+    sha1.update(GUID);
+    let mut out = [0u8; 28];
+    // 20 bytes always encode to 28.
+    let _ = base64::engine::general_purpose::STANDARD.encode_slice(sha1.finish(), &mut out);
+    out
 }
 
 /// Why a request is not an opening handshake as RFC 6455 §4.2.1 describes.
@@ -180,7 +363,7 @@ struct Open {
 
 /// Reads `Sec-WebSocket-Protocol`: whether `phoenix` was offered, and the
 /// token phoenix.js 1.8 passes as `base64url.bearer.phx.<base64>`.
-fn subprotocols(req: &Request<Incoming>) -> Result<(bool, Option<String>), &'static str> {
+fn subprotocols<B>(req: &Request<B>) -> Result<(bool, Option<String>), &'static str> {
     let mut phoenix = false;
     let mut token = None;
     for value in req.headers().get_all(SEC_WEBSOCKET_PROTOCOL) {
@@ -211,16 +394,28 @@ fn decode_auth_token(encoded: &str) -> Option<String> {
 }
 
 async fn run(io: TokioIo<hyper::upgrade::Upgraded>, open: Open) {
-    // Owned TCP halves avoid a lock per read and write; anything hyper read
-    // past the handshake is replayed in front of the stream.
-    match io.into_inner().downcast::<TokioIo<TcpStream>>() {
+    // Owned TCP halves avoid a lock per read and write; anything read past
+    // the handshake is replayed in front of the stream. The server hands
+    // hyper a `Prefixed` stream (what it read looking for a handshake).
+    let upgraded = match io.into_inner().downcast::<TokioIo<Prefixed>>() {
         Ok(parts) => {
-            let (r, w) = parts.io.into_inner().into_split();
+            let Prefixed { prefix, stream } = parts.io.into_inner();
+            let mut rest = Vec::with_capacity(prefix.len() + parts.read_buf.len());
+            rest.extend_from_slice(&prefix);
+            rest.extend_from_slice(&parts.read_buf);
+            let (r, w) = stream.into_split();
+            return start(TcpIn::new(Bytes::from(rest), r), w, open).await;
+        }
+        Err(upgraded) => upgraded,
+    };
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
             // `read_buf` is a view into hyper's read buffer; holding it kept
             // that buffer alive for the life of the connection (1.2 kB per idle
             // connection measured), so keep a copy of what is left (usually nothing).
-            let rest = bytes::Bytes::copy_from_slice(&parts.read_buf);
+            let rest = Bytes::copy_from_slice(&parts.read_buf);
             drop(parts.read_buf);
+            let (r, w) = parts.io.into_inner().into_split();
             start(TcpIn::new(rest, r), w, open).await
         }
         Err(upgraded) => {
@@ -230,8 +425,22 @@ async fn run(io: TokioIo<hyper::upgrade::Upgraded>, open: Open) {
     }
 }
 
-/// Opens the connection (its socket-id subscription) and spawns its task.
-async fn start<R, W>(r: R, mut w: W, open: Open)
+/// Opens the connection and spawns its task (after hyper's upgrade, whose
+/// task holds hyper's state).
+async fn start<R, W>(r: R, w: W, open: Open)
+where
+    R: Readable + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let drain = open.drain.clone();
+    if let Some(live) = open_live(r, w, open).await {
+        drain.spawn(serve(live));
+    }
+}
+
+/// Opens the connection (its socket-id subscription): what its task will
+/// own, or `None` when it could not open (the client was told).
+async fn open_live<R, W>(r: R, mut w: W, open: Open) -> Option<Live<R, W>>
 where
     R: Readable + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -266,19 +475,18 @@ where
             tracing::warn!(error = %e, "closing connection: socket id subscription failed");
             conn.close(Disconnect::ServerShutdown);
             writer::run(&mut w, &conn).await;
-            return;
+            return None;
         }
     };
-    let live = Live {
+    Some(Live {
         reader: FrameReader::new(r, config.max_frame_size),
         connection: Some(connection),
         w,
         conn,
         idle: config.idle_timeout,
-        drain: drain.clone(),
+        drain,
         _held: (_counted, permit),
-    };
-    drain.spawn(serve(live));
+    })
 }
 
 /// What an open connection's task owns, in one place: its future holds it
@@ -469,6 +677,13 @@ mod tests {
             r.headers_mut().append("sec-websocket-key", k);
         });
         assert_eq!(two, bad);
+    }
+
+    #[test]
+    fn accept_key_is_rfc_6455s() {
+        // RFC 6455 §1.3's example.
+        let accept = super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(&accept, b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     #[test]
