@@ -510,19 +510,7 @@ pub(crate) async fn commandstats(url: &str) -> anyhow::Result<HashMap<String, i6
         .arg("commandstats")
         .query_async(&mut c)
         .await?;
-    Ok(text
-        .lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), calls))
-        })
-        .collect())
+    Ok(pubsub_redis::info::commandstats(&text))
 }
 
 /// Calls per command between two `INFO commandstats` (without `info`).

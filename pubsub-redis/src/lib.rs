@@ -20,6 +20,7 @@
 
 mod connection;
 pub mod envelope;
+pub mod info;
 pub mod presence;
 mod subscriber;
 

@@ -256,18 +256,7 @@ impl RedisConn {
     /// Redis (the difference of two calls; `info` counts itself).
     pub async fn commandstats(&mut self) -> std::collections::HashMap<String, i64> {
         let text: String = self.cmd(&["INFO", "commandstats"]).await;
-        text.lines()
-            .filter_map(|l| {
-                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-                let calls = rest
-                    .strip_prefix("calls=")?
-                    .split(',')
-                    .next()?
-                    .parse()
-                    .ok()?;
-                Some((name.to_owned(), calls))
-            })
-            .collect()
+        pubsub_redis::info::commandstats(&text)
     }
 
     /// Polls `PUBSUB NUMSUB` until it is `want` (bounded by [`SETTLE`]).
