@@ -383,6 +383,14 @@ impl EndpointBuilder {
                 crate::metrics::register_pattern(&pattern.to_string());
             }
         }
+        // History is the topic's: every socket's routes, in order, and the
+        // first that matches a topic decides.
+        pubsub.set_history(
+            self.sockets
+                .iter()
+                .flat_map(|s| s.router.histories())
+                .collect(),
+        );
         let paths: Vec<&str> = self.sockets.iter().map(|s| s.path.as_str()).collect();
         let close_reasons = crate::conn::Disconnect::ALL.map(|d| d.label());
         metrics().init(&paths, &close_reasons);

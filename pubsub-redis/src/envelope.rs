@@ -2,7 +2,8 @@
 //! `payload` (any JSON, default `{}`). Gateway pods add `v` (the envelope
 //! version) and `origin` (`{"node","conn"}`) so `broadcast_from` can skip its
 //! sender, and `"presence":true` on the presence diffs their presence
-//! publishes, which pods accept presence events only with; other fields are
+//! publishes, which pods accept presence events only with; `pos` on a
+//! message kept in a topic's history (its position); other fields are
 //! ignored, so any backend can publish with plain
 //! `redis-cli PUBLISH phx:room:lobby '{"event":"new_msg","payload":{...}}'`.
 
@@ -35,6 +36,10 @@ pub struct Envelope {
     /// envelopes pods take presence events from. A mark against mistakes,
     /// not a signature: whoever can PUBLISH can also write presence entries.
     pub presence: bool,
+    /// `"<epoch>:<offset>"`, given by the history function
+    /// ([`crate::history`]) to a message it kept; `None` for a plain
+    /// `PUBLISH`.
+    pub position: Option<String>,
 }
 
 /// Why an envelope was dropped.
@@ -54,6 +59,9 @@ struct Wire<'a> {
     /// Kept raw for the same reason: only `true` marks presence.
     #[serde(borrow, default)]
     presence: Option<&'a RawValue>,
+    /// Kept raw too: only a string is a position.
+    #[serde(borrow, default)]
+    pos: Option<&'a RawValue>,
 }
 
 impl Envelope {
@@ -82,6 +90,9 @@ impl Envelope {
                 .origin
                 .and_then(|raw| serde_json::from_str(raw.get()).ok()),
             presence: wire.presence.is_some_and(|raw| raw.get() == "true"),
+            position: wire
+                .pos
+                .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok()),
         })
     }
 

@@ -14,12 +14,15 @@
 //!
 //! # Layout
 //! - [`envelope`]: the JSON envelope on the wire, versioned, with origin.
+//! - [`history`]: per-topic message history, kept and published by a
+//!   Redis Function library.
 //! - [`presence`]: presence entries in Redis hashes, pod liveness, reaping.
 //! - `subscriber`: the subscriber connection's actor (refcounts, batching,
 //!   linger, reconnect).
 
 mod connection;
 pub mod envelope;
+pub mod history;
 pub mod info;
 pub mod presence;
 mod subscriber;
@@ -131,6 +134,8 @@ pub struct Stats {
     pub malformed: AtomicU64,
     /// Messages published.
     pub published: AtomicU64,
+    /// Wakes the history library's keeper on every (re)connect.
+    came_up: tokio::sync::Notify,
 }
 
 pub(crate) enum Command {
@@ -164,6 +169,8 @@ pub struct RedisBus {
     /// For connections of their own (presence liveness).
     url: Arc<str>,
     timeout: Duration,
+    /// Whether the history library's keeper runs.
+    history_kept: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for RedisBus {
@@ -224,6 +231,7 @@ impl RedisBus {
             stats,
             url,
             timeout,
+            history_kept: Arc::default(),
         })
     }
 
@@ -278,15 +286,29 @@ impl RedisBus {
     /// # Errors
     /// When Redis is unreachable or refuses the command.
     pub async fn publish(&self, topic: &str, envelope: Bytes) -> Result<u64, Error> {
-        let channel = format!("{}{}", self.prefix, topic);
-        let receivers = match &self.publisher {
+        let command = if matches!(self.publisher, Publisher::Cluster(_)) {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        let mut cmd = redis::cmd(command);
+        cmd.arg(self.channel(topic)).arg(envelope.as_ref());
+        let receivers: i64 = self.query(&cmd).await?;
+        self.stats.published.fetch_add(1, Ordering::Relaxed);
+        Ok(u64::try_from(receivers).unwrap_or(0))
+    }
+
+    /// `topic`'s Redis channel.
+    fn channel(&self, topic: &str) -> String {
+        format!("{}{}", self.prefix, topic)
+    }
+
+    /// Runs one command on a publishing connection.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, Error> {
+        match &self.publisher {
             Publisher::Pool(pool) => {
                 let mut conn = pool.get().await.map_err(|e| Error::Pool(e.to_string()))?;
-                redis::cmd("PUBLISH")
-                    .arg(channel)
-                    .arg(envelope.as_ref())
-                    .query_async::<i64>(&mut *conn)
-                    .await?
+                Ok(cmd.query_async::<T>(&mut *conn).await?)
             }
             Publisher::Cluster(p) => {
                 let conn = p
@@ -298,15 +320,121 @@ impl RedisBus {
                             .map_err(Error::from)
                     })
                     .await?;
-                redis::cmd("SPUBLISH")
-                    .arg(channel)
-                    .arg(envelope.as_ref())
-                    .query_async::<i64>(&mut conn.clone())
-                    .await?
+                Ok(cmd.query_async::<T>(&mut conn.clone()).await?)
             }
-        };
+        }
+    }
+
+    /// Loads the history functions ([`history::library`]) now and after
+    /// every reconnect of the subscriber connection, so that backends can
+    /// `FCALL` them even after Redis lost them in a restart. Called once, by
+    /// a pod whose topics keep history; later calls do nothing.
+    pub fn keep_history_library(&self) {
+        if self.history_kept.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let bus = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = bus.load_history_library().await {
+                    tracing::warn!(error = %e, "loading the history functions into Redis failed; retrying on the next reconnect or publish");
+                }
+                bus.stats.came_up.notified().await;
+            }
+        });
+    }
+
+    async fn load_history_library(&self) -> Result<(), Error> {
+        let mut cmd = redis::cmd("FUNCTION");
+        cmd.arg("LOAD")
+            .arg("REPLACE")
+            .arg(history::library(matches!(self.publisher, Publisher::Cluster(_))));
+        let _: redis::Value = self.query(&cmd).await?;
+        Ok(())
+    }
+
+    /// Calls a history function on `topic`'s channel, loading the library
+    /// first if Redis lost it.
+    async fn fcall(&self, function: &str, topic: &str, args: &[&[u8]]) -> Result<redis::Value, Error> {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(function).arg(1).arg(self.channel(topic));
+        for a in args {
+            cmd.arg(*a);
+        }
+        match self.query(&cmd).await {
+            Err(e) if history::not_loaded(&e) => {
+                self.load_history_library().await?;
+                self.query(&cmd).await
+            }
+            r => r,
+        }
+    }
+
+    /// Keeps an encoded envelope in `topic`'s history and publishes it with
+    /// its position, atomically (`gateway_publish`). Returns the position
+    /// and whether it was published (false: an idempotency key seen
+    /// before, whose first position is returned).
+    ///
+    /// # Errors
+    /// When Redis is unreachable or refuses the message.
+    pub async fn publish_kept(
+        &self,
+        topic: &str,
+        envelope: &[u8],
+        idempotency_key: Option<&str>,
+        size: usize,
+        ttl: Duration,
+    ) -> Result<(String, bool), Error> {
+        let (size, ttl) = (size.to_string(), ttl.as_millis().max(1).to_string());
+        let args: [&[u8]; 4] = [
+            envelope,
+            idempotency_key.unwrap_or("").as_bytes(),
+            size.as_bytes(),
+            ttl.as_bytes(),
+        ];
+        let value = self.fcall(history::PUBLISH, topic, &args).await?;
+        let answer: (String, i64) = redis::from_redis_value(value)
+            .map_err(|e| Error::Unavailable(format!("unexpected answer from gateway_publish: {e}")))?;
         self.stats.published.fetch_add(1, Ordering::Relaxed);
-        Ok(u64::try_from(receivers).unwrap_or(0))
+        Ok((answer.0, answer.1 == 1))
+    }
+
+    /// Reads `topic`'s history (`gateway_read`), starting it if it has none.
+    ///
+    /// # Errors
+    /// When Redis is unreachable or answers something else.
+    pub async fn read_history(
+        &self,
+        topic: &str,
+        mode: history::Mode<'_>,
+        max: usize,
+        size: usize,
+        ttl: Duration,
+    ) -> Result<history::Read, Error> {
+        let (a, b) = match mode {
+            history::Mode::Top => (String::new(), String::new()),
+            history::Mode::Since(epoch, offset) => (epoch.to_owned(), offset.to_string()),
+            history::Mode::Last(n) => (n.to_string(), String::new()),
+        };
+        let mode = match mode {
+            history::Mode::Top => "top",
+            history::Mode::Since(..) => "since",
+            history::Mode::Last(_) => "last",
+        };
+        let (max, size, ttl) = (
+            max.to_string(),
+            size.to_string(),
+            ttl.as_millis().max(1).to_string(),
+        );
+        let args: [&[u8]; 6] = [
+            mode.as_bytes(),
+            a.as_bytes(),
+            b.as_bytes(),
+            max.as_bytes(),
+            size.as_bytes(),
+            ttl.as_bytes(),
+        ];
+        history::Read::from_value(self.fcall(history::READ, topic, &args).await?)
     }
 
     /// Counters for metrics and health checks.
@@ -344,5 +472,8 @@ impl Stats {
     pub(crate) fn set_connected(&self, up: bool) {
         self.changed_at_ms.store(clock_ms(), Ordering::Relaxed);
         self.connected.store(up, Ordering::Relaxed);
+        if up {
+            self.came_up.notify_one();
+        }
     }
 }

@@ -20,7 +20,14 @@ struct BroadcastRequest<'a> {
     event: String,
     #[serde(borrow, default)]
     payload: Option<&'a RawValue>,
+    /// On a topic with history, a retry with the same key (within the
+    /// broker's window) is not published again.
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
+
+/// Longest idempotency key, bytes.
+const MAX_IDEMPOTENCY_KEY: usize = 128;
 
 fn reply(status: StatusCode, body: serde_json::Value) -> Response<Body> {
     let mut resp = Response::new(Body::new(Bytes::from(body.to_string())));
@@ -100,8 +107,24 @@ pub(crate) async fn broadcast(
         payload,
         from: None,
     };
-    match pubsub.broadcast_counted(Source::Http, b).await {
-        Ok(()) => reply(StatusCode::OK, json!({"ok": true})),
+    if let Some(k) = msg.idempotency_key.as_deref() {
+        if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes")}),
+            );
+        }
+    }
+    let idempotency_key = msg.idempotency_key;
+    match pubsub
+        .broadcast_counted(Source::Http, b, idempotency_key.as_deref())
+        .await
+    {
+        Ok(None) => reply(StatusCode::OK, json!({"ok": true})),
+        Ok(Some(position)) => reply(
+            StatusCode::OK,
+            json!({"ok": true, "position": position.to_string()}),
+        ),
         Err(e) => {
             let status = match e {
                 PublishError::Reserved { .. } => StatusCode::UNPROCESSABLE_ENTITY,

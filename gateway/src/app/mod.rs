@@ -86,6 +86,9 @@ pub fn assemble(settings: Settings, pubsub: PubSub) -> Result<Arc<Endpoint>, Con
             if let Some(max) = c.max_payload {
                 router = router.max_payload(max);
             }
+            if let Some(h) = c.history {
+                router = router.history(h);
+            }
         }
         let handler = TokenSocket::new(&s.path, s.auth);
         builder = builder.socket(Socket::new(&s.path, handler, router).config(s.config));

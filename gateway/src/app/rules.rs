@@ -298,6 +298,7 @@ mod tests {
             include_sender: true,
             max_payload: None,
             presence: None,
+            history: None,
         };
         Rule::new(&r, topics_claim.map(Into::into))
     }

@@ -144,8 +144,9 @@ impl<I: Send + 'static> ChannelContext<I> {
         };
         self.services
             .pubsub
-            .broadcast_counted(Source::Client, msg)
+            .broadcast_counted(Source::Client, msg, None)
             .await
+            .map(|_| ())
     }
 
     /// Tracks a presence of `key` (a user id, say) in this topic with `meta`

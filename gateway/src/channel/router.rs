@@ -4,6 +4,7 @@ use super::pattern::{PatternError, TopicPattern};
 use super::runner::{self, Start};
 use super::slot::Inbox;
 use super::Channel;
+use crate::pubsub::History;
 use std::fmt;
 use std::sync::Arc;
 
@@ -33,6 +34,8 @@ pub(crate) struct Route {
     /// Largest payload of a client push, bytes; `None`: only the socket's
     /// `max_frame_size` bounds it.
     pub(crate) max_payload: Option<usize>,
+    /// The history the route's topics keep.
+    history: Option<History>,
 }
 
 /// Routes a topic to the channel that serves it; the first matching route wins.
@@ -93,6 +96,7 @@ impl Router {
             pattern,
             factory: Arc::new(FnFactory(make)),
             max_payload: None,
+            history: None,
         });
         Ok(self)
     }
@@ -111,6 +115,27 @@ impl Router {
             None => panic!("Router::max_payload: add a channel route first"),
         }
         self
+    }
+
+    /// Keeps the history of the topics of the route added last: every
+    /// broadcast to them gets a position (in the ref slot), and a join can
+    /// recover what it missed (see [`History`]). The first route that
+    /// matches a topic decides, over every socket of the endpoint, for
+    /// broadcasts from anywhere (`PubSub::broadcast`, the HTTP API).
+    ///
+    /// # Panics
+    /// If no route was added yet: a programming error.
+    pub fn history(mut self, history: History) -> Self {
+        match self.routes.last_mut() {
+            Some(route) => route.history = Some(history),
+            None => panic!("Router::history: add a channel route first"),
+        }
+        self
+    }
+
+    /// Each route's pattern and history, in order.
+    pub(crate) fn histories(&self) -> impl Iterator<Item = (TopicPattern, Option<History>)> + '_ {
+        self.routes.iter().map(|r| (r.pattern.clone(), r.history))
     }
 
     pub(crate) fn route(&self, topic: &str) -> Option<&Route> {

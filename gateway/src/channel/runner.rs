@@ -15,8 +15,11 @@ use super::{
 use crate::conn::{ConnHandle, End as Ended, ReplyTo};
 use crate::metrics::{metrics, JoinedChannel, Limit};
 use crate::protocol::{Payload, Refusal};
-use crate::pubsub::hub::{Intercept, Subscriber, Target};
-use crate::pubsub::Subscription;
+use crate::conn::{Budget, Kind, Out};
+use crate::pubsub::history::{Ask, Recovery};
+use crate::pubsub::hub::{encode, Intercept, Subscriber, Target};
+use crate::pubsub::seam::Seam;
+use crate::pubsub::{Broadcast, Subscription};
 use futures_util::FutureExt;
 use std::collections::VecDeque;
 use std::future::Future;
@@ -174,17 +177,23 @@ async fn join<C: Channel>(slot: Arc<ChannelSlot<C>>, mut chan: C, s: Start) {
         join_ref: join_ref.as_deref(),
         ref_: ref_.as_deref(),
     };
+    // What the join asks of the topic's history, read before the channel
+    // takes the params.
+    let history = pubsub
+        .history_of(&topic)
+        .map(|h| (h, Ask::from_join(&payload, h.max_recover)));
 
     // The turn is held through the join and its subscription, so a source's
     // joins wait behind its own, never in front of other sources'.
     let turn = lane.turn().await;
-    let joined = match &turn {
-        Ok(_) => Some(
+    let joined = match (&turn, &history) {
+        (Ok(_), Some((_, Err(reason)))) => Some(Ok(Err(Payload::reason(reason)))),
+        (Ok(_), _) => Some(
             AssertUnwindSafe(chan.join(&topic, payload, &mut ctx))
                 .catch_unwind()
                 .await,
         ),
-        Err(_) => None,
+        (Err(_), _) => None,
     };
     let subscription = match joined {
         None => {
@@ -212,18 +221,45 @@ async fn join<C: Channel>(slot: Arc<ChannelSlot<C>>, mut chan: C, s: Start) {
                     inbox: slot.inbox(),
                 }) as Box<dyn Intercept>
             });
+            let kept = history.and_then(|(h, ask)| Some((h, ask.ok()?, Seam::new(conn.budget().frames))));
+            let target = match &kept {
+                Some((_, _, seam)) => Target::Kept(intercept, seam.clone()),
+                None => Target::Channel(intercept),
+            };
             let sub = Subscriber {
                 conn: conn.clone(),
-                target: Target::Channel(intercept),
+                target,
             };
             match pubsub.subscribe(&topic, sub).await {
-                Ok(sub) => {
-                    join_answered(&conn, &topic, "ok");
-                    // Counted before the client can see the reply.
-                    let joined = metrics().channel_joined(&topic);
-                    conn.reply(to, "ok", &response);
-                    Some((sub, joined))
-                }
+                // Subscribed first: what is published while the history is
+                // read waits in the seam.
+                Ok(sub) => match kept {
+                    None => {
+                        join_answered(&conn, &topic, "ok");
+                        // Counted before the client can see the reply.
+                        let joined = metrics().channel_joined(&topic);
+                        conn.reply(to, "ok", &response);
+                        Some((sub, joined))
+                    }
+                    Some((h, ask, seam)) => match pubsub.read_history(&topic, &h, &ask).await {
+                        Ok(recovery) => {
+                            let recovery = fit(recovery, &ask, conn.budget());
+                            join_answered(&conn, &topic, "ok");
+                            let joined = metrics().channel_joined(&topic);
+                            let response = with_history(response, &ask, &recovery);
+                            conn.reply(to, "ok", &response);
+                            replay(&conn, &topic, &recovery);
+                            seam.open(&conn, &recovery.top);
+                            Some((sub, joined))
+                        }
+                        Err(e) => {
+                            join_answered(&conn, &topic, "history_unavailable");
+                            tracing::warn!(topic = %topic, error = %e, "join refused: history unavailable");
+                            conn.refuse(to, Refusal::HistoryUnavailable);
+                            None
+                        }
+                    },
+                },
                 Err(e) => {
                     join_answered(&conn, &topic, "subscription_failed");
                     tracing::warn!(topic = %topic, error = %e, "join refused: subscription failed");
@@ -243,6 +279,67 @@ async fn join<C: Channel>(slot: Arc<ChannelSlot<C>>, mut chan: C, s: Start) {
         None => {
             drop(ctx);
             answer_rest(slot.end(), &conn, &topic);
+        }
+    }
+}
+
+/// The join's response with what the history read found, under `history`
+/// (an object response gains the key; any other is left as it is).
+fn with_history(response: Payload, ask: &Ask, recovery: &Recovery) -> Payload {
+    let serde_json::Value::Object(mut map) = response.value() else {
+        return response;
+    };
+    let recovered = matches!(ask, Ask::Since(_)) && recovery.recovered;
+    map.insert(
+        "history".into(),
+        serde_json::json!({"recovered": recovered, "position": recovery.top.to_string()}),
+    );
+    Payload::json(&map)
+}
+
+/// A replay is queued at once, so it may take half of what the connection
+/// can hold: a `since` that needs more is not recovered (the client
+/// refetches, rather than being closed as a slow consumer and retrying the
+/// same replay forever); a `last` keeps its newest messages that fit.
+fn fit(mut recovery: Recovery, ask: &Ask, budget: Budget) -> Recovery {
+    let (mut frames, mut bytes) = (budget.frames / 2, budget.bytes / 2);
+    let mut keep = 0;
+    for kept in recovery.messages.iter().rev() {
+        // The payload and the frame around it.
+        let size = kept.payload.size() + kept.event.len() + 64;
+        if frames == 0 || size > bytes {
+            break;
+        }
+        frames -= 1;
+        bytes -= size;
+        keep += 1;
+    }
+    if keep < recovery.messages.len() {
+        match ask {
+            Ask::Since(_) => {
+                recovery.recovered = false;
+                recovery.messages.clear();
+            }
+            _ => {
+                recovery.messages.drain(..recovery.messages.len() - keep);
+            }
+        }
+    }
+    recovery
+}
+
+/// Queues the messages a join recovered, as the broadcasts they were, each
+/// with its position.
+fn replay(conn: &ConnHandle, topic: &str, recovery: &Recovery) {
+    for kept in &recovery.messages {
+        let msg = Broadcast {
+            topic: topic.to_owned(),
+            event: kept.event.clone(),
+            payload: kept.payload.clone(),
+            from: None,
+        };
+        if let Some(frame) = encode(conn.vsn(), &msg, Some(&kept.position)) {
+            conn.enqueue(Out::Data(frame, Kind::Push));
         }
     }
 }

@@ -1,10 +1,12 @@
-//! `[[channel]]` with its `[channel.presence]`: a topic pattern, who may
+//! `[[channel]]` with its `[channel.presence]` and `[channel.history]`: a topic pattern, who may
 //! join it, what clients may push, and presence. Converted with the pattern
 //! parsed once; `app` turns the result into a channel.
 
 use super::{ConfigError, Key};
 use crate::channel::TopicPattern;
+use crate::pubsub::History;
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 /// Who may join a rule's topics.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
@@ -56,6 +58,58 @@ pub struct ChannelRule {
     /// default.
     #[serde(default)]
     pub presence: Option<PresenceRule>,
+    /// `[channel.history]`: keep the topics' recent messages so clients
+    /// recover what they missed. Off by default.
+    #[serde(default)]
+    pub history: Option<HistoryRule>,
+}
+
+/// `[channel.history]`: how much of each topic's history is kept.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryRule {
+    /// Messages kept per topic. Default 100.
+    #[serde(default = "default_history_size")]
+    pub size: usize,
+    /// Seconds a topic's messages are kept after its last message. Default
+    /// 300.
+    #[serde(default = "default_history_ttl")]
+    pub ttl: u64,
+    /// Most messages a join replays (for `since` and `last`); a client
+    /// further behind is told to refetch. Default: `size`.
+    #[serde(default)]
+    pub max_recover: Option<usize>,
+}
+
+/// Most messages a topic may keep: a replay is queued on the connection at
+/// once, so this stays within what one client may hold.
+pub(crate) const MAX_HISTORY_SIZE: usize = 10_000;
+/// Longest `ttl`, seconds: 30 days.
+pub(crate) const MAX_HISTORY_TTL: u64 = 30 * 24 * 3600;
+
+fn default_history_size() -> usize {
+    100
+}
+
+fn default_history_ttl() -> u64 {
+    300
+}
+
+impl HistoryRule {
+    fn settings(&self, key: &Key) -> Result<History, ConfigError> {
+        let field = |name: &str| key.field(name);
+        if !(1..=MAX_HISTORY_SIZE).contains(&self.size) {
+            return Err(field("size").invalid(format!("must be 1 to {MAX_HISTORY_SIZE} messages")));
+        }
+        if !(1..=MAX_HISTORY_TTL).contains(&self.ttl) {
+            return Err(field("ttl").invalid(format!("must be 1 to {MAX_HISTORY_TTL} seconds")));
+        }
+        let max_recover = self.max_recover.unwrap_or(self.size);
+        if !(1..=self.size).contains(&max_recover) {
+            return Err(field("max_recover").invalid("must be 1 to size"));
+        }
+        Ok(History::new(self.size, Duration::from_secs(self.ttl)).max_recover(max_recover))
+    }
 }
 
 fn default_true() -> bool {
@@ -110,6 +164,8 @@ pub struct ChannelSettings {
     pub max_payload: Option<usize>,
     /// Presence, when tracked.
     pub presence: Option<PresenceRule>,
+    /// History, when kept.
+    pub history: Option<History>,
 }
 
 impl ChannelSettings {
@@ -162,6 +218,10 @@ impl ChannelRule {
             include_sender: self.include_sender,
             max_payload: (self.max_payload > 0).then_some(self.max_payload),
             presence: self.presence.clone(),
+            history: self
+                .history
+                .map(|h| h.settings(&key.field("history")))
+                .transpose()?,
         })
     }
 }

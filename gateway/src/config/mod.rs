@@ -26,7 +26,9 @@ mod server;
 mod socket;
 
 pub use api::{ApiConfig, ApiSettings};
-pub use channel::{ChannelRule, ChannelSettings, Mode, Policy, PresenceRule, DEFAULT_MAX_PAYLOAD};
+pub use channel::{
+    ChannelRule, ChannelSettings, HistoryRule, Mode, Policy, PresenceRule, DEFAULT_MAX_PAYLOAD,
+};
 pub use demo::DemoConfig;
 pub use env::{Env, ENV_VARS};
 pub use log::{LogConfig, LogFormat};

@@ -267,6 +267,11 @@ impl ConnHandle {
         self.0.vsn
     }
 
+    /// What the connection may hold queued for its client.
+    pub(crate) fn budget(&self) -> Budget {
+        self.0.budget
+    }
+
     /// Queues a frame. Returns false if the connection is closing or the
     /// frame would take it over its budget, in which case the connection is
     /// closed as a slow consumer.

@@ -138,13 +138,14 @@ pub(super) const REFUSALS: [&str; 7] = [
 ];
 
 /// The `result` values of `gateway_joins_total`.
-pub(super) const JOIN_RESULTS: [&str; 8] = [
+pub(super) const JOIN_RESULTS: [&str; 9] = [
     "ok",
     "unauthorized",
     "unmatched_topic",
     "invalid_topic",
     "too_many_channels",
     "subscription_failed",
+    "history_unavailable",
     "queue_full",
     "error",
 ];

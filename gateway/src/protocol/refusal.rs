@@ -21,6 +21,8 @@ pub enum Refusal {
     RateLimited,
     /// The broker did not confirm the subscription (Redis is down).
     SubscriptionFailed,
+    /// The topic's history could not be read (Redis is down).
+    HistoryUnavailable,
     /// Too many joins from the client's address are waiting for their turn.
     JoinQueueFull,
     /// The channel's `join` panicked.
@@ -52,6 +54,7 @@ impl Refusal {
             Refusal::TooManyChannels => "too many channels joined",
             Refusal::RateLimited => "rate limited",
             Refusal::SubscriptionFailed => "subscription failed, try again",
+            Refusal::HistoryUnavailable => "history unavailable, try again",
             Refusal::JoinQueueFull => "too many joins waiting, try again",
             Refusal::JoinCrashed => "join crashed",
             Refusal::Unauthorized => "unauthorized",

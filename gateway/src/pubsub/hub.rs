@@ -15,6 +15,8 @@
 //! local subscriber left.
 
 use crate::conn::{Budget, ConnHandle, Disconnect, Kind, Out};
+use super::history::Position;
+use super::seam::Seam;
 use crate::protocol::{Frame, Outbound, Payload, Vsn};
 use indexmap::IndexMap;
 use parking_lot::Mutex;
@@ -78,6 +80,9 @@ pub(crate) enum Target {
     /// Frames go straight to the connection ("fastlane"), except the events
     /// an [`Intercept`] wants.
     Channel(Option<Box<dyn Intercept>>),
+    /// A channel of a topic with history: as `Channel`, through the seam
+    /// that holds live messages while the join's replay is queued.
+    Kept(Option<Box<dyn Intercept>>, Arc<Seam>),
     /// The socket-id topic: a `disconnect` event closes the connection.
     SocketId,
 }
@@ -261,6 +266,12 @@ impl Hub {
     /// Delivers a broadcast to every local subscriber of its topic and returns
     /// how many received it.
     pub fn dispatch(&self, msg: &Broadcast) -> usize {
+        self.dispatch_at(msg, None)
+    }
+
+    /// [`dispatch`](Self::dispatch) of a message kept in its topic's
+    /// history at `position`, which clients receive in the ref slot.
+    pub fn dispatch_at(&self, msg: &Broadcast, position: Option<&Position>) -> usize {
         let entered = Kind::Broadcast(Instant::now());
         let mut frames: [Option<Frame>; 2] = [None, None];
         let mut delivered = 0;
@@ -272,41 +283,49 @@ impl Hub {
             if msg.from == Some(sub.conn.id()) {
                 continue;
             }
-            match &sub.target {
+            let (intercept, seam) = match &sub.target {
                 Target::SocketId => {
                     if msg.event == "disconnect" {
                         sub.conn.close(Disconnect::Forced);
                         delivered += 1;
                     }
+                    continue;
                 }
-                Target::Channel(intercept) => {
-                    if let Some(i) = intercept.as_deref().filter(|i| i.wants(&msg.event)) {
-                        if i.deliver(&msg.event, &msg.payload) {
-                            delivered += 1;
-                        }
-                        continue;
-                    }
-                    let vsn = sub.conn.vsn();
-                    let slot = &mut frames[vsn.index()];
-                    if slot.is_none() {
-                        *slot = encode(vsn, msg);
-                    }
-                    if let Some(frame) = slot {
-                        if sub.conn.enqueue(Out::Data(frame.clone(), entered)) {
-                            delivered += 1;
-                        }
-                    }
+                Target::Channel(intercept) => (intercept, None),
+                Target::Kept(intercept, seam) => (intercept, Some(seam)),
+            };
+            if let Some(i) = intercept.as_deref().filter(|i| i.wants(&msg.event)) {
+                if i.deliver(&msg.event, &msg.payload) {
+                    delivered += 1;
                 }
+                continue;
+            }
+            let vsn = sub.conn.vsn();
+            let slot = &mut frames[vsn.index()];
+            if slot.is_none() {
+                *slot = encode(vsn, msg, position);
+            }
+            let Some(frame) = slot else { continue };
+            let queued = match seam {
+                Some(seam) => seam.offer(&sub.conn, position, frame, entered),
+                None => sub.conn.enqueue(Out::Data(frame.clone(), entered)),
+            };
+            if queued {
+                delivered += 1;
             }
         }
         delivered
     }
 }
 
-fn encode(vsn: Vsn, msg: &Broadcast) -> Option<Frame> {
+/// Encodes a broadcast for `vsn` clients; a kept message's position
+/// travels in the ref slot, which phoenix.js hands to `channel.on`'s
+/// callback as its second argument.
+pub(crate) fn encode(vsn: Vsn, msg: &Broadcast, position: Option<&Position>) -> Option<Frame> {
+    let position = position.map(Position::to_string);
     let out = Outbound::Message {
         join_ref: None,
-        ref_: None,
+        ref_: position.as_deref(),
         topic: &msg.topic,
         event: &msg.event,
         payload: &msg.payload,

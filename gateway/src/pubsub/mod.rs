@@ -8,21 +8,28 @@
 //! # Layout
 //! - `hub`: the local topic → subscribers registry and encode-once fan-out.
 //! - `memory`, `redis`: the brokers.
+//! - `history`: positions, what a topic keeps and what a join asks of it;
+//!   `seam`: where a join's replay meets the live messages.
 
+pub mod history;
 pub(crate) mod hub;
 mod memory;
 mod redis;
+pub(crate) mod seam;
 
 pub use crate::metrics::BrokerStatus;
 pub(crate) use hub::PresenceTap;
+pub use history::{Ask, History, Kept, Position, Recovery};
 pub use hub::{Broadcast, Hub};
 pub use memory::MemoryBroker;
 pub use redis::RedisBroker;
 
+use crate::channel::TopicPattern;
 use crate::metrics::{metrics, Limit, Source};
 use crate::protocol::{reserved_event, Payload, ReservedEvent};
 use async_trait::async_trait;
 use bytes::Bytes;
+use history::HistoryTopics;
 use hub::{SubId, Subscriber};
 use std::fmt;
 use std::sync::Arc;
@@ -91,6 +98,41 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// When the broker cannot accept the message.
     async fn publish(&self, msg: Broadcast) -> Result<(), BrokerError>;
 
+    /// Keeps `msg` in its topic's history and publishes it with its
+    /// position, in one atomic step: every node's subscribers receive it
+    /// in the order of its offset. With an `idempotency_key` already used
+    /// for this topic within the broker's window, nothing is published and
+    /// the first publish's position is returned. The default, for a broker
+    /// without storage, refuses.
+    ///
+    /// # Errors
+    /// When the broker cannot keep or publish the message.
+    async fn publish_kept(
+        &self,
+        msg: Broadcast,
+        history: &History,
+        idempotency_key: Option<&str>,
+    ) -> Result<Position, BrokerError> {
+        let _ = (msg, history, idempotency_key);
+        Err(BrokerError("this broker keeps no history".into()))
+    }
+
+    /// Reads `topic`'s history for a join. Starts the topic's history (a new
+    /// epoch at offset 0) if it has none, so the join learns a position to
+    /// recover from later.
+    ///
+    /// # Errors
+    /// When the broker cannot answer.
+    async fn read_history(
+        &self,
+        topic: &str,
+        history: &History,
+        ask: &Ask,
+    ) -> Result<Recovery, BrokerError> {
+        let _ = (topic, history, ask);
+        Err(BrokerError("this broker keeps no history".into()))
+    }
+
     /// Hands messages sent to the node named `node` (this one) with
     /// [`Broker::send_to`] to `inbox` from now on, across reconnects. This is
     /// how a pod answers for the long-poll sessions it owns when their
@@ -145,6 +187,8 @@ pub struct PubSub {
     redis: Option<Arc<RedisBroker>>,
     /// Largest payload published, bytes.
     max_publish: usize,
+    /// Which topics keep history, set when the endpoint is built.
+    history: Arc<HistoryTopics>,
 }
 
 impl PubSub {
@@ -168,6 +212,7 @@ impl PubSub {
             broker: broker.clone(),
             redis: Some(broker),
             max_publish: DEFAULT_MAX_PUBLISH,
+            history: Arc::default(),
         })
     }
 
@@ -178,6 +223,7 @@ impl PubSub {
             broker,
             redis: None,
             max_publish: DEFAULT_MAX_PUBLISH,
+            history: Arc::default(),
         }
     }
 
@@ -219,15 +265,73 @@ impl PubSub {
         &self.broker
     }
 
-    /// Broadcasts to every subscriber of `msg.topic` on every node.
+    /// Broadcasts to every subscriber of `msg.topic` on every node; on a
+    /// topic with history, keeps it there too (see [`publish`](Self::publish)).
     ///
     /// # Errors
     /// A reserved event (`phx_*`, presence events: see
     /// [`reserved_event`]), a payload over [`max_publish`](Self::max_publish)
     /// or, with Redis, a binary one; or the broker cannot accept the message.
     pub async fn broadcast(&self, msg: Broadcast) -> Result<(), PublishError> {
+        self.publish(msg, None).await.map(|_| ())
+    }
+
+    /// [`broadcast`](Self::broadcast), returning the message's position on
+    /// a topic with history. An `idempotency_key` makes a retried publish
+    /// to such a topic (within the broker's window) a no-op that returns
+    /// the first one's position; elsewhere it is ignored.
+    ///
+    /// # Errors
+    /// As [`broadcast`](Self::broadcast).
+    pub async fn publish(
+        &self,
+        msg: Broadcast,
+        idempotency_key: Option<&str>,
+    ) -> Result<Option<Position>, PublishError> {
         self.check(&msg)?;
-        Ok(self.broker.publish(msg).await?)
+        Ok(self.send(msg, idempotency_key).await?)
+    }
+
+    /// Hands a checked message to the broker, kept if its topic has history.
+    async fn send(
+        &self,
+        msg: Broadcast,
+        idempotency_key: Option<&str>,
+    ) -> Result<Option<Position>, BrokerError> {
+        match self.history.of(&msg.topic) {
+            Some(h) => self
+                .broker
+                .publish_kept(msg, &h, idempotency_key)
+                .await
+                .map(Some),
+            None => self.broker.publish(msg).await.map(|()| None),
+        }
+    }
+
+    /// The history `topic` keeps, if its route or rule has one.
+    pub fn history_of(&self, topic: &str) -> Option<History> {
+        self.history.of(topic)
+    }
+
+    /// Sets which topics keep history: the first matching pattern decides.
+    /// Done once, by the endpoint, from its routes.
+    pub(crate) fn set_history(&self, table: Vec<(TopicPattern, Option<History>)>) {
+        let any = table.iter().any(|(_, h)| h.is_some());
+        self.history.set(table);
+        if let (true, Some(redis)) = (any, &self.redis) {
+            // So that backends can FCALL it, before any pod published.
+            redis.bus().keep_history_library();
+        }
+    }
+
+    /// Reads `topic`'s history for a join.
+    pub(crate) async fn read_history(
+        &self,
+        topic: &str,
+        history: &History,
+        ask: &Ask,
+    ) -> Result<Recovery, BrokerError> {
+        self.broker.read_history(topic, history, ask).await
     }
 
     /// What every publisher is held to, before anything leaves the pod.
@@ -259,14 +363,15 @@ impl PubSub {
         &self,
         source: Source,
         msg: Broadcast,
-    ) -> Result<(), PublishError> {
+        idempotency_key: Option<&str>,
+    ) -> Result<Option<Position>, PublishError> {
         let m = metrics();
         if let Err(e) = self.check(&msg) {
             m.broadcast_failed(source);
             return Err(e);
         }
         m.broadcast(source, &msg.topic);
-        let result = self.broker.publish(msg).await;
+        let result = self.send(msg, idempotency_key).await;
         if result.is_err() {
             m.broadcast_failed(source);
         }

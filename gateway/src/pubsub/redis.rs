@@ -17,6 +17,7 @@
 //! Redis, so a client that joins one (naming another pod's inbox, say)
 //! receives nothing from it.
 
+use super::history::{Ask, History, Kept, Position, Recovery};
 use super::hub::{Broadcast, Hub};
 use super::{Broker, BrokerError, BrokerStatus, NodeInbox};
 use crate::metrics::{metrics, Dropped, Source};
@@ -24,6 +25,7 @@ use crate::protocol::{is_presence_event, reserved_event, Json, Payload, Reserved
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
+use pubsub_redis::history::Mode;
 use pubsub_redis::{Envelope, Origin, RedisBus, Sink};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -93,13 +95,17 @@ impl Sink for HubSink {
             .origin
             .filter(|o| o.node == self.node)
             .map(|o| o.conn);
-        self.hub.dispatch(&Broadcast {
-            topic: topic.to_owned(),
-            event: envelope.event,
-            // The bus hands over payloads it parsed as JSON.
-            payload: Payload::Json(Json::from_trusted(envelope.payload)),
-            from,
-        });
+        let position = envelope.position.as_deref().and_then(Position::parse);
+        self.hub.dispatch_at(
+            &Broadcast {
+                topic: topic.to_owned(),
+                event: envelope.event,
+                // The bus hands over payloads it parsed as JSON.
+                payload: Payload::Json(Json::from_trusted(envelope.payload)),
+                from,
+            },
+            position.as_ref(),
+        );
     }
 }
 
@@ -175,6 +181,43 @@ impl RedisBroker {
     pub fn bus(&self) -> &RedisBus {
         &self.bus
     }
+
+    /// The envelope of a broadcast from this pod.
+    fn envelope(&self, msg: &Broadcast) -> Result<Bytes, BrokerError> {
+        let Payload::Json(payload) = &msg.payload else {
+            return Err(BrokerError(
+                "binary payloads cannot be broadcast through Redis".into(),
+            ));
+        };
+        let origin = msg.from.map(|conn| Origin {
+            node: self.node.clone(),
+            conn,
+        });
+        // Only presence gets here with a presence event: `PubSub::broadcast`
+        // refuses them from every other publisher.
+        let presence = is_presence_event(&msg.event);
+        Ok(Envelope::encode_marked(
+            &msg.event,
+            payload.bytes(),
+            origin.as_ref(),
+            presence,
+        ))
+    }
+
+    /// A kept envelope as a join replays it: held to what clients may
+    /// receive from Redis, like a live one (else skipped).
+    fn kept(&self, topic: &str, body: Bytes) -> Option<Kept> {
+        let envelope = Envelope::decode(body).ok()?;
+        if let Some(why) = self.sink.refuse(&envelope) {
+            self.sink.dropped(topic, &envelope.event, why);
+            return None;
+        }
+        Some(Kept {
+            position: Position::parse(envelope.position.as_deref()?)?,
+            event: envelope.event,
+            payload: Payload::Json(Json::from_trusted(envelope.payload)),
+        })
+    }
 }
 
 #[async_trait]
@@ -217,25 +260,63 @@ impl Broker for RedisBroker {
     }
 
     async fn publish(&self, msg: Broadcast) -> Result<(), BrokerError> {
-        let Payload::Json(payload) = &msg.payload else {
-            return Err(BrokerError(
-                "binary payloads cannot be broadcast through Redis".into(),
-            ));
-        };
-        let origin = msg.from.map(|conn| Origin {
-            node: self.node.clone(),
-            conn,
-        });
-        // Only presence gets here with a presence event: `PubSub::broadcast`
-        // refuses them from every other publisher.
-        let presence = is_presence_event(&msg.event);
-        let envelope =
-            Envelope::encode_marked(&msg.event, payload.bytes(), origin.as_ref(), presence);
+        let envelope = self.envelope(&msg)?;
         self.bus
             .publish(&msg.topic, envelope)
             .await
             .map(|_| ())
             .map_err(|e| BrokerError(e.to_string()))
+    }
+
+    async fn publish_kept(
+        &self,
+        msg: Broadcast,
+        history: &History,
+        idempotency_key: Option<&str>,
+    ) -> Result<Position, BrokerError> {
+        let envelope = self.envelope(&msg)?;
+        let (position, _) = self
+            .bus
+            .publish_kept(
+                &msg.topic,
+                &envelope,
+                idempotency_key,
+                history.size,
+                history.ttl,
+            )
+            .await
+            .map_err(|e| BrokerError(e.to_string()))?;
+        Position::parse(&position)
+            .ok_or_else(|| BrokerError(format!("Redis gave a malformed position {position:?}")))
+    }
+
+    async fn read_history(
+        &self,
+        topic: &str,
+        history: &History,
+        ask: &Ask,
+    ) -> Result<Recovery, BrokerError> {
+        let mode = match ask {
+            Ask::Top => Mode::Top,
+            Ask::Since(p) => Mode::Since(&p.epoch, p.offset),
+            Ask::Last(n) => Mode::Last(*n),
+        };
+        let read = self
+            .bus
+            .read_history(topic, mode, history.max_recover, history.size, history.ttl)
+            .await
+            .map_err(|e| BrokerError(e.to_string()))?;
+        let top = Position::parse(&format!("{}:{}", read.epoch, read.top))
+            .ok_or_else(|| BrokerError(format!("Redis gave a malformed epoch {:?}", read.epoch)))?;
+        Ok(Recovery {
+            top,
+            recovered: read.recovered,
+            messages: read
+                .envelopes
+                .into_iter()
+                .filter_map(|body| self.kept(topic, body))
+                .collect(),
+        })
     }
 
     async fn listen(&self, node: &str, inbox: Arc<dyn NodeInbox>) -> Result<(), BrokerError> {
