@@ -348,14 +348,22 @@ impl RedisBus {
         let mut cmd = redis::cmd("FUNCTION");
         cmd.arg("LOAD")
             .arg("REPLACE")
-            .arg(history::library(matches!(self.publisher, Publisher::Cluster(_))));
+            .arg(history::library(matches!(
+                self.publisher,
+                Publisher::Cluster(_)
+            )));
         let _: redis::Value = self.query(&cmd).await?;
         Ok(())
     }
 
     /// Calls a history function on `topic`'s channel, loading the library
     /// first if Redis lost it.
-    async fn fcall(&self, function: &str, topic: &str, args: &[&[u8]]) -> Result<redis::Value, Error> {
+    async fn fcall(
+        &self,
+        function: &str,
+        topic: &str,
+        args: &[&[u8]],
+    ) -> Result<redis::Value, Error> {
         let mut cmd = redis::cmd("FCALL");
         cmd.arg(function).arg(1).arg(self.channel(topic));
         for a in args {
@@ -393,8 +401,9 @@ impl RedisBus {
             ttl.as_bytes(),
         ];
         let value = self.fcall(history::PUBLISH, topic, &args).await?;
-        let answer: (String, i64) = redis::from_redis_value(value)
-            .map_err(|e| Error::Unavailable(format!("unexpected answer from gateway_publish: {e}")))?;
+        let answer: (String, i64) = redis::from_redis_value(value).map_err(|e| {
+            Error::Unavailable(format!("unexpected answer from gateway_publish: {e}"))
+        })?;
         self.stats.published.fetch_add(1, Ordering::Relaxed);
         Ok((answer.0, answer.1 == 1))
     }

@@ -69,6 +69,7 @@ fn rule(
         include_sender,
         max_payload: gateway::config::DEFAULT_MAX_PAYLOAD,
         presence,
+        history: None,
     }
 }
 

@@ -12,10 +12,10 @@ use super::{
     join_answered, Channel, ChannelContext, ChannelMsg, HandleIn, Next, Services, SocketInfo,
     StopReason, Terminate,
 };
+use crate::conn::{Budget, Kind, Out};
 use crate::conn::{ConnHandle, End as Ended, ReplyTo};
 use crate::metrics::{metrics, JoinedChannel, Limit};
 use crate::protocol::{Payload, Refusal};
-use crate::conn::{Budget, Kind, Out};
 use crate::pubsub::history::{Ask, Recovery};
 use crate::pubsub::hub::{encode, Intercept, Subscriber, Target};
 use crate::pubsub::seam::Seam;
@@ -221,7 +221,8 @@ async fn join<C: Channel>(slot: Arc<ChannelSlot<C>>, mut chan: C, s: Start) {
                     inbox: slot.inbox(),
                 }) as Box<dyn Intercept>
             });
-            let kept = history.and_then(|(h, ask)| Some((h, ask.ok()?, Seam::new(conn.budget().frames))));
+            let kept =
+                history.and_then(|(h, ask)| Some((h, ask.ok()?, Seam::new(conn.budget().frames))));
             let target = match &kept {
                 Some((_, _, seam)) => Target::Kept(intercept, seam.clone()),
                 None => Target::Channel(intercept),

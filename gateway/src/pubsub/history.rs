@@ -112,7 +112,11 @@ impl Ask {
         let h = match h {
             serde_json::Value::Null => return Ok(Ask::Top),
             serde_json::Value::Object(h) => h,
-            _ => return Err("history must be an object: {\"since\": position} or {\"last\": n}".into()),
+            _ => {
+                return Err(
+                    "history must be an object: {\"since\": position} or {\"last\": n}".into(),
+                )
+            }
         };
         match h.get("since") {
             None | Some(serde_json::Value::Null) => {}
@@ -188,7 +192,15 @@ mod tests {
         assert_eq!(p.offset, 42);
         assert_eq!(p.to_string(), "a1b2:42");
         for bad in [
-            "", ":", "a:", ":1", "a:-1", "a:1.5", "a: 1", "a b:1", "a:99999999999999999999",
+            "",
+            ":",
+            "a:",
+            ":1",
+            "a:-1",
+            "a:1.5",
+            "a: 1",
+            "a b:1",
+            "a:99999999999999999999",
             "42",
         ] {
             assert!(Position::parse(bad).is_none(), "{bad:?}");
@@ -207,8 +219,14 @@ mod tests {
             ask(json!({"history": {"since": "e:3", "last": 5}})),
             Ok(Ask::Since(Position::parse("e:3").unwrap()))
         );
-        assert_eq!(ask(json!({"history": {"since": null, "last": 5}})), Ok(Ask::Last(5)));
-        assert_eq!(ask(json!({"history": {"last": 1_000_000_000}})), Ok(Ask::Last(50)));
+        assert_eq!(
+            ask(json!({"history": {"since": null, "last": 5}})),
+            Ok(Ask::Last(5))
+        );
+        assert_eq!(
+            ask(json!({"history": {"last": 1_000_000_000}})),
+            Ok(Ask::Last(50))
+        );
         assert_eq!(ask(json!({"history": {"last": 1e300}})), Ok(Ask::Last(50)));
         for bad in [
             json!({"history": 3}),

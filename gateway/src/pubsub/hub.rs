@@ -14,9 +14,9 @@
 //! instead of fanning them out, and the hub tells it when a topic has no
 //! local subscriber left.
 
-use crate::conn::{Budget, ConnHandle, Disconnect, Kind, Out};
 use super::history::Position;
 use super::seam::Seam;
+use crate::conn::{Budget, ConnHandle, Disconnect, Kind, Out};
 use crate::protocol::{Frame, Outbound, Payload, Vsn};
 use indexmap::IndexMap;
 use parking_lot::Mutex;

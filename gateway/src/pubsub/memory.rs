@@ -291,7 +291,12 @@ mod tests {
         let r = b.read_history("t", &h, &Ask::Last(100)).await.unwrap();
         assert_eq!(r.messages.len(), 3);
         let limited = h.max_recover(1);
-        assert!(!b.read_history("t", &limited, &since(2)).await.unwrap().recovered);
+        assert!(
+            !b.read_history("t", &limited, &since(2))
+                .await
+                .unwrap()
+                .recovered
+        );
     }
 
     #[tokio::test]
@@ -301,7 +306,10 @@ mod tests {
         let p1 = b.publish_kept(msg("t", "a"), &h, Some("k")).await.unwrap();
         let p2 = b.publish_kept(msg("t", "a"), &h, Some("k")).await.unwrap();
         assert_eq!(p1, p2);
-        let p3 = b.publish_kept(msg("t", "a"), &h, Some("other")).await.unwrap();
+        let p3 = b
+            .publish_kept(msg("t", "a"), &h, Some("other"))
+            .await
+            .unwrap();
         assert_eq!(p3.offset, 2);
     }
 }

@@ -18,8 +18,8 @@ mod redis;
 pub(crate) mod seam;
 
 pub use crate::metrics::BrokerStatus;
-pub(crate) use hub::PresenceTap;
 pub use history::{Ask, History, Kept, Position, Recovery};
+pub(crate) use hub::PresenceTap;
 pub use hub::{Broadcast, Hub};
 pub use memory::MemoryBroker;
 pub use redis::RedisBroker;
