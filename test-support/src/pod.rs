@@ -326,10 +326,16 @@ impl GatewayProcess {
 
     /// `POST /api/broadcast` with this pod's key: (status, body).
     pub async fn api_broadcast(&self, topic: &str, event: &str, payload: Value) -> (u16, String) {
-        let body = json!({"topic": topic, "event": event, "payload": payload}).to_string();
+        self.api_post(json!({"topic": topic, "event": event, "payload": payload}))
+            .await
+    }
+
+    /// `POST /api/broadcast` of any JSON body with this pod's key: (status,
+    /// body).
+    pub async fn api_post(&self, body: Value) -> (u16, String) {
         let r = Request::post(&self.api_path)
             .bearer(&self.api_key)
-            .json(&body)
+            .json(&body.to_string())
             .send(self.addr)
             .await;
         (r.status, r.body)
