@@ -282,6 +282,7 @@ async fn a_pods_inbox_never_reaches_clients() {
             include_sender: true,
             max_payload: gateway::config::DEFAULT_MAX_PAYLOAD,
             presence: None,
+            history: None,
         })
     });
     let cluster = Cluster::start(open, 3).await;
