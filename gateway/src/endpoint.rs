@@ -4,10 +4,10 @@
 //! nothing itself.
 
 use crate::channel::queue::Joins;
-use crate::channel::Services;
+use crate::channel::{Services, TopicPattern};
 use crate::metrics::{metrics, Limit, Scrape};
 use crate::presence::{Presence, PresenceConfig};
-use crate::pubsub::PubSub;
+use crate::pubsub::{History, PubSub};
 use crate::transport::admission::Admission;
 use crate::transport::http::{Slot, Slots};
 use crate::transport::longpoll::{self, LongPoll};
@@ -284,6 +284,14 @@ impl fmt::Debug for EndpointBuilder {
     }
 }
 
+/// The history of the first route whose pattern matches `topic`.
+fn first_history(table: &[(TopicPattern, Option<History>)], topic: &str) -> Option<History> {
+    table
+        .iter()
+        .find(|(p, _)| p.matches(topic))
+        .and_then(|(_, h)| *h)
+}
+
 impl EndpointBuilder {
     /// Mounts a socket.
     pub fn socket(mut self, socket: Socket) -> Self {
@@ -385,12 +393,13 @@ impl EndpointBuilder {
         }
         // History is the topic's: every socket's routes, in order, and the
         // first that matches a topic decides.
-        pubsub.set_history(
-            self.sockets
-                .iter()
-                .flat_map(|s| s.router.histories())
-                .collect(),
-        );
+        let table: Vec<_> = self
+            .sockets
+            .iter()
+            .flat_map(|s| s.router.histories())
+            .collect();
+        let any = table.iter().any(|(_, h)| h.is_some());
+        pubsub.set_history(Box::new(move |topic| first_history(&table, topic)), any);
         let paths: Vec<&str> = self.sockets.iter().map(|s| s.path.as_str()).collect();
         let close_reasons = crate::conn::Disconnect::ALL.map(|d| d.label());
         metrics().init(&paths, &close_reasons);
@@ -422,5 +431,22 @@ impl EndpointBuilder {
             http: Slots::default(),
             unready_without_broker: self.unready_without_broker,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_matching_route_decides_a_topics_history() {
+        let h = History::new(10, Duration::from_secs(60));
+        let table = vec![
+            (TopicPattern::parse("room:quiet").unwrap(), None),
+            (TopicPattern::parse("room:*").unwrap(), Some(h)),
+        ];
+        assert_eq!(first_history(&table, "room:a"), Some(h));
+        assert_eq!(first_history(&table, "room:quiet"), None);
+        assert_eq!(first_history(&table, "user:1"), None);
     }
 }

@@ -9,7 +9,6 @@
 //! a stream per topic, the in-memory broker in a ring); this module holds
 //! the shared vocabulary and the registry of which topics keep history.
 
-use crate::channel::TopicPattern;
 use crate::protocol::Payload;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -161,23 +160,31 @@ pub struct Recovery {
     pub messages: Vec<Kept>,
 }
 
-/// Which topics keep history: the first pattern that matches decides.
-#[derive(Debug, Default)]
-pub(crate) struct HistoryTopics(OnceLock<Vec<(TopicPattern, Option<History>)>>);
+/// Which history a topic keeps, if any: the endpoint's routes decide.
+pub(crate) type Lookup = Box<dyn Fn(&str) -> Option<History> + Send + Sync>;
+
+/// The pubsub's view of which topics keep history, set once the endpoint
+/// is built (pubsub sits below the routes that know).
+#[derive(Default)]
+pub(crate) struct HistoryTopics(OnceLock<Lookup>);
+
+impl fmt::Debug for HistoryTopics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HistoryTopics")
+            .field("set", &self.0.get().is_some())
+            .finish()
+    }
+}
 
 impl HistoryTopics {
-    /// Sets the table once; later calls are ignored (one endpoint per pubsub).
-    pub(crate) fn set(&self, table: Vec<(TopicPattern, Option<History>)>) {
-        let _ = self.0.set(table);
+    /// Sets the lookup once; later calls are ignored (one endpoint per pubsub).
+    pub(crate) fn set(&self, lookup: Lookup) {
+        let _ = self.0.set(lookup);
     }
 
     /// The history `topic` keeps, if any.
     pub(crate) fn of(&self, topic: &str) -> Option<History> {
-        self.0
-            .get()?
-            .iter()
-            .find(|(p, _)| p.matches(topic))
-            .and_then(|(_, h)| *h)
+        self.0.get().and_then(|f| f(topic))
     }
 }
 
@@ -238,19 +245,5 @@ mod tests {
         ] {
             assert!(ask(bad.clone()).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn the_first_matching_pattern_decides() {
-        let t = HistoryTopics::default();
-        assert_eq!(t.of("room:a"), None);
-        let h = History::new(10, Duration::from_secs(60));
-        t.set(vec![
-            (TopicPattern::parse("room:quiet").unwrap(), None),
-            (TopicPattern::parse("room:*").unwrap(), Some(h)),
-        ]);
-        assert_eq!(t.of("room:a"), Some(h));
-        assert_eq!(t.of("room:quiet"), None);
-        assert_eq!(t.of("user:1"), None);
     }
 }

@@ -24,7 +24,6 @@ pub use hub::{Broadcast, Hub};
 pub use memory::MemoryBroker;
 pub use redis::RedisBroker;
 
-use crate::channel::TopicPattern;
 use crate::metrics::{metrics, Limit, Source};
 use crate::protocol::{reserved_event, Payload, ReservedEvent};
 use async_trait::async_trait;
@@ -313,11 +312,10 @@ impl PubSub {
         self.history.of(topic)
     }
 
-    /// Sets which topics keep history: the first matching pattern decides.
-    /// Done once, by the endpoint, from its routes.
-    pub(crate) fn set_history(&self, table: Vec<(TopicPattern, Option<History>)>) {
-        let any = table.iter().any(|(_, h)| h.is_some());
-        self.history.set(table);
+    /// Sets which topics keep history (`any`: whether some do). Done once,
+    /// by the endpoint, from its routes.
+    pub(crate) fn set_history(&self, lookup: history::Lookup, any: bool) {
+        self.history.set(lookup);
         if let (true, Some(redis)) = (any, &self.redis) {
             // So that backends can FCALL it, before any pod published.
             redis.bus().keep_history_library();
