@@ -488,3 +488,61 @@ async fn rejoining_under_load_sees_every_offset_once_in_order() {
         );
     }
 }
+
+/// On a Redis Cluster of three masters: the functions are loaded on every
+/// master, a topic's stream and metadata sit in its channel's slot (so the
+/// functions touch one shard and SPUBLISH from there), and a rejoin
+/// recovers what was published while away, from a backend's `FCALL` too.
+#[tokio::test]
+async fn on_a_redis_cluster_a_topics_keys_share_its_slot_and_recovery_works() {
+    let cluster = test_support::RedisCluster::start().await;
+    let pod = GatewayProcess::builder(BIN)
+        .redis(&cluster.seeds())
+        .cluster()
+        .configure(|c| with_history(c, 100, 300, None))
+        .start()
+        .await;
+    let topic = "hist:cluster";
+    let channel = pod.channel(topic);
+    let mut a = pod.client().await;
+    let (_, h) = join_first(&mut a, topic).await;
+    let e = epoch(&h["position"]);
+    for n in 1..=2 {
+        pod.api_broadcast(topic, "new_msg", json!({"n": n})).await;
+        assert_eq!(next_msg(&mut a).await.0, json!(at(&e, n)));
+    }
+    a.close().await;
+    pod.api_broadcast(topic, "new_msg", json!({"n": 3})).await;
+    // A backend, as docs/history.md shows it: redis-cli follows MOVED.
+    let env = json!({"event": "new_msg", "payload": {"n": 4}}).to_string();
+    let out = test_support::redis_server::redis_cli(
+        cluster.port(0),
+        &["-c", "FCALL", "gateway_publish", "1", &channel, &env],
+    )
+    .await;
+    assert!(out.starts_with(&at(&e, 4)), "FCALL answered {out:?}");
+    let mut a = pod.client().await;
+    let h = join(&mut a, topic, "r", json!({"history": {"since": at(&e, 2)}})).await;
+    assert_eq!(h, json!({"recovered": true, "position": at(&e, 4)}));
+    for n in 3..=4 {
+        assert_eq!(next_msg(&mut a).await, (json!(at(&e, n)), json!({"n": n})));
+    }
+    let want: i64 = cluster.cmd(0, &["CLUSTER", "KEYSLOT", &channel]).await;
+    for suffix in ["m", "s"] {
+        let key = format!("{{{channel}}}:{suffix}");
+        let got: i64 = cluster.cmd(0, &["CLUSTER", "KEYSLOT", &key]).await;
+        assert_eq!(got, want, "{key}");
+    }
+    let owner = cluster.owner(&channel).await;
+    let n: i64 = cluster
+        .cmd(
+            owner,
+            &[
+                "EXISTS",
+                &format!("{{{channel}}}:m"),
+                &format!("{{{channel}}}:s"),
+            ],
+        )
+        .await;
+    assert_eq!(n, 2, "both keys on the shard that owns the channel");
+}
