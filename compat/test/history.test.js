@@ -155,8 +155,14 @@ test('{"history": {"last": N}} on a first join replays the last N kept, in order
   );
 
   // last: 10, over WebSocket on one pod and long-poll through nginx.
+  const v1 = {
+    vsn: "1.0.0",
+    encode: (msg, callback) => callback(JSON.stringify(msg)),
+    decode: (raw, callback) => callback(JSON.parse(raw)),
+  };
   for (const [name, url, opts] of [
     ["WebSocket", cluster.pods[1].socketUrl, {}],
+    ["WebSocket, V1 serializer", cluster.pods[0].socketUrl, v1],
     ["long-poll", cluster.socketUrl, { transport: LongPoll }],
   ]) {
     const c = await openSocket({ socketUrl: url }, opts, t);
@@ -173,6 +179,11 @@ test('{"history": {"last": N}} on a first join replays the last N kept, in order
     const ok = r.log.filter((e) => e.event === "join:ok")[0];
     assert.ok(replayed.every((m) => m.at > ok.seq), `${name}: replay after the reply`);
     assert.equal(r.state.last, published.at(-1));
+    if (opts.vsn) {
+      const frames = c.frames.filter((f) => f.dir === "in" && f.event === "new_msg");
+      assert.deepEqual(frames.map((f) => f.shape), Array(10).fill("object"));
+      assert.deepEqual(frames.map((f) => f.ref), published.slice(110), "V1: the position is the frame's ref");
+    }
   }
 
   // More than the room keeps (size = 100): the 100 kept, oldest trimmed.
@@ -246,6 +257,40 @@ test(
     );
   },
 );
+
+test("more missed than the room keeps: the rejoin says recovered: false and replays nothing", async (t) => {
+  const topic = unique("lost");
+  const c = await openSocket(cluster.pods[0], {}, t);
+  const r = recoveringChannel(c.socket, topic);
+  assert.equal((await join(r.channel)).status, "ok");
+  await viaFcall(topic, { seq: 0, via: "fcall" });
+  await r.log.waitFor((e) => e.event === "new_msg" && e.payload.seq === 0, { label: "a live message" });
+  const seen = r.state.last;
+
+  const closedAt = c.events.mark;
+  await new Promise((resolve) => c.socket.disconnect(resolve));
+  await c.events.waitFor((e) => e.type === "close", { from: closedAt, label: "socket closed" });
+  // 101 more: message 1 (right after the last seen) is trimmed (size = 100).
+  let top;
+  for (let seq = 1; seq <= 101; seq++) top = await viaFcall(topic, { seq, via: "fcall" });
+  const mark = r.log.mark;
+  c.socket.connect();
+  const rejoin = await r.log.waitFor((e) => e.event === "join:ok", {
+    from: mark,
+    timeout: RECOVER_MS,
+    label: "rejoin",
+  });
+  assert.deepEqual(rejoin.payload.history, { recovered: false, position: top });
+  // The app starts from the reply's position: the next message follows it.
+  assert.equal(r.state.last, top);
+  const after = await viaApi(cluster.pods[1], topic, { seq: 102, via: "api" });
+  await r.log.waitFor((e) => e.event === "new_msg" && e.payload.seq === 102, { label: "a live message after" });
+  const sinceRejoin = messages(r.log).filter((m) => m.at > rejoin.seq);
+  assert.deepEqual(sinceRejoin.map((m) => m.seq), [102], "nothing replayed, never a partial replay");
+  assert.equal(sinceRejoin[0].position, after);
+  const sent = c.frames.filter((f) => f.dir === "out" && f.event === "phx_join").at(-1);
+  assert.deepEqual(sent.payload, { history: { since: seen } });
+});
 
 test(
   "LongPoll through nginx round-robin: a disconnect/reconnect and the owner pod's death; " +
