@@ -10,7 +10,7 @@
 import { test, before } from "node:test";
 import assert from "node:assert/strict";
 import { LongPoll } from "phoenix";
-import { startCluster, suiteScope } from "../../testkit/index.mjs";
+import { startCluster, suiteScope, until } from "../../testkit/index.mjs";
 import { join, openSocket, push, recordChannel } from "../lib/phx.js";
 
 const API_KEY = "history-test-api-key";
@@ -356,5 +356,38 @@ test(
         `${replayed.length} of 20 missed messages replayed, the rest live`,
     );
     assert.ok(m.socket.conn instanceof LongPoll);
+  },
+);
+
+// Last: it cuts every pod's Redis subscriber connection. Skipped until the
+// gateway closes the gap itself (fills it from the history, or errors the
+// channels so phoenix.js rejoins with its position): today the messages
+// published while a pod resubscribes never reach its joined clients, and
+// nothing tells them (their next offsets just jump). HISTORY_GAP_TEST=1 runs it.
+test(
+  "a pod's Redis subscriber connection is cut while messages are published: its clients still get every message once, in order",
+  {
+    skip:
+      !process.env.HISTORY_GAP_TEST &&
+      "known gap: messages published while a pod resubscribes to Redis are lost for its joined clients (HISTORY_GAP_TEST=1 runs it)",
+  },
+  async (t) => {
+    const topic = unique("resubscribe");
+    const c = await openSocket(cluster.pods[0], {}, t);
+    const r = recoveringChannel(c.socket, topic);
+    assert.equal((await join(r.channel)).status, "ok");
+    await viaFcall(topic, { seq: 0, via: "fcall" });
+    await r.log.waitFor((e) => e.event === "new_msg" && e.payload.seq === 0, { label: "a live message" });
+    await cluster.redis.cli("CLIENT", "KILL", "TYPE", "pubsub");
+    for (let seq = 1; seq <= 3; seq++) await viaFcall(topic, { seq, via: "fcall" });
+    await until(
+      "the pod subscribed again",
+      async () => (await cluster.redis.cli("PUBSUB", "NUMSUB", `phx:${topic}`)).endsWith("\n1"),
+      { timeoutMs: 10_000 },
+    );
+    await viaFcall(topic, { seq: 4, via: "fcall" });
+    await r.log.waitFor((e) => e.event === "new_msg" && e.payload.seq === 4, { label: "the message after" });
+    await r.log.waitFor((e) => e.event === "new_msg" && e.payload.seq === 3, { label: "message 3", timeout: 3000 });
+    assertExactlyOnceInOrder(messages(r.log), range(0, 5));
   },
 );
