@@ -13,15 +13,17 @@ export const LONGPOLL_SECRET = "cluster-test-longpoll-secret-0123456789";
  * One redis-server, `pods` gateway processes with `config` (default
  * config/example.toml) sharing it (REDIS_URL) and one long-poll secret, and,
  * unless `nginx` is false, nginx round-robin in front of them. Each pod has
- * `i`, `port`, `addr`, `lpId` (its long-poll pod id) and kill(signal).
+ * `i`, `port`, `addr`, `lpId` (its long-poll pod id), kill(signal) and
+ * restart() (same port). `env` adds variables to every pod's environment
+ * (GATEWAY_API_KEY, ...).
  */
-export function startCluster(scope, { pods = 3, config = "config/example.toml", nginx = true } = {}) {
+export function startCluster(scope, { pods = 3, config = "config/example.toml", nginx = true, env = {} } = {}) {
   return scope.run(async () => {
     const redis = await startRedis(scope);
     const started = await Promise.all(
       Array.from({ length: pods }, async (_, i) => {
-        const env = { REDIS_URL: redis.url, GATEWAY_LONGPOLL_SECRET: LONGPOLL_SECRET };
-        return Object.assign(await startGateway(scope, { name: `pod${i}`, config, env }), { i });
+        const podEnv = { ...env, REDIS_URL: redis.url, GATEWAY_LONGPOLL_SECRET: LONGPOLL_SECRET };
+        return Object.assign(await startGateway(scope, { name: `pod${i}`, config, env: podEnv }), { i });
       }),
     );
     const lb = nginx ? await startNginx(scope, { upstreams: started.map((p) => p.addr) }) : null;
@@ -52,6 +54,11 @@ export function startCluster(scope, { pods = 3, config = "config/example.toml", 
         return started.find((p) => p.lpId === lpId);
       },
       killPod: (pod) => pod.kill("SIGKILL"),
+      /** SIGKILL, then the same pod again on its port (a crash and a restart). */
+      async restartPod(pod) {
+        await pod.kill("SIGKILL");
+        return pod.restart();
+      },
     };
   });
 }

@@ -162,7 +162,13 @@ describe('phoenix.js LongPoll in Chromium behind nginx round-robin', { timeout: 
       assert.deepEqual(await joinAs(pages.ann, 'ann'), { longpoll: true });
       assert.deepEqual(await joinAs(pages.ben, 'ben'), { longpoll: true });
       await Promise.all([until(pages.ann, 'ann:1,ben:1'), until(pages.ben, 'ann:1,ben:1')]);
-      const lists = await Promise.all([pages.ann, pages.ben].map((p) => p.evaluate(() => window.pres.presence.list())));
+      // Keyed and sorted: list() follows the order keys arrived in, which
+      // differs between the pages (presence_state vs a later diff).
+      const lists = await Promise.all(
+        [pages.ann, pages.ben].map((p) =>
+          p.evaluate(() => window.pres.presence.list((key, p) => [key, p]).sort(([a], [b]) => (a < b ? -1 : 1))),
+        ),
+      );
       assert.deepEqual(lists[0], lists[1], 'both pages hold the same list, metas included');
 
       await pages.ben.evaluate(
