@@ -97,6 +97,9 @@ pub enum Terminate {
     DuplicateJoin,
     /// The connection closed.
     Closed,
+    /// The topic's live messages skipped offsets: the channel ends with an
+    /// error so its client rejoins from its last position and recovers.
+    Lost,
 }
 
 /// The answer to a client event.
@@ -225,4 +228,7 @@ pub(crate) enum ChannelMsg {
     Assigns(Arc<SocketInfo>),
     /// The connection closed.
     Closed,
+    /// The topic's live messages skipped offsets: the channel ends with an
+    /// error so its client rejoins from its last position and recovers.
+    Lost,
 }

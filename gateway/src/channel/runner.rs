@@ -18,7 +18,7 @@ use crate::metrics::{metrics, JoinedChannel, Limit};
 use crate::protocol::{Payload, Refusal};
 use crate::pubsub::history::{Ask, Recovery};
 use crate::pubsub::hub::{encode, Intercept, Subscriber, Target};
-use crate::pubsub::seam::Seam;
+use crate::pubsub::seam::{Broken, Seam};
 use crate::pubsub::{Broadcast, Subscription};
 use futures_util::FutureExt;
 use std::collections::VecDeque;
@@ -87,6 +87,16 @@ impl Intercept for Interceptor {
             payload: payload.clone(),
         };
         self.inbox.send(Box::new(out)).is_ok()
+    }
+}
+
+/// Tells a channel with history that its client missed live messages.
+#[derive(Debug)]
+struct LostOffsets(Inbox);
+
+impl Broken for LostOffsets {
+    fn broken(&self) {
+        let _ = self.0.send(Box::new(ChannelMsg::Lost));
     }
 }
 
@@ -221,8 +231,10 @@ async fn join<C: Channel>(slot: Arc<ChannelSlot<C>>, mut chan: C, s: Start) {
                     inbox: slot.inbox(),
                 }) as Box<dyn Intercept>
             });
-            let kept =
-                history.and_then(|(h, ask)| Some((h, ask.ok()?, Seam::new(conn.budget().frames))));
+            let kept = history.and_then(|(h, ask)| {
+                let lost = Box::new(LostOffsets(slot.inbox()));
+                Some((h, ask.ok()?, Seam::new(conn.budget().frames, lost)))
+            });
             let target = match &kept {
                 Some((_, _, seam)) => Target::Kept(intercept, seam.clone()),
                 None => Target::Channel(intercept),
@@ -245,6 +257,11 @@ async fn join<C: Channel>(slot: Arc<ChannelSlot<C>>, mut chan: C, s: Start) {
                     Some((h, ask, seam)) => match pubsub.read_history(&topic, &h, &ask).await {
                         Ok(recovery) => {
                             let recovery = fit(recovery, &ask, conn.budget());
+                            metrics().history_read(
+                                matches!(ask, Ask::Since(_)),
+                                recovery.recovered,
+                                recovery.messages.len(),
+                            );
                             join_answered(&conn, &topic, "ok");
                             let joined = metrics().channel_joined(&topic);
                             let response = with_history(response, &ask, &recovery);
@@ -420,6 +437,12 @@ async fn step<C: Channel>(live: &mut Live<C>, item: Item<C::Info>) -> Result<(),
         ),
         ChannelMsg::Replace => Err(End::Replaced),
         ChannelMsg::Closed => Err(End::Closed),
+        ChannelMsg::Lost => {
+            metrics().history_gap();
+            Err(End::Stop(StopReason::Error(
+                "missed messages: rejoin from the last position to recover them".into(),
+            )))
+        }
         ChannelMsg::Assigns(info) => {
             ctx.set_socket(info);
             next_step(
@@ -511,7 +534,8 @@ fn answer_rest<I>(rest: VecDeque<Item<I>>, conn: &ConnHandle, topic: &str) {
             ChannelMsg::Out { .. }
             | ChannelMsg::Replace
             | ChannelMsg::Assigns(_)
-            | ChannelMsg::Closed => continue,
+            | ChannelMsg::Closed
+            | ChannelMsg::Lost => continue,
         };
         let to = ReplyTo {
             topic,

@@ -51,6 +51,10 @@ pub(crate) struct Metrics {
     latency: Histogram,
     malformed: IntCounter,
     redis_dropped: [IntCounter; DROPPED.len()],
+    /// `since` joins: recovered, not recovered.
+    recoveries: [IntCounter; 2],
+    replayed: IntCounter,
+    history_gaps: IntCounter,
     limit_hits: [IntCounter; LIMITS.len()],
     http_connections: IntGauge,
     auth_failures: IntCounterVec,
@@ -140,6 +144,12 @@ impl Metrics {
             "gateway_redis_dropped_total",
             "Well-formed messages from Redis dropped because publishers may not send them, by reason.",
             &["reason"],
+        );
+        let recoveries = counter_vec(
+            &r,
+            "gateway_history_recoveries_total",
+            "Joins that asked for the messages after a position, by whether they got all of them.",
+            &["result"],
         );
         let build_info = gauge_vec(
             &r,
@@ -232,6 +242,17 @@ impl Metrics {
                 "Messages read from Redis dropped for a malformed envelope.",
             ),
             redis_dropped: DROPPED.map(|d| redis_dropped.with_label_values(&[d])),
+            recoveries: ["recovered", "not_recovered"].map(|l| recoveries.with_label_values(&[l])),
+            replayed: counter(
+                &r,
+                "gateway_history_replayed_total",
+                "Messages replayed from history to joining clients.",
+            ),
+            history_gaps: counter(
+                &r,
+                "gateway_history_gaps_total",
+                "Channels ended because their topic's live messages skipped offsets (lost while Redis reconnected), so their clients rejoin and recover.",
+            ),
             limit_hits: LIMITS.map(|l| limit_hits.with_label_values(&[l])),
             http_connections: gauge(
                 &r,
@@ -317,6 +338,19 @@ impl Metrics {
 
     pub(crate) fn limit_hit(&self, limit: Limit) {
         self.limit_hits[limit as usize].inc();
+    }
+
+    /// A join with `since` was answered; `messages` were replayed.
+    pub(crate) fn history_read(&self, since: bool, recovered: bool, messages: usize) {
+        if since {
+            self.recoveries[usize::from(!recovered)].inc();
+        }
+        self.replayed.inc_by(messages as u64);
+    }
+
+    /// A channel with history saw a gap in its topic's offsets.
+    pub(crate) fn history_gap(&self) {
+        self.history_gaps.inc();
     }
 
     /// A message from Redis was dropped.

@@ -217,6 +217,23 @@ impl Hub {
         self.tap.get().map(|t| &**t)
     }
 
+    /// Ends every channel with history on this node (their seams tell
+    /// them): what was published while the broker was cut off is lost, and
+    /// their clients recover it by rejoining. Returns how many.
+    pub(crate) fn interrupt_kept(&self) -> usize {
+        let mut n = 0;
+        for shard in self.shards.iter() {
+            for topic in shard.lock().values() {
+                for sub in topic.subs.values() {
+                    if let Target::Kept(_, seam) = &sub.target {
+                        n += usize::from(seam.interrupt());
+                    }
+                }
+            }
+        }
+        n
+    }
+
     /// Number of local subscribers of `topic`.
     pub fn subscribers(&self, topic: &str) -> usize {
         self.shard(topic)
@@ -295,7 +312,9 @@ impl Hub {
                 Target::Kept(intercept, seam) => (intercept, Some(seam)),
             };
             if let Some(i) = intercept.as_deref().filter(|i| i.wants(&msg.event)) {
-                if i.deliver(&msg.event, &msg.payload) {
+                // The seam counts it too, so its offsets stay whole.
+                let admitted = seam.is_none_or(|s| s.offer(&sub.conn, position, None, entered));
+                if admitted && i.deliver(&msg.event, &msg.payload) {
                     delivered += 1;
                 }
                 continue;
@@ -307,7 +326,7 @@ impl Hub {
             }
             let Some(frame) = slot else { continue };
             let queued = match seam {
-                Some(seam) => seam.offer(&sub.conn, position, frame, entered),
+                Some(seam) => seam.offer(&sub.conn, position, Some(frame), entered),
                 None => sub.conn.enqueue(Out::Data(frame.clone(), entered)),
             };
             if queued {
