@@ -546,3 +546,52 @@ async fn on_a_redis_cluster_a_topics_keys_share_its_slot_and_recovery_works() {
         .await;
     assert_eq!(n, 2, "both keys on the shard that owns the channel");
 }
+
+/// The pod's Redis subscriber connection is cut while messages are kept:
+/// once it is back, its channels with history end with `phx_error` (counted
+/// in `gateway_history_gaps_total`), and a rejoin from the last position
+/// recovers what the pod never received live.
+#[tokio::test]
+async fn after_a_redis_reconnect_channels_with_history_error_and_recover_on_rejoin() {
+    let redis = RedisServer::start().await;
+    let pod = pod(Some(&redis), 100, 300, None)
+        .metrics_port()
+        .start()
+        .await;
+    let topic = "hist:cut";
+    let channel = pod.channel(topic);
+    let mut a = pod.client().await;
+    let (jr, h) = join_first(&mut a, topic).await;
+    let e = epoch(&h["position"]);
+    let mut conn = redis.conn().await;
+    fcall(&mut conn, &channel, 1).await;
+    assert_eq!(next_msg(&mut a).await.0, json!(at(&e, 1)));
+    let _: i64 = conn.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+    for n in 2..=4 {
+        fcall(&mut conn, &channel, n).await;
+    }
+    let error = a.recv_within(test_support::SETTLE).await;
+    assert_eq!(error[3], "phx_error", "{error}");
+    assert_eq!((&error[0], &error[2]), (&json!(jr), &json!(topic)));
+    let h = join(
+        &mut a,
+        topic,
+        "again",
+        json!({"history": {"since": at(&e, 1)}}),
+    )
+    .await;
+    assert_eq!(h["recovered"], true, "{h}");
+    let top = offset(&h["position"]);
+    for n in 2..=top {
+        assert_eq!(next_msg(&mut a).await.0, json!(at(&e, n)));
+    }
+    test_support::scrape::wait_for(pod.metrics_addr(), "gateway_history_gaps_total", &[], 1.0)
+        .await;
+    test_support::scrape::wait_for(
+        pod.metrics_addr(),
+        "gateway_history_recoveries_total",
+        &[("result", "recovered")],
+        1.0,
+    )
+    .await;
+}

@@ -251,3 +251,76 @@ async fn refused_connect_is_403() {
     let s = server(Log::default()).await;
     assert_eq!(PhxClient::refused_status(s.url("vsn=2.0.0")).await, 403);
 }
+
+/// A channel that broadcasts what it is pushed, for the history route.
+struct Chat;
+
+#[async_trait::async_trait]
+impl Channel for Chat {
+    type Info = ();
+
+    async fn join(&mut self, _: &str, _: Payload, _: &mut ChannelContext<()>) -> JoinResult {
+        Ok(Payload::json(&json!({"welcome": true})))
+    }
+
+    async fn handle_in(
+        &mut self,
+        event: &str,
+        payload: Payload,
+        ctx: &mut ChannelContext<()>,
+    ) -> HandleIn {
+        match ctx.broadcast(event, payload).await {
+            Ok(()) => HandleIn::ok(Payload::empty()),
+            Err(e) => HandleIn::error(Payload::reason(e)),
+        }
+    }
+}
+
+/// `Router::history` in the library: broadcasts from the channel and from
+/// `PubSub::publish` get positions, the join reply merges `history` into the
+/// channel's own response, and a rejoin recovers.
+#[tokio::test]
+async fn a_route_with_history_gives_positions_and_recovers() {
+    use gateway::pubsub::{Broadcast, History};
+    let router = Router::new()
+        .channel("chat:*", || Chat)
+        .history(History::new(10, Duration::from_secs(60)));
+    let ep = Endpoint::builder()
+        .socket(Socket::new("/socket", UserSocket, router))
+        .build();
+    let pubsub = ep.pubsub().clone();
+    let s = TestServer::spawn(ep).await;
+    let mut c = PhxClient::connect(&s.url("vsn=2.0.0&user=ann")).await;
+    let reply = c.join("chat:a", "1").await;
+    let response = &reply[4]["response"];
+    assert_eq!(response["welcome"], true, "{reply}");
+    let top = response["history"]["position"].as_str().unwrap().to_owned();
+    let (epoch, offset) = top.rsplit_once(':').unwrap();
+    assert_eq!(offset, "0");
+    c.send(json!(["1", "2", "chat:a", "said", {"n": 1}])).await;
+    c.expect_unordered(vec![
+        json!(["1", "2", "chat:a", "phx_reply", {"status": "ok", "response": {}}]),
+        json!([null, format!("{epoch}:1"), "chat:a", "said", {"n": 1}]),
+    ])
+    .await;
+    c.close().await;
+    let msg = Broadcast {
+        topic: "chat:a".into(),
+        event: "said".into(),
+        payload: Payload::json(&json!({"n": 2})),
+        from: None,
+    };
+    let position = pubsub.publish(msg, None).await.unwrap().unwrap();
+    assert_eq!(position.to_string(), format!("{epoch}:2"));
+    let mut c = PhxClient::connect(&s.url("vsn=2.0.0&user=ann")).await;
+    let since = format!("{epoch}:1");
+    let reply = c
+        .join_with("chat:a", "3", json!({"history": {"since": since}}))
+        .await;
+    assert_eq!(
+        reply[4]["response"],
+        json!({"welcome": true, "history": {"recovered": true, "position": format!("{epoch}:2")}})
+    );
+    c.expect(json!([null, format!("{epoch}:2"), "chat:a", "said", {"n": 2}]))
+        .await;
+}
