@@ -20,8 +20,9 @@
 //! (A channel that already holds a hash tag, `phx:{a}b`, names its keys
 //! `phx:{a}b:m` and so on.) The stream and the idempotency keys expire
 //! `ttl` after the last message; the metadata lives on for at least
-//! [`META_TTL_MS`] after the last message or join, so a client whose topic
-//! was quiet can still be told it missed nothing.
+//! [`META_TTL_MS`] after the last message (a join extends it again once
+//! less than half is left), so a client whose topic was quiet can still be
+//! told it missed nothing.
 
 use crate::Error;
 
@@ -78,28 +79,32 @@ local function meta_ttl(ttl)
   return META_TTL
 end
 
--- The topic's epoch and top, starting a new epoch when its metadata is gone
--- (expired, flushed, lost with a restart).
-local function current(base, size, ttl)
+-- The topic's metadata: epoch, top, size and ttl (the args', else the
+-- stored ones, else the defaults). A topic without any (expired, flushed,
+-- lost with a restart) starts a new epoch at offset 0. Reads only, unless
+-- something changed or the metadata's expiry is less than half away.
+local function current(base, size_arg, ttl_arg)
   local mk = base .. ':m'
-  local meta = redis.call('HMGET', mk, 'epoch', 'top')
+  local meta = redis.call('HMGET', mk, 'epoch', 'top', 'size', 'ttl')
+  local size = math.floor(tonumber(size_arg) or tonumber(meta[3]) or DEFAULT_SIZE)
+  local ttl = math.floor(tonumber(ttl_arg) or tonumber(meta[4]) or DEFAULT_TTL)
+  if size < 1 then size = 1 end
+  if ttl < 1 then ttl = 1 end
   local epoch, top = meta[1], tonumber(meta[2])
   if not epoch or not top then
     epoch, top = new_epoch(), 0
     redis.call('DEL', base .. ':s')
+    redis.call('HSET', mk, 'epoch', epoch, 'top', '0', 'size', int(size), 'ttl', int(ttl))
+    redis.call('PEXPIRE', mk, meta_ttl(ttl))
+  else
+    if tonumber(meta[3]) ~= size or tonumber(meta[4]) ~= ttl then
+      redis.call('HSET', mk, 'size', int(size), 'ttl', int(ttl))
+    end
+    if redis.call('PTTL', mk) < meta_ttl(ttl) / 2 then
+      redis.call('PEXPIRE', mk, meta_ttl(ttl))
+    end
   end
-  redis.call('HSET', mk, 'epoch', epoch, 'top', int(top), 'size', int(size), 'ttl', int(ttl))
-  redis.call('PEXPIRE', mk, meta_ttl(ttl))
-  return epoch, top
-end
-
-local function settings(base, size_arg, ttl_arg)
-  local meta = redis.call('HMGET', base .. ':m', 'size', 'ttl')
-  local size = tonumber(size_arg) or tonumber(meta[1]) or DEFAULT_SIZE
-  local ttl = tonumber(ttl_arg) or tonumber(meta[2]) or DEFAULT_TTL
-  if size < 1 then size = 1 end
-  if ttl < 1 then ttl = 1 end
-  return math.floor(size), math.floor(ttl)
+  return epoch, top, size, ttl
 end
 
 local function reserved(event)
@@ -124,21 +129,22 @@ local function publish(keys, args)
     return redis.error_reply('ERR the envelope must not carry "pos": gateway_publish gives the position')
   end
   local base = base_of(chan)
-  local size, ttl = settings(base, args[3], args[4])
   local ik = nil
   if args[2] and args[2] ~= '' then
     ik = base .. ':i:' .. args[2]
     local seen = redis.call('GET', ik)
     if seen then return {seen, 0} end
   end
-  local epoch, top = current(base, size, ttl)
+  local epoch, top, size, ttl = current(base, args[3], args[4])
   top = top + 1
   local pos = epoch .. ':' .. int(top)
   local out = '{"pos":"' .. pos .. '",' .. body
-  local sk = base .. ':s'
+  local sk, mk = base .. ':s', base .. ':m'
   redis.call('XADD', sk, 'MAXLEN', int(size), int(top) .. '-0', 'm', out)
-  redis.call('HSET', base .. ':m', 'top', int(top))
+  redis.call('HSET', mk, 'top', int(top))
   redis.call('PEXPIRE', sk, ttl)
+  -- The metadata outlives the stream.
+  redis.call('PEXPIRE', mk, meta_ttl(ttl))
   if ik then redis.call('SET', ik, pos, 'PX', IDEMPOTENCY) end
   if SHARDED then
     redis.call('SPUBLISH', chan, out)
@@ -153,9 +159,8 @@ end
 local function read(keys, args)
   local chan, mode = keys[1], args[1]
   local base = base_of(chan)
-  local size, ttl = settings(base, args[5], args[6])
+  local epoch, top, size = current(base, args[5], args[6])
   local max = tonumber(args[4]) or size
-  local epoch, top = current(base, size, ttl)
   local sk = base .. ':s'
   local out = {epoch, int(top), 1}
   if mode == 'since' then
