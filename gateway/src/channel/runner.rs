@@ -19,7 +19,7 @@ use crate::protocol::{Payload, Refusal};
 use crate::pubsub::history::{Ask, Recovery};
 use crate::pubsub::hub::{encode, Intercept, Subscriber, Target};
 use crate::pubsub::seam::{Broken, Seam};
-use crate::pubsub::{Broadcast, Subscription};
+use crate::pubsub::{Broadcast, History, PubSub, Subscription};
 use futures_util::FutureExt;
 use std::collections::VecDeque;
 use std::future::Future;
@@ -235,56 +235,7 @@ async fn join<C: Channel>(slot: Arc<ChannelSlot<C>>, mut chan: C, s: Start) {
                 let lost = Box::new(LostOffsets(slot.inbox()));
                 Some((h, ask.ok()?, Seam::new(conn.budget().frames, lost)))
             });
-            let target = match &kept {
-                Some((_, _, seam)) => Target::Kept(intercept, seam.clone()),
-                None => Target::Channel(intercept),
-            };
-            let sub = Subscriber {
-                conn: conn.clone(),
-                target,
-            };
-            match pubsub.subscribe(&topic, sub).await {
-                // Subscribed first: what is published while the history is
-                // read waits in the seam.
-                Ok(sub) => match kept {
-                    None => {
-                        join_answered(&conn, &topic, "ok");
-                        // Counted before the client can see the reply.
-                        let joined = metrics().channel_joined(&topic);
-                        conn.reply(to, "ok", &response);
-                        Some((sub, joined))
-                    }
-                    Some((h, ask, seam)) => match pubsub.read_history(&topic, &h, &ask).await {
-                        Ok(recovery) => {
-                            let recovery = fit(recovery, &ask, conn.budget());
-                            metrics().history_read(
-                                matches!(ask, Ask::Since(_)),
-                                recovery.recovered,
-                                recovery.messages.len(),
-                            );
-                            join_answered(&conn, &topic, "ok");
-                            let joined = metrics().channel_joined(&topic);
-                            let response = with_history(response, &ask, &recovery);
-                            conn.reply(to, "ok", &response);
-                            replay(&conn, &topic, &recovery);
-                            seam.open(&conn, &recovery.top);
-                            Some((sub, joined))
-                        }
-                        Err(e) => {
-                            join_answered(&conn, &topic, "history_unavailable");
-                            tracing::warn!(topic = %topic, error = %e, "join refused: history unavailable");
-                            conn.refuse(to, Refusal::HistoryUnavailable);
-                            None
-                        }
-                    },
-                },
-                Err(e) => {
-                    join_answered(&conn, &topic, "subscription_failed");
-                    tracing::warn!(topic = %topic, error = %e, "join refused: subscription failed");
-                    conn.refuse(to, Refusal::SubscriptionFailed);
-                    None
-                }
-            }
+            subscribe(&pubsub, &topic, to, &conn, response, intercept, kept).await
         }
     };
     drop(turn);
@@ -299,6 +250,68 @@ async fn join<C: Channel>(slot: Arc<ChannelSlot<C>>, mut chan: C, s: Start) {
             answer_rest(slot.end(), &conn, &topic);
         }
     }
+}
+
+/// Subscribes a joined channel (sharing its topic's name) and answers its join: `ok` once the
+/// subscription is in effect, after the history read and before the replay
+/// for a topic with history (`kept`: what it keeps, what the join asks, and
+/// the seam); an error reply if the broker fails.
+async fn subscribe(
+    pubsub: &PubSub,
+    shared_topic: &Arc<str>,
+    to: ReplyTo<'_>,
+    conn: &ConnHandle,
+    response: Payload,
+    intercept: Option<Box<dyn Intercept>>,
+    kept: Option<(History, Ask, Arc<Seam>)>,
+) -> Option<(Subscription, JoinedChannel)> {
+    let topic = to.topic;
+    let target = match &kept {
+        Some((_, _, seam)) => Target::Kept(intercept, seam.clone()),
+        None => Target::Channel(intercept),
+    };
+    let sub = Subscriber {
+        conn: conn.clone(),
+        target,
+    };
+    // Subscribed first: what is published while the history is read waits
+    // in the seam.
+    let sub = match pubsub.subscribe(shared_topic, sub).await {
+        Ok(sub) => sub,
+        Err(e) => {
+            join_answered(conn, topic, "subscription_failed");
+            tracing::warn!(topic, error = %e, "join refused: subscription failed");
+            conn.refuse(to, Refusal::SubscriptionFailed);
+            return None;
+        }
+    };
+    let Some((history, ask, seam)) = kept else {
+        join_answered(conn, topic, "ok");
+        // Counted before the client can see the reply.
+        let joined = metrics().channel_joined(topic);
+        conn.reply(to, "ok", &response);
+        return Some((sub, joined));
+    };
+    let recovery = match pubsub.read_history(topic, &history, &ask).await {
+        Ok(recovery) => fit(recovery, &ask, conn.budget()),
+        Err(e) => {
+            join_answered(conn, topic, "history_unavailable");
+            tracing::warn!(topic, error = %e, "join refused: history unavailable");
+            conn.refuse(to, Refusal::HistoryUnavailable);
+            return None;
+        }
+    };
+    metrics().history_read(
+        matches!(ask, Ask::Since(_)),
+        recovery.recovered,
+        recovery.messages.len(),
+    );
+    join_answered(conn, topic, "ok");
+    let joined = metrics().channel_joined(topic);
+    conn.reply(to, "ok", &with_history(response, &ask, &recovery));
+    replay(conn, topic, &recovery);
+    seam.open(conn, &recovery.top);
+    Some((sub, joined))
 }
 
 /// The join's response with what the history read found, under `history`
