@@ -1,11 +1,14 @@
 //! A joined channel's life: the join, on a task of its own; then the
 //! messages its [`Slot`] queues, each handled by a worker spawned when one
 //! arrives; then cleanup. Between messages the channel rests in the slot
-//! with no task.
+//! with no task. A config rule's channel runs its join, and its end when
+//! the connection closes, on the connection's task unless they have to
+//! wait (see the `inline` module).
 //!
 //! Every callback runs under `catch_unwind`, so a panic ends this channel
 //! with `phx_error` and leaves the connection and its other channels alone.
 
+use super::inline::{self, Step};
 use super::queue::Lane;
 use super::slot::{Inbox, Item, Next as Queued, Slot};
 use super::{
@@ -19,9 +22,7 @@ use crate::pubsub::hub::{Intercept, Subscriber, Target};
 use crate::pubsub::Subscription;
 use futures_util::FutureExt;
 use std::collections::VecDeque;
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
 
 /// A channel instance that a new join must wait for.
@@ -47,6 +48,9 @@ pub(crate) struct Start {
     pub(crate) previous: Option<Previous>,
     /// The lane of the client's address, where the join waits for its turn.
     pub(crate) lane: Arc<Lane>,
+    /// The channel's callbacks may run on the connection's task (a config
+    /// rule's); its join then runs there unless it has to wait.
+    pub(crate) inline: bool,
 }
 
 enum End {
@@ -112,16 +116,21 @@ pub(crate) struct Live<C: Channel> {
 type ChannelSlot<C> = Slot<C, Live<C>>;
 
 /// Starts a channel for one join: its slot, and a task that runs the join
-/// and whatever arrives meanwhile. Returns the slot's inbox.
+/// and whatever arrives meanwhile (for an inline channel, that runs here
+/// until it has to wait). Returns the slot's inbox.
 pub(crate) fn start<C: Channel>(chan: C, s: Start) -> Inbox {
-    let slot: Arc<ChannelSlot<C>> = Slot::new(resume::<C>);
+    let slot: Arc<ChannelSlot<C>> = Slot::new(resume::<C>, s.inline);
     let inbox = slot.inbox();
-    tokio::spawn(join(slot, chan, s));
+    if s.inline {
+        inline::run_or_spawn(Box::pin(join(slot, chan, s)));
+    } else {
+        tokio::spawn(join(slot, chan, s));
+    }
     inbox
 }
 
 /// A worker for a channel at rest that received something.
-fn resume<C: Channel>(slot: Arc<ChannelSlot<C>>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+fn resume<C: Channel>(slot: Arc<ChannelSlot<C>>) -> Step {
     Box::pin(async move {
         if let Some(live) = slot.take() {
             run(slot, live).await;
@@ -152,6 +161,7 @@ async fn join<C: Channel>(slot: Arc<ChannelSlot<C>>, mut chan: C, s: Start) {
         socket,
         previous,
         lane,
+        inline: _,
     } = s;
     let unwinding = EndIfUnwinding(&slot);
     if let Some(prev) = &previous {
