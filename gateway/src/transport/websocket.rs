@@ -548,11 +548,17 @@ async fn read_loop<R: Readable>(
     let timer = tokio::time::sleep_until(last + idle);
     tokio::pin!(timer);
     let mut drain_at: Option<Instant> = None;
+    // Made once, not per message: each is a waiter registered (under a
+    // lock) when made and removed when dropped.
+    let closed = conn.closed();
+    tokio::pin!(closed);
+    let started = drain.started();
+    tokio::pin!(started);
     loop {
         let read = tokio::select! {
             biased;
-            _ = conn.closed() => return conn.reason().unwrap_or(Disconnect::TransportError),
-            _ = drain.started(), if drain_at.is_none() => {
+            _ = &mut closed => return conn.reason().unwrap_or(Disconnect::TransportError),
+            _ = &mut started, if drain_at.is_none() => {
                 let at = Instant::now() + drain.delay();
                 drain_at = Some(at);
                 timer.as_mut().reset(at.min(last + idle));
