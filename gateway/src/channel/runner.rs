@@ -170,7 +170,6 @@ async fn join<C: Channel>(slot: Arc<ChannelSlot<C>>, mut chan: C, s: Start) {
         }
         prev.inbox.closed().await;
     }
-    let pubsub = services.pubsub.clone();
     let mut ctx = ChannelContext::new(
         topic.clone(),
         join_ref.clone(),
@@ -226,7 +225,7 @@ async fn join<C: Channel>(slot: Arc<ChannelSlot<C>>, mut chan: C, s: Start) {
                 conn: conn.clone(),
                 target: Target::Channel(intercept),
             };
-            match pubsub.subscribe(&topic, sub).await {
+            match ctx.services().pubsub.subscribe(&topic, sub).await {
                 Ok(sub) => {
                     join_answered(&conn, &topic, "ok");
                     // Counted before the client can see the reply.
@@ -355,7 +354,7 @@ async fn finish<C: Channel>(slot: &ChannelSlot<C>, live: Box<Live<C>>, end: End)
         tracing::error!(topic = %ctx.topic(), "channel callback panicked");
     }
     let conn = ctx.conn().clone();
-    let topic: Arc<str> = Arc::from(ctx.topic());
+    let topic = ctx.topic_arc().clone();
     tracing::debug!(conn = conn.id(), topic = %topic, end = end.label(), "channel left");
     drop(joined);
     ctx.cancel_timers();
