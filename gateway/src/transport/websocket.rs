@@ -583,16 +583,18 @@ async fn read_loop<R: Readable>(
     tokio::pin!(timer);
     let mut drain_at: Option<Instant> = None;
     // Made once, not per message: a waiter registered (under a lock) when
-    // made and removed when dropped.
+    // made and removed when dropped; read as a flag once registered.
     let started = drain.started();
     tokio::pin!(started);
+    let mut registered = false;
     loop {
         let read = tokio::select! {
             biased;
             // A flag read, not a waiter of its own on the close signal (a
             // lock per poll): `serve` guarantees a poll after any close.
             _ = closing(conn) => return conn.reason().unwrap_or(Disconnect::TransportError),
-            _ = &mut started, if drain_at.is_none() => {
+            _ = std::future::poll_fn(|cx| drain.poll_started(started.as_mut(), &mut registered, cx)),
+                if drain_at.is_none() => {
                 let at = Instant::now() + drain.delay();
                 drain_at = Some(at);
                 timer.as_mut().reset(at.min(last + idle));
