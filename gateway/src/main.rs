@@ -171,7 +171,12 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         tracing::info!(?delay, ?period, "draining");
         ep.drain(delay, period).await;
     });
-    gateway::server::serve(listener, endpoint.clone()).await?;
+    // On a worker of the runtime, not on this thread: a connection task it
+    // spawns then goes to that worker's own queue, often to run next on
+    // it, instead of through the shared queue with a wake-up of a parked
+    // worker (and of this thread, for every accept) each time.
+    let accept = tokio::spawn(gateway::server::serve(listener, endpoint.clone()));
+    accept.await.context("accept loop panicked")??;
     let now = tokio::time::Instant::now();
     let (drain_end, deadline) = deadline_rx.await.unwrap_or((now, now));
     // Connections close over the drain period; presences still held after

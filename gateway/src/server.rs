@@ -78,7 +78,10 @@ pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) -> std::io::R
 /// (boxed, and gone once answered) and the connection's. Laid out together
 /// in one state machine, the handshake's state would stay in the task for
 /// the connection's whole life (2.6–4.6 kB measured, against 1.9 kB for the
-/// connection alone).
+/// connection alone). The connection's future is boxed too, once it is
+/// made: the task's own future stays a few words, so spawning it and
+/// moving from one future to the next copy pointers instead of the
+/// connection's state (copies that were 5 % of its CPU).
 fn first_request<T: Send + 'static>(
     ep: Arc<Endpoint>,
     stream: TcpStream,
@@ -88,7 +91,7 @@ fn first_request<T: Send + 'static>(
     let handshake: Pin<Box<dyn Future<Output = Option<websocket::Upgraded>> + Send>> =
         Box::pin(handshake(ep, stream, peer, held));
     handshake.then(|upgraded| match upgraded {
-        Some(upgraded) => Either::Left(upgraded.run()),
+        Some(upgraded) => Either::Left(Box::pin(upgraded.run())),
         None => Either::Right(std::future::ready(())),
     })
 }

@@ -82,7 +82,10 @@ pub fn assemble(settings: Settings, pubsub: PubSub) -> Result<Arc<Endpoint>, Con
                 .map_err(|e| ConfigError::Invalid {
                     key: format!("channel[{j}].pattern"),
                     message: e.reason.into(),
-                })?;
+                })?
+                // A rule's callbacks never block: its joins and ends may run
+                // on the connection's task.
+                .inline();
             if let Some(max) = c.max_payload {
                 router = router.max_payload(max);
             }

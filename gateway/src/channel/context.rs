@@ -282,6 +282,17 @@ impl<I: Send + 'static> ChannelContext<I> {
     pub(crate) fn conn(&self) -> &ConnHandle {
         &self.conn
     }
+
+    /// The endpoint's services, borrowed (a clone is contended: every
+    /// channel on the pod shares them).
+    pub(crate) fn services(&self) -> &Services {
+        &self.services
+    }
+
+    /// The joined topic, shared.
+    pub(crate) fn topic_arc(&self) -> &Arc<str> {
+        &self.topic
+    }
 }
 
 /// Sends messages to a channel's `handle_info` from other tasks.

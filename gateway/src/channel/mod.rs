@@ -15,9 +15,11 @@
 //! - `context`: what a callback can do (`ChannelContext`, `ReplyRef`).
 //! - `runner`: one joined channel's join, messages and end.
 //! - `slot`: where a channel rests between messages, and its queue.
+//! - `inline`: a config rule's join and end on the connection's task.
 //! - `router`, `pattern`: topic patterns → channel factories.
 
 mod context;
+mod inline;
 mod pattern;
 pub(crate) mod queue;
 mod router;

@@ -36,6 +36,9 @@ pub(crate) struct Route {
     pub(crate) max_payload: Option<usize>,
     /// The history the route's topics keep.
     history: Option<History>,
+    /// Its channels' callbacks are the gateway's own and never block, so
+    /// a join (and an end at close) may run on the connection's task.
+    pub(crate) inline: bool,
 }
 
 /// Routes a topic to the channel that serves it; the first matching route wins.
@@ -97,6 +100,7 @@ impl Router {
             factory: Arc::new(FnFactory(make)),
             max_payload: None,
             history: None,
+            inline: false,
         });
         Ok(self)
     }
@@ -129,6 +133,22 @@ impl Router {
         match self.routes.last_mut() {
             Some(route) => route.history = Some(history),
             None => panic!("Router::history: add a channel route first"),
+        }
+        self
+    }
+
+    /// Marks the route added last as the gateway's own (a config rule):
+    /// its channels' callbacks return without blocking, so their joins, and
+    /// their ends when the connection closes, run on the connection's task
+    /// unless they have to wait. Never for a library's channels, whose
+    /// slow callbacks must stall only their own channel.
+    ///
+    /// # Panics
+    /// If no route was added yet: a programming error.
+    pub(crate) fn inline(mut self) -> Self {
+        match self.routes.last_mut() {
+            Some(route) => route.inline = true,
+            None => panic!("Router::inline: add a channel route first"),
         }
         self
     }

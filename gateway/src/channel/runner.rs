@@ -1,11 +1,14 @@
 //! A joined channel's life: the join, on a task of its own; then the
 //! messages its [`Slot`] queues, each handled by a worker spawned when one
 //! arrives; then cleanup. Between messages the channel rests in the slot
-//! with no task.
+//! with no task. A config rule's channel runs its join, and its end when
+//! the connection closes, on the connection's task unless they have to
+//! wait (see the `inline` module).
 //!
 //! Every callback runs under `catch_unwind`, so a panic ends this channel
 //! with `phx_error` and leaves the connection and its other channels alone.
 
+use super::inline::{self, Step};
 use super::queue::Lane;
 use super::slot::{Inbox, Item, Next as Queued, Slot};
 use super::{
@@ -22,9 +25,7 @@ use crate::pubsub::seam::{Broken, Seam};
 use crate::pubsub::{Broadcast, History, PubSub, Subscription};
 use futures_util::FutureExt;
 use std::collections::VecDeque;
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
 
 /// A channel instance that a new join must wait for.
@@ -50,6 +51,9 @@ pub(crate) struct Start {
     pub(crate) previous: Option<Previous>,
     /// The lane of the client's address, where the join waits for its turn.
     pub(crate) lane: Arc<Lane>,
+    /// The channel's callbacks may run on the connection's task (a config
+    /// rule's); its join then runs there unless it has to wait.
+    pub(crate) inline: bool,
 }
 
 enum End {
@@ -125,16 +129,21 @@ pub(crate) struct Live<C: Channel> {
 type ChannelSlot<C> = Slot<C, Live<C>>;
 
 /// Starts a channel for one join: its slot, and a task that runs the join
-/// and whatever arrives meanwhile. Returns the slot's inbox.
+/// and whatever arrives meanwhile (for an inline channel, that runs here
+/// until it has to wait). Returns the slot's inbox.
 pub(crate) fn start<C: Channel>(chan: C, s: Start) -> Inbox {
-    let slot: Arc<ChannelSlot<C>> = Slot::new(resume::<C>);
+    let slot: Arc<ChannelSlot<C>> = Slot::new(resume::<C>, s.inline);
     let inbox = slot.inbox();
-    tokio::spawn(join(slot, chan, s));
+    if s.inline {
+        inline::run_or_spawn(Box::pin(join(slot, chan, s)));
+    } else {
+        tokio::spawn(join(slot, chan, s));
+    }
     inbox
 }
 
 /// A worker for a channel at rest that received something.
-fn resume<C: Channel>(slot: Arc<ChannelSlot<C>>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+fn resume<C: Channel>(slot: Arc<ChannelSlot<C>>) -> Step {
     Box::pin(async move {
         if let Some(live) = slot.take() {
             run(slot, live).await;
@@ -165,6 +174,7 @@ async fn join<C: Channel>(slot: Arc<ChannelSlot<C>>, mut chan: C, s: Start) {
         socket,
         previous,
         lane,
+        inline: _,
     } = s;
     let unwinding = EndIfUnwinding(&slot);
     if let Some(prev) = &previous {
@@ -173,7 +183,6 @@ async fn join<C: Channel>(slot: Arc<ChannelSlot<C>>, mut chan: C, s: Start) {
         }
         prev.inbox.closed().await;
     }
-    let pubsub = services.pubsub.clone();
     let mut ctx = ChannelContext::new(
         topic.clone(),
         join_ref.clone(),
@@ -189,7 +198,9 @@ async fn join<C: Channel>(slot: Arc<ChannelSlot<C>>, mut chan: C, s: Start) {
     };
     // What the join asks of the topic's history, read before the channel
     // takes the params.
-    let history = pubsub
+    let history = ctx
+        .services()
+        .pubsub
         .history_of(&topic)
         .map(|h| (h, Ask::from_join(&payload, h.max_recover)));
 
@@ -235,7 +246,16 @@ async fn join<C: Channel>(slot: Arc<ChannelSlot<C>>, mut chan: C, s: Start) {
                 let lost = Box::new(LostOffsets(slot.inbox()));
                 Some((h, ask.ok()?, Seam::new(conn.budget().frames, lost)))
             });
-            subscribe(&pubsub, &topic, to, &conn, response, intercept, kept).await
+            subscribe(
+                &ctx.services().pubsub,
+                &topic,
+                to,
+                &conn,
+                response,
+                intercept,
+                kept,
+            )
+            .await
         }
     };
     drop(turn);
@@ -479,7 +499,7 @@ async fn finish<C: Channel>(slot: &ChannelSlot<C>, live: Box<Live<C>>, end: End)
         tracing::error!(topic = %ctx.topic(), "channel callback panicked");
     }
     let conn = ctx.conn().clone();
-    let topic: Arc<str> = Arc::from(ctx.topic());
+    let topic = ctx.topic_arc().clone();
     tracing::debug!(conn = conn.id(), topic = %topic, end = end.label(), "channel left");
     drop(joined);
     ctx.cancel_timers();

@@ -8,7 +8,12 @@
 //! time, and puts the state back when the queue is empty. So a slow or
 //! panicking callback still stalls or ends only its own channel, while an
 //! idle channel holds a few hundred bytes and no task.
+//!
+//! A channel of a config rule (`inline`) may instead have its worker run
+//! its first steps on the connection's task when the connection closes:
+//! see the `inline` module.
 
+use super::inline::{self, Step};
 use super::{Channel, ChannelMsg};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
@@ -32,6 +37,9 @@ pub(crate) trait Mailbox: Send + Sync {
     /// Queues `msg`, starting a worker if none runs; gives it back once the
     /// channel has ended.
     fn post(self: Arc<Self>, msg: Box<ChannelMsg>) -> Result<(), Box<ChannelMsg>>;
+    /// As `post`, but a worker it starts runs here until it has to wait,
+    /// when the channel allows it (see the `inline` module).
+    fn post_here(self: Arc<Self>, msg: Box<ChannelMsg>) -> Result<(), Box<ChannelMsg>>;
     /// The channel has ended; nothing posted reaches it any more.
     fn is_closed(&self) -> bool;
     /// Resolves once the channel has ended.
@@ -57,6 +65,12 @@ impl Inbox {
         self.0.clone().post(msg)
     }
 
+    /// Queues a message for the channel; a worker it starts runs on this
+    /// task until it has to wait, if the channel allows it.
+    pub(crate) fn send_here(&self, msg: Box<ChannelMsg>) -> Result<(), Box<ChannelMsg>> {
+        self.0.clone().post_here(msg)
+    }
+
     /// The channel has ended.
     pub(crate) fn is_closed(&self) -> bool {
         self.0.is_closed()
@@ -75,7 +89,7 @@ pub(crate) trait PostInfo<I>: Send + Sync {
 }
 
 /// Starts a worker for a slot that received something.
-pub(crate) type Work<C, S> = fn(Arc<Slot<C, S>>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+pub(crate) type Work<C, S> = fn(Arc<Slot<C, S>>) -> Step;
 
 /// A channel between messages. `S` is its resting state (the channel and
 /// its context); the worker owns it while it runs.
@@ -85,6 +99,8 @@ pub(crate) struct Slot<C: Channel, S> {
     on_end: Notify,
     /// Runs the queue; spawned on demand with the slot.
     work: Work<C, S>,
+    /// The channel's callbacks may run on the task that posts to it.
+    inline: bool,
 }
 
 struct Inner<I, S> {
@@ -103,8 +119,9 @@ pub(crate) enum Next<I, S> {
 }
 
 impl<C: Channel, S: Send + 'static> Slot<C, S> {
-    /// A slot whose first worker (the join) is already running.
-    pub(crate) fn new(work: Work<C, S>) -> Arc<Self> {
+    /// A slot whose first worker (the join) is already running; `inline`
+    /// when its channel's callbacks may run on the task posting to it.
+    pub(crate) fn new(work: Work<C, S>, inline: bool) -> Arc<Self> {
         Arc::new(Slot {
             inner: Mutex::new(Inner {
                 queue: VecDeque::new(),
@@ -114,6 +131,7 @@ impl<C: Channel, S: Send + 'static> Slot<C, S> {
             ended: AtomicBool::new(false),
             on_end: Notify::new(),
             work,
+            inline,
         })
     }
 
@@ -129,8 +147,14 @@ impl<C: Channel, S: Send + 'static> Slot<C, S> {
     }
 
     /// Queues `value` (as `wrap` makes it an item), starting a worker if
-    /// none runs; gives it back once the channel has ended.
-    fn push<T>(self: Arc<Self>, value: T, wrap: fn(T) -> Item<C::Info>) -> Result<(), T> {
+    /// none runs (here, with `here` on an inline slot); gives it back once
+    /// the channel has ended.
+    fn push<T>(
+        self: Arc<Self>,
+        value: T,
+        wrap: fn(T) -> Item<C::Info>,
+        here: bool,
+    ) -> Result<(), T> {
         let start = {
             let mut inner = self.inner.lock();
             if self.ended.load(Ordering::Acquire) {
@@ -140,7 +164,12 @@ impl<C: Channel, S: Send + 'static> Slot<C, S> {
             !std::mem::replace(&mut inner.running, true)
         };
         if start {
-            tokio::spawn((self.work)(self.clone()));
+            let worker = (self.work)(self.clone());
+            if here && self.inline {
+                inline::run_or_spawn(worker);
+            } else {
+                tokio::spawn(worker);
+            }
         }
         Ok(())
     }
@@ -183,7 +212,11 @@ impl<C: Channel, S: Send + 'static> Slot<C, S> {
 
 impl<C: Channel, S: Send + 'static> Mailbox for Slot<C, S> {
     fn post(self: Arc<Self>, msg: Box<ChannelMsg>) -> Result<(), Box<ChannelMsg>> {
-        self.push(msg, Item::Msg)
+        self.push(msg, Item::Msg, false)
+    }
+
+    fn post_here(self: Arc<Self>, msg: Box<ChannelMsg>) -> Result<(), Box<ChannelMsg>> {
+        self.push(msg, Item::Msg, true)
     }
 
     fn is_closed(&self) -> bool {
@@ -207,6 +240,6 @@ impl<C: Channel, S: Send + 'static> Mailbox for Slot<C, S> {
 
 impl<C: Channel, S: Send + 'static> PostInfo<C::Info> for Slot<C, S> {
     fn post_info(self: Arc<Self>, info: C::Info) -> bool {
-        self.push(info, Item::Info).is_ok()
+        self.push(info, Item::Info, false).is_ok()
     }
 }

@@ -28,13 +28,16 @@ pub(crate) async fn run<W: AsyncWrite + Unpin>(w: &mut W, conn: &ConnHandle) {
     let mut batch: Vec<Out> = Vec::new();
     let mut heads: Vec<([u8; 10], usize)> = Vec::new();
     let mut clean = true;
+    // Made once, not per batch (a waiter registered and removed each time).
+    let closed = conn.closed();
+    tokio::pin!(closed);
     while conn.next_batch(&mut batch).await {
         let res = {
             let write = write_batch(w, &batch, &mut heads);
             tokio::pin!(write);
             tokio::select! {
                 biased;
-                _ = conn.closed() => {
+                _ = &mut closed => {
                     // A client that broke the protocol still gets the answers
                     // to what it sent before, if its socket takes them in
                     // time; anyone else is cut off mid-write.

@@ -285,7 +285,7 @@ impl Connection {
             return;
         };
         let join_ref: Option<Arc<str>> = join_ref.map(Arc::from);
-        let max_payload = route.max_payload;
+        let (max_payload, inline) = (route.max_payload, route.inline);
         // One copy of the topic, shared by the channel, its subscription
         // and this list.
         let topic: Arc<str> = Arc::from(topic.as_str());
@@ -299,6 +299,7 @@ impl Connection {
             socket: self.info.clone(),
             previous,
             lane: self.lane.clone(),
+            inline,
         });
         self.channels.insert(
             topic,
@@ -435,10 +436,10 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         // Channels end when the connection closes; make sure it does, and
-        // wake those at rest so they end now.
+        // wake those at rest so they end now (a config rule's here).
         self.conn.close(Disconnect::TransportError);
         for h in self.channels.values() {
-            let _ = h.inbox.send(Box::new(ChannelMsg::Closed));
+            let _ = h.inbox.send_here(Box::new(ChannelMsg::Closed));
         }
         let reason = self.conn.reason().unwrap_or(Disconnect::TransportError);
         tracing::debug!(

@@ -174,7 +174,11 @@ impl Admission {
             Refused::Source(refusal)
         })?;
         self.check_origin(socket, transport, info.peer, origin)?;
-        let vsn = Vsn::negotiate(params.get("vsn")).map_err(Refused::Vsn)?;
+        let vsn = match params.get("vsn") {
+            // What phoenix.js sends, without `negotiate`'s parsing.
+            Some("2.0.0") => Vsn::V2,
+            vsn => Vsn::negotiate(vsn).map_err(Refused::Vsn)?,
+        };
         match socket.handler.connect(params, info).await {
             Ok(assigns) => Ok(Admitted {
                 vsn,

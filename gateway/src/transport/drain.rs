@@ -4,9 +4,12 @@
 //! clients reconnect to other pods gradually instead of in one storm.
 
 use std::collections::hash_map::RandomState;
+use std::future::Future;
 use std::hash::BuildHasher as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TrackedFuture;
@@ -20,6 +23,8 @@ pub(crate) struct Drain(Arc<Inner>);
 #[derive(Debug, Default)]
 struct Inner {
     started: CancellationToken,
+    /// Set before `started` is cancelled: what [`Drain::poll_started`] reads.
+    flag: AtomicBool,
     period_ms: AtomicU64,
     connections: TaskTracker,
 }
@@ -29,6 +34,7 @@ impl Drain {
     pub(crate) fn start(&self, period: Duration) {
         let ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
         self.0.period_ms.store(ms, Ordering::SeqCst);
+        self.0.flag.store(true, Ordering::SeqCst);
         self.0.started.cancel();
     }
 
@@ -42,6 +48,27 @@ impl Drain {
     /// Resolves once the drain has started.
     pub(crate) async fn started(&self) {
         self.0.started.cancelled().await;
+    }
+
+    /// Polls `started` (a [`Drain::started`] future) for a connection's
+    /// task, which polls it on every wake-up. Polling `started` takes two
+    /// locks that every connection of the pod shares; this polls it once,
+    /// registering the task's waker (`registered` remembers it), and after
+    /// that reads a flag. A task's waker does not change, so the one
+    /// registered wakes the task when the drain starts.
+    pub(crate) fn poll_started<F: Future<Output = ()>>(
+        &self,
+        started: Pin<&mut F>,
+        registered: &mut bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        if self.0.flag.load(Ordering::SeqCst) {
+            return Poll::Ready(());
+        }
+        if std::mem::replace(registered, true) {
+            return Poll::Pending;
+        }
+        started.poll(cx)
     }
 
     /// How long after the start of the drain one connection waits before it

@@ -30,7 +30,9 @@ use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -270,13 +272,17 @@ pub(crate) fn bench_handshake(bytes: &Bytes) -> Option<Vec<u8>> {
 
 /// `Sec-WebSocket-Accept` for a key (RFC 6455 §4.2.2, item 5.4).
 fn accept_key(key: &[u8]) -> [u8; 28] {
+    use sha1::Digest;
     const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-    let mut sha1 = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    // The `sha1` crate rather than ring's: it uses the CPU's SHA
+    // instructions where there are some (ring's SHA-1 is portable code,
+    // 2 % of a connection's CPU).
+    let mut sha1 = sha1::Sha1::new();
     sha1.update(key);
     sha1.update(GUID);
     let mut out = [0u8; 28];
     // 20 bytes always encode to 28.
-    let _ = base64::engine::general_purpose::STANDARD.encode_slice(sha1.finish(), &mut out);
+    let _ = base64::engine::general_purpose::STANDARD.encode_slice(sha1.finalize(), &mut out);
     out
 }
 
@@ -332,8 +338,11 @@ fn check_handshake<B>(req: &Request<B>) -> Result<(), BadHandshake> {
         _ => return bad("expected one Sec-WebSocket-Key header"),
     };
     // A nonce of 16 random bytes, base64-encoded (§4.1, item 7).
-    let nonce = base64::engine::general_purpose::STANDARD.decode(key.as_bytes());
-    if !matches!(nonce, Ok(n) if n.len() == 16) {
+    // Decoded on the stack: a longer key cannot fit, and is refused too.
+    let mut nonce = [0u8; 18];
+    let decoded =
+        base64::engine::general_purpose::STANDARD.decode_slice(key.as_bytes(), &mut nonce);
+    if decoded != Ok(16) {
         return bad("Sec-WebSocket-Key is not the base64 of 16 bytes");
     }
     Ok(())
@@ -520,6 +529,7 @@ where
         drain,
         ..
     } = &mut live;
+    let reading = AtomicBool::new(true);
     let read = async {
         if let Some(c) = connection.as_mut() {
             let reason = read_loop(reader, c, conn, *idle, drain).await;
@@ -527,8 +537,32 @@ where
         }
         // Logs "connection closed" and counts it.
         *connection = None;
+        reading.store(false, Ordering::Relaxed);
     };
-    tokio::join!(read, writer::run(w, conn));
+    let write = async {
+        writer::run(w, conn).await;
+        // The connection is closed (the writer only returns then), maybe by
+        // the writer itself, which wakes no one: have the reader polled
+        // once more to see it.
+        if reading.load(Ordering::Relaxed) {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::join!(read, write);
+}
+
+/// Ready once the connection is closing; registers no waker. Only for
+/// `read_loop`, which `serve` runs beside the writer: the writer waits on
+/// what `ConnHandle::close` notifies until the connection closes, and
+/// yields once after it returns, so the task is polled after every close.
+fn closing(conn: &ConnHandle) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(|_| {
+        if conn.is_closed() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
 }
 
 /// Reads and handles the client's messages until the connection ends, and
@@ -548,11 +582,19 @@ async fn read_loop<R: Readable>(
     let timer = tokio::time::sleep_until(last + idle);
     tokio::pin!(timer);
     let mut drain_at: Option<Instant> = None;
+    // Made once, not per message: a waiter registered (under a lock) when
+    // made and removed when dropped; read as a flag once registered.
+    let started = drain.started();
+    tokio::pin!(started);
+    let mut registered = false;
     loop {
         let read = tokio::select! {
             biased;
-            _ = conn.closed() => return conn.reason().unwrap_or(Disconnect::TransportError),
-            _ = drain.started(), if drain_at.is_none() => {
+            // A flag read, not a waiter of its own on the close signal (a
+            // lock per poll): `serve` guarantees a poll after any close.
+            _ = closing(conn) => return conn.reason().unwrap_or(Disconnect::TransportError),
+            _ = std::future::poll_fn(|cx| drain.poll_started(started.as_mut(), &mut registered, cx)),
+                if drain_at.is_none() => {
                 let at = Instant::now() + drain.delay();
                 drain_at = Some(at);
                 timer.as_mut().reset(at.min(last + idle));
