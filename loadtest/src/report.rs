@@ -229,6 +229,8 @@ impl<'a> Report<'a> {
             + c.push_errors
             + c.publish_errors
             + c.duplicates
+            + c.pos_gaps
+            + c.pos_dups
             + self.missing()
             + c.refused
             + self.not_rejoined()
@@ -429,6 +431,12 @@ impl<'a> Report<'a> {
                 self.x.expected.map_or("-".into(), |e| e.to_string()),
                 self.missing(),
                 c.duplicates
+            );
+        }
+        if c.positioned + c.pos_dups + c.epoch_changes > 0 {
+            s += &format!(
+                "history positions     {} in order; {} skipped, {} repeated, {} epoch changes\n",
+                c.positioned, c.pos_gaps, c.pos_dups, c.epoch_changes
             );
         }
         if let Some(cpu) = self.x.gateway_cpu_secs {

@@ -108,6 +108,16 @@ counters!(
     rejoined,
     refused,
     attempts_down,
+    // History positions ("<epoch>:<offset>" in a broadcast's ref slot):
+    // deliveries whose offset was the next one of their topic (or the first
+    // seen), offsets skipped, offsets seen again (or older), epoch changes.
+    positioned,
+    pos_gaps,
+    pos_dups,
+    epoch_changes,
+    // recover: rejoins answered recovered true / false.
+    recovered,
+    not_recovered,
 );
 
 /// Counters and histograms shared by the tasks of one process.
