@@ -70,6 +70,7 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
     let go_at = Instant::now();
     let go_ns = stats::now_ns();
     let cpu_before = procfs::total_cpu(&cli.gateway_pid)?;
+    let client_cpu_before = procfs::total_cpu(&workers.pids())?;
     let mut published: Option<Vec<u64>> = None;
     let mut rss_after = None;
     let mut storm = None;
@@ -133,6 +134,7 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
     let gateway_cpu_secs = (!cli.gateway_pid.is_empty() && storm.is_none() && recover.is_none())
         .then(|| procfs::total_cpu(&cli.gateway_pid).map(|c| c - cpu_before))
         .transpose()?;
+    let client_cpu_secs = procfs::total_cpu(&workers.pids())? - client_cpu_before;
     let redis = match (&cli.scenario, redis_before) {
         (Scenario::Fanout(a), Some(before)) => {
             Some(before.until(&redis_use::probe(&a.redis_url, a.redis_pid).await?))
@@ -192,6 +194,7 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
             lifecycle_cpu,
             redis,
             recover,
+            client_cpu_secs,
         },
     );
     print!("{}", rep.table());

@@ -40,6 +40,9 @@ pub(crate) struct Extra {
     pub(crate) redis: Option<redis_use::Use>,
     /// What the parent saw of a recover run.
     pub(crate) recover: Option<recover::Outcome>,
+    /// loadtest's own CPU seconds (this process and its workers) from the
+    /// start of the measured phase to the end of the drain.
+    pub(crate) client_cpu_secs: f64,
 }
 
 /// What the parent reads before and after the presence-join measured phase.
@@ -567,7 +570,10 @@ impl<'a> Report<'a> {
             );
         }
         if let Some(cpu) = self.x.gateway_cpu_secs {
-            s += &format!("gateway CPU           {cpu:.2} s");
+            s += &format!(
+                "gateway CPU           {cpu:.2} s (loadtest {:.2} s)",
+                self.x.client_cpu_secs
+            );
             if let Some(us) = self.cpu_per_delivery_us() {
                 s += &format!(" ({us:.2} µs per delivery)");
             }
@@ -651,6 +657,7 @@ impl<'a> Report<'a> {
                 .then(|| c.redis_receivers as f64 / c.published.max(1) as f64),
             "connections_joins_per_sec": self.conn_join_per_sec(),
             "gateway_cpu": self.x.gateway_cpu_secs.map(|secs| json!({"secs": secs, "us_per_delivery": self.cpu_per_delivery_us()})),
+            "client_cpu_secs": self.x.client_cpu_secs,
             "memory": self.memory().map(|(b, a, per)| json!({"rss_before": b, "rss_after": a, "bytes_per_connection": per})),
             "latency": {
                 "connect": percentiles(&self.m.connect),
