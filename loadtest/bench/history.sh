@@ -29,13 +29,13 @@ hist_fanout() {
 # starts from fresh topics.
 hist_recover() {
   local name=$1; shift
-  local main_pid=$GW_PID main_url=$GW_URL
+  local main_pid=$GW_PID main_url=$GW_URL main_port=$GW_PORT main_api=$GW_API
   start_gateway "$name-gw"
   LT_TOPIC_PREFIX="hist:$name" LT_TAIL=${LT_TAIL:-24} lt "$name" recover "$@" --gateway-pid "$GW_PID" --url "$GW_URL" \
     --restart-cmd "$(restart_cmd "$name-gw")" --redis-url "$REDIS_URL" --prefix "$PREFIX" --redis-pid "$REDIS_PID"
   stop "$GW_PID"
   if [ -f "$OUT/$name-gw.pid" ]; then stop "$(cat "$OUT/$name-gw.pid")"; rm -f "$OUT/$name-gw.pid"; fi
-  GW_PID=$main_pid GW_URL=$main_url
+  GW_PID=$main_pid GW_URL=$main_url GW_PORT=$main_port GW_API=$main_api
 }
 
 # hist_summary: the history runs of $OUT as tables, medians over rounds.
