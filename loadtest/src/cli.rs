@@ -526,5 +526,30 @@ mod tests {
             (a.signal.as_str(), a.restart_cmd.as_deref()),
             ("KILL", None)
         );
+        let c = cli(&[
+            "recover",
+            "-n",
+            "5",
+            "--distinct-topics",
+            "3",
+            "--restart-cmd",
+            "x",
+            "--topic-prefix",
+            "hist:lt",
+        ]);
+        assert_eq!(c.name(), "recover");
+        assert_eq!((c.shape().0, c.shape().2), (5, 3));
+        assert_eq!(c.topics_of(4), ["hist:lt:1"]);
+        assert_eq!(c.expected_deliveries(None, &Counters::default()), None);
+        let Scenario::Recover(a) = &c.scenario else {
+            panic!("{:?}", c.scenario)
+        };
+        assert_eq!((a.behind, a.signal.as_str()), (100, "KILL"));
+
+        let c = cli(&["fanout", "--via", "fcall", "--redis-pid", "7"]);
+        let Scenario::Fanout(a) = &c.scenario else {
+            panic!("{:?}", c.scenario)
+        };
+        assert_eq!((a.via, a.redis_pid), (publish::Via::Fcall, Some(7)));
     }
 }
