@@ -12,7 +12,7 @@ FUZZ_SMOKE_SECONDS ?= 5
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 SEEDS_BIN  ?= $(TARGET_DIR)/debug/examples/seeds
 
-.PHONY: run run-seeds build test test-deps test-rust test-compat test-e2e test-image lint lint-k8s image image-check bench curves memory bench-ab chaos soak test-fuzz fuzz
+.PHONY: run run-seeds build test test-deps test-rust test-compat test-e2e test-image lint lint-k8s image image-check bench curves memory bench-ab bench-history chaos soak test-fuzz fuzz
 
 ## run: the gateway on 127.0.0.1:$(PORT) with config/example.toml and the demo
 ## chat at /; the in-memory broker unless REDIS_URL is set
@@ -145,3 +145,9 @@ memory:
 ## (make bench-ab A=old/gateway B=target/release/gateway); what a change costs
 bench-ab:
 	bash loadtest/ab.sh $(A) $(B)
+
+## bench-history: fan-out with history on vs off side by side and 10,000
+## clients recovering after a pod restart, HISTORY_ROUNDS rounds (about 3 min
+## each); docs/performance.md#history
+bench-history:
+	bash loadtest/history.sh

@@ -11,6 +11,11 @@
 # BENCH_DURATION (default 10s) is the measured phase of each scenario, except
 # fanout-10k, the issue's target run, which lasts BENCH_LONG (default 60s).
 # presence-join runs on three pods of its own, started after the others.
+# History (docs/performance.md#history): the 10,000-subscriber fan-out with
+# history off (PUBLISH on bench:*) and on (FCALL gateway_publish on hist:*),
+# BENCH_DURATION each, and `recover` (10,000 clients rejoining 100 messages
+# behind after a pod restart) on a pod of its own; `make bench-history` runs
+# more rounds and rates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +25,8 @@ OUT=bench/results/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 # shellcheck source=loadtest/bench/lib.sh
 . loadtest/bench/lib.sh
+# shellcheck source=loadtest/bench/history.sh
+. loadtest/bench/history.sh
 
 build_release
 start_redis
@@ -56,6 +63,11 @@ lt reconnect-storm reconnect-storm -n 10000 -r 5000 --gateway-pid "$GW_PID" --ur
 stop "$GW_PID"
 [ -f "$OUT/gateway-storm.pid" ] && stop "$(cat "$OUT/gateway-storm.pid")" && rm -f "$OUT/gateway-storm.pid"
 GW_PID=$MAIN_GW_PID GW_URL=$MAIN_GW_URL
+# history off and on, side by side (named as make bench-history names them)
+hist_fanout fanout-off-redis-p50-r1 off-redis 50 "$DURATION"
+hist_fanout fanout-on-fcall-p50-r1 on-fcall 50 "$DURATION"
+# a pod restart: 10,000 clients over 1,000 history topics, 100 messages behind
+hist_recover recover -n 10000 -r 5000 --distinct-topics 1000 --behind 100
 # quiet latency: 1,000 subscribers, each alone on its topic; 1,000 msgs/s in all
 fanout fanout-quiet "$DURATION" "-s 1000 -t 1000 -p 1000" "${REDIS_ARGS[@]}"
 # the target: one topic, 10,000 subscribers, through Redis, sustained
@@ -85,13 +97,13 @@ for f in sorted(os.listdir(out)):
                  d["missing"], d["errors"], mem.get("bytes_per_connection"),
                  (d.get("gateway_cpu") or {}).get("us_per_delivery")))
 print(f"\nresults in {out} (commit {d.get('git_commit')}, {d['machine']['cores']} cores)\n")
-print(f"{'scenario':<18}{'conns':>8}{'conn+join/s':>13}{'deliv/s':>11}{'vs raw':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'missing':>9}{'errors':>8}{'B/conn':>9}{'CPU µs/d':>10}")
+print(f"{'scenario':<24}{'conns':>8}{'conn+join/s':>13}{'deliv/s':>11}{'vs raw':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'missing':>9}{'errors':>8}{'B/conn':>9}{'CPU µs/d':>10}")
 for r in rows:
     bpc = "-" if r[9] is None else f"{r[9]:.0f}"
     cpu = "-" if r[10] is None else f"{r[10]:.2f}"
     raw = dps.get("raw-" + r[0])
     ratio = (f"{r[3] / raw:.0%}" + ("!" if r[7] else "")) if raw else "-"
-    print(f"{r[0]:<18}{r[1]:>8}{r[2]:>13.0f}{r[3]:>11.0f}{ratio:>8}{r[4]:>9.2f}{r[5]:>9.2f}{r[6]:>9.2f}{r[7]:>9}{r[8]:>8}{bpc:>9}{cpu:>10}")
+    print(f"{r[0]:<24}{r[1]:>8}{r[2]:>13.0f}{r[3]:>11.0f}{ratio:>8}{r[4]:>9.2f}{r[5]:>9.2f}{r[6]:>9.2f}{r[7]:>9}{r[8]:>8}{bpc:>9}{cpu:>10}")
 print("\nvs raw: the gateway's deliveries/s over raw-writer's (raw-<scenario>: same subscribers,")
 print("topics and publish rate, pre-encoded frames, one writev per batch), measured in this run;")
 print("'!': the gateway run lost messages, so its rate is not comparable.")
@@ -121,3 +133,4 @@ if os.path.exists(storm):
           f"gateway µs/rejoin user {f(gw.get('user'))} system {f(gw.get('system'))}, "
           f"client user {f(cl.get('user'))} system {f(cl.get('system'))}")
 PY
+hist_summary

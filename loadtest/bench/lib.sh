@@ -62,7 +62,9 @@ example_config() {
 
 # start_gateway NAME [example]: config/example.toml on Redis plus a public
 # bench:* rule (the benchmarks measure channels without presence, whose cost
-# docs/presence.md measures), or with "example" the shipped file alone;
+# docs/presence.md measures) and the same rule with history as hist:*
+# (size 1000: room for a recovery 100 behind plus what is published while
+# clients rejoin), or with "example" the shipped file alone;
 # sets GW_PID, GW_PORT, GW_URL, GW_API.
 start_gateway() {
   local name=$1
@@ -70,6 +72,8 @@ start_gateway() {
   { example_config
     if [ "${2:-}" != example ]; then
       printf '\n[[channel]]\npattern = "bench:*"\npolicy = "public"\nevents = ["new_msg"]\ninclude_sender = true\n'
+      printf '\n[[channel]]\npattern = "hist:*"\npolicy = "public"\nevents = ["new_msg"]\ninclude_sender = true\n'
+      printf '\n[channel.history]\nsize = 1000\nttl = 3600\n'
     fi
   } >"$OUT/$name.toml"
   env -u REDIS_URL -u GATEWAY_CONFIG -u GATEWAY_LISTEN PORT="$GW_PORT" GATEWAY_API_KEY="$KEY" GATEWAY_LOG="${GW_LOG:-warn}" \

@@ -116,6 +116,11 @@ pub(crate) enum Scenario {
     /// phoenix.js's backoff; refusals, accept-queue overflows, time to rejoin.
     #[serde(rename = "reconnect-storm")]
     ReconnectStorm(StormArgs),
+    /// N clients joined to topics with history; the gateway is killed, every
+    /// topic gets --behind messages (FCALL gateway_publish) while it is down,
+    /// it is started again and every client rejoins from its last position;
+    /// join+replay latency, recovered counts, lost/duplicate offsets, Redis time.
+    Recover(RecoverArgs),
 }
 
 #[derive(Debug, Args, Clone, Serialize)]
@@ -150,7 +155,7 @@ pub(crate) struct FanoutArgs {
     #[arg(long, value_enum, default_value = "redis")]
     via: publish::Via,
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
-    redis_url: String,
+    pub(crate) redis_url: String,
     /// The gateway's [redis] prefix.
     #[arg(long, default_value = "phx:")]
     prefix: String,
@@ -167,6 +172,10 @@ pub(crate) struct FanoutArgs {
     /// Subscribers connected per second.
     #[arg(long, default_value_t = 2000.0)]
     connect_rate: f64,
+    /// redis-server's pid: its CPU time and `INFO commandstats` (on
+    /// --redis-url) are read before and after the measured phase and drain.
+    #[arg(long)]
+    pub(crate) redis_pid: Option<u32>,
 }
 
 #[derive(Debug, Args, Clone, Serialize)]
@@ -257,6 +266,52 @@ pub(crate) struct StormArgs {
     pub(crate) rejoin_timeout: Duration,
 }
 
+#[derive(Debug, Args, Clone, Serialize)]
+pub(crate) struct RecoverArgs {
+    /// Clients (connections), connected and joined before the restart.
+    #[arg(short = 'n', long, default_value_t = 10000)]
+    pub(crate) connections: u64,
+    /// New connections per second before the restart.
+    #[arg(short = 'r', long, default_value_t = 5000.0)]
+    pub(crate) rate: f64,
+    /// Topics each client joins.
+    #[arg(short = 't', long, default_value_t = 1)]
+    pub(crate) topics: u64,
+    /// Distinct topics in all (client g joins topics g*t .. g*t+t-1, modulo this).
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) distinct_topics: u64,
+    /// Messages published to every topic while the gateway is down: how far
+    /// behind each client rejoins.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) behind: u64,
+    /// Messages per second (round-robin over the topics) published from the
+    /// restart until every client is back: the live side of the seam. The
+    /// topics' history must keep `--behind` plus these (a `size` of 100 with
+    /// `--behind 100` needs 0).
+    #[arg(long, default_value_t = 100.0)]
+    pub(crate) live_rate: f64,
+    /// A shell command that starts the gateway again and prints the new
+    /// process id as its last line (as reconnect-storm's).
+    #[arg(long)]
+    pub(crate) restart_cmd: String,
+    /// The signal that ends the gateway.
+    #[arg(long, default_value = "KILL")]
+    pub(crate) signal: String,
+    /// The gateway's Redis, for FCALL gateway_publish and INFO commandstats.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub(crate) redis_url: String,
+    /// The gateway's [redis] prefix.
+    #[arg(long, default_value = "phx:")]
+    pub(crate) prefix: String,
+    /// redis-server's pid, for its CPU time.
+    #[arg(long)]
+    pub(crate) redis_pid: Option<u32>,
+    /// How long every client may take to rejoin and receive its replay.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[serde(skip)]
+    pub(crate) rejoin_timeout: Duration,
+}
+
 /// A bare number means seconds, so that `--duration 10` reads as people mean it.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -309,6 +364,13 @@ impl Cli {
                 a.topics,
                 None,
             ),
+            Scenario::Recover(a) => (
+                a.connections,
+                a.rate,
+                a.distinct_topics.max(1),
+                a.topics,
+                None,
+            ),
         }
     }
 
@@ -320,6 +382,7 @@ impl Cli {
             Scenario::Chat(_) => "chat",
             Scenario::PresenceJoin(_) => "presence-join",
             Scenario::ReconnectStorm(_) => "reconnect-storm",
+            Scenario::Recover(_) => "recover",
         }
     }
 
@@ -338,7 +401,7 @@ impl Cli {
                 .collect(),
             Scenario::Fanout(_) => vec![self.topic(g % ntopics)],
             Scenario::Chat(_) | Scenario::PresenceJoin(_) => vec![self.topic(0)],
-            Scenario::ReconnectStorm(_) => (0..per_conn)
+            Scenario::ReconnectStorm(_) | Scenario::Recover(_) => (0..per_conn)
                 .map(|j| self.topic((g * per_conn + j) % ntopics))
                 .collect(),
         }
@@ -463,5 +526,30 @@ mod tests {
             (a.signal.as_str(), a.restart_cmd.as_deref()),
             ("KILL", None)
         );
+        let c = cli(&[
+            "recover",
+            "-n",
+            "5",
+            "--distinct-topics",
+            "3",
+            "--restart-cmd",
+            "x",
+            "--topic-prefix",
+            "hist:lt",
+        ]);
+        assert_eq!(c.name(), "recover");
+        assert_eq!((c.shape().0, c.shape().2), (5, 3));
+        assert_eq!(c.topics_of(4), ["hist:lt:1"]);
+        assert_eq!(c.expected_deliveries(None, &Counters::default()), None);
+        let Scenario::Recover(a) = &c.scenario else {
+            panic!("{:?}", c.scenario)
+        };
+        assert_eq!((a.behind, a.signal.as_str()), (100, "KILL"));
+
+        let c = cli(&["fanout", "--via", "fcall", "--redis-pid", "7"]);
+        let Scenario::Fanout(a) = &c.scenario else {
+            panic!("{:?}", c.scenario)
+        };
+        assert_eq!((a.via, a.redis_pid), (publish::Via::Fcall, Some(7)));
     }
 }

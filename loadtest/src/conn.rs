@@ -140,6 +140,113 @@ impl Seen {
     }
 }
 
+/// A history position `"<epoch>:<offset>"` split in two.
+pub fn parse_position(pos: &str) -> Option<(&str, u64)> {
+    let (epoch, offset) = pos.rsplit_once(':')?;
+    Some((epoch, offset.parse().ok()?))
+}
+
+/// What a position says about its topic's sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The next offset (or the first position seen on the topic).
+    Next,
+    /// Ahead of the next offset: this many were skipped.
+    Gap(u64),
+    /// The offset was seen already (or is older).
+    Dup,
+    /// Another epoch: continuity was not promised.
+    NewEpoch,
+}
+
+/// The last position seen per topic (the topic as its JSON string, quoted),
+/// so that offsets can be checked to be consecutive.
+#[derive(Debug, Default)]
+pub struct Positions(Vec<(String, String, u64)>);
+
+impl Positions {
+    /// Takes `pos` as the topic's current position (a join reply's), whatever came before.
+    pub fn base(&mut self, topic: &str, pos: &str) {
+        let Some((epoch, offset)) = parse_position(pos) else {
+            return;
+        };
+        match self.0.iter_mut().find(|(t, ..)| t == topic) {
+            Some(e) => {
+                e.1 = epoch.to_owned();
+                e.2 = offset;
+            }
+            None => self.0.push((topic.to_owned(), epoch.to_owned(), offset)),
+        }
+    }
+
+    /// Checks a broadcast's position against the last one of its topic and
+    /// moves on to it (unless it is a duplicate); None when `pos` is not a position.
+    pub fn see(&mut self, topic: &str, pos: &str) -> Option<Step> {
+        let (epoch, offset) = parse_position(pos)?;
+        let Some(e) = self.0.iter_mut().find(|(t, ..)| t == topic) else {
+            self.0.push((topic.to_owned(), epoch.to_owned(), offset));
+            return Some(Step::Next);
+        };
+        let step = if e.1 != epoch {
+            e.1 = epoch.to_owned();
+            Step::NewEpoch
+        } else if offset <= e.2 {
+            return Some(Step::Dup);
+        } else if offset == e.2 + 1 {
+            Step::Next
+        } else {
+            Step::Gap(offset - e.2 - 1)
+        };
+        e.2 = offset;
+        Some(step)
+    }
+
+    /// The topic's last position.
+    pub fn last(&self, topic: &str) -> Option<(&str, u64)> {
+        self.0
+            .iter()
+            .find(|(t, ..)| t == topic)
+            .map(|(_, e, o)| (e.as_str(), *o))
+    }
+
+    /// Counts a step in the position counters.
+    pub fn count(stats: &Stats, step: Step) {
+        let live = &stats.live;
+        match step {
+            Step::Next => live.positioned.fetch_add(1, Relaxed),
+            Step::Gap(n) => {
+                live.pos_gaps.fetch_add(n, Relaxed);
+                live.positioned.fetch_add(1, Relaxed)
+            }
+            Step::Dup => live.pos_dups.fetch_add(1, Relaxed),
+            Step::NewEpoch => {
+                live.epoch_changes.fetch_add(1, Relaxed);
+                live.positioned.fetch_add(1, Relaxed)
+            }
+        };
+    }
+}
+
+/// The `history.position` of a join reply's payload, if it has one.
+pub fn reply_position(payload: &str) -> Option<(bool, String)> {
+    #[derive(Deserialize)]
+    struct P {
+        response: R,
+    }
+    #[derive(Deserialize)]
+    struct R {
+        history: H,
+    }
+    #[derive(Deserialize)]
+    struct H {
+        #[serde(default)]
+        recovered: bool,
+        position: String,
+    }
+    let p: P = serde_json::from_str(payload).ok()?;
+    Some((p.response.history.recovered, p.response.history.position))
+}
+
 /// A published payload [`Msg`] reads: sequence number `seq` of sender
 /// `sender`, sent now, with `pad` as padding.
 pub fn payload(seq: u64, sender: u32, pad: &str) -> String {
@@ -166,6 +273,8 @@ pub struct Client {
     /// Joins not answered yet.
     pub unsettled: usize,
     seen: Seen,
+    /// History positions per topic, checked to be consecutive.
+    positions: Positions,
     next_ref: u64,
     seq: u64,
     sender: u32,
@@ -189,6 +298,7 @@ impl Client {
             pending: vec![None; n],
             unsettled: n,
             seen: Seen::default(),
+            positions: Positions::default(),
             next_ref: n as u64 + 1,
             seq: 0,
             sender: spec.idx as u32,
@@ -235,7 +345,7 @@ impl Client {
     /// Handles one incoming text frame; anything unparseable is ignored.
     pub fn handle(&mut self, text: &str) {
         let live = &self.stats.live;
-        let Ok(Frame(_, r, _topic, event, payload)) = serde_json::from_str::<Frame>(text) else {
+        let Ok(Frame(_, r, topic, event, payload)) = serde_json::from_str::<Frame>(text) else {
             return;
         };
         match event {
@@ -246,6 +356,9 @@ impl Client {
                     .unwrap_or(false);
                 if r >= 1 && r <= self.n {
                     if let Some(t) = self.pending[(r - 1) as usize].take() {
+                        if let Some((_, pos)) = reply_position(payload.get()) {
+                            self.positions.base(topic.get(), &pos);
+                        }
                         if status_ok {
                             self.stats.joined(t.elapsed().as_micros() as u64);
                         } else {
@@ -269,6 +382,9 @@ impl Client {
                 live.join_errors.fetch_add(1, Relaxed);
             }
             _ => {
+                if let Some(step) = r.and_then(|r| self.positions.see(topic.get(), r)) {
+                    Positions::count(&self.stats, step);
+                }
                 if let Ok(msg) = serde_json::from_str::<Msg>(payload.get()) {
                     if self.seen.see(msg.s, msg.seq) {
                         let now = now_ns();
@@ -381,6 +497,28 @@ mod tests {
             "a gap is not a duplicate (it counts as missing)"
         );
         assert!(!s.see(1, 3), "late after a gap");
+    }
+
+    #[test]
+    fn positions_are_checked_to_be_consecutive_per_topic() {
+        let mut p = Positions::default();
+        let t = "\"hist:1\"";
+        p.base(t, "ab:5");
+        assert_eq!(p.see(t, "ab:6"), Some(Step::Next));
+        assert_eq!(p.see(t, "ab:6"), Some(Step::Dup));
+        assert_eq!(p.see(t, "ab:4"), Some(Step::Dup));
+        assert_eq!(p.see(t, "ab:9"), Some(Step::Gap(2)));
+        assert_eq!(p.see(t, "cd:1"), Some(Step::NewEpoch));
+        assert_eq!(p.last(t), Some(("cd", 1)));
+        assert_eq!(p.see("\"other\"", "x:10"), Some(Step::Next));
+        assert_eq!(p.see(t, "7"), None, "a plain ref is no position");
+        assert_eq!(
+            reply_position(
+                r#"{"status":"ok","response":{"history":{"recovered":true,"position":"e:3"}}}"#
+            ),
+            Some((true, "e:3".to_owned()))
+        );
+        assert_eq!(reply_position(r#"{"status":"ok","response":{}}"#), None);
     }
 
     #[test]

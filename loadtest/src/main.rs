@@ -13,6 +13,8 @@ mod lifecycle;
 mod longpoll;
 mod presence_join;
 mod publish;
+mod recover;
+mod redis_use;
 mod report;
 mod storm;
 mod supervisor;
@@ -68,11 +70,22 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
     let go_at = Instant::now();
     let go_ns = stats::now_ns();
     let cpu_before = procfs::total_cpu(&cli.gateway_pid)?;
+    let client_cpu_before = procfs::total_cpu(&workers.pids())?;
     let mut published: Option<Vec<u64>> = None;
     let mut rss_after = None;
     let mut storm = None;
+    let mut recover = None;
+    let redis_before = match &cli.scenario {
+        Scenario::Fanout(a) if a.redis_pid.is_some() => {
+            Some(redis_use::probe(&a.redis_url, a.redis_pid).await?)
+        }
+        _ => None,
+    };
     // The storm starts its own way: it may end the gateway first.
-    if !matches!(cli.scenario, Scenario::ReconnectStorm(_)) {
+    if !matches!(
+        cli.scenario,
+        Scenario::ReconnectStorm(_) | Scenario::Recover(_)
+    ) {
         workers.send(Control::Go);
     }
     match &cli.scenario {
@@ -96,11 +109,17 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
         Scenario::ReconnectStorm(a) => {
             storm = Some(storm::drive(&cli, a, &workers, &mut col).await?);
         }
+        Scenario::Recover(a) => {
+            recover = Some(recover::drive(&cli, a, &workers, &mut col).await?);
+        }
     }
     let publish_secs = go_at.elapsed().as_secs_f64();
     if !matches!(
         cli.scenario,
-        Scenario::Connect(_) | Scenario::Idle(_) | Scenario::ReconnectStorm(_)
+        Scenario::Connect(_)
+            | Scenario::Idle(_)
+            | Scenario::ReconnectStorm(_)
+            | Scenario::Recover(_)
     ) {
         workers.send(Control::Halt);
         let drain = match &cli.scenario {
@@ -112,9 +131,16 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
     }
     // The gateway's CPU over the measured phase and the drain, before closing.
     // (The storm measures its gateway itself: the pid may have changed.)
-    let gateway_cpu_secs = (!cli.gateway_pid.is_empty() && storm.is_none())
+    let gateway_cpu_secs = (!cli.gateway_pid.is_empty() && storm.is_none() && recover.is_none())
         .then(|| procfs::total_cpu(&cli.gateway_pid).map(|c| c - cpu_before))
         .transpose()?;
+    let client_cpu_secs = procfs::total_cpu(&workers.pids())? - client_cpu_before;
+    let redis = match (&cli.scenario, redis_before) {
+        (Scenario::Fanout(a), Some(before)) => {
+            Some(before.until(&redis_use::probe(&a.redis_url, a.redis_pid).await?))
+        }
+        _ => None,
+    };
 
     let probe_after = presence_probe(&cli, &workers).await?;
     let mut presence = report::PresenceExtra::between(probe_before, probe_after);
@@ -166,6 +192,9 @@ async fn parent_main(cli: Cli) -> anyhow::Result<i32> {
             presence,
             storm,
             lifecycle_cpu,
+            redis,
+            recover,
+            client_cpu_secs,
         },
     );
     print!("{}", rep.table());

@@ -426,7 +426,7 @@ pub(crate) async fn run(
 
 /// A connection to `url` whose replies may take long: a busy machine, a
 /// large pipeline.
-async fn redis_conn(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+pub(crate) async fn redis_conn(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
     let config =
         redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
     Ok(redis::Client::open(url)?

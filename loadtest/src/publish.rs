@@ -21,6 +21,9 @@ use tokio_tungstenite::tungstenite::Message;
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Via {
     Redis,
+    /// `FCALL gateway_publish 1 {prefix}{topic} <envelope>`: stored in the
+    /// topic's history and published with a position, as backends do.
+    Fcall,
     Api,
     Push,
 }
@@ -84,7 +87,7 @@ pub(crate) async fn run(
 ) -> anyhow::Result<Vec<u64>> {
     let live = &stats.live;
     let mut sink = match spec.via {
-        Via::Redis => {
+        Via::Redis | Via::Fcall => {
             let client = redis::Client::open(spec.redis_url.as_str())?;
             Sink::Redis(client.get_multiplexed_async_connection().await?)
         }
@@ -129,6 +132,11 @@ pub(crate) async fn run(
             let topic = &spec.topics[t];
             let p = payload(seqs[t], t as u32, &pad);
             let res: anyhow::Result<()> = match &mut sink {
+                Sink::Redis(c) if spec.via == Via::Fcall => {
+                    let ch = format!("{}{}", spec.prefix, topic);
+                    let msg = format!(r#"{{"event":"new_msg","payload":{p}}}"#);
+                    fcall_publish(c, &ch, &msg).await.map(|_| ())
+                }
                 Sink::Redis(c) => {
                     let ch = format!("{}{}", spec.prefix, topic);
                     let msg = format!(r#"{{"event":"new_msg","payload":{p}}}"#);
@@ -196,6 +204,25 @@ pub(crate) async fn run(
         let _ = conn::Ws::close(&mut ws, None).await;
     }
     Ok(seqs)
+}
+
+/// `FCALL gateway_publish 1 <channel> <envelope>`: the position the
+/// message got (the function answers `[position, 1]`, or `[position, 0]` for
+/// a repeated idempotency key).
+pub(crate) async fn fcall_publish(
+    c: &mut redis::aio::MultiplexedConnection,
+    channel: &str,
+    envelope: &str,
+) -> anyhow::Result<String> {
+    let (pos, _): (String, i64) = redis::cmd("FCALL")
+        .arg("gateway_publish")
+        .arg(1)
+        .arg(channel)
+        .arg(envelope)
+        .query_async(c)
+        .await
+        .context("FCALL gateway_publish (do the gateway's pods run on this Redis?)")?;
+    Ok(pos)
 }
 
 /// Runs [`run`] on a thread and runtime of its own, so that a busy receiving

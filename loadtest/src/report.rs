@@ -7,6 +7,8 @@
 use crate::cli::Cli;
 use crate::lifecycle::LifecycleCpu;
 use crate::presence_join;
+use crate::recover;
+use crate::redis_use;
 use crate::stats::{encode_hist, Merged, MergedPresence};
 use crate::storm;
 use anyhow::Context as _;
@@ -34,6 +36,13 @@ pub(crate) struct Extra {
     pub(crate) storm: Option<storm::Outcome>,
     /// connect: CPU over whole connection lifecycles.
     pub(crate) lifecycle_cpu: Option<LifecycleCpu>,
+    /// fan-out with --redis-pid: what Redis did over the measured phase and drain.
+    pub(crate) redis: Option<redis_use::Use>,
+    /// What the parent saw of a recover run.
+    pub(crate) recover: Option<recover::Outcome>,
+    /// loadtest's own CPU seconds (this process and its workers) from the
+    /// start of the measured phase to the end of the drain.
+    pub(crate) client_cpu_secs: f64,
 }
 
 /// What the parent reads before and after the presence-join measured phase.
@@ -229,9 +238,128 @@ impl<'a> Report<'a> {
             + c.push_errors
             + c.publish_errors
             + c.duplicates
+            + c.pos_gaps
+            + c.pos_dups
             + self.missing()
             + c.refused
             + self.not_rejoined()
+            + self.recover_lost()
+            + c.not_recovered
+    }
+
+    /// recover: positions the clients should have had and did not.
+    fn recover_lost(&self) -> u64 {
+        self.x.recover.as_ref().map_or(0, |r| {
+            r.expected_positions
+                .saturating_sub(self.m.counters.positioned)
+        })
+    }
+
+    /// fan-out with --redis-pid: Redis's time per published message.
+    fn redis_json(&self) -> Option<Value> {
+        let u = self.x.redis.as_ref()?;
+        let published = self.m.counters.published.max(1) as f64;
+        let per_call = |name: &str| {
+            let c = u.of(name);
+            (c.calls > 0).then(|| c.usec as f64 / c.calls as f64)
+        };
+        Some(json!({
+            "use": u,
+            "cpu_us_per_published": u.cpu_secs.map(|s| s * 1e6 / published),
+            "command_us_per_published": u.total_usec() as f64 / published,
+            "fcall_us_per_call": per_call("fcall"),
+            "publish_us_per_call": per_call("publish"),
+        }))
+    }
+
+    /// The recover figures as the table and the JSON give them.
+    fn recover_json(&self) -> Option<Value> {
+        let r = self.x.recover.as_ref()?;
+        let c = &self.m.counters;
+        let all_back = (!r.timed_out && self.m.last_rejoin_ns > r.started_ns)
+            .then(|| (self.m.last_rejoin_ns - r.started_ns) as f64 / 1e9);
+        let gw = r.gateway_user_secs + r.gateway_system_secs;
+        let client = r.client_user_secs + r.client_system_secs;
+        let redis = r.redis_rejoin.cpu_secs;
+        let fc = r.redis_rejoin.of("fcall");
+        let down = r.redis_while_down.of("fcall");
+        Some(json!({
+            "outcome": r,
+            "rejoined": c.rejoined,
+            "not_rejoined": self.not_rejoined(),
+            "recovered": c.recovered,
+            "not_recovered": c.not_recovered,
+            "positions_received": c.positioned,
+            "positions_expected": r.expected_positions,
+            "lost": self.recover_lost(),
+            "skipped": c.pos_gaps,
+            "repeated": c.pos_dups,
+            "epoch_changes": c.epoch_changes,
+            "all_back_after_secs": all_back,
+            "all_back_after_listening_secs": all_back.map(|t| t - r.listening_after_secs),
+            "join_replay": percentiles(&self.m.replay),
+            "redis_rejoin_usec": r.redis_rejoin.total_usec(),
+            "redis_rejoin_fcall": {"calls": fc.calls, "usec": fc.usec},
+            "redis_rejoin_cpu_secs": redis,
+            "redis_while_down_fcall": {"calls": down.calls, "usec": down.usec,
+                "us_per_call": (down.calls > 0).then(|| down.usec as f64 / down.calls as f64)},
+            "redis_while_down_cpu_secs": r.redis_while_down.cpu_secs,
+            "cpu_secs": {"gateway": gw, "clients": client, "redis": redis},
+            "gateway_share_of_cpu": gw / (gw + client + redis.unwrap_or(0.0)).max(1e-9),
+        }))
+    }
+
+    fn recover_table(&self) -> String {
+        let (Some(r), Some(j)) = (&self.x.recover, self.recover_json()) else {
+            return String::new();
+        };
+        let f = |v: &Value| v.as_f64().map_or("-".to_owned(), |v| format!("{v:.2}"));
+        let mut t = format!(
+            "recover (SIG{})       {} clients over {} topics, {} behind; rejoined {}, not rejoined {}\n",
+            r.signal, r.clients, r.topics, r.behind, j["rejoined"], j["not_rejoined"]
+        );
+        t += &format!(
+            "recovered             true {}, false {}\n",
+            j["recovered"], j["not_recovered"]
+        );
+        t += &format!(
+            "positions             {} received of {} expected: lost {}, skipped {}, repeated {}, epoch changes {}\n",
+            j["positions_received"], j["positions_expected"], j["lost"], j["skipped"], j["repeated"], j["epoch_changes"]
+        );
+        t += &format!(
+            "published             {} while down (FCALL, pipelined, {:.2} s), {} live during the rejoins\n",
+            r.published_while_down, r.publish_while_down_secs, r.published_live
+        );
+        t += &format!(
+            "timeline              old process gone {:.3} s, listening {:.3} s, all back (joined + replayed) {} s{}\n",
+            r.exited_after_secs,
+            r.listening_after_secs,
+            f(&j["all_back_after_secs"]),
+            if r.timed_out { " — TIMED OUT" } else { "" }
+        );
+        t += &format!(
+            "Redis while down      fcall {} calls, {} µs in all ({} µs/call), redis-server CPU {} s\n",
+            j["redis_while_down_fcall"]["calls"],
+            j["redis_while_down_fcall"]["usec"],
+            f(&j["redis_while_down_fcall"]["us_per_call"]),
+            f(&j["redis_while_down_cpu_secs"])
+        );
+        t += &format!(
+            "Redis rejoins         fcall {} calls, {} µs; all commands {} µs; redis-server CPU {} s\n",
+            j["redis_rejoin_fcall"]["calls"],
+            j["redis_rejoin_fcall"]["usec"],
+            j["redis_rejoin_usec"],
+            f(&j["redis_rejoin_cpu_secs"])
+        );
+        t += &format!(
+            "CPU from the restart  gateway {:.2} s (user {:.2}), loadtest {:.2} s, redis {} s (gateway share {:.0}%)\n",
+            r.gateway_user_secs + r.gateway_system_secs,
+            r.gateway_user_secs,
+            r.client_user_secs + r.client_system_secs,
+            f(&j["redis_rejoin_cpu_secs"]),
+            j["gateway_share_of_cpu"].as_f64().unwrap_or(0.0) * 100.0
+        );
+        t
     }
 
     /// CPU µs per connection over whole lifecycles: gateway user, system,
@@ -250,13 +378,16 @@ impl<'a> Report<'a> {
         )
     }
 
-    /// Storm clients that had not joined again when the run stopped waiting.
+    /// Storm (or recover) clients that had not joined again when the run
+    /// stopped waiting.
     fn not_rejoined(&self) -> u64 {
         let c = &self.m.counters;
-        self.x
-            .storm
-            .as_ref()
-            .map_or(0, |s| s.clients.saturating_sub(c.rejoined))
+        let clients = match (&self.x.storm, &self.x.recover) {
+            (Some(s), _) => s.clients,
+            (None, Some(r)) => r.clients,
+            (None, None) => return 0,
+        };
+        clients.saturating_sub(c.rejoined)
     }
 
     /// The storm's figures as the table and the JSON give them.
@@ -394,6 +525,7 @@ impl<'a> Report<'a> {
             ("join", &self.m.join),
             ("publish->receive", &self.m.latency),
             ("drop->rejoined", &self.m.rejoin),
+            ("join+replay", &self.m.replay),
         ] {
             if h.is_empty() {
                 continue;
@@ -431,8 +563,17 @@ impl<'a> Report<'a> {
                 c.duplicates
             );
         }
+        if c.positioned + c.pos_dups + c.epoch_changes > 0 {
+            s += &format!(
+                "history positions     {} in order; {} skipped, {} repeated, {} epoch changes\n",
+                c.positioned, c.pos_gaps, c.pos_dups, c.epoch_changes
+            );
+        }
         if let Some(cpu) = self.x.gateway_cpu_secs {
-            s += &format!("gateway CPU           {cpu:.2} s");
+            s += &format!(
+                "gateway CPU           {cpu:.2} s (loadtest {:.2} s)",
+                self.x.client_cpu_secs
+            );
             if let Some(us) = self.cpu_per_delivery_us() {
                 s += &format!(" ({us:.2} µs per delivery)");
             }
@@ -450,6 +591,17 @@ impl<'a> Report<'a> {
             s += &presence_table(&p);
         }
         s += &self.storm_table();
+        s += &self.recover_table();
+        if let Some(j) = self.redis_json() {
+            let f = |v: &Value| v.as_f64().map_or("-".to_owned(), |v| format!("{v:.2}"));
+            s += &format!(
+                "Redis                 fcall {} µs/call, publish {} µs/call; commands {} µs and redis-server CPU {} µs per published message\n",
+                f(&j["fcall_us_per_call"]),
+                f(&j["publish_us_per_call"]),
+                f(&j["command_us_per_published"]),
+                f(&j["cpu_us_per_published"])
+            );
+        }
         if let Some([gu, gs, cu, cs]) = self.lifecycle_us() {
             s += &format!(
                 "per connection CPU    gateway user {gu:.1} + system {gs:.1} µs, client user {cu:.1} + system {cs:.1} µs{}\n",
@@ -505,20 +657,25 @@ impl<'a> Report<'a> {
                 .then(|| c.redis_receivers as f64 / c.published.max(1) as f64),
             "connections_joins_per_sec": self.conn_join_per_sec(),
             "gateway_cpu": self.x.gateway_cpu_secs.map(|secs| json!({"secs": secs, "us_per_delivery": self.cpu_per_delivery_us()})),
+            "client_cpu_secs": self.x.client_cpu_secs,
             "memory": self.memory().map(|(b, a, per)| json!({"rss_before": b, "rss_after": a, "bytes_per_connection": per})),
             "latency": {
                 "connect": percentiles(&self.m.connect),
                 "join": percentiles(&self.m.join),
                 "delivery": percentiles(&self.m.latency),
                 "rejoin": percentiles(&self.m.rejoin),
+                "join_replay": percentiles(&self.m.replay),
             },
             "histograms_v2_base64": {
                 "connect": encode_hist(&self.m.connect),
                 "join": encode_hist(&self.m.join),
                 "delivery": encode_hist(&self.m.latency),
                 "rejoin": encode_hist(&self.m.rejoin),
+                "join_replay": encode_hist(&self.m.replay),
             },
             "storm": self.storm_json(),
+            "recover": self.recover_json(),
+            "redis": self.redis_json(),
             "lifecycle_cpu": self.x.lifecycle_cpu.map(|l| {
                 let us = self.lifecycle_us().unwrap_or_default();
                 json!({"secs": l, "us_per_connection": {

@@ -108,6 +108,16 @@ counters!(
     rejoined,
     refused,
     attempts_down,
+    // History positions ("<epoch>:<offset>" in a broadcast's ref slot):
+    // deliveries whose offset was the next one of their topic (or the first
+    // seen), offsets skipped, offsets seen again (or older), epoch changes.
+    positioned,
+    pos_gaps,
+    pos_dups,
+    epoch_changes,
+    // recover: rejoins answered recovered true / false.
+    recovered,
+    not_recovered,
 );
 
 /// Counters and histograms shared by the tasks of one process.
@@ -125,6 +135,8 @@ pub struct Stats {
     pub rejoin: Mutex<Histogram<u64>>,
     /// When the last client joined again (ns since the Unix epoch).
     pub last_rejoin_ns: AtomicU64,
+    /// recover: from a rejoin sent to the last message of its replay received.
+    pub replay: Mutex<Histogram<u64>>,
 }
 
 impl Default for Stats {
@@ -138,6 +150,7 @@ impl Default for Stats {
             last_delivery_ns: AtomicU64::new(0),
             rejoin: Mutex::new(new_hist()),
             last_rejoin_ns: AtomicU64::new(0),
+            replay: Mutex::new(new_hist()),
         }
     }
 }
@@ -154,6 +167,11 @@ impl Stats {
         self.live.joins_ok.fetch_add(1, Relaxed);
         record(&mut self.join.lock(), us);
         record(&mut self.interval.lock(), us);
+    }
+
+    /// A recovering join sent `us` ago has received its whole replay.
+    pub fn replayed(&self, us: u64) {
+        record(&mut self.replay.lock(), us);
     }
 
     /// A client that lost its connection `us` ago has joined again.
@@ -209,6 +227,9 @@ pub struct WorkerResult {
     pub rejoin: String,
     #[serde(default)]
     pub last_rejoin_ns: u64,
+    /// recover only (empty histogram otherwise).
+    #[serde(default)]
+    pub replay: String,
 }
 
 /// [`PresenceResult`]s merged over workers.
@@ -236,6 +257,7 @@ pub struct Merged {
     pub presence: Option<MergedPresence>,
     pub rejoin: Histogram<u64>,
     pub last_rejoin_ns: u64,
+    pub replay: Histogram<u64>,
 }
 
 pub fn merge(results: &[WorkerResult]) -> anyhow::Result<Merged> {
@@ -249,6 +271,7 @@ pub fn merge(results: &[WorkerResult]) -> anyhow::Result<Merged> {
         presence: None,
         rejoin: new_hist(),
         last_rejoin_ns: 0,
+        replay: new_hist(),
     };
     let mut ticks: BTreeMap<u64, (u64, Histogram<u64>)> = BTreeMap::new();
     let add = |a: &mut Histogram<u64>, s: &str| -> anyhow::Result<()> {
@@ -282,6 +305,9 @@ pub fn merge(results: &[WorkerResult]) -> anyhow::Result<Merged> {
             add(&mut m.rejoin, &r.rejoin)?;
         }
         m.last_rejoin_ns = m.last_rejoin_ns.max(r.last_rejoin_ns);
+        if !r.replay.is_empty() {
+            add(&mut m.replay, &r.replay)?;
+        }
         for t in &r.timeline {
             let e = ticks.entry(t.unix_sec).or_insert_with(|| (0, new_hist()));
             e.0 += t.ops;
@@ -321,6 +347,7 @@ mod tests {
             presence: None,
             rejoin: String::new(),
             last_rejoin_ns: 0,
+            replay: String::new(),
         };
         let m = merge(&[r(&a), r(&b)]).unwrap();
         assert_eq!(m.counters.deliveries, 2000);

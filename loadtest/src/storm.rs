@@ -46,7 +46,7 @@ pub(crate) fn rejoin_after(tries: u32) -> Duration {
 }
 
 /// phoenix.js's default push timeout, after which a join is tried again.
-const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How a connection attempt failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +81,7 @@ fn classify(e: &anyhow::Error) -> Failure {
 
 /// Counts a failed attempt: refusals and errors once the gateway listens
 /// (`up`), expected failures before.
-fn failed(stats: &Stats, e: &anyhow::Error, up: bool) {
+pub(crate) fn failed(stats: &Stats, e: &anyhow::Error, up: bool) {
     let live = &stats.live;
     match classify(e) {
         Failure::Status(status) => {
@@ -400,7 +400,7 @@ const TCP_COUNTERS: [&str; 5] = [
     "SyncookiesSent",
 ];
 
-fn cpu_of(pids: &[u32]) -> anyhow::Result<(f64, f64)> {
+pub(crate) fn cpu_of(pids: &[u32]) -> anyhow::Result<(f64, f64)> {
     let mut sum = (0.0, 0.0);
     for &pid in pids {
         let (u, s) = procfs::cpu_split(pid)?;
@@ -496,7 +496,7 @@ pub(crate) async fn drive(
 }
 
 /// The address of the first `--url`, where the new process will listen.
-async fn gateway_addr(cli: &Cli) -> anyhow::Result<SocketAddr> {
+pub(crate) async fn gateway_addr(cli: &Cli) -> anyhow::Result<SocketAddr> {
     let target = crate::target::resolve(cli, crate::cli::TransportKind::Websocket).await?;
     target
         .endpoints
@@ -505,7 +505,7 @@ async fn gateway_addr(cli: &Cli) -> anyhow::Result<SocketAddr> {
         .context("no --url given")
 }
 
-fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
+pub(crate) fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
     let status = std::process::Command::new("kill")
         .arg(format!("-{name}"))
         .arg(pid.to_string())
@@ -518,7 +518,7 @@ fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
 }
 
 /// Runs the restart command; the new pid is the last line it prints.
-async fn restart(cmd: &str) -> anyhow::Result<u32> {
+pub(crate) async fn restart(cmd: &str) -> anyhow::Result<u32> {
     let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(cmd)
@@ -548,7 +548,7 @@ async fn restart(cmd: &str) -> anyhow::Result<u32> {
 }
 
 /// Until a TCP connection to `addr` is accepted: the new process listens.
-async fn wait_listening(addr: SocketAddr, deadline: Instant) -> anyhow::Result<()> {
+pub(crate) async fn wait_listening(addr: SocketAddr, deadline: Instant) -> anyhow::Result<()> {
     loop {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return Ok(());

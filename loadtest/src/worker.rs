@@ -11,6 +11,7 @@ use crate::cli::{Cli, Scenario, TransportKind};
 use crate::conn::{self, Phase, Spec};
 use crate::longpoll;
 use crate::presence_join::{self, Role};
+use crate::recover;
 use crate::stats::{self, encode_hist, new_hist, Counters, Stats, Tick, WorkerResult};
 use crate::storm;
 use crate::target;
@@ -88,8 +89,16 @@ pub(crate) async fn worker(
             );
             Some(a.restart_cmd.is_none())
         }
+        Scenario::Recover(_) => {
+            anyhow::ensure!(
+                cli.transport == TransportKind::Websocket,
+                "recover runs over WebSocket only"
+            );
+            None
+        }
         _ => None,
     };
+    let recovering = matches!(cli.scenario, Scenario::Recover(_));
 
     // Progress and timeline, once a second.
     let timeline = Arc::new(parking_lot::Mutex::new(Vec::<Tick>::new()));
@@ -166,6 +175,7 @@ pub(crate) async fn worker(
             continue;
         }
         match (storm_drops, cli.transport) {
+            _ if recovering => tasks.spawn(recover::run(t, st, spec, ph, up_rx.clone())),
             (Some(drop_on_go), _) => {
                 tasks.spawn(storm::run(t, st, spec, ph, up_rx.clone(), drop_on_go))
             }
@@ -224,6 +234,7 @@ pub(crate) async fn worker(
         presence: presence.map(|_| shared.result()),
         rejoin: encode_hist(&stats.rejoin.lock()),
         last_rejoin_ns: stats.last_rejoin_ns.load(Relaxed),
+        replay: encode_hist(&stats.replay.lock()),
     };
     let _ = out.send(Out::Result(Box::new(result)));
     Ok(())
