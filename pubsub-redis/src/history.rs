@@ -81,9 +81,10 @@ end
 
 -- The topic's metadata: epoch, top, size and ttl (the args', else the
 -- stored ones, else the defaults). A topic without any (expired, flushed,
--- lost with a restart) starts a new epoch at offset 0. Reads only, unless
--- something changed or the metadata's expiry is less than half away.
-local function current(base, size_arg, ttl_arg)
+-- lost with a restart) starts a new epoch at offset 0. A read (`refresh`)
+-- writes only if something changed or the metadata's expiry is less than
+-- half away; a publish sets the expiry itself.
+local function current(base, size_arg, ttl_arg, refresh)
   local mk = base .. ':m'
   local meta = redis.call('HMGET', mk, 'epoch', 'top', 'size', 'ttl')
   local size = math.floor(tonumber(size_arg) or tonumber(meta[3]) or DEFAULT_SIZE)
@@ -100,7 +101,7 @@ local function current(base, size_arg, ttl_arg)
     if tonumber(meta[3]) ~= size or tonumber(meta[4]) ~= ttl then
       redis.call('HSET', mk, 'size', int(size), 'ttl', int(ttl))
     end
-    if redis.call('PTTL', mk) < meta_ttl(ttl) / 2 then
+    if refresh and redis.call('PTTL', mk) < meta_ttl(ttl) / 2 then
       redis.call('PEXPIRE', mk, meta_ttl(ttl))
     end
   end
@@ -135,7 +136,7 @@ local function publish(keys, args)
     local seen = redis.call('GET', ik)
     if seen then return {seen, 0} end
   end
-  local epoch, top, size, ttl = current(base, args[3], args[4])
+  local epoch, top, size, ttl = current(base, args[3], args[4], false)
   top = top + 1
   local pos = epoch .. ':' .. int(top)
   local out = '{"pos":"' .. pos .. '",' .. body
@@ -159,7 +160,7 @@ end
 local function read(keys, args)
   local chan, mode = keys[1], args[1]
   local base = base_of(chan)
-  local epoch, top, size = current(base, args[5], args[6])
+  local epoch, top, size = current(base, args[5], args[6], true)
   local max = tonumber(args[4]) or size
   local sk = base .. ':s'
   local out = {epoch, int(top), 1}
