@@ -9,6 +9,9 @@
 # AB_SHAPE (default "-s 10000 -t 1 -p 50": fanout-10k's shape).
 # AB_IDLE="-n 10000 -r 5000" compares memory per idle joined connection
 # instead (the idle scenario, with the same rounds and duration).
+# AB_CONNECT="-n 10000 -r 12000 -t 1" compares the CPU of whole connection
+# lifecycles instead (connect, join, close: the connect scenario's gateway
+# and client user/system µs per connection from /proc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +31,10 @@ for round in $(seq 1 "$ROUNDS"); do
   for side in A B; do
     GW=${!side}
     start_gateway "gw-$side-$round"
-    if [ -n "${AB_IDLE:-}" ]; then
+    if [ -n "${AB_CONNECT:-}" ]; then
+      # shellcheck disable=SC2086
+      lt "$side-$round" connect $AB_CONNECT --url "$GW_URL" --gateway-pid "$GW_PID" --duration "$DURATION"
+    elif [ -n "${AB_IDLE:-}" ]; then
       # shellcheck disable=SC2086
       lt "$side-$round" idle $AB_IDLE --url "$GW_URL" --gateway-pid "$GW_PID" --duration "$DURATION"
     else
@@ -46,6 +52,23 @@ out, a, b = sys.argv[1:4]
 runs = {"A": [], "B": []}
 print(f"\nA = {a}\nB = {b}\n")
 idle = {"A": [], "B": []}
+cycles = {"A": [], "B": []}
+for f in sorted(os.listdir(out)):
+    if not f.endswith(".json"):
+        continue
+    d = json.load(open(os.path.join(out, f)))
+    us = (d.get("lifecycle_cpu") or {}).get("us_per_connection")
+    if us:
+        row = [us["gateway_user"], us["gateway_system"], us["client_user"], us["client_system"]]
+        cycles[f[0]].append(row)
+        print(f"{f[:-5]:<6} gateway user {row[0]:6.1f} sys {row[1]:6.1f}   client user {row[2]:6.1f} sys {row[3]:6.1f}  µs per connection")
+if cycles["A"] or cycles["B"]:
+    for side, rows in cycles.items():
+        if rows:
+            med = [statistics.median(r[i] for r in rows) for i in range(4)]
+            print(f"median {side}: gateway user {med[0]:.1f} sys {med[1]:.1f}, client user {med[2]:.1f} sys {med[3]:.1f} µs per connection")
+    print(f"\nresults in {out}")
+    sys.exit(0)
 for f in sorted(os.listdir(out)):
     if not f.endswith(".json"):
         continue

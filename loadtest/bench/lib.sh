@@ -52,11 +52,17 @@ start_redis() {
 # limits (the load comes from a few loopback addresses). GW_QUEUE_BYTES:
 # outbound_queue_bytes, for a presence_state larger than the example's 4 MiB
 # (a topic of 100,000 presences is about 8 MB), and GW_MAX_MEMORY_MB:
-# max_memory_mb, for the states queued meanwhile.
+# max_memory_mb, for the states queued meanwhile. GW_NO_HISTORY=1 leaves out
+# [channel.history] (and start_gateway's hist:* rule), for a gateway built
+# before history existed (make bench-ab against an old build).
 example_config() {
+  local drop_history=()
+  if [ -n "${GW_NO_HISTORY:-}" ]; then
+    drop_history=(-e '/^\[channel.history\]/,/^$/d')
+  fi
   sed -e 's/^\(max_connections_per_source\|connection_rate_per_source\|max_queued_joins_per_source\) = .*/\1 = 0/' \
     -e "s/^outbound_queue_bytes = .*/outbound_queue_bytes = ${GW_QUEUE_BYTES:-4194304}/" \
-    -e "s/^max_memory_mb = .*/max_memory_mb = ${GW_MAX_MEMORY_MB:-1024}/" config/example.toml
+    -e "s/^max_memory_mb = .*/max_memory_mb = ${GW_MAX_MEMORY_MB:-1024}/" "${drop_history[@]}" config/example.toml
   printf '\n[redis]\nurl = "%s"\nprefix = "%s"\n' "$REDIS_URL" "$PREFIX"
 }
 
@@ -72,8 +78,10 @@ start_gateway() {
   { example_config
     if [ "${2:-}" != example ]; then
       printf '\n[[channel]]\npattern = "bench:*"\npolicy = "public"\nevents = ["new_msg"]\ninclude_sender = true\n'
-      printf '\n[[channel]]\npattern = "hist:*"\npolicy = "public"\nevents = ["new_msg"]\ninclude_sender = true\n'
-      printf '\n[channel.history]\nsize = 1000\nttl = 3600\n'
+      if [ -z "${GW_NO_HISTORY:-}" ]; then
+        printf '\n[[channel]]\npattern = "hist:*"\npolicy = "public"\nevents = ["new_msg"]\ninclude_sender = true\n'
+        printf '\n[channel.history]\nsize = 1000\nttl = 3600\n'
+      fi
     fi
   } >"$OUT/$name.toml"
   env -u REDIS_URL -u GATEWAY_CONFIG -u GATEWAY_LISTEN PORT="$GW_PORT" GATEWAY_API_KEY="$KEY" GATEWAY_LOG="${GW_LOG:-warn}" \
