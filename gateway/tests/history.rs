@@ -595,3 +595,33 @@ async fn after_a_redis_reconnect_channels_with_history_error_and_recover_on_rejo
     )
     .await;
 }
+
+/// A kept message clients may not receive (over `max_publish_bytes`, from a
+/// backend) is dropped, and the topic's channels move past its offset: the
+/// next message arrives with no `phx_error`, and a replay skips it too.
+#[tokio::test]
+async fn a_kept_message_clients_may_not_receive_is_skipped_not_taken_for_a_gap() {
+    let redis = RedisServer::start().await;
+    let pod = pod(Some(&redis), 100, 300, None)
+        .configure(|c| c.server.max_publish_bytes = 1000)
+        .start()
+        .await;
+    let topic = "hist:oversize";
+    let channel = pod.channel(topic);
+    let mut a = pod.client().await;
+    let (_, h) = join_first(&mut a, topic).await;
+    let e = epoch(&h["position"]);
+    let mut conn = redis.conn().await;
+    let big = json!({"event": "new_msg", "payload": {"pad": "x".repeat(2000)}}).to_string();
+    let (pos, _): (String, i64) = conn
+        .cmd(&["FCALL", "gateway_publish", "1", &channel, &big])
+        .await;
+    assert_eq!(pos, at(&e, 1));
+    fcall(&mut conn, &channel, 2).await;
+    let (r, p) = next_msg(&mut a).await;
+    assert_eq!((r, p), (json!(at(&e, 2)), json!({"n": 2})));
+    let mut b = pod.client().await;
+    let h = join(&mut b, topic, "r", json!({"history": {"since": at(&e, 0)}})).await;
+    assert_eq!(h, json!({"recovered": true, "position": at(&e, 2)}));
+    assert_eq!(next_msg(&mut b).await.0, json!(at(&e, 2)));
+}

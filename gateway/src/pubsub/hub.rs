@@ -217,6 +217,20 @@ impl Hub {
         self.tap.get().map(|t| &**t)
     }
 
+    /// Moves the channels with history of `topic` past a kept message that
+    /// is not delivered (publishers may not send it), so its offset is not
+    /// taken for a gap.
+    pub(crate) fn skip_kept(&self, topic: &str, position: &Position) {
+        let entered = Kind::Broadcast(Instant::now());
+        let shard = self.shard(topic).lock();
+        let Some(t) = shard.get(topic) else { return };
+        for sub in t.subs.values() {
+            if let Target::Kept(_, seam) = &sub.target {
+                seam.offer(&sub.conn, Some(position), None, entered);
+            }
+        }
+    }
+
     /// Ends every channel with history on this node (their seams tell
     /// them): what was published while the broker was cut off is lost, and
     /// their clients recover it by rejoining. Returns how many.

@@ -89,6 +89,12 @@ impl Sink for HubSink {
     fn deliver(&self, topic: &str, envelope: Envelope) {
         if let Some(why) = self.refuse(&envelope) {
             self.dropped(topic, &envelope.event, why);
+            // A kept message clients may not receive still takes its
+            // offset: the topic's channels move past it rather than see
+            // a gap (a replay skips it too).
+            if let Some(p) = envelope.position.as_deref().and_then(Position::parse) {
+                self.hub.skip_kept(topic, &p);
+            }
             return;
         }
         metrics().broadcast(Source::Redis, topic);
