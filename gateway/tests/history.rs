@@ -262,20 +262,21 @@ async fn what_cannot_be_recovered_whole_is_not_replayed_at_all() {
 
     // Redis restarted without persistence: a new epoch.
     redis.restart().await;
-    let mut conn = redis.conn().await;
-    let h = loop {
+    // Joins are refused until the pod's subscriber is back: retry, bounded.
+    let h = wait::until("a join after the restart", test_support::SETTLE, || async {
         let mut c = pod.client().await;
         c.send(json!(["x", "x", topic, "phx_join", {"history": {"since": top}}]))
             .await;
         let reply = c.recv().await;
         if reply[4]["status"] == "ok" {
-            break reply[4]["response"]["history"].clone();
+            Ok(reply[4]["response"]["history"].clone())
+        } else {
+            Err(reply)
         }
-        tokio::time::sleep(wait::POLL).await;
-    };
+    })
+    .await;
     assert_eq!(h["recovered"], false, "{h}");
     assert_ne!(epoch(&h["position"]), e, "a new epoch after the restart");
-    let _ = &mut conn;
 }
 
 #[tokio::test]

@@ -315,8 +315,12 @@ impl PubSub {
     /// Sets which topics keep history (`any`: whether some do). Done once,
     /// by the endpoint, from its routes.
     pub(crate) fn set_history(&self, lookup: history::Lookup, any: bool) {
+        if !any {
+            // Left unset: publishes and joins then skip the pattern scan.
+            return;
+        }
         self.history.set(lookup);
-        if let (true, Some(redis)) = (any, &self.redis) {
+        if let Some(redis) = &self.redis {
             // So that backends can FCALL it, before any pod published.
             redis.bus().keep_history_library();
         }
