@@ -360,8 +360,8 @@ test(
 );
 
 // Last: it cuts every pod's Redis subscriber connection. What is published
-// while a pod resubscribes never reaches it live; the pod ends its channels
-// with history (phx_error) once it is back, and phoenix.js rejoins with the
+// while a pod resubscribes never reaches it live; the next message shows the
+// gap, the pod ends the channel (phx_error), and phoenix.js rejoins with the
 // last position its client saw, which recovers the rest.
 test(
   "a pod's Redis subscriber connection is cut while messages are published: its clients still get every message once, in order",

@@ -549,9 +549,9 @@ async fn on_a_redis_cluster_a_topics_keys_share_its_slot_and_recovery_works() {
 }
 
 /// The pod's Redis subscriber connection is cut while messages are kept:
-/// once it is back, its channels with history end with `phx_error` (counted
-/// in `gateway_history_gaps_total`), and a rejoin from the last position
-/// recovers what the pod never received live.
+/// once it is back, the next message shows the gap, its channel ends with
+/// `phx_error` (counted in `gateway_history_gaps_total`), and a rejoin from
+/// the last position recovers what the pod never received live.
 #[tokio::test]
 async fn after_a_redis_reconnect_channels_with_history_error_and_recover_on_rejoin() {
     let redis = RedisServer::start().await;
@@ -571,6 +571,9 @@ async fn after_a_redis_reconnect_channels_with_history_error_and_recover_on_rejo
     for n in 2..=4 {
         fcall(&mut conn, &channel, n).await;
     }
+    // Once the pod is subscribed again, the next message shows the gap.
+    redis.wait_numsub(&channel, 1).await;
+    fcall(&mut conn, &channel, 5).await;
     let error = a.recv_within(test_support::SETTLE).await;
     assert_eq!(error[3], "phx_error", "{error}");
     assert_eq!((&error[0], &error[2]), (&json!(jr), &json!(topic)));

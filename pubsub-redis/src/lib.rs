@@ -76,12 +76,6 @@ pub trait Sink: Send + Sync + 'static {
     fn direct(&self, name: &str, envelope: Envelope) {
         let _ = (name, envelope);
     }
-
-    /// The subscriber connection came back and resubscribed every topic:
-    /// whatever was published while it was down is lost to this pod. Called
-    /// before any message of the new connection is delivered. The default
-    /// does nothing.
-    fn resubscribed(&self) {}
 }
 
 /// Settings of the bus.

@@ -91,9 +91,6 @@ pub(crate) async fn run(
         }
         match actor.resubscribe(&mut sub).await {
             Ok(()) => {
-                if connected_before {
-                    actor.sink.resubscribed();
-                }
                 connected_before = true;
                 delay = Duration::ZERO;
                 actor.stats.set_connected(true);

@@ -231,23 +231,6 @@ impl Hub {
         }
     }
 
-    /// Ends every channel with history on this node (their seams tell
-    /// them): what was published while the broker was cut off is lost, and
-    /// their clients recover it by rejoining. Returns how many.
-    pub(crate) fn interrupt_kept(&self) -> usize {
-        let mut n = 0;
-        for shard in self.shards.iter() {
-            for topic in shard.lock().values() {
-                for sub in topic.subs.values() {
-                    if let Target::Kept(_, seam) = &sub.target {
-                        n += usize::from(seam.interrupt());
-                    }
-                }
-            }
-        }
-        n
-    }
-
     /// Number of local subscribers of `topic`.
     pub fn subscribers(&self, topic: &str) -> usize {
         self.shard(topic)

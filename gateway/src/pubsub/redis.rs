@@ -69,15 +69,6 @@ impl std::fmt::Debug for HubSink {
 }
 
 impl Sink for HubSink {
-    fn resubscribed(&self) {
-        // Live messages were lost meanwhile: channels with history end so
-        // their clients rejoin from their last positions and recover them.
-        let broken = self.hub.interrupt_kept();
-        if broken > 0 {
-            tracing::info!(channels = broken, "redis reconnected: channels with history rejoin to recover what was published meanwhile");
-        }
-    }
-
     fn direct(&self, name: &str, envelope: Envelope) {
         if let Some((mine, inbox)) = self.inbox.get() {
             if name == mine && envelope.event == NODE_EVENT {

@@ -109,18 +109,6 @@ impl Seam {
         }
     }
 
-    /// Ends the channel: live messages were lost (its pod's Redis
-    /// subscriber reconnected). False if it was already ending.
-    pub(crate) fn interrupt(&self) -> bool {
-        let mut state = self.state.lock();
-        if matches!(*state, State::Broken) {
-            return false;
-        }
-        *state = State::Broken;
-        self.on_broken.broken();
-        true
-    }
-
     /// Opens the seam after the replay up to `top` was queued: held messages
     /// beyond it follow, in the order they arrived.
     pub(crate) fn open(&self, conn: &ConnHandle, top: &Position) {
