@@ -11,6 +11,7 @@ mod demo;
 mod rules;
 
 use crate::auth::TokenSocket;
+use crate::backend::Forwarder;
 use crate::channel::Router;
 use crate::config::{Config, ConfigError, LongPollSecret, Settings};
 use crate::endpoint::{Endpoint, Socket};
@@ -67,13 +68,19 @@ pub fn assemble(settings: Settings, pubsub: PubSub) -> Result<Arc<Endpoint>, Con
     if let Some(node) = server.node_name {
         builder = builder.node(node);
     }
+    // One per pod, made only when a rule forwards.
+    let forwarder = channels
+        .iter()
+        .any(|c| c.forward.is_some())
+        .then(|| Forwarder::new(&pubsub))
+        .flatten();
     for s in sockets {
         let mut router = Router::new();
         for (j, c) in channels.iter().enumerate() {
             if !c.applies_to(&s.path) {
                 continue;
             }
-            let rule = Arc::new(Rule::new(c, s.topics_claim.clone()));
+            let rule = Arc::new(Rule::new(c, s.topics_claim.clone(), forwarder.as_ref()));
             router = router
                 .try_channel(rule.pattern.as_str(), {
                     let rule = rule.clone();

@@ -2,8 +2,9 @@
 //! events broadcast to the topic, and presence.
 
 use crate::auth::claim_str;
+use crate::backend::{Budget, Forwarder, Push};
 use crate::channel::{ChannelContext, HandleIn, JoinResult, Next, StopReason, TopicPattern};
-use crate::config::{ChannelSettings, Mode, Policy, PresenceRule};
+use crate::config::{ChannelSettings, Forward, Mode, Policy, PresenceRule};
 use crate::protocol::{Payload, Refusal};
 use crate::pubsub::PublishError;
 use crate::socket::Assigns;
@@ -23,6 +24,8 @@ pub(crate) struct Rule {
     /// The socket's `topics_claim`.
     topics_claim: Option<String>,
     presence: Option<PresenceRule>,
+    /// Where `mode = "forward"` sends pushes, and the pod's forwarding.
+    forward: Option<(Forward, Arc<Forwarder>)>,
 }
 
 /// Longest presence key accepted, bytes.
@@ -32,7 +35,12 @@ const MAX_KEY: usize = 256;
 const MAX_META: usize = 4096;
 
 impl Rule {
-    pub(crate) fn new(rule: &ChannelSettings, topics_claim: Option<String>) -> Rule {
+    /// `forwarder`: the pod's, when its broker is Redis.
+    pub(crate) fn new(
+        rule: &ChannelSettings,
+        topics_claim: Option<String>,
+        forwarder: Option<&Arc<Forwarder>>,
+    ) -> Rule {
         Rule {
             pattern: rule.pattern.clone(),
             policy: rule.policy,
@@ -41,6 +49,7 @@ impl Rule {
             include_sender: rule.include_sender,
             topics_claim,
             presence: rule.presence.clone(),
+            forward: rule.forward.clone().zip(forwarder.cloned()),
         }
     }
 
@@ -138,6 +147,9 @@ pub(crate) struct RuleChannel {
     presence: Option<Box<(String, Value)>>,
     /// The presence is tracked (after the join's `AfterJoin`).
     tracked: bool,
+    /// Forwarded pushes awaiting answers, and the rate (boxed, made on the
+    /// first forwarded push: most channels never forward).
+    budget: Option<Box<Budget>>,
 }
 
 impl RuleChannel {
@@ -146,6 +158,7 @@ impl RuleChannel {
             rule,
             presence: None,
             tracked: false,
+            budget: None,
         }
     }
 }
@@ -254,6 +267,7 @@ impl Channel for RuleChannel {
         let sent = match self.rule.mode {
             Mode::Broadcast if self.rule.include_sender => ctx.broadcast(event, payload).await,
             Mode::Broadcast => ctx.broadcast_from(event, payload).await,
+            Mode::Forward => return self.forward(event, &payload, ctx).await,
         };
         match sent {
             Ok(()) => HandleIn::ok(Payload::empty()),
@@ -270,6 +284,57 @@ impl Channel for RuleChannel {
         } else {
             Next::Stop(StopReason::Shutdown("unauthorized".into()))
         }
+    }
+}
+
+impl RuleChannel {
+    /// `mode = "forward"`: hands the push to backends; the reply is theirs.
+    async fn forward(
+        &mut self,
+        event: &str,
+        payload: &Payload,
+        ctx: &mut ChannelContext<RuleInfo>,
+    ) -> HandleIn {
+        let Some((rule, forwarder)) = &self.rule.forward else {
+            // Validation pairs the mode with its table and Redis.
+            return HandleIn::error(Payload::reason("forwarding is not configured"));
+        };
+        let Some(json) = payload.as_json() else {
+            return HandleIn::error(Payload::reason("binary pushes cannot be forwarded"));
+        };
+        let slot = match self
+            .budget
+            .get_or_insert_with(|| Box::new(Budget::new(rule)))
+            .admit(rule)
+        {
+            Ok(slot) => slot,
+            Err(refused) => return refused,
+        };
+        let claims = match &rule.claims {
+            None => serde_json::to_string(ctx.assigns()),
+            Some(names) => serde_json::to_string(
+                &names
+                    .iter()
+                    .filter_map(|n| Some((n, ctx.assigns().get(n)?)))
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            ),
+        }
+        .unwrap_or_else(|_| "{}".into());
+        let from = (!self.rule.include_sender).then(|| ctx.conn().id());
+        let push = Push {
+            topic: ctx.topic(),
+            event,
+            payload: json,
+            ref_: ctx.current_ref.as_deref(),
+            join_ref: ctx.join_ref(),
+            socket_id: ctx.socket_id(),
+            conn: ctx.conn().id(),
+            pod: ctx.node(),
+            claims,
+        };
+        forwarder
+            .forward(rule, push, ctx.reply_ref(), from, slot)
+            .await
     }
 }
 
@@ -299,8 +364,9 @@ mod tests {
             max_payload: None,
             presence: None,
             history: None,
+            forward: None,
         };
-        Rule::new(&r, topics_claim.map(Into::into))
+        Rule::new(&r, topics_claim.map(Into::into), None)
     }
 
     fn claims(v: Value) -> Assigns {

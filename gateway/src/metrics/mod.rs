@@ -11,10 +11,12 @@
 //! vocabulary. Callers hand over labels and values (a close reason's label,
 //! a [`Scrape`] of what the endpoint knows), never their own types.
 
+mod forward;
 mod guard;
 mod label;
 mod prefix;
 
+pub(crate) use forward::{Answered, Forwarded};
 pub(crate) use guard::{JoinedChannel, OpenConnection};
 pub(crate) use label::{Dropped, Limit, Received, Sent, Source};
 use label::{DROPPED, JOIN_RESULTS, LATENCY_BUCKETS, LIMITS, RECEIVED_KINDS, REFUSALS, SENT_KINDS};
@@ -62,6 +64,8 @@ pub(crate) struct Metrics {
     redis_reconnects: IntCounter,
     ready: IntGauge,
     draining: IntGauge,
+    /// Pushes forwarded to backends.
+    pub(crate) forward: forward::ForwardMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -277,6 +281,7 @@ impl Metrics {
             ),
             ready: gauge(&r, "gateway_ready", "1 while /readyz answers 200."),
             draining: gauge(&r, "gateway_draining", "1 from SIGTERM/SIGINT until exit."),
+            forward: forward::ForwardMetrics::new(&r),
             registry: r,
             redis,
         }
