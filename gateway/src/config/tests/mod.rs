@@ -215,6 +215,84 @@ fn presence_rules() {
 }
 
 #[test]
+fn forward_rules() {
+    let redis = "[redis]\nurl = \"redis://127.0.0.1:1\"\n";
+    let rule = |mode: &str, forward: &str| {
+        format!(
+            "{redis}[[channel]]\npattern = \"chat:*\"\nevents = [\"new_msg\"]\nmode = \"{mode}\"\n{forward}"
+        )
+    };
+    let ok = load(
+        &rule("forward", "[channel.forward]\nstream = \"chat\"\n"),
+        &[],
+    )
+    .unwrap();
+    let f = ok.validate().unwrap().channels[0].forward.clone().unwrap();
+    assert_eq!(f.stream, "in:chat");
+    assert_eq!(f.reply, ReplyMode::Worker);
+    assert_eq!(f.reply_timeout, std::time::Duration::from_secs(5));
+    assert_eq!((f.max_len, f.max_pending, f.rate), (100_000, 16, 50));
+    assert_eq!(f.claims, None);
+    let table = |extra: &str| format!("[channel.forward]\nstream = \"chat\"\n{extra}\n");
+    let on_store = load(
+        &rule(
+            "forward",
+            &table("reply = \"on_store\"\nclaims = [\"sub\"]"),
+        ),
+        &[],
+    )
+    .unwrap();
+    let f = on_store.validate().unwrap().channels[0]
+        .forward
+        .clone()
+        .unwrap();
+    assert_eq!(f.reply, ReplyMode::OnStore);
+    assert_eq!(f.claims, Some(vec!["sub".to_owned()]));
+
+    fails(&rule("forward", ""), "channel[0].mode");
+    fails(&rule("broadcast", &table("")), "channel[0].forward");
+    fails(
+        &rule("forward", &table("")).replace(redis, ""),
+        "channel[0].forward",
+    );
+    fails(
+        &rule("forward", &table("")).replace("events = [\"new_msg\"]\n", ""),
+        "channel[0].events",
+    );
+    fails(
+        &rule("forward", "[channel.forward]\nstream = \"a b\"\n"),
+        "channel[0].forward.stream",
+    );
+    fails(&rule("forward", "[channel.forward]\n"), "stream");
+    fails(
+        &rule("forward", &table("reply_timeout_ms = 0")),
+        "channel[0].forward.reply_timeout_ms",
+    );
+    fails(
+        &rule("forward", &table("reply_timeout_ms = 120001")),
+        "channel[0].forward.reply_timeout_ms",
+    );
+    fails(
+        &rule("forward", &table("max_len = 0")),
+        "channel[0].forward.max_len",
+    );
+    fails(
+        &rule("forward", &table("max_pending = 0")),
+        "channel[0].forward.max_pending",
+    );
+    fails(
+        &rule("forward", &table("rate = 0")),
+        "channel[0].forward.rate",
+    );
+    fails(
+        &rule("forward", &table("claims = [\"\"]")),
+        "channel[0].forward.claims",
+    );
+    fails(&rule("forward", &table("reply = \"never\"")), "reply");
+    fails(&rule("forward", &table("bogus = 1")), "bogus");
+}
+
+#[test]
 fn longpoll_keys() {
     let c = load("", &[]).unwrap();
     assert!(!c.sockets[0].longpoll.enabled, "off by default, as Phoenix");
