@@ -2,6 +2,7 @@
 //! join it, what clients may push, and presence. Converted with the pattern
 //! parsed once; `app` turns the result into a channel.
 
+use super::hooks::{ChannelHookSettings, ChannelHooks};
 use super::{ConfigError, Key};
 use crate::channel::TopicPattern;
 use crate::pubsub::History;
@@ -26,6 +27,9 @@ pub enum Mode {
     /// Broadcast to every subscriber of the topic, then reply ok (default).
     #[default]
     Broadcast,
+    /// Ask the rule's push hook (`[channel.hooks] push`), which replies and
+    /// may broadcast.
+    Hook,
 }
 
 /// `[[channel]]`.
@@ -62,6 +66,9 @@ pub struct ChannelRule {
     /// recover what they missed. Off by default.
     #[serde(default)]
     pub history: Option<HistoryRule>,
+    /// `[channel.hooks]`: HTTP join and push hooks. Off by default.
+    #[serde(default)]
+    pub hooks: Option<ChannelHooks>,
 }
 
 /// `[channel.history]`: how much of each topic's history is kept.
@@ -166,6 +173,8 @@ pub struct ChannelSettings {
     pub presence: Option<PresenceRule>,
     /// History, when kept.
     pub history: Option<History>,
+    /// The join and push hooks.
+    pub hooks: ChannelHookSettings,
 }
 
 impl ChannelSettings {
@@ -209,6 +218,19 @@ impl ChannelRule {
         if let Some(p) = &self.presence {
             p.check(&field("presence"), self.policy, presence_store)?;
         }
+        let hooks = match &self.hooks {
+            Some(h) => h.settings(&field("hooks"))?,
+            None => ChannelHookSettings::default(),
+        };
+        match (self.mode == Mode::Hook, hooks.push.is_some()) {
+            (true, false) => {
+                return Err(field("mode").invalid("mode = \"hook\" needs [channel.hooks] push"))
+            }
+            (false, true) => {
+                return Err(field("hooks.push").invalid("needs mode = \"hook\" on the rule"))
+            }
+            _ => {}
+        }
         Ok(ChannelSettings {
             pattern,
             policy: self.policy,
@@ -222,6 +244,7 @@ impl ChannelRule {
                 .history
                 .map(|h| h.settings(&key.field("history")))
                 .transpose()?,
+            hooks,
         })
     }
 }

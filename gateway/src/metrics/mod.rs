@@ -12,10 +12,12 @@
 //! a [`Scrape`] of what the endpoint knows), never their own types.
 
 mod guard;
+mod hook;
 mod label;
 mod prefix;
 
 pub(crate) use guard::{JoinedChannel, OpenConnection};
+pub(crate) use hook::{HookName, HookResult};
 pub(crate) use label::{Dropped, Limit, Received, Sent, Source};
 use label::{DROPPED, JOIN_RESULTS, LATENCY_BUCKETS, LIMITS, RECEIVED_KINDS, REFUSALS, SENT_KINDS};
 
@@ -62,6 +64,7 @@ pub(crate) struct Metrics {
     redis_reconnects: IntCounter,
     ready: IntGauge,
     draining: IntGauge,
+    hooks: hook::HookMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -277,6 +280,7 @@ impl Metrics {
             ),
             ready: gauge(&r, "gateway_ready", "1 while /readyz answers 200."),
             draining: gauge(&r, "gateway_draining", "1 from SIGTERM/SIGINT until exit."),
+            hooks: hook::HookMetrics::new(&r),
             registry: r,
             redis,
         }
