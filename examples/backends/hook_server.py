@@ -6,9 +6,10 @@ It verifies every request's signature, then answers:
 
 - connect: `user` connect param -> assigns {"user": ...} and socket id
   `users_socket:<user>`; no `user`, or user "banned" -> refused with 403.
-- join: `room:*` topics are open to every user; `room:admin-*` only to the
-  user "admin" (refused with reason "forbidden"); anything else is refused.
-  The reply greets the user; presence meta gets the user's name.
+- join: every topic is open to every user, except topics whose part after
+  the first `:` starts with `admin-` (`room:admin-ops`), open only to the
+  user "admin" (refused with reason "forbidden"). The reply greets the
+  user; presence meta gets the user's name.
 - push: `shout` is broadcast to the topic upper-cased and replied ok; any
   other event is replied error.
 
@@ -56,9 +57,7 @@ def connect(req):
 def join(req):
     user = req["assigns"].get("user")
     topic = req["topic"]
-    if not topic.startswith("room:"):
-        return {"result": "error", "reason": "no such room"}
-    if topic.startswith("room:admin-") and user != "admin":
+    if topic.partition(":")[2].startswith("admin-") and user != "admin":
         return {"result": "error", "reason": "forbidden"}
     return {
         "result": "ok",
