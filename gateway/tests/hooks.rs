@@ -576,3 +576,82 @@ push = "http://{addr}/push"
     assert_eq!(count(&pod, "push", "refused").await, 1.0);
     python.kill().await.unwrap();
 }
+
+/// A hook server that closes every connection after reading a request,
+/// without answering, until `ok_after` connections were dropped; then it
+/// answers `answer`. Returns its address and the count of connections.
+async fn flaky_server(ok_after: usize, answer: Value) -> (SocketAddr, Arc<Mutex<usize>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(Mutex::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let n = {
+                let mut c = count.lock();
+                *c += 1;
+                *c
+            };
+            let body = answer.to_string();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 << 10];
+                let _ = stream.read(&mut buf).await;
+                if n > ok_after {
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(head.as_bytes()).await;
+                    let _ = stream.write_all(body.as_bytes()).await;
+                }
+                // Dropped: closed (after the answer, or instead of it).
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// connect and join are retried once when the request was sent but no
+/// answer came back (the backend restarted); push, not idempotent, is not.
+#[tokio::test]
+async fn idempotent_hooks_are_retried_once_push_never() {
+    let (join_addr, joins) = flaky_server(1, json!({"result": "ok"})).await;
+    let (push_addr, pushes) = flaky_server(1, json!({"status": "ok"})).await;
+    let text = format!(
+        r#"
+[hooks]
+secret = "{SECRET}"
+[[channel]]
+pattern = "flaky:*"
+events = ["e"]
+mode = "hook"
+[channel.hooks]
+join = "http://{join_addr}/join"
+push = "http://{push_addr}/push"
+"#
+    );
+    let parsed = Config::parse(&text, "flaky").unwrap();
+    let pod = GatewayProcess::builder(env!("CARGO_BIN_EXE_gateway"))
+        .configure(move |c| {
+            c.hooks = parsed.hooks;
+            c.channels = parsed.channels;
+        })
+        .start()
+        .await;
+    let mut c = PhxClient::connect(&pod.url("")).await;
+    c.join("flaky:1", "1").await;
+    assert_eq!(*joins.lock(), 2, "the join was retried on a new connection");
+    let answer = push(&mut c, "flaky:1", "1", "2", "e", json!({})).await;
+    assert_eq!(
+        answer,
+        json!({"status": "error", "response": {"reason": "hook unavailable"}})
+    );
+    assert_eq!(*pushes.lock(), 1, "a push is never retried");
+    // The next push gets through on a fresh connection.
+    let answer = push(&mut c, "flaky:1", "1", "3", "e", json!({})).await;
+    assert_eq!(answer, json!({"status": "ok", "response": {}}));
+    assert_eq!(count(&pod, "join", "ok").await, 1.0);
+    assert_eq!(count(&pod, "push", "unavailable").await, 1.0);
+    assert_eq!(count(&pod, "push", "ok").await, 1.0);
+}
