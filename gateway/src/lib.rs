@@ -35,9 +35,12 @@
 //! - [`config`] / [`app`]: the `gateway` binary's TOML config, converted
 //!   section by section into the library's types, and the endpoint it
 //!   describes (`[[channel]]` rules, publish API, demo).
+//! - `backend`: the way in for rules: pushes forwarded to backends through
+//!   Redis streams, and their answers.
 
 pub mod app;
 pub mod auth;
+mod backend;
 pub mod channel;
 pub mod config;
 pub mod conn;

@@ -284,6 +284,7 @@ async fn a_pods_inbox_never_reaches_clients() {
             presence: None,
             history: None,
             hooks: None,
+            forward: None,
         })
     });
     let cluster = Cluster::start(open, 3).await;

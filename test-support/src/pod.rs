@@ -71,6 +71,7 @@ fn rule(
         presence,
         history: None,
         hooks: None,
+        forward: None,
     }
 }
 

@@ -11,6 +11,7 @@ mod demo;
 mod rules;
 
 use crate::auth::TokenSocket;
+use crate::backend::Forwarder;
 use crate::channel::Router;
 use crate::config::{Config, ConfigError, LongPollSecret, Settings};
 use crate::endpoint::{default_node_name, Endpoint, Socket};
@@ -86,6 +87,12 @@ pub fn assemble(settings: Settings, pubsub: PubSub) -> Result<Arc<Endpoint>, Con
             )
         })
         .collect();
+    // One per pod, made only when a rule forwards.
+    let forwarder = channels
+        .iter()
+        .any(|c| c.forward.is_some())
+        .then(|| Forwarder::new(&pubsub))
+        .flatten();
     for s in sockets {
         let mut router = Router::new();
         for (j, c) in channels.iter().enumerate() {
@@ -93,7 +100,9 @@ pub fn assemble(settings: Settings, pubsub: PubSub) -> Result<Arc<Endpoint>, Con
                 continue;
             }
             let (join, push) = rule_hooks[j].clone();
-            let rule = Arc::new(Rule::new(c, s.topics_claim.clone()).hooks(join, push));
+            let rule = Arc::new(
+                Rule::new(c, s.topics_claim.clone(), forwarder.as_ref()).hooks(join, push),
+            );
             router = router
                 .try_channel(rule.pattern.as_str(), {
                     let rule = rule.clone();

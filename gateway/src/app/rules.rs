@@ -2,8 +2,9 @@
 //! events broadcast to the topic, and presence.
 
 use crate::auth::claim_str;
+use crate::backend::{Budget, Forwarder, Push};
 use crate::channel::{ChannelContext, HandleIn, JoinResult, Next, StopReason, TopicPattern};
-use crate::config::{ChannelSettings, Mode, Policy, PresenceRule};
+use crate::config::{ChannelSettings, Forward, Mode, Policy, PresenceRule};
 use crate::hooks::Hook;
 use crate::protocol::{Payload, Refusal};
 use crate::pubsub::PublishError;
@@ -27,6 +28,8 @@ pub(crate) struct Rule {
     /// `[channel.hooks]`, shared by the rule's copies on every socket.
     join_hook: Option<Arc<Hook>>,
     push_hook: Option<Arc<Hook>>,
+    /// Where `mode = "forward"` sends pushes, and the pod's forwarding.
+    forward: Option<(Forward, Arc<Forwarder>)>,
 }
 
 /// Longest presence key accepted, bytes.
@@ -36,7 +39,12 @@ const MAX_KEY: usize = 256;
 const MAX_META: usize = 4096;
 
 impl Rule {
-    pub(crate) fn new(rule: &ChannelSettings, topics_claim: Option<String>) -> Rule {
+    /// `forwarder`: the pod's, when its broker is Redis.
+    pub(crate) fn new(
+        rule: &ChannelSettings,
+        topics_claim: Option<String>,
+        forwarder: Option<&Arc<Forwarder>>,
+    ) -> Rule {
         Rule {
             pattern: rule.pattern.clone(),
             policy: rule.policy,
@@ -47,6 +55,7 @@ impl Rule {
             presence: rule.presence.clone(),
             join_hook: None,
             push_hook: None,
+            forward: rule.forward.clone().zip(forwarder.cloned()),
         }
     }
 
@@ -151,6 +160,9 @@ pub(crate) struct RuleChannel {
     presence: Option<Box<(String, Value)>>,
     /// The presence is tracked (after the join's `AfterJoin`).
     tracked: bool,
+    /// Forwarded pushes awaiting answers, and the rate (boxed, made on the
+    /// first forwarded push: most channels never forward).
+    budget: Option<Box<Budget>>,
 }
 
 impl RuleChannel {
@@ -159,6 +171,7 @@ impl RuleChannel {
             rule,
             presence: None,
             tracked: false,
+            budget: None,
         }
     }
 }
@@ -284,6 +297,7 @@ impl Channel for RuleChannel {
                     None => HandleIn::error(Refusal::EventNotAllowed.payload()),
                 }
             }
+            Mode::Forward => return self.forward(event, &payload, ctx).await,
         };
         match sent {
             Ok(()) => HandleIn::ok(Payload::empty()),
@@ -300,6 +314,57 @@ impl Channel for RuleChannel {
         } else {
             Next::Stop(StopReason::Shutdown("unauthorized".into()))
         }
+    }
+}
+
+impl RuleChannel {
+    /// `mode = "forward"`: hands the push to backends; the reply is theirs.
+    async fn forward(
+        &mut self,
+        event: &str,
+        payload: &Payload,
+        ctx: &mut ChannelContext<RuleInfo>,
+    ) -> HandleIn {
+        let Some((rule, forwarder)) = &self.rule.forward else {
+            // Validation pairs the mode with its table and Redis.
+            return HandleIn::error(Payload::reason("forwarding is not configured"));
+        };
+        let Some(json) = payload.as_json() else {
+            return HandleIn::error(Payload::reason("binary pushes cannot be forwarded"));
+        };
+        let slot = match self
+            .budget
+            .get_or_insert_with(|| Box::new(Budget::new(rule)))
+            .admit(rule)
+        {
+            Ok(slot) => slot,
+            Err(refused) => return refused,
+        };
+        let claims = match &rule.claims {
+            None => serde_json::to_string(ctx.assigns()),
+            Some(names) => serde_json::to_string(
+                &names
+                    .iter()
+                    .filter_map(|n| Some((n, ctx.assigns().get(n)?)))
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            ),
+        }
+        .unwrap_or_else(|_| "{}".into());
+        let from = (!self.rule.include_sender).then(|| ctx.conn().id());
+        let push = Push {
+            topic: ctx.topic(),
+            event,
+            payload: json,
+            ref_: ctx.current_ref.as_deref(),
+            join_ref: ctx.join_ref(),
+            socket_id: ctx.socket_id(),
+            conn: ctx.conn().id(),
+            pod: ctx.node(),
+            claims,
+        };
+        forwarder
+            .forward(rule, push, ctx.reply_ref(), from, slot)
+            .await
     }
 }
 
@@ -330,8 +395,9 @@ mod tests {
             presence: None,
             history: None,
             hooks: Default::default(),
+            forward: None,
         };
-        Rule::new(&r, topics_claim.map(Into::into))
+        Rule::new(&r, topics_claim.map(Into::into), None)
     }
 
     fn claims(v: Value) -> Assigns {

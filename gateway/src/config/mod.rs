@@ -28,7 +28,8 @@ mod socket;
 
 pub use api::{ApiConfig, ApiSettings};
 pub use channel::{
-    ChannelRule, ChannelSettings, HistoryRule, Mode, Policy, PresenceRule, DEFAULT_MAX_PAYLOAD,
+    ChannelRule, ChannelSettings, Forward, ForwardRule, HistoryRule, Mode, Policy, PresenceRule,
+    ReplyMode, DEFAULT_MAX_PAYLOAD,
 };
 pub use demo::DemoConfig;
 pub use env::{Env, ENV_VARS};
@@ -242,7 +243,14 @@ impl Config {
             .channels
             .iter()
             .enumerate()
-            .map(|(i, c)| c.settings(&Key::root(format!("channel[{i}]")), &paths, presence_store))
+            .map(|(i, c)| {
+                c.settings(
+                    &Key::root(format!("channel[{i}]")),
+                    &paths,
+                    presence_store,
+                    self.redis.url.is_some(),
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let presence = self.presence.settings(&Key::root("presence"))?;
         let longpoll =

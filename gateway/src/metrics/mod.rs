@@ -11,11 +11,13 @@
 //! vocabulary. Callers hand over labels and values (a close reason's label,
 //! a [`Scrape`] of what the endpoint knows), never their own types.
 
+mod forward;
 mod guard;
 mod hook;
 mod label;
 mod prefix;
 
+pub(crate) use forward::{Answered, Forwarded};
 pub(crate) use guard::{JoinedChannel, OpenConnection};
 pub(crate) use hook::{HookName, HookResult};
 pub(crate) use label::{Dropped, Limit, Received, Sent, Source};
@@ -65,6 +67,8 @@ pub(crate) struct Metrics {
     ready: IntGauge,
     draining: IntGauge,
     hooks: hook::HookMetrics,
+    /// Pushes forwarded to backends.
+    pub(crate) forward: forward::ForwardMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -281,6 +285,7 @@ impl Metrics {
             ready: gauge(&r, "gateway_ready", "1 while /readyz answers 200."),
             draining: gauge(&r, "gateway_draining", "1 from SIGTERM/SIGINT until exit."),
             hooks: hook::HookMetrics::new(&r),
+            forward: forward::ForwardMetrics::new(&r),
             registry: r,
             redis,
         }
