@@ -28,6 +28,8 @@
 //!   metrics, extra HTTP routes, and the accept loop.
 //! - `metrics`: the Prometheus metrics of docs/metrics.md, counted where
 //!   things happen and read at scrape time where they are already known.
+//! - [`hooks`]: HTTP hooks — a backend answers connects, joins and pushes
+//!   over signed JSON `POST`s.
 //! - [`auth`]: JWT verification and the socket handler that admits
 //!   connections by their tokens.
 //! - [`config`] / [`app`]: the `gateway` binary's TOML config, converted
@@ -46,6 +48,7 @@ pub mod endpoint;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod hooks;
 mod metrics;
 pub mod presence;
 pub mod protocol;

@@ -5,6 +5,7 @@ use crate::auth::claim_str;
 use crate::backend::{Budget, Forwarder, Push};
 use crate::channel::{ChannelContext, HandleIn, JoinResult, Next, StopReason, TopicPattern};
 use crate::config::{ChannelSettings, Forward, Mode, Policy, PresenceRule};
+use crate::hooks::Hook;
 use crate::protocol::{Payload, Refusal};
 use crate::pubsub::PublishError;
 use crate::socket::Assigns;
@@ -24,6 +25,9 @@ pub(crate) struct Rule {
     /// The socket's `topics_claim`.
     topics_claim: Option<String>,
     presence: Option<PresenceRule>,
+    /// `[channel.hooks]`, shared by the rule's copies on every socket.
+    join_hook: Option<Arc<Hook>>,
+    push_hook: Option<Arc<Hook>>,
     /// Where `mode = "forward"` sends pushes, and the pod's forwarding.
     forward: Option<(Forward, Arc<Forwarder>)>,
 }
@@ -49,8 +53,17 @@ impl Rule {
             include_sender: rule.include_sender,
             topics_claim,
             presence: rule.presence.clone(),
+            join_hook: None,
+            push_hook: None,
             forward: rule.forward.clone().zip(forwarder.cloned()),
         }
+    }
+
+    /// The rule's join and push hooks.
+    pub(crate) fn hooks(mut self, join: Option<Arc<Hook>>, push: Option<Arc<Hook>>) -> Rule {
+        self.join_hook = join;
+        self.push_hook = push;
+        self
     }
 
     /// Whether a connection with these assigns may join `topic`.
@@ -216,14 +229,25 @@ impl Channel for RuleChannel {
         if !self.rule.allows(topic, ctx.assigns()) {
             return Err(Refusal::Unauthorized.payload());
         }
+        let rule = self.rule.clone();
+        let joined = match &rule.join_hook {
+            Some(hook) => Some(crate::hooks::join(hook, topic, &params, ctx).await?),
+            None => None,
+        };
+        let (reply, hook_meta) =
+            joined.map_or((Payload::empty(), None), |j| (j.reply, j.presence_meta));
         if let Some(p) = &self.rule.presence {
-            let me = presence_of(p, ctx.assigns(), &params).map_err(Payload::reason)?;
+            let mut me = presence_of(p, ctx.assigns(), &params).map_err(Payload::reason)?;
+            if let (Some((_, Value::Object(meta))), Some(extra)) = (&mut me, hook_meta) {
+                // The gateway's own keys stay the gateway's.
+                meta.extend(extra.into_iter().filter(|(k, _)| !k.starts_with("phx_")));
+            }
             self.presence = me.map(Box::new);
             // The reply and the subscription come first; Phoenix apps do the
             // same with `send(self(), :after_join)`.
             ctx.info_sender().send(RuleInfo::AfterJoin);
         }
-        Ok(Payload::empty())
+        Ok(reply)
     }
 
     async fn handle_info(&mut self, info: RuleInfo, ctx: &mut ChannelContext<RuleInfo>) -> Next {
@@ -267,6 +291,12 @@ impl Channel for RuleChannel {
         let sent = match self.rule.mode {
             Mode::Broadcast if self.rule.include_sender => ctx.broadcast(event, payload).await,
             Mode::Broadcast => ctx.broadcast_from(event, payload).await,
+            Mode::Hook => {
+                return match &self.rule.push_hook {
+                    Some(hook) => crate::hooks::push(hook, event, &payload, ctx).await,
+                    None => HandleIn::error(Refusal::EventNotAllowed.payload()),
+                }
+            }
             Mode::Forward => return self.forward(event, &payload, ctx).await,
         };
         match sent {
@@ -364,6 +394,7 @@ mod tests {
             max_payload: None,
             presence: None,
             history: None,
+            hooks: Default::default(),
             forward: None,
         };
         Rule::new(&r, topics_claim.map(Into::into), None)

@@ -2,6 +2,7 @@
 //! join it, what clients may push, and presence. Converted with the pattern
 //! parsed once; `app` turns the result into a channel.
 
+use super::hooks::{ChannelHookSettings, ChannelHooks};
 use super::{ConfigError, Key};
 use crate::channel::TopicPattern;
 use crate::pubsub::History;
@@ -26,6 +27,9 @@ pub enum Mode {
     /// Broadcast to every subscriber of the topic, then reply ok (default).
     #[default]
     Broadcast,
+    /// Ask the rule's push hook (`[channel.hooks] push`), which replies and
+    /// may broadcast.
+    Hook,
     /// Append to a Redis stream for backends (`[channel.forward]`); the
     /// reply is the backend's answer, or the append's.
     Forward,
@@ -65,6 +69,9 @@ pub struct ChannelRule {
     /// recover what they missed. Off by default.
     #[serde(default)]
     pub history: Option<HistoryRule>,
+    /// `[channel.hooks]`: HTTP join and push hooks. Off by default.
+    #[serde(default)]
+    pub hooks: Option<ChannelHooks>,
     /// `[channel.forward]`: where `mode = "forward"` sends pushes.
     #[serde(default)]
     pub forward: Option<ForwardRule>,
@@ -291,6 +298,8 @@ pub struct ChannelSettings {
     pub presence: Option<PresenceRule>,
     /// History, when kept.
     pub history: Option<History>,
+    /// The join and push hooks.
+    pub hooks: ChannelHookSettings,
     /// Where pushes go, with `mode = "forward"`.
     pub forward: Option<Forward>,
 }
@@ -338,6 +347,19 @@ impl ChannelRule {
         if let Some(p) = &self.presence {
             p.check(&field("presence"), self.policy, presence_store)?;
         }
+        let hooks = match &self.hooks {
+            Some(h) => h.settings(&field("hooks"))?,
+            None => ChannelHookSettings::default(),
+        };
+        match (self.mode == Mode::Hook, hooks.push.is_some()) {
+            (true, false) => {
+                return Err(field("mode").invalid("mode = \"hook\" needs [channel.hooks] push"))
+            }
+            (false, true) => {
+                return Err(field("hooks.push").invalid("needs mode = \"hook\" on the rule"))
+            }
+            _ => {}
+        }
         let forward = match (self.mode, &self.forward) {
             (Mode::Forward, None) => {
                 return Err(
@@ -371,6 +393,7 @@ impl ChannelRule {
                 .history
                 .map(|h| h.settings(&key.field("history")))
                 .transpose()?,
+            hooks,
             forward,
         })
     }

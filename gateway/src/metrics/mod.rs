@@ -13,11 +13,13 @@
 
 mod forward;
 mod guard;
+mod hook;
 mod label;
 mod prefix;
 
 pub(crate) use forward::{Answered, Forwarded};
 pub(crate) use guard::{JoinedChannel, OpenConnection};
+pub(crate) use hook::{HookName, HookResult};
 pub(crate) use label::{Dropped, Limit, Received, Sent, Source};
 use label::{DROPPED, JOIN_RESULTS, LATENCY_BUCKETS, LIMITS, RECEIVED_KINDS, REFUSALS, SENT_KINDS};
 
@@ -64,6 +66,7 @@ pub(crate) struct Metrics {
     redis_reconnects: IntCounter,
     ready: IntGauge,
     draining: IntGauge,
+    hooks: hook::HookMetrics,
     /// Pushes forwarded to backends.
     pub(crate) forward: forward::ForwardMetrics,
 }
@@ -281,6 +284,7 @@ impl Metrics {
             ),
             ready: gauge(&r, "gateway_ready", "1 while /readyz answers 200."),
             draining: gauge(&r, "gateway_draining", "1 from SIGTERM/SIGINT until exit."),
+            hooks: hook::HookMetrics::new(&r),
             forward: forward::ForwardMetrics::new(&r),
             registry: r,
             redis,

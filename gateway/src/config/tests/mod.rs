@@ -475,3 +475,64 @@ fn memory_bounds() {
     assert_eq!(s.channels[0].max_payload, Some(DEFAULT_MAX_PAYLOAD));
     assert_eq!(s.channels[1].max_payload, None);
 }
+
+/// `[hooks]`, `[socket.hooks]` and `[channel.hooks]`: a secret whenever a
+/// hook is set, `mode = "hook"` and a push hook together, plain http URLs.
+#[test]
+fn hooks_are_checked() {
+    let secret = "[hooks]\nsecret = \"0123456789abcdef\"\n";
+    let join = "[[channel]]\npattern = \"a:*\"\n[channel.hooks]\njoin = \"http://127.0.0.1:9/j\"\n";
+    let err = load(join, &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("hooks.secret") && err.contains("GATEWAY_HOOK_SECRET"),
+        "{err}"
+    );
+    let s = load(join, &[("GATEWAY_HOOK_SECRET", "0123456789abcdef")])
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert!(s.hook_secret.is_some() && s.channels[0].hooks.join.is_some());
+    fails(
+        &format!("{secret}{join}").replace("http://", "https://"),
+        "channel[0].hooks.join",
+    );
+    fails("[hooks]\nsecret = \"short\"", "hooks.secret");
+    fails(
+        &format!("{secret}[[channel]]\npattern = \"a:*\"\nmode = \"hook\""),
+        "channel[0].mode",
+    );
+    fails(
+        &format!("{secret}[[channel]]\npattern = \"a:*\"\n[channel.hooks]\npush = \"http://h/p\""),
+        "channel[0].hooks.push",
+    );
+    fails(
+        &format!("{secret}[[channel]]\npattern = \"a:*\"\n[channel.hooks]\n"),
+        "channel[0].hooks",
+    );
+    fails(
+        &format!("{secret}[[channel]]\npattern = \"a:*\"\n[channel.hooks]\njoin = \"http://h/j\"\ntimeout_ms = 0"),
+        "channel[0].hooks.timeout_ms",
+    );
+    fails(
+        &format!(
+            "{secret}[[socket]]\n[socket.hooks]\nconnect = \"http://h/c\"\nmax_concurrency = 0"
+        ),
+        "socket[0].hooks.max_concurrency",
+    );
+    fails(
+        &format!(
+            "{secret}[[socket]]\n[socket.hooks]\nconnect = \"http://h/c\"\nheaders = [\"Cookie\"]"
+        ),
+        "socket[0].hooks.headers",
+    );
+    fails(
+        &format!("{secret}[[socket]]\n[socket.hooks]\n"),
+        "socket[0].hooks.connect",
+    );
+    let push = "[[channel]]\npattern = \"a:*\"\nmode = \"hook\"\nevents = [\"e\"]\n[channel.hooks]\npush = \"http://h:8/p\"\n";
+    let s = load(&format!("{secret}{push}"), &[])
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert_eq!(s.channels[0].mode, Mode::Hook);
+}
