@@ -40,7 +40,7 @@
 
 pub mod app;
 pub mod auth;
-mod backend;
+pub mod backend;
 pub mod channel;
 pub mod config;
 pub mod conn;
@@ -48,7 +48,6 @@ pub mod endpoint;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod hooks;
 mod metrics;
 pub mod presence;
 pub mod protocol;

@@ -11,11 +11,11 @@ mod demo;
 mod rules;
 
 use crate::auth::TokenSocket;
+use crate::backend::hooks::{Hook, HookPool, HookSocket};
 use crate::backend::Forwarder;
 use crate::channel::Router;
 use crate::config::{Config, ConfigError, LongPollSecret, Settings};
 use crate::endpoint::{default_node_name, Endpoint, Socket};
-use crate::hooks::{Hook, HookPool, HookSocket};
 use crate::metrics::HookName;
 use crate::presence::Presence;
 use crate::pubsub::PubSub;

@@ -2,10 +2,10 @@
 //! events broadcast to the topic, and presence.
 
 use crate::auth::claim_str;
-use crate::backend::{Budget, Forwarder, Push};
+use crate::backend::hooks::Hook;
+use crate::backend::{Budget, Forward, Forwarder, Push};
 use crate::channel::{ChannelContext, HandleIn, JoinResult, Next, StopReason, TopicPattern};
-use crate::config::{ChannelSettings, Forward, Mode, Policy, PresenceRule};
-use crate::hooks::Hook;
+use crate::config::{ChannelSettings, Mode, Policy, PresenceRule};
 use crate::protocol::{Payload, Refusal};
 use crate::pubsub::PublishError;
 use crate::socket::Assigns;
@@ -231,7 +231,7 @@ impl Channel for RuleChannel {
         }
         let rule = self.rule.clone();
         let joined = match &rule.join_hook {
-            Some(hook) => Some(crate::hooks::join(hook, topic, &params, ctx).await?),
+            Some(hook) => Some(crate::backend::hooks::join(hook, topic, &params, ctx).await?),
             None => None,
         };
         let (reply, hook_meta) =
@@ -293,7 +293,7 @@ impl Channel for RuleChannel {
             Mode::Broadcast => ctx.broadcast_from(event, payload).await,
             Mode::Hook => {
                 return match &self.rule.push_hook {
-                    Some(hook) => crate::hooks::push(hook, event, &payload, ctx).await,
+                    Some(hook) => crate::backend::hooks::push(hook, event, &payload, ctx).await,
                     None => HandleIn::error(Refusal::EventNotAllowed.payload()),
                 }
             }

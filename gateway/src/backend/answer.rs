@@ -1,16 +1,18 @@
-//! A backend's answer to a forwarded push, as published to the pod's reply
-//! channel (docs/backends.md):
+//! A backend's answer to a client's push, the same over either way in: a
+//! push hook's HTTP answer, and a forwarded push's answer on the pod's reply
+//! channel, which also names its push (docs/backends.md, docs/hooks.md):
 //!
 //! ```json
 //! {"ref": "<reply_ref>", "status": "ok", "response": {...},
 //!  "broadcasts": [{"topic": "chat:lobby", "event": "new_msg", "payload": {...}}]}
 //! ```
 //!
-//! Read leniently in one respect: an answer whose `ref` is readable but whose
-//! rest is not still answers its push, with an error, so the client is not
-//! left to time out over a backend's bug.
+//! A forwarded push's answer is read leniently in one respect: one whose
+//! `ref` is readable but whose rest is not still answers its push, with an
+//! error, so the client is not left to time out over a backend's bug.
 
-use crate::protocol::{Json, Payload};
+use crate::protocol::{reserved_event, valid_topic, Json, Payload};
+use crate::pubsub::Broadcast;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -18,19 +20,20 @@ use serde_json::value::RawValue;
 /// Most broadcasts one answer may ask for.
 pub(crate) const MAX_BROADCASTS: usize = 100;
 
-/// An answer, read.
-#[derive(Debug)]
-pub(crate) struct Answer {
-    /// The push it answers.
-    pub(crate) reply_ref: u64,
-    /// What the client is told, or why the answer is malformed.
-    pub(crate) reply: Result<(Status, Payload), String>,
-    /// Broadcasts to send, in order; none when the answer is malformed.
-    pub(crate) broadcasts: Vec<Outgoing>,
+/// The reply to a push and the broadcasts to send with it.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Reply {
+    /// The client's `receive("ok")` or `receive("error")`.
+    pub(crate) status: Status,
+    #[serde(default)]
+    response: Option<Box<RawValue>>,
+    #[serde(default)]
+    broadcasts: Vec<Outgoing>,
 }
 
-/// The status of an answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The status of a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub(crate) enum Status {
     Ok,
     Error,
@@ -45,12 +48,66 @@ impl Status {
     }
 }
 
-/// One broadcast an answer asks for.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Outgoing {
-    pub(crate) topic: String,
-    pub(crate) event: String,
-    pub(crate) payload: Payload,
+/// One broadcast a reply asks for.
+#[derive(Debug, Deserialize)]
+struct Outgoing {
+    topic: String,
+    event: String,
+    #[serde(default)]
+    payload: Option<Box<RawValue>>,
+}
+
+impl Reply {
+    /// What the types cannot check: the response is an object, and the
+    /// broadcasts are few and ones a client could make (a valid topic, an
+    /// event publishers may send).
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if self
+            .response
+            .as_ref()
+            .is_some_and(|r| !r.get().starts_with('{'))
+        {
+            return Err("\"response\" is not an object".into());
+        }
+        if self.broadcasts.len() > MAX_BROADCASTS {
+            return Err(format!("more than {MAX_BROADCASTS} broadcasts"));
+        }
+        for b in &self.broadcasts {
+            if !valid_topic(&b.topic) {
+                return Err(format!("a broadcast to the invalid topic {:?}", b.topic));
+            }
+            if b.event.is_empty() || reserved_event(&b.event).is_some() {
+                return Err(format!("a broadcast of the event {:?}", b.event));
+            }
+        }
+        Ok(())
+    }
+
+    /// The reply's response (`{}` when none was given).
+    pub(crate) fn response(&self) -> Payload {
+        self.response
+            .as_deref()
+            .map_or_else(Payload::empty, payload)
+    }
+
+    /// The broadcasts, in order; `from` is skipped by them.
+    pub(crate) fn broadcasts(&self, from: Option<u64>) -> impl Iterator<Item = Broadcast> + '_ {
+        self.broadcasts.iter().map(move |b| Broadcast {
+            topic: b.topic.clone(),
+            event: b.event.clone(),
+            payload: b.payload.as_deref().map_or_else(Payload::empty, payload),
+            from,
+        })
+    }
+}
+
+/// A forwarded push's answer, read.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    /// The push it answers.
+    pub(crate) reply_ref: u64,
+    /// The reply, checked, or why it is malformed.
+    pub(crate) reply: Result<Reply, String>,
 }
 
 #[derive(Deserialize)]
@@ -59,29 +116,8 @@ struct Head<'a> {
     reply_ref: Option<&'a RawValue>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Wire<'a> {
-    #[serde(rename = "ref")]
-    _reply_ref: &'a RawValue,
-    status: String,
-    #[serde(borrow, default)]
-    response: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    broadcasts: Option<Vec<WireOutgoing<'a>>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WireOutgoing<'a> {
-    topic: String,
-    event: String,
-    #[serde(borrow, default)]
-    payload: Option<&'a RawValue>,
-}
-
-/// Reads an answer; `Err` when not even its `ref` is readable (then no
-/// push can be told).
+/// Reads a forwarded push's answer; `Err` when not even its `ref` is
+/// readable (then no push can be told).
 pub(crate) fn read(body: &Bytes) -> Result<Answer, String> {
     let head: Head<'_> =
         serde_json::from_slice(body).map_err(|e| format!("not a JSON object: {e}"))?;
@@ -90,48 +126,10 @@ pub(crate) fn read(body: &Bytes) -> Result<Answer, String> {
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
         .ok_or_else(|| format!("\"ref\" {} is not one this pod gave", raw.get()))?;
-    Ok(match rest(body) {
-        Ok((status, response, broadcasts)) => Answer {
-            reply_ref,
-            reply: Ok((status, response)),
-            broadcasts,
-        },
-        Err(why) => Answer {
-            reply_ref,
-            reply: Err(why),
-            broadcasts: Vec::new(),
-        },
-    })
-}
-
-fn rest(body: &Bytes) -> Result<(Status, Payload, Vec<Outgoing>), String> {
-    let wire: Wire<'_> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    let status = match wire.status.as_str() {
-        "ok" => Status::Ok,
-        "error" => Status::Error,
-        other => return Err(format!("\"status\" is {other:?}, not \"ok\" or \"error\"")),
-    };
-    let response = match wire.response {
-        None => Payload::empty(),
-        Some(r) if r.get().starts_with('{') => payload(r),
-        Some(_) => return Err("\"response\" is not an object".into()),
-    };
-    let sends = wire.broadcasts.unwrap_or_default();
-    if sends.len() > MAX_BROADCASTS {
-        return Err(format!("more than {MAX_BROADCASTS} broadcasts"));
-    }
-    let mut broadcasts = Vec::with_capacity(sends.len());
-    for s in sends {
-        if s.topic.is_empty() || s.event.is_empty() {
-            return Err("a broadcast with an empty topic or event".into());
-        }
-        broadcasts.push(Outgoing {
-            topic: s.topic,
-            event: s.event,
-            payload: s.payload.map_or_else(Payload::empty, payload),
-        });
-    }
-    Ok((status, response, broadcasts))
+    let reply = serde_json::from_slice::<Reply>(body)
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.check().map(|()| r));
+    Ok(Answer { reply_ref, reply })
 }
 
 fn payload(raw: &RawValue) -> Payload {
@@ -157,24 +155,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(a.reply_ref, 7);
-        let (status, response) = a.reply.unwrap();
-        assert_eq!(status, Status::Ok);
-        assert_eq!(response.value(), serde_json::json!({"id": "1-0"}));
-        assert_eq!(a.broadcasts.len(), 1);
-        assert_eq!(a.broadcasts[0].topic, "chat:a");
-        assert_eq!(
-            a.broadcasts[0].payload.value(),
-            serde_json::json!({"body": "hi"})
-        );
+        let reply = a.reply.unwrap();
+        assert_eq!(reply.status, Status::Ok);
+        assert_eq!(reply.response().value(), serde_json::json!({"id": "1-0"}));
+        let b: Vec<_> = reply.broadcasts(Some(3)).collect();
+        assert_eq!(b.len(), 1);
+        assert_eq!((b[0].topic.as_str(), b[0].from), ("chat:a", Some(3)));
+        assert_eq!(b[0].payload.value(), serde_json::json!({"body": "hi"}));
     }
 
     #[test]
     fn defaults() {
-        let a = answer(r#"{"ref":"1","status":"error"}"#).unwrap();
-        let (status, response) = a.reply.unwrap();
-        assert_eq!(status, Status::Error);
-        assert_eq!(response, Payload::empty());
-        assert!(a.broadcasts.is_empty());
+        let reply = answer(r#"{"ref":"1","status":"error","extra":true}"#)
+            .unwrap()
+            .reply
+            .unwrap();
+        assert_eq!(reply.status, Status::Error);
+        assert_eq!(reply.response(), Payload::empty());
+        assert_eq!(reply.broadcasts(None).count(), 0);
     }
 
     #[test]
@@ -182,14 +180,15 @@ mod tests {
         for text in [
             r#"{"ref":"3","status":"maybe"}"#,
             r#"{"ref":"3","status":"ok","response":[1]}"#,
-            r#"{"ref":"3","status":"ok","extra":1}"#,
             r#"{"ref":"3"}"#,
             r#"{"ref":"3","status":"ok","broadcasts":[{"topic":"","event":"e"}]}"#,
+            r#"{"ref":"3","status":"ok","broadcasts":[{"topic":"a b","event":"e"}]}"#,
+            r#"{"ref":"3","status":"ok","broadcasts":[{"topic":"t","event":"phx_reply"}]}"#,
+            r#"{"ref":"3","status":"ok","broadcasts":[{"topic":"t","event":"presence_diff"}]}"#,
         ] {
             let a = answer(text).unwrap();
             assert_eq!(a.reply_ref, 3, "{text}");
             assert!(a.reply.is_err(), "{text}");
-            assert!(a.broadcasts.is_empty());
         }
         let many: Vec<_> = (0..=MAX_BROADCASTS)
             .map(|_| serde_json::json!({"topic":"t","event":"e"}))

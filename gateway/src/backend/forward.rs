@@ -13,12 +13,12 @@
 
 use super::answer::{self, Answer, Status};
 use crate::channel::{HandleIn, ReplyRef};
-use crate::config::{Forward, ReplyMode};
 use crate::metrics::{metrics, Answered, Forwarded};
 use crate::protocol::{Json, Payload};
-use crate::pubsub::{Broadcast, BrokerError, NodeInbox, PubSub, RedisBroker};
+use crate::pubsub::{BrokerError, NodeInbox, PubSub, RedisBroker};
 use bytes::Bytes;
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -30,6 +30,37 @@ use tokio::sync::{oneshot, OnceCell};
 pub(crate) const MAX_PENDING: usize = 100_000;
 /// At most one log line about malformed answers per this interval.
 const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// How a forwarded push is answered (`[channel.forward] reply`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyMode {
+    /// With the answer a backend publishes (default).
+    #[default]
+    Worker,
+    /// As soon as the push is in the stream.
+    OnStore,
+}
+
+/// Where a rule forwards its pushes, and how they are answered
+/// (`[channel.forward]`, converted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// The stream's key after the Redis prefix: `in:` and the name.
+    pub stream: String,
+    /// How the client is answered.
+    pub reply: ReplyMode,
+    /// How long a backend may take to answer.
+    pub reply_timeout: Duration,
+    /// The claims forwarded; `None`: all.
+    pub claims: Option<Vec<String>>,
+    /// About how many entries the stream keeps.
+    pub max_len: usize,
+    /// Pushes of one channel awaiting their answer at once.
+    pub max_pending: usize,
+    /// Pushes per second of one channel.
+    pub rate: u32,
+}
 
 /// A pod's forwarding: the reply channel and the pushes awaiting answers.
 pub(crate) struct Forwarder {
@@ -215,9 +246,9 @@ impl Forwarder {
             Ok(Ok(answer)) => {
                 m.answer(Answered::Accepted);
                 m.round_trip(started.elapsed().as_secs_f64());
-                let (result, status, response) = match answer.reply {
-                    Ok((Status::Ok, r)) => (Forwarded::Ok, Status::Ok, r),
-                    Ok((Status::Error, r)) => (Forwarded::Error, Status::Error, r),
+                let (result, status, response) = match &answer.reply {
+                    Ok(r) if r.status == Status::Ok => (Forwarded::Ok, Status::Ok, r.response()),
+                    Ok(r) => (Forwarded::Error, Status::Error, r.response()),
                     Err(_) => (
                         Forwarded::BadReply,
                         Status::Error,
@@ -229,7 +260,7 @@ impl Forwarder {
                     r.reply(status.as_str(), response);
                 }
                 drop(slot);
-                answer.broadcasts
+                answer.reply.ok()
             }
             Ok(Err(_)) => {
                 // Taken out of the table without an answer: cannot happen
@@ -248,13 +279,13 @@ impl Forwarder {
                 match late {
                     Ok(Ok(answer)) => {
                         m.answer(Answered::Late);
-                        answer.broadcasts
+                        answer.reply.ok()
                     }
                     _ => return,
                 }
             }
         };
-        for b in answer_broadcasts(broadcasts, from) {
+        for b in broadcasts.iter().flat_map(|r| r.broadcasts(from)) {
             let topic = b.topic.clone();
             if let Err(e) = self.pubsub.publish(b, None).await {
                 tracing::warn!(topic, error = %e, "a backend's broadcast failed");
@@ -312,19 +343,6 @@ impl Forwarder {
             );
         }
     }
-}
-
-/// The broadcasts of an answer, skipping the pusher when its rule does.
-fn answer_broadcasts(
-    sends: Vec<answer::Outgoing>,
-    from: Option<u64>,
-) -> impl Iterator<Item = Broadcast> {
-    sends.into_iter().map(move |s| Broadcast {
-        topic: s.topic,
-        event: s.event,
-        payload: s.payload,
-        from,
-    })
 }
 
 /// Where the bus hands this pod's reply channel's messages.

@@ -4,6 +4,7 @@
 
 use super::hooks::{ChannelHookSettings, ChannelHooks};
 use super::{ConfigError, Key};
+use crate::backend::{Forward, ReplyMode};
 use crate::channel::TopicPattern;
 use crate::pubsub::History;
 use serde::{Deserialize, Serialize};
@@ -126,17 +127,6 @@ pub struct ForwardRule {
     pub rate: u32,
 }
 
-/// How a forwarded push is answered.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ReplyMode {
-    /// With the answer a backend publishes (default).
-    #[default]
-    Worker,
-    /// As soon as the push is in the stream.
-    OnStore,
-}
-
 fn default_reply_timeout_ms() -> u64 {
     5000
 }
@@ -192,25 +182,6 @@ impl ForwardRule {
             rate: self.rate,
         })
     }
-}
-
-/// `[channel.forward]`, converted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Forward {
-    /// The stream's key after the Redis prefix: `in:` and the name.
-    pub stream: String,
-    /// How the client is answered.
-    pub reply: ReplyMode,
-    /// How long a backend may take to answer.
-    pub reply_timeout: Duration,
-    /// The claims forwarded; `None`: all.
-    pub claims: Option<Vec<String>>,
-    /// About how many entries the stream keeps.
-    pub max_len: usize,
-    /// Pushes of one channel awaiting their answer at once.
-    pub max_pending: usize,
-    /// Pushes per second of one channel.
-    pub rate: u32,
 }
 
 /// Most messages a topic may keep: a replay is queued on the connection at

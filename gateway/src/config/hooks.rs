@@ -1,9 +1,9 @@
 //! `[hooks]`, `[socket.hooks]` and `[channel.hooks]`: the HTTP hooks a
 //! backend answers (docs/hooks.md), converted into
-//! [`HookSettings`](crate::hooks::HookSettings) with their URLs parsed.
+//! [`HookSettings`](crate::backend::hooks::HookSettings) with their URLs parsed.
 
 use super::{millis, ConfigError, Key};
-use crate::hooks::{
+use crate::backend::hooks::{
     ConnectHookSettings, HookSecret, HookSettings, DEFAULT_MAX_CONCURRENCY, DEFAULT_TIMEOUT,
 };
 use hyper::header::HeaderName;

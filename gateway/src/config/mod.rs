@@ -26,10 +26,11 @@ mod redis;
 mod server;
 mod socket;
 
+pub use crate::backend::{Forward, ReplyMode};
 pub use api::{ApiConfig, ApiSettings};
 pub use channel::{
-    ChannelRule, ChannelSettings, Forward, ForwardRule, HistoryRule, Mode, Policy, PresenceRule,
-    ReplyMode, DEFAULT_MAX_PAYLOAD,
+    ChannelRule, ChannelSettings, ForwardRule, HistoryRule, Mode, Policy, PresenceRule,
+    DEFAULT_MAX_PAYLOAD,
 };
 pub use demo::DemoConfig;
 pub use env::{Env, ENV_VARS};
@@ -41,7 +42,7 @@ pub use redis::RedisConfig;
 pub use server::{Lowered, ServerConfig, ServerSettings, Shutdown, FD_MARGIN};
 pub use socket::{JwtConfig, LongPollSection, OriginSetting, SocketSection, SocketSettings};
 
-use crate::hooks::HookSecret;
+use crate::backend::hooks::HookSecret;
 use crate::presence::PresenceConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

@@ -6,8 +6,8 @@
 use super::hooks::SocketHooks;
 use super::{millis, ConfigError, Key};
 use crate::auth::{Algorithm, DecodingKey, JwtSettings, SocketAuth, TokenVerifier, MAX_LEEWAY};
+use crate::backend::hooks::ConnectHookSettings;
 use crate::channel::TopicPattern;
-use crate::hooks::ConnectHookSettings;
 use crate::socket::{CheckOrigin, LongPollConfig, OriginRule, PushRate, SocketConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -3,13 +3,11 @@
 //! answers are ignored, so backends can add their own.
 
 use super::client::Answer;
+use crate::backend::answer::{Reply, Status};
 use crate::channel::Assigns;
-use crate::protocol::{reserved_event, valid_topic, Payload};
+use crate::protocol::{valid_topic, Payload};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-
-/// Most broadcasts one push answer may ask for.
-pub(crate) const MAX_BROADCASTS: usize = 100;
 
 /// A JSON object of an answer.
 type Object = Map<String, Value>;
@@ -111,51 +109,21 @@ impl Answer for JoinAnswer {
     }
 }
 
-/// `ok` or `error`: the status of the push's reply.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum PushStatus {
-    Ok,
-    Error,
-}
-
-/// A broadcast a push hook asks for.
-#[derive(Debug, Deserialize)]
-pub(crate) struct HookBroadcast {
-    pub(crate) topic: String,
-    pub(crate) event: String,
-    #[serde(default)]
-    pub(crate) payload: Object,
-}
-
-/// The push hook's answer: the reply, and broadcasts published first.
-#[derive(Debug, Deserialize)]
-pub(crate) struct PushAnswer {
-    pub(crate) status: PushStatus,
-    #[serde(default)]
-    pub(crate) response: Object,
-    #[serde(default)]
-    pub(crate) broadcasts: Vec<HookBroadcast>,
-}
-
-impl Answer for PushAnswer {
+/// The push hook's answer is a backend's reply, as a forwarded push's is.
+impl Answer for Reply {
     fn refused(&self) -> bool {
-        self.status == PushStatus::Error
+        self.status == Status::Error
     }
 
-    /// Broadcasts are checked as a client's would be: a valid topic and an
-    /// event publishers may send.
     fn valid(&self) -> bool {
-        self.broadcasts.len() <= MAX_BROADCASTS
-            && self.broadcasts.iter().all(|b| {
-                valid_topic(&b.topic) && !b.event.is_empty() && reserved_event(&b.event).is_none()
-            })
+        self.check().is_ok()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::answer::MAX_BROADCASTS;
 
     fn parse<A: Answer>(text: &str) -> Option<A> {
         serde_json::from_str::<A>(text).ok().filter(Answer::valid)
@@ -180,11 +148,11 @@ mod tests {
         assert!(parse::<ConnectAnswer>(r#"{"result":"ok","socket_id":"a b"}"#).is_none());
         assert!(parse::<ConnectAnswer>(r#"{"result":"ok","socket_id":null}"#).is_some());
         let push = r#"{"status":"ok","broadcasts":[{"topic":"room:1","event":"phx_reply"}]}"#;
-        assert!(parse::<PushAnswer>(push).is_none());
+        assert!(parse::<Reply>(push).is_none());
         let many: Vec<Value> = (0..=MAX_BROADCASTS)
             .map(|_| json!({"topic": "a", "event": "b"}))
             .collect();
         let text = json!({"status": "ok", "broadcasts": many}).to_string();
-        assert!(parse::<PushAnswer>(&text).is_none());
+        assert!(parse::<Reply>(&text).is_none());
     }
 }

@@ -3,11 +3,12 @@
 //! broadcasts), and turn it, or its failure, into the client's reply.
 
 use super::client::Hook;
-use super::wire::{join_request, push_request, JoinAnswer, PushAnswer, PushStatus};
+use super::wire::{join_request, push_request, JoinAnswer};
+use crate::backend::answer::{Reply, Status};
 use crate::channel::{ChannelContext, HandleIn};
 use crate::metrics::Source;
 use crate::protocol::{Payload, Refusal};
-use crate::pubsub::{Broadcast, PublishError};
+use crate::pubsub::PublishError;
 use serde_json::{Map, Value};
 
 /// What an admitted join takes from the join hook.
@@ -70,17 +71,11 @@ pub(crate) async fn push<I: Send + 'static>(
         ctx.socket_id(),
         ctx.node(),
     );
-    let answer = match hook.call::<PushAnswer>(&body).await {
+    let answer = match hook.call::<Reply>(&body).await {
         Ok(a) => a,
         Err(e) => return HandleIn::error(Payload::reason(e.reason())),
     };
-    for b in answer.broadcasts {
-        let msg = Broadcast {
-            topic: b.topic,
-            event: b.event,
-            payload: Payload::json(&b.payload),
-            from: None,
-        };
+    for msg in answer.broadcasts(None) {
         let pubsub = &ctx.services().pubsub;
         if let Err(e) = pubsub.broadcast_counted(Source::Client, msg, None).await {
             tracing::warn!(topic = ctx.topic(), error = %e, "push hook broadcast failed");
@@ -92,9 +87,8 @@ pub(crate) async fn push<I: Send + 'static>(
             return HandleIn::error(refusal.payload());
         }
     }
-    let response = Payload::json(&answer.response);
     match answer.status {
-        PushStatus::Ok => HandleIn::ok(response),
-        PushStatus::Error => HandleIn::error(response),
+        Status::Ok => HandleIn::ok(answer.response()),
+        Status::Error => HandleIn::error(answer.response()),
     }
 }

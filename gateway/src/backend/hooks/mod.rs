@@ -3,9 +3,9 @@
 //! (Centrifugo's proxies). The contract — bodies, answers, the signature,
 //! what clients read when a hook fails — is docs/hooks.md.
 //!
-//! Above the socket and channel layers, below `config` (which converts its
-//! tables into [`HookSettings`]) and `app` (which calls the join and push
-//! hooks from its rule channels and mounts [`connect`]'s socket handler).
+//! `config` converts its tables into [`HookSettings`]; `app` calls the join
+//! and push hooks from its rule channels and mounts the connect hook's
+//! socket handler.
 //!
 //! # Layout
 //! - `client`: one hook URL — pool, signature, timeout, concurrency limit,
