@@ -283,6 +283,7 @@ async fn a_pods_inbox_never_reaches_clients() {
             max_payload: gateway::config::DEFAULT_MAX_PAYLOAD,
             presence: None,
             history: None,
+            lifecycle: None,
         })
     });
     let cluster = Cluster::start(open, 3).await;

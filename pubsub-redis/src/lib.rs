@@ -17,6 +17,7 @@
 //! - [`history`]: per-topic message history, kept and published by a
 //!   Redis Function library.
 //! - [`presence`]: presence entries in Redis hashes, pod liveness, reaping.
+//! - [`lifecycle`]: lifecycle events in streams, dead pods' connections.
 //! - `subscriber`: the subscriber connection's actor (refcounts, batching,
 //!   linger, reconnect).
 
@@ -24,10 +25,12 @@ mod connection;
 pub mod envelope;
 pub mod history;
 pub mod info;
+pub mod lifecycle;
 pub mod presence;
 mod subscriber;
 
 pub use envelope::{Envelope, EnvelopeError, Origin};
+pub use lifecycle::LifecycleStore;
 pub use presence::PresenceStore;
 
 use bytes::Bytes;

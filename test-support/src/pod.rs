@@ -70,6 +70,7 @@ fn rule(
         max_payload: gateway::config::DEFAULT_MAX_PAYLOAD,
         presence,
         history: None,
+        lifecycle: None,
     }
 }
 

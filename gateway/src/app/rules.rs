@@ -2,8 +2,12 @@
 //! events broadcast to the topic, and presence.
 
 use crate::auth::claim_str;
-use crate::channel::{ChannelContext, HandleIn, JoinResult, Next, StopReason, TopicPattern};
+use crate::channel::{
+    ChannelContext, HandleIn, JoinResult, Next, StopReason, Terminate, TopicPattern,
+};
 use crate::config::{ChannelSettings, Mode, Policy, PresenceRule};
+use crate::conn::Disconnect;
+use crate::lifecycle::{End, Join, Lifecycle, Membership, StreamId};
 use crate::protocol::{Payload, Refusal};
 use crate::pubsub::PublishError;
 use crate::socket::Assigns;
@@ -23,6 +27,8 @@ pub(crate) struct Rule {
     /// The socket's `topics_claim`.
     topics_claim: Option<String>,
     presence: Option<PresenceRule>,
+    /// Where joins, leaves and disconnects are reported.
+    lifecycle: Option<(Lifecycle, StreamId)>,
 }
 
 /// Longest presence key accepted, bytes.
@@ -41,7 +47,14 @@ impl Rule {
             include_sender: rule.include_sender,
             topics_claim,
             presence: rule.presence.clone(),
+            lifecycle: None,
         }
+    }
+
+    /// Reports the rule's joins, leaves and disconnects to `stream`.
+    pub(crate) fn with_lifecycle(mut self, lifecycle: Option<(Lifecycle, StreamId)>) -> Rule {
+        self.lifecycle = lifecycle;
+        self
     }
 
     /// Whether a connection with these assigns may join `topic`.
@@ -138,6 +151,8 @@ pub(crate) struct RuleChannel {
     presence: Option<Box<(String, Value)>>,
     /// The presence is tracked (after the join's `AfterJoin`).
     tracked: bool,
+    /// The join was reported (after the join's `AfterJoin`); its end will be.
+    member: Option<Membership>,
 }
 
 impl RuleChannel {
@@ -146,6 +161,7 @@ impl RuleChannel {
             rule,
             presence: None,
             tracked: false,
+            member: None,
         }
     }
 }
@@ -206,6 +222,8 @@ impl Channel for RuleChannel {
         if let Some(p) = &self.rule.presence {
             let me = presence_of(p, ctx.assigns(), &params).map_err(Payload::reason)?;
             self.presence = me.map(Box::new);
+        }
+        if self.rule.presence.is_some() || self.rule.lifecycle.is_some() {
             // The reply and the subscription come first; Phoenix apps do the
             // same with `send(self(), :after_join)`.
             ctx.info_sender().send(RuleInfo::AfterJoin);
@@ -216,6 +234,10 @@ impl Channel for RuleChannel {
     async fn handle_info(&mut self, info: RuleInfo, ctx: &mut ChannelContext<RuleInfo>) -> Next {
         match info {
             RuleInfo::AfterJoin => {
+                self.report_join(ctx);
+                if self.rule.presence.is_none() {
+                    return Next::Continue;
+                }
                 if let Some((key, meta)) = self.presence.as_deref() {
                     match ctx.track(key.clone(), meta.clone()) {
                         Ok(()) => self.tracked = true,
@@ -264,12 +286,53 @@ impl Channel for RuleChannel {
         }
     }
 
+    async fn terminate(&mut self, reason: Terminate, ctx: &mut ChannelContext<RuleInfo>) {
+        if let Some(m) = self.member.take() {
+            m.end(lifecycle_end(&reason, ctx.conn().reason()));
+        }
+    }
+
     async fn handle_assigns(&mut self, ctx: &mut ChannelContext<RuleInfo>) -> Next {
         if self.rule.allows(ctx.topic(), ctx.assigns()) {
             Next::Continue
         } else {
             Next::Stop(StopReason::Shutdown("unauthorized".into()))
         }
+    }
+}
+
+impl RuleChannel {
+    /// Queues the join's lifecycle event, once the reply is decided.
+    fn report_join(&mut self, ctx: &ChannelContext<RuleInfo>) {
+        let Some((lifecycle, stream)) = &self.rule.lifecycle else {
+            return;
+        };
+        if ctx.conn().is_closed() {
+            // Its disconnect may be reported already; its end comes next.
+            return;
+        }
+        let claims = serde_json::to_string(ctx.assigns()).unwrap_or_else(|_| "{}".into());
+        let join = Join {
+            conn: ctx.conn().id(),
+            topic: ctx.topic_arc().clone(),
+            socket_id: ctx.socket_id().map(Arc::from),
+            claims: Arc::from(claims),
+            node: Arc::from(ctx.node()),
+        };
+        self.member = lifecycle.join(*stream, join);
+    }
+}
+
+/// The lifecycle event of a channel's end: a `leave` with why, or, when the
+/// connection closed, its `disconnect` with the close reason's label.
+fn lifecycle_end(reason: &Terminate, closed: Option<Disconnect>) -> End {
+    match reason {
+        Terminate::Leave => End::Leave("leave"),
+        Terminate::DuplicateJoin => End::Leave("replaced"),
+        Terminate::Lost => End::Leave("lost"),
+        Terminate::Stop(StopReason::Error(_)) => End::Leave("error"),
+        Terminate::Stop(_) => End::Leave("stopped"),
+        Terminate::Closed => End::Disconnect(closed.map_or("transport_error", Disconnect::label)),
     }
 }
 
@@ -299,6 +362,7 @@ mod tests {
             max_payload: None,
             presence: None,
             history: None,
+            lifecycle: None,
         };
         Rule::new(&r, topics_claim.map(Into::into))
     }

@@ -62,6 +62,54 @@ pub struct ChannelRule {
     /// recover what they missed. Off by default.
     #[serde(default)]
     pub history: Option<HistoryRule>,
+    /// `[channel.lifecycle]`: joins, leaves and disconnects to a Redis
+    /// stream for backends. Off by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<LifecycleRule>,
+}
+
+/// `[channel.lifecycle]`: where a rule's lifecycle events go
+/// (docs/lifecycle.md).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleRule {
+    /// The stream's key after `redis.prefix`. Default `events`.
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    /// About this many events are kept (`XADD MAXLEN ~`). Default 100000.
+    #[serde(default = "default_max_len")]
+    pub max_len: u64,
+}
+
+fn default_stream() -> String {
+    "events".into()
+}
+
+fn default_max_len() -> u64 {
+    100_000
+}
+
+/// Longest `max_len`: a stream's memory is the backend's to bound.
+const MAX_STREAM_LEN: u64 = 100_000_000;
+
+impl LifecycleRule {
+    fn check(&self, key: &Key) -> Result<(), ConfigError> {
+        let s = &self.stream;
+        if s.is_empty()
+            || s.len() > 200
+            || s.contains(|c: char| c.is_whitespace() || c.is_control())
+        {
+            return Err(key
+                .field("stream")
+                .invalid("must be 1 to 200 characters without spaces"));
+        }
+        if !(1..=MAX_STREAM_LEN).contains(&self.max_len) {
+            return Err(key
+                .field("max_len")
+                .invalid(format!("must be 1 to {MAX_STREAM_LEN}")));
+        }
+        Ok(())
+    }
 }
 
 /// `[channel.history]`: how much of each topic's history is kept.
@@ -166,6 +214,8 @@ pub struct ChannelSettings {
     pub presence: Option<PresenceRule>,
     /// History, when kept.
     pub history: Option<History>,
+    /// Lifecycle events, when reported.
+    pub lifecycle: Option<LifecycleRule>,
 }
 
 impl ChannelSettings {
@@ -209,6 +259,9 @@ impl ChannelRule {
         if let Some(p) = &self.presence {
             p.check(&field("presence"), self.policy, presence_store)?;
         }
+        if let Some(l) = &self.lifecycle {
+            l.check(&field("lifecycle"))?;
+        }
         Ok(ChannelSettings {
             pattern,
             policy: self.policy,
@@ -222,6 +275,7 @@ impl ChannelRule {
                 .history
                 .map(|h| h.settings(&key.field("history")))
                 .transpose()?,
+            lifecycle: self.lifecycle.clone(),
         })
     }
 }

@@ -27,7 +27,8 @@ mod socket;
 
 pub use api::{ApiConfig, ApiSettings};
 pub use channel::{
-    ChannelRule, ChannelSettings, HistoryRule, Mode, Policy, PresenceRule, DEFAULT_MAX_PAYLOAD,
+    ChannelRule, ChannelSettings, HistoryRule, LifecycleRule, Mode, Policy, PresenceRule,
+    DEFAULT_MAX_PAYLOAD,
 };
 pub use demo::DemoConfig;
 pub use env::{Env, ENV_VARS};
@@ -237,6 +238,19 @@ impl Config {
             .enumerate()
             .map(|(i, c)| c.settings(&Key::root(format!("channel[{i}]")), &paths, presence_store))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(i) = channels.iter().position(|c| c.lifecycle.is_some()) {
+            // Reported through Redis; dead pods are found by the liveness
+            // keys presence keeps, with a script over keys of many slots.
+            let key = Key::root(format!("channel[{i}]")).field("lifecycle");
+            if self.redis.url.is_none() {
+                return Err(key.invalid("lifecycle events need Redis: set [redis] url"));
+            }
+            if self.redis.cluster {
+                return Err(key.invalid(
+                    "lifecycle events need a single Redis server; not supported with redis.cluster = true",
+                ));
+            }
+        }
         let presence = self.presence.settings(&Key::root("presence"))?;
         let longpoll =
             self.longpoll

@@ -13,11 +13,13 @@
 
 mod guard;
 mod label;
+mod lifecycle;
 mod prefix;
 
 pub(crate) use guard::{JoinedChannel, OpenConnection};
 pub(crate) use label::{Dropped, Limit, Received, Sent, Source};
 use label::{DROPPED, JOIN_RESULTS, LATENCY_BUCKETS, LIMITS, RECEIVED_KINDS, REFUSALS, SENT_KINDS};
+pub(crate) use lifecycle::lifecycle_metrics;
 
 use crate::protocol::Transport;
 use prometheus::core::Collector;
