@@ -19,12 +19,17 @@ use test_support::{jwt, wait, Cluster, GatewayBuilder, GatewayProcess, SETTLE, T
 /// within it.
 const POD_TIMEOUT_MS: u64 = 1500;
 
+/// Pod timeout of the tests that kill no pod: long enough that a machine
+/// busy with other tests never delays a liveness refresh past the key's
+/// lifetime (which would add `restored` joins to the stream).
+const CALM_MS: u64 = 10_000;
+
 /// Pods with `lc:*` reporting to the stream `events`.
-fn pod() -> GatewayBuilder {
+fn pod(pod_timeout_ms: u64) -> GatewayBuilder {
     GatewayProcess::builder(env!("CARGO_BIN_EXE_gateway"))
         .metrics_port()
         .configure(|c| {
-            c.presence.pod_timeout_ms = POD_TIMEOUT_MS;
+            c.presence.pod_timeout_ms = pod_timeout_ms;
             c.channels.push(ChannelRule {
                 pattern: "lc:*".into(),
                 policy: Policy::Public,
@@ -139,12 +144,15 @@ fn json_of(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("{s:?} is not JSON: {e}"))
 }
 
+/// Leaves `topic`: its `ok` reply, then its `phx_close`.
 async fn leave(client: &mut test_support::PhxClient, topic: &str, jr: &str) {
     client.send(json!([jr, "9", topic, "phx_leave", {}])).await;
     loop {
         let f = client.recv().await;
         if f[3] == "phx_reply" && f[1] == "9" {
             assert_eq!(f[4]["status"], "ok", "{f}");
+        }
+        if f[3] == "phx_close" && f[2] == topic {
             return;
         }
     }
@@ -152,7 +160,7 @@ async fn leave(client: &mut test_support::PhxClient, topic: &str, jr: &str) {
 
 #[tokio::test]
 async fn one_event_per_join_leave_and_disconnect() {
-    let cluster = Cluster::start(pod(), 1).await;
+    let cluster = Cluster::start(pod(CALM_MS), 1).await;
     let pod = &cluster.pods[0];
     let mut events = Stream::open(&cluster, "events").await;
     let mut alice = pod.client_with_token(&jwt::token("alice")).await;
@@ -190,6 +198,25 @@ async fn one_event_per_join_leave_and_disconnect() {
     );
     assert_eq!(left["conn"], conn);
 
+    // Joining lc:b again replaces its channel: a leave, then the new join.
+    alice.join("lc:b", "4").await;
+    let replaced = events.next().await;
+    assert_eq!(
+        (
+            replaced["type"].as_str(),
+            replaced["topic"].as_str(),
+            replaced["reason"].as_str()
+        ),
+        ("leave", "lc:b", "replaced"),
+        "{replaced:?}"
+    );
+    let rejoined = events.next().await;
+    assert_eq!(
+        (rejoined["type"].as_str(), rejoined["topic"].as_str()),
+        ("join", "lc:b")
+    );
+    assert!(!rejoined.contains_key("reason"), "{rejoined:?}");
+
     // The pod's record of its connections names lc:b alone.
     let mut redis = cluster.conn().await;
     let hash = cluster.channel(&format!("lifecycle:{}", pod_id(&conn)));
@@ -214,7 +241,7 @@ async fn one_event_per_join_leave_and_disconnect() {
         pod.metrics_addr(),
         "gateway_lifecycle_events_total",
         &[("type", "join")],
-        2.0,
+        3.0,
     )
     .await;
     assert_eq!(
@@ -223,7 +250,7 @@ async fn one_event_per_join_leave_and_disconnect() {
             "gateway_lifecycle_events_total",
             &[("type", "leave")]
         ),
-        Some(1.0)
+        Some(2.0)
     );
     assert_eq!(
         sample(
@@ -246,7 +273,7 @@ fn pod_id(conn: &str) -> &str {
 
 #[tokio::test]
 async fn a_killed_pods_connections_are_reported_once_within_the_timeout() {
-    let mut cluster = Cluster::start(pod(), 3).await;
+    let mut cluster = Cluster::start(pod(POD_TIMEOUT_MS), 3).await;
     let mut events = Stream::open(&cluster, "events").await;
     let mut a = cluster.pods[1].client().await;
     a.join("lc:k1", "1").await;
@@ -274,11 +301,17 @@ async fn a_killed_pods_connections_are_reported_once_within_the_timeout() {
     // SIGKILL: no cleanup; a survivor reports both connections.
     let killed = Instant::now();
     cluster.pods[1].kill();
-    for _ in 0..2 {
+    let mut reports = 0;
+    while reports < 2 {
         let e = events
             .next_within(Duration::from_millis(POD_TIMEOUT_MS * 3))
             .await
             .expect("pod_down reported");
+        if e.get("reason").map(String::as_str) == Some("restored") {
+            // A survivor's liveness refresh came late on a busy machine.
+            continue;
+        }
+        reports += 1;
         assert_eq!(
             (e["type"].as_str(), e["reason"].as_str()),
             ("disconnect", "pod_down"),
@@ -312,8 +345,6 @@ async fn a_killed_pods_connections_are_reported_once_within_the_timeout() {
         .cmd(&["SISMEMBER", &cluster.channel("lifecycle-pods"), &dead])
         .await;
     assert_eq!(listed, 0);
-    let total: i64 = redis.cmd(&["XLEN", &cluster.channel("events")]).await;
-    assert_eq!(total, 5, "3 joins, 2 disconnects");
     let mut reported = 0.0;
     for p in [&cluster.pods[0], &cluster.pods[2]] {
         let text = scrape_at(p.metrics_addr()).await;
@@ -325,7 +356,7 @@ async fn a_killed_pods_connections_are_reported_once_within_the_timeout() {
 
 #[tokio::test]
 async fn redis_down_loses_events_counted_and_the_pod_goes_on() {
-    let mut cluster = Cluster::start(pod(), 1).await;
+    let mut cluster = Cluster::start(pod(CALM_MS), 1).await;
     let mut events = Stream::open(&cluster, "events").await;
     let mut c = cluster.pods[0].client().await;
     c.join("lc:d", "1").await;
@@ -334,12 +365,14 @@ async fn redis_down_loses_events_counted_and_the_pod_goes_on() {
     cluster.redis.kill();
     // The leave is answered without Redis; its event cannot be written.
     leave(&mut c, "lc:d", "1").await;
-    wait_for(
-        cluster.pods[0].metrics_addr(),
-        "gateway_lifecycle_dropped_total",
-        &[],
-        1.0,
-    )
+    let metrics = cluster.pods[0].metrics_addr();
+    wait::until("the lost leave counted", SETTLE, || async move {
+        let text = scrape_at(metrics).await;
+        match sample(&text, "gateway_lifecycle_dropped_total", &[]) {
+            Some(n) if n >= 1.0 => Ok(()),
+            other => Err(other),
+        }
+    })
     .await;
     // Heartbeats still answered: the connection and the pod are fine.
     c.send(json!([null, "h", "phoenix", "heartbeat", {}])).await;
@@ -373,4 +406,66 @@ async fn redis_down_loses_events_counted_and_the_pod_goes_on() {
         "{e:?}"
     );
     cluster.assert_alive();
+}
+
+#[tokio::test]
+async fn a_clean_stop_reports_its_disconnects_itself() {
+    let mut cluster = Cluster::start(pod(CALM_MS), 1).await;
+    let mut events = Stream::open(&cluster, "events").await;
+    let mut c = cluster.pods[0].client().await;
+    c.join("lc:s", "1").await;
+    assert_eq!(events.next().await["type"], "join");
+    // SIGTERM: the drain closes the connection; the pod writes its
+    // disconnect before exiting (no pod_down from anyone).
+    cluster.pods[0].terminate();
+    let e = events.next().await;
+    assert_eq!(
+        (
+            e["type"].as_str(),
+            e["reason"].as_str(),
+            e["topics"].as_str()
+        ),
+        ("disconnect", "shutdown", r#"["lc:s"]"#),
+        "{e:?}"
+    );
+    cluster.pods[0].wait_exit(TIMEOUT).await;
+}
+
+#[tokio::test]
+async fn after_redis_lost_its_data_held_topics_are_reported_again() {
+    let mut cluster = Cluster::start(pod(CALM_MS), 1).await;
+    let mut events = Stream::open(&cluster, "events").await;
+    let mut c = cluster.pods[0].client().await;
+    c.join("lc:r", "1").await;
+    let first = events.next().await;
+    assert_eq!(first["type"], "join");
+
+    // Redis restarts empty: the stream and the pod's record are gone. The
+    // pod's liveness refresh finds its key gone, so it writes its record
+    // again and reports the topic as a restored join.
+    cluster.redis.restart().await;
+    let mut events = Stream::open(&cluster, "events").await;
+    let e = events.next().await;
+    assert_eq!(
+        (
+            e["type"].as_str(),
+            e["topic"].as_str(),
+            e["reason"].as_str()
+        ),
+        ("join", "lc:r", "restored"),
+        "{e:?}"
+    );
+    assert_eq!(e["conn"], first["conn"]);
+    let mut redis = cluster.conn().await;
+    let hash = cluster.channel(&format!("lifecycle:{}", pod_id(&e["conn"])));
+    let held: i64 = redis.cmd(&["HLEN", &hash]).await;
+    assert_eq!(held, 1);
+
+    // And the connection's end is reported as usual.
+    c.close().await;
+    let gone = events.next().await;
+    assert_eq!(
+        (gone["type"].as_str(), gone["reason"].as_str()),
+        ("disconnect", "client_closed")
+    );
 }

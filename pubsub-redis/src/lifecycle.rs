@@ -247,11 +247,23 @@ impl LifecycleStore {
         result
     }
 
+    /// Runs `pipe`; once more on a fresh connection when the kept one
+    /// turns out dead (Redis restarted since the last command), which would
+    /// otherwise cost the first batch after every restart.
     async fn run(&self, pipe: &redis::Pipeline) -> Result<(), Error> {
+        let kept = self.conn.lock().await.is_some();
         let mut conn = self.connection().await?;
         let result = self.bounded(pipe.query_async::<()>(&mut conn)).await;
         self.forget_on_error(&result).await;
-        result
+        match result {
+            Err(Error::Redis(e)) if kept && e.is_connection_dropped() => {
+                let mut conn = self.connection().await?;
+                let result = self.bounded(pipe.query_async::<()>(&mut conn)).await;
+                self.forget_on_error(&result).await;
+                result
+            }
+            other => other,
+        }
     }
 
     /// After a failure the next command opens a fresh connection.

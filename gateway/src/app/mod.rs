@@ -54,6 +54,7 @@ pub fn assemble(settings: Settings, pubsub: PubSub) -> Result<Arc<Endpoint>, Con
         .timeouts(server.timeouts)
         .unready_without_broker(server.unready_without_broker)
         .presence(presence_service)
+        .lifecycle(lifecycle.clone())
         .pubsub(pubsub.clone())
         .metrics_on_main_port(server.metrics_listen.is_none())
         .longpoll_relay_timeout(longpoll.relay_timeout);

@@ -2,6 +2,7 @@
 
 use super::StreamId;
 use std::sync::Arc;
+use tokio::sync::oneshot;
 
 /// How a joined lifecycle topic ended, with the `reason` field's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +43,8 @@ pub(super) enum Event {
         end: End,
         at: u64,
     },
+    /// Answered once every event queued before it is written (or dropped).
+    Flush(oneshot::Sender<()>),
 }
 
 /// Unix time in milliseconds.

@@ -135,6 +135,18 @@ impl Lifecycle {
         true
     }
 
+    /// Resolves once every event queued before the call is written (or
+    /// dropped); at once if the writer is not running.
+    pub(crate) async fn flush(&self) {
+        if !self.inner.started.load(Ordering::Acquire) {
+            return;
+        }
+        let (done, rx) = tokio::sync::oneshot::channel();
+        if self.inner.tx.send(Event::Flush(done)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// Queues the `join` event of `join` in `stream`. The membership it
     /// returns queues the topic's end when dropped or ended; `None` when
     /// the event was dropped (the queue is full), and then its end is not

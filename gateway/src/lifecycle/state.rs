@@ -56,6 +56,7 @@ impl State {
                 end,
                 at,
             } => self.end(stream, conn, &topic, end, at),
+            Event::Flush(_) => None,
         }
     }
 

@@ -78,11 +78,18 @@ impl Writer {
             .filter(|e| matches!(e, Event::Join { .. }))
             .count();
         self.queued_joins.fetch_sub(joins, Ordering::Relaxed);
-        let records: Vec<Typed> = batch
-            .drain(..)
-            .filter_map(|e| self.state.apply(e))
-            .collect();
+        let mut flushed = Vec::new();
+        let mut records: Vec<Typed> = Vec::with_capacity(batch.len());
+        for event in batch.drain(..) {
+            match event {
+                Event::Flush(done) => flushed.push(done),
+                e => records.extend(self.state.apply(e)),
+            }
+        }
         self.write(records).await;
+        for done in flushed {
+            let _ = done.send(());
+        }
     }
 
     async fn write(&mut self, records: Vec<Typed>) {
