@@ -469,3 +469,84 @@ async fn after_redis_lost_its_data_held_topics_are_reported_again() {
         ("disconnect", "client_closed")
     );
 }
+
+/// What lifecycle costs: Redis commands per event, and join latency of a
+/// lifecycle topic beside a plain one, for a storm of concurrent joins on
+/// one pod. A measurement, not a check (`--ignored --nocapture`).
+#[tokio::test]
+#[ignore]
+async fn measure_cost_of_a_join_storm() {
+    const N: usize = 500;
+    let cluster = Cluster::start(pod(CALM_MS), 1).await;
+    let pod = &cluster.pods[0];
+    let mut redis = cluster.conn().await;
+    let mut clients = futures_util::future::join_all((0..N).map(|_| pod.client())).await;
+
+    // Plain topics before and after lifecycle topics (the first storm also
+    // warms the pod up): p50 and p99 of the replies.
+    for (kind, prefix) in [
+        ("plain", "room:m"),
+        ("lifecycle", "lc:m"),
+        ("plain", "quiet:m"),
+    ] {
+        let before = redis.commandstats().await;
+        let started = Instant::now();
+        let took = futures_util::future::join_all(clients.iter_mut().enumerate().map(
+            |(i, c)| async move {
+                let t = Instant::now();
+                c.join(&format!("{prefix}{}", i % 10), "1").await;
+                t.elapsed()
+            },
+        ))
+        .await;
+        let all = started.elapsed();
+        let mut took = took;
+        took.sort();
+        if kind == "lifecycle" {
+            // Every join event written: the stream holds N entries.
+            let key = cluster.channel("events");
+            wait::until("every join written", SETTLE, || {
+                let mut r = redis.clone();
+                let key = key.clone();
+                async move {
+                    let n: i64 = r.cmd(&["XLEN", &key]).await;
+                    (n as usize == N).then_some(()).ok_or(n)
+                }
+            })
+            .await;
+        }
+        let after = redis.commandstats().await;
+        let delta = |c: &str| after.get(c).unwrap_or(&0) - before.get(c).unwrap_or(&0);
+        eprintln!(
+            "{kind}: {N} joins in {all:?}, reply p50 {:?} p99 {:?}; redis: xadd {} hset {} exec {} sadd {}",
+            took[N / 2],
+            took[N * 99 / 100],
+            delta("xadd"),
+            delta("hset"),
+            delta("exec"),
+            delta("sadd"),
+        );
+    }
+    let before = redis.commandstats().await;
+    for c in clients {
+        c.close().await;
+    }
+    let key = cluster.channel("events");
+    wait::until("every disconnect written", SETTLE, || {
+        let mut r = redis.clone();
+        let key = key.clone();
+        async move {
+            let n: i64 = r.cmd(&["XLEN", &key]).await;
+            (n as usize == 2 * N).then_some(()).ok_or(n)
+        }
+    })
+    .await;
+    let after = redis.commandstats().await;
+    let delta = |c: &str| after.get(c).unwrap_or(&0) - before.get(c).unwrap_or(&0);
+    eprintln!(
+        "{N} disconnects: redis: xadd {} hdel {} exec {}",
+        delta("xadd"),
+        delta("hdel"),
+        delta("exec"),
+    );
+}
