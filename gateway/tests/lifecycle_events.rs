@@ -437,14 +437,25 @@ async fn after_redis_lost_its_data_held_topics_are_reported_again() {
     let mut events = Stream::open(&cluster, "events").await;
     let mut c = cluster.pods[0].client().await;
     c.join("lc:r", "1").await;
+    c.join("lc:gone", "2").await;
     let first = events.next().await;
     assert_eq!(first["type"], "join");
+    assert_eq!(events.next().await["topic"], "lc:gone");
 
-    // Redis restarts empty: the stream and the pod's record are gone. The
-    // pod's liveness refresh finds its key gone, so it writes its record
-    // again and reports the topic as a restored join.
+    // Redis restarts empty: the stream and the pod's record are gone. A
+    // leave right away waits for the pod's liveness key (a record written
+    // without it could be taken for a dead pod's) instead of being lost;
+    // the liveness refresh finds its key gone, so the pod writes its record
+    // again and reports the topic it still holds as a restored join.
     cluster.redis.restart().await;
+    leave(&mut c, "lc:gone", "2").await;
     let mut events = Stream::open(&cluster, "events").await;
+    let left = events.next().await;
+    assert_eq!(
+        (left["type"].as_str(), left["topic"].as_str()),
+        ("leave", "lc:gone"),
+        "{left:?}"
+    );
     let e = events.next().await;
     assert_eq!(
         (
@@ -468,6 +479,50 @@ async fn after_redis_lost_its_data_held_topics_are_reported_again() {
         (gone["type"].as_str(), gone["reason"].as_str()),
         ("disconnect", "client_closed")
     );
+    let text = scrape_at(cluster.pods[0].metrics_addr()).await;
+    assert_eq!(
+        sample(&text, "gateway_lifecycle_dropped_total", &[]),
+        Some(0.0)
+    );
+}
+
+#[tokio::test]
+async fn after_a_redis_restart_an_idle_survivor_still_reports_a_dead_pod() {
+    let mut cluster = Cluster::start(pod(POD_TIMEOUT_MS), 2).await;
+    let mut c = cluster.pods[1].client().await;
+    c.join("lc:after", "1").await;
+    // Redis restarts empty; pod 1 writes its record again (a restored
+    // join), pod 0 has nothing to write and only checks for dead pods.
+    cluster.redis.restart().await;
+    let mut events = Stream::open(&cluster, "events").await;
+    let restored = loop {
+        // A busy machine may delay a liveness refresh past the key's
+        // lifetime, adding a pod_down and another restored join.
+        let e = events.next().await;
+        if e.get("reason").map(String::as_str) == Some("restored") {
+            break e;
+        }
+    };
+    let killed_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    cluster.pods[1].kill();
+    loop {
+        let e = events.next().await;
+        let at: u64 = e["at"].parse().unwrap();
+        if e["reason"] != "pod_down" || at < killed_ms {
+            continue;
+        }
+        assert_eq!(
+            (e["type"].as_str(), e["topics"].as_str()),
+            ("disconnect", r#"["lc:after"]"#),
+            "{e:?}"
+        );
+        assert_eq!(e["conn"], restored["conn"]);
+        break;
+    }
+    drop(c);
 }
 
 /// What lifecycle costs: Redis commands per event, and join latency of a
@@ -518,13 +573,12 @@ async fn measure_cost_of_a_join_storm() {
         let after = redis.commandstats().await;
         let delta = |c: &str| after.get(c).unwrap_or(&0) - before.get(c).unwrap_or(&0);
         eprintln!(
-            "{kind}: {N} joins in {all:?}, reply p50 {:?} p99 {:?}; redis: xadd {} hset {} exec {} sadd {}",
+            "{kind}: {N} joins in {all:?}, reply p50 {:?} p99 {:?}; redis: xadd {} hset {} eval {}",
             took[N / 2],
             took[N * 99 / 100],
             delta("xadd"),
             delta("hset"),
-            delta("exec"),
-            delta("sadd"),
+            delta("eval"),
         );
     }
     let before = redis.commandstats().await;
@@ -544,9 +598,9 @@ async fn measure_cost_of_a_join_storm() {
     let after = redis.commandstats().await;
     let delta = |c: &str| after.get(c).unwrap_or(&0) - before.get(c).unwrap_or(&0);
     eprintln!(
-        "{N} disconnects: redis: xadd {} hdel {} exec {}",
+        "{N} disconnects: redis: xadd {} hdel {} eval {}",
         delta("xadd"),
         delta("hdel"),
-        delta("exec"),
+        delta("eval"),
     );
 }

@@ -14,10 +14,12 @@
 //! `socket_id`, `pod`, `claims`, `topics`), so that the reaping script can
 //! copy them into a `disconnect` event without re-encoding JSON.
 //!
-//! Every write is one `MULTI`/`EXEC` holding the events and the hash
-//! changes that go with them, so the hash never disagrees with what the
-//! stream says, and reaping is one Lua script that first checks the dead
-//! pod's liveness key, so exactly one survivor reports it.
+//! Every write is one Lua script holding the events and the hash changes
+//! that go with them, so the hash never disagrees with what the stream
+//! says; it writes only while the pod's liveness key exists, so no survivor
+//! takes a live pod's fresh hash for a dead pod's. Reaping is one Lua script
+//! that first checks the dead pod's liveness key, so exactly one survivor
+//! reports it.
 
 use crate::{Error, Publisher, RedisBus};
 use redis::aio::MultiplexedConnection;
@@ -75,6 +77,45 @@ end
 redis.call('DEL', KEYS[2])
 redis.call('SREM', KEYS[3], ARGV[1])
 return n
+";
+
+/// Appends events and changes the pod's hash, only while the pod's liveness
+/// key exists. KEYS: alive key, the pod's hash, the pods set. ARGV: pod id,
+/// prefix, then per record: stream, max_len, n, n field/value items, and
+/// `put` field value | `del` field | `-`. Returns 1, or 0 if not live.
+const WRITE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local i = 3
+while i <= #ARGV do
+  local n = tonumber(ARGV[i + 2])
+  local args = {'XADD', ARGV[2] .. ARGV[i], 'MAXLEN', '~', ARGV[i + 1], '*'}
+  for j = 1, n do args[#args + 1] = ARGV[i + 2 + j] end
+  redis.call(unpack(args))
+  i = i + 3 + n
+  if ARGV[i] == 'put' then
+    redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2])
+    i = i + 3
+  elseif ARGV[i] == 'del' then
+    redis.call('HDEL', KEYS[2], ARGV[i + 1])
+    i = i + 2
+  else
+    i = i + 1
+  end
+end
+redis.call('SADD', KEYS[3], ARGV[1])
+return 1
+";
+
+/// Replaces the pod's hash, only while its liveness key exists. KEYS as
+/// [`WRITE`]; ARGV: pod id, prefix, then field/value pairs.
+const REWRITE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[2])
+for i = 3, #ARGV, 2 do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+end
+redis.call('SADD', KEYS[3], ARGV[1])
+return 1
 ";
 
 /// Lifecycle storage for one pod.
@@ -140,61 +181,59 @@ impl LifecycleStore {
     }
 
     /// Appends `records` and applies their hash changes, atomically, in one
-    /// round trip.
+    /// round trip — if this pod's liveness key exists. Returns `false`, having
+    /// written nothing, when it does not (Redis restarted and the pod's
+    /// heartbeat has not set it again): a hash written then could be taken
+    /// for a dead pod's.
     ///
     /// # Errors
     /// When Redis is unreachable or refuses; nothing was applied unless
-    /// Redis ran the transaction before the error (a timeout).
-    pub async fn write(&self, records: &[Record]) -> Result<(), Error> {
+    /// Redis ran the script before the error (a timeout).
+    pub async fn write(&self, records: &[&Record]) -> Result<bool, Error> {
         if records.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
-        let hash = self.hash_key(&self.pod);
-        let mut pipe = redis::pipe();
-        pipe.atomic();
+        let mut eval = self.script(WRITE);
         for r in records {
-            let mut xadd = redis::cmd("XADD");
-            xadd.arg(format!("{}{}", self.prefix, r.stream))
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(r.max_len)
-                .arg("*");
+            eval.arg(&*r.stream).arg(r.max_len).arg(r.fields.len() * 2);
             for (k, v) in &r.fields {
-                xadd.arg(*k).arg(v);
+                eval.arg(*k).arg(v);
             }
-            pipe.add_command(xadd).ignore();
             match &r.hash {
-                Some(HashOp::Put { field, value }) => {
-                    pipe.hset(&hash, field, value).ignore();
-                }
-                Some(HashOp::Delete { field }) => {
-                    pipe.hdel(&hash, field).ignore();
-                }
-                None => {}
-            }
+                Some(HashOp::Put { field, value }) => eval.arg("put").arg(field).arg(value),
+                Some(HashOp::Delete { field }) => eval.arg("del").arg(field),
+                None => eval.arg("-"),
+            };
         }
-        pipe.sadd(self.pods_key(), &self.pod).ignore();
-        self.run(&pipe).await
+        self.run(&eval).await
     }
 
-    /// Replaces the pod's hash with `entries` (field, value), atomically:
-    /// after writes failed, so the hash says again what the pod holds.
+    /// Replaces the pod's hash with `entries` (field, value), atomically,
+    /// if its liveness key exists (else `false`): after writes failed, or
+    /// Redis lost the hash, so it says again what the pod holds.
     ///
     /// # Errors
     /// When Redis is unreachable or refuses.
-    pub async fn rewrite(&self, entries: &[(String, String)]) -> Result<(), Error> {
-        let hash = self.hash_key(&self.pod);
-        let mut pipe = redis::pipe();
-        pipe.atomic().del(&hash).ignore();
-        for chunk in entries.chunks(512) {
-            let items: Vec<(&str, &str)> = chunk
-                .iter()
-                .map(|(f, v)| (f.as_str(), v.as_str()))
-                .collect();
-            pipe.hset_multiple(&hash, &items).ignore();
+    pub async fn rewrite(&self, entries: &[(String, String)]) -> Result<bool, Error> {
+        let mut eval = self.script(REWRITE);
+        for (f, v) in entries {
+            eval.arg(f).arg(v);
         }
-        pipe.sadd(self.pods_key(), &self.pod).ignore();
-        self.run(&pipe).await
+        self.run(&eval).await
+    }
+
+    /// `EVAL script` over this pod's keys (its liveness key, hash and the
+    /// pods set) with its id and the prefix as the first arguments.
+    fn script(&self, script: &str) -> redis::Cmd {
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(script)
+            .arg(3)
+            .arg(self.alive_key(&self.pod))
+            .arg(self.hash_key(&self.pod))
+            .arg(self.pods_key())
+            .arg(&self.pod)
+            .arg(&self.prefix);
+        eval
     }
 
     /// Other pods listed as holding a hash whose liveness key is gone.
@@ -202,6 +241,13 @@ impl LifecycleStore {
     /// # Errors
     /// When Redis is unreachable or refuses.
     pub async fn dead_pods(&self) -> Result<Vec<String>, Error> {
+        let result = self.find_dead().await;
+        // An idle pod's only commands: a dead connection must not stick.
+        self.forget_on_error(&result).await;
+        result
+    }
+
+    async fn find_dead(&self) -> Result<Vec<String>, Error> {
         let mut smembers = redis::cmd("SMEMBERS");
         smembers.arg(self.pods_key());
         let mut conn = self.connection().await?;
@@ -247,23 +293,25 @@ impl LifecycleStore {
         result
     }
 
-    /// Runs `pipe`; once more on a fresh connection when the kept one
-    /// turns out dead (Redis restarted since the last command), which would
-    /// otherwise cost the first batch after every restart.
-    async fn run(&self, pipe: &redis::Pipeline) -> Result<(), Error> {
+    /// Runs a script that answers 1 (done) or 0 (this pod is not live);
+    /// once more on a fresh connection when the kept one turns out dead
+    /// (Redis restarted since the last command), which would otherwise cost
+    /// the first batch after every restart.
+    async fn run(&self, eval: &redis::Cmd) -> Result<bool, Error> {
         let kept = self.conn.lock().await.is_some();
         let mut conn = self.connection().await?;
-        let result = self.bounded(pipe.query_async::<()>(&mut conn)).await;
+        let result = self.bounded(eval.query_async::<i64>(&mut conn)).await;
         self.forget_on_error(&result).await;
-        match result {
+        let result = match result {
             Err(Error::Redis(e)) if kept && e.is_connection_dropped() => {
                 let mut conn = self.connection().await?;
-                let result = self.bounded(pipe.query_async::<()>(&mut conn)).await;
+                let result = self.bounded(eval.query_async::<i64>(&mut conn)).await;
                 self.forget_on_error(&result).await;
                 result
             }
             other => other,
-        }
+        };
+        result.map(|done| done == 1)
     }
 
     /// After a failure the next command opens a fresh connection.

@@ -96,6 +96,7 @@ impl Lifecycle {
             presence: presence.clone(),
             reap: pod_timeout / 4,
             dirty: false,
+            held: Vec::new(),
             warned: None,
         };
         lifecycle_metrics();

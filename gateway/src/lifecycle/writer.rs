@@ -1,7 +1,8 @@
 //! The pod's one lifecycle task: takes events in order from channels,
-//! writes them to Redis in batches (each batch one transaction with the
-//! hash changes that go with it), reports dead pods' connections, and
-//! writes the hash again when it may be wrong.
+//! writes them to Redis in batches (each batch one atomic script with the
+//! hash changes that go with it, run only while the pod's liveness key
+//! exists; batches wait for it otherwise), reports dead pods' connections,
+//! and writes the hash again when it may be wrong.
 
 use super::event::{now_ms, Event};
 use super::state::{State, Typed};
@@ -18,6 +19,8 @@ use tokio::time::Instant;
 
 /// Events written per round trip at most.
 const MAX_BATCH: usize = 512;
+/// Events held for the liveness key at most; later ones are dropped.
+const MAX_HELD: usize = 65_536;
 /// Warnings about failed writes, at most one per this period.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -33,6 +36,9 @@ pub(super) struct Writer {
     pub(super) reap: Duration,
     /// A write failed: the hash may not say what the pod holds.
     pub(super) dirty: bool,
+    /// Events waiting, in order, for this pod's liveness key (Redis came
+    /// back and the heartbeat has not set it again yet).
+    pub(super) held: Vec<Typed>,
     pub(super) warned: Option<Instant>,
 }
 
@@ -66,6 +72,8 @@ impl Writer {
                     if now != lapses {
                         lapses = now;
                         self.restore().await;
+                    } else if !self.held.is_empty() {
+                        self.write(Vec::new()).await;
                     }
                 }
             }
@@ -92,27 +100,51 @@ impl Writer {
         }
     }
 
+    /// Writes what is held, then `records`, in order and in batches.
     async fn write(&mut self, records: Vec<Typed>) {
-        if records.is_empty() {
-            return;
+        let mut all = std::mem::take(&mut self.held);
+        all.extend(records);
+        while !all.is_empty() {
+            let chunk: Vec<Typed> = all.drain(..all.len().min(MAX_BATCH)).collect();
+            if let Some(chunk) = self.write_batch(chunk).await {
+                // Not live: hold this batch and the rest for the next beat.
+                let mut held = chunk;
+                held.append(&mut all);
+                if held.len() > MAX_HELD {
+                    let over = held.len() - MAX_HELD;
+                    held.truncate(MAX_HELD);
+                    lifecycle_metrics().dropped(over as u64);
+                    self.dirty = true;
+                }
+                self.held = held;
+                return;
+            }
         }
+    }
+
+    /// Writes one batch; gives it back when this pod's liveness key is
+    /// missing. A failed batch is dropped and counted.
+    async fn write_batch(&mut self, batch: Vec<Typed>) -> Option<Vec<Typed>> {
         let mut counts = [0u64; 3];
-        for (kind, _) in &records {
+        for (kind, _) in &batch {
             if let Some(c) = counts.get_mut(*kind) {
                 *c += 1;
             }
         }
-        let records: Vec<Record> = records.into_iter().map(|(_, r)| r).collect();
+        let records: Vec<&Record> = batch.iter().map(|(_, r)| r).collect();
         match self.store.write(&records).await {
-            Ok(()) => {
+            Ok(true) => {
                 for (kind, n) in counts.into_iter().enumerate() {
                     lifecycle_metrics().written(kind, n);
                 }
+                None
             }
+            Ok(false) => Some(batch),
             Err(e) => {
-                lifecycle_metrics().dropped(records.len() as u64);
+                lifecycle_metrics().dropped(batch.len() as u64);
                 self.dirty = true;
-                self.warn(&e, records.len());
+                self.warn(&e, batch.len());
+                None
             }
         }
     }
@@ -125,11 +157,15 @@ impl Writer {
         }
     }
 
-    /// Writes the hash again if a write failed, then reports dead pods.
+    /// Writes what is held, the hash again if a write failed, then reports
+    /// dead pods.
     async fn tick(&mut self) {
-        if self.dirty {
+        if !self.held.is_empty() {
+            self.write(Vec::new()).await;
+        }
+        if self.dirty && self.held.is_empty() {
             match self.store.rewrite(&self.state.hash()).await {
-                Ok(()) => self.dirty = false,
+                Ok(live) => self.dirty = !live,
                 Err(e) => tracing::debug!(error = %e, "lifecycle hash rewrite failed"),
             }
         }
@@ -164,19 +200,16 @@ impl Writer {
     /// reason `restored`.
     async fn restore(&mut self) {
         tracing::warn!("lifecycle: liveness had lapsed; writing this pod's connections again");
+        // What is held first: the rewrite is the state after it.
+        self.write(Vec::new()).await;
         match self.store.rewrite(&self.state.hash()).await {
-            Ok(()) => self.dirty = false,
+            Ok(live) => self.dirty = !live,
             Err(e) => {
                 self.dirty = true;
                 tracing::debug!(error = %e, "lifecycle hash rewrite failed");
             }
         }
-        let mut records = self.state.restored(now_ms());
-        while !records.is_empty() {
-            let rest = records.split_off(records.len().min(MAX_BATCH));
-            let chunk = std::mem::replace(&mut records, rest);
-            self.write(chunk).await;
-        }
+        self.write(self.state.restored(now_ms())).await;
     }
 }
 
