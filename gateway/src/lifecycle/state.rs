@@ -109,7 +109,7 @@ impl State {
                 r.fields.push(("topics", self.topics(&key)));
                 r.fields.push(("reason", reason.to_owned()));
                 r.hash = Some(HashOp::Delete {
-                    field: field(conn, &self.streams[stream.0].name),
+                    field: field(conn, &self.spec(stream).name),
                 });
                 self.entries.remove(&key);
                 Some((DISCONNECT, r))
@@ -120,7 +120,7 @@ impl State {
     /// The fields every event has; the caller adds `topic` or `topics`,
     /// and `reason`.
     fn record(&self, stream: StreamId, conn: u64, kind: &str, at: u64) -> Record {
-        let spec = &self.streams[stream.0];
+        let spec = self.spec(stream);
         let e = self.entries.get(&(conn, stream));
         let fields = vec![
             ("type", kind.to_owned()),
@@ -143,6 +143,12 @@ impl State {
         }
     }
 
+    /// A stream's settings. Ids come from `Lifecycle::stream`: positions in
+    /// this same list, which never changes.
+    fn spec(&self, stream: StreamId) -> &StreamSpec {
+        &self.streams[stream.0]
+    }
+
     fn conn(&self, conn: u64) -> String {
         format!("{}:{conn}", self.pod)
     }
@@ -159,7 +165,7 @@ impl State {
     /// The hash entry of a connection and stream as it now is, or its
     /// removal when it has no topic left.
     fn put(&self, stream: StreamId, conn: u64) -> Option<HashOp> {
-        let spec = &self.streams[stream.0];
+        let spec = self.spec(stream);
         let field = field(conn, &spec.name);
         match self.entries.get(&(conn, stream)) {
             Some(e) if !e.topics.is_empty() => Some(HashOp::Put {
@@ -173,7 +179,7 @@ impl State {
     /// A hash value: a JSON object of strings, which the reaping script
     /// copies into a `disconnect` event as they are.
     fn value(&self, stream: StreamId, conn: u64, e: &Entry) -> String {
-        let spec = &self.streams[stream.0];
+        let spec = self.spec(stream);
         let topics: Vec<&str> = e.topics.iter().map(|t| &**t).collect();
         json!({
             "stream": &*spec.name,
@@ -192,7 +198,7 @@ impl State {
         self.entries
             .iter()
             .map(|(&(conn, stream), e)| {
-                let name = &self.streams[stream.0].name;
+                let name = &self.spec(stream).name;
                 (field(conn, name), self.value(stream, conn, e))
             })
             .collect()
