@@ -61,6 +61,7 @@ ifneq ($(wildcard compat/package.json),)
 test-compat:
 	$(CARGO) build -p gateway --example seeds --bin gateway
 	$(NPM) --prefix compat $(if $(wildcard compat/package-lock.json),ci,install) --no-audit --no-fund
+	$(NPM) --prefix examples/backends ci --no-audit --no-fund
 	GATEWAY_SEEDS_BIN=$(SEEDS_BIN) GATEWAY_BIN=$(TARGET_DIR)/debug/gateway $(NPM) --prefix compat test
 else
 test-compat:

@@ -13,6 +13,8 @@
 #   nginx         Debian package nginx (the round-robin balancer in front of three
 #                 pods in the long-poll tests of compat/ and e2e/)
 #   promtool      Debian package prometheus (make lint-k8s checks the alert rules)
+#   python3-redis Debian package python3-redis (redis-py: the Python backend
+#                 worker of examples/backends, run by the compat suite)
 #   python3 venv  Debian package python3-venv (make lint-k8s installs
 #                 kubernetes-validate and yamllint from PyPI into a venv;
 #                 scripts/k8s-lint.sh does that part itself)
@@ -65,6 +67,17 @@ if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' >
     missing+=(python3-venv)
 fi
 
+# examples/backends/worker.py, which the compat suite runs (docs/backends.md)
+# with the first of python3 and Debian's /usr/bin/python3 that has redis-py.
+python_redis() {
+    python3 -c 'import redis' >/dev/null 2>&1 ||
+        { [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import redis' >/dev/null 2>&1; }
+}
+if command -v python3 >/dev/null 2>&1 && ! python_redis; then
+    say "python3 lacks the redis module: will install Debian package python3-redis"
+    missing+=(python3-redis)
+fi
+
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then
         sudo=""
@@ -84,6 +97,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     for cmd in make cc redis-server node npm chromium openssl promtool python3; do
         command -v "$cmd" >/dev/null 2>&1 || die "$cmd is still missing after installing ${missing[*]}"
     done
+    python_redis ||
+        die "python3's redis module is still missing after installing ${missing[*]}"
     [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 ||
         die "nginx is still missing after installing ${missing[*]}"
     say "installed ${missing[*]}"

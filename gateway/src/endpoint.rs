@@ -400,10 +400,7 @@ impl EndpointBuilder {
 
     /// Finishes the endpoint.
     pub fn build(self) -> Arc<Endpoint> {
-        let node = self.node.unwrap_or_else(|| {
-            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
-            format!("gateway@{host}")
-        });
+        let node = self.node.unwrap_or_else(default_node_name);
         let pubsub = self.pubsub.unwrap_or_else(PubSub::memory);
         let presence = self
             .presence
@@ -455,6 +452,13 @@ impl EndpointBuilder {
             lifecycle: self.lifecycle,
         })
     }
+}
+
+/// The node name of an endpoint that names none: `gateway@` and the host
+/// name.
+pub(crate) fn default_node_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+    format!("gateway@{host}")
 }
 
 #[cfg(test)]

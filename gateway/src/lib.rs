@@ -28,14 +28,19 @@
 //!   metrics, extra HTTP routes, and the accept loop.
 //! - `metrics`: the Prometheus metrics of docs/metrics.md, counted where
 //!   things happen and read at scrape time where they are already known.
+//! - [`hooks`]: HTTP hooks — a backend answers connects, joins and pushes
+//!   over signed JSON `POST`s.
 //! - [`auth`]: JWT verification and the socket handler that admits
 //!   connections by their tokens.
 //! - [`config`] / [`app`]: the `gateway` binary's TOML config, converted
 //!   section by section into the library's types, and the endpoint it
 //!   describes (`[[channel]]` rules, publish API, demo).
+//! - `backend`: the way in for rules: pushes forwarded to backends through
+//!   Redis streams, and their answers.
 
 pub mod app;
 pub mod auth;
+mod backend;
 pub mod channel;
 pub mod config;
 pub mod conn;
@@ -43,6 +48,7 @@ pub mod endpoint;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod hooks;
 mod lifecycle;
 mod metrics;
 pub mod presence;

@@ -40,6 +40,8 @@ fn pod(pod_timeout_ms: u64) -> GatewayBuilder {
                 max_payload: gateway::config::DEFAULT_MAX_PAYLOAD,
                 presence: None,
                 history: None,
+                hooks: None,
+                forward: None,
                 lifecycle: Some(LifecycleRule {
                     stream: "events".into(),
                     max_len: 1000,

@@ -283,6 +283,8 @@ async fn a_pods_inbox_never_reaches_clients() {
             max_payload: gateway::config::DEFAULT_MAX_PAYLOAD,
             presence: None,
             history: None,
+            hooks: None,
+            forward: None,
             lifecycle: None,
         })
     });

@@ -17,6 +17,7 @@
 //! - [`history`]: per-topic message history, kept and published by a
 //!   Redis Function library.
 //! - [`presence`]: presence entries in Redis hashes, pod liveness, reaping.
+//! - `stream`: appending to Redis streams (client pushes for backends).
 //! - [`lifecycle`]: lifecycle events in streams, dead pods' connections.
 //! - `subscriber`: the subscriber connection's actor (refcounts, batching,
 //!   linger, reconnect).
@@ -27,6 +28,7 @@ pub mod history;
 pub mod info;
 pub mod lifecycle;
 pub mod presence;
+mod stream;
 mod subscriber;
 
 pub use envelope::{Envelope, EnvelopeError, Origin};
@@ -72,12 +74,14 @@ pub trait Sink: Send + Sync + 'static {
     /// A well-formed envelope published to `topic`, which has subscribers.
     fn deliver(&self, topic: &str, envelope: Envelope);
 
-    /// A well-formed envelope published to `name`, a channel this pod
-    /// [listens](RedisBus::listen) on. Never also given to
-    /// [`deliver`](Sink::deliver), even if a topic has the same name. The
-    /// default drops it: a sink that never listens gets none.
-    fn direct(&self, name: &str, envelope: Envelope) {
-        let _ = (name, envelope);
+    /// A message published to `name`, a channel this pod
+    /// [listens](RedisBus::listen) on, as published: not decoded as an
+    /// envelope, since what travels there is the listener's own format
+    /// (backends' answers to forwarded pushes are plain JSON). Never also
+    /// given to [`deliver`](Sink::deliver), even if a topic has the same
+    /// name. The default drops it: a sink that never listens gets none.
+    fn direct(&self, name: &str, body: Bytes) {
+        let _ = (name, body);
     }
 }
 
@@ -304,6 +308,12 @@ impl RedisBus {
     /// `topic`'s Redis channel.
     fn channel(&self, topic: &str) -> String {
         format!("{}{}", self.prefix, topic)
+    }
+
+    /// The Redis name of the channel or key `name`: the prefix and `name`,
+    /// as backends must write it.
+    pub fn channel_name(&self, name: &str) -> String {
+        self.channel(name)
     }
 
     /// Runs one command on a publishing connection.

@@ -373,9 +373,11 @@ impl Actor {
         let Some(topic) = channel.strip_prefix(self.config.prefix.as_str()) else {
             return;
         };
-        let direct = self.topics.get(topic).is_some_and(|t| t.direct);
+        if self.topics.get(topic).is_some_and(|t| t.direct) {
+            self.sink.direct(topic, Bytes::from(payload));
+            return;
+        }
         match Envelope::decode(Bytes::from(payload)) {
-            Ok(envelope) if direct => self.sink.direct(topic, envelope),
             Ok(envelope) => self.sink.deliver(topic, envelope),
             Err(e) => {
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);

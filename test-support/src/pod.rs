@@ -70,6 +70,8 @@ fn rule(
         max_payload: gateway::config::DEFAULT_MAX_PAYLOAD,
         presence,
         history: None,
+        hooks: None,
+        forward: None,
         lifecycle: None,
     }
 }

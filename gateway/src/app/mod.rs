@@ -11,11 +11,14 @@ mod demo;
 mod rules;
 
 use crate::auth::TokenSocket;
+use crate::backend::Forwarder;
 use crate::channel::Router;
 use crate::config::ChannelSettings;
 use crate::config::{Config, ConfigError, LongPollSecret, Settings};
-use crate::endpoint::{Endpoint, Socket};
+use crate::endpoint::{default_node_name, Endpoint, Socket};
+use crate::hooks::{Hook, HookPool, HookSocket};
 use crate::lifecycle::{Lifecycle, StreamSpec};
+use crate::metrics::HookName;
 use crate::presence::{Presence, PresenceConfig};
 use crate::pubsub::PubSub;
 use hyper::Method;
@@ -44,6 +47,7 @@ pub fn assemble(settings: Settings, pubsub: PubSub) -> Result<Arc<Endpoint>, Con
         sockets,
         channels,
         presence,
+        hook_secret,
         ..
     } = settings;
     let pubsub = pubsub.max_publish(server.max_publish);
@@ -69,9 +73,31 @@ pub fn assemble(settings: Settings, pubsub: PubSub) -> Result<Arc<Endpoint>, Con
     if let Some(secret) = longpoll.secret.bytes() {
         builder = builder.longpoll_secret(secret);
     }
-    if let Some(node) = server.node_name {
-        builder = builder.node(node);
-    }
+    // The connect hook names the pod before the endpoint exists.
+    let node: Arc<str> = Arc::from(server.node_name.unwrap_or_else(default_node_name));
+    builder = builder.node(&*node);
+    let pool = HookPool::new();
+    let hook = |name, settings: &Option<_>| {
+        let secret = hook_secret.as_ref()?;
+        Some(Arc::new(Hook::new(name, settings.as_ref()?, &pool, secret)))
+    };
+    // One hook per rule, whatever the sockets it serves: its concurrency
+    // limit is the rule's.
+    let rule_hooks: Vec<_> = channels
+        .iter()
+        .map(|c| {
+            (
+                hook(HookName::Join, &c.hooks.join),
+                hook(HookName::Push, &c.hooks.push),
+            )
+        })
+        .collect();
+    // One per pod, made only when a rule forwards.
+    let forwarder = channels
+        .iter()
+        .any(|c| c.forward.is_some())
+        .then(|| Forwarder::new(&pubsub))
+        .flatten();
     for s in sockets {
         let mut router = Router::new();
         for (j, c) in channels.iter().enumerate() {
@@ -80,7 +106,12 @@ pub fn assemble(settings: Settings, pubsub: PubSub) -> Result<Arc<Endpoint>, Con
             }
             let reported = c.lifecycle.as_ref().zip(lifecycle.as_ref());
             let reported = reported.and_then(|(l, lc)| Some((lc.clone(), lc.stream(&l.stream)?)));
-            let rule = Arc::new(Rule::new(c, s.topics_claim.clone()).with_lifecycle(reported));
+            let (join, push) = rule_hooks[j].clone();
+            let rule = Arc::new(
+                Rule::new(c, s.topics_claim.clone(), forwarder.as_ref())
+                    .hooks(join, push)
+                    .with_lifecycle(reported),
+            );
             router = router
                 .try_channel(rule.pattern.as_str(), {
                     let rule = rule.clone();
@@ -101,7 +132,18 @@ pub fn assemble(settings: Settings, pubsub: PubSub) -> Result<Arc<Endpoint>, Con
             }
         }
         let handler = TokenSocket::new(&s.path, s.auth);
-        builder = builder.socket(Socket::new(&s.path, handler, router).config(s.config));
+        let connect = s.hooks.as_ref().and_then(|h| {
+            let hook = Hook::new(HookName::Connect, &h.hook, &pool, hook_secret.as_ref()?);
+            Some((hook, h.headers.clone()))
+        });
+        let socket = match connect {
+            Some((hook, headers)) => {
+                let handler = HookSocket::new(handler, hook, headers, node.clone());
+                Socket::new(&s.path, handler, router)
+            }
+            None => Socket::new(&s.path, handler, router),
+        };
+        builder = builder.socket(socket.config(s.config));
     }
     if let Some(api) = api {
         let max_body = api.max_body;

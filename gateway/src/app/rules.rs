@@ -2,11 +2,13 @@
 //! events broadcast to the topic, and presence.
 
 use crate::auth::claim_str;
+use crate::backend::{Budget, Forwarder, Push};
 use crate::channel::{
     ChannelContext, HandleIn, JoinResult, Next, StopReason, Terminate, TopicPattern,
 };
-use crate::config::{ChannelSettings, Mode, Policy, PresenceRule};
+use crate::config::{ChannelSettings, Forward, Mode, Policy, PresenceRule};
 use crate::conn::Disconnect;
+use crate::hooks::Hook;
 use crate::lifecycle::{End, Join, Lifecycle, Membership, StreamId};
 use crate::protocol::{Payload, Refusal};
 use crate::pubsub::PublishError;
@@ -29,6 +31,11 @@ pub(crate) struct Rule {
     presence: Option<PresenceRule>,
     /// Where joins, leaves and disconnects are reported.
     lifecycle: Option<(Lifecycle, StreamId)>,
+    /// `[channel.hooks]`, shared by the rule's copies on every socket.
+    join_hook: Option<Arc<Hook>>,
+    push_hook: Option<Arc<Hook>>,
+    /// Where `mode = "forward"` sends pushes, and the pod's forwarding.
+    forward: Option<(Forward, Arc<Forwarder>)>,
 }
 
 /// Longest presence key accepted, bytes.
@@ -38,7 +45,12 @@ const MAX_KEY: usize = 256;
 const MAX_META: usize = 4096;
 
 impl Rule {
-    pub(crate) fn new(rule: &ChannelSettings, topics_claim: Option<String>) -> Rule {
+    /// `forwarder`: the pod's, when its broker is Redis.
+    pub(crate) fn new(
+        rule: &ChannelSettings,
+        topics_claim: Option<String>,
+        forwarder: Option<&Arc<Forwarder>>,
+    ) -> Rule {
         Rule {
             pattern: rule.pattern.clone(),
             policy: rule.policy,
@@ -48,7 +60,17 @@ impl Rule {
             topics_claim,
             presence: rule.presence.clone(),
             lifecycle: None,
+            join_hook: None,
+            push_hook: None,
+            forward: rule.forward.clone().zip(forwarder.cloned()),
         }
+    }
+
+    /// The rule's join and push hooks.
+    pub(crate) fn hooks(mut self, join: Option<Arc<Hook>>, push: Option<Arc<Hook>>) -> Rule {
+        self.join_hook = join;
+        self.push_hook = push;
+        self
     }
 
     /// Reports the rule's joins, leaves and disconnects to `stream`.
@@ -153,6 +175,9 @@ pub(crate) struct RuleChannel {
     tracked: bool,
     /// The join was reported (after the join's `AfterJoin`); its end will be.
     member: Option<Membership>,
+    /// Forwarded pushes awaiting answers, and the rate (boxed, made on the
+    /// first forwarded push: most channels never forward).
+    budget: Option<Box<Budget>>,
 }
 
 impl RuleChannel {
@@ -162,6 +187,7 @@ impl RuleChannel {
             presence: None,
             tracked: false,
             member: None,
+            budget: None,
         }
     }
 }
@@ -219,8 +245,19 @@ impl Channel for RuleChannel {
         if !self.rule.allows(topic, ctx.assigns()) {
             return Err(Refusal::Unauthorized.payload());
         }
+        let rule = self.rule.clone();
+        let joined = match &rule.join_hook {
+            Some(hook) => Some(crate::hooks::join(hook, topic, &params, ctx).await?),
+            None => None,
+        };
+        let (reply, hook_meta) =
+            joined.map_or((Payload::empty(), None), |j| (j.reply, j.presence_meta));
         if let Some(p) = &self.rule.presence {
-            let me = presence_of(p, ctx.assigns(), &params).map_err(Payload::reason)?;
+            let mut me = presence_of(p, ctx.assigns(), &params).map_err(Payload::reason)?;
+            if let (Some((_, Value::Object(meta))), Some(extra)) = (&mut me, hook_meta) {
+                // The gateway's own keys stay the gateway's.
+                meta.extend(extra.into_iter().filter(|(k, _)| !k.starts_with("phx_")));
+            }
             self.presence = me.map(Box::new);
         }
         if self.rule.presence.is_some() || self.rule.lifecycle.is_some() {
@@ -228,7 +265,7 @@ impl Channel for RuleChannel {
             // same with `send(self(), :after_join)`.
             ctx.info_sender().send(RuleInfo::AfterJoin);
         }
-        Ok(Payload::empty())
+        Ok(reply)
     }
 
     async fn handle_info(&mut self, info: RuleInfo, ctx: &mut ChannelContext<RuleInfo>) -> Next {
@@ -276,6 +313,13 @@ impl Channel for RuleChannel {
         let sent = match self.rule.mode {
             Mode::Broadcast if self.rule.include_sender => ctx.broadcast(event, payload).await,
             Mode::Broadcast => ctx.broadcast_from(event, payload).await,
+            Mode::Hook => {
+                return match &self.rule.push_hook {
+                    Some(hook) => crate::hooks::push(hook, event, &payload, ctx).await,
+                    None => HandleIn::error(Refusal::EventNotAllowed.payload()),
+                }
+            }
+            Mode::Forward => return self.forward(event, &payload, ctx).await,
         };
         match sent {
             Ok(()) => HandleIn::ok(Payload::empty()),
@@ -298,6 +342,57 @@ impl Channel for RuleChannel {
         } else {
             Next::Stop(StopReason::Shutdown("unauthorized".into()))
         }
+    }
+}
+
+impl RuleChannel {
+    /// `mode = "forward"`: hands the push to backends; the reply is theirs.
+    async fn forward(
+        &mut self,
+        event: &str,
+        payload: &Payload,
+        ctx: &mut ChannelContext<RuleInfo>,
+    ) -> HandleIn {
+        let Some((rule, forwarder)) = &self.rule.forward else {
+            // Validation pairs the mode with its table and Redis.
+            return HandleIn::error(Payload::reason("forwarding is not configured"));
+        };
+        let Some(json) = payload.as_json() else {
+            return HandleIn::error(Payload::reason("binary pushes cannot be forwarded"));
+        };
+        let slot = match self
+            .budget
+            .get_or_insert_with(|| Box::new(Budget::new(rule)))
+            .admit(rule)
+        {
+            Ok(slot) => slot,
+            Err(refused) => return refused,
+        };
+        let claims = match &rule.claims {
+            None => serde_json::to_string(ctx.assigns()),
+            Some(names) => serde_json::to_string(
+                &names
+                    .iter()
+                    .filter_map(|n| Some((n, ctx.assigns().get(n)?)))
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            ),
+        }
+        .unwrap_or_else(|_| "{}".into());
+        let from = (!self.rule.include_sender).then(|| ctx.conn().id());
+        let push = Push {
+            topic: ctx.topic(),
+            event,
+            payload: json,
+            ref_: ctx.current_ref.as_deref(),
+            join_ref: ctx.join_ref(),
+            socket_id: ctx.socket_id(),
+            conn: ctx.conn().id(),
+            pod: ctx.node(),
+            claims,
+        };
+        forwarder
+            .forward(rule, push, ctx.reply_ref(), from, slot)
+            .await
     }
 }
 
@@ -363,8 +458,10 @@ mod tests {
             presence: None,
             history: None,
             lifecycle: None,
+            hooks: Default::default(),
+            forward: None,
         };
-        Rule::new(&r, topics_claim.map(Into::into))
+        Rule::new(&r, topics_claim.map(Into::into), None)
     }
 
     fn claims(v: Value) -> Assigns {

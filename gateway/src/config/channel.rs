@@ -2,6 +2,7 @@
 //! join it, what clients may push, and presence. Converted with the pattern
 //! parsed once; `app` turns the result into a channel.
 
+use super::hooks::{ChannelHookSettings, ChannelHooks};
 use super::{ConfigError, Key};
 use crate::channel::TopicPattern;
 use crate::pubsub::History;
@@ -26,6 +27,12 @@ pub enum Mode {
     /// Broadcast to every subscriber of the topic, then reply ok (default).
     #[default]
     Broadcast,
+    /// Ask the rule's push hook (`[channel.hooks] push`), which replies and
+    /// may broadcast.
+    Hook,
+    /// Append to a Redis stream for backends (`[channel.forward]`); the
+    /// reply is the backend's answer, or the append's.
+    Forward,
 }
 
 /// `[[channel]]`.
@@ -62,6 +69,12 @@ pub struct ChannelRule {
     /// recover what they missed. Off by default.
     #[serde(default)]
     pub history: Option<HistoryRule>,
+    /// `[channel.hooks]`: HTTP join and push hooks. Off by default.
+    #[serde(default)]
+    pub hooks: Option<ChannelHooks>,
+    /// `[channel.forward]`: where `mode = "forward"` sends pushes.
+    #[serde(default)]
+    pub forward: Option<ForwardRule>,
     /// `[channel.lifecycle]`: joins, leaves and disconnects to a Redis
     /// stream for backends. Off by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -127,6 +140,125 @@ pub struct HistoryRule {
     /// further behind is told to refetch. Default: `size`.
     #[serde(default)]
     pub max_recover: Option<usize>,
+}
+
+/// `[channel.forward]`: the stream pushes go to, and how they are answered.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardRule {
+    /// The stream's name after the Redis prefix and `in:`: `chat` is the
+    /// stream `phx:in:chat`. Letters, digits, `_`, `-`, `.` and `:`.
+    pub stream: String,
+    /// `worker` (default): the client's reply is a backend's answer.
+    /// `on_store`: the client is answered once the push is in the stream.
+    #[serde(default)]
+    pub reply: ReplyMode,
+    /// How long a backend may take to answer, milliseconds; then the client
+    /// is answered `{"reason":"timeout"}`. Default 5000.
+    #[serde(default = "default_reply_timeout_ms")]
+    pub reply_timeout_ms: u64,
+    /// The token claims a forwarded push carries. Default: all of them.
+    #[serde(default)]
+    pub claims: Option<Vec<String>>,
+    /// About how many entries the stream keeps (`XADD MAXLEN ~`): the oldest
+    /// are trimmed, read or not. Default 100000.
+    #[serde(default = "default_stream_max_len")]
+    pub max_len: usize,
+    /// Pushes of one joined channel that may await their answer at once;
+    /// more get `{"reason":"too many pending pushes"}`. Default 16.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: usize,
+    /// Pushes per second one joined channel may forward, after a burst of
+    /// as many; more get `{"reason":"rate limited"}`. Default 50.
+    #[serde(default = "default_forward_rate")]
+    pub rate: u32,
+}
+
+/// How a forwarded push is answered.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyMode {
+    /// With the answer a backend publishes (default).
+    #[default]
+    Worker,
+    /// As soon as the push is in the stream.
+    OnStore,
+}
+
+fn default_reply_timeout_ms() -> u64 {
+    5000
+}
+
+fn default_stream_max_len() -> usize {
+    100_000
+}
+
+fn default_max_pending() -> usize {
+    16
+}
+
+fn default_forward_rate() -> u32 {
+    50
+}
+
+/// Longest `reply_timeout_ms`: a pending push holds a little memory and a
+/// timer, and a client waits no longer than this for its reply.
+const MAX_REPLY_TIMEOUT_MS: u64 = 120_000;
+
+impl ForwardRule {
+    fn settings(&self, key: &Key) -> Result<Forward, ConfigError> {
+        let field = |name: &str| key.field(name);
+        let valid = |c: char| c.is_ascii_alphanumeric() || "_-.:".contains(c);
+        if self.stream.is_empty() || self.stream.len() > 200 || !self.stream.chars().all(valid) {
+            return Err(
+                field("stream").invalid("must be 1 to 200 letters, digits, '_', '-', '.' or ':'")
+            );
+        }
+        if !(1..=MAX_REPLY_TIMEOUT_MS).contains(&self.reply_timeout_ms) {
+            return Err(field("reply_timeout_ms")
+                .invalid(format!("must be 1 to {MAX_REPLY_TIMEOUT_MS} milliseconds")));
+        }
+        if self.max_len == 0 {
+            return Err(field("max_len").invalid("must be at least 1"));
+        }
+        if !(1..=10_000).contains(&self.max_pending) {
+            return Err(field("max_pending").invalid("must be 1 to 10000"));
+        }
+        if self.rate == 0 {
+            return Err(field("rate").invalid("must be at least 1"));
+        }
+        if let Some(c) = self.claims.iter().flatten().find(|c| c.is_empty()) {
+            return Err(field("claims").invalid(format!("{c:?} is empty")));
+        }
+        Ok(Forward {
+            stream: format!("in:{}", self.stream),
+            reply: self.reply,
+            reply_timeout: Duration::from_millis(self.reply_timeout_ms),
+            claims: self.claims.clone(),
+            max_len: self.max_len,
+            max_pending: self.max_pending,
+            rate: self.rate,
+        })
+    }
+}
+
+/// `[channel.forward]`, converted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// The stream's key after the Redis prefix: `in:` and the name.
+    pub stream: String,
+    /// How the client is answered.
+    pub reply: ReplyMode,
+    /// How long a backend may take to answer.
+    pub reply_timeout: Duration,
+    /// The claims forwarded; `None`: all.
+    pub claims: Option<Vec<String>>,
+    /// About how many entries the stream keeps.
+    pub max_len: usize,
+    /// Pushes of one channel awaiting their answer at once.
+    pub max_pending: usize,
+    /// Pushes per second of one channel.
+    pub rate: u32,
 }
 
 /// Most messages a topic may keep: a replay is queued on the connection at
@@ -214,6 +346,10 @@ pub struct ChannelSettings {
     pub presence: Option<PresenceRule>,
     /// History, when kept.
     pub history: Option<History>,
+    /// The join and push hooks.
+    pub hooks: ChannelHookSettings,
+    /// Where pushes go, with `mode = "forward"`.
+    pub forward: Option<Forward>,
     /// Lifecycle events, when reported.
     pub lifecycle: Option<LifecycleRule>,
 }
@@ -234,12 +370,14 @@ fn reserved_event(e: &str) -> bool {
 
 impl ChannelRule {
     /// `socket_paths`: the configured sockets. `presence_store`: whether
-    /// the broker can store presence (not on a Redis Cluster).
+    /// the broker can store presence (not on a Redis Cluster). `redis`:
+    /// whether a Redis URL is set.
     pub(super) fn settings(
         &self,
         key: &Key,
         socket_paths: &[&str],
         presence_store: bool,
+        redis: bool,
     ) -> Result<ChannelSettings, ConfigError> {
         let field = |name: &str| key.field(name);
         let pattern =
@@ -262,6 +400,39 @@ impl ChannelRule {
         if let Some(l) = &self.lifecycle {
             l.check(&field("lifecycle"))?;
         }
+        let hooks = match &self.hooks {
+            Some(h) => h.settings(&field("hooks"))?,
+            None => ChannelHookSettings::default(),
+        };
+        match (self.mode == Mode::Hook, hooks.push.is_some()) {
+            (true, false) => {
+                return Err(field("mode").invalid("mode = \"hook\" needs [channel.hooks] push"))
+            }
+            (false, true) => {
+                return Err(field("hooks.push").invalid("needs mode = \"hook\" on the rule"))
+            }
+            _ => {}
+        }
+        let forward = match (self.mode, &self.forward) {
+            (Mode::Forward, None) => {
+                return Err(
+                    field("mode").invalid("mode = \"forward\" needs a [channel.forward] table")
+                )
+            }
+            (Mode::Forward, Some(_)) if !redis => {
+                return Err(
+                    field("forward").invalid("forwarding needs Redis: set [redis] url (REDIS_URL)")
+                )
+            }
+            (Mode::Forward, Some(_)) if self.events.is_empty() => {
+                return Err(field("events").invalid("list the events to forward"))
+            }
+            (Mode::Forward, Some(f)) => Some(f.settings(&field("forward"))?),
+            (_, Some(_)) => {
+                return Err(field("forward").invalid("[channel.forward] needs mode = \"forward\""))
+            }
+            (_, None) => None,
+        };
         Ok(ChannelSettings {
             pattern,
             policy: self.policy,
@@ -275,6 +446,8 @@ impl ChannelRule {
                 .history
                 .map(|h| h.settings(&key.field("history")))
                 .transpose()?,
+            hooks,
+            forward,
             lifecycle: self.lifecycle.clone(),
         })
     }

@@ -35,6 +35,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "GATEWAY_LONGPOLL_SECRET",
         "long-poll token secret, the same on every pod; replaces longpoll.secret",
     ),
+    (
+        "GATEWAY_HOOK_SECRET",
+        "HMAC secret that signs HTTP hook requests; replaces hooks.secret",
+    ),
 ];
 
 /// A snapshot of environment variables, so tests can inject their own.
@@ -115,6 +119,9 @@ impl Config {
         }
         if let Some(secret) = env.get("GATEWAY_LONGPOLL_SECRET") {
             self.longpoll.secret = Some(secret.to_owned());
+        }
+        if let Some(secret) = env.get("GATEWAY_HOOK_SECRET") {
+            self.hooks.secret = Some(secret.to_owned());
         }
         if let Some(node) = env.get("GATEWAY_NODE_NAME") {
             self.server.node_name = Some(node.to_owned());

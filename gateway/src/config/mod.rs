@@ -18,6 +18,7 @@ mod api;
 mod channel;
 mod demo;
 mod env;
+mod hooks;
 mod log;
 mod longpoll;
 mod presence;
@@ -27,11 +28,12 @@ mod socket;
 
 pub use api::{ApiConfig, ApiSettings};
 pub use channel::{
-    ChannelRule, ChannelSettings, HistoryRule, LifecycleRule, Mode, Policy, PresenceRule,
-    DEFAULT_MAX_PAYLOAD,
+    ChannelRule, ChannelSettings, Forward, ForwardRule, HistoryRule, LifecycleRule, Mode, Policy,
+    PresenceRule, ReplyMode, DEFAULT_MAX_PAYLOAD,
 };
 pub use demo::DemoConfig;
 pub use env::{Env, ENV_VARS};
+pub use hooks::{ChannelHookSettings, ChannelHooks, HooksSection, SocketHooks};
 pub use log::{LogConfig, LogFormat};
 pub use longpoll::{LongPollSecret, LongPollSettings, LongPollShared};
 pub use presence::PresenceSection;
@@ -39,6 +41,7 @@ pub use redis::RedisConfig;
 pub use server::{Lowered, ServerConfig, ServerSettings, Shutdown, FD_MARGIN};
 pub use socket::{JwtConfig, LongPollSection, OriginSetting, SocketSection, SocketSettings};
 
+use crate::hooks::HookSecret;
 use crate::presence::PresenceConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -122,6 +125,8 @@ pub struct Config {
     pub presence: PresenceSection,
     /// `[longpoll]`: what every pod's long-poll transport shares.
     pub longpoll: LongPollShared,
+    /// `[hooks]`: what every HTTP hook shares.
+    pub hooks: HooksSection,
     /// `[[socket]]` entries; one at `/socket` when none is given.
     #[serde(rename = "socket")]
     pub sockets: Vec<SocketSection>,
@@ -153,6 +158,8 @@ pub struct Settings {
     pub sockets: Vec<SocketSettings>,
     /// `[[channel]]`, in order.
     pub channels: Vec<ChannelSettings>,
+    /// `[hooks]`: the secret that signs hook requests, when any hook is set.
+    pub hook_secret: Option<HookSecret>,
 }
 
 impl Config {
@@ -236,7 +243,14 @@ impl Config {
             .channels
             .iter()
             .enumerate()
-            .map(|(i, c)| c.settings(&Key::root(format!("channel[{i}]")), &paths, presence_store))
+            .map(|(i, c)| {
+                c.settings(
+                    &Key::root(format!("channel[{i}]")),
+                    &paths,
+                    presence_store,
+                    self.redis.url.is_some(),
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(i) = channels.iter().position(|c| c.lifecycle.is_some()) {
             // Reported through Redis; dead pods are found by the liveness
@@ -256,6 +270,11 @@ impl Config {
             self.longpoll
                 .settings(&Key::root("longpoll"), &self.redis, &self.sockets)?;
         let demo = self.demo.settings(&Key::root("demo"), &paths)?;
+        let any_hook = sockets.iter().any(|s| s.hooks.is_some())
+            || channels
+                .iter()
+                .any(|c| c.hooks.join.is_some() || c.hooks.push.is_some());
+        let hook_secret = self.hooks.settings(&Key::root("hooks"), any_hook)?;
         Ok(Settings {
             server,
             log: self.log.clone(),
@@ -266,6 +285,7 @@ impl Config {
             longpoll,
             sockets,
             channels,
+            hook_secret,
         })
     }
 }

@@ -3,9 +3,11 @@
 //! [`LongPollConfig`]'s), and its authentication as [`SocketAuth`], with
 //! the token verifier built once, here.
 
+use super::hooks::SocketHooks;
 use super::{millis, ConfigError, Key};
 use crate::auth::{Algorithm, DecodingKey, JwtSettings, SocketAuth, TokenVerifier, MAX_LEEWAY};
 use crate::channel::TopicPattern;
+use crate::hooks::ConnectHookSettings;
 use crate::socket::{CheckOrigin, LongPollConfig, OriginRule, PushRate, SocketConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -59,6 +61,8 @@ pub struct SocketSection {
     pub idle_timeout_ms: u64,
     /// `[socket.longpoll]`: the long-poll transport; off by default.
     pub longpoll: LongPollSection,
+    /// `[socket.hooks]`: the HTTP connect hook; off by default.
+    pub hooks: Option<SocketHooks>,
 }
 
 impl Default for SocketSection {
@@ -86,6 +90,7 @@ impl Default for SocketSection {
             push_burst,
             idle_timeout_ms: millis(lib.idle_timeout),
             longpoll: LongPollSection::default(),
+            hooks: None,
         }
     }
 }
@@ -185,6 +190,8 @@ pub struct SocketSettings {
     /// The claim listing the topic patterns a token may join, which
     /// `[[channel]]` rules check on join.
     pub topics_claim: Option<String>,
+    /// The connect hook, if any.
+    pub hooks: Option<ConnectHookSettings>,
 }
 
 impl SocketSection {
@@ -269,6 +276,11 @@ impl SocketSection {
                 require_claims,
             },
             topics_claim: self.topics_claim.clone(),
+            hooks: self
+                .hooks
+                .as_ref()
+                .map(|h| h.settings(&field("hooks")))
+                .transpose()?,
         })
     }
 }

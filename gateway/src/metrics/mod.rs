@@ -11,12 +11,16 @@
 //! vocabulary. Callers hand over labels and values (a close reason's label,
 //! a [`Scrape`] of what the endpoint knows), never their own types.
 
+mod forward;
 mod guard;
+mod hook;
 mod label;
 mod lifecycle;
 mod prefix;
 
+pub(crate) use forward::{Answered, Forwarded};
 pub(crate) use guard::{JoinedChannel, OpenConnection};
+pub(crate) use hook::{HookName, HookResult};
 pub(crate) use label::{Dropped, Limit, Received, Sent, Source};
 use label::{DROPPED, JOIN_RESULTS, LATENCY_BUCKETS, LIMITS, RECEIVED_KINDS, REFUSALS, SENT_KINDS};
 pub(crate) use lifecycle::lifecycle_metrics;
@@ -64,6 +68,9 @@ pub(crate) struct Metrics {
     redis_reconnects: IntCounter,
     ready: IntGauge,
     draining: IntGauge,
+    hooks: hook::HookMetrics,
+    /// Pushes forwarded to backends.
+    pub(crate) forward: forward::ForwardMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -279,6 +286,8 @@ impl Metrics {
             ),
             ready: gauge(&r, "gateway_ready", "1 while /readyz answers 200."),
             draining: gauge(&r, "gateway_draining", "1 from SIGTERM/SIGINT until exit."),
+            hooks: hook::HookMetrics::new(&r),
+            forward: forward::ForwardMetrics::new(&r),
             registry: r,
             redis,
         }

@@ -34,6 +34,15 @@ use std::time::{Duration, Instant};
 
 /// Where a pod's inbox channel is named, after the prefix: `lp:{node}`.
 const NODE_TOPIC: &str = "lp:";
+/// Where backends answer a pod's forwarded pushes, after the prefix:
+/// `rp:{node}`.
+const REPLY_TOPIC: &str = "rp:";
+
+/// Whether `topic` names a pod's own channel, which clients' topics never
+/// subscribe in Redis.
+fn pod_channel(topic: &str) -> bool {
+    topic.starts_with(NODE_TOPIC) || topic.starts_with(REPLY_TOPIC)
+}
 /// The event name of a point-to-point message's envelope.
 const NODE_EVENT: &str = "lp";
 /// The event of presence's diffs, which go to presence rather than clients.
@@ -54,6 +63,9 @@ struct HubSink {
     node: String,
     /// This pod's inbox topic and receiver, once [`Broker::listen`] ran.
     inbox: OnceLock<(String, Arc<dyn NodeInbox>)>,
+    /// This pod's reply channel and receiver, once
+    /// [`RedisBroker::listen_replies`] ran.
+    replies: OnceLock<(String, Arc<dyn NodeInbox>)>,
     /// Largest payload delivered to clients, bytes.
     max_payload: AtomicUsize,
     /// When dropped messages were last logged, and how many since.
@@ -69,10 +81,20 @@ impl std::fmt::Debug for HubSink {
 }
 
 impl Sink for HubSink {
-    fn direct(&self, name: &str, envelope: Envelope) {
+    fn direct(&self, name: &str, body: Bytes) {
+        if let Some((mine, replies)) = self.replies.get() {
+            if name == mine {
+                replies.deliver(body);
+                return;
+            }
+        }
         if let Some((mine, inbox)) = self.inbox.get() {
-            if name == mine && envelope.event == NODE_EVENT {
-                inbox.deliver(envelope.payload);
+            if name == mine {
+                match Envelope::decode(body) {
+                    Ok(envelope) if envelope.event == NODE_EVENT => inbox.deliver(envelope.payload),
+                    // Only pods write here, with the relay's envelope.
+                    _ => tracing::debug!(channel = name, "dropped a malformed relay message"),
+                }
             }
         }
     }
@@ -166,6 +188,7 @@ impl RedisBroker {
             hub,
             node: node.clone(),
             inbox: OnceLock::new(),
+            replies: OnceLock::new(),
             max_payload: AtomicUsize::new(usize::MAX),
             dropped_log: Mutex::new((None, 0)),
         });
@@ -186,6 +209,26 @@ impl RedisBroker {
     /// The bus, for health checks and metrics.
     pub fn bus(&self) -> &RedisBus {
         &self.bus
+    }
+
+    /// Hands what backends publish to this pod's reply channel to `inbox`,
+    /// raw, from now on and across reconnects; returns the channel's full
+    /// Redis name, which forwarded pushes carry as their reply address.
+    /// Resolves once Redis confirmed the subscription.
+    ///
+    /// # Errors
+    /// When Redis does not confirm it; calling again retries.
+    pub(crate) async fn listen_replies(
+        &self,
+        inbox: Arc<dyn NodeInbox>,
+    ) -> Result<String, BrokerError> {
+        let topic = format!("{REPLY_TOPIC}{}", self.node);
+        self.sink.replies.get_or_init(|| (topic.clone(), inbox));
+        self.bus
+            .listen(&topic)
+            .await
+            .map_err(|e| BrokerError(e.to_string()))?;
+        Ok(self.bus.channel_name(&topic))
     }
 
     /// The envelope of a broadcast from this pod.
@@ -250,7 +293,7 @@ impl Broker for RedisBroker {
     }
 
     async fn subscribe(&self, topic: &str) -> Result<(), BrokerError> {
-        if topic.starts_with(NODE_TOPIC) {
+        if pod_channel(topic) {
             return Ok(());
         }
         self.bus
@@ -260,7 +303,7 @@ impl Broker for RedisBroker {
     }
 
     fn unsubscribe(&self, topic: &str) {
-        if !topic.starts_with(NODE_TOPIC) {
+        if !pod_channel(topic) {
             self.bus.unsubscribe(topic);
         }
     }

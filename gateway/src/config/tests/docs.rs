@@ -156,7 +156,7 @@ fn lookup<'a>(table: &'a toml::Value, key: &str) -> Option<&'a toml::Value> {
 #[test]
 fn documented_defaults_are_the_parsers() {
     // Every optional section present, with nothing set but what is required.
-    let text = "[[socket]]\n[socket.jwt]\n[[channel]]\npattern = \"a:*\"\n[channel.presence]\n";
+    let text = "[[socket]]\n[socket.jwt]\n[socket.hooks]\n[[channel]]\npattern = \"a:*\"\n[channel.presence]\n[channel.hooks]\n";
     let defaults = toml::Value::try_from(Config::parse(text, "defaults").unwrap()).unwrap();
     let mut compared = 0;
     for d in documented() {

@@ -243,6 +243,84 @@ fn lifecycle_keys() {
 }
 
 #[test]
+fn forward_rules() {
+    let redis = "[redis]\nurl = \"redis://127.0.0.1:1\"\n";
+    let rule = |mode: &str, forward: &str| {
+        format!(
+            "{redis}[[channel]]\npattern = \"chat:*\"\nevents = [\"new_msg\"]\nmode = \"{mode}\"\n{forward}"
+        )
+    };
+    let ok = load(
+        &rule("forward", "[channel.forward]\nstream = \"chat\"\n"),
+        &[],
+    )
+    .unwrap();
+    let f = ok.validate().unwrap().channels[0].forward.clone().unwrap();
+    assert_eq!(f.stream, "in:chat");
+    assert_eq!(f.reply, ReplyMode::Worker);
+    assert_eq!(f.reply_timeout, std::time::Duration::from_secs(5));
+    assert_eq!((f.max_len, f.max_pending, f.rate), (100_000, 16, 50));
+    assert_eq!(f.claims, None);
+    let table = |extra: &str| format!("[channel.forward]\nstream = \"chat\"\n{extra}\n");
+    let on_store = load(
+        &rule(
+            "forward",
+            &table("reply = \"on_store\"\nclaims = [\"sub\"]"),
+        ),
+        &[],
+    )
+    .unwrap();
+    let f = on_store.validate().unwrap().channels[0]
+        .forward
+        .clone()
+        .unwrap();
+    assert_eq!(f.reply, ReplyMode::OnStore);
+    assert_eq!(f.claims, Some(vec!["sub".to_owned()]));
+
+    fails(&rule("forward", ""), "channel[0].mode");
+    fails(&rule("broadcast", &table("")), "channel[0].forward");
+    fails(
+        &rule("forward", &table("")).replace(redis, ""),
+        "channel[0].forward",
+    );
+    fails(
+        &rule("forward", &table("")).replace("events = [\"new_msg\"]\n", ""),
+        "channel[0].events",
+    );
+    fails(
+        &rule("forward", "[channel.forward]\nstream = \"a b\"\n"),
+        "channel[0].forward.stream",
+    );
+    fails(&rule("forward", "[channel.forward]\n"), "stream");
+    fails(
+        &rule("forward", &table("reply_timeout_ms = 0")),
+        "channel[0].forward.reply_timeout_ms",
+    );
+    fails(
+        &rule("forward", &table("reply_timeout_ms = 120001")),
+        "channel[0].forward.reply_timeout_ms",
+    );
+    fails(
+        &rule("forward", &table("max_len = 0")),
+        "channel[0].forward.max_len",
+    );
+    fails(
+        &rule("forward", &table("max_pending = 0")),
+        "channel[0].forward.max_pending",
+    );
+    fails(
+        &rule("forward", &table("rate = 0")),
+        "channel[0].forward.rate",
+    );
+    fails(
+        &rule("forward", &table("claims = [\"\"]")),
+        "channel[0].forward.claims",
+    );
+    fails(&rule("forward", &table("reply = \"never\"")), "reply");
+    fails(&rule("forward", &table("bogus = 1")), "bogus");
+}
+
+#[test]
 fn longpoll_keys() {
     let c = load("", &[]).unwrap();
     assert!(!c.sockets[0].longpoll.enabled, "off by default, as Phoenix");
@@ -424,4 +502,65 @@ fn memory_bounds() {
     let s = load(text, &[]).unwrap().validate().unwrap();
     assert_eq!(s.channels[0].max_payload, Some(DEFAULT_MAX_PAYLOAD));
     assert_eq!(s.channels[1].max_payload, None);
+}
+
+/// `[hooks]`, `[socket.hooks]` and `[channel.hooks]`: a secret whenever a
+/// hook is set, `mode = "hook"` and a push hook together, plain http URLs.
+#[test]
+fn hooks_are_checked() {
+    let secret = "[hooks]\nsecret = \"0123456789abcdef\"\n";
+    let join = "[[channel]]\npattern = \"a:*\"\n[channel.hooks]\njoin = \"http://127.0.0.1:9/j\"\n";
+    let err = load(join, &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("hooks.secret") && err.contains("GATEWAY_HOOK_SECRET"),
+        "{err}"
+    );
+    let s = load(join, &[("GATEWAY_HOOK_SECRET", "0123456789abcdef")])
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert!(s.hook_secret.is_some() && s.channels[0].hooks.join.is_some());
+    fails(
+        &format!("{secret}{join}").replace("http://", "https://"),
+        "channel[0].hooks.join",
+    );
+    fails("[hooks]\nsecret = \"short\"", "hooks.secret");
+    fails(
+        &format!("{secret}[[channel]]\npattern = \"a:*\"\nmode = \"hook\""),
+        "channel[0].mode",
+    );
+    fails(
+        &format!("{secret}[[channel]]\npattern = \"a:*\"\n[channel.hooks]\npush = \"http://h/p\""),
+        "channel[0].hooks.push",
+    );
+    fails(
+        &format!("{secret}[[channel]]\npattern = \"a:*\"\n[channel.hooks]\n"),
+        "channel[0].hooks",
+    );
+    fails(
+        &format!("{secret}[[channel]]\npattern = \"a:*\"\n[channel.hooks]\njoin = \"http://h/j\"\ntimeout_ms = 0"),
+        "channel[0].hooks.timeout_ms",
+    );
+    fails(
+        &format!(
+            "{secret}[[socket]]\n[socket.hooks]\nconnect = \"http://h/c\"\nmax_concurrency = 0"
+        ),
+        "socket[0].hooks.max_concurrency",
+    );
+    fails(
+        &format!(
+            "{secret}[[socket]]\n[socket.hooks]\nconnect = \"http://h/c\"\nheaders = [\"Cookie\"]"
+        ),
+        "socket[0].hooks.headers",
+    );
+    fails(
+        &format!("{secret}[[socket]]\n[socket.hooks]\n"),
+        "socket[0].hooks.connect",
+    );
+    let push = "[[channel]]\npattern = \"a:*\"\nmode = \"hook\"\nevents = [\"e\"]\n[channel.hooks]\npush = \"http://h:8/p\"\n";
+    let s = load(&format!("{secret}{push}"), &[])
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert_eq!(s.channels[0].mode, Mode::Hook);
 }
