@@ -5,6 +5,7 @@
 
 use crate::channel::queue::Joins;
 use crate::channel::{Services, TopicPattern};
+use crate::lifecycle::Lifecycle;
 use crate::metrics::{metrics, Limit, Scrape};
 use crate::presence::{Presence, PresenceConfig};
 use crate::pubsub::{History, PubSub};
@@ -47,6 +48,8 @@ pub struct Endpoint {
     http: Slots,
     /// `/readyz` fails once the broker has been unreachable this long.
     unready_without_broker: Option<Duration>,
+    /// Lifecycle events, when the binary's rules report them.
+    lifecycle: Option<Lifecycle>,
 }
 
 impl fmt::Debug for Endpoint {
@@ -73,6 +76,18 @@ impl Endpoint {
             timeouts: Timeouts::default(),
             metrics_here: true,
             unready_without_broker: None,
+            lifecycle: None,
+        }
+    }
+
+    /// Writes the lifecycle events queued so far (the `disconnect`s of a
+    /// drain), for a clean stop; at once when no rule reports them.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: the events are written without the caller.
+    pub async fn flush_lifecycle(&self) {
+        if let Some(l) = &self.lifecycle {
+            l.flush().await;
         }
     }
 
@@ -268,6 +283,7 @@ pub struct EndpointBuilder {
     timeouts: Timeouts,
     metrics_here: bool,
     unready_without_broker: Option<Duration>,
+    lifecycle: Option<Lifecycle>,
 }
 
 impl Default for EndpointBuilder {
@@ -309,6 +325,12 @@ impl EndpointBuilder {
     /// [`Presence::new`] over it with [`PresenceConfig::default`]).
     pub fn presence(mut self, presence: Presence) -> Self {
         self.presence = Some(presence);
+        self
+    }
+
+    /// Reports lifecycle events (the binary's `[channel.lifecycle]`).
+    pub(crate) fn lifecycle(mut self, lifecycle: Option<Lifecycle>) -> Self {
+        self.lifecycle = lifecycle;
         self
     }
 
@@ -427,6 +449,7 @@ impl EndpointBuilder {
             timeouts: self.timeouts,
             http: Slots::default(),
             unready_without_broker: self.unready_without_broker,
+            lifecycle: self.lifecycle,
         })
     }
 }

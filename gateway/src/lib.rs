@@ -48,6 +48,7 @@ pub mod endpoint;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod lifecycle;
 mod metrics;
 pub mod presence;
 pub mod protocol;

@@ -194,6 +194,13 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     {
         tracing::warn!("connections still open at the shutdown deadline");
     }
+    // Their disconnects, before presence stops the liveness refresh.
+    if tokio::time::timeout_at(deadline, endpoint.flush_lifecycle())
+        .await
+        .is_err()
+    {
+        tracing::warn!("lifecycle events not written in time; other pods will report pod_down");
+    }
     if tokio::time::timeout_at(deadline, presence.shutdown())
         .await
         .is_err()

@@ -285,6 +285,7 @@ async fn a_pods_inbox_never_reaches_clients() {
             history: None,
             hooks: None,
             forward: None,
+            lifecycle: None,
         })
     });
     let cluster = Cluster::start(open, 3).await;

@@ -18,6 +18,7 @@
 //!   Redis Function library.
 //! - [`presence`]: presence entries in Redis hashes, pod liveness, reaping.
 //! - `stream`: appending to Redis streams (client pushes for backends).
+//! - [`lifecycle`]: lifecycle events in streams, dead pods' connections.
 //! - `subscriber`: the subscriber connection's actor (refcounts, batching,
 //!   linger, reconnect).
 
@@ -25,11 +26,13 @@ mod connection;
 pub mod envelope;
 pub mod history;
 pub mod info;
+pub mod lifecycle;
 pub mod presence;
 mod stream;
 mod subscriber;
 
 pub use envelope::{Envelope, EnvelopeError, Origin};
+pub use lifecycle::LifecycleStore;
 pub use presence::PresenceStore;
 
 use bytes::Bytes;

@@ -72,6 +72,7 @@ fn rule(
         history: None,
         hooks: None,
         forward: None,
+        lifecycle: None,
     }
 }
 

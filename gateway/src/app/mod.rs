@@ -14,10 +14,12 @@ use crate::auth::TokenSocket;
 use crate::backend::hooks::{Hook, HookPool, HookSocket};
 use crate::backend::Forwarder;
 use crate::channel::Router;
+use crate::config::ChannelSettings;
 use crate::config::{Config, ConfigError, LongPollSecret, Settings};
 use crate::endpoint::{default_node_name, Endpoint, Socket};
+use crate::lifecycle::{Lifecycle, StreamSpec};
 use crate::metrics::HookName;
-use crate::presence::Presence;
+use crate::presence::{Presence, PresenceConfig};
 use crate::pubsub::PubSub;
 use hyper::Method;
 use rules::{Rule, RuleChannel};
@@ -49,11 +51,14 @@ pub fn assemble(settings: Settings, pubsub: PubSub) -> Result<Arc<Endpoint>, Con
         ..
     } = settings;
     let pubsub = pubsub.max_publish(server.max_publish);
+    let presence_service = Presence::new(&pubsub, presence);
+    let lifecycle = lifecycle(&channels, &pubsub, &presence_service, presence)?;
     let mut builder = Endpoint::builder()
         .limits(server.limits)
         .timeouts(server.timeouts)
         .unready_without_broker(server.unready_without_broker)
-        .presence(Presence::new(&pubsub, presence))
+        .presence(presence_service)
+        .lifecycle(lifecycle.clone())
         .pubsub(pubsub.clone())
         .metrics_on_main_port(server.metrics_listen.is_none())
         .longpoll_relay_timeout(longpoll.relay_timeout);
@@ -99,9 +104,13 @@ pub fn assemble(settings: Settings, pubsub: PubSub) -> Result<Arc<Endpoint>, Con
             if !c.applies_to(&s.path) {
                 continue;
             }
+            let reported = c.lifecycle.as_ref().zip(lifecycle.as_ref());
+            let reported = reported.and_then(|(l, lc)| Some((lc.clone(), lc.stream(&l.stream)?)));
             let (join, push) = rule_hooks[j].clone();
             let rule = Arc::new(
-                Rule::new(c, s.topics_claim.clone(), forwarder.as_ref()).hooks(join, push),
+                Rule::new(c, s.topics_claim.clone(), forwarder.as_ref())
+                    .hooks(join, push)
+                    .with_lifecycle(reported),
             );
             router = router
                 .try_channel(rule.pattern.as_str(), {
@@ -159,4 +168,39 @@ pub fn assemble(settings: Settings, pubsub: PubSub) -> Result<Arc<Endpoint>, Con
             });
     }
     Ok(builder.build())
+}
+
+/// The pod's lifecycle events when a rule reports them: one writer for
+/// every stream the rules name (the largest `max_len` of a stream wins),
+/// started now if a runtime runs, so that dead pods are reported even
+/// before any client joins.
+fn lifecycle(
+    channels: &[ChannelSettings],
+    pubsub: &PubSub,
+    presence: &Presence,
+    timing: PresenceConfig,
+) -> Result<Option<Lifecycle>, ConfigError> {
+    let mut streams: Vec<StreamSpec> = Vec::new();
+    let mut first = None;
+    for (i, c) in channels.iter().enumerate() {
+        let Some(l) = &c.lifecycle else { continue };
+        first.get_or_insert(i);
+        match streams.iter_mut().find(|s| *s.name == *l.stream) {
+            Some(s) => s.max_len = s.max_len.max(l.max_len),
+            None => streams.push(StreamSpec {
+                name: Arc::from(l.stream.as_str()),
+                max_len: l.max_len,
+            }),
+        }
+    }
+    let Some(i) = first else { return Ok(None) };
+    let lifecycle =
+        Lifecycle::new(pubsub, presence, timing.pod_timeout, streams).map_err(|message| {
+            ConfigError::Invalid {
+                key: format!("channel[{i}].lifecycle"),
+                message,
+            }
+        })?;
+    lifecycle.start();
+    Ok(Some(lifecycle))
 }

@@ -4,8 +4,12 @@
 use crate::auth::claim_str;
 use crate::backend::hooks::Hook;
 use crate::backend::{Budget, Forward, Forwarder, Push};
-use crate::channel::{ChannelContext, HandleIn, JoinResult, Next, StopReason, TopicPattern};
+use crate::channel::{
+    ChannelContext, HandleIn, JoinResult, Next, StopReason, Terminate, TopicPattern,
+};
 use crate::config::{ChannelSettings, Mode, Policy, PresenceRule};
+use crate::conn::Disconnect;
+use crate::lifecycle::{End, Join, Lifecycle, Membership, StreamId};
 use crate::protocol::{Payload, Refusal};
 use crate::pubsub::PublishError;
 use crate::socket::Assigns;
@@ -25,6 +29,8 @@ pub(crate) struct Rule {
     /// The socket's `topics_claim`.
     topics_claim: Option<String>,
     presence: Option<PresenceRule>,
+    /// Where joins, leaves and disconnects are reported.
+    lifecycle: Option<(Lifecycle, StreamId)>,
     /// `[channel.hooks]`, shared by the rule's copies on every socket.
     join_hook: Option<Arc<Hook>>,
     push_hook: Option<Arc<Hook>>,
@@ -53,6 +59,7 @@ impl Rule {
             include_sender: rule.include_sender,
             topics_claim,
             presence: rule.presence.clone(),
+            lifecycle: None,
             join_hook: None,
             push_hook: None,
             forward: rule.forward.clone().zip(forwarder.cloned()),
@@ -63,6 +70,12 @@ impl Rule {
     pub(crate) fn hooks(mut self, join: Option<Arc<Hook>>, push: Option<Arc<Hook>>) -> Rule {
         self.join_hook = join;
         self.push_hook = push;
+        self
+    }
+
+    /// Reports the rule's joins, leaves and disconnects to `stream`.
+    pub(crate) fn with_lifecycle(mut self, lifecycle: Option<(Lifecycle, StreamId)>) -> Rule {
+        self.lifecycle = lifecycle;
         self
     }
 
@@ -160,6 +173,8 @@ pub(crate) struct RuleChannel {
     presence: Option<Box<(String, Value)>>,
     /// The presence is tracked (after the join's `AfterJoin`).
     tracked: bool,
+    /// The join was reported (after the join's `AfterJoin`); its end will be.
+    member: Option<Membership>,
     /// Forwarded pushes awaiting answers, and the rate (boxed, made on the
     /// first forwarded push: most channels never forward).
     budget: Option<Box<Budget>>,
@@ -171,6 +186,7 @@ impl RuleChannel {
             rule,
             presence: None,
             tracked: false,
+            member: None,
             budget: None,
         }
     }
@@ -243,6 +259,8 @@ impl Channel for RuleChannel {
                 meta.extend(extra.into_iter().filter(|(k, _)| !k.starts_with("phx_")));
             }
             self.presence = me.map(Box::new);
+        }
+        if self.rule.presence.is_some() || self.rule.lifecycle.is_some() {
             // The reply and the subscription come first; Phoenix apps do the
             // same with `send(self(), :after_join)`.
             ctx.info_sender().send(RuleInfo::AfterJoin);
@@ -253,6 +271,10 @@ impl Channel for RuleChannel {
     async fn handle_info(&mut self, info: RuleInfo, ctx: &mut ChannelContext<RuleInfo>) -> Next {
         match info {
             RuleInfo::AfterJoin => {
+                self.report_join(ctx);
+                if self.rule.presence.is_none() {
+                    return Next::Continue;
+                }
                 if let Some((key, meta)) = self.presence.as_deref() {
                     match ctx.track(key.clone(), meta.clone()) {
                         Ok(()) => self.tracked = true,
@@ -305,6 +327,12 @@ impl Channel for RuleChannel {
                 tracing::warn!(topic = ctx.topic(), error = %e, "client broadcast failed");
                 HandleIn::error(publish_refusal(&e).payload())
             }
+        }
+    }
+
+    async fn terminate(&mut self, reason: Terminate, ctx: &mut ChannelContext<RuleInfo>) {
+        if let Some(m) = self.member.take() {
+            m.end(lifecycle_end(&reason, ctx.conn().reason()));
         }
     }
 
@@ -368,6 +396,41 @@ impl RuleChannel {
     }
 }
 
+impl RuleChannel {
+    /// Queues the join's lifecycle event, once the reply is decided.
+    fn report_join(&mut self, ctx: &ChannelContext<RuleInfo>) {
+        let Some((lifecycle, stream)) = &self.rule.lifecycle else {
+            return;
+        };
+        if ctx.conn().is_closed() {
+            // Its disconnect may be reported already; its end comes next.
+            return;
+        }
+        let claims = serde_json::to_string(ctx.assigns()).unwrap_or_else(|_| "{}".into());
+        let join = Join {
+            conn: ctx.conn().id(),
+            topic: ctx.topic_arc().clone(),
+            socket_id: ctx.socket_id().map(Arc::from),
+            claims: Arc::from(claims),
+            node: Arc::from(ctx.node()),
+        };
+        self.member = lifecycle.join(*stream, join);
+    }
+}
+
+/// The lifecycle event of a channel's end: a `leave` with why, or, when the
+/// connection closed, its `disconnect` with the close reason's label.
+fn lifecycle_end(reason: &Terminate, closed: Option<Disconnect>) -> End {
+    match reason {
+        Terminate::Leave => End::Leave("leave"),
+        Terminate::DuplicateJoin => End::Leave("replaced"),
+        Terminate::Lost => End::Leave("lost"),
+        Terminate::Stop(StopReason::Error(_)) => End::Leave("error"),
+        Terminate::Stop(_) => End::Leave("stopped"),
+        Terminate::Closed => End::Disconnect(closed.map_or("transport_error", Disconnect::label)),
+    }
+}
+
 /// What a client reads when its push could not be broadcast.
 fn publish_refusal(e: &PublishError) -> Refusal {
     match e {
@@ -394,6 +457,7 @@ mod tests {
             max_payload: None,
             presence: None,
             history: None,
+            lifecycle: None,
             hooks: Default::default(),
             forward: None,
         };

@@ -76,6 +76,54 @@ pub struct ChannelRule {
     /// `[channel.forward]`: where `mode = "forward"` sends pushes.
     #[serde(default)]
     pub forward: Option<ForwardRule>,
+    /// `[channel.lifecycle]`: joins, leaves and disconnects to a Redis
+    /// stream for backends. Off by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<LifecycleRule>,
+}
+
+/// `[channel.lifecycle]`: where a rule's lifecycle events go
+/// (docs/lifecycle.md).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleRule {
+    /// The stream's key after `redis.prefix`. Default `events`.
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    /// About this many events are kept (`XADD MAXLEN ~`). Default 100000.
+    #[serde(default = "default_max_len")]
+    pub max_len: u64,
+}
+
+fn default_stream() -> String {
+    "events".into()
+}
+
+fn default_max_len() -> u64 {
+    100_000
+}
+
+/// Longest `max_len`: a stream's memory is the backend's to bound.
+const MAX_STREAM_LEN: u64 = 100_000_000;
+
+impl LifecycleRule {
+    fn check(&self, key: &Key) -> Result<(), ConfigError> {
+        let s = &self.stream;
+        if s.is_empty()
+            || s.len() > 200
+            || s.contains(|c: char| c.is_whitespace() || c.is_control())
+        {
+            return Err(key
+                .field("stream")
+                .invalid("must be 1 to 200 characters without spaces"));
+        }
+        if !(1..=MAX_STREAM_LEN).contains(&self.max_len) {
+            return Err(key
+                .field("max_len")
+                .invalid(format!("must be 1 to {MAX_STREAM_LEN}")));
+        }
+        Ok(())
+    }
 }
 
 /// `[channel.history]`: how much of each topic's history is kept.
@@ -273,6 +321,8 @@ pub struct ChannelSettings {
     pub hooks: ChannelHookSettings,
     /// Where pushes go, with `mode = "forward"`.
     pub forward: Option<Forward>,
+    /// Lifecycle events, when reported.
+    pub lifecycle: Option<LifecycleRule>,
 }
 
 impl ChannelSettings {
@@ -317,6 +367,9 @@ impl ChannelRule {
         }
         if let Some(p) = &self.presence {
             p.check(&field("presence"), self.policy, presence_store)?;
+        }
+        if let Some(l) = &self.lifecycle {
+            l.check(&field("lifecycle"))?;
         }
         let hooks = match &self.hooks {
             Some(h) => h.settings(&field("hooks"))?,
@@ -366,6 +419,7 @@ impl ChannelRule {
                 .transpose()?,
             hooks,
             forward,
+            lifecycle: self.lifecycle.clone(),
         })
     }
 }

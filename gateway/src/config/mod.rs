@@ -29,8 +29,8 @@ mod socket;
 pub use crate::backend::{Forward, ReplyMode};
 pub use api::{ApiConfig, ApiSettings};
 pub use channel::{
-    ChannelRule, ChannelSettings, ForwardRule, HistoryRule, Mode, Policy, PresenceRule,
-    DEFAULT_MAX_PAYLOAD,
+    ChannelRule, ChannelSettings, ForwardRule, HistoryRule, LifecycleRule, Mode, Policy,
+    PresenceRule, DEFAULT_MAX_PAYLOAD,
 };
 pub use demo::DemoConfig;
 pub use env::{Env, ENV_VARS};
@@ -253,6 +253,19 @@ impl Config {
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(i) = channels.iter().position(|c| c.lifecycle.is_some()) {
+            // Reported through Redis; dead pods are found by the liveness
+            // keys presence keeps, with a script over keys of many slots.
+            let key = Key::root(format!("channel[{i}]")).field("lifecycle");
+            if self.redis.url.is_none() {
+                return Err(key.invalid("lifecycle events need Redis: set [redis] url"));
+            }
+            if self.redis.cluster {
+                return Err(key.invalid(
+                    "lifecycle events need a single Redis server; not supported with redis.cluster = true",
+                ));
+            }
+        }
         let presence = self.presence.settings(&Key::root("presence"))?;
         let longpoll =
             self.longpoll

@@ -15,6 +15,7 @@ mod forward;
 mod guard;
 mod hook;
 mod label;
+mod lifecycle;
 mod prefix;
 
 pub(crate) use forward::{Answered, Forwarded};
@@ -22,6 +23,7 @@ pub(crate) use guard::{JoinedChannel, OpenConnection};
 pub(crate) use hook::{HookName, HookResult};
 pub(crate) use label::{Dropped, Limit, Received, Sent, Source};
 use label::{DROPPED, JOIN_RESULTS, LATENCY_BUCKETS, LIMITS, RECEIVED_KINDS, REFUSALS, SENT_KINDS};
+pub(crate) use lifecycle::lifecycle_metrics;
 
 use crate::protocol::Transport;
 use prometheus::core::Collector;

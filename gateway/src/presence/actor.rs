@@ -19,6 +19,7 @@ use super::diff::{Diff, Entry};
 use super::local::{decode_diff, decode_listing, Change, TopicState};
 use super::store::{Store, StoreError};
 use super::timing::Timing;
+use super::Liveness;
 use crate::conn::ConnHandle;
 use crate::protocol::{Json, Payload};
 use crate::pubsub::{Broadcast, Broker, Hub, PresenceTap};
@@ -31,7 +32,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 /// Commands from channels (through [`super::Presence`]) and from the hub.
@@ -192,6 +193,9 @@ pub(crate) struct Actor {
     /// The first heartbeat succeeded: a lapsed liveness key now means lost data.
     announced: bool,
     epoch: u64,
+    /// Told of every liveness refresh, for lifecycle events (which read
+    /// this pod's liveness key too).
+    liveness: watch::Sender<Liveness>,
 }
 
 fn put(topic: &str, entry: &Entry) -> Op {
@@ -297,6 +301,7 @@ impl Actor {
         broker: Arc<dyn Broker>,
         timing: Timing,
         shared: bool,
+        liveness: watch::Sender<Liveness>,
     ) -> Actor {
         let listed = mpsc::unbounded_channel();
         Actor {
@@ -322,6 +327,7 @@ impl Actor {
             resync_at: None,
             announced: false,
             epoch: 0,
+            liveness,
         }
     }
 
@@ -769,7 +775,12 @@ impl Actor {
     /// After a successful liveness refresh: re-announce if it had lapsed,
     /// retry failed writes, and reconcile if messages may have been lost.
     async fn beat(&mut self, beat: Beat) {
-        if !beat.alive && self.announced {
+        let lapsed = !beat.alive && self.announced;
+        self.liveness.send_modify(|l| {
+            l.beats += 1;
+            l.lapses += u64::from(lapsed);
+        });
+        if lapsed {
             tracing::warn!(
                 presences = self.local.len(),
                 "presence liveness had lapsed (Redis restarted or this pod stalled); re-announcing"

@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use timing::Timing;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use store::{MemoryStore, RedisStore, Store, Unsupported};
 
@@ -81,6 +81,16 @@ pub enum PresenceError {
     Unavailable(String),
 }
 
+/// This pod's liveness refreshes so far, as presence's heartbeat made them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Liveness {
+    /// Successful refreshes of the liveness key.
+    pub(crate) beats: u64,
+    /// Refreshes that found the key gone after it had been set (Redis lost
+    /// it, or this pod stalled past its lifetime and may have been reaped).
+    pub(crate) lapses: u64,
+}
+
 /// Identifies one tracked presence of this pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct TrackId(u64);
@@ -101,6 +111,7 @@ struct Inner {
     hub: Arc<Hub>,
     started: AtomicBool,
     next_id: AtomicU64,
+    liveness: watch::Receiver<Liveness>,
 }
 
 impl fmt::Debug for Presence {
@@ -127,12 +138,14 @@ impl Presence {
             None => Arc::new(MemoryStore::default()),
         };
         let timing = Timing::new(config.batch, config.pod_timeout);
+        let (liveness_tx, liveness) = watch::channel(Liveness::default());
         let actor = Actor::new(
             store,
             pubsub.hub().clone(),
             pubsub.broker().clone(),
             timing,
             shared,
+            liveness_tx,
         );
         let (tx, rx) = mpsc::unbounded_channel();
         Presence {
@@ -142,11 +155,28 @@ impl Presence {
                 hub: pubsub.hub().clone(),
                 started: AtomicBool::new(false),
                 next_id: AtomicU64::new(1),
+                liveness,
             }),
         }
     }
 
+    /// This pod's liveness refreshes, starting the actor (and with it the
+    /// heartbeat and the reaper) if nothing did yet: lifecycle events rely on
+    /// the liveness key even where no rule uses presence.
+    pub(crate) fn liveness(&self) -> watch::Receiver<Liveness> {
+        self.start();
+        self.inner.liveness.clone()
+    }
+
     fn send(&self, cmd: Cmd) {
+        if !self.start() {
+            return;
+        }
+        let _ = self.inner.tx.send(cmd);
+    }
+
+    /// Starts the actor on first use; false outside a tokio runtime.
+    fn start(&self) -> bool {
         if !self.inner.started.load(Ordering::Acquire) {
             if let Some((actor, rx)) = self.inner.idle.lock().take() {
                 match tokio::runtime::Handle::try_current() {
@@ -158,13 +188,13 @@ impl Presence {
                     }
                     Err(_) => {
                         tracing::error!("presence used outside a tokio runtime");
-                        return;
+                        return false;
                     }
                 }
             }
             self.inner.started.store(true, Ordering::Release);
         }
-        let _ = self.inner.tx.send(cmd);
+        true
     }
 
     /// Tracks a presence of `key` in `topic` with `meta` (an object, to which

@@ -215,6 +215,34 @@ fn presence_rules() {
 }
 
 #[test]
+fn lifecycle_keys() {
+    let rule = |body: &str| format!("[[channel]]\npattern = \"p:*\"\n[channel.lifecycle]\n{body}");
+    let redis = "[redis]\nurl = \"redis://a:1\"\n";
+    let c = load(&format!("{redis}{}", rule("")), &[]).unwrap();
+    let l = c.validate().unwrap().channels[0].lifecycle.clone().unwrap();
+    assert_eq!((l.stream.as_str(), l.max_len), ("events", 100_000));
+    // Needs Redis, and one server.
+    fails(&rule(""), "channel[0].lifecycle");
+    fails(
+        &format!("{redis}cluster = true\n{}", rule("")),
+        "channel[0].lifecycle",
+    );
+    fails(
+        &format!("{redis}{}", rule("stream = \"\"")),
+        "channel[0].lifecycle.stream",
+    );
+    fails(
+        &format!("{redis}{}", rule("stream = \"a b\"")),
+        "channel[0].lifecycle.stream",
+    );
+    fails(
+        &format!("{redis}{}", rule("max_len = 0")),
+        "channel[0].lifecycle.max_len",
+    );
+    fails(&format!("{redis}{}", rule("bogus = 1")), "bogus");
+}
+
+#[test]
 fn forward_rules() {
     let redis = "[redis]\nurl = \"redis://127.0.0.1:1\"\n";
     let rule = |mode: &str, forward: &str| {
