@@ -173,8 +173,9 @@ pub(crate) struct RuleChannel {
     presence: Option<Box<(String, Value)>>,
     /// The presence is tracked (after the join's `AfterJoin`).
     tracked: bool,
-    /// The join was reported (after the join's `AfterJoin`); its end will be.
-    member: Option<Membership>,
+    /// The join was reported (after the join's `AfterJoin`); its end will be
+    /// (boxed: most channels are not on a lifecycle stream).
+    member: Option<Box<Membership>>,
     /// Forwarded pushes awaiting answers, and the rate (boxed, made on the
     /// first forwarded push: most channels never forward).
     budget: Option<Box<Budget>>,
@@ -414,7 +415,7 @@ impl RuleChannel {
             claims: Arc::from(claims),
             node: Arc::from(ctx.node()),
         };
-        self.member = lifecycle.join(*stream, join);
+        self.member = lifecycle.join(*stream, join).map(Box::new);
     }
 }
 
