@@ -133,7 +133,9 @@ test("a push on pod A reaches the Python worker; its answer the pusher's ref, it
   assert.deepEqual(JSON.parse(fields.payload), { body: " hello from A " });
   assert.equal(fields.claims, "{}");
   assert.match(fields.reply_to, /^phx:rp:/);
-  assert.ok(fields.ref && fields.join_ref && fields.conn && fields.pod && fields.reply_ref);
+  assert.ok(fields.ref && fields.join_ref && fields.pod && fields.reply_ref);
+  const podId = fields.reply_to.slice("phx:rp:".length);
+  assert.match(fields.conn, new RegExp(`^${podId}:\\d+$`), "conn is <pod id>:<n>, as lifecycle events name it");
 
   // A worker's answer to an invalid message is an error reply, not a broadcast.
   const refused = await push(a.channel, "new_msg", { body: "   " });

@@ -205,7 +205,8 @@ impl Forwarder {
         push: &Push<'_>,
         reply: Option<(&str, &str)>,
     ) -> Result<String, BrokerError> {
-        let conn = push.conn.to_string();
+        // As lifecycle events name it: unique across pods and restarts.
+        let conn = format!("{}:{}", self.redis.node(), push.conn);
         let mut fields: Vec<(&str, &[u8])> = vec![
             ("topic", push.topic.as_bytes()),
             ("event", push.event.as_bytes()),
