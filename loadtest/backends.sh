@@ -14,7 +14,7 @@
 #   join-hook    hk:*     the same through the join hook
 #   forward-py   py:*     forward to examples/backends/worker.py (one run at the end)
 # BACKENDS_ROUNDS (3) rounds, each of every push variant at every
-# BACKENDS_RATES ("1000 10000") pushes/s and hook and joins at
+# BACKENDS_RATES ("1000 10000") pushes/s and the joins at
 # BACKENDS_HOOK_RATE (1000)/s, every other round in reverse order; each run
 # BACKENDS_WARMUP (2s) + BACKENDS_DURATION (15s) measured + up to 5 s drain.
 # Pushes come from BACKENDS_CLIENTS (500) clients, joins from
@@ -113,8 +113,7 @@ read -r -a rates <<<"$RATES"
 for round in $(seq 1 "$ROUNDS"); do
   runs=()
   for rate in "${rates[@]}"; do
-    runs+=("broadcast $rate" "forward $rate" "forward-rpc $rate")
-    [ "$rate" = "$HOOK_RATE" ] && runs+=("hook $rate")
+    runs+=("broadcast $rate" "forward $rate" "forward-rpc $rate" "hook $rate")
   done
   runs+=("join-plain $HOOK_RATE" "join-hook $HOOK_RATE")
   # every other round in reverse, so that drift over the run favours no variant
@@ -148,5 +147,5 @@ elif [ "$PY_RATE" != 0 ]; then
 fi
 
 for p in "$WORKER_PID" "$RPC_PID"; do stop "$p"; done
-cat "$OUT"/worker-*.log >&2
+cat "$OUT"/worker-chat.log "$OUT"/worker-rpc.log >&2
 python3 loadtest/bench/backends.py "$OUT" | tee "$OUT/summary.md"

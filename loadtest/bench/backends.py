@@ -78,6 +78,16 @@ def main():
         if reasons:
             print(f"|  | errors: {reasons} | | | | | | | | | | | | |")
     print()
+    print("CPU in the measured window, in cores (CPU seconds / window seconds; medians):")
+    print()
+    print("| variant | offered/s | gateway | redis-server | backend | push-rtt (clients) | machine busy |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for k in sorted(groups, key=key):
+        runs = groups[k]
+        c = lambda name: med([{"v": r["cpu_s"][name] / r["window_s"]} for r in runs], "v")
+        print(f"| {k[0]} | {k[1]:,} | {c('gateway'):.2f} | {c('redis'):.2f} | {c('other'):.2f} "
+              f"| {c('push_rtt'):.2f} | {c('machine_busy'):.2f} |")
+    print()
     print("Over the plain variant at the same rate (medians; + = more):")
     print()
     for variant, base in [("forward", "broadcast"), ("forward-rpc", "broadcast"),
