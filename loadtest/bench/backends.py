@@ -45,9 +45,9 @@ def main():
         sys.exit(__doc__)
     groups = load(sys.argv[1])
     key = lambda k: (ORDER.index(k[0]) if k[0] in ORDER else 99, k[1])
-    print("| variant | offered/s | achieved/s | runs | p50 ms | p90 ms | p99 ms | max ms "
-          "| ok | error | timeouts | gateway µs/op | redis µs/op | backend µs/op |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| variant | offered/s | achieved/s | runs | p50 ms | p90 ms | p99 ms (runs) | max ms "
+          "| ok | error | timeouts | gateway µs/op | redis µs/op | backend µs/op | send lag p99 ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = {}
     for k in sorted(groups, key=key):
         runs = groups[k]
@@ -66,9 +66,12 @@ def main():
         err = sum(r["error"] for r in runs)
         to = sum(r["timeouts"] for r in runs)
         other = f"{row['other']:.1f}" if k[0] not in ("broadcast", "join-plain") else "–"
+        p99s = ", ".join(f"{r['latency_ms']['p99']:.1f}" for r in runs)
+        lags = [r["send_lag_ms"]["p99"] for r in runs if "send_lag_ms" in r]
+        lag = f"{statistics.median(lags):.2f}" if lags else "–"
         print(f"| {k[0]} | {k[1]:,} | {row['achieved']:,.0f} | {len(runs)} | {row['p50']:.2f} "
-              f"| {row['p90']:.2f} | {row['p99']:.2f} | {row['max']:.1f} | {ok:,} | {err:,} | {to:,} "
-              f"| {row['gw']:.1f} | {row['redis']:.1f} | {other} |")
+              f"| {row['p90']:.2f} | {row['p99']:.2f} ({p99s}) | {row['max']:.1f} | {ok:,} | {err:,} | {to:,} "
+              f"| {row['gw']:.1f} | {row['redis']:.1f} | {other} | {lag} |")
         reasons = {}
         for r in runs:
             for reason, n in r.get("reasons", {}).items():
@@ -76,7 +79,7 @@ def main():
             for f, n in r.get("failures", {}).items():
                 reasons[f] = reasons.get(f, 0) + n
         if reasons:
-            print(f"|  | errors: {reasons} | | | | | | | | | | | | |")
+            print(f"|  | errors: {reasons} | | | | | | | | | | | | | |")
     print()
     print("CPU in the measured window, in cores (CPU seconds / window seconds; medians):")
     print()

@@ -177,6 +177,9 @@ fn main() -> anyhow::Result<()> {
 #[derive(Debug)]
 struct ClientResult {
     hist: Histogram<u64>,
+    /// Due time → the frame handed to the socket: how far the load
+    /// generator itself fell behind its schedule (part of `hist`).
+    lag: Histogram<u64>,
     sent: u64,
     ok: u64,
     error: u64,
@@ -290,12 +293,14 @@ async fn load(a: LoadArgs) -> anyhow::Result<()> {
     );
 
     let mut hist = new_hist();
+    let mut lag = new_hist();
     let (mut sent, mut ok, mut error, mut timeouts, mut broadcasts) = (0, 0, 0, 0, 0);
     let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
     let mut failures: BTreeMap<String, u64> = BTreeMap::new();
     while let Some(r) = tasks.join_next().await {
         let r = r?;
         hist.add(&r.hist)?;
+        lag.add(&r.lag)?;
         sent += r.sent;
         ok += r.ok;
         error += r.error;
@@ -346,6 +351,13 @@ async fn load(a: LoadArgs) -> anyhow::Result<()> {
         hist.max() as f64 / 1000.0,
         hist.mean() / 1000.0
     );
+    let lag_ms = |q: f64| lag.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "  send lag ms (due → written, included above): p50 {:.2}  p99 {:.2}  max {:.2}",
+        lag_ms(0.5),
+        lag_ms(0.99),
+        lag.max() as f64 / 1000.0
+    );
     println!(
         "  CPU s in window: gateway {gw_s:.2} ({:.1} µs/{op})  redis {redis_s:.2} ({:.1} µs/{op})  other {other_s:.2} ({:.1} µs/{op})  push-rtt {me_s:.2}  machine busy {busy_s:.2} of {:.0}",
         per_op(gw_s),
@@ -372,6 +384,9 @@ async fn load(a: LoadArgs) -> anyhow::Result<()> {
             "latency_ms": {
                 "p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "p999": ms(0.999),
                 "max": hist.max() as f64 / 1000.0, "mean": hist.mean() / 1000.0,
+            },
+            "send_lag_ms": {
+                "p50": lag_ms(0.5), "p99": lag_ms(0.99), "max": lag.max() as f64 / 1000.0,
             },
             "cpu_s": {
                 "gateway": gw_s, "redis": redis_s, "other": other_s,
@@ -449,6 +464,7 @@ async fn client(ws: Ws, i: u32, a: &LoadArgs, w: &Window) -> ClientResult {
         let (from, to) = (w.measure_from, w.measure_to);
         async move {
             let mut sent = 0u64;
+            let mut lag = new_hist();
             let mut r: u64 = 1;
             let mut last_beat = Instant::now();
             let mut joined: Option<u64> = None;
@@ -489,13 +505,19 @@ async fn client(ws: Ws, i: u32, a: &LoadArgs, w: &Window) -> ClientResult {
                     sink.send(Message::text(frame.to_string())).await?;
                     if measured {
                         sent += 1;
+                        record(&mut lag, due.elapsed().as_micros() as u64);
                     }
                 }
                 anyhow::Ok(())
             }
             .await;
             writing.store(false, Relaxed);
-            (sent, result.err().map(|e| format!("send: {e:#}")), sink)
+            (
+                sent,
+                lag,
+                result.err().map(|e| format!("send: {e:#}")),
+                sink,
+            )
         }
     };
 
@@ -506,6 +528,7 @@ async fn client(ws: Ws, i: u32, a: &LoadArgs, w: &Window) -> ClientResult {
         async move {
             let mut res = ClientResult {
                 hist: new_hist(),
+                lag: new_hist(),
                 sent: 0,
                 ok: 0,
                 error: 0,
@@ -577,8 +600,9 @@ async fn client(ws: Ws, i: u32, a: &LoadArgs, w: &Window) -> ClientResult {
         }
     };
 
-    let ((sent, send_failure, mut sink), mut res) = tokio::join!(writer, reader);
+    let ((sent, lag, send_failure, mut sink), mut res) = tokio::join!(writer, reader);
     res.sent = sent;
+    res.lag = lag;
     res.timeouts = pending.lock().values().filter(|(_, m)| *m).count() as u64;
     if res.failure.is_none() {
         res.failure = send_failure;
