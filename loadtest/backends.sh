@@ -17,6 +17,7 @@
 # BACKENDS_RATES ("1000 10000") pushes/s and the joins at
 # BACKENDS_HOOK_RATE (1000)/s, every other round in reverse order; each run
 # BACKENDS_WARMUP (2s) + BACKENDS_DURATION (15s) measured + up to 5 s drain.
+# BACKENDS_VARIANTS picks push variants, BACKENDS_JOINS=0 skips the joins.
 # Pushes come from BACKENDS_CLIENTS (500) clients, joins from
 # BACKENDS_JOIN_CLIENTS (50). The rules keep the default forward limits
 # (max_pending 16, rate 50/s per channel): 10,000/s is 20/s per client.
@@ -34,6 +35,8 @@ DURATION=${BACKENDS_DURATION:-15s}
 WARMUP=${BACKENDS_WARMUP:-2s}
 CLIENTS=${BACKENDS_CLIENTS:-500}
 JOIN_CLIENTS=${BACKENDS_JOIN_CLIENTS:-50}
+VARIANTS=${BACKENDS_VARIANTS:-broadcast forward forward-rpc hook}
+JOINS=${BACKENDS_JOINS:-1}
 OUT=bench/results/backends-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 # shellcheck source=loadtest/bench/lib.sh
@@ -113,9 +116,9 @@ read -r -a rates <<<"$RATES"
 for round in $(seq 1 "$ROUNDS"); do
   runs=()
   for rate in "${rates[@]}"; do
-    runs+=("broadcast $rate" "forward $rate" "forward-rpc $rate" "hook $rate")
+    for v in $VARIANTS; do runs+=("$v $rate"); done
   done
-  runs+=("join-plain $HOOK_RATE" "join-hook $HOOK_RATE")
+  [ "$JOINS" = 0 ] || runs+=("join-plain $HOOK_RATE" "join-hook $HOOK_RATE")
   # every other round in reverse, so that drift over the run favours no variant
   if [ $((round % 2)) = 0 ]; then
     for ((i = ${#runs[@]} - 1; i >= 0; i--)); do
