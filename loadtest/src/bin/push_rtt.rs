@@ -688,7 +688,7 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         .arg("CREATE")
         .arg(&a.stream)
         .arg(&a.group)
-        .arg("$")
+        .arg("0") // entries appended before this worker started are answered too
         .arg("MKSTREAM")
         .query_async(&mut con)
         .await;
