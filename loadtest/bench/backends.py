@@ -83,13 +83,16 @@ def main():
     print()
     print("CPU in the measured window, in cores (CPU seconds / window seconds; medians):")
     print()
-    print("| variant | offered/s | gateway | redis-server | backend | push-rtt (clients) | machine busy |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| variant | offered/s | gateway | redis-server | backend | push-rtt (clients) | machine busy "
+          "| run-queue wait, all four |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for k in sorted(groups, key=key):
         runs = groups[k]
         c = lambda name: med([{"v": r["cpu_s"][name] / r["window_s"]} for r in runs], "v")
+        waits = [sum(r["runqueue_wait_s"].values()) / r["window_s"] for r in runs if "runqueue_wait_s" in r]
+        wait = f"{statistics.median(waits):.2f}" if waits else "–"
         print(f"| {k[0]} | {k[1]:,} | {c('gateway'):.2f} | {c('redis'):.2f} | {c('other'):.2f} "
-              f"| {c('push_rtt'):.2f} | {c('machine_busy'):.2f} |")
+              f"| {c('push_rtt'):.2f} | {c('machine_busy'):.2f} | {wait} |")
     print()
     print("Over the plain variant at the same rate (medians; + = more):")
     print()

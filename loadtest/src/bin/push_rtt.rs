@@ -226,6 +226,30 @@ fn cpu(pids: &[u32]) -> f64 {
     procfs::total_cpu(pids).unwrap_or(f64::NAN)
 }
 
+/// Seconds every thread of `pids` spent waiting on a run queue (runnable,
+/// no core free), from /proc/PID/task/TID/schedstat (run ns, wait ns,
+/// slices): how much of a run's latency is the machine's cores being
+/// taken, as against one stage being slow. NaN if unreadable.
+fn runqueue_wait(pids: &[u32]) -> f64 {
+    let mut total = 0u64;
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return f64::NAN;
+        };
+        for task in tasks.flatten() {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+                continue; // a thread that just ended
+            };
+            let wait = stat
+                .split_whitespace()
+                .nth(1)
+                .and_then(|w| w.parse::<u64>().ok());
+            total += wait.unwrap_or(0);
+        }
+    }
+    total as f64 / 1e9
+}
+
 async fn load(a: LoadArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         a.clients > 0 && a.rate > 0.0,
@@ -276,6 +300,8 @@ async fn load(a: LoadArgs) -> anyhow::Result<()> {
     let others = a.other_pid.clone();
     let me = vec![std::process::id()];
     sleep_until(w.measure_from).await;
+    let waits = |ps: [&[u32]; 4]| ps.map(runqueue_wait);
+    let wait_before = waits([&gw, &redis, &others, &me]);
     let before = (
         cpu(&gw),
         cpu(&redis),
@@ -291,6 +317,8 @@ async fn load(a: LoadArgs) -> anyhow::Result<()> {
         cpu(&me),
         procfs::machine_busy_secs().unwrap_or(f64::NAN),
     );
+    let wait_after = waits([&gw, &redis, &others, &me]);
+    let wait: Vec<f64> = (0..4).map(|i| wait_after[i] - wait_before[i]).collect();
 
     let mut hist = new_hist();
     let mut lag = new_hist();
@@ -365,6 +393,10 @@ async fn load(a: LoadArgs) -> anyhow::Result<()> {
         per_op(other_s),
         secs * std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64),
     );
+    println!(
+        "  run-queue wait s in window (threads runnable, no core free): gateway {:.2}  redis {:.2}  other {:.2}  push-rtt {:.2}",
+        wait[0], wait[1], wait[2], wait[3]
+    );
     if let Some(path) = &a.json {
         let out = json!({
             "label": a.label,
@@ -391,6 +423,9 @@ async fn load(a: LoadArgs) -> anyhow::Result<()> {
             "cpu_s": {
                 "gateway": gw_s, "redis": redis_s, "other": other_s,
                 "push_rtt": me_s, "machine_busy": busy_s,
+            },
+            "runqueue_wait_s": {
+                "gateway": wait[0], "redis": wait[1], "other": wait[2], "push_rtt": wait[3],
             },
             "cpu_us_per_op": {
                 "gateway": per_op(gw_s), "redis": per_op(redis_s), "other": per_op(other_s),
