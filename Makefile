@@ -12,7 +12,7 @@ FUZZ_SMOKE_SECONDS ?= 5
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 SEEDS_BIN  ?= $(TARGET_DIR)/debug/examples/seeds
 
-.PHONY: run run-seeds build test test-deps test-rust test-compat test-e2e test-image lint lint-k8s image image-check bench curves memory bench-ab bench-history chaos soak test-fuzz fuzz
+.PHONY: run run-seeds build test test-deps test-rust test-compat test-e2e test-image lint lint-k8s image image-check bench curves memory bench-ab bench-history bench-backends chaos soak test-fuzz fuzz
 
 ## run: the gateway on 127.0.0.1:$(PORT) with config/example.toml and the demo
 ## chat at /; the in-memory broker unless REDIS_URL is set
@@ -152,3 +152,10 @@ bench-ab:
 ## each); docs/performance.md#history
 bench-history:
 	bash loadtest/history.sh
+
+## bench-backends: client push -> backend -> reply round trips through a Redis
+## stream worker, an HTTP hook and a plain broadcast, at 1,000 and 10,000
+## pushes/s, and join hook overhead, BACKENDS_ROUNDS (3) rounds (about 4 min
+## each); docs/performance.md#backends
+bench-backends:
+	bash loadtest/backends.sh
