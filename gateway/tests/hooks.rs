@@ -223,6 +223,14 @@ join = "http://{h}/join"
 push = "http://{h}/push"
 
 [[channel]]
+pattern = "quiet:*"
+events = ["echo"]
+mode = "hook"
+include_sender = false
+[channel.hooks]
+push = "http://{h}/push"
+
+[[channel]]
 pattern = "lobby:*"
 [channel.presence]
 key_param = "name"
@@ -401,6 +409,37 @@ async fn push_hook_replies_and_broadcasts() {
     assert_eq!(hooks.seen("push").len(), 2);
     assert_eq!(count(&pod, "push", "ok").await, 1.0);
     assert_eq!(count(&pod, "push", "refused").await, 1.0);
+
+    // With include_sender = false the pusher does not get the hook's
+    // broadcasts; the others do, and the pusher gets its reply.
+    c.join("quiet:1", "5").await;
+    other.join("quiet:1", "5").await;
+    let own = |f: &Value| f[2] == "quiet:1" && f[3] == "echoed";
+    c.send(json!(["5", "6", "quiet:1", "echo", {"n": 2}])).await;
+    loop {
+        let f = c.recv().await;
+        assert!(!own(&f), "the pusher got its own broadcast: {f}");
+        if f[3] == "phx_reply" && f[1] == "6" {
+            assert_eq!(f[4]["status"], "ok");
+            break;
+        }
+    }
+    other
+        .expect(test_support::broadcast(
+            "quiet:1",
+            "echoed",
+            json!({"n": 2}),
+        ))
+        .await;
+    // A later broadcast the pusher does get: the first would have come before it.
+    c.send(json!(["1", "7", "room:1", "echo", {"n": 3}])).await;
+    loop {
+        let f = c.recv().await;
+        assert!(!own(&f), "the pusher got its own broadcast: {f}");
+        if f[2] == "room:1" && f[3] == "echoed" {
+            break;
+        }
+    }
 }
 
 /// A hook that fails, `name` being `slow`, `garbage` or `down`: connect,

@@ -316,7 +316,10 @@ impl Channel for RuleChannel {
             Mode::Broadcast => ctx.broadcast_from(event, payload).await,
             Mode::Hook => {
                 return match &self.rule.push_hook {
-                    Some(hook) => crate::backend::hooks::push(hook, event, &payload, ctx).await,
+                    Some(hook) => {
+                        let from = (!self.rule.include_sender).then(|| ctx.conn().id());
+                        crate::backend::hooks::push(hook, event, &payload, from, ctx).await
+                    }
                     None => HandleIn::error(Refusal::EventNotAllowed.payload()),
                 }
             }

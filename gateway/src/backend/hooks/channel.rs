@@ -53,11 +53,13 @@ pub(crate) async fn join<I: Send + 'static>(
 }
 
 /// Asks the push hook, publishes the broadcasts it asks for (in order,
-/// stopping at the first that fails), and replies as it says.
+/// stopping at the first that fails; `from`, the pusher when its rule says
+/// `include_sender = false`, is skipped by them), and replies as it says.
 pub(crate) async fn push<I: Send + 'static>(
     hook: &Hook,
     event: &str,
     payload: &Payload,
+    from: Option<u64>,
     ctx: &ChannelContext<I>,
 ) -> HandleIn {
     if matches!(payload, Payload::Binary(_)) {
@@ -75,7 +77,7 @@ pub(crate) async fn push<I: Send + 'static>(
         Ok(a) => a,
         Err(e) => return HandleIn::error(Payload::reason(e.reason())),
     };
-    for msg in answer.broadcasts(None) {
+    for msg in answer.broadcasts(from) {
         let pubsub = &ctx.services().pubsub;
         if let Err(e) = pubsub.broadcast_counted(Source::Client, msg, None).await {
             tracing::warn!(topic = ctx.topic(), error = %e, "push hook broadcast failed");
