@@ -17,12 +17,14 @@
 //! - [`history`]: per-topic message history, kept and published by a
 //!   Redis Function library.
 //! - [`presence`]: presence entries in Redis hashes, pod liveness, reaping.
+//! - `dedicated`: a connection of a store's own (presence, lifecycle).
 //! - `stream`: appending to Redis streams (client pushes for backends).
 //! - [`lifecycle`]: lifecycle events in streams, dead pods' connections.
 //! - `subscriber`: the subscriber connection's actor (refcounts, batching,
 //!   linger, reconnect).
 
 mod connection;
+mod dedicated;
 pub mod envelope;
 pub mod history;
 pub mod info;

@@ -21,10 +21,9 @@
 //! that first checks the dead pod's liveness key, so exactly one survivor
 //! reports it.
 
-use crate::{Error, Publisher, RedisBus};
-use redis::aio::MultiplexedConnection;
+use crate::dedicated::Dedicated;
+use crate::{Error, RedisBus};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// A change of the pod's hash that goes with an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,11 +120,9 @@ return 1
 /// Lifecycle storage for one pod.
 #[derive(Clone)]
 pub struct LifecycleStore {
-    client: redis::Client,
     /// A connection of its own: the pool's checkouts cost two commands
     /// each, and a batch of events is one round trip.
-    conn: Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
-    timeout: Duration,
+    conn: Dedicated,
     prefix: String,
     pod: String,
 }
@@ -147,17 +144,9 @@ impl LifecycleStore {
     /// [`Error::Config`] on a Redis Cluster: reaping runs one script over
     /// keys of many slots, which a cluster refuses.
     pub fn new(bus: &RedisBus, pod: impl Into<String>) -> Result<Self, Error> {
-        let Publisher::Pool(_) = &bus.publisher else {
-            return Err(Error::Config(
-                "lifecycle events need a single Redis server, not a cluster".into(),
-            ));
-        };
-        let client =
-            redis::Client::open(bus.url.as_ref()).map_err(|e| Error::Config(e.to_string()))?;
+        let client = Dedicated::single_server(bus, "lifecycle events")?;
         Ok(LifecycleStore {
-            client,
-            conn: Arc::default(),
-            timeout: bus.timeout,
+            conn: Dedicated::new(&client, bus.timeout, "lifecycle command"),
             prefix: bus.prefix.to_string(),
             pod: pod.into(),
         })
@@ -241,17 +230,10 @@ impl LifecycleStore {
     /// # Errors
     /// When Redis is unreachable or refuses.
     pub async fn dead_pods(&self) -> Result<Vec<String>, Error> {
-        let result = self.find_dead().await;
-        // An idle pod's only commands: a dead connection must not stick.
-        self.forget_on_error(&result).await;
-        result
-    }
-
-    async fn find_dead(&self) -> Result<Vec<String>, Error> {
+        // An idle pod's only commands: a failure opens a fresh connection.
         let mut smembers = redis::cmd("SMEMBERS");
         smembers.arg(self.pods_key());
-        let mut conn = self.connection().await?;
-        let pods: Vec<String> = self.bounded(smembers.query_async(&mut conn)).await?;
+        let pods: Vec<String> = self.conn.query(&smembers).await?;
         let others: Vec<String> = pods.into_iter().filter(|p| *p != self.pod).collect();
         if others.is_empty() {
             return Ok(others);
@@ -260,7 +242,7 @@ impl LifecycleStore {
         for p in &others {
             pipe.exists(self.alive_key(p));
         }
-        let alive: Vec<bool> = self.bounded(pipe.query_async(&mut conn)).await?;
+        let alive: Vec<bool> = self.conn.query_pipe(&pipe).await?;
         Ok(others
             .into_iter()
             .zip(alive)
@@ -287,10 +269,7 @@ impl LifecycleStore {
             .arg(pod)
             .arg(&self.prefix)
             .arg(at_ms);
-        let mut conn = self.connection().await?;
-        let result = self.bounded(eval.query_async::<u64>(&mut conn)).await;
-        self.forget_on_error(&result).await;
-        result
+        self.conn.query::<u64>(&eval).await
     }
 
     /// Runs a script that answers 1 (done) or 0 (this pod is not live);
@@ -298,54 +277,13 @@ impl LifecycleStore {
     /// (Redis restarted since the last command), which would otherwise cost
     /// the first batch after every restart.
     async fn run(&self, eval: &redis::Cmd) -> Result<bool, Error> {
-        let kept = self.conn.lock().await.is_some();
-        let mut conn = self.connection().await?;
-        let result = self.bounded(eval.query_async::<i64>(&mut conn)).await;
-        self.forget_on_error(&result).await;
-        let result = match result {
+        let kept = self.conn.is_open().await;
+        let result = match self.conn.query::<i64>(eval).await {
             Err(Error::Redis(e)) if kept && e.is_connection_dropped() => {
-                let mut conn = self.connection().await?;
-                let result = self.bounded(eval.query_async::<i64>(&mut conn)).await;
-                self.forget_on_error(&result).await;
-                result
+                self.conn.query::<i64>(eval).await
             }
             other => other,
         };
         result.map(|done| done == 1)
-    }
-
-    /// After a failure the next command opens a fresh connection.
-    async fn forget_on_error<T>(&self, result: &Result<T, Error>) {
-        if result.is_err() {
-            *self.conn.lock().await = None;
-        }
-    }
-
-    /// Bounds a query by the bus's timeout.
-    async fn bounded<T>(
-        &self,
-        query: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, Error> {
-        tokio::time::timeout(self.timeout, query)
-            .await
-            .map_err(|_| Error::Unavailable("lifecycle command timed out".into()))
-            .and_then(|r| r.map_err(Error::from))
-    }
-
-    /// The connection, opened if there is none.
-    async fn connection(&self) -> Result<MultiplexedConnection, Error> {
-        let mut slot = self.conn.lock().await;
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
-        }
-        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(self.timeout));
-        let connect = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config);
-        let c = tokio::time::timeout(self.timeout, connect)
-            .await
-            .map_err(|_| Error::Unavailable("connect timed out".into()))??;
-        *slot = Some(c.clone());
-        Ok(c)
     }
 }

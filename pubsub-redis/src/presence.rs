@@ -17,11 +17,11 @@
 //!
 //! This module stores bytes; it knows nothing of Phoenix's presence shapes.
 
-use crate::{Error, Publisher, RedisBus};
+use crate::dedicated::Dedicated;
+use crate::{Error, RedisBus};
 use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 use redis::Value;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// One change to write.
@@ -72,17 +72,15 @@ pub struct PresenceStore {
     /// The liveness refresh has a connection of its own: queued behind
     /// large listings in a busy pool it could miss its deadline, and the pod
     /// would be reaped although alive.
-    client: redis::Client,
-    liveness: Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
+    liveness: Dedicated,
     /// Writes have one too: every checkout of a pooled connection costs two
     /// more commands (deadpool's UNWATCH and PING), as many as a join's
     /// write itself.
-    writer: Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
+    writer: Dedicated,
     /// And listings: a large topic's HGETALL takes longer than a pooled
     /// connection waits for a reply (redis-rs's 500 ms), and must not hold
     /// up the writes behind it.
-    reader: Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
-    timeout: Duration,
+    reader: Dedicated,
     prefix: String,
     pod: String,
 }
@@ -104,19 +102,11 @@ impl PresenceStore {
     /// [`Error::Config`] on a Redis Cluster: reaping runs one script over
     /// keys of many slots, which a cluster refuses.
     pub fn new(bus: &RedisBus, pod: impl Into<String>) -> Result<Self, Error> {
-        let Publisher::Pool(_) = &bus.publisher else {
-            return Err(Error::Config(
-                "presence needs a single Redis server, not a cluster".into(),
-            ));
-        };
-        let client =
-            redis::Client::open(bus.url.as_ref()).map_err(|e| Error::Config(e.to_string()))?;
+        let client = Dedicated::single_server(bus, "presence")?;
         Ok(PresenceStore {
-            client,
-            liveness: Arc::default(),
-            writer: Arc::default(),
-            reader: Arc::default(),
-            timeout: bus.timeout,
+            liveness: Dedicated::new(&client, bus.timeout, "liveness refresh"),
+            writer: Dedicated::new(&client, bus.timeout, "presence command"),
+            reader: Dedicated::new(&client, bus.timeout, "presence command"),
             prefix: bus.prefix.to_string(),
             pod: pod.into(),
         })
@@ -145,36 +135,7 @@ impl PresenceStore {
 
     /// Runs `cmd` on the connection for listings and reaping.
     async fn read<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, Error> {
-        let mut conn = self.dedicated(&self.reader).await?;
-        let result = self.bounded(cmd.query_async::<T>(&mut conn)).await;
-        if result.is_err() {
-            *self.reader.lock().await = None;
-        }
-        result
-    }
-
-    /// Runs `pipe` on the connection for listings and reaping.
-    async fn read_pipe<T: redis::FromRedisValue>(
-        &self,
-        pipe: &redis::Pipeline,
-    ) -> Result<T, Error> {
-        let mut conn = self.dedicated(&self.reader).await?;
-        let result = self.bounded(pipe.query_async::<T>(&mut conn)).await;
-        if result.is_err() {
-            *self.reader.lock().await = None;
-        }
-        result
-    }
-
-    /// Bounds a query by the bus's timeout.
-    async fn bounded<T>(
-        &self,
-        query: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, Error> {
-        tokio::time::timeout(self.timeout, query)
-            .await
-            .map_err(|_| Error::Unavailable("presence command timed out".into()))
-            .and_then(|r| r.map_err(Error::from))
+        self.reader.query(cmd).await
     }
 
     /// Applies `ops` in order, in one round trip.
@@ -212,8 +173,7 @@ impl PresenceStore {
                 }
             }
         }
-        let mut conn = self.dedicated(&self.writer).await?;
-        self.written(pipe.query_async::<()>(&mut conn)).await
+        self.writer.query_pipe::<()>(&pipe).await
     }
 
     /// Publishes `envelope` on `topic`'s channel (`{prefix}{topic}`, as the
@@ -223,46 +183,9 @@ impl PresenceStore {
     /// # Errors
     /// When Redis is unreachable or refuses.
     pub async fn publish(&self, topic: &str, envelope: &[u8]) -> Result<(), Error> {
-        let mut conn = self.dedicated(&self.writer).await?;
         let mut cmd = redis::cmd("PUBLISH");
         cmd.arg(format!("{}{topic}", self.prefix)).arg(envelope);
-        self.written(cmd.query_async::<i64>(&mut conn))
-            .await
-            .map(|_| ())
-    }
-
-    /// Bounds a command on the write connection; after a failure the next
-    /// one opens a fresh connection.
-    async fn written<T>(
-        &self,
-        query: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, Error> {
-        let result = self.bounded(query).await;
-        if result.is_err() {
-            *self.writer.lock().await = None;
-        }
-        result
-    }
-
-    /// The connection in `slot`, opened if there is none.
-    async fn dedicated(
-        &self,
-        slot: &tokio::sync::Mutex<Option<MultiplexedConnection>>,
-    ) -> Result<MultiplexedConnection, Error> {
-        let mut slot = slot.lock().await;
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
-        }
-        // Replies wait as long as the bus's timeout, not redis-rs's 500 ms.
-        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(self.timeout));
-        let connect = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config);
-        let c = tokio::time::timeout(self.timeout, connect)
-            .await
-            .map_err(|_| Error::Unavailable("connect timed out".into()))??;
-        *slot = Some(c.clone());
-        Ok(c)
+        self.writer.query::<i64>(&cmd).await.map(|_| ())
     }
 
     /// Every entry of `topic`: (ref, value). One HGETALL, O(entries), on a
@@ -286,16 +209,9 @@ impl PresenceStore {
     /// # Errors
     /// When Redis is unreachable or refuses.
     pub async fn heartbeat(&self, ttl: Duration) -> Result<bool, Error> {
-        let mut conn = self.dedicated(&self.liveness).await?;
-        let result = tokio::time::timeout(self.timeout, self.refresh(&mut conn, ttl))
+        self.liveness
+            .run(|mut conn| async move { self.refresh(&mut conn, ttl).await })
             .await
-            .map_err(|_| Error::Unavailable("liveness refresh timed out".into()))
-            .and_then(|r| r);
-        if result.is_err() {
-            // Open a fresh connection next time.
-            *self.liveness.lock().await = None;
-        }
-        result
     }
 
     async fn refresh(
@@ -343,7 +259,7 @@ impl PresenceStore {
         for p in &others {
             pipe.exists(self.alive_key(p));
         }
-        let alive: Vec<bool> = self.read_pipe(&pipe).await?;
+        let alive: Vec<bool> = self.reader.query_pipe(&pipe).await?;
         Ok(others
             .into_iter()
             .zip(alive)
