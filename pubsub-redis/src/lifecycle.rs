@@ -162,7 +162,7 @@ impl LifecycleStore {
     }
 
     fn alive_key(&self, pod: &str) -> String {
-        format!("{}presence-alive:{pod}", self.prefix)
+        crate::presence::alive_key(&self.prefix, pod)
     }
 
     fn pods_key(&self) -> String {

@@ -66,6 +66,11 @@ redis.call('SREM', KEYS[3], ARGV[2])
 return out
 ";
 
+/// The liveness key of `pod`, which presence refreshes and lifecycle reads.
+pub(crate) fn alive_key(prefix: &str, pod: &str) -> String {
+    format!("{prefix}presence-alive:{pod}")
+}
+
 /// Presence storage for one pod.
 #[derive(Clone)]
 pub struct PresenceStore {
@@ -126,7 +131,7 @@ impl PresenceStore {
     }
 
     fn alive_key(&self, pod: &str) -> String {
-        format!("{}presence-alive:{pod}", self.prefix)
+        alive_key(&self.prefix, pod)
     }
 
     fn pods_key(&self) -> String {

@@ -265,8 +265,12 @@ impl Forwarder {
             }
             Ok(Err(_)) => {
                 // Taken out of the table without an answer: cannot happen
-                // while the forwarder lives, which this task holds.
+                // while the forwarder lives, which this task holds; if it
+                // did, the client still hears.
                 m.push(Forwarded::Unavailable);
+                if let Some(r) = &reply {
+                    r.reply("error", Payload::reason("backend unavailable"));
+                }
                 return;
             }
             Err(_) => {
