@@ -6,7 +6,8 @@
 //! sharded commands for channels of different slots cannot share one command,
 //! so they are sent concurrently, one per channel.
 
-use crate::Error;
+use crate::source::Source;
+use crate::{Config, Error};
 use futures_util::future::try_join_all;
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
@@ -18,22 +19,25 @@ use tokio::sync::mpsc;
 
 /// How to reach Redis.
 pub(crate) enum Target {
-    Single(redis::Client),
+    /// The server, and a channel to SUBSCRIBE and UNSUBSCRIBE at once on
+    /// every connect: an ACL that denies the prefix's channels fails the
+    /// connect, not the first join.
+    Single(Source, String),
     Cluster(Box<ClusterClient>),
 }
 
 impl Target {
-    pub(crate) fn new(url: &str, cluster: bool) -> Result<Target, Error> {
-        if cluster {
-            let nodes: Vec<String> = url.split(',').map(|u| u.trim().to_owned()).collect();
-            let client = redis::cluster::ClusterClientBuilder::new(nodes)
+    pub(crate) fn new(source: &Source, config: &Config) -> Result<Target, Error> {
+        if config.cluster {
+            let client = source
+                .cluster(&config.url)
                 .use_protocol(redis::ProtocolVersion::RESP3)
                 .build()
                 .map_err(|e| Error::Config(e.to_string()))?;
             Ok(Target::Cluster(Box::new(client)))
         } else {
-            let client = redis::Client::open(url).map_err(|e| Error::Config(e.to_string()))?;
-            Ok(Target::Single(client))
+            let probe = format!("{}~probe", config.prefix);
+            Ok(Target::Single(source.clone(), probe))
         }
     }
 
@@ -41,8 +45,12 @@ impl Target {
     pub(crate) async fn connect(&self, timeout: Duration) -> Result<Conn, Error> {
         let fut = async {
             match self {
-                Target::Single(client) => {
-                    let (sink, stream) = client.get_async_pubsub().await?.split();
+                Target::Single(source, probe) => {
+                    let client = source.client().await?;
+                    let mut pubsub = client.get_async_pubsub().await?;
+                    pubsub.subscribe(probe).await?;
+                    pubsub.unsubscribe(probe).await?;
+                    let (sink, stream) = pubsub.split();
                     Ok(Conn::Single { sink, stream })
                 }
                 Target::Cluster(client) => {

@@ -1,21 +1,40 @@
 //! A connection of one's own to the bus's Redis, for the stores whose
-//! commands must not queue behind the publish pool's (presence, lifecycle):
-//! every checkout of a pooled connection costs two more commands, and a
-//! large reply there would hold up what waits behind it. Opened on first
-//! use and afresh after any failure; every command bounded by the bus's
-//! timeout.
+//! commands must not queue behind the publishing connections' (presence,
+//! lifecycle): a large reply there would hold up what waits behind it. The
+//! publishing connections are of this kind too. Opened on first use (at
+//! the server the [`Source`] names then: after a Sentinel failover, the
+//! new master) and afresh after a failure of the connection; every command
+//! bounded by the bus's timeout; every failure reported to the bus's
+//! [health](crate::health).
 
-use crate::{Error, Publisher, RedisBus};
+use crate::source::Source;
+use crate::{Error, Publisher, RedisBus, Stats};
 use redis::aio::MultiplexedConnection;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
 
+/// Where dedicated connections go, and where their failures are told.
+#[derive(Clone)]
+pub(crate) struct Link {
+    source: Source,
+    stats: Arc<Stats>,
+}
+
+impl Link {
+    pub(crate) fn new(source: &Source, stats: &Arc<Stats>) -> Link {
+        Link {
+            source: source.clone(),
+            stats: stats.clone(),
+        }
+    }
+}
+
 /// One dedicated connection; clones share it.
 #[derive(Clone)]
 pub(crate) struct Dedicated {
-    client: redis::Client,
+    link: Link,
     slot: Arc<Mutex<Option<MultiplexedConnection>>>,
     timeout: Duration,
     /// Names the connection in timeout errors.
@@ -23,23 +42,23 @@ pub(crate) struct Dedicated {
 }
 
 impl Dedicated {
-    /// A client of `bus`'s Redis for a store that runs scripts over keys of
-    /// many slots, which a cluster refuses; `store` names it in the error.
+    /// `bus`'s Redis for a store that runs scripts over keys of many
+    /// slots, which a cluster refuses; `store` names it in the error.
     ///
     /// # Errors
-    /// [`Error::Config`] on a Redis Cluster or for a malformed URL.
-    pub(crate) fn single_server(bus: &RedisBus, store: &str) -> Result<redis::Client, Error> {
-        let Publisher::Pool(_) = &bus.publisher else {
+    /// [`Error::Config`] on a Redis Cluster.
+    pub(crate) fn single_server(bus: &RedisBus, store: &str) -> Result<Link, Error> {
+        let Publisher::Pool(..) = &bus.publisher else {
             return Err(Error::Config(format!(
                 "{store} needs a single Redis server, not a cluster"
             )));
         };
-        redis::Client::open(bus.url.as_ref()).map_err(|e| Error::Config(e.to_string()))
+        Ok(Link::new(&bus.source, &bus.stats))
     }
 
-    pub(crate) fn new(client: &redis::Client, timeout: Duration, what: &'static str) -> Self {
+    pub(crate) fn new(link: &Link, timeout: Duration, what: &'static str) -> Self {
         Dedicated {
-            client: client.clone(),
+            link: link.clone(),
             slot: Arc::default(),
             timeout,
             what,
@@ -57,11 +76,10 @@ impl Dedicated {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
+        let client = self.link.source.client().await?;
         // Replies wait as long as the bus's timeout, not redis-rs's 500 ms.
         let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(self.timeout));
-        let connect = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config);
+        let connect = client.get_multiplexed_async_connection_with_config(&config);
         let c = tokio::time::timeout(self.timeout, connect)
             .await
             .map_err(|_| Error::Unavailable("connect timed out".into()))??;
@@ -70,19 +88,29 @@ impl Dedicated {
     }
 
     /// Runs `query` on the connection within the timeout; after a failure
-    /// the next command opens a fresh connection.
+    /// of the connection (not an error answer, except `READONLY`: the
+    /// master moved) the next command opens a fresh one.
     pub(crate) async fn run<T, F, Fut>(&self, query: F) -> Result<T, Error>
     where
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
-        let conn = self.connection().await?;
-        let result = tokio::time::timeout(self.timeout, query(conn))
-            .await
-            .map_err(|_| Error::Unavailable(format!("{} timed out", self.what)))
-            .and_then(|r| r);
-        if result.is_err() {
-            *self.slot.lock().await = None;
+        let result = match self.connection().await {
+            Ok(conn) => tokio::time::timeout(self.timeout, query(conn))
+                .await
+                .map_err(|_| Error::Unavailable(format!("{} timed out", self.what)))
+                .and_then(|r| r),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result {
+            let answered =
+                matches!(e, Error::Redis(r) if r.code().is_some_and(|c| c != "READONLY"));
+            if !answered {
+                *self.slot.lock().await = None;
+            }
+            if !answered || crate::health::Cause::of(e) != crate::health::Cause::Other {
+                self.link.stats.health.failed(self.what, e);
+            }
         }
         result
     }

@@ -7,7 +7,8 @@
 //! [`RedisBus::subscribe`] resolves only once Redis has confirmed the
 //! subscription, so nothing published after it returns is missed. When the
 //! connection drops, the bus reconnects with capped exponential backoff and
-//! resubscribes every live topic. Publishing uses a deadpool-redis pool.
+//! resubscribes every live topic. Publishing uses a few multiplexed
+//! connections, taken in turn.
 //!
 //! This crate knows nothing of the gateway: it moves envelopes between
 //! topics and a [`Sink`].
@@ -17,7 +18,11 @@
 //! - [`history`]: per-topic message history, kept and published by a
 //!   Redis Function library.
 //! - [`presence`]: presence entries in Redis hashes, pod liveness, reaping.
-//! - `dedicated`: a connection of a store's own (presence, lifecycle).
+//! - `source`: where connections go (the URL's server or Sentinel's
+//!   master) and how (TLS, AUTH).
+//! - [`health`]: why Redis cannot be used: causes, counts, logs.
+//! - `dedicated`: a connection of a store's own (presence, lifecycle), and
+//!   the publishing connections.
 //! - `stream`: appending to Redis streams (client pushes for backends).
 //! - [`lifecycle`]: lifecycle events in streams, dead pods' connections.
 //! - `subscriber`: the subscriber connection's actor (refcounts, batching,
@@ -26,16 +31,19 @@
 mod connection;
 mod dedicated;
 pub mod envelope;
+pub mod health;
 pub mod history;
 pub mod info;
 pub mod lifecycle;
 pub mod presence;
+mod source;
 mod stream;
 mod subscriber;
 
 pub use envelope::{Envelope, EnvelopeError, Origin};
 pub use lifecycle::LifecycleStore;
 pub use presence::PresenceStore;
+pub use source::{hide_password, Sentinel, Tls};
 
 use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -61,6 +69,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// The same failure, saying where it happened.
+    pub(crate) fn context(self, at: &str) -> Error {
+        match self {
+            Error::Config(m) => Error::Config(format!("{at}: {m}")),
+            e => Error::Unavailable(format!(
+                "{at}: {}",
+                e.to_string().trim_start_matches("redis unavailable: ")
+            )),
+        }
+    }
+
     /// True when the failure is about reaching Redis (worth retrying later).
     pub fn is_connection(&self) -> bool {
         match self {
@@ -103,8 +122,13 @@ pub struct Config {
     pub max_backoff: Duration,
     /// How long to wait for Redis to confirm a SUBSCRIBE or a connect.
     pub timeout: Duration,
-    /// Publishing connections.
+    /// Publishing connections (multiplexed: each carries many commands at
+    /// once; several keep a large reply from holding up the rest).
     pub pool_size: usize,
+    /// TLS material for `rediss://`.
+    pub tls: Tls,
+    /// Find the master through Sentinel instead of the URL's host.
+    pub sentinel: Option<Sentinel>,
 }
 
 impl Config {
@@ -120,7 +144,9 @@ impl Config {
             // connect attempt a second per pod costs Redis nothing.
             max_backoff: Duration::from_secs(1),
             timeout: Duration::from_secs(5),
-            pool_size: 16,
+            pool_size: 4,
+            tls: Tls::default(),
+            sentinel: None,
         }
     }
 }
@@ -145,6 +171,8 @@ pub struct Stats {
     pub published: AtomicU64,
     /// Wakes the history library's keeper on every (re)connect.
     came_up: tokio::sync::Notify,
+    /// Failures of every connection of the bus.
+    pub(crate) health: health::Health,
 }
 
 pub(crate) enum Command {
@@ -156,8 +184,8 @@ pub(crate) enum Command {
 /// How messages are published.
 #[derive(Clone)]
 enum Publisher {
-    /// PUBLISH over pooled connections.
-    Pool(deadpool_redis::Pool),
+    /// PUBLISH over a few multiplexed connections, taken in turn.
+    Pool(Arc<[dedicated::Dedicated]>, Arc<AtomicU64>),
     /// SPUBLISH over a multiplexed cluster connection, opened on first use.
     Cluster(Arc<ClusterPublisher>),
 }
@@ -175,8 +203,8 @@ pub struct RedisBus {
     publisher: Publisher,
     prefix: Arc<str>,
     stats: Arc<Stats>,
-    /// For connections of their own (presence liveness).
-    url: Arc<str>,
+    /// For connections of their own (presence, lifecycle).
+    source: source::Source,
     timeout: Duration,
     /// Whether the history library's keeper runs.
     history_kept: Arc<AtomicBool>,
@@ -198,10 +226,13 @@ impl RedisBus {
     /// # Errors
     /// A malformed URL or pool settings.
     pub fn start(config: Config, sink: Arc<dyn Sink>) -> Result<Self, Error> {
-        let target = connection::Target::new(&config.url, config.cluster)?;
+        let source = source::Source::new(&config)?;
+        let stats = Arc::new(Stats::default());
+        stats.health.set_address(source.address());
+        let target = connection::Target::new(&source, &config)?;
         let publisher = if config.cluster {
-            let nodes: Vec<String> = config.url.split(',').map(|u| u.trim().to_owned()).collect();
-            let client = redis::cluster::ClusterClientBuilder::new(nodes)
+            let client = source
+                .cluster(&config.url)
                 .build()
                 .map_err(|e| Error::Config(e.to_string()))?;
             Publisher::Cluster(Arc::new(ClusterPublisher {
@@ -210,35 +241,24 @@ impl RedisBus {
                 timeout: config.timeout,
             }))
         } else {
-            let mut pool_cfg = deadpool_redis::Config::from_url(config.url.clone());
-            pool_cfg.pool = Some(deadpool_redis::PoolConfig {
-                max_size: config.pool_size,
-                timeouts: deadpool_redis::Timeouts {
-                    wait: Some(config.timeout),
-                    create: Some(config.timeout),
-                    recycle: Some(config.timeout),
-                },
-                ..Default::default()
-            });
-            Publisher::Pool(
-                pool_cfg
-                    .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-                    .map_err(|e| Error::Config(e.to_string()))?,
-            )
+            let link = dedicated::Link::new(&source, &stats);
+            let conns: Vec<_> = (0..config.pool_size.max(1))
+                .map(|_| dedicated::Dedicated::new(&link, config.timeout, "publish"))
+                .collect();
+            Publisher::Pool(conns.into(), Arc::default())
         };
-        let stats = Arc::new(Stats::default());
         // Down since now, until the first connect.
         stats.set_connected(false);
         let (tx, rx) = mpsc::unbounded_channel();
         let prefix: Arc<str> = Arc::from(config.prefix.as_str());
-        let (url, timeout) = (Arc::from(config.url.as_str()), config.timeout);
+        let timeout = config.timeout;
         tokio::spawn(subscriber::run(target, config, sink, rx, stats.clone()));
         Ok(RedisBus {
             commands: tx,
             publisher,
             prefix,
             stats,
-            url,
+            source,
             timeout,
             history_kept: Arc::default(),
         })
@@ -321,9 +341,9 @@ impl RedisBus {
     /// Runs one command on a publishing connection.
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, Error> {
         match &self.publisher {
-            Publisher::Pool(pool) => {
-                let mut conn = pool.get().await.map_err(|e| Error::Pool(e.to_string()))?;
-                Ok(cmd.query_async::<T>(&mut *conn).await?)
+            Publisher::Pool(conns, next) => {
+                let i = next.fetch_add(1, Ordering::Relaxed) % conns.len() as u64;
+                conns[usize::try_from(i).unwrap_or(0)].query(cmd).await
             }
             Publisher::Cluster(p) => {
                 let conn = p
@@ -466,6 +486,11 @@ impl RedisBus {
         &self.stats
     }
 
+    /// Where the bus connects, without secrets: for logs and `/readyz`.
+    pub fn address(&self) -> &str {
+        self.source.address()
+    }
+
     /// Whether the subscriber connection is up.
     pub fn is_connected(&self) -> bool {
         self.stats.connected.load(Ordering::Relaxed)
@@ -483,15 +508,34 @@ impl RedisBus {
     }
 }
 
+/// Refuses what [`RedisBus::start`] would refuse (a malformed URL,
+/// unreadable TLS material, Sentinel with Cluster), without connecting.
+///
+/// # Errors
+/// [`Error::Config`] saying what is wrong.
+pub fn check(config: &Config) -> Result<(), Error> {
+    source::Source::new(config).map(|_| ())
+}
+
 /// Milliseconds since the first call in this process: the clock of
-/// [`Stats::changed_at_ms`].
-pub(crate) fn clock_ms() -> u64 {
+/// [`Stats::changed_at_ms`] and [`health::Failure::at_ms`].
+pub fn clock_ms() -> u64 {
     static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     let epoch = *EPOCH.get_or_init(std::time::Instant::now);
     u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Stats {
+    /// Failures per cause since start (`gateway_redis_errors_total`).
+    pub fn failures(&self) -> [(health::Cause, u64); health::Cause::ALL.len()] {
+        self.health.counts()
+    }
+
+    /// The latest failure of any connection of the bus.
+    pub fn last_failure(&self) -> Option<health::Failure> {
+        self.health.last()
+    }
+
     /// Records the subscriber connection going up or down.
     pub(crate) fn set_connected(&self, up: bool) {
         self.changed_at_ms.store(clock_ms(), Ordering::Relaxed);

@@ -98,11 +98,12 @@ pub(crate) async fn run(
                 match actor.serve(&mut sub, &mut rx).await {
                     Ok(()) => return,
                     Err(e) => {
-                        tracing::warn!(error = %e, "redis subscriber connection lost; reconnecting")
+                        tracing::warn!(error = %e, "redis subscriber connection lost; reconnecting");
+                        actor.stats.health.failed("subscriber", &e);
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "redis resubscribe failed; reconnecting"),
+            Err(e) => actor.stats.health.failed("resubscribe", &e),
         }
         actor.stats.set_connected(false);
         for t in actor.topics.values_mut() {
@@ -146,7 +147,7 @@ impl Actor {
             };
             match result {
                 Ok(conn) => return Some(conn),
-                Err(e) => tracing::debug!(error = %e, "redis connect failed"),
+                Err(e) => self.stats.health.failed("subscriber", &e),
             }
             delay = next_delay(delay, self.config.max_backoff);
         }

@@ -18,6 +18,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "Redis URL; replaces redis.url and selects the Redis broker",
     ),
     (
+        "REDIS_SENTINEL_PASSWORD",
+        "the sentinels' password; replaces redis.sentinel.password",
+    ),
+    (
         "GATEWAY_JWT_SECRET",
         "HS256/384/512 secret; replaces jwt.secret of every socket using HS*",
     ),
@@ -91,6 +95,11 @@ impl Config {
         }
         if let Some(url) = env.get("REDIS_URL") {
             self.redis.url = Some(url.to_owned());
+        }
+        if let Some(password) = env.get("REDIS_SENTINEL_PASSWORD") {
+            if let Some(s) = &mut self.redis.sentinel {
+                s.password = Some(password.to_owned());
+            }
         }
         if let Some(secret) = env.get("GATEWAY_JWT_SECRET") {
             for s in &mut self.sockets {

@@ -38,7 +38,7 @@ pub use hooks::{ChannelHookSettings, ChannelHooks, HooksSection, SocketHooks};
 pub use log::{LogConfig, LogFormat};
 pub use longpoll::{LongPollSecret, LongPollSettings, LongPollShared};
 pub use presence::PresenceSection;
-pub use redis::RedisConfig;
+pub use redis::{RedisConfig, SentinelConfig};
 pub use server::{Lowered, ServerConfig, ServerSettings, Shutdown, FD_MARGIN};
 pub use socket::{JwtConfig, LongPollSection, OriginSetting, SocketSection, SocketSettings};
 

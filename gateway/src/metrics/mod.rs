@@ -66,6 +66,7 @@ pub(crate) struct Metrics {
     auth_failures: IntCounterVec,
     redis_up: IntGauge,
     redis_reconnects: IntCounter,
+    redis_errors: IntCounterVec,
     ready: IntGauge,
     draining: IntGauge,
     hooks: hook::HookMetrics,
@@ -279,6 +280,12 @@ impl Metrics {
                 "gateway_redis_up",
                 "1 while the subscriber connection to Redis is established and answering.",
             ),
+            redis_errors: counter_vec(
+                &redis,
+                "gateway_redis_errors_total",
+                "Failed Redis connects and commands by cause: auth, acl, dns, refused, tls, timeout, readonly, other.",
+                &["cause"],
+            ),
             redis_reconnects: counter(
                 &redis,
                 "gateway_redis_reconnects_total",
@@ -444,6 +451,9 @@ impl Metrics {
         if let Some(s) = &status {
             self.redis_up.set(i64::from(s.connected));
             catch_up(&self.redis_reconnects, s.reconnects);
+            for (cause, n) in s.errors {
+                catch_up(&self.redis_errors.with_label_values(&[cause]), n);
+            }
             catch_up(&self.malformed, s.malformed);
         }
         let mut families = self.registry.gather();
@@ -486,6 +496,8 @@ pub struct BrokerStatus {
     pub down_for: Option<std::time::Duration>,
     /// Messages dropped because their envelope was malformed.
     pub malformed: u64,
+    /// Failed connects and commands, per cause (`auth`, `acl`, `dns`, ...).
+    pub errors: [(&'static str, u64); 8],
 }
 
 /// Brings a counter up to a total kept elsewhere (the Redis bus's stats).

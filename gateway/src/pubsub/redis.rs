@@ -278,7 +278,16 @@ impl Broker for RedisBroker {
         } else {
             "disconnected"
         };
-        format!("redis: {state} (reconnects {})", s.reconnects)
+        let mut line = format!(
+            "redis: {state} to {} (reconnects {})",
+            self.bus.address(),
+            s.reconnects
+        );
+        if let Some(f) = self.bus.stats().last_failure() {
+            let ago = pubsub_redis::clock_ms().saturating_sub(f.at_ms) / 1000;
+            line.push_str(&format!("\nredis last failure, {ago} s ago: {f}"));
+        }
+        line
     }
 
     fn status(&self) -> Option<BrokerStatus> {
@@ -289,6 +298,7 @@ impl Broker for RedisBroker {
             reconnects: s.reconnects.load(Ordering::Relaxed),
             subscriptions: s.subscriptions.load(Ordering::Relaxed),
             malformed: s.malformed.load(Ordering::Relaxed),
+            errors: s.failures().map(|(cause, n)| (cause.as_str(), n)),
         })
     }
 
