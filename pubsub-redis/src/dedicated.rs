@@ -70,11 +70,12 @@ impl Dedicated {
         self.slot.lock().await.is_some()
     }
 
-    /// The connection, opened if there is none.
-    async fn connection(&self) -> Result<MultiplexedConnection, Error> {
+    /// The connection, opened if there is none; and whether it was kept
+    /// from earlier commands.
+    async fn connection(&self) -> Result<(MultiplexedConnection, bool), Error> {
         let mut slot = self.slot.lock().await;
         if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
+            return Ok((c.clone(), true));
         }
         let client = self.link.source.client().await?;
         // Replies wait as long as the bus's timeout, not redis-rs's 500 ms.
@@ -84,22 +85,45 @@ impl Dedicated {
             .await
             .map_err(|_| Error::Unavailable("connect timed out".into()))??;
         *slot = Some(c.clone());
-        Ok(c)
+        Ok((c, false))
+    }
+
+    async fn attempt<T, F, Fut>(&self, conn: MultiplexedConnection, query: &F) -> Result<T, Error>
+    where
+        F: Fn(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        tokio::time::timeout(self.timeout, query(conn))
+            .await
+            .map_err(|_| Error::Unavailable(format!("{} timed out", self.what)))
+            .and_then(|r| r)
     }
 
     /// Runs `query` on the connection within the timeout; after a failure
     /// of the connection (not an error answer, except `READONLY`: the
-    /// master moved) the next command opens a fresh one.
+    /// master moved) the next command opens a fresh one. A kept connection
+    /// found already closed (its server restarted or failed over since the
+    /// last command) is replaced and the query tried once more on the new
+    /// one: the command never left, so it is not repeated.
     pub(crate) async fn run<T, F, Fut>(&self, query: F) -> Result<T, Error>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: Fn(MultiplexedConnection) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
         let result = match self.connection().await {
-            Ok(conn) => tokio::time::timeout(self.timeout, query(conn))
-                .await
-                .map_err(|_| Error::Unavailable(format!("{} timed out", self.what)))
-                .and_then(|r| r),
+            Ok((conn, kept)) => {
+                let r = self.attempt(conn, &query).await;
+                match r {
+                    Err(Error::Redis(e)) if kept && closed_before(&e) => {
+                        *self.slot.lock().await = None;
+                        match self.connection().await {
+                            Ok((conn, _)) => self.attempt(conn, &query).await,
+                            Err(e) => Err(e),
+                        }
+                    }
+                    r => r,
+                }
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = &result {
@@ -132,4 +156,14 @@ impl Dedicated {
         self.run(|mut c| async move { Ok(pipe.query_async::<T>(&mut c).await?) })
             .await
     }
+}
+
+/// Whether a command failed because its connection had closed before it
+/// was written (redis-rs: a broken pipe, or the connection's task gone).
+fn closed_before(e: &redis::RedisError) -> bool {
+    if !e.is_io_error() || e.is_timeout() {
+        return false;
+    }
+    let text = e.to_string().to_ascii_lowercase();
+    text.contains("broken pipe") || text.contains("closed") || text.contains("dropped")
 }

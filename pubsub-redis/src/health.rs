@@ -197,9 +197,9 @@ impl Health {
                 log.suppressed += 1;
             } else {
                 tracing::warn!(
-                    what,
-                    cause = cause.as_str(),
-                    address,
+                    what = %what,
+                    cause = %cause.as_str(),
+                    address = %address,
                     error = %message,
                     repeated = log.suppressed,
                     "redis failure"

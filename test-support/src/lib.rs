@@ -17,6 +17,8 @@
 //! | [`metrics`] | samples of a `/metrics` exposition |
 //! | [`redis_server`] | `RedisServer` and `RedisConn` |
 //! | [`redis_cluster`] | `RedisCluster`, three masters |
+//! | [`redis_tls`] | certificates (`openssl`), `TlsRedis` |
+//! | [`redis_sentinel`] | `SentinelSet`: master, replica, three sentinels |
 //! | [`pod`] | `GatewayProcess`, a `gateway` binary with a typed config |
 //! | [`cluster`] | one `RedisServer` and several pods on one prefix |
 //! | [`server`] | `TestServer`, an endpoint served in-process |
@@ -43,7 +45,9 @@ pub mod presence;
 pub mod process;
 pub mod raw_ws;
 pub mod redis_cluster;
+pub mod redis_sentinel;
 pub mod redis_server;
+pub mod redis_tls;
 pub mod room;
 pub mod scrape;
 pub mod server;

@@ -21,21 +21,41 @@ pub struct RedisServer {
     port: u16,
     dir: TempDir,
     process: Process,
+    /// Arguments beyond the defaults, kept for restarts.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers.
     pub async fn start() -> RedisServer {
+        Self::start_with(&[]).await
+    }
+
+    /// [`start`](Self::start) with more `redis-server` arguments (ACL
+    /// users, TLS, `--replicaof`, ...). The plain port stays open to the
+    /// default user, for the test's own commands.
+    pub async fn start_with(extra: &[String]) -> RedisServer {
         let dir = TempDir::new("redis");
         let log = dir.path("redis.log");
+        let args: Vec<&str> = extra.iter().map(String::as_str).collect();
         let (process, port) = start_on_free_port(
             "redis-server",
             &log,
-            |port| redis_command(&dir, port, &[]),
+            |port| redis_command(&dir, port, &args),
             is_ours,
         )
         .await;
-        RedisServer { port, dir, process }
+        RedisServer {
+            port,
+            dir,
+            process,
+            extra: extra.to_vec(),
+        }
+    }
+
+    /// The server's temp dir (its log, files a test writes beside it).
+    pub fn dir(&self) -> &TempDir {
+        &self.dir
     }
 
     pub fn port(&self) -> u16 {
@@ -107,8 +127,9 @@ impl RedisServer {
     pub async fn restart(&mut self) {
         self.kill();
         let port = self.port;
+        let args: Vec<&str> = self.extra.iter().map(String::as_str).collect();
         self.process = crate::wait::until("redis-server restart", START_TIMEOUT, || {
-            start_redis_on(&self.dir, port, &[], "redis.log")
+            start_redis_on(&self.dir, port, &args, "redis.log")
         })
         .await;
     }
@@ -174,7 +195,7 @@ pub(crate) async fn start_redis_on(
 
 /// Ready when the server on `port` reports `pid` as its process id: then it
 /// is ours, not another test's on a reused port.
-async fn is_ours(port: u16, pid: u32) -> Probe {
+pub(crate) async fn is_ours(port: u16, pid: u32) -> Probe {
     let url = format!("redis://127.0.0.1:{port}");
     match cmd_on::<String>(&url, &["INFO", "server"]).await {
         Ok(info)
