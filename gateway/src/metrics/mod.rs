@@ -65,6 +65,8 @@ pub(crate) struct Metrics {
     http_connections: IntGauge,
     auth_failures: IntCounterVec,
     redis_up: IntGauge,
+    redis_shards: IntGauge,
+    redis_shards_down: IntGauge,
     redis_reconnects: IntCounter,
     ready: IntGauge,
     draining: IntGauge,
@@ -279,6 +281,16 @@ impl Metrics {
                 "gateway_redis_up",
                 "1 while the subscriber connection to Redis is established and answering.",
             ),
+            redis_shards: gauge(
+                &redis,
+                "gateway_redis_shards",
+                "Redis Cluster masters in the slot map (0 on a single Redis).",
+            ),
+            redis_shards_down: gauge(
+                &redis,
+                "gateway_redis_shards_down",
+                "Redis Cluster masters without a subscriber connection: their topics receive nothing.",
+            ),
             redis_reconnects: counter(
                 &redis,
                 "gateway_redis_reconnects_total",
@@ -443,6 +455,8 @@ impl Metrics {
             .set(status.as_ref().map_or(0, |s| s.subscriptions as i64));
         if let Some(s) = &status {
             self.redis_up.set(i64::from(s.connected));
+            self.redis_shards.set(s.shards as i64);
+            self.redis_shards_down.set(s.shards_down as i64);
             catch_up(&self.redis_reconnects, s.reconnects);
             catch_up(&self.malformed, s.malformed);
         }
@@ -486,6 +500,10 @@ pub struct BrokerStatus {
     pub down_for: Option<std::time::Duration>,
     /// Messages dropped because their envelope was malformed.
     pub malformed: u64,
+    /// Redis Cluster masters in the slot map; 0 on a single Redis.
+    pub shards: u64,
+    /// Of `shards`, those without a subscriber connection.
+    pub shards_down: u64,
 }
 
 /// Brings a counter up to a total kept elsewhere (the Redis bus's stats).

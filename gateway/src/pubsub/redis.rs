@@ -278,6 +278,12 @@ impl Broker for RedisBroker {
         } else {
             "disconnected"
         };
+        if s.shards_down > 0 {
+            return format!(
+                "redis: {state}, {} of {} cluster shards down (reconnects {})",
+                s.shards_down, s.shards, s.reconnects
+            );
+        }
         format!("redis: {state} (reconnects {})", s.reconnects)
     }
 
@@ -289,6 +295,8 @@ impl Broker for RedisBroker {
             reconnects: s.reconnects.load(Ordering::Relaxed),
             subscriptions: s.subscriptions.load(Ordering::Relaxed),
             malformed: s.malformed.load(Ordering::Relaxed),
+            shards: s.shards.load(Ordering::Relaxed),
+            shards_down: s.shards_down.load(Ordering::Relaxed),
         })
     }
 
