@@ -490,6 +490,16 @@ async fn a_dead_master_stops_only_its_topics_which_resume_after_failover() {
             c.expect(broadcast(topic, "new_msg", json!({"n": n}))).await;
         }
     }
+    // So does an API broadcast to one of them, published by a pod.
+    let (live, _) = topics.iter().find(|(_, o)| *o != dead).unwrap();
+    let (status, body) = pods[0]
+        .api_broadcast(live, "new_msg", json!({"api": "during"}))
+        .await;
+    assert_eq!((status, body.as_str()), (200, r#"{"ok":true}"#));
+    for c in &mut clients {
+        c.expect(broadcast(live, "new_msg", json!({"api": "during"})))
+            .await;
+    }
     assert!(
         !cluster.is_master(replica).await,
         "delivered before the failover"

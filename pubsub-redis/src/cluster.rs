@@ -380,8 +380,7 @@ impl Shards {
                     Some(Value::Push {
                         kind: PushKind::SSubscribe,
                         data,
-                    }) if matches!(data.first(), Some(Value::BulkString(n)) if n == c.as_bytes()) =>
-                    {
+                    }) if matches!(data.first(), Some(Value::BulkString(n)) if n == c.as_bytes()) => {
                         if let Some(node) = self.nodes.get_mut(&addr) {
                             node.channels.insert(c);
                         }
@@ -552,7 +551,9 @@ impl Shards {
         }
         let answer = tokio::time::timeout(self.timeout, select_ok(queries))
             .await
-            .map_err(|_| Error::Unavailable("no cluster node answered CLUSTER SLOTS in time".into()))?;
+            .map_err(|_| {
+                Error::Unavailable("no cluster node answered CLUSTER SLOTS in time".into())
+            })?;
         let (map, _) = answer?;
         self.adopt(map);
         Ok(())
@@ -647,7 +648,10 @@ impl Shards {
     /// connection up) up to date.
     fn publish_state(&self) {
         let masters = self.map.masters();
-        let up = masters.iter().filter(|m| self.nodes.contains_key(**m)).count();
+        let up = masters
+            .iter()
+            .filter(|m| self.nodes.contains_key(**m))
+            .count();
         self.stats
             .shards
             .store(masters.len() as u64, Ordering::Relaxed);
@@ -739,7 +743,8 @@ mod tests {
 
     #[test]
     fn node_clients_keep_the_seeds_scheme_and_credentials() {
-        let t = ClusterTarget::new("redis://user:pw@10.0.0.1:7000/0, redis://10.0.0.2:7001").unwrap();
+        let t =
+            ClusterTarget::new("redis://user:pw@10.0.0.1:7000/0, redis://10.0.0.2:7001").unwrap();
         assert_eq!(t.seeds.len(), 2);
         let c = t.node_client("10.0.0.9", 7009).unwrap();
         let info = c.get_connection_info();

@@ -31,7 +31,11 @@ impl Target {
 
     /// Opens a subscriber connection; on a cluster, reads the slot map and
     /// connects to the masters, and succeeds once one of them is up.
-    pub(crate) async fn connect(&self, timeout: Duration, stats: &Arc<Stats>) -> Result<Conn, Error> {
+    pub(crate) async fn connect(
+        &self,
+        timeout: Duration,
+        stats: &Arc<Stats>,
+    ) -> Result<Conn, Error> {
         let fut = async {
             match self {
                 Target::Single(client) => {
@@ -113,9 +117,13 @@ impl Conn {
         timeout: Duration,
     ) -> Result<(), Error> {
         match self {
-            Conn::Single { sink, .. } => Ok(tokio::time::timeout(timeout, sink.unsubscribe(channels))
-                .await
-                .map_err(|_| Error::Unavailable("UNSUBSCRIBE not confirmed in time".into()))??),
+            Conn::Single { sink, .. } => {
+                Ok(tokio::time::timeout(timeout, sink.unsubscribe(channels))
+                    .await
+                    .map_err(|_| {
+                        Error::Unavailable("UNSUBSCRIBE not confirmed in time".into())
+                    })??)
+            }
             Conn::Cluster(shards) => {
                 shards.unsubscribe(channels).await;
                 Ok(())

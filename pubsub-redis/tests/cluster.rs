@@ -140,7 +140,11 @@ async fn a_dead_master_stops_only_its_shard_and_its_topics_resume_after_failover
     let refused = b.bus.subscribe(dead_topic).await;
     assert!(refused.is_err(), "a join on the dead shard: {refused:?}");
     assert!(refused.unwrap_err().is_connection());
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(
         !cluster.is_master(replica).await,
         "all of the above happened before the failover"
@@ -153,10 +157,14 @@ async fn a_dead_master_stops_only_its_shard_and_its_topics_resume_after_failover
     for (topic, _) in topics.iter().filter(|(_, o)| *o == dead) {
         let channel = format!("{prefix}{topic}");
         let (cluster, channel) = (&cluster, &channel);
-        until(&format!("{topic} subscribed at the new master"), SETTLE, || async move {
-            let subs = cluster.shard_numsub(replica, channel).await;
-            (subs == 1).then_some(()).ok_or(subs)
-        })
+        until(
+            &format!("{topic} subscribed at the new master"),
+            SETTLE,
+            || async move {
+                let subs = cluster.shard_numsub(replica, channel).await;
+                (subs == 1).then_some(()).ok_or(subs)
+            },
+        )
         .await;
     }
     for (topic, owner) in &topics {
