@@ -108,6 +108,7 @@ async fn a_dead_master_stops_only_its_shard_and_its_topics_resume_after_failover
     // Master 0 (a seed node, too) dies.
     let dead = 0;
     let replica = cluster.replica_of(dead).await;
+    let killed = Instant::now();
     cluster.kill(dead);
     until_true("the bus sees one shard down", TIMEOUT, || {
         b.stat(|s| &s.shards_down) == 1
@@ -167,6 +168,10 @@ async fn a_dead_master_stops_only_its_shard_and_its_topics_resume_after_failover
         )
         .await;
     }
+    eprintln!(
+        "the dead shard's topics were subscribed at the promoted replica {:?} after the kill",
+        killed.elapsed()
+    );
     for (topic, owner) in &topics {
         let node = if *owner == dead { replica } else { *owner };
         n += 1;
