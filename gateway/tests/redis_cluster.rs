@@ -12,7 +12,13 @@
 //!   drops its subscribers and the pods subscribe again at the new owner;
 //! - with the whole cluster down, joins, pushes and API broadcasts fail fast
 //!   while the connections stay up, and once the cluster is back the pods
-//!   resubscribe and every path delivers again.
+//!   resubscribe and every path delivers again;
+//! - with a replica per master, one master SIGKILLed stops only its own
+//!   topics: the other shards' keep reaching every client on every pod while
+//!   the cluster fails over (`/readyz` stays 200 and says which shards are
+//!   down, `gateway_redis_shards_down` is 1), and once the replica is
+//!   promoted the dead shard's topics reach everyone again without a
+//!   restart.
 //!
 //! Self-contained: it starts its own `redis-server` processes (cluster bus on
 //! port + 10000; `test_support::RedisCluster`) and `gateway` binaries, and
@@ -23,7 +29,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 use test_support::redis_server::redis_cli;
 use test_support::temp::prefix;
-use test_support::{broadcast, wait, GatewayProcess, RedisCluster};
+use test_support::{broadcast, scrape, wait, GatewayProcess, RedisCluster};
 use test_support::{START_TIMEOUT, TIMEOUT};
 
 /// The gateways' `linger_ms`.
@@ -39,6 +45,7 @@ async fn pod(cluster: &RedisCluster, prefix: &str) -> GatewayProcess {
         .cluster()
         .prefix(prefix)
         .linger_ms(LINGER_MS)
+        .metrics_port()
         .start()
         .await
 }
@@ -436,4 +443,93 @@ async fn with_the_cluster_down_joins_and_publishes_fail_fast_and_connections_sta
     sender.sort_by_key(|f| f[3].to_string());
     assert_eq!(sender, vec![want.clone(), ok]);
     clients[0].expect(want).await;
+}
+
+/// The cluster's node timeout in the failover test: a master silent for this
+/// long is failed over to its replica (Redis's default is 15 s).
+const NODE_TIMEOUT_MS: u64 = 3000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_master_stops_only_its_topics_which_resume_after_failover() {
+    let mut cluster = RedisCluster::start_with_replicas(NODE_TIMEOUT_MS).await;
+    let prefix = prefix("rc-kill");
+    let pods = [pod(&cluster, &prefix).await, pod(&cluster, &prefix).await];
+    let mut clients = [pods[0].client().await, pods[1].client().await];
+    let topics = spread_topics(&cluster, &prefix).await;
+    for (c, client) in clients.iter_mut().enumerate() {
+        for (ti, (topic, _)) in topics.iter().enumerate() {
+            client.join_retrying(topic, &format!("j{c}-{ti}")).await;
+        }
+    }
+    wait_numsub(&cluster, &prefix, &topics, 2).await;
+    for pod in &pods {
+        scrape::wait_for(pod.metrics_addr(), "gateway_redis_shards", &[], 3.0).await;
+    }
+
+    let dead = 1;
+    let replica = cluster.replica_of(dead).await;
+    cluster.kill(dead);
+    for pod in &pods {
+        scrape::wait_for(pod.metrics_addr(), "gateway_redis_shards_down", &[], 1.0).await;
+        let (status, body) = pod.get("/readyz").await.expect("/readyz answers");
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains("redis: connected, 1 of 3 cluster shards down"),
+            "{body}"
+        );
+    }
+    // The live shards' topics reach every client during the failover.
+    let mut n = 0;
+    for (topic, owner) in topics.iter().filter(|(_, o)| *o != dead) {
+        n += 1;
+        let channel = format!("{prefix}{topic}");
+        let msg = json!({"event": "new_msg", "payload": {"n": n}}).to_string();
+        let receivers: i64 = cluster.cmd(*owner, &["SPUBLISH", &channel, &msg]).await;
+        assert_eq!(receivers, 2, "{topic}");
+        for c in &mut clients {
+            c.expect(broadcast(topic, "new_msg", json!({"n": n}))).await;
+        }
+    }
+    // So does an API broadcast to one of them, published by a pod.
+    let (live, _) = topics.iter().find(|(_, o)| *o != dead).unwrap();
+    let (status, body) = pods[0]
+        .api_broadcast(live, "new_msg", json!({"api": "during"}))
+        .await;
+    assert_eq!((status, body.as_str()), (200, r#"{"ok":true}"#));
+    for c in &mut clients {
+        c.expect(broadcast(live, "new_msg", json!({"api": "during"})))
+            .await;
+    }
+    assert!(
+        !cluster.is_master(replica).await,
+        "delivered before the failover"
+    );
+
+    // The replica takes over: both pods subscribe the dead shard's topics
+    // there, and every topic reaches every client again.
+    cluster.wait_master(replica).await;
+    let moved: Vec<(String, usize)> = topics
+        .iter()
+        .map(|(t, o)| (t.clone(), if *o == dead { replica } else { *o }))
+        .collect();
+    wait_numsub(&cluster, &prefix, &moved, 2).await;
+    for (topic, owner) in &moved {
+        n += 1;
+        let channel = format!("{prefix}{topic}");
+        let msg = json!({"event": "new_msg", "payload": {"n": n}}).to_string();
+        let receivers: i64 = cluster.cmd(*owner, &["SPUBLISH", &channel, &msg]).await;
+        assert_eq!(receivers, 2, "{topic}");
+        for c in &mut clients {
+            c.expect(broadcast(topic, "new_msg", json!({"n": n}))).await;
+        }
+    }
+    for pod in &pods {
+        scrape::wait_for(pod.metrics_addr(), "gateway_redis_shards_down", &[], 0.0).await;
+        let (status, body) = pod.get("/readyz").await.expect("/readyz answers");
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("redis: connected (reconnects"), "{body}");
+    }
+    for (c, client) in clients.iter_mut().enumerate() {
+        client.heartbeat(&format!("hb-{c}")).await; // nothing else came
+    }
 }

@@ -1,21 +1,18 @@
 //! The subscriber connection, plain or clustered, behind one interface.
 //!
-//! A single Redis uses SUBSCRIBE on a dedicated pub/sub connection. A Redis
-//! Cluster uses sharded pub/sub (SSUBSCRIBE) over a RESP3 cluster
-//! connection, which routes each channel to the shard that owns its slot;
-//! sharded commands for channels of different slots cannot share one command,
-//! so they are sent concurrently, one per channel.
+//! A single Redis uses SUBSCRIBE on a dedicated pub/sub connection: it is up
+//! or down as a whole. A Redis Cluster uses sharded pub/sub (SSUBSCRIBE) over
+//! one connection per master ([`Shards`]): a channel is refused, or lost and
+//! retried, with its master, while the other masters' channels stay.
 
+use crate::cluster::{ClusterTarget, Shards};
 use crate::source::Source;
-use crate::{Config, Error};
-use futures_util::future::try_join_all;
+use crate::{Config, Error, Stats};
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
-use redis::cluster::ClusterClient;
-use redis::cluster_async::ClusterConnection;
-use redis::{PushInfo, PushKind, Value};
+use redis::Value;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 /// How to reach Redis.
 pub(crate) enum Target {
@@ -23,26 +20,26 @@ pub(crate) enum Target {
     /// every connect: an ACL that denies the prefix's channels fails the
     /// connect, not the first join.
     Single(Source, String),
-    Cluster(Box<ClusterClient>),
+    Cluster(ClusterTarget),
 }
 
 impl Target {
     pub(crate) fn new(source: &Source, config: &Config) -> Result<Target, Error> {
         if config.cluster {
-            let client = source
-                .cluster(&config.url)
-                .use_protocol(redis::ProtocolVersion::RESP3)
-                .build()
-                .map_err(|e| Error::Config(e.to_string()))?;
-            Ok(Target::Cluster(Box::new(client)))
+            Ok(Target::Cluster(ClusterTarget::new(&config.url, source)?))
         } else {
             let probe = format!("{}~probe", config.prefix);
             Ok(Target::Single(source.clone(), probe))
         }
     }
 
-    /// Opens a subscriber connection.
-    pub(crate) async fn connect(&self, timeout: Duration) -> Result<Conn, Error> {
+    /// Opens a subscriber connection; on a cluster, reads the slot map and
+    /// connects to the masters, and succeeds once one of them is up.
+    pub(crate) async fn connect(
+        &self,
+        timeout: Duration,
+        stats: &Arc<Stats>,
+    ) -> Result<Conn, Error> {
         let fut = async {
             match self {
                 Target::Single(source, probe) => {
@@ -53,15 +50,17 @@ impl Target {
                     let (sink, stream) = pubsub.split();
                     Ok(Conn::Single { sink, stream })
                 }
-                Target::Cluster(client) => {
-                    let (tx, pushes) = mpsc::unbounded_channel();
-                    let config = redis::cluster::ClusterConfig::new().set_push_sender(tx);
-                    let conn = client.get_async_connection_with_config(config).await?;
-                    Ok(Conn::Cluster { conn, pushes })
-                }
+                Target::Cluster(target) => Ok(Conn::Cluster(Box::new(
+                    Shards::connect(target.clone(), timeout, stats.clone()).await?,
+                ))),
             }
         };
-        tokio::time::timeout(timeout, fut)
+        // A cluster's connect asks several nodes, each bounded by `timeout`.
+        let bound = match self {
+            Target::Single(..) => timeout,
+            Target::Cluster(_) => timeout * 3,
+        };
+        tokio::time::timeout(bound, fut)
             .await
             .map_err(|_| Error::Unavailable("connect timed out".into()))?
     }
@@ -71,10 +70,19 @@ impl Target {
 pub(crate) enum Event {
     /// A message published to a channel: (channel, payload).
     Message(String, Vec<u8>),
-    /// A shard channel is no longer subscribed: a cluster node says so when
-    /// the channel's slot moved to another shard, and to confirm our own
-    /// SUNSUBSCRIBE.
+    /// A cluster node no longer sends this shard channel: its slot moved to
+    /// another shard.
     Unsubscribed(String),
+    /// A cluster master's connection was lost: these channels are no longer
+    /// subscribed anywhere.
+    Lost(Vec<String>),
+}
+
+/// Channels a subscribe command could not subscribe, and why.
+#[derive(Default)]
+pub(crate) struct Refused {
+    pub(crate) channels: Vec<String>,
+    pub(crate) error: Option<Error>,
 }
 
 /// An open subscriber connection.
@@ -83,57 +91,89 @@ pub(crate) enum Conn {
         sink: PubSubSink,
         stream: PubSubStream,
     },
-    Cluster {
-        conn: ClusterConnection,
-        pushes: mpsc::UnboundedReceiver<PushInfo>,
-    },
+    Cluster(Box<Shards>),
 }
 
 impl Conn {
-    /// Subscribes and waits for Redis's confirmation of every channel.
-    pub(crate) async fn subscribe(&mut self, channels: &[String]) -> Result<(), Error> {
+    /// Subscribes and waits for Redis's confirmation. `Err` means the
+    /// connection is no longer usable (single Redis); a cluster refuses
+    /// channels one by one instead, with their master.
+    pub(crate) async fn subscribe(
+        &mut self,
+        channels: &[String],
+        timeout: Duration,
+    ) -> Result<Refused, Error> {
         match self {
-            Conn::Single { sink, .. } => Ok(sink.subscribe(channels).await?),
-            Conn::Cluster { conn, .. } => {
-                try_join_all(channels.iter().map(|c| {
-                    let mut conn = conn.clone();
-                    async move { conn.ssubscribe(c).await }
-                }))
-                .await?;
+            Conn::Single { sink, .. } => {
+                tokio::time::timeout(timeout, sink.subscribe(channels))
+                    .await
+                    .map_err(|_| Error::Unavailable("SUBSCRIBE not confirmed in time".into()))??;
+                Ok(Refused::default())
+            }
+            // Every command to a node is bounded by the node connection's
+            // own response timeout.
+            Conn::Cluster(shards) => {
+                let (channels, error) = shards.subscribe(channels).await;
+                Ok(Refused { channels, error })
+            }
+        }
+    }
+
+    pub(crate) async fn unsubscribe(
+        &mut self,
+        channels: &[String],
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        match self {
+            Conn::Single { sink, .. } => {
+                Ok(tokio::time::timeout(timeout, sink.unsubscribe(channels))
+                    .await
+                    .map_err(|_| {
+                        Error::Unavailable("UNSUBSCRIBE not confirmed in time".into())
+                    })??)
+            }
+            Conn::Cluster(shards) => {
+                shards.unsubscribe(channels).await;
                 Ok(())
             }
         }
     }
 
-    pub(crate) async fn unsubscribe(&mut self, channels: &[String]) -> Result<(), Error> {
-        match self {
-            Conn::Single { sink, .. } => Ok(sink.unsubscribe(channels).await?),
-            Conn::Cluster { conn, .. } => {
-                try_join_all(channels.iter().map(|c| {
-                    let mut conn = conn.clone();
-                    async move { conn.sunsubscribe(c).await }
-                }))
-                .await?;
-                Ok(())
-            }
-        }
-    }
-
-    pub(crate) async fn ping(&mut self) -> Result<(), Error> {
+    /// Checks the connection. `Err` for a single Redis that did not answer;
+    /// a cluster master that did not is closed and its channels are
+    /// reported [lost](Event::Lost).
+    pub(crate) async fn ping(&mut self, timeout: Duration) -> Result<(), Error> {
         match self {
             Conn::Single { sink, .. } => {
                 // Subscribed, RESP2 answers ["pong", ""], not a string.
-                sink.ping::<Value>().await?;
+                tokio::time::timeout(timeout, sink.ping::<Value>())
+                    .await
+                    .map_err(|_| Error::Unavailable("PING not answered in time".into()))??;
             }
-            Conn::Cluster { conn, .. } => {
-                redis::cmd("PING").query_async::<Value>(conn).await?;
-            }
+            Conn::Cluster(shards) => shards.ping().await,
         }
         Ok(())
     }
 
-    /// The next message or dropped subscription; `None` once the connection
-    /// is lost.
+    /// Whether [`repair`](Conn::repair) is due: a cluster master lacks its
+    /// connection, or the slot map may be out of date.
+    pub(crate) fn needs_repair(&self) -> bool {
+        match self {
+            Conn::Single { .. } => false,
+            Conn::Cluster(shards) => shards.needs_repair(),
+        }
+    }
+
+    /// Reads a cluster's slot map again and connects to its masters.
+    pub(crate) async fn repair(&mut self) {
+        if let Conn::Cluster(shards) = self {
+            shards.repair().await;
+        }
+    }
+
+    /// The next message or dropped subscriptions; `None` once the
+    /// connection is lost (a single Redis; a cluster reports lost masters
+    /// as [`Event::Lost`] instead).
     pub(crate) async fn next(&mut self) -> Option<Event> {
         match self {
             Conn::Single { stream, .. } => {
@@ -143,33 +183,7 @@ impl Conn {
                     msg.get_payload_bytes().to_vec(),
                 ))
             }
-            Conn::Cluster { pushes, .. } => loop {
-                let push = pushes.recv().await?;
-                match push.kind {
-                    PushKind::SMessage | PushKind::Message => {
-                        let mut data = push.data.into_iter();
-                        if let (
-                            Some(Value::BulkString(channel)),
-                            Some(Value::BulkString(payload)),
-                        ) = (data.next(), data.next())
-                        {
-                            return Some(Event::Message(
-                                String::from_utf8_lossy(&channel).into_owned(),
-                                payload,
-                            ));
-                        }
-                    }
-                    PushKind::SUnsubscribe => {
-                        if let Some(Value::BulkString(channel)) = push.data.into_iter().next() {
-                            return Some(Event::Unsubscribed(
-                                String::from_utf8_lossy(&channel).into_owned(),
-                            ));
-                        }
-                    }
-                    PushKind::Disconnection => return None,
-                    _ => {}
-                }
-            },
+            Conn::Cluster(shards) => shards.next().await,
         }
     }
 }

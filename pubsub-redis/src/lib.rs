@@ -27,7 +27,11 @@
 //! - [`lifecycle`]: lifecycle events in streams, dead pods' connections.
 //! - `subscriber`: the subscriber connection's actor (refcounts, batching,
 //!   linger, reconnect).
+//! - `connection`, `cluster`: the subscriber connection to a single Redis,
+//!   or one per master of a Redis Cluster (channels lost and retried per
+//!   master).
 
+mod cluster;
 mod connection;
 mod dedicated;
 pub mod envelope;
@@ -154,7 +158,8 @@ impl Config {
 /// Counters for metrics and health.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Whether the subscriber connection is up.
+    /// Whether the subscriber connection is up; on a cluster, whether at
+    /// least one master's is (the others are counted in `shards_down`).
     pub connected: AtomicBool,
     /// When `connected` last changed, milliseconds after the process's
     /// first bus started ([`Bus::down_for`] reads it).
@@ -163,6 +168,12 @@ pub struct Stats {
     pub reconnects: AtomicU64,
     /// Channels currently subscribed in Redis.
     pub subscriptions: AtomicU64,
+    /// Cluster masters (shards) in the slot map; 0 on a single Redis.
+    pub shards: AtomicU64,
+    /// Of `shards`, those without a subscriber connection: their channels
+    /// receive nothing until one is back (after a failover, their new
+    /// master).
+    pub shards_down: AtomicU64,
     /// Messages received from Redis.
     pub received: AtomicU64,
     /// Messages dropped because their envelope was malformed.

@@ -246,6 +246,12 @@ impl Source {
     /// # Errors
     /// Malformed TLS material.
     pub(crate) fn client_for(&self, host: &str, port: u16) -> Result<redis::Client, Error> {
+        self.node(host, port, false)
+    }
+
+    /// [`client_for`](Self::client_for), in RESP3 if `resp3` (a cluster
+    /// node's subscriber: pushes arrive on the connection that subscribed).
+    pub(crate) fn node(&self, host: &str, port: u16, resp3: bool) -> Result<redis::Client, Error> {
         let addr = match self.0.base.addr() {
             ConnectionAddr::TcpTls { insecure, .. } => ConnectionAddr::TcpTls {
                 host: host.to_owned(),
@@ -255,7 +261,15 @@ impl Source {
             },
             _ => ConnectionAddr::Tcp(host.to_owned(), port),
         };
-        self.0.client_with(self.0.base.clone().set_addr(addr))
+        let mut info = self.0.base.clone().set_addr(addr);
+        if resp3 {
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(redis::ProtocolVersion::RESP3);
+            info = info.set_redis_settings(settings);
+        }
+        self.0.client_with(info)
     }
 
     /// A cluster client of `seeds` with the URL's TLS and certificates.

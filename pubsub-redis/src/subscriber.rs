@@ -3,8 +3,14 @@
 //! capped exponential backoff followed by a resubscribe of every live topic.
 //! Channels a pod listens on (`RedisBus::listen`) live in the same table,
 //! marked direct: never released, and their messages go to `Sink::direct`.
+//!
+//! On a Redis Cluster the connection is never lost as a whole: a master's
+//! channels are lost with it while the others stay subscribed. Lost topics
+//! wait in `pending`, and a repair (the slot map read again, masters
+//! connected, `pending` subscribed) runs with the same backoff until every
+//! master is connected and nothing is pending.
 
-use crate::connection::{Conn, Event, Target};
+use crate::connection::{Conn, Event, Refused, Target};
 use crate::{Command, Config, Envelope, Error, Sink, Stats};
 use bytes::Bytes;
 use std::cmp::Reverse;
@@ -61,6 +67,13 @@ struct Actor {
     lingering: BinaryHeap<Reverse<(Instant, String)>>,
     malformed_since_log: u64,
     last_log: Option<Instant>,
+    /// Wanted topics lost with a cluster master, to subscribe again.
+    pending: HashSet<String>,
+    /// When the next cluster repair runs, while one is due.
+    repair_at: Option<Instant>,
+    /// The wait before the next repair, doubled after each that left
+    /// something to do.
+    repair_delay: Duration,
 }
 
 pub(crate) async fn run(
@@ -79,6 +92,9 @@ pub(crate) async fn run(
         lingering: BinaryHeap::new(),
         malformed_since_log: 0,
         last_log: None,
+        pending: HashSet::new(),
+        repair_at: None,
+        repair_delay: Duration::ZERO,
     };
     let mut delay = Duration::ZERO;
     let mut connected_before = false;
@@ -93,7 +109,10 @@ pub(crate) async fn run(
             Ok(()) => {
                 connected_before = true;
                 delay = Duration::ZERO;
-                actor.stats.set_connected(true);
+                // A cluster's connections keep `connected` themselves.
+                if matches!(sub, Conn::Single { .. }) {
+                    actor.stats.set_connected(true);
+                }
                 tracing::info!(topics = actor.topics.len(), "redis subscriber connected");
                 match actor.serve(&mut sub, &mut rx).await {
                     Ok(()) => return,
@@ -111,7 +130,8 @@ pub(crate) async fn run(
         }
         actor.subscribed = 0;
         actor.count_subscriptions();
-        actor.topics.retain(|_, t| t.refs > 0);
+        actor.topics.retain(|_, t| !t.unwanted());
+        actor.pending.clear();
         delay = next_delay(delay, actor.config.max_backoff);
     }
 }
@@ -130,10 +150,10 @@ impl Actor {
         rx: &mut mpsc::UnboundedReceiver<Command>,
     ) -> Option<Conn> {
         loop {
-            let (wait, timeout) = (delay, self.config.timeout);
+            let (wait, timeout, stats) = (delay, self.config.timeout, self.stats.clone());
             let attempt = async move {
                 tokio::time::sleep(wait).await;
-                target.connect(timeout).await
+                target.connect(timeout, &stats).await
             };
             tokio::pin!(attempt);
             let result = loop {
@@ -181,23 +201,29 @@ impl Actor {
         format!("{}{}", self.config.prefix, topic)
     }
 
-    async fn subscribe(&mut self, sub: &mut Conn, topics: &[String]) -> Result<(), Error> {
+    /// Subscribes `topics`; returns those a cluster refused (their master
+    /// is down or their slot is moving) with the last reason. `Err` when
+    /// the connection is lost (single Redis).
+    async fn subscribe(&mut self, sub: &mut Conn, topics: &[String]) -> Result<Refused, Error> {
+        let mut refused = Refused::default();
         for chunk in topics.chunks(BATCH) {
             let channels: Vec<String> = chunk.iter().map(|t| self.channel(t)).collect();
-            tokio::time::timeout(self.config.timeout, sub.subscribe(&channels))
-                .await
-                .map_err(|_| Error::Unavailable("SUBSCRIBE not confirmed in time".into()))??;
-            for t in chunk {
-                if let Some(state) = self.topics.get_mut(t) {
+            let r = sub.subscribe(&channels, self.config.timeout).await?;
+            let not: HashSet<&str> = r.channels.iter().map(String::as_str).collect();
+            for (t, c) in chunk.iter().zip(&channels) {
+                if not.contains(c.as_str()) {
+                    refused.channels.push(t.clone());
+                } else if let Some(state) = self.topics.get_mut(t) {
                     if !state.subscribed {
                         state.subscribed = true;
                         self.subscribed += 1;
                     }
                 }
             }
+            refused.error = r.error.or(refused.error);
         }
         self.count_subscriptions();
-        Ok(())
+        Ok(refused)
     }
 
     fn count_subscriptions(&self) {
@@ -206,9 +232,84 @@ impl Actor {
             .store(self.subscribed as u64, Ordering::Relaxed);
     }
 
+    /// Subscribes every live topic on a new connection; on a cluster, those
+    /// of masters that are down wait for a repair.
     async fn resubscribe(&mut self, sub: &mut Conn) -> Result<(), Error> {
         let live: Vec<String> = self.topics.keys().cloned().collect();
-        self.subscribe(sub, &live).await
+        let refused = self.subscribe(sub, &live).await?;
+        if !refused.channels.is_empty() {
+            tracing::warn!(
+                topics = refused.channels.len(),
+                error = %refused.error.as_ref().map_or(String::new(), ToString::to_string),
+                "redis cluster: some topics' masters are down; they are subscribed once a master serves them"
+            );
+        }
+        self.pending.extend(refused.channels);
+        Ok(())
+    }
+
+    /// Topics lost with a cluster master: no longer subscribed, they wait
+    /// for a repair.
+    fn lost(&mut self, channels: Vec<String>) {
+        let mut count = 0;
+        for channel in channels {
+            let Some(topic) = channel.strip_prefix(self.config.prefix.as_str()) else {
+                continue;
+            };
+            if let Some(t) = self.topics.get_mut(topic) {
+                if t.subscribed {
+                    t.subscribed = false;
+                    self.subscribed -= 1;
+                    count += 1;
+                    self.pending.insert(topic.to_owned());
+                }
+            }
+        }
+        self.count_subscriptions();
+        tracing::warn!(
+            topics = count,
+            "redis cluster master lost; its topics receive nothing until a master serves them"
+        );
+    }
+
+    /// Reads the cluster's slot map again, connects to its masters and
+    /// subscribes the pending topics that are still wanted.
+    async fn repair(&mut self, sub: &mut Conn) -> Result<(), Error> {
+        self.repair_at = None;
+        sub.repair().await;
+        let pending: Vec<String> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .filter(|t| self.topics.get(t).is_some_and(|t| !t.subscribed))
+            .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let refused = self.subscribe(sub, &pending).await?;
+        let done = pending.len() - refused.channels.len();
+        if done > 0 {
+            tracing::info!(
+                topics = done,
+                left = refused.channels.len(),
+                "redis cluster: lost topics subscribed again"
+            );
+        }
+        self.pending.extend(refused.channels);
+        Ok(())
+    }
+
+    /// Plans the next repair while one is due (backoff doubling up to
+    /// `max_backoff`); none while every master is connected and nothing is
+    /// pending.
+    fn plan_repair(&mut self, sub: &Conn) {
+        if sub.needs_repair() || !self.pending.is_empty() {
+            if self.repair_at.is_none() {
+                self.repair_delay = next_delay(self.repair_delay, self.config.max_backoff);
+                self.repair_at = Some(Instant::now() + self.repair_delay);
+            }
+        } else {
+            self.repair_at = None;
+            self.repair_delay = Duration::ZERO;
+        }
     }
 
     /// Runs while connected. `Ok` only when the bus is dropped.
@@ -220,11 +321,13 @@ impl Actor {
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         keepalive.tick().await;
         loop {
+            self.plan_repair(sub);
             let next_linger = self.lingering.peek().map(|Reverse((at, _))| *at);
             tokio::select! {
                 msg = sub.next() => match msg {
                     Some(Event::Message(channel, payload)) => self.received(&channel, payload),
                     Some(Event::Unsubscribed(channel)) => self.unsubscribed(sub, &channel).await?,
+                    Some(Event::Lost(channels)) => self.lost(channels),
                     None => return Err(Error::Unavailable("subscriber connection closed".into())),
                 },
                 cmd = rx.recv() => match cmd {
@@ -238,18 +341,16 @@ impl Actor {
                     }
                 },
                 _ = sleep_until(next_linger) => self.expire(sub).await?,
-                _ = keepalive.tick() => {
-                    tokio::time::timeout(self.config.timeout, sub.ping())
-                        .await
-                        .map_err(|_| Error::Unavailable("PING not answered in time".into()))??;
-                }
+                _ = sleep_until(self.repair_at) => self.repair(sub).await?,
+                _ = keepalive.tick() => sub.ping(self.config.timeout).await?,
             }
         }
     }
 
     /// Applies a batch of commands with at most one SUBSCRIBE round trip.
     async fn apply(&mut self, sub: &mut Conn, cmds: Vec<Command>) -> Result<(), Error> {
-        let mut waiters: Vec<(String, bool, Waiter)> = Vec::new();
+        // (topic, direct, already direct before this batch, waiter)
+        let mut waiters: Vec<(String, bool, bool, Waiter)> = Vec::new();
         let mut wanted: Vec<String> = Vec::new();
         let mut seen: HashSet<String> = HashSet::new();
         for cmd in cmds {
@@ -262,6 +363,7 @@ impl Actor {
                 }
             };
             let t = self.topics.entry(topic.clone()).or_default();
+            let was_direct = t.direct;
             if direct {
                 t.direct = true;
             } else {
@@ -274,33 +376,49 @@ impl Actor {
                 if seen.insert(topic.clone()) {
                     wanted.push(topic.clone());
                 }
-                waiters.push((topic, direct, tx));
+                waiters.push((topic, direct, was_direct, tx));
             }
         }
         if wanted.is_empty() {
             return Ok(());
         }
-        match self.subscribe(sub, &wanted).await {
-            Ok(()) => {
-                for (topic, direct, tx) in waiters {
-                    self.confirm(&topic, direct, tx);
-                }
-                Ok(())
+        let (refused, error, result) = match self.subscribe(sub, &wanted).await {
+            Ok(r) => {
+                let reason = r.error.map_or_else(
+                    || "redis refused the subscription".to_owned(),
+                    |e| e.to_string(),
+                );
+                (r.channels.into_iter().collect(), reason, Ok(()))
             }
-            Err(e) => {
-                for (_, _, tx) in waiters {
-                    let _ = tx.send(Err(Error::Unavailable(e.to_string())));
-                }
-                // Those joins failed: forget their references.
-                for topic in &wanted {
-                    if let Some(t) = self.topics.get(topic) {
-                        if !t.subscribed {
-                            self.topics.remove(topic);
-                        }
-                    }
-                }
-                Err(e)
+            Err(e) => (wanted.into_iter().collect(), e.to_string(), Err(e)),
+        };
+        let refused: HashSet<String> = refused;
+        for (topic, direct, was_direct, tx) in waiters {
+            if refused.contains(&topic) {
+                let _ = tx.send(Err(Error::Unavailable(error.clone())));
+                self.refused(&topic, direct, was_direct);
+            } else {
+                self.confirm(&topic, direct, tx);
             }
+        }
+        result
+    }
+
+    /// A join that was refused: forget its reference (or its listen), and
+    /// the topic once nothing holds it. One still held (lost with a cluster
+    /// master, joined again while its master is down) stays pending.
+    fn refused(&mut self, topic: &str, direct: bool, was_direct: bool) {
+        let Some(t) = self.topics.get_mut(topic) else {
+            return;
+        };
+        if direct {
+            t.direct = was_direct;
+        } else {
+            t.refs = t.refs.saturating_sub(1);
+        }
+        if t.unwanted() && !t.subscribed {
+            self.topics.remove(topic);
+            self.pending.remove(topic);
         }
     }
 
@@ -335,9 +453,7 @@ impl Actor {
         }
         for chunk in expired.chunks(BATCH) {
             let channels: Vec<String> = chunk.iter().map(|t| self.channel(t)).collect();
-            tokio::time::timeout(self.config.timeout, sub.unsubscribe(&channels))
-                .await
-                .map_err(|_| Error::Unavailable("UNSUBSCRIBE not confirmed in time".into()))??;
+            sub.unsubscribe(&channels, self.config.timeout).await?;
             for t in chunk {
                 if self.topics.remove(t).is_some_and(|t| t.subscribed) {
                     self.subscribed -= 1;
@@ -350,10 +466,8 @@ impl Actor {
 
     /// Redis no longer sends `channel` here: a cluster node unsubscribes a
     /// shard channel whose slot moved to another shard. Subscribe again while
-    /// the topic is wanted; the cluster connection follows the slot to its new
-    /// owner. Confirmations of our own SUNSUBSCRIBE come here too: their topic
-    /// is gone by then, or was joined again, and then this only repeats an
-    /// SSUBSCRIBE, which is harmless.
+    /// the topic is wanted, at the slot's new owner (the slot map is read
+    /// again first); if that fails, the topic waits for a repair.
     async fn unsubscribed(&mut self, sub: &mut Conn, channel: &str) -> Result<(), Error> {
         let Some(topic) = channel.strip_prefix(self.config.prefix.as_str()) else {
             return Ok(());
@@ -366,7 +480,9 @@ impl Actor {
             _ => return Ok(()),
         }
         tracing::info!(channel, "redis dropped a subscription; subscribing again");
-        self.subscribe(sub, &[topic.to_owned()]).await
+        let refused = self.subscribe(sub, &[topic.to_owned()]).await?;
+        self.pending.extend(refused.channels);
+        Ok(())
     }
 
     fn received(&mut self, channel: &str, payload: Vec<u8>) {

@@ -65,6 +65,8 @@ pub(crate) struct Metrics {
     http_connections: IntGauge,
     auth_failures: IntCounterVec,
     redis_up: IntGauge,
+    redis_shards: IntGauge,
+    redis_shards_down: IntGauge,
     redis_reconnects: IntCounter,
     redis_errors: IntCounterVec,
     ready: IntGauge,
@@ -286,6 +288,16 @@ impl Metrics {
                 "Failed Redis connects and commands by cause: auth, acl, dns, refused, tls, timeout, readonly, other.",
                 &["cause"],
             ),
+            redis_shards: gauge(
+                &redis,
+                "gateway_redis_shards",
+                "Redis Cluster masters in the slot map (0 on a single Redis).",
+            ),
+            redis_shards_down: gauge(
+                &redis,
+                "gateway_redis_shards_down",
+                "Redis Cluster masters without a subscriber connection: their topics receive nothing.",
+            ),
             redis_reconnects: counter(
                 &redis,
                 "gateway_redis_reconnects_total",
@@ -450,6 +462,8 @@ impl Metrics {
             .set(status.as_ref().map_or(0, |s| s.subscriptions as i64));
         if let Some(s) = &status {
             self.redis_up.set(i64::from(s.connected));
+            self.redis_shards.set(s.shards as i64);
+            self.redis_shards_down.set(s.shards_down as i64);
             catch_up(&self.redis_reconnects, s.reconnects);
             for (cause, n) in s.errors {
                 catch_up(&self.redis_errors.with_label_values(&[cause]), n);
@@ -498,6 +512,10 @@ pub struct BrokerStatus {
     pub malformed: u64,
     /// Failed connects and commands, per cause (`auth`, `acl`, `dns`, ...).
     pub errors: [(&'static str, u64); 8],
+    /// Redis Cluster masters in the slot map; 0 on a single Redis.
+    pub shards: u64,
+    /// Of `shards`, those without a subscriber connection.
+    pub shards_down: u64,
 }
 
 /// Brings a counter up to a total kept elsewhere (the Redis bus's stats).

@@ -278,8 +278,13 @@ impl Broker for RedisBroker {
         } else {
             "disconnected"
         };
+        let shards = if s.shards_down > 0 {
+            format!(", {} of {} cluster shards down", s.shards_down, s.shards)
+        } else {
+            String::new()
+        };
         let mut line = format!(
-            "redis: {state} to {} (reconnects {})",
+            "redis: {state}{shards} to {} (reconnects {})",
             self.bus.address(),
             s.reconnects
         );
@@ -299,6 +304,8 @@ impl Broker for RedisBroker {
             subscriptions: s.subscriptions.load(Ordering::Relaxed),
             malformed: s.malformed.load(Ordering::Relaxed),
             errors: s.failures().map(|(cause, n)| (cause.as_str(), n)),
+            shards: s.shards.load(Ordering::Relaxed),
+            shards_down: s.shards_down.load(Ordering::Relaxed),
         })
     }
 
