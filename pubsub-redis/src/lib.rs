@@ -20,6 +20,7 @@
 //! - `dedicated`: a connection of a store's own (presence, lifecycle).
 //! - `stream`: appending to Redis streams (client pushes for backends).
 //! - [`lifecycle`]: lifecycle events in streams, dead pods' connections.
+//! - [`load`]: the fleet's connection counts, for rebalancing.
 //! - `subscriber`: the subscriber connection's actor (refcounts, batching,
 //!   linger, reconnect).
 
@@ -29,12 +30,14 @@ pub mod envelope;
 pub mod history;
 pub mod info;
 pub mod lifecycle;
+pub mod load;
 pub mod presence;
 mod stream;
 mod subscriber;
 
 pub use envelope::{Envelope, EnvelopeError, Origin};
 pub use lifecycle::LifecycleStore;
+pub use load::PodLoad;
 pub use presence::PresenceStore;
 
 use bytes::Bytes;
