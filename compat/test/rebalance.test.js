@@ -141,3 +141,50 @@ test("after a scale-out, the loaded pod sheds its excess to the new pods through
   assert.ok(busiest <= 2 * (MAX_PER_ROUND + 1), `${busiest} closes within ${INTERVAL_MS} ms`);
   assert.ok(span >= PERIOD_MS / 2, `the sheds took only ${Math.round(span)} ms`);
 });
+
+test("a draining pod stops shedding at once and withdraws its count", async (t) => {
+  const scope = testScope(t);
+  const redis = await startRedis(scope);
+  const n = 60;
+  const prefix = `compat-rebalance-drain-${process.pid}-${Date.now()}:`;
+  const config = (drain) => ({
+    server: { drain_delay_ms: 0, drain_period_ms: drain, shutdown_deadline_ms: drain + 1000, connection_rate_per_source: 0 },
+    redis: { prefix },
+    // A slow pace: about two closes a second, so the drain starts mid-way.
+    rebalance: { enabled: true, interval_ms: INTERVAL_MS, period_ms: 20_000, margin: 0.1, margin_min: MARGIN_MIN },
+    socket: [{ path: "/socket" }],
+    channel: [{ pattern: "room:*", events: ["new_msg"] }],
+  });
+  const env = { REDIS_URL: redis.url, GATEWAY_LONGPOLL_SECRET: LONGPOLL_SECRET };
+  const a = await startGateway(scope, { name: "podA", config: config(3000), env });
+  const portB = await freePort();
+  const lb = await startNginx(scope, { upstreams: [a.addr, `${HOST}:${portB}`], serverParams: "max_fails=0" });
+  const clients = [];
+  for (let i = 0; i < n; i++) clients.push(await openSocket(lb, {}, t));
+  const b = await startGateway(scope, { name: "podB", config: config(0), env, port: portB });
+
+  // A is shedding, and B counts both pods.
+  await until("pod A shedding", async () => ((await scrape(a)).shed ?? 0) >= 1, { timeoutMs: 10_000 });
+  await until("pod B seeing two pods", async () => (await scrape(b)).pods === 2, { timeoutMs: 10_000 });
+
+  const termAt = performance.now();
+  const exited = a.kill("SIGTERM");
+  // A withdrew its count while it still drains (3 s): B's next round sees
+  // B alone.
+  await until("pod B seeing itself alone", async () => (await scrape(b)).pods === 1, { timeoutMs: 2500 });
+  assert.ok(a.proc.running, "pod A still draining when B saw it gone");
+  await exited;
+
+  // Every client is back, on B; what A closed after the drain began was
+  // closed the drain's way (1001), not shed (1012).
+  await until("every client reconnected to B", async () => (await scrape(b)).connections === n, { timeoutMs: 15_000 });
+  const closes = clients.flatMap((cl) => cl.events.filter((e) => e.type === "close"));
+  const late = closes.filter((e) => e.at > termAt + 100);
+  t.diagnostic(`closes: ${closes.length - late.length} before the drain (1012), ${late.length} after`);
+  assert.ok(late.length > 0);
+  assert.deepEqual([...new Set(late.map((e) => e.code))], [1001], "after SIGTERM, only the drain closes");
+  assert.ok(
+    closes.filter((e) => e.at < termAt).every((e) => e.code === 1012),
+    "before SIGTERM, only sheds",
+  );
+});
