@@ -93,12 +93,13 @@ function gatewayEnv(extra) {
 }
 
 /**
- * The gateway binary (GATEWAY_BIN) on a port of its own choosing, ready once
- * /readyz answers 200. `config`: a path (from the repository root) or an
- * object written as TOML into the scope's directory. `env` adds variables
- * (REDIS_URL, GATEWAY_LONGPOLL_SECRET, ...).
+ * The gateway binary (GATEWAY_BIN) on a port of its own choosing (or on
+ * `port`, one freePort() gave, when a balancer must know it before the pod
+ * starts), ready once /readyz answers 200. `config`: a path (from the
+ * repository root) or an object written as TOML into the scope's directory.
+ * `env` adds variables (REDIS_URL, GATEWAY_LONGPOLL_SECRET, ...).
  */
-export function startGateway(scope, { name = "gateway", config = "config/example.toml", env = {} } = {}) {
+export function startGateway(scope, { name = "gateway", config = "config/example.toml", env = {}, port = 0 } = {}) {
   return scope.run(async () => {
     let configFile = config;
     if (typeof config !== "string") {
@@ -114,7 +115,7 @@ export function startGateway(scope, { name = "gateway", config = "config/example
       listening: /gateway listening addr=\S+:(?<port>\d+).*?longpoll_pod="?(?<lp>[0-9a-f]+)/,
       logFile: scope.logFile(name),
     });
-    return server.spawn(0);
+    return server.spawn(port);
   });
 }
 

@@ -7,7 +7,7 @@ import { freePort, HOST, httpStatus, onFreePort, spawnProcess, until } from "./p
 
 const NGINX_BIN = process.env.NGINX_BIN || "/usr/sbin/nginx";
 
-function nginxConf(dir, upstreams, port, noWsPort) {
+function nginxConf(dir, upstreams, port, noWsPort, serverParams) {
   // Timeouts longer than the poll window (10 s) plus the relay timeout
   // (2 s); no buffering so a held GET answers as soon as the pod does.
   const proxy = `
@@ -35,7 +35,7 @@ http {
   map $http_upgrade $connection_upgrade { default upgrade; '' ''; }
   upstream gateways {
     # Plain round-robin: no ip_hash, no hash, no sticky cookie.
-${upstreams.map((addr) => `    server ${addr};`).join("\n")}
+${upstreams.map((addr) => `    server ${addr}${serverParams ? ` ${serverParams}` : ""};`).join("\n")}
   }
   server {
     listen ${HOST}:${port};
@@ -64,8 +64,11 @@ ${upstreams.map((addr) => `    server ${addr};`).join("\n")}
  * ("host:port"), on two free ports: `port` passes WebSocket upgrades,
  * `noWsPort` refuses them (403), like a balancer without WebSocket. Its
  * access log records the upstream of every request (requests()).
+ * `serverParams` follow each upstream's address (`max_fails=0`: an upstream
+ * that refused is tried again at once, not left out for 10 s, for pods that
+ * start after nginx).
  */
-export function startNginx(scope, { upstreams, name = "nginx" }) {
+export function startNginx(scope, { upstreams, name = "nginx", serverParams = "" }) {
   return scope.run(async () => {
     if (!fs.existsSync(NGINX_BIN)) {
       throw new Error(`nginx not found at ${NGINX_BIN}; run scripts/setup-test-deps.sh or set NGINX_BIN`);
@@ -112,7 +115,7 @@ export function startNginx(scope, { upstreams, name = "nginx" }) {
       nginx.port = port;
       nginx.noWsPort = await freePort();
       const conf = path.join(dir, "nginx.conf");
-      fs.writeFileSync(conf, nginxConf(dir, upstreams, nginx.port, nginx.noWsPort));
+      fs.writeFileSync(conf, nginxConf(dir, upstreams, nginx.port, nginx.noWsPort, serverParams));
       nginx.proc = spawnProcess(scope, name, NGINX_BIN, ["-p", dir, "-c", conf, "-e", "stderr"], { logFile });
       for (const p of [nginx.port, nginx.noWsPort]) {
         await until(`${name} GET /healthz on :${p}`, async () => (await httpStatus(`http://${HOST}:${p}/healthz`)) === 200, {

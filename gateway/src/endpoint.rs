@@ -9,6 +9,7 @@ use crate::lifecycle::Lifecycle;
 use crate::metrics::{metrics, Limit, Scrape};
 use crate::presence::{Presence, PresenceConfig};
 use crate::pubsub::{History, PubSub};
+use crate::rebalance::RebalanceConfig;
 use crate::transport::admission::Admission;
 use crate::transport::http::{Slot, Slots};
 use crate::transport::longpoll::{self, LongPoll};
@@ -77,6 +78,7 @@ impl Endpoint {
             metrics_here: true,
             unready_without_broker: None,
             lifecycle: None,
+            rebalance: None,
         }
     }
 
@@ -284,6 +286,7 @@ pub struct EndpointBuilder {
     metrics_here: bool,
     unready_without_broker: Option<Duration>,
     lifecycle: Option<Lifecycle>,
+    rebalance: Option<RebalanceConfig>,
 }
 
 impl Default for EndpointBuilder {
@@ -380,6 +383,16 @@ impl EndpointBuilder {
         self
     }
 
+    /// Sheds WebSocket connections while this pod holds more than the
+    /// fleet's average plus a margin, so pods added by a scale-out get
+    /// their share of the clients (docs/rebalancing.md). Default: off.
+    /// Needs the Redis broker, where the pods share their counts: without
+    /// it, an error is logged and nothing is shed.
+    pub fn rebalance(mut self, config: Option<RebalanceConfig>) -> Self {
+        self.rebalance = config;
+        self
+    }
+
     /// How long to wait for a long-poll session's owner to answer a relayed
     /// request, beyond the poll window. Default [`DEFAULT_RELAY_TIMEOUT`].
     pub fn longpoll_relay_timeout(mut self, timeout: Duration) -> Self {
@@ -428,7 +441,10 @@ impl EndpointBuilder {
             node: Arc::from(node),
             joins: Joins::new(self.limits.per_source.max_queued_joins),
         });
-        let admission = Admission::new(self.limits);
+        let mut admission = Admission::new(self.limits);
+        if let Some(config) = self.rebalance {
+            start_rebalance(config, &services.pubsub, &mut admission);
+        }
         let secret = self
             .longpoll_secret
             .unwrap_or_else(|| longpoll::token::random_bytes::<32>().to_vec());
@@ -451,6 +467,31 @@ impl EndpointBuilder {
             unready_without_broker: self.unready_without_broker,
             lifecycle: self.lifecycle,
         })
+    }
+}
+
+/// Starts rebalancing over `pubsub`'s Redis, keeping `admission`'s
+/// WebSocket connections for it to shed.
+fn start_rebalance(config: RebalanceConfig, pubsub: &PubSub, admission: &mut Admission) {
+    let Some(redis) = pubsub.redis_broker() else {
+        tracing::error!(
+            "rebalance needs the Redis broker, where pods share their counts; not rebalancing"
+        );
+        return;
+    };
+    let sheddable = admission.track_sheddable();
+    let (connections, drain) = (admission.connections().clone(), admission.drain().clone());
+    if !crate::rebalance::start(
+        config,
+        redis.bus().clone(),
+        redis.node(),
+        connections,
+        drain,
+        &sheddable,
+    ) {
+        tracing::error!(
+            "rebalance needs a tokio runtime when the endpoint is built; not rebalancing"
+        );
     }
 }
 

@@ -26,6 +26,8 @@
 //! - [`conn`]: a connection's bounded outbound queue and close signal.
 //! - [`endpoint`] / [`server`]: sockets mounted at paths, health checks,
 //!   metrics, extra HTTP routes, and the accept loop.
+//! - `rebalance`: after a scale-out, a pod above the fleet's average sheds
+//!   WebSocket connections slowly, by counts the pods share in Redis.
 //! - `metrics`: the Prometheus metrics of docs/metrics.md, counted where
 //!   things happen and read at scrape time where they are already known.
 //! - [`hooks`]: HTTP hooks — a backend answers connects, joins and pushes
@@ -53,6 +55,7 @@ mod metrics;
 pub mod presence;
 pub mod protocol;
 pub mod pubsub;
+mod rebalance;
 pub mod server;
 pub mod socket;
 mod transport;
@@ -63,6 +66,7 @@ pub use channel::{
 pub use endpoint::Endpoint;
 pub use presence::{Presence, PresenceConfig, PresenceError};
 pub use protocol::{Json, Payload};
+pub use rebalance::RebalanceConfig;
 pub use socket::{
     AcceptAll, Assigns, ConnectError, ConnectInfo, LongPollConfig, Params, PushRate, Socket,
     SocketConfig, SocketHandler,

@@ -25,6 +25,7 @@
 //!   the publishing connections.
 //! - `stream`: appending to Redis streams (client pushes for backends).
 //! - [`lifecycle`]: lifecycle events in streams, dead pods' connections.
+//! - [`load`]: the fleet's connection counts, for rebalancing.
 //! - `subscriber`: the subscriber connection's actor (refcounts, batching,
 //!   linger, reconnect).
 //! - `connection`, `cluster`: the subscriber connection to a single Redis,
@@ -39,6 +40,7 @@ pub mod health;
 pub mod history;
 pub mod info;
 pub mod lifecycle;
+pub mod load;
 pub mod presence;
 mod source;
 mod stream;
@@ -46,6 +48,7 @@ mod subscriber;
 
 pub use envelope::{Envelope, EnvelopeError, Origin};
 pub use lifecycle::LifecycleStore;
+pub use load::PodLoad;
 pub use presence::PresenceStore;
 pub use source::{hide_password, Sentinel, Tls};
 

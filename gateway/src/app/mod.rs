@@ -48,6 +48,7 @@ pub fn assemble(settings: Settings, pubsub: PubSub) -> Result<Arc<Endpoint>, Con
         channels,
         presence,
         hook_secret,
+        rebalance,
         ..
     } = settings;
     let pubsub = pubsub.max_publish(server.max_publish);
@@ -61,7 +62,8 @@ pub fn assemble(settings: Settings, pubsub: PubSub) -> Result<Arc<Endpoint>, Con
         .lifecycle(lifecycle.clone())
         .pubsub(pubsub.clone())
         .metrics_on_main_port(server.metrics_listen.is_none())
-        .longpoll_relay_timeout(longpoll.relay_timeout);
+        .longpoll_relay_timeout(longpoll.relay_timeout)
+        .rebalance(rebalance);
     if matches!(longpoll.secret, LongPollSecret::Derived(_))
         && sockets.iter().any(|s| s.config.longpoll.is_some())
     {

@@ -22,6 +22,7 @@ mod hooks;
 mod log;
 mod longpoll;
 mod presence;
+mod rebalance;
 mod redis;
 mod server;
 mod socket;
@@ -38,6 +39,7 @@ pub use hooks::{ChannelHookSettings, ChannelHooks, HooksSection, SocketHooks};
 pub use log::{LogConfig, LogFormat};
 pub use longpoll::{LongPollSecret, LongPollSettings, LongPollShared};
 pub use presence::PresenceSection;
+pub use rebalance::RebalanceSection;
 pub use redis::{RedisConfig, SentinelConfig};
 pub use server::{Lowered, ServerConfig, ServerSettings, Shutdown, FD_MARGIN};
 pub use socket::{JwtConfig, LongPollSection, OriginSetting, SocketSection, SocketSettings};
@@ -128,6 +130,8 @@ pub struct Config {
     pub longpoll: LongPollShared,
     /// `[hooks]`: what every HTTP hook shares.
     pub hooks: HooksSection,
+    /// `[rebalance]`: shedding connections after a scale-out.
+    pub rebalance: RebalanceSection,
     /// `[[socket]]` entries; one at `/socket` when none is given.
     #[serde(rename = "socket")]
     pub sockets: Vec<SocketSection>,
@@ -161,6 +165,8 @@ pub struct Settings {
     pub channels: Vec<ChannelSettings>,
     /// `[hooks]`: the secret that signs hook requests, when any hook is set.
     pub hook_secret: Option<HookSecret>,
+    /// `[rebalance]`, when enabled.
+    pub rebalance: Option<crate::rebalance::RebalanceConfig>,
 }
 
 impl Config {
@@ -276,6 +282,9 @@ impl Config {
                 .iter()
                 .any(|c| c.hooks.join.is_some() || c.hooks.push.is_some());
         let hook_secret = self.hooks.settings(&Key::root("hooks"), any_hook)?;
+        let rebalance = self
+            .rebalance
+            .settings(&Key::root("rebalance"), redis.is_some())?;
         Ok(Settings {
             server,
             log: self.log.clone(),
@@ -287,6 +296,7 @@ impl Config {
             sockets,
             channels,
             hook_secret,
+            rebalance,
         })
     }
 }

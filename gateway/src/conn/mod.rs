@@ -57,11 +57,14 @@ pub enum Disconnect {
     TokenExpired,
     /// It kept sending past its push rate limit.
     RateLimited,
+    /// Its pod held more than its share of the fleet's connections
+    /// (`[rebalance]`): the client reconnects through the balancer.
+    Rebalance,
 }
 
 impl Disconnect {
     /// Every reason, for metrics that list each one from the start.
-    pub const ALL: [Disconnect; 12] = [
+    pub const ALL: [Disconnect; 13] = [
         Disconnect::ClientClosed(None),
         Disconnect::TransportError,
         Disconnect::Malformed,
@@ -74,6 +77,7 @@ impl Disconnect {
         Disconnect::ServerShutdown,
         Disconnect::TokenExpired,
         Disconnect::RateLimited,
+        Disconnect::Rebalance,
     ];
 
     /// The close frame to send, if any. Never 1000: phoenix.js ≤ 1.8.12 does
@@ -92,6 +96,8 @@ impl Disconnect {
             Disconnect::ServerShutdown => Some((1001, "server shutting down")),
             Disconnect::TokenExpired => Some((1008, "token expired")),
             Disconnect::RateLimited => Some((1008, "rate limited")),
+            // Phoenix's own code for a drain: every phoenix.js reconnects.
+            Disconnect::Rebalance => Some((1012, "rebalancing")),
         }
     }
 
@@ -129,6 +135,7 @@ impl Disconnect {
             Disconnect::ServerShutdown => "shutdown",
             Disconnect::TokenExpired => "token_expired",
             Disconnect::RateLimited => "rate_limited",
+            Disconnect::Rebalance => "rebalance",
         }
     }
 }

@@ -17,6 +17,7 @@ mod hook;
 mod label;
 mod lifecycle;
 mod prefix;
+mod rebalance;
 
 pub(crate) use forward::{Answered, Forwarded};
 pub(crate) use guard::{JoinedChannel, OpenConnection};
@@ -24,6 +25,7 @@ pub(crate) use hook::{HookName, HookResult};
 pub(crate) use label::{Dropped, Limit, Received, Sent, Source};
 use label::{DROPPED, JOIN_RESULTS, LATENCY_BUCKETS, LIMITS, RECEIVED_KINDS, REFUSALS, SENT_KINDS};
 pub(crate) use lifecycle::lifecycle_metrics;
+pub(crate) use rebalance::rebalance_metrics;
 
 use crate::protocol::Transport;
 use prometheus::core::Collector;

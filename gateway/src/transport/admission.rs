@@ -10,6 +10,7 @@
 
 use super::drain::Drain;
 pub(crate) use super::http::{Slot, Slots};
+use super::shed::Sheddable;
 use super::source::{self, SourceLimits, SourcePermit, SourceRefusal, Sources};
 use crate::channel::Assigns;
 use crate::metrics::{metrics, Limit};
@@ -91,6 +92,8 @@ pub(crate) struct Admission {
     unpolled: Slots,
     /// The last reading of this process's resident memory.
     resident: Resident,
+    /// WebSocket connections rebalancing may close; `None` while it is off.
+    sheddable: Option<Arc<Sheddable>>,
 }
 
 impl Default for Admission {
@@ -109,7 +112,19 @@ impl Admission {
             connections: Slots::default(),
             unpolled: Slots::default(),
             resident: Resident::default(),
+            sheddable: None,
         }
+    }
+
+    /// Keeps the WebSocket connections admitted from now on in a
+    /// [`Sheddable`] registry, for rebalancing.
+    pub(crate) fn track_sheddable(&mut self) -> Arc<Sheddable> {
+        self.sheddable.get_or_insert_with(Arc::default).clone()
+    }
+
+    /// The registry of [`track_sheddable`](Self::track_sheddable), if kept.
+    pub(crate) fn sheddable(&self) -> Option<&Arc<Sheddable>> {
+        self.sheddable.as_ref()
     }
 
     pub(crate) fn limits(&self) -> &Limits {

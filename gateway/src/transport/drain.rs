@@ -45,6 +45,11 @@ impl Drain {
         tokio::time::sleep(self.delay()).await;
     }
 
+    /// True once the drain has started.
+    pub(crate) fn has_started(&self) -> bool {
+        self.0.flag.load(Ordering::SeqCst)
+    }
+
     /// Resolves once the drain has started.
     pub(crate) async fn started(&self) {
         self.0.started.cancelled().await;

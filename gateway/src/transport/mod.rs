@@ -6,6 +6,7 @@
 //! # Layout
 //! - `admission`: who may connect; the per-pod limits, stop signal, drain.
 //! - `drain`: when each connection closes during a graceful drain.
+//! - `shed`: the WebSocket connections rebalancing may close, oldest first.
 //! - `source`: per-source limits and who the source of a request is.
 //! - `websocket`, `frame_reader`: `{path}/websocket`.
 //! - `longpoll`: `{path}/longpoll`, its sessions and their relay between pods.
@@ -23,6 +24,7 @@ pub(crate) mod head;
 pub(crate) mod http;
 pub(crate) mod longpoll;
 pub(crate) mod response;
+pub(crate) mod shed;
 pub(crate) mod source;
 pub(crate) mod websocket;
 

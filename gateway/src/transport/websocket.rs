@@ -10,6 +10,7 @@ use super::drain::Drain;
 use super::frame_reader::{FrameReader, Incoming as Read, Plain, ReadError, Readable, TcpIn};
 use super::head::{self, Prefixed};
 use super::response::{text, too_many, Body};
+use super::shed::{Registered, Sheddable};
 use super::source::SourcePermit;
 use super::{decode, Data};
 use crate::channel::Services;
@@ -79,6 +80,7 @@ pub(crate) async fn handshake(
         Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string()),
     };
     let drain = admission.drain().clone();
+    let sheddable = admission.sheddable().cloned();
     admission.drain().spawn(async move {
         match upgrade.await {
             Ok(ws) => {
@@ -88,6 +90,7 @@ pub(crate) async fn handshake(
                     socket,
                     admitted,
                     _counted: counted,
+                    sheddable,
                 };
                 // A task of its own, sized for the connection alone rather
                 // than for the handshake's state as well.
@@ -198,6 +201,7 @@ pub(crate) async fn direct<H>(
             socket,
             admitted,
             _counted: counted,
+            sheddable: admission.sheddable().cloned(),
         },
     })
 }
@@ -368,6 +372,8 @@ struct Open {
     admitted: Admitted,
     /// Its place in `max_connections`, held while the connection runs.
     _counted: Slot,
+    /// Where it registers once open, when rebalancing is on.
+    sheddable: Option<Arc<Sheddable>>,
 }
 
 /// Reads `Sec-WebSocket-Protocol`: whether `phoenix` was offered, and the
@@ -460,6 +466,7 @@ where
         socket,
         admitted,
         _counted,
+        sheddable,
     } = open;
     let Admitted {
         vsn,
@@ -487,6 +494,7 @@ where
             return None;
         }
     };
+    let registered = sheddable.map(|s| s.register(&conn));
     Some(Live {
         reader: FrameReader::new(r, config.max_frame_size),
         connection: Some(connection),
@@ -494,7 +502,7 @@ where
         conn,
         idle: config.idle_timeout,
         drain,
-        _held: (_counted, permit),
+        _held: (_counted, permit, registered),
     })
 }
 
@@ -509,8 +517,9 @@ struct Live<R, W> {
     /// `idle_timeout`.
     idle: Duration,
     drain: Drain,
-    /// Its places in `max_connections` and in its source's count.
-    _held: (Slot, SourcePermit),
+    /// Its places in `max_connections`, in its source's count, and among
+    /// the connections rebalancing may close.
+    _held: (Slot, SourcePermit, Option<Registered>),
 }
 
 /// The connection's task: reading and writing side by side in one task,
