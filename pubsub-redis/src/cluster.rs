@@ -737,7 +737,10 @@ mod tests {
         assert!(matches!(info.addr(), ConnectionAddr::Tcp(h, 7009) if h == "10.0.0.9"));
         assert_eq!(info.redis_settings().username(), Some("user"));
         assert_eq!(info.redis_settings().password(), Some("pw"));
-        assert_eq!(info.redis_settings().protocol(), ProtocolVersion::RESP3);
+        assert_eq!(
+            info.redis_settings().protocol(),
+            redis::ProtocolVersion::RESP3
+        );
         assert!(ClusterTarget::new("", &source).is_err());
     }
 }
