@@ -18,6 +18,7 @@
 //!   Redis Function library.
 //! - [`presence`]: presence entries in Redis hashes, pod liveness, reaping.
 //! - `dedicated`: a connection of a store's own (presence, lifecycle).
+//! - `store_conn`: the same on a single server or a cluster (presence).
 //! - `stream`: appending to Redis streams (client pushes for backends).
 //! - [`lifecycle`]: lifecycle events in streams, dead pods' connections.
 //! - `subscriber`: the subscriber connection's actor (refcounts, batching,
@@ -30,6 +31,7 @@ pub mod history;
 pub mod info;
 pub mod lifecycle;
 pub mod presence;
+mod store_conn;
 mod stream;
 mod subscriber;
 
@@ -459,6 +461,15 @@ impl RedisBus {
             ttl.as_bytes(),
         ];
         history::Read::from_value(self.fcall(history::READ, topic, &args).await?)
+    }
+
+    /// The client publishing uses on a Redis Cluster, for stores'
+    /// connections of their own (`store_conn`); `None` on a single server.
+    pub(crate) fn cluster_client(&self) -> Option<&redis::cluster::ClusterClient> {
+        match &self.publisher {
+            Publisher::Cluster(p) => Some(&p.client),
+            Publisher::Pool(_) => None,
+        }
     }
 
     /// Counters for metrics and health checks.

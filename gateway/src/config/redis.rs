@@ -51,6 +51,13 @@ impl RedisConfig {
                 .field("prefix")
                 .invalid("must not contain Redis glob characters"));
         }
+        if self.cluster && self.prefix.contains(['{', '}']) {
+            // A hash tag in the prefix would put every channel and key in
+            // one slot, and break presence's per-topic and per-pod tags.
+            return Err(key
+                .field("prefix")
+                .invalid("must not contain { or } with cluster = true"));
+        }
         Ok(self.url.as_ref().map(|url| {
             let mut bus = pubsub_redis::Config::new(url.clone());
             bus.prefix = self.prefix.clone();
