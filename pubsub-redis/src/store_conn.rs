@@ -14,6 +14,8 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 
 /// Where a store's connections go: the bus's server or cluster.
+// A few per pod, made once: their size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub(crate) enum StoreClient {
     Single(redis::Client),
@@ -52,6 +54,8 @@ impl StoreClient {
 }
 
 /// One connection of a store; clones share it.
+// Three per pod: their size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub(crate) enum StoreConn {
     Single(Dedicated),
