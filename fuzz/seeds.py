@@ -103,6 +103,10 @@ envelopes = [
     '{"event":1}',
     '[]',
     'nope',
+    '{"event":"frame","binary":"3q2+7w=="}',
+    '{"v":2,"event":"frame","origin":{"node":"3f2a9c","conn":7},"binary":"AAEC/w"}',
+    '{"event":"frame","binary":"%%"}',
+    '{"event":"frame","binary":"AA==","payload":{}}',
 ]
 for i, s in enumerate(envelopes):
     put("redis_envelope", f"envelope{i:02}", s)

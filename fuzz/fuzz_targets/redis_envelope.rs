@@ -4,14 +4,18 @@
 //!
 //! Checks:
 //! - an envelope decodes exactly when the body is a JSON object with a
-//!   non-empty string `event`, to that event and the exact text of
-//!   `payload` (`{}` when absent or null), and its `origin` exactly when
-//!   that is `{"node": string, "conn": u64}` (docs/redis.md);
+//!   non-empty string `event` (and, if it has a non-null `binary`, that is
+//!   a base64 string and `payload` is absent or null), to that event and
+//!   the exact text of `payload` (`{}` when absent or null) or the bytes of
+//!   `binary`, and its `origin` exactly when that is
+//!   `{"node": string, "conn": u64}` (docs/redis.md);
 //! - the frames every client gets are valid V1 and V2 JSON that decode to
-//!   that event and payload;
+//!   that event and payload; a binary payload is a V2 binary frame (V1
+//!   cannot carry it, as with the in-memory broker);
 //! - decode(encode(envelope)) == envelope, origin included.
 #![no_main]
 
+use base64::Engine;
 use bytes::Bytes;
 use gateway::protocol::{Json, Outbound, Payload, Vsn};
 use gateway_fuzz::lenient_only;
@@ -39,11 +43,14 @@ fuzz_target!(|data: &[u8]| {
                         .count()
                         > 1
                 };
+                let binary = o.get("binary").is_some_and(|b| !b.is_null());
                 assert!(
                     ev.is_empty()
+                        || binary
                         || dup("event")
                         || dup("payload")
                         || dup("origin")
+                        || dup("binary")
                         || has_escaped_keys(data),
                     "refused {o:?}"
                 );
@@ -52,6 +59,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert!(!e.event.is_empty());
+    if e.binary {
+        return binary(data, &e, reference.as_ref());
+    }
     std::str::from_utf8(&e.payload).expect("payloads reach clients as UTF-8");
     let Some(o) = reference else {
         assert!(
@@ -103,6 +113,44 @@ fn frames(e: &Envelope) {
     // What a pod publishes reads back the same.
     let again = Envelope::decode(Envelope::encode(&e.event, &e.payload, e.origin.as_ref()))
         .expect("own envelopes decode");
+    assert_eq!(&again, e);
+}
+
+/// A binary envelope: its bytes are `binary`'s base64, with no payload;
+/// V2 clients get them in a binary broadcast frame, V1 clients none; it
+/// reads back the same.
+fn binary(data: &[u8], e: &Envelope, reference: Option<&serde_json::Map<String, Value>>) {
+    if let Some(o) = reference {
+        let b64 = o.get("binary").and_then(Value::as_str).expect("binary is a string");
+        let engine = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        );
+        assert_eq!(engine.decode(b64).ok().as_deref(), Some(&e.payload[..]));
+        assert!(o.get("payload").is_none_or(Value::is_null), "binary with a payload");
+    } else {
+        assert!(lenient_only(data), "a decoded envelope is not a JSON object");
+    }
+    let payload = Payload::Binary(e.payload.clone());
+    let out = Outbound::Message {
+        join_ref: None,
+        ref_: None,
+        topic: "room:lobby",
+        event: &e.event,
+        payload: &payload,
+    };
+    assert!(Vsn::V1.encode(&out).is_err(), "V1 cannot carry binary");
+    if e.event.len() <= 255 {
+        let frame = Vsn::V2.encode(&out).expect("binary broadcasts encode");
+        assert!(frame.bytes().ends_with(&e.payload));
+    }
+    let again = Envelope::decode(Envelope::encode_binary(
+        &e.event,
+        &e.payload,
+        e.origin.as_ref(),
+    ))
+    .expect("own envelopes decode");
     assert_eq!(&again, e);
 }
 

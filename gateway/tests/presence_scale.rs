@@ -140,12 +140,12 @@ async fn presence_at_scale() {
     // 3. A topic with SEEDED more presences, held by a simulated live pod.
     let fake = "simulated-pod";
     let p = &cluster.prefix;
-    let topic_key = format!("{p}presence:{t}");
-    let index_key = format!("{p}presence-pod:{fake}");
+    let topic_key = format!("{p}presence:{{{t}}}");
     let alive_key = format!("{p}presence-alive:{fake}");
+    let index_key = format!("{p}presence-pod:{{{alive_key}}}");
     let _: String = resp.cmd(&["SET", &alive_key, "1", "PX", "600000"]).await;
     let _: i64 = resp
-        .cmd(&["SADD", &format!("{p}presence-pods"), fake])
+        .cmd(&["SADD", &format!("{p}presence-holders"), fake])
         .await;
     for chunk in (0..SEEDED).collect::<Vec<_>>().chunks(1000) {
         let mut hset = vec!["HSET".to_owned(), topic_key.clone()];

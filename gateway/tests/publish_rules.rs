@@ -5,7 +5,7 @@
 //! a backend PUBLISHes them, while a Phoenix client on the topic stays
 //! joined and receives the next normal broadcast; payloads over
 //! `max_publish_bytes` are refused from the API and client pushes and
-//! dropped from Redis; a binary push cannot cross Redis and says so.
+//! dropped from Redis. (Binary pushes cross Redis: `redis_binary.rs`.)
 //!
 //! Needs `redis-server` on PATH.
 
@@ -148,22 +148,4 @@ async fn oversized_publishes_are_refused_and_dropped() {
     )
     .await;
     still_joined(&mut c, topic, &jr, 2).await;
-}
-
-#[tokio::test]
-async fn a_binary_push_cannot_cross_redis_and_says_so() {
-    let redis = RedisServer::start().await;
-    let pod = pod(&redis).start().await;
-    let topic = "room:binary";
-    let (mut c, jr) = joined(&pod, topic).await;
-    // V2 binary push: kind 0, the sizes of join_ref, ref, topic and event,
-    // then those and the payload bytes.
-    let mut frame = vec![0u8, jr.len() as u8, 1, topic.len() as u8, 7];
-    frame.extend_from_slice(format!("{jr}9{topic}new_msg").as_bytes());
-    frame.extend_from_slice(&[0xde, 0xad]);
-    c.send_binary(frame).await;
-    c.expect(json!([jr, "9", topic, "phx_reply", {"status": "error",
-        "response": {"reason": "binary payloads cannot be broadcast through Redis"}}]))
-        .await;
-    still_joined(&mut c, topic, &jr, 1).await;
 }

@@ -108,11 +108,11 @@ async fn a_killed_pod_leaves_within_the_timeout_and_a_restart_has_no_ghosts() {
     // Nothing of the killed pod is left in Redis.
     let mut resp = cluster.conn().await;
     let pods: i64 = resp
-        .cmd(&["SCARD", &cluster.channel("presence-pods")])
+        .cmd(&["SCARD", &cluster.channel("presence-holders")])
         .await;
-    assert_eq!(pods, 3, "the killed pod was removed from the pods set");
+    assert_eq!(pods, 3, "the killed pod was removed from the holders set");
     let entries: i64 = resp
-        .cmd(&["HLEN", &cluster.channel(&format!("presence:{t}"))])
+        .cmd(&["HLEN", &cluster.channel(&format!("presence:{{{t}}}"))])
         .await;
     assert_eq!(entries, 4);
 }
@@ -154,7 +154,7 @@ async fn a_redis_restart_converges_and_reaps_a_pod_that_died_meanwhile() {
     // Re-announced under new refs, in Redis again.
     assert_ne!(ms[0].view.state["alice"][0]["phx_ref"], old_ref);
     let mut resp = cluster.conn().await;
-    let key = cluster.channel(&format!("presence:{t}"));
+    let key = cluster.channel(&format!("presence:{{{t}}}"));
     wait::until("2 presence entries in Redis", SETTLE, || {
         let (mut resp, key) = (resp.clone(), key.clone());
         async move {
@@ -167,7 +167,7 @@ async fn a_redis_restart_converges_and_reaps_a_pod_that_died_meanwhile() {
     ms.push(member(&cluster.pods[0], t, "erin", 1).await);
     converge(&mut ms, &[("alice", 1), ("bob", 1), ("erin", 1)], SETTLE).await;
     let exists: i64 = resp
-        .cmd(&["EXISTS", &cluster.channel("presence-pods")])
+        .cmd(&["EXISTS", &cluster.channel("presence-holders")])
         .await;
     assert_eq!(exists, 1);
 }

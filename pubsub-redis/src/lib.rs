@@ -23,6 +23,8 @@
 //! - [`health`]: why Redis cannot be used: causes, counts, logs.
 //! - `dedicated`: a connection of a store's own (presence, lifecycle), and
 //!   the publishing connections.
+//! - `store_conn`: a store's own connection on a single server or a cluster
+//!   (presence).
 //! - `stream`: appending to Redis streams (client pushes for backends).
 //! - [`lifecycle`]: lifecycle events in streams, dead pods' connections.
 //! - [`load`]: the fleet's connection counts, for rebalancing.
@@ -43,6 +45,7 @@ pub mod lifecycle;
 pub mod load;
 pub mod presence;
 mod source;
+mod store_conn;
 mod stream;
 mod subscriber;
 
@@ -493,6 +496,15 @@ impl RedisBus {
             ttl.as_bytes(),
         ];
         history::Read::from_value(self.fcall(history::READ, topic, &args).await?)
+    }
+
+    /// The client publishing uses on a Redis Cluster, for stores'
+    /// connections of their own (`store_conn`); `None` on a single server.
+    pub(crate) fn cluster_client(&self) -> Option<&redis::cluster::ClusterClient> {
+        match &self.publisher {
+            Publisher::Cluster(p) => Some(&p.client),
+            Publisher::Pool(..) => None,
+        }
     }
 
     /// Counters for metrics and health checks.

@@ -142,9 +142,10 @@ impl Member {
     }
 }
 
-/// A pod that exists only in Redis: a liveness key, a place in the pods set
-/// and presences written in the pods' format, without a process (so without
-/// diffs). Pods treat it as alive until its key is deleted.
+/// A pod that exists only in Redis: a liveness key, a place in the holders
+/// set and presences written in the pods' format and key layout
+/// (docs/redis.md#presence), without a process (so without diffs). Pods
+/// treat it as alive until its key is deleted.
 #[derive(Debug, Clone)]
 pub struct SimulatedPod {
     pub prefix: String,
@@ -162,7 +163,7 @@ impl SimulatedPod {
             .cmd(&["SET", &pod.alive_key(), "1", "PX", "600000"])
             .await;
         let _: i64 = resp
-            .cmd(&["SADD", &format!("{prefix}presence-pods"), name])
+            .cmd(&["SADD", &format!("{prefix}presence-holders"), name])
             .await;
         pod
     }
@@ -172,12 +173,17 @@ impl SimulatedPod {
     }
 
     pub fn topic_key(&self, topic: &str) -> String {
-        format!("{}presence:{topic}", self.prefix)
+        format!("{}presence:{{{topic}}}", self.prefix)
+    }
+
+    /// The index of what the pod holds, hash-tagged with its liveness key.
+    pub fn index_key(&self) -> String {
+        format!("{}presence-pod:{{{}}}", self.prefix, self.alive_key())
     }
 
     /// Writes presences `(key, ref)` in `topic`, 1,000 per command.
     pub async fn track(&self, resp: &mut RedisConn, topic: &str, who: &[(String, String)]) {
-        let index = format!("{}presence-pod:{}", self.prefix, self.name);
+        let index = self.index_key();
         for chunk in who.chunks(1000) {
             let mut hset = vec!["HSET".to_owned(), self.topic_key(topic)];
             let mut idx = vec!["HSET".to_owned(), index.clone()];
@@ -196,7 +202,7 @@ impl SimulatedPod {
 
     /// Removes presence `r` from `topic` behind every pod's back (no diff).
     pub async fn forget(&self, resp: &mut RedisConn, topic: &str, r: &str) {
-        let index = format!("{}presence-pod:{}", self.prefix, self.name);
+        let index = self.index_key();
         let _: i64 = resp.cmd(&["HDEL", &self.topic_key(topic), r]).await;
         let _: i64 = resp.cmd(&["HDEL", &index, r]).await;
     }

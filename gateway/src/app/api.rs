@@ -129,7 +129,6 @@ pub(crate) async fn broadcast(
             let status = match e {
                 PublishError::Reserved { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 PublishError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-                PublishError::Binary => StatusCode::BAD_REQUEST,
                 PublishError::Broker(_) => StatusCode::SERVICE_UNAVAILABLE,
             };
             reply(status, json!({"error": e.to_string()}))

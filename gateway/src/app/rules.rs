@@ -440,7 +440,6 @@ fn publish_refusal(e: &PublishError) -> Refusal {
     match e {
         PublishError::Reserved { .. } => Refusal::EventNotAllowed,
         PublishError::TooLarge { .. } => Refusal::BroadcastTooLarge,
-        PublishError::Binary => Refusal::BinaryBroadcast,
         PublishError::Broker(_) => Refusal::BroadcastFailed,
     }
 }

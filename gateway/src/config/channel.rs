@@ -340,14 +340,12 @@ fn reserved_event(e: &str) -> bool {
 }
 
 impl ChannelRule {
-    /// `socket_paths`: the configured sockets. `presence_store`: whether
-    /// the broker can store presence (not on a Redis Cluster). `redis`:
-    /// whether a Redis URL is set.
+    /// `socket_paths`: the configured sockets. `redis`: whether a Redis URL
+    /// is set.
     pub(super) fn settings(
         &self,
         key: &Key,
         socket_paths: &[&str],
-        presence_store: bool,
         redis: bool,
     ) -> Result<ChannelSettings, ConfigError> {
         let field = |name: &str| key.field(name);
@@ -366,7 +364,7 @@ impl ChannelRule {
             return Err(field("events").invalid(format!("{e:?} is reserved or empty")));
         }
         if let Some(p) = &self.presence {
-            p.check(&field("presence"), self.policy, presence_store)?;
+            p.check(&field("presence"), self.policy)?;
         }
         if let Some(l) = &self.lifecycle {
             l.check(&field("lifecycle"))?;
@@ -425,7 +423,7 @@ impl ChannelRule {
 }
 
 impl PresenceRule {
-    fn check(&self, key: &Key, policy: Policy, presence_store: bool) -> Result<(), ConfigError> {
+    fn check(&self, key: &Key, policy: Policy) -> Result<(), ConfigError> {
         let field = |name: &str| key.field(name);
         match (&self.key_claim, &self.key_param) {
             (Some(_), Some(_)) | (None, None) => {
@@ -453,11 +451,6 @@ impl PresenceRule {
             .find(|m| m.is_empty() || m.starts_with("phx_") || *m == "online_at")
         {
             return Err(field("meta_params").invalid(format!("{m:?} is reserved or empty")));
-        }
-        if !presence_store {
-            return Err(key.invalid(
-                "presence needs a single Redis server; it is not supported with redis.cluster = true",
-            ));
         }
         Ok(())
     }

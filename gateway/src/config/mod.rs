@@ -244,8 +244,6 @@ impl Config {
             sockets.push(s.settings(&key, self.longpoll.relay_timeout_ms)?);
         }
         let paths: Vec<&str> = sockets.iter().map(|s| s.path.as_str()).collect();
-        // Presence is stored with commands that need one Redis server.
-        let presence_store = !(self.redis.url.is_some() && self.redis.cluster);
         let channels = self
             .channels
             .iter()
@@ -254,7 +252,6 @@ impl Config {
                 c.settings(
                     &Key::root(format!("channel[{i}]")),
                     &paths,
-                    presence_store,
                     self.redis.url.is_some(),
                 )
             })

@@ -87,6 +87,13 @@ impl RedisConfig {
                 .field("prefix")
                 .invalid("must not contain Redis glob characters"));
         }
+        if self.cluster && self.prefix.contains(['{', '}']) {
+            // A hash tag in the prefix would put every channel and key in
+            // one slot, and break presence's per-topic and per-pod tags.
+            return Err(key
+                .field("prefix")
+                .invalid("must not contain { or } with cluster = true"));
+        }
         let Some(url) = &self.url else {
             if self.sentinel.is_some() || self.tls_ca_file.is_some() || self.tls_cert_file.is_some()
             {

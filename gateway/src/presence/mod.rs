@@ -124,10 +124,9 @@ impl fmt::Debug for Presence {
 
 impl Presence {
     /// Presence over `pubsub`: kept in Redis and shared by every pod when
-    /// the pubsub runs on Redis (a single Redis server; on a Redis Cluster
-    /// listings fail), in this process otherwise (it covers this node only,
-    /// whatever the broker). Its actor starts on first use, so building one
-    /// needs no runtime.
+    /// the pubsub runs on Redis (a single server or a cluster), in this
+    /// process otherwise (it covers this node only, whatever the broker).
+    /// Its actor starts on first use, so building one needs no runtime.
     pub fn new(pubsub: &PubSub, config: PresenceConfig) -> Self {
         let shared = pubsub.redis_broker().is_some();
         let store: Arc<dyn Store> = match pubsub.redis_broker() {

@@ -144,22 +144,19 @@ impl Store for RedisStore {
     async fn reap(&self) -> Result<Vec<(String, Bytes)>, StoreError> {
         let mut removed = Vec::new();
         for pod in self.store.dead_pods().await? {
+            let reaped = self.store.reap(&pod).await;
+            if !reaped.removed.is_empty() {
+                tracing::info!(
+                    pod,
+                    entries = reaped.removed.len(),
+                    "removed the presences of a dead pod"
+                );
+            }
             // What was already removed must be returned, or its leaves are lost.
-            match self.store.reap(&pod).await {
-                Ok(entries) => {
-                    if !entries.is_empty() {
-                        tracing::info!(
-                            pod,
-                            entries = entries.len(),
-                            "removed the presences of a dead pod"
-                        );
-                    }
-                    removed.extend(entries);
-                }
-                Err(e) => {
-                    tracing::warn!(pod, error = %e, "reaping a dead pod failed; will retry");
-                    break;
-                }
+            removed.extend(reaped.removed);
+            if let Some(e) = reaped.error {
+                tracing::warn!(pod, error = %e, "reaping a dead pod failed; will retry");
+                break;
             }
         }
         Ok(removed)
@@ -178,8 +175,9 @@ impl Store for RedisStore {
     }
 }
 
-/// A store that refuses everything, for a broker presence cannot use (a
-/// Redis Cluster): joins that need a presence list fail with its reason.
+/// A store that refuses everything, for a Redis presence cannot use (its
+/// store could not be made): joins that need a presence list fail with its
+/// reason.
 #[derive(Debug)]
 pub(crate) struct Unsupported(pub(crate) String);
 

@@ -35,8 +35,6 @@ pub enum Refusal {
     BroadcastFailed,
     /// A broadcast's payload is over the pod's `max_publish_bytes`.
     BroadcastTooLarge,
-    /// A binary payload cannot cross Redis, whose envelope is JSON.
-    BinaryBroadcast,
     /// A presence update from a client the channel does not track.
     NotPresent,
     /// The channel crashed after joining: the `phx_error` a client rejoins on.
@@ -61,7 +59,6 @@ impl Refusal {
             Refusal::EventNotAllowed => "event not allowed",
             Refusal::BroadcastFailed => "broadcast failed",
             Refusal::BroadcastTooLarge => "broadcast too large",
-            Refusal::BinaryBroadcast => "binary payloads cannot be broadcast through Redis",
             Refusal::NotPresent => "not present",
             Refusal::ChannelCrash => "channel_crash",
             Refusal::PayloadTooLarge => "payload too large",

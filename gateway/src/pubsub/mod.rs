@@ -57,9 +57,6 @@ pub enum PublishError {
         /// The limit.
         max: usize,
     },
-    /// A binary payload, which the Redis envelope (JSON) cannot carry.
-    #[error("binary payloads cannot be broadcast through Redis")]
-    Binary,
     /// The broker did not take it.
     #[error(transparent)]
     Broker(#[from] BrokerError),
@@ -269,8 +266,9 @@ impl PubSub {
     ///
     /// # Errors
     /// A reserved event (`phx_*`, presence events: see
-    /// [`reserved_event`]), a payload over [`max_publish`](Self::max_publish)
-    /// or, with Redis, a binary one; or the broker cannot accept the message.
+    /// [`reserved_event`]) or a payload over [`max_publish`](Self::max_publish)
+    /// (a binary one counts its bytes); or the broker cannot accept the
+    /// message.
     pub async fn broadcast(&self, msg: Broadcast) -> Result<(), PublishError> {
         self.publish(msg, None).await.map(|_| ())
     }
@@ -346,7 +344,6 @@ impl PubSub {
         }
         let size = match &msg.payload {
             Payload::Json(json) => json.bytes().len(),
-            Payload::Binary(_) if self.redis.is_some() => return Err(PublishError::Binary),
             Payload::Binary(bytes) => bytes.len(),
         };
         if size > self.max_publish {

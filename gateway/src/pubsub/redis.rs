@@ -5,6 +5,9 @@
 //! one order per publisher and topic. The envelope names this pod and the
 //! sending connection so `broadcast_from` skips the sender on its own pod.
 //!
+//! A binary payload travels base64 in the envelope's `binary` field and
+//! reaches the hub as binary again, as it does with the in-memory broker.
+//!
 //! What backends may publish is checked on the way in: `phx_*` events,
 //! presence events without the mark only this pod's presence writes, and
 //! payloads over the publish limit are dropped, counted and logged at most
@@ -91,7 +94,9 @@ impl Sink for HubSink {
         if let Some((mine, inbox)) = self.inbox.get() {
             if name == mine {
                 match Envelope::decode(body) {
-                    Ok(envelope) if envelope.event == NODE_EVENT => inbox.deliver(envelope.payload),
+                    Ok(envelope) if envelope.event == NODE_EVENT && !envelope.binary => {
+                        inbox.deliver(envelope.payload)
+                    }
                     // Only pods write here, with the relay's envelope.
                     _ => tracing::debug!(channel = name, "dropped a malformed relay message"),
                 }
@@ -111,7 +116,7 @@ impl Sink for HubSink {
             return;
         }
         metrics().broadcast(Source::Redis, topic);
-        if envelope.presence && envelope.event == PRESENCE_DIFF {
+        if envelope.presence && !envelope.binary && envelope.event == PRESENCE_DIFF {
             if let Some(tap) = self.hub.presence_tap() {
                 // Presence applies it to its state of the topic and tells
                 // this pod's clients once per window.
@@ -119,6 +124,7 @@ impl Sink for HubSink {
                 return;
             }
         }
+        let payload = payload(&envelope);
         let from = envelope
             .origin
             .filter(|o| o.node == self.node)
@@ -128,8 +134,7 @@ impl Sink for HubSink {
             &Broadcast {
                 topic: topic.to_owned(),
                 event: envelope.event,
-                // The bus hands over payloads it parsed as JSON.
-                payload: Payload::Json(Json::from_trusted(envelope.payload)),
+                payload,
                 from,
             },
             position.as_ref(),
@@ -137,12 +142,24 @@ impl Sink for HubSink {
     }
 }
 
+/// A delivered envelope's payload as clients get it: bytes as a binary
+/// payload (a binary frame to V2 clients, as the in-memory broker gives
+/// them), JSON as the bus parsed it.
+fn payload(envelope: &Envelope) -> Payload {
+    if envelope.binary {
+        Payload::Binary(envelope.payload.clone())
+    } else {
+        Payload::Json(Json::from_trusted(envelope.payload.clone()))
+    }
+}
+
 impl HubSink {
     /// Why a message from Redis must not reach clients: an event only the
-    /// gateway sends (presence's own diffs, marked, excepted), or a payload
-    /// over the limit (presence's excepted too: a burst of joins is large).
+    /// gateway sends (presence's own diffs, marked and JSON, excepted), or a
+    /// payload over the limit (presence's excepted too: a burst of joins is
+    /// large).
     fn refuse(&self, envelope: &Envelope) -> Option<Dropped> {
-        let presence = envelope.presence && is_presence_event(&envelope.event);
+        let presence = envelope.presence && !envelope.binary && is_presence_event(&envelope.event);
         match reserved_event(&envelope.event) {
             Some(ReservedEvent::Presence) if presence => {}
             Some(_) => return Some(Dropped::ReservedEvent),
@@ -232,25 +249,20 @@ impl RedisBroker {
     }
 
     /// The envelope of a broadcast from this pod.
-    fn envelope(&self, msg: &Broadcast) -> Result<Bytes, BrokerError> {
-        let Payload::Json(payload) = &msg.payload else {
-            return Err(BrokerError(
-                "binary payloads cannot be broadcast through Redis".into(),
-            ));
-        };
+    fn envelope(&self, msg: &Broadcast) -> Bytes {
         let origin = msg.from.map(|conn| Origin {
             node: self.node.clone(),
             conn,
         });
-        // Only presence gets here with a presence event: `PubSub::broadcast`
-        // refuses them from every other publisher.
-        let presence = is_presence_event(&msg.event);
-        Ok(Envelope::encode_marked(
-            &msg.event,
-            payload.bytes(),
-            origin.as_ref(),
-            presence,
-        ))
+        match &msg.payload {
+            Payload::Json(payload) => {
+                // Only presence gets here with a presence event:
+                // `PubSub::broadcast` refuses them from every other publisher.
+                let presence = is_presence_event(&msg.event);
+                Envelope::encode_marked(&msg.event, payload.bytes(), origin.as_ref(), presence)
+            }
+            Payload::Binary(data) => Envelope::encode_binary(&msg.event, data, origin.as_ref()),
+        }
     }
 
     /// A kept envelope as a join replays it: held to what clients may
@@ -263,8 +275,8 @@ impl RedisBroker {
         }
         Some(Kept {
             position: Position::parse(envelope.position.as_deref()?)?,
+            payload: payload(&envelope),
             event: envelope.event,
-            payload: Payload::Json(Json::from_trusted(envelope.payload)),
         })
     }
 }
@@ -326,7 +338,7 @@ impl Broker for RedisBroker {
     }
 
     async fn publish(&self, msg: Broadcast) -> Result<(), BrokerError> {
-        let envelope = self.envelope(&msg)?;
+        let envelope = self.envelope(&msg);
         self.bus
             .publish(&msg.topic, envelope)
             .await
@@ -340,7 +352,7 @@ impl Broker for RedisBroker {
         history: &History,
         idempotency_key: Option<&str>,
     ) -> Result<Position, BrokerError> {
-        let envelope = self.envelope(&msg)?;
+        let envelope = self.envelope(&msg);
         let (position, _) = self
             .bus
             .publish_kept(

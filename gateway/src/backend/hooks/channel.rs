@@ -84,7 +84,7 @@ pub(crate) async fn push<I: Send + 'static>(
             let refusal = match e {
                 PublishError::TooLarge { .. } => Refusal::BroadcastTooLarge,
                 PublishError::Reserved { .. } => Refusal::EventNotAllowed,
-                PublishError::Binary | PublishError::Broker(_) => Refusal::BroadcastFailed,
+                PublishError::Broker(_) => Refusal::BroadcastFailed,
             };
             return HandleIn::error(refusal.payload());
         }

@@ -133,6 +133,12 @@ fn every_error_names_its_key() {
     fails("[demo]\nenabled = true\nsocket = \"/other\"", "demo.socket");
     fails("[redis]\nurl = \"http://127.0.0.1\"", "redis.url");
     fails("[redis]\nprefix = \"a*\"", "redis.prefix");
+    // Hash tags in the prefix would put every key of a cluster in one slot.
+    fails(
+        "[redis]\nurl = \"redis://a:1\"\ncluster = true\nprefix = \"{a}:\"",
+        "redis.prefix",
+    );
+    assert!(load("[redis]\nurl = \"redis://a:1\"\nprefix = \"{a}:\"", &[]).is_ok());
     assert!(load("[redis]\nurl = \"redis://127.0.0.1:6390\"", &[]).is_ok());
 }
 
@@ -197,13 +203,10 @@ fn presence_rules() {
         &rule("key_param = \"u\"\nupdate_event = \"phx_x\""),
         "channel[0].presence.update_event",
     );
-    fails(
-        &format!(
-            "[redis]\nurl = \"redis://a:1\"\ncluster = true\n{}",
-            rule("key_param = \"u\"")
-        ),
-        "channel[0].presence",
-    );
+    // Presence works on a Redis Cluster.
+    let cluster = "[redis]\nurl = \"redis://a:1\"\ncluster = true\n";
+    let c = load(&format!("{cluster}{}", rule("key_param = \"u\"")), &[]).unwrap();
+    assert!(c.validate().unwrap().channels[0].presence.is_some());
     fails("[presence]\npod_timeout_ms = 10", "presence.pod_timeout_ms");
     fails("[presence]\nbatch_ms = 60000", "presence.batch_ms");
     fails("[presence]\nbatch_ms = 50", "presence.batch_ms");
