@@ -179,10 +179,15 @@ async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_queries_and_alerts_work_on_real_scrapes() {
     let mut redis = RedisServer::start().await;
-    // Two pods on one Redis prefix.
+    // Two pods on one Redis prefix, rebalancing on (its panels need its
+    // gauges; with a few clients nothing is shed).
     let pod = GatewayProcess::builder(env!("CARGO_BIN_EXE_gateway"))
         .redis(&redis.url())
-        .configure(|c| c.server.max_connections = MAX_CONNECTIONS);
+        .configure(|c| {
+            c.server.max_connections = MAX_CONNECTIONS;
+            c.rebalance.enabled = true;
+            c.rebalance.interval_ms = 1000;
+        });
     let pods = [pod.clone().start().await, pod.start().await];
     let prom = Prometheus::start(&[&pods[0], &pods[1]]).await;
 
