@@ -18,16 +18,26 @@ use test_support::redis_tls::{Certs, TlsRedis};
 use test_support::scrape::sample;
 use test_support::temp::{prefix, repo_path};
 use test_support::wait::until;
-use test_support::{GatewayBuilder, GatewayProcess, PhxClient, RedisServer, SETTLE};
+use test_support::{GatewayBuilder, GatewayProcess, LpClient, PhxClient, RedisServer, SETTLE};
 
 /// Bounds a failover: Sentinel's `down-after` (1 s), its election, the
 /// promotion and the pods' next connect, on a loaded machine.
 const FAILOVER: Duration = Duration::from_secs(40);
 
-/// config/example.toml with lifecycle events on `private:*`, on `prefix`.
+/// config/example.toml with lifecycle events on `private:*` and pushes of
+/// `fwd:*` forwarded to the stream `in:chat`, on `prefix`.
 fn example(prefix: &str) -> Config {
     let text = std::fs::read_to_string(repo_path("config/example.toml")).unwrap();
-    let mut c = Config::parse(&text, "config/example.toml").unwrap();
+    let forward = r#"
+[[channel]]
+pattern = "fwd:*"
+events = ["new_msg"]
+mode = "forward"
+
+[channel.forward]
+stream = "chat"
+"#;
+    let mut c = Config::parse(&format!("{text}\n{forward}"), "config/example.toml").unwrap();
     c.redis.prefix = prefix.into();
     c.server.drain_delay_ms = 0;
     c.server.drain_period_ms = 0;
@@ -98,9 +108,10 @@ async fn recv_until(
     panic!("{what}: not received within {within:?}; got {seen:?}");
 }
 
-/// Two pods on one Redis as `url` (with `tls`'s settings) deliver each
-/// other's broadcasts, keep history and share presence.
-async fn pods_work_together(config: Config) {
+/// Two pods on one Redis (`admin` reaches it as the default user) deliver
+/// each other's broadcasts, keep history, share presence, relay a
+/// long-poll session's requests and forward a push to a backend.
+async fn pods_work_together(config: Config, admin: &RedisServer) {
     let a = pod(config.clone()).start().await;
     let b = pod(config).start().await;
     redis_up(&a).await;
@@ -132,6 +143,65 @@ async fn pods_work_together(config: Config) {
     recv_until(&mut cc, "the kept message replayed", SETTLE, |v| {
         v[3] == "new_msg" && v[4]["body"] == "hello"
     })
+    .await;
+    // A long-poll session of pod a, its join posted to pod b: relayed to a
+    // through Redis.
+    let mut lp = LpClient::new(a.addr, "vsn=2.0.0");
+    lp.open().await;
+    lp.addr = b.addr;
+    assert_eq!(
+        lp.post(&[json!(["1", "1", "room:lp", "phx_join", {"user": "lp"}])])
+            .await,
+        200
+    );
+    let mut replies = Vec::new();
+    while replies.is_empty() {
+        replies = test_support::longpoll::decode(&lp.get().await);
+    }
+    assert_eq!(replies[0][3], "phx_reply", "{replies:?}");
+    assert_eq!(replies[0][4]["status"], "ok", "{replies:?}");
+    // A forwarded push: in the stream, answered by a "backend" on the
+    // pod's reply channel.
+    let mut fwd = a.client().await;
+    fwd.join("fwd:1", "1").await;
+    fwd.send(json!(["1", "2", "fwd:1", "new_msg", {"body": "in"}]))
+        .await;
+    let stream = a.channel("in:chat");
+    let entry: Vec<(String, Vec<String>)> = {
+        let (admin, stream) = (admin, &stream);
+        until("the push in the stream", SETTLE, || async move {
+            let out: redis::Value = admin
+                .conn()
+                .await
+                .cmd(&["XREVRANGE", stream, "+", "-", "COUNT", "1"])
+                .await;
+            let entries: Vec<(String, Vec<String>)> =
+                redis::from_redis_value(out).map_err(|e| e.to_string())?;
+            if entries.is_empty() {
+                Err("empty".to_owned())
+            } else {
+                Ok(entries)
+            }
+        })
+        .await
+    };
+    let fields = &entry[0].1;
+    let field = |name: &str| {
+        let i = fields.iter().position(|f| f == name).unwrap();
+        fields[i + 1].clone()
+    };
+    let answer = json!({"ref": field("reply_ref"), "status": "ok", "response": {"got": true}});
+    assert_eq!(
+        admin.publish(&field("reply_to"), &answer.to_string()).await,
+        1
+    );
+    fwd.expect(test_support::reply(
+        Some("1"),
+        "2",
+        "fwd:1",
+        "ok",
+        json!({"got": true}),
+    ))
     .await;
     for p in [&a, &b] {
         let (status, body) = p.get("/readyz").await.unwrap();
@@ -183,7 +253,7 @@ async fn tls_with_a_private_ca_and_a_client_certificate() {
     c.redis.tls_ca_file = Some(certs.path("ca.crt"));
     c.redis.tls_cert_file = Some(certs.path("client.crt"));
     c.redis.tls_key_file = Some(certs.path("client.key"));
-    pods_work_together(c).await;
+    pods_work_together(c, &redis.server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,14 +264,14 @@ async fn tls_refuses_an_untrusted_server_unless_told_to_be_insecure() {
     c.redis.url = Some(redis.url(""));
     // A CA that did not sign the server's certificate.
     c.redis.tls_ca_file = Some(certs.path("other-ca.crt"));
-    let p = pod(c.clone()).start().await;
+    let p = pod(c.clone()).redis_down().start().await;
     let body = unready_because(&p, "tls", "127.0.0.1").await;
     eprintln!("{body}");
 
     // The development switch: any certificate.
     c.redis.tls_ca_file = None;
     c.redis.tls_insecure = true;
-    pods_work_together(c).await;
+    pods_work_together(c, &redis.server).await;
 }
 
 /// The ACL line of docs/redis.md, for a user `gateway` with password
@@ -234,7 +304,7 @@ async fn the_documented_acl_user_serves_everything() {
     let mut c = example(&pre);
     let port = redis.port();
     c.redis.url = Some(format!("redis://gateway:gwpass@127.0.0.1:{port}/0"));
-    pods_work_together(c.clone()).await;
+    pods_work_together(c.clone(), &redis).await;
 
     // Lifecycle events need their own commands: a join of private:* lands
     // in the stream.
@@ -268,7 +338,7 @@ async fn wrong_credentials_and_denials_are_reported() {
     // A wrong password.
     let mut c = example(&pre);
     c.redis.url = Some(format!("redis://gateway:wrong-s3cret@{address}/0"));
-    let p = pod(c.clone()).start().await;
+    let p = pod(c.clone()).redis_down().start().await;
     unready_because(&p, "auth", &address).await;
     // Joins say why they fail, at once.
     let mut client = p.client().await;
@@ -282,7 +352,7 @@ async fn wrong_credentials_and_denials_are_reported() {
         .cmd(&["ACL", "SETUSER", "gateway", "resetchannels"])
         .await;
     c.redis.url = Some(format!("redis://gateway:s3cret@{address}/0"));
-    let p = pod(c.clone()).start().await;
+    let p = pod(c.clone()).redis_down().start().await;
     let body = unready_because(&p, "acl", &address).await;
     assert!(
         body.contains("NOPERM") || body.contains("permission"),
@@ -293,13 +363,13 @@ async fn wrong_credentials_and_denials_are_reported() {
     // Nothing listens there.
     let free = test_support::free_port();
     c.redis.url = Some(format!("redis://:s3cret@127.0.0.1:{free}/0"));
-    let p = pod(c.clone()).start().await;
+    let p = pod(c.clone()).redis_down().start().await;
     unready_because(&p, "refused", &format!("127.0.0.1:{free}")).await;
     drop(p);
 
     // A name that does not resolve.
     c.redis.url = Some("redis://:s3cret@redis.invalid:6379/0".into());
-    let p = pod(c).start().await;
+    let p = pod(c).redis_down().start().await;
     unready_because(&p, "dns", "redis.invalid:6379").await;
     // Logged with cause and address, the password hidden, and not once per
     // retry.
@@ -347,6 +417,7 @@ async fn sentinel_failover_is_followed() {
 
     let old = set.master().await;
     let mut set = set;
+    let killed = std::time::Instant::now();
     set.servers[old].kill();
     set.wait_master(1 - old, FAILOVER).await;
 
@@ -386,6 +457,10 @@ async fn sentinel_failover_is_followed() {
             break;
         }
     }
+    eprintln!(
+        "delivery through the new master {:?} after the kill",
+        killed.elapsed()
+    );
     for p in [&a, &b] {
         let (status, body) = p.get("/readyz").await.unwrap();
         assert_eq!(status, 200, "{body}");

@@ -35,7 +35,7 @@ impl Cluster {
     pub async fn with_redis_down(pod: GatewayBuilder, pods: usize) -> Cluster {
         let mut redis = RedisServer::start().await;
         redis.kill();
-        Cluster::around(redis, pod.linger_ms(LINGER_MS), pods).await
+        Cluster::around(redis, pod.linger_ms(LINGER_MS).redis_down(), pods).await
     }
 
     async fn around(redis: RedisServer, pod: GatewayBuilder, pods: usize) -> Cluster {

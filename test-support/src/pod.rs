@@ -10,6 +10,7 @@ use crate::http::Request;
 use crate::phoenix::PhxClient;
 use crate::process::{start_on_free_port, Probe, Process};
 use crate::temp::{free_port, prefix, unique, TempDir};
+use crate::wait::START_TIMEOUT;
 use gateway::config::{ChannelRule, Config, JwtConfig, Mode, Policy, PresenceRule, SocketSection};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -114,6 +115,8 @@ pub struct GatewayBuilder {
     config: Config,
     metrics_port: bool,
     shell_prefix: Option<String>,
+    /// Whether `start` waits for the pod's Redis subscriber connection.
+    wait_redis: bool,
 }
 
 impl GatewayBuilder {
@@ -167,6 +170,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// Do not wait for Redis at start: a test whose Redis is down, or that
+    /// the pod cannot use (wrong password, untrusted certificate).
+    pub fn redis_down(mut self) -> Self {
+        self.wait_redis = false;
+        self
+    }
+
     /// Changes the config.
     pub fn configure(mut self, f: impl FnOnce(&mut Config)) -> Self {
         f(&mut self.config);
@@ -200,7 +210,9 @@ impl GatewayBuilder {
             mut config,
             metrics_port,
             shell_prefix,
+            wait_redis,
         } = self;
+        let wait_redis = wait_redis && config.redis.url.is_some();
         let dir = TempDir::new("pod");
         let api_key = unique("key");
         config.api.key = Some(api_key.clone());
@@ -235,7 +247,7 @@ impl GatewayBuilder {
         let probe = |port: u16, _pid: u32| is_ours(port, api_path.clone(), api_key.clone());
         let log = dir.path("gateway.log");
         let (process, port) = start_on_free_port("gateway", &log, command, probe).await;
-        GatewayProcess {
+        let pod = GatewayProcess {
             addr: ([127, 0, 0, 1], port).into(),
             api_key,
             api_path,
@@ -243,7 +255,22 @@ impl GatewayBuilder {
             metrics_addr: metrics,
             process,
             _dir: dir,
+        };
+        if wait_redis {
+            // Joins and long-poll sessions need the subscriber connection,
+            // which comes up just after the port: wait for it, as a
+            // readiness probe would.
+            let at = pod.metrics_addr.unwrap_or(pod.addr);
+            crate::wait::until("the pod's Redis subscriber", START_TIMEOUT, || async move {
+                let text = crate::scrape::scrape_at(at).await;
+                match crate::scrape::sample(&text, "gateway_redis_up", &[]) {
+                    Some(1.0) => Ok(()),
+                    other => Err(other),
+                }
+            })
+            .await;
         }
+        pod
     }
 }
 
@@ -290,6 +317,7 @@ impl GatewayProcess {
             config,
             metrics_port: false,
             shell_prefix: None,
+            wait_redis: true,
         }
     }
 
