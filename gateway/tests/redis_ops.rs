@@ -111,7 +111,7 @@ async fn recv_until(
 /// Two pods on one Redis (`admin` reaches it as the default user) deliver
 /// each other's broadcasts, keep history, share presence, relay a
 /// long-poll session's requests and forward a push to a backend.
-async fn pods_work_together(config: Config, admin: &RedisServer) {
+async fn pods_work_together(config: Config, admin: Option<&RedisServer>) {
     let a = pod(config.clone()).start().await;
     let b = pod(config).start().await;
     redis_up(&a).await;
@@ -161,7 +161,22 @@ async fn pods_work_together(config: Config, admin: &RedisServer) {
     assert_eq!(replies[0][3], "phx_reply", "{replies:?}");
     assert_eq!(replies[0][4]["status"], "ok", "{replies:?}");
     // A forwarded push: in the stream, answered by a "backend" on the
-    // pod's reply channel.
+    // pod's reply channel (single server only: the test's own commands do
+    // not follow a cluster's slots).
+    if let Some(admin) = admin {
+        forwarded_push(&a, admin).await;
+    }
+    for p in [&a, &b] {
+        let (status, body) = p.get("/readyz").await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        let (_, metrics) = p.get("/metrics").await.unwrap();
+        assert_eq!(sample(&metrics, "gateway_redis_up", &[]), Some(1.0));
+    }
+}
+
+/// A push of `fwd:1` on `a` lands in the stream; the answer published to
+/// the pod's reply channel comes back as the push's reply.
+async fn forwarded_push(a: &GatewayProcess, admin: &RedisServer) {
     let mut fwd = a.client().await;
     fwd.join("fwd:1", "1").await;
     fwd.send(json!(["1", "2", "fwd:1", "new_msg", {"body": "in"}]))
@@ -203,12 +218,6 @@ async fn pods_work_together(config: Config, admin: &RedisServer) {
         json!({"got": true}),
     ))
     .await;
-    for p in [&a, &b] {
-        let (status, body) = p.get("/readyz").await.unwrap();
-        assert_eq!(status, 200, "{body}");
-        let (_, metrics) = p.get("/metrics").await.unwrap();
-        assert_eq!(sample(&metrics, "gateway_redis_up", &[]), Some(1.0));
-    }
 }
 
 /// Waits until the pod's subscriber connection is up.
@@ -253,7 +262,7 @@ async fn tls_with_a_private_ca_and_a_client_certificate() {
     c.redis.tls_ca_file = Some(certs.path("ca.crt"));
     c.redis.tls_cert_file = Some(certs.path("client.crt"));
     c.redis.tls_key_file = Some(certs.path("client.key"));
-    pods_work_together(c, &redis.server).await;
+    pods_work_together(c, Some(&redis.server)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,7 +280,7 @@ async fn tls_refuses_an_untrusted_server_unless_told_to_be_insecure() {
     // The development switch: any certificate.
     c.redis.tls_ca_file = None;
     c.redis.tls_insecure = true;
-    pods_work_together(c, &redis.server).await;
+    pods_work_together(c, Some(&redis.server)).await;
 }
 
 /// The ACL line of docs/redis.md, for a user `gateway` with password
@@ -304,7 +313,7 @@ async fn the_documented_acl_user_serves_everything() {
     let mut c = example(&pre);
     let port = redis.port();
     c.redis.url = Some(format!("redis://gateway:gwpass@127.0.0.1:{port}/0"));
-    pods_work_together(c.clone(), &redis).await;
+    pods_work_together(c.clone(), Some(&redis)).await;
 
     // Lifecycle events need their own commands: a join of private:* lands
     // in the stream.
@@ -325,6 +334,30 @@ async fn the_documented_acl_user_serves_everything() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_acl_user_serves_a_cluster() {
+    let pre = prefix("ops");
+    // ACL users are per node: the line runs on every master.
+    let acl = documented_acl(&pre, "gwpass");
+    let cluster = test_support::RedisCluster::start().await;
+    let args: Vec<&str> = acl.iter().map(String::as_str).collect();
+    for i in 0..3 {
+        let ok: String = cluster.cmd(i, &args).await;
+        assert_eq!(ok, "OK");
+    }
+    let mut c = example(&pre);
+    c.redis.cluster = true;
+    let seeds: Vec<String> = (0..2)
+        .map(|i| format!("redis://gateway:gwpass@127.0.0.1:{}", cluster.port(i)))
+        .collect();
+    c.redis.url = Some(seeds.join(","));
+    // Lifecycle events need a single server.
+    for rule in &mut c.channels {
+        rule.lifecycle = None;
+    }
+    pods_work_together(c, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,10 +424,14 @@ async fn wrong_credentials_and_denials_are_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_is_followed() {
-    let set = SentinelSet::start(&[]).await;
     let pre = prefix("ops");
+    // Both data servers have the documented ACL user; the master is found
+    // through the sentinels and authenticated with the URL's user.
+    let mut user = vec!["--user".to_owned()];
+    user.extend(documented_acl(&pre, "gwpass").into_iter().skip(2));
+    let set = SentinelSet::start(&user).await;
     let mut c = example(&pre);
-    c.redis.url = Some("redis://ignored/0".into());
+    c.redis.url = Some("redis://gateway:gwpass@ignored/0".into());
     c.redis.sentinel = Some(gateway::config::SentinelConfig {
         master: MASTER.into(),
         nodes: set.nodes(),

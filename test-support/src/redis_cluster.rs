@@ -70,6 +70,12 @@ impl RedisCluster {
         RedisCluster::form(0, &[]).await
     }
 
+    /// [`start`](Self::start) with more `redis-server` arguments for every
+    /// node (ACL users, ...).
+    pub async fn start_with(extra: &[String]) -> RedisCluster {
+        RedisCluster::form(0, extra).await
+    }
+
     /// Three masters and a replica of each (node `3 + i` of master `i`); a
     /// node that does not answer its peers for `node_timeout_ms` is failed
     /// over to its replica (Redis's default is 15000). Returns once every
