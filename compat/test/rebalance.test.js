@@ -4,7 +4,11 @@
 // the first sheds its excess with close 1012, which phoenix.js reconnects
 // from through nginx. The counts converge into the band, slowly, without a
 // pod going below the average and without any client reconnecting over and
-// over. Waits are on the pods' /metrics gauges and the clients' events.
+// over. With history on ([channel.history]), a publisher keeps publishing
+// through the shedding, and every client, shed or not, ends with every
+// message once, in order: phoenix.js rejoins with the last position it saw
+// (docs/history.md). Waits are on the pods' /metrics gauges and the
+// clients' events.
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -40,6 +44,7 @@ async function scrape(pod) {
     recovered: value(/^gateway_history_recoveries_total\{[^}]*result="recovered"[^}]*\} (\d+)$/m),
     notRecovered: value(/^gateway_history_recoveries_total\{[^}]*result="not_recovered"[^}]*\} (\d+)$/m),
     gaps: value(/^gateway_history_gaps_total(?:\{[^}]*\})? (\d+)$/m),
+    replayed: value(/^gateway_history_replayed_total(?:\{[^}]*\})? (\d+)$/m),
   };
 }
 
@@ -360,6 +365,10 @@ test("with history on, no message is lost while the pods rebalance: every client
       `pods counted ${sum("recovered")} recovered, ${sum("notRecovered")} not, ${sum("gaps")} gaps`,
   );
   assert.equal(sum("notRecovered"), 0, "no rejoin was refused its recovery");
+  // What the clients were away for came by replay: their own count is the
+  // pods'.
+  assert.ok(replayed > 0, "the rejoins replayed what their clients missed");
+  assert.equal(sum("replayed"), replayed, "messages the pods replayed");
   assert.equal(sum("recovered"), closes.length, "every rejoin asked for what followed its last message");
 });
 
