@@ -398,12 +398,15 @@ test("a draining pod stops shedding at once and withdraws its count", async (t) 
   await until("pod B seeing two pods", async () => (await scrape(b)).pods === 2, { timeoutMs: 10_000 });
 
   const termAt = performance.now();
-  const exited = a.kill("SIGTERM");
+  // The grace before SIGKILL outlasts the drain (3 s) and its deadline
+  // (4 s): the default 3 s would race the drain's last closes and cut them
+  // (1006).
+  const exited = a.proc.stop({ signal: "SIGTERM", graceMs: 10_000 });
   // A withdrew its count while it still drains (3 s): B's next round sees
   // B alone.
   await until("pod B seeing itself alone", async () => (await scrape(b)).pods === 1, { timeoutMs: 2500 });
   assert.ok(a.proc.running, "pod A still draining when B saw it gone");
-  await exited;
+  assert.ok(!(await exited).graceExpired, "pod A ended its drain by itself");
 
   // Every client is back, on B; what A closed after the drain began was
   // closed the drain's way (1001), not shed (1012).
