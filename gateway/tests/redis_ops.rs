@@ -1,5 +1,5 @@
 //! Redis as operators run it, against real servers: TLS with a private CA
-//! and client certificates, an ACL user with exactly the rights
+//! and client certificates (on one server and on a Cluster), an ACL user with exactly the rights
 //! docs/redis.md's line grants, Sentinel failing over, and each way of
 //! getting the connection wrong (password, ACL, DNS, refused port,
 //! untrusted certificate) showing in the log, `/metrics` and `/readyz`.
@@ -263,6 +263,21 @@ async fn tls_with_a_private_ca_and_a_client_certificate() {
     c.redis.tls_cert_file = Some(certs.path("client.crt"));
     c.redis.tls_key_file = Some(certs.path("client.key"));
     pods_work_together(c, Some(&redis.server)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_on_a_cluster() {
+    let certs = Certs::generate();
+    let cluster = test_support::RedisCluster::start_tls(&certs).await;
+    let mut c = example(&prefix("ops"));
+    c.redis.cluster = true;
+    c.redis.url = Some(cluster.tls_seeds());
+    c.redis.tls_ca_file = Some(certs.path("ca.crt"));
+    // Lifecycle events need a single server.
+    for rule in &mut c.channels {
+        rule.lifecycle = None;
+    }
+    pods_work_together(c, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,11 +18,13 @@ use std::collections::BTreeSet;
 const MASTERS: usize = 3;
 const FIRST_SLOTS: [u16; MASTERS] = [0, 5461, 10923];
 
-/// One node: its port and its process (killed or running).
+/// One node: its port and its process (killed or running), and its TLS
+/// port in a TLS cluster.
 #[derive(Debug)]
 struct Node {
     port: u16,
     process: Process,
+    tls_port: Option<u16>,
 }
 
 /// Three masters on free ports (cluster bus on port + 10000), nodes 0-2, and
@@ -34,6 +36,8 @@ pub struct RedisCluster {
     dir: TempDir,
     /// Extra `redis-server` arguments of every node.
     extra: Vec<String>,
+    /// The TLS arguments of every node (its own `--tls-port` apart).
+    tls: Vec<String>,
 }
 
 /// A free port below 55000 whose cluster bus port (+10000) is free too.
@@ -56,9 +60,22 @@ fn cluster_args(port: u16) -> [String; 4] {
     ]
 }
 
-async fn start_node(dir: &TempDir, port: u16, extra: &[String]) -> Result<Process, String> {
-    let args = cluster_args(port);
-    let args: Vec<&str> = args.iter().chain(extra).map(String::as_str).collect();
+async fn start_node(
+    dir: &TempDir,
+    port: u16,
+    extra: &[String],
+    tls: &[String],
+    tls_port: Option<u16>,
+) -> Result<Process, String> {
+    let mut args: Vec<String> = cluster_args(port)
+        .into_iter()
+        .chain(extra.iter().cloned())
+        .collect();
+    if let Some(t) = tls_port {
+        args.extend(["--tls-port".to_owned(), t.to_string()]);
+        args.extend(tls.iter().cloned());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     start_redis_on(dir, port, &args, &format!("redis-{port}.log")).await
 }
 
@@ -67,13 +84,43 @@ impl RedisCluster {
     /// them to each other and waits until every node reports
     /// `cluster_state:ok`.
     pub async fn start() -> RedisCluster {
-        RedisCluster::form(0, &[]).await
+        RedisCluster::form(0, &[], None).await
+    }
+
+    /// Three masters that also speak TLS with `certs`' server certificate,
+    /// among themselves too (`tls-cluster yes`), so `CLUSTER SLOTS` asked
+    /// over TLS names TLS ports; their plain ports stay for the test's own
+    /// commands. [`tls_seeds`](Self::tls_seeds) are their `rediss://` URLs.
+    pub async fn start_tls(certs: &crate::redis_tls::Certs) -> RedisCluster {
+        let path = |n: &str| certs.path(n).display().to_string();
+        let tls = [
+            "--tls-cert-file".to_owned(),
+            path("server.crt"),
+            "--tls-key-file".to_owned(),
+            path("server.key"),
+            "--tls-ca-cert-file".to_owned(),
+            path("ca.crt"),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+            "--tls-cluster".to_owned(),
+            "yes".to_owned(),
+        ];
+        RedisCluster::form(0, &[], Some(&tls)).await
+    }
+
+    /// `rediss://127.0.0.1:{tls port}` of two nodes, comma-separated.
+    pub fn tls_seeds(&self) -> String {
+        self.nodes[..2]
+            .iter()
+            .map(|n| format!("rediss://127.0.0.1:{}", n.tls_port.expect("a TLS cluster")))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// [`start`](Self::start) with more `redis-server` arguments for every
     /// node (ACL users, ...).
     pub async fn start_with(extra: &[String]) -> RedisCluster {
-        RedisCluster::form(0, extra).await
+        RedisCluster::form(0, extra, None).await
     }
 
     /// Three masters and a replica of each (node `3 + i` of master `i`); a
@@ -82,7 +129,7 @@ impl RedisCluster {
     /// replica's link to its master is up.
     pub async fn start_with_replicas(node_timeout_ms: u64) -> RedisCluster {
         let timeout = ["--cluster-node-timeout".into(), node_timeout_ms.to_string()];
-        let cluster = RedisCluster::form(MASTERS, &timeout).await;
+        let cluster = RedisCluster::form(MASTERS, &timeout, None).await;
         for i in 0..MASTERS {
             let (replica, cluster) = (MASTERS + i, &cluster);
             until("replica in sync", START_TIMEOUT, || async move {
@@ -98,15 +145,22 @@ impl RedisCluster {
     /// Starts the masters and `replicas` more nodes with `extra` arguments,
     /// assigns the slots, introduces every node and makes node `MASTERS + i`
     /// replicate master `i`.
-    async fn form(replicas: usize, extra: &[String]) -> RedisCluster {
+    async fn form(replicas: usize, extra: &[String], tls: Option<&[String]>) -> RedisCluster {
         let dir = TempDir::new("redis-cluster");
+        let tls = tls.map(<[String]>::to_vec).unwrap_or_default();
         let mut nodes = Vec::new();
         for _ in 0..MASTERS + replicas {
             let mut started = None;
             for _ in 0..5 {
                 let port = cluster_port();
-                if let Ok(process) = start_node(&dir, port, extra).await {
-                    started = Some(Node { port, process });
+                // With tls-cluster, the bus is on the TLS port + 10000.
+                let tls_port = (!tls.is_empty()).then(cluster_port);
+                if let Ok(process) = start_node(&dir, port, extra, &tls, tls_port).await {
+                    started = Some(Node {
+                        port,
+                        process,
+                        tls_port,
+                    });
                     break;
                 }
             }
@@ -116,6 +170,7 @@ impl RedisCluster {
             nodes,
             dir,
             extra: extra.to_vec(),
+            tls,
         };
         for (i, first) in FIRST_SLOTS.iter().enumerate() {
             let epoch = (i + 1).to_string();
@@ -129,7 +184,8 @@ impl RedisCluster {
                 .await;
         }
         for i in 1..cluster.nodes.len() {
-            let port = cluster.port(i).to_string();
+            let node = &cluster.nodes[i];
+            let port = node.tls_port.unwrap_or(node.port).to_string();
             let _: String = cluster
                 .cmd(0, &["CLUSTER", "MEET", "127.0.0.1", &port])
                 .await;
@@ -325,10 +381,10 @@ impl RedisCluster {
     /// Starts node `i` again on its port with its `nodes-P.conf` (it rejoins
     /// the cluster, as a replica if it was failed over).
     pub async fn restart(&mut self, i: usize) {
-        let port = self.nodes[i].port;
-        let (dir, extra) = (&self.dir, &self.extra);
+        let (port, tls_port) = (self.nodes[i].port, self.nodes[i].tls_port);
+        let (dir, extra, tls) = (&self.dir, &self.extra, &self.tls);
         let p = until("redis-server restart", START_TIMEOUT, || {
-            start_node(dir, port, extra)
+            start_node(dir, port, extra, tls, tls_port)
         })
         .await;
         self.nodes[i].process = p;

@@ -16,12 +16,14 @@ pub struct Certs {
 }
 
 impl Certs {
-    /// Makes the CAs and certificates (EC P-256, valid two days).
+    /// Makes the CAs and certificates (EC P-256, valid two days). The
+    /// server's is also a client certificate: cluster nodes present it to
+    /// each other (`tls-cluster yes`).
     pub fn generate() -> Certs {
         let dir = TempDir::new("certs");
         std::fs::write(
             dir.path("server.ext"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
         )
         .unwrap();
         std::fs::write(dir.path("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
