@@ -192,8 +192,9 @@ RA=$HOLD_PID
 wait_until "$TOPICS more channels" channels_at_least $((C1 + TOPICS)); alive "$RA"
 M5=$(mem); note mem.room_topics "$((M5 - M4))"
 note keys.room_topics "$(($(rcli DBSIZE) - K0))"
+rcli INFO commandstats >"$OUT/rooms.before"
 note cpu_rate.room_topics "$(bg_rate "$IDLE_SECS")"
-connections busy
+rcli INFO commandstats >"$OUT/rooms.after"
 release "$RA"; release "$TB"; release "$TA"
 wait_until "the topics unsubscribed" channels_at_most "$C0"
 
@@ -214,6 +215,7 @@ c1=$(cpu); t1=$(now)
 rcli INFO commandstats >"$OUT/joins.after"
 note joins.cpu "$(python3 -c "print(f'{$c1 - $c0:.6f} {$t1 - $t0:.3f}')")"
 M7=$(mem); note mem.users "$((M7 - M6))"
+connections busy
 room="${PREFIX}presence:{room:pr:0}"
 note presence.topic_hash "$(rcli MEMORY USAGE "$room" SAMPLES 0) $(rcli HLEN "$room")"
 note presence.entry "$(rcli HRANDFIELD "$room" 1 WITHVALUES | tr '\n' ' ')"
@@ -297,4 +299,4 @@ done
 note loadavg.end "$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' /)"
 note mem.end "$(info memory used_memory) rss $(info memory used_memory_rss)"
 
-python3 loadtest/bench/redis_sizing.py "$OUT" "$DURATION" | tee "$OUT/summary.md"
+python3 loadtest/bench/redis_sizing.py "$OUT" "$DURATION" "$IDLE_SECS" | tee "$OUT/summary.md"

@@ -2,7 +2,7 @@
 OUT/readings.txt, the INFO commandstats around the presence joins and
 leaves, and the fan-out JSON, and prints Markdown tables.
 
-    python3 loadtest/bench/redis_sizing.py OUT DURATION_SECS
+    python3 loadtest/bench/redis_sizing.py OUT DURATION_SECS [IDLE_SECS]
 """
 
 import json
@@ -11,7 +11,7 @@ import re
 import sys
 
 # The script's own commands, left out of the pods' commandstats.
-OWN = {"info", "hlen", "client", "memory", "function", "dbsize", "eval", "ping", "scan", "hrandfield", "xlen"}
+OWN = {"info", "hlen", "client", "memory", "function", "dbsize", "eval", "ping", "scan", "hrandfield", "xlen", "command"}
 
 
 def readings(out):
@@ -32,12 +32,14 @@ def commandstats(path):
 
 
 def delta(out, name):
+    if not os.path.exists(os.path.join(out, f"{name}.after")):
+        return {}
     before = commandstats(os.path.join(out, f"{name}.before"))
     after = commandstats(os.path.join(out, f"{name}.after"))
     d = {}
     for cmd, (calls, usec) in after.items():
         c0, u0 = before.get(cmd, (0, 0))
-        if calls > c0 and cmd not in OWN:
+        if calls > c0 and cmd.split("|")[0] not in OWN:
             d[cmd] = (calls - c0, usec - u0)
     return d
 
@@ -70,7 +72,7 @@ def main():
     for i in (1, 2):
         conns = r.get(f"busy.pod{i}.connections", ["?"])[0]
         kinds = r.get(f"busy.pod{i}.clients", [""])[0]
-        print(f"| pod {i} with topics, history and presence used: connections | {conns} | `{kinds}` |")
+        print(f"| pod {i} once its clients joined room:* with presence: connections | {conns} | `{kinds}` |")
     idle_rate = num("cpu_rate.idle_pods")
     print(f"| Redis CPU, 2 idle pods | {idle_rate * 1e3:.2f} ms/s | {(idle_rate - empty_rate) / 2 * 1e3:.2f} ms/s per pod |")
     mt = num("mem.topics")
@@ -83,7 +85,10 @@ def main():
     keys = num("keys.room_topics")
     print(f"| {topics:,} room:* topics joined on one pod (subscription + history metadata) | +{kib(mr)}, {keys:,.0f} keys | **{mr / topics:,.0f} B per topic** |")
     rr = num("cpu_rate.room_topics")
-    print(f"| Redis CPU while they are held too (presence reconciles) | {rr * 1e3:.2f} ms/s | {(rr - tr) * 1e6 / topics:.3f} µs/s per room topic |")
+    idle_secs = float(sys.argv[3]) if len(sys.argv) > 3 else 10.0
+    d = delta(out, "rooms")
+    per = ", ".join(f"{cmd} {calls / idle_secs:,.0f}/s ({usec / calls:.1f} µs)" for cmd, (calls, usec) in sorted(d.items(), key=lambda x: -x[1][0]))
+    print(f"| Redis CPU while they are held too | {rr * 1e3:.2f} ms/s | {(rr - tr) * 1e6 / topics:.3f} µs/s per room topic; commands: {per} |")
 
     mu = num("mem.users")
     hbytes, hlen = (float(x) for x in one("presence.topic_hash").split())
@@ -97,10 +102,9 @@ def main():
         c, dt = (float(x) for x in one(f"{name}.cpu").split())
         net = c - wr * dt
         d = delta(out, name)
-        per = ", ".join(f"{cmd} {calls / users:.2f}" for cmd, (calls, _) in sorted(d.items(), key=lambda x: -x[1][0]))
-        usec = sum(u for _, u in d.values())
+        per = ", ".join(f"{cmd} {calls / users:.2f} ({usec / calls:.1f} µs)" for cmd, (calls, usec) in sorted(d.items(), key=lambda x: -x[1][0]) if calls / users >= 0.01)
         print(f"| {users:,} presence {name} in {dt:.1f} s: Redis CPU | {c:.3f} s ({net:.3f} s above the idle rate) | "
-              f"**{net * 1e6 / users:.1f} µs per {what}** (commandstats {usec / users:.1f} µs; commands per {what}: {per}) |")
+              f"**{net * 1e6 / users:.1f} µs per {what}** (commands per {what}, those an FCALL runs included: {per}) |")
 
     for k in sorted(r):
         m = re.match(r"history\.(\d+)\.mem$", k)
