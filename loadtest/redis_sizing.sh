@@ -9,7 +9,8 @@
 #   topics   SIZING_TOPICS (10,000) bench:* topics subscribed by one pod,
 #            then the same by a second pod (per pod-topic), then as many
 #            room:* topics (history metadata written by each join, presence
-#            read), and Redis CPU a second while they are held;
+#            read), and Redis CPU a second while they are held (presence's
+#            periodic reconciles: SIZING_RECONCILE_SECS, 30 s);
 #   presence SIZING_USERS (10,000) users present (`user` join param) in
 #            SIZING_ROOMS (101) room:* rooms, each on both pods: memory per user, CPU per join and
 #            per leave (commandstats per join too);
@@ -39,6 +40,9 @@ ENVELOPES=${SIZING_ENVELOPES:-200 1000}
 RATES=${SIZING_RATES:-1000 4000}
 DURATION=${SIZING_DURATION:-10}
 IDLE_SECS=${SIZING_IDLE_SECS:-10}
+# Presence lists every topic of a pod again every pod_timeout_ms / 3 (10 s,
+# jittered) in one burst: the window must hold a few bursts.
+RECONCILE_SECS=${SIZING_RECONCILE_SECS:-30}
 WAIT_SECS=${SIZING_WAIT_SECS:-120}
 OUT=bench/results/redis-sizing-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
@@ -193,7 +197,7 @@ wait_until "$TOPICS more channels" channels_at_least $((C1 + TOPICS)); alive "$R
 M5=$(mem); note mem.room_topics "$((M5 - M4))"
 note keys.room_topics "$(($(rcli DBSIZE) - K0))"
 rcli INFO commandstats >"$OUT/rooms.before"
-note cpu_rate.room_topics "$(bg_rate "$IDLE_SECS")"
+note cpu_rate.room_topics "$(bg_rate "$RECONCILE_SECS")"
 rcli INFO commandstats >"$OUT/rooms.after"
 release "$RA"; release "$TB"; release "$TA"
 wait_until "the topics unsubscribed" channels_at_most "$C0"
@@ -299,4 +303,4 @@ done
 note loadavg.end "$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' /)"
 note mem.end "$(info memory used_memory) rss $(info memory used_memory_rss)"
 
-python3 loadtest/bench/redis_sizing.py "$OUT" "$DURATION" "$IDLE_SECS" | tee "$OUT/summary.md"
+python3 loadtest/bench/redis_sizing.py "$OUT" "$DURATION" "$RECONCILE_SECS" | tee "$OUT/summary.md"
