@@ -163,6 +163,6 @@ bench-backends:
 ## bench-redis: what Redis holds and spends for the gateway on config/example.toml:
 ## memory and connections per idle pod, memory per topic, pod-topic, present
 ## user and kept history message, Redis CPU per join, leave and message
-## (PUBLISH vs FCALL); its own redis-server (about 6 min); docs/redis.md#sizing
+## (PUBLISH vs FCALL); its own redis-server (about 5 min); docs/redis.md#sizing
 bench-redis:
 	bash loadtest/redis_sizing.sh
