@@ -12,7 +12,7 @@ FUZZ_SMOKE_SECONDS ?= 5
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 SEEDS_BIN  ?= $(TARGET_DIR)/debug/examples/seeds
 
-.PHONY: run run-seeds build test test-deps test-rust test-compat test-e2e test-image lint lint-k8s image image-check bench curves memory bench-ab bench-history bench-backends chaos soak test-fuzz fuzz
+.PHONY: run run-seeds build test test-deps test-rust test-compat test-e2e test-image lint lint-k8s image image-check bench curves memory bench-ab bench-history bench-backends bench-redis chaos soak test-fuzz fuzz
 
 ## run: the gateway on 127.0.0.1:$(PORT) with config/example.toml and the demo
 ## chat at /; the in-memory broker unless REDIS_URL is set
@@ -159,3 +159,10 @@ bench-history:
 ## each); docs/performance.md#backends
 bench-backends:
 	bash loadtest/backends.sh
+
+## bench-redis: what Redis holds and spends for the gateway on config/example.toml:
+## memory and connections per idle pod, memory per topic, pod-topic, present
+## user and kept history message, Redis CPU per join, leave and message
+## (PUBLISH vs FCALL); its own redis-server (about 5 min); docs/redis.md#sizing
+bench-redis:
+	bash loadtest/redis_sizing.sh
