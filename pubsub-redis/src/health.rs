@@ -69,7 +69,7 @@ impl Cause {
     pub fn of(e: &Error) -> Cause {
         match e {
             Error::Redis(r) => Cause::of_redis(r),
-            Error::Unavailable(m) | Error::Pool(m) => Cause::of_text(m),
+            Error::Unavailable(m) => Cause::of_text(m),
             Error::Config(_) => Cause::Other,
         }
     }

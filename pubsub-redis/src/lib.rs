@@ -70,9 +70,6 @@ pub enum Error {
     /// Redis answered with an error.
     #[error("redis error: {0}")]
     Redis(#[from] redis::RedisError),
-    /// The publish pool failed.
-    #[error("redis pool error: {0}")]
-    Pool(String),
     /// The URL or settings are wrong.
     #[error("invalid redis config: {0}")]
     Config(String),
@@ -93,7 +90,7 @@ impl Error {
     /// True when the failure is about reaching Redis (worth retrying later).
     pub fn is_connection(&self) -> bool {
         match self {
-            Error::Unavailable(_) | Error::Pool(_) => true,
+            Error::Unavailable(_) => true,
             Error::Redis(e) => e.is_io_error() || e.is_connection_dropped() || e.is_timeout(),
             Error::Config(_) => false,
         }
