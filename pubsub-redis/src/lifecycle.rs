@@ -120,8 +120,8 @@ return 1
 /// Lifecycle storage for one pod.
 #[derive(Clone)]
 pub struct LifecycleStore {
-    /// A connection of its own: the pool's checkouts cost two commands
-    /// each, and a batch of events is one round trip.
+    /// A connection of its own: a batch of events is one round trip that
+    /// never waits behind the publishing connections.
     conn: Dedicated,
     prefix: String,
     pod: String,
