@@ -57,10 +57,11 @@ impl ApiConfig {
         let Some(bearer) = &self.key else {
             return Ok(None);
         };
-        if bearer.is_empty() {
+        // A blank key (`GATEWAY_API_KEY=' '`) is a mistake, not a secret.
+        if bearer.trim().is_empty() {
             return Err(key
                 .field("key")
-                .invalid("must not be empty (unset it to disable the API)"));
+                .invalid("must not be empty or blank (unset it to disable the API)"));
         }
         Ok(Some(ApiSettings {
             key: Arc::from(bearer.as_str()),

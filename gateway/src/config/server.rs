@@ -214,15 +214,15 @@ impl ServerConfig {
     }
 
     pub(super) fn settings(&self, key: &Key) -> Result<ServerSettings, ConfigError> {
-        let listen = self.listen.parse().map_err(|_| {
+        let listen = resolve(&self.listen).ok_or_else(|| {
             key.field("listen").invalid(format!(
-                "{:?} is not an address like 127.0.0.1:4000",
+                "{:?} is not an address like 127.0.0.1:4000 or localhost:4000",
                 self.listen
             ))
         })?;
         let metrics_listen = match &self.metrics_listen {
             None => None,
-            Some(addr) => Some(addr.parse().map_err(|_| {
+            Some(addr) => Some(resolve(addr).ok_or_else(|| {
                 key.field("metrics_listen")
                     .invalid(format!("{addr:?} is not an address like 0.0.0.0:9090"))
             })?),
@@ -280,4 +280,17 @@ impl ServerConfig {
             },
         })
     }
+}
+
+/// `host:port` as a socket address to bind: an IP as written, or a host
+/// name (`localhost:4000`) resolved now, its first IPv4 address preferred
+/// (binding `::1` alone would surprise a client of `127.0.0.1`).
+fn resolve(addr: &str) -> Option<SocketAddr> {
+    if let Ok(a) = addr.parse() {
+        return Some(a);
+    }
+    let all: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .ok()?
+        .collect();
+    all.iter().find(|a| a.is_ipv4()).or(all.first()).copied()
 }

@@ -567,3 +567,25 @@ fn hooks_are_checked() {
         .unwrap();
     assert_eq!(s.channels[0].mode, Mode::Hook);
 }
+
+/// Found as papercuts by a new user (issue 19): a blank API key enabled
+/// the API, and a host name in `GATEWAY_LISTEN` was refused.
+#[test]
+fn blank_api_keys_are_refused_and_host_names_listen() {
+    let err = load("", &[("GATEWAY_API_KEY", " ")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("api.key") && err.contains("blank"), "{err}");
+
+    let settings = load("", &[("GATEWAY_LISTEN", "localhost:4101")])
+        .and_then(|c| c.validate())
+        .map(|s| s.server.listen);
+    assert_eq!(
+        settings.ok(),
+        Some(std::net::SocketAddr::from(([127, 0, 0, 1], 4101)))
+    );
+    let err = load("", &[("GATEWAY_LISTEN", "no-such-host.invalid:4101")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("server.listen"), "{err}");
+}
