@@ -105,3 +105,22 @@ async fn json_lines_one_per_lifecycle_event_and_no_payloads() {
         "a payload reached the log:\n{log}"
     );
 }
+
+/// Human-format logs written to a file (a pod's log, `kubectl logs`) carry
+/// no colour codes, with or without `NO_COLOR`: colours are for terminals.
+#[tokio::test]
+async fn human_logs_in_a_file_have_no_colour_codes() {
+    let pod = GatewayProcess::builder(env!("CARGO_BIN_EXE_gateway"))
+        .shell_prefix("unset NO_COLOR")
+        .start()
+        .await;
+    let log = wait::until("the listening line", Duration::from_secs(10), || async {
+        let log = pod.log();
+        match log.contains("gateway listening") {
+            true => Ok(log),
+            false => Err(log),
+        }
+    })
+    .await;
+    assert!(!log.contains('\u{1b}'), "escape codes in the log:\n{log:?}");
+}

@@ -1,6 +1,8 @@
-//! `[log]`: the format and filter of the binary's logs. Nothing to convert:
-//! the binary reads it as written.
+//! `[log]`: the format and filter of the binary's logs. The binary reads
+//! it as written; the filter is checked here, since one that does not
+//! parse, or a word that is no level (`verbose`), would silence the logs.
 
+use super::{ConfigError, Key};
 use serde::{Deserialize, Serialize};
 
 /// Log output format.
@@ -30,5 +32,32 @@ impl Default for LogConfig {
             format: LogFormat::Human,
             level: "info".into(),
         }
+    }
+}
+
+/// The levels a directive without `=` may name.
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+impl LogConfig {
+    /// Refuses a filter tracing cannot parse, and a bare word that is not a
+    /// level: tracing would read `verbose` as a target and log nothing else.
+    pub(super) fn check(&self, key: &Key) -> Result<(), ConfigError> {
+        let invalid = |why: String| key.field("level").invalid(why);
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.level) {
+            return Err(invalid(format!(
+                "{:?} is not a log filter: {e}",
+                self.level
+            )));
+        }
+        for directive in self.level.split(',').map(str::trim) {
+            let bare = !directive.is_empty() && !directive.contains(['=', '[']);
+            if bare && !LEVELS.contains(&directive.to_ascii_lowercase().as_str()) {
+                return Err(invalid(format!(
+                    "{directive:?} is not a level ({}); a target takes one: {directive}=debug",
+                    LEVELS.join(", ")
+                )));
+            }
+        }
+        Ok(())
     }
 }

@@ -221,6 +221,7 @@ impl Config {
     /// # Errors
     /// The first problem found, naming its key.
     pub fn validate(&self) -> Result<Settings, ConfigError> {
+        self.log.check(&Key::root("log"))?;
         let server = self.server.settings(&Key::root("server"))?;
         let redis = self.redis.settings(&Key::root("redis"))?;
         let api = self.api.settings(&Key::root("api"))?;

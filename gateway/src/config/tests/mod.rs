@@ -589,3 +589,15 @@ fn blank_api_keys_are_refused_and_host_names_listen() {
         .to_string();
     assert!(err.contains("server.listen"), "{err}");
 }
+
+/// Log filters that would silence the logs are refused (issue 19).
+#[test]
+fn log_filters_that_silence_the_logs_are_refused() {
+    for bad in ["verbose", "gateway=[", "info,chatty"] {
+        let err = load("", &[("GATEWAY_LOG", bad)]).unwrap_err().to_string();
+        assert!(err.contains("log.level"), "{bad}: {err}");
+    }
+    for good in ["info", "WARN", "info,pubsub_redis=debug", "gateway=debug"] {
+        assert!(load("", &[("GATEWAY_LOG", good)]).is_ok(), "{good}");
+    }
+}
