@@ -121,8 +121,9 @@ fn main() -> ExitCode {
     match runtime.block_on(run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // Once, in the log (which a person at a terminal sees too):
+            // an eprintln beside it reported every start failure twice.
             tracing::error!("{e:#}");
-            eprintln!("gateway: {e:#}");
             ExitCode::FAILURE
         }
     }

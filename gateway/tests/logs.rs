@@ -124,3 +124,31 @@ async fn human_logs_in_a_file_have_no_colour_codes() {
     .await;
     assert!(!log.contains('\u{1b}'), "escape codes in the log:\n{log:?}");
 }
+
+/// A start that fails (the port is taken) says so once, not in the log and
+/// again on stderr, and exits with a failure.
+#[test]
+fn a_port_in_use_is_reported_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"));
+    for (name, _) in gateway::config::ENV_VARS {
+        cmd.env_remove(name);
+    }
+    cmd.env("PORT", port.to_string()).env("NO_COLOR", "1");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(cmd.output()));
+    let out = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the gateway exits when it cannot listen")
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{all}");
+    let said = format!("cannot listen on 127.0.0.1:{port}");
+    assert_eq!(all.matches(&said).count(), 1, "{all}");
+    drop(taken);
+}
