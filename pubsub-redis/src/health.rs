@@ -96,7 +96,15 @@ impl Cause {
     fn of_text(text: &str) -> Cause {
         let t = text.to_ascii_lowercase();
         let any = |words: &[&str]| words.iter().any(|w| t.contains(w));
-        if any(&["wrongpass", "noauth", "invalid username-password", "auth"]) {
+        // Phrases, not the bare word: an address such as `auth-cache:6379`
+        // in a refused connect's text is no authentication failure.
+        if any(&[
+            "wrongpass",
+            "noauth",
+            "invalid username-password",
+            "authentication",
+            "called without any password",
+        ]) {
             Cause::Auth
         } else if any(&["noperm", "no permissions"]) {
             Cause::Denied
@@ -251,6 +259,14 @@ mod tests {
         assert_eq!(cause("connect timed out"), Cause::Timeout);
         assert_eq!(cause("invalid peer certificate: UnknownIssuer"), Cause::Tls);
         assert_eq!(cause("something else"), Cause::Other);
+        assert_eq!(
+            cause("sentinel auth-cache:26379: Connection refused (os error 111)"),
+            Cause::Refused
+        );
+        assert_eq!(
+            cause("ERR AUTH <password> called without any password configured"),
+            Cause::Auth
+        );
     }
 
     #[test]
