@@ -3,6 +3,7 @@
 //! `Phoenix.Endpoint` ties them together. The server serves it; it serves
 //! nothing itself.
 
+use crate::admin::Admin;
 use crate::channel::queue::Joins;
 use crate::channel::{Services, TopicPattern};
 use crate::lifecycle::Lifecycle;
@@ -79,6 +80,7 @@ impl Endpoint {
             unready_without_broker: None,
             lifecycle: None,
             rebalance: None,
+            admin: None,
         }
     }
 
@@ -287,6 +289,7 @@ pub struct EndpointBuilder {
     unready_without_broker: Option<Duration>,
     lifecycle: Option<Lifecycle>,
     rebalance: Option<RebalanceConfig>,
+    admin: Option<Admin>,
 }
 
 impl Default for EndpointBuilder {
@@ -400,6 +403,13 @@ impl EndpointBuilder {
         self
     }
 
+    /// Keeps a registry of connections for `admin` and answers its
+    /// questions (the admin API, docs/admin.md).
+    pub fn admin(mut self, admin: Admin) -> Self {
+        self.admin = Some(admin);
+        self
+    }
+
     /// Serves `method path` with `handler`, beside the sockets.
     pub fn route<F, Fut>(mut self, method: Method, path: &str, handler: F) -> Self
     where
@@ -440,6 +450,7 @@ impl EndpointBuilder {
             presence,
             node: Arc::from(node),
             joins: Joins::new(self.limits.per_source.max_queued_joins),
+            registry: self.admin.as_ref().map(|a| a.registry().clone()),
         });
         let mut admission = Admission::new(self.limits);
         if let Some(config) = self.rebalance {
@@ -454,7 +465,7 @@ impl EndpointBuilder {
             services.clone(),
             admission.drain().clone(),
         );
-        Arc::new(Endpoint {
+        let endpoint = Arc::new(Endpoint {
             sockets: self.sockets,
             services,
             routes: self.routes,
@@ -466,7 +477,11 @@ impl EndpointBuilder {
             http: Slots::default(),
             unready_without_broker: self.unready_without_broker,
             lifecycle: self.lifecycle,
-        })
+        });
+        if let Some(admin) = &self.admin {
+            admin.attach(&endpoint);
+        }
+        endpoint
     }
 }
 

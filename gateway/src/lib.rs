@@ -40,6 +40,7 @@
 //! - `backend`: the way in for rules: pushes forwarded to backends through
 //!   Redis streams, and their answers.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod backend;

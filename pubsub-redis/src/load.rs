@@ -1,11 +1,14 @@
-//! Connection counts of the fleet, for rebalancing after a scale-out: each
-//! pod reports its own count and reads everyone's in one round trip.
+//! Connection counts of the fleet: each pod reports its own count and reads
+//! everyone's in one round trip. Rebalancing after a scale-out reads them,
+//! and the admin API's roster of pods, which names the pods that did not
+//! answer a fleet-wide question.
 //!
-//! Key (under the bus prefix, `phx:` by default):
+//! Keys (under the bus prefix, `phx:` by default):
 //!
 //! | key | type | content |
 //! |---|---|---|
 //! | `{prefix}rebalance` | hash | field = pod id, value = `count:ms` (the count, and Redis' clock in ms when it was written) |
+//! | `{prefix}admin:pods` | hash | the same, for the pods that serve the admin API |
 //!
 //! One key, so one slot: the script runs as it is on a Redis Cluster. The
 //! timestamps are Redis' own (`TIME`), so pods' clocks never matter. An
@@ -16,6 +19,9 @@
 
 use crate::{Error, RedisBus};
 use std::time::Duration;
+
+/// Rebalancing's hash, under the prefix.
+const REBALANCE: &str = "rebalance";
 
 /// Writes (or removes, when ARGV[2] is empty) this pod's entry, drops stale
 /// ones, and returns the fresh ones as field/count pairs. KEYS: the hash.
@@ -68,7 +74,37 @@ impl RedisBus {
         connections: u64,
         stale: Duration,
     ) -> Result<Vec<PodLoad>, Error> {
-        self.run_report(pod, &connections.to_string(), stale).await
+        self.run_report(REBALANCE, pod, &connections.to_string(), stale)
+            .await
+    }
+
+    /// As [`report_load`](Self::report_load), in the roster `hash` (a name
+    /// under the prefix) rather than rebalancing's.
+    ///
+    /// # Errors
+    /// When Redis is unreachable or refuses the script.
+    pub async fn report_in(
+        &self,
+        hash: &str,
+        pod: &str,
+        connections: u64,
+        stale: Duration,
+    ) -> Result<Vec<PodLoad>, Error> {
+        self.run_report(hash, pod, &connections.to_string(), stale)
+            .await
+    }
+
+    /// As [`withdraw_load`](Self::withdraw_load), from the roster `hash`.
+    ///
+    /// # Errors
+    /// When Redis is unreachable or refuses the script.
+    pub async fn withdraw_from(
+        &self,
+        hash: &str,
+        pod: &str,
+        stale: Duration,
+    ) -> Result<Vec<PodLoad>, Error> {
+        self.run_report(hash, pod, "", stale).await
     }
 
     /// Removes pod `pod`'s count (it is draining or stopping, so its
@@ -78,11 +114,12 @@ impl RedisBus {
     /// # Errors
     /// When Redis is unreachable or refuses the script.
     pub async fn withdraw_load(&self, pod: &str, stale: Duration) -> Result<Vec<PodLoad>, Error> {
-        self.run_report(pod, "", stale).await
+        self.run_report(REBALANCE, pod, "", stale).await
     }
 
     async fn run_report(
         &self,
+        hash: &str,
         pod: &str,
         count: &str,
         stale: Duration,
@@ -93,7 +130,7 @@ impl RedisBus {
         let mut eval = redis::cmd("EVAL");
         eval.arg(REPORT)
             .arg(1)
-            .arg(self.channel("rebalance"))
+            .arg(self.channel(hash))
             .arg(pod)
             .arg(count)
             .arg(stale_ms);

@@ -53,6 +53,8 @@ pub(crate) struct Services {
     pub(crate) node: Arc<str>,
     /// Where joins wait for their turn, one lane per client address.
     pub(crate) joins: queue::Joins,
+    /// Where connections register for the admin API, when it is on.
+    pub(crate) registry: Option<Arc<crate::admin::Registry>>,
 }
 
 /// Facts about the connection shared by all its channels.

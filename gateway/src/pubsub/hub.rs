@@ -93,6 +93,13 @@ pub(crate) struct Subscriber {
     pub(crate) target: Target,
 }
 
+impl Subscriber {
+    /// A joined channel's subscription, not a socket id's.
+    fn is_channel(&self) -> bool {
+        !matches!(self.target, Target::SocketId)
+    }
+}
+
 /// Identifies one subscription for removal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct SubId(u64);
@@ -237,6 +244,38 @@ impl Hub {
             .lock()
             .get(topic)
             .map_or(0, |t| t.subs.len())
+    }
+
+    /// The topics joined by channels here whose names start with `prefix`,
+    /// with how many channels joined each, for operators. Socket-id topics
+    /// (their `disconnect` subscriptions) are not listed.
+    pub(crate) fn channel_counts(&self, prefix: &str) -> Vec<(Arc<str>, usize)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            for (topic, t) in shard.iter() {
+                if !topic.starts_with(prefix) {
+                    continue;
+                }
+                let n = t.subs.values().filter(|s| s.is_channel()).count();
+                if n > 0 {
+                    out.push((topic.clone(), n));
+                }
+            }
+        }
+        out
+    }
+
+    /// How many channels joined `topic` here, and the connections of the
+    /// first `limit` of them.
+    pub(crate) fn members(&self, topic: &str, limit: usize) -> (usize, Vec<ConnHandle>) {
+        let shard = self.shard(topic).lock();
+        let Some(t) = shard.get(topic) else {
+            return (0, Vec::new());
+        };
+        let channels = t.subs.values().filter(|s| s.is_channel());
+        let first = channels.clone().take(limit).map(|s| s.conn.clone());
+        (channels.count(), first.collect())
     }
 
     /// Number of topics with at least one local subscriber.

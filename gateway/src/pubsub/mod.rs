@@ -23,6 +23,7 @@ pub(crate) use hub::PresenceTap;
 pub use hub::{Broadcast, Hub};
 pub use memory::MemoryBroker;
 pub use redis::RedisBroker;
+pub(crate) use redis::ADMIN_TOPIC;
 
 use crate::metrics::{metrics, Limit, Source};
 use crate::protocol::{reserved_event, Payload, ReservedEvent};

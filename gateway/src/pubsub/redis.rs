@@ -40,11 +40,14 @@ const NODE_TOPIC: &str = "lp:";
 /// Where backends answer a pod's forwarded pushes, after the prefix:
 /// `rp:{node}`.
 const REPLY_TOPIC: &str = "rp:";
+/// Where pods ask each other the admin API's questions, after the prefix:
+/// `adm:all`, and `adm:{node}` for the answers.
+pub(crate) const ADMIN_TOPIC: &str = "adm:";
 
 /// Whether `topic` names a pod's own channel, which clients' topics never
 /// subscribe in Redis.
 fn pod_channel(topic: &str) -> bool {
-    topic.starts_with(NODE_TOPIC) || topic.starts_with(REPLY_TOPIC)
+    topic.starts_with(NODE_TOPIC) || topic.starts_with(REPLY_TOPIC) || topic.starts_with(ADMIN_TOPIC)
 }
 /// The event name of a point-to-point message's envelope.
 const NODE_EVENT: &str = "lp";
@@ -69,6 +72,8 @@ struct HubSink {
     /// This pod's reply channel and receiver, once
     /// [`RedisBroker::listen_replies`] ran.
     replies: OnceLock<(String, Arc<dyn NodeInbox>)>,
+    /// Channels of [`RedisBroker::listen_raw`] and their receivers.
+    raw: parking_lot::RwLock<Vec<(String, Arc<dyn NodeInbox>)>>,
     /// Largest payload delivered to clients, bytes.
     max_payload: AtomicUsize,
     /// When dropped messages were last logged, and how many since.
@@ -90,6 +95,10 @@ impl Sink for HubSink {
                 replies.deliver(body);
                 return;
             }
+        }
+        if let Some((_, inbox)) = self.raw.read().iter().find(|(n, _)| n == name) {
+            inbox.deliver(body);
+            return;
         }
         if let Some((mine, inbox)) = self.inbox.get() {
             if name == mine {
@@ -206,6 +215,7 @@ impl RedisBroker {
             node: node.clone(),
             inbox: OnceLock::new(),
             replies: OnceLock::new(),
+            raw: parking_lot::RwLock::default(),
             max_payload: AtomicUsize::new(usize::MAX),
             dropped_log: Mutex::new((None, 0)),
         });
@@ -246,6 +256,42 @@ impl RedisBroker {
             .await
             .map_err(|e| BrokerError(e.to_string()))?;
         Ok(self.bus.channel_name(&topic))
+    }
+
+    /// Hands what is published to the channel `name` (under the prefix) to
+    /// `inbox`, raw, from now on and across reconnects. Resolves once Redis
+    /// confirmed the subscription. For the pods' own conversations (the
+    /// admin API's questions and answers), never clients' topics.
+    ///
+    /// # Errors
+    /// When Redis does not confirm it; calling again retries.
+    pub(crate) async fn listen_raw(
+        &self,
+        name: &str,
+        inbox: Arc<dyn NodeInbox>,
+    ) -> Result<(), BrokerError> {
+        {
+            let mut raw = self.sink.raw.write();
+            if !raw.iter().any(|(n, _)| n == name) {
+                raw.push((name.to_owned(), inbox));
+            }
+        }
+        self.bus
+            .listen(name)
+            .await
+            .map_err(|e| BrokerError(e.to_string()))
+    }
+
+    /// Publishes `body` as it is to the channel `name` (under the prefix);
+    /// returns how many subscriber connections received it.
+    ///
+    /// # Errors
+    /// When Redis is unreachable or refuses the command.
+    pub(crate) async fn publish_raw(&self, name: &str, body: Bytes) -> Result<u64, BrokerError> {
+        self.bus
+            .publish(name, body)
+            .await
+            .map_err(|e| BrokerError(e.to_string()))
     }
 
     /// The envelope of a broadcast from this pod.

@@ -7,6 +7,7 @@
 
 use super::rate::{Bucket, Verdict};
 use super::{Assigns, Socket};
+use crate::admin::Registered;
 use crate::channel::queue::Lane;
 use crate::channel::{join_answered, ChannelMsg, Inbox, Previous, Services, SocketInfo, Start};
 use crate::conn::{ConnHandle, Disconnect, ReplyTo};
@@ -102,6 +103,8 @@ pub(crate) struct Connection {
     open: OpenConnection,
     /// Where this client address's joins wait for their turn.
     lane: Arc<Lane>,
+    /// Its place in the admin API's registry, when that is on.
+    registered: Option<Registered>,
 }
 
 impl Connection {
@@ -141,20 +144,26 @@ impl Connection {
         );
         let open = metrics().connection_opened(transport, &socket.path);
         let lane = services.joins.lane(source);
+        let info = Arc::new(SocketInfo {
+            assigns,
+            id: socket_id,
+        });
+        let registered = services
+            .registry
+            .as_ref()
+            .map(|r| r.register(&conn, transport, &socket, &info, source));
         let mut connection = Connection {
             conn,
             socket,
             services,
-            info: Arc::new(SocketInfo {
-                assigns,
-                id: socket_id,
-            }),
+            info,
             channels: Channels::default(),
             expiry: None,
             _socket_id: id_sub,
             push_limit: None,
             open,
             lane,
+            registered,
         };
         connection.push_limit = connection
             .socket
@@ -408,6 +417,9 @@ impl Connection {
                     assigns,
                     id: self.info.id.clone(),
                 });
+                if let (Some(r), Some(registry)) = (&self.registered, &self.services.registry) {
+                    registry.refreshed(r.id(), &self.info);
+                }
                 for h in self.channels.values().filter(|h| h.alive() && !h.leaving) {
                     let _ = h
                         .inbox
