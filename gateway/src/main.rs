@@ -5,6 +5,8 @@
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+mod cli;
+
 use anyhow::Context;
 use clap::Parser;
 use gateway::config::{
@@ -32,11 +34,14 @@ fn env_help() -> String {
 struct Cli {
     /// TOML config file (see config/example.toml). Without one, a single
     /// socket at /socket with no channel rules is served.
-    #[arg(long, short, env = "GATEWAY_CONFIG")]
+    #[arg(long, short, env = "GATEWAY_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// Validate the configuration, print a summary and exit.
+    /// Validate the configuration, print a summary and exit (as `gateway
+    /// check`).
     #[arg(long)]
     check: bool,
+    #[command(subcommand)]
+    command: Option<cli::Command>,
 }
 
 fn init_logging(log: &LogConfig) {
@@ -81,7 +86,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if cli.check {
+    let check = cli.check || matches!(cli.command, Some(cli::Command::Check));
+    match cli.command {
+        None | Some(cli::Command::Serve) | Some(cli::Command::Check) => {}
+        Some(command) => return cli::run(command, &config, &settings),
+    }
+    if check {
         println!(
             "config ok: {} socket(s), {} channel rule(s), listen {}",
             config.sockets.len(),

@@ -138,7 +138,11 @@ impl Fleet {
             .await
             .map_err(|e| BrokerError(e.to_string()))?;
         let mut expected: BTreeSet<String> = roster.into_iter().map(|p| p.pod).collect();
-        let id = format!("{}/{}", inner.pod, self.next.fetch_add(1, Ordering::Relaxed));
+        let id = format!(
+            "{}/{}",
+            inner.pod,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        );
         let (tx, mut rx) = mpsc::unbounded_channel();
         self.pending.lock().insert(id.clone(), tx);
         let _forget = Forget(&self.pending, &id);
@@ -200,7 +204,9 @@ struct Inbox(Weak<Inner>);
 
 impl NodeInbox for Inbox {
     fn deliver(&self, body: Bytes) {
-        let Some(inner) = self.0.upgrade() else { return };
+        let Some(inner) = self.0.upgrade() else {
+            return;
+        };
         if let Ok(answer) = serde_json::from_slice::<Answer>(&body) {
             inner.fleet.answered(answer);
             return;
@@ -218,7 +224,10 @@ impl NodeInbox for Inbox {
             }
         };
         let Ok(permit) = inner.fleet.answering.clone().try_acquire_owned() else {
-            tracing::debug!(id = ask.id, "too many admin questions at once; not answering");
+            tracing::debug!(
+                id = ask.id,
+                "too many admin questions at once; not answering"
+            );
             return;
         };
         let Some(redis) = inner.fleet.redis.clone() else {

@@ -9,8 +9,8 @@
 mod fleet;
 mod registry;
 
-pub(crate) use registry::{Registered, Registry};
 pub use registry::{Listed, Who};
+pub(crate) use registry::{Registered, Registry};
 
 use crate::endpoint::Endpoint;
 use crate::protocol::Transport;
@@ -27,6 +27,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub const MAX_LIST: usize = 1000;
 /// Most history messages a topic's listing shows.
 pub const MAX_HISTORY: usize = 100;
+
+/// A topic's channels in all, and per pod.
+type PerPod = (u64, Map<String, Value>);
 
 /// A question every pod answers about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,7 +157,7 @@ impl Admin {
                 busiest,
             })
             .await?;
-        let mut merged: BTreeMap<String, (u64, Map<String, Value>)> = BTreeMap::new();
+        let mut merged: BTreeMap<String, PerPod> = BTreeMap::new();
         let mut more = false;
         for (pod, answer) in &a.answers {
             let listed = answer["topics"].as_array().cloned().unwrap_or_default();
@@ -168,7 +171,7 @@ impl Admin {
                 e.1.insert(pod.clone(), n.into());
             }
         }
-        let mut topics: Vec<(String, (u64, Map<String, Value>))> = merged.into_iter().collect();
+        let mut topics: Vec<(String, PerPod)> = merged.into_iter().collect();
         if busiest {
             topics.sort_by(|x, y| y.1 .0.cmp(&x.1 .0).then_with(|| x.0.cmp(&y.0)));
         }

@@ -14,8 +14,10 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use std::time::Duration;
 
+/// One message to publish, as the publish API and the admin API's batch
+/// take it.
 #[derive(Deserialize)]
-struct BroadcastRequest<'a> {
+pub(super) struct BroadcastRequest<'a> {
     topic: String,
     event: String,
     #[serde(borrow, default)]
@@ -29,7 +31,8 @@ struct BroadcastRequest<'a> {
 /// Longest idempotency key, bytes.
 const MAX_IDEMPOTENCY_KEY: usize = 128;
 
-fn reply(status: StatusCode, body: serde_json::Value) -> Response<Body> {
+/// A JSON answer.
+pub(super) fn reply(status: StatusCode, body: serde_json::Value) -> Response<Body> {
     let mut resp = Response::new(Body::new(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -39,9 +42,21 @@ fn reply(status: StatusCode, body: serde_json::Value) -> Response<Body> {
     resp
 }
 
-/// Compares without leaking the key's length or content through timing.
-fn same(a: &[u8], b: &[u8]) -> bool {
+/// Compares without leaking the key's content through timing.
+pub(super) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether the request carries `Authorization: Bearer <key>`.
+pub(super) fn authorized<B>(req: &Request<B>, key: &str) -> bool {
+    let bearer = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key);
+    bearer.is_some_and(|b| same(b.trim().as_bytes(), key.as_bytes()))
 }
 
 /// Serves one broadcast request. The body must arrive within
@@ -55,14 +70,7 @@ pub(crate) async fn broadcast(
     max_body: usize,
     body_timeout: Duration,
 ) -> Response<Body> {
-    let bearer = req
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, key)| key);
-    if !bearer.is_some_and(|b| same(b.trim().as_bytes(), key.as_bytes())) {
+    if !authorized(&req, key) {
         metrics().auth_failure("api", "api_key");
         return reply(
             StatusCode::UNAUTHORIZED,
@@ -82,20 +90,38 @@ pub(crate) async fn broadcast(
             )
         }
     };
+    match publish(&pubsub, &body, msg).await {
+        Ok(answer) => reply(StatusCode::OK, answer),
+        Err((status, error)) => reply(status, json!({ "error": error })),
+    }
+}
+
+/// Checks and publishes one message read from `body`: `{"ok": true}` with
+/// the position on a topic with history, or the status and error to answer.
+pub(super) async fn publish(
+    pubsub: &PubSub,
+    body: &Bytes,
+    msg: BroadcastRequest<'_>,
+) -> Result<serde_json::Value, (StatusCode, String)> {
     if !valid_topic(&msg.topic) {
-        return reply(StatusCode::BAD_REQUEST, json!({"error": "invalid topic"}));
+        return Err((StatusCode::BAD_REQUEST, "invalid topic".into()));
     }
     if msg.event.is_empty() {
-        return reply(
-            StatusCode::BAD_REQUEST,
-            json!({"error": "event must not be empty"}),
-        );
+        return Err((StatusCode::BAD_REQUEST, "event must not be empty".into()));
     }
     if let Some(why) = reserved_event(&msg.event) {
-        return reply(
+        return Err((
             StatusCode::UNPROCESSABLE_ENTITY,
-            json!({"error": format!("event {:?}: {why}", msg.event)}),
-        );
+            format!("event {:?}: {why}", msg.event),
+        ));
+    }
+    if let Some(k) = msg.idempotency_key.as_deref() {
+        if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!("idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"),
+            ));
+        }
     }
     let payload = match msg.payload {
         Some(raw) => Payload::Json(Json::from_trusted(body.slice_ref(raw.get().as_bytes()))),
@@ -107,31 +133,19 @@ pub(crate) async fn broadcast(
         payload,
         from: None,
     };
-    if let Some(k) = msg.idempotency_key.as_deref() {
-        if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY {
-            return reply(
-                StatusCode::BAD_REQUEST,
-                json!({"error": format!("idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes")}),
-            );
-        }
-    }
-    let idempotency_key = msg.idempotency_key;
     match pubsub
-        .broadcast_counted(Source::Http, b, idempotency_key.as_deref())
+        .broadcast_counted(Source::Http, b, msg.idempotency_key.as_deref())
         .await
     {
-        Ok(None) => reply(StatusCode::OK, json!({"ok": true})),
-        Ok(Some(position)) => reply(
-            StatusCode::OK,
-            json!({"ok": true, "position": position.to_string()}),
-        ),
+        Ok(None) => Ok(json!({"ok": true})),
+        Ok(Some(position)) => Ok(json!({"ok": true, "position": position.to_string()})),
         Err(e) => {
             let status = match e {
                 PublishError::Reserved { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 PublishError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 PublishError::Broker(_) => StatusCode::SERVICE_UNAVAILABLE,
             };
-            reply(status, json!({"error": e.to_string()}))
+            Err((status, e.to_string()))
         }
     }
 }

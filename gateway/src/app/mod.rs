@@ -6,10 +6,13 @@
 //! Everything here is already checked and converted: this module parses
 //! nothing, it only puts the pieces together.
 
+mod admin;
+mod admin_page;
 mod api;
 mod demo;
 mod rules;
 
+use crate::admin::{Admin, AdminOptions};
 use crate::auth::TokenSocket;
 use crate::backend::hooks::{Hook, HookPool, HookSocket};
 use crate::backend::Forwarder;
@@ -42,6 +45,7 @@ pub fn assemble(settings: Settings, pubsub: PubSub) -> Result<Arc<Endpoint>, Con
     let Settings {
         server,
         api,
+        admin,
         demo,
         longpoll,
         sockets,
@@ -158,6 +162,25 @@ pub fn assemble(settings: Settings, pubsub: PubSub) -> Result<Arc<Endpoint>, Con
             async move { api::broadcast(req, pubsub, &key, max_body, body_timeout).await }
         });
     }
+    if let Some(a) = admin {
+        let core = Admin::new(
+            &pubsub,
+            AdminOptions {
+                timeout: a.timeout,
+                address: server.listen.to_string(),
+            },
+        );
+        builder = admin::routes(
+            builder.admin(core.clone()),
+            &a,
+            &core,
+            &pubsub,
+            server.timeouts.body,
+        );
+        if let Some(page) = &a.page {
+            builder = admin_page::routes(builder, page, &a.key, &core, &pubsub);
+        }
+    }
     if let Some(socket) = demo {
         let socket: Arc<str> = Arc::from(socket);
         builder = builder
@@ -170,6 +193,35 @@ pub fn assemble(settings: Settings, pubsub: PubSub) -> Result<Arc<Endpoint>, Con
             });
     }
     Ok(builder.build())
+}
+
+/// A publisher over the config's Redis, for `gateway publish`: it keeps
+/// what it publishes to a topic whose rule has history, as a pod would,
+/// and serves nothing. `None` without Redis.
+///
+/// # Errors
+/// A Redis URL the broker refuses.
+pub fn publisher(settings: &Settings) -> Result<Option<PubSub>, crate::pubsub::BrokerError> {
+    let Some(redis) = settings.redis.clone() else {
+        return Ok(None);
+    };
+    let pubsub = PubSub::redis(redis)?.max_publish(settings.server.max_publish);
+    let rules: Vec<_> = settings
+        .channels
+        .iter()
+        .map(|c| (c.pattern.clone(), c.history))
+        .collect();
+    let any = rules.iter().any(|(_, h)| h.is_some());
+    pubsub.set_history(
+        Box::new(move |topic| {
+            rules
+                .iter()
+                .find(|(p, _)| p.matches(topic))
+                .and_then(|(_, h)| *h)
+        }),
+        any,
+    );
+    Ok(Some(pubsub))
 }
 
 /// The pod's lifecycle events when a rule reports them: one writer for

@@ -29,6 +29,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "GATEWAY_API_KEY",
         "bearer key of the HTTP publish API; replaces api.key",
     ),
+    (
+        "GATEWAY_ADMIN_KEY",
+        "bearer key of the admin API and page; replaces admin.key",
+    ),
     ("GATEWAY_LOG_FORMAT", "human or json; replaces log.format"),
     (
         "GATEWAY_LOG",
@@ -112,6 +116,9 @@ impl Config {
         }
         if let Some(key) = env.get("GATEWAY_API_KEY") {
             self.api.key = Some(key.to_owned());
+        }
+        if let Some(key) = env.get("GATEWAY_ADMIN_KEY") {
+            self.admin.key = Some(key.to_owned());
         }
         if let Some(format) = env.get("GATEWAY_LOG_FORMAT") {
             self.log.format = match format {

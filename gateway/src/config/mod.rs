@@ -14,6 +14,7 @@
 //! It must not depend on `app`, which assembles the endpoint from the
 //! [`Settings`]: config sits below it, on the library and [`auth`](crate::auth).
 
+mod admin;
 mod api;
 mod channel;
 mod demo;
@@ -28,6 +29,7 @@ mod server;
 mod socket;
 
 pub use crate::backend::{Forward, ReplyMode};
+pub use admin::{AdminConfig, AdminSettings};
 pub use api::{ApiConfig, ApiSettings};
 pub use channel::{
     ChannelRule, ChannelSettings, ForwardRule, HistoryRule, LifecycleRule, Mode, Policy,
@@ -122,6 +124,8 @@ pub struct Config {
     pub redis: RedisConfig,
     /// `[api]`: the HTTP publish API.
     pub api: ApiConfig,
+    /// `[admin]`: the operators' API and page.
+    pub admin: AdminConfig,
     /// `[demo]`: the chat page at `/`.
     pub demo: DemoConfig,
     /// `[presence]`: timing of presence diffs and dead-pod cleanup.
@@ -153,6 +157,8 @@ pub struct Settings {
     pub redis: Option<pubsub_redis::Config>,
     /// `[api]`: the publish API, when a key is set.
     pub api: Option<ApiSettings>,
+    /// `[admin]`: the operators' API, when a key is set.
+    pub admin: Option<AdminSettings>,
     /// `[demo]`: the socket path the page connects to, when it is served.
     pub demo: Option<String>,
     /// `[presence]`.
@@ -275,6 +281,7 @@ impl Config {
             self.longpoll
                 .settings(&Key::root("longpoll"), &self.redis, &self.sockets)?;
         let demo = self.demo.settings(&Key::root("demo"), &paths)?;
+        let admin = self.admin.settings(&Key::root("admin"), &paths)?;
         let any_hook = sockets.iter().any(|s| s.hooks.is_some())
             || channels
                 .iter()
@@ -288,6 +295,7 @@ impl Config {
             log: self.log.clone(),
             redis,
             api,
+            admin,
             demo,
             presence,
             longpoll,

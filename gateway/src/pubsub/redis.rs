@@ -47,7 +47,9 @@ pub(crate) const ADMIN_TOPIC: &str = "adm:";
 /// Whether `topic` names a pod's own channel, which clients' topics never
 /// subscribe in Redis.
 fn pod_channel(topic: &str) -> bool {
-    topic.starts_with(NODE_TOPIC) || topic.starts_with(REPLY_TOPIC) || topic.starts_with(ADMIN_TOPIC)
+    topic.starts_with(NODE_TOPIC)
+        || topic.starts_with(REPLY_TOPIC)
+        || topic.starts_with(ADMIN_TOPIC)
 }
 /// The event name of a point-to-point message's envelope.
 const NODE_EVENT: &str = "lp";
