@@ -49,6 +49,8 @@ pub(crate) enum Question {
     Topic { topic: String, limit: usize },
     /// Close the connections `who` names.
     Disconnect { who: Who },
+    /// End the channels of `topic` of the connections `who` names.
+    Remove { topic: String, who: Who },
 }
 
 /// How the admin API is set up.
@@ -269,16 +271,23 @@ impl Admin {
     /// When Redis cannot carry the question.
     pub async fn disconnect(&self, who: Who) -> Result<Value, AdminError> {
         let a = self.ask(Question::Disconnect { who }).await?;
-        let mut total = 0;
-        let mut pods = Map::new();
-        for (pod, answer) in a.answers {
-            let n = answer["disconnected"].as_u64().unwrap_or(0);
-            total += n;
-            if n > 0 {
-                pods.insert(pod, n.into());
-            }
-        }
-        Ok(json!({"disconnected": total, "pods": pods, "missing": a.missing}))
+        Ok(tally(a, "disconnected"))
+    }
+
+    /// Ends the channels of `topic` of the connections `who` names, on
+    /// every pod: their clients receive `phx_close` and stay connected.
+    /// `{"removed": n, "pods": {...}, "missing": [...]}`.
+    ///
+    /// # Errors
+    /// When Redis cannot carry the question.
+    pub async fn remove(&self, topic: &str, who: Who) -> Result<Value, AdminError> {
+        let a = self
+            .ask(Question::Remove {
+                topic: topic.to_owned(),
+                who,
+            })
+            .await?;
+        Ok(tally(a, "removed"))
     }
 
     fn endpoint(&self) -> Option<Arc<Endpoint>> {
@@ -346,8 +355,26 @@ impl Inner {
             Question::Disconnect { who } => {
                 json!({"disconnected": self.registry.disconnect(who)})
             }
+            Question::Remove { topic, who } => {
+                json!({"removed": self.registry.remove_from(topic, who)})
+            }
         }
     }
+}
+
+/// Adds up the pods' counts under `what`: `{what: n, "pods": {pod: n},
+/// "missing": [...]}`.
+fn tally(a: Answers, what: &str) -> Value {
+    let mut total = 0;
+    let mut pods = Map::new();
+    for (pod, answer) in a.answers {
+        let n = answer[what].as_u64().unwrap_or(0);
+        total += n;
+        if n > 0 {
+            pods.insert(pod, n.into());
+        }
+    }
+    json!({what: total, "pods": pods, "missing": a.missing})
 }
 
 fn unix_now() -> u64 {

@@ -2,7 +2,7 @@
 //! id and claims. Kept only when the admin API is on; otherwise connections
 //! register nothing and pay nothing.
 
-use crate::channel::SocketInfo;
+use crate::channel::{ChannelMsg, Inbox, SocketInfo};
 use crate::conn::{ConnHandle, Disconnect};
 use crate::protocol::Transport;
 use crate::socket::Socket;
@@ -47,6 +47,9 @@ struct Entry {
     info: Arc<SocketInfo>,
     peer: IpAddr,
     since: u64,
+    /// Its joined channels' inboxes, so one can be told to end; ended ones
+    /// are dropped at the next join.
+    channels: Vec<(Arc<str>, Inbox)>,
 }
 
 /// A connection as the admin API lists it.
@@ -88,6 +91,15 @@ impl Registered {
     /// The connection's id.
     pub(crate) fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Records the connection's channel of `topic`, replacing an earlier
+    /// one of the same topic.
+    pub(crate) fn joined(&self, topic: &Arc<str>, inbox: &Inbox) {
+        if let Some(e) = self.of.shard(self.id).lock().get_mut(&self.id) {
+            e.channels.retain(|(t, i)| !i.is_closed() && **t != **topic);
+            e.channels.push((topic.clone(), inbox.clone()));
+        }
     }
 }
 
@@ -133,6 +145,7 @@ impl Registry {
                 info: info.clone(),
                 peer,
                 since,
+                channels: Vec::new(),
             },
         );
         self.by_transport[transport.index()].fetch_add(1, Ordering::Relaxed);
@@ -204,6 +217,33 @@ impl Registry {
             );
         }
         out
+    }
+
+    /// Ends the channels of `topic` of the connections `who` names here
+    /// (their clients receive `phx_close`); returns how many.
+    pub(crate) fn remove_from(&self, topic: &str, who: &Who) -> usize {
+        let ids: Vec<u64> = self.find(who).iter().map(ConnHandle::id).collect();
+        let mut removed = 0;
+        for id in ids {
+            let inboxes: Vec<Inbox> = self
+                .shard(id)
+                .lock()
+                .get(&id)
+                .map(|e| {
+                    e.channels
+                        .iter()
+                        .filter(|(t, i)| **t == *topic && !i.is_closed())
+                        .map(|(_, i)| i.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            for inbox in inboxes {
+                if inbox.send(Box::new(ChannelMsg::Removed)).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
     }
 
     /// Closes the connections `who` names here with

@@ -1,12 +1,14 @@
 //! The admin API's routes under `[admin] path` (docs/admin.md), each
 //! guarded by the admin key: the fleet's pods and topics, one topic,
-//! disconnecting clients, and publishing a batch.
+//! disconnecting clients or removing them from a topic, and publishing a
+//! batch.
 
 use super::api::{authorized, publish, reply, BroadcastRequest};
 use crate::admin::{Admin, AdminError, Who};
 use crate::config::AdminSettings;
 use crate::endpoint::{Body, EndpointBuilder};
 use crate::metrics::metrics;
+use crate::protocol::valid_topic;
 use crate::pubsub::PubSub;
 use crate::transport::http::read_body;
 use hyper::body::Incoming;
@@ -51,6 +53,7 @@ pub(super) fn routes(
         (Method::GET, "topics"),
         (Method::GET, "topic"),
         (Method::POST, "disconnect"),
+        (Method::POST, "remove"),
         (Method::POST, "broadcast"),
     ] {
         let ctx = ctx.clone();
@@ -119,6 +122,21 @@ async fn serve(ctx: Ctx, name: &str, req: Request<Incoming>) -> Response<Body> {
                 }
             }
         }
+        "remove" => {
+            let body = match read_body(req.into_body(), MAX_BODY, ctx.body_timeout).await {
+                Ok(b) => b,
+                Err(e) => return e.closing(reply(e.status(), json!({"error": e.to_string()}))),
+            };
+            match serde_json::from_slice::<Removal>(&body) {
+                Ok(r) if valid_topic(&r.topic) => ctx.admin.remove(&r.topic, r.who).await,
+                Ok(_) => return bad("invalid topic".into()),
+                Err(e) => {
+                    return bad(format!(
+                        "expected {{\"topic\": t}} and one of \"conn\", \"socket_id\" or \"claim\": {e}"
+                    ))
+                }
+            }
+        }
         _ => return batch(&ctx, req).await,
     };
     match answer {
@@ -128,6 +146,14 @@ async fn serve(ctx: Ctx, name: &str, req: Request<Incoming>) -> Response<Body> {
             json!({"error": e.to_string()}),
         ),
     }
+}
+
+/// Whom to remove from which topic.
+#[derive(Deserialize)]
+struct Removal {
+    topic: String,
+    #[serde(flatten)]
+    who: Who,
 }
 
 #[derive(Deserialize)]

@@ -183,6 +183,13 @@ impl Channel for AdminChannel {
                 Ok(who) => self.admin.disconnect(who).await,
                 Err(e) => return HandleIn::error(Payload::reason(e)),
             },
+            "remove" => match (
+                payload["topic"].as_str().map(str::to_owned),
+                serde_json::from_value::<Who>(payload["who"].clone()),
+            ) {
+                (Some(t), Ok(who)) => self.admin.remove(&t, who).await,
+                _ => return HandleIn::error(Payload::reason("topic and who are required")),
+            },
             "publish" => return self.publish(&payload).await,
             other => {
                 return HandleIn::error(Payload::reason(format_args!("unknown event {other}")))

@@ -235,4 +235,7 @@ pub(crate) enum ChannelMsg {
     /// The topic's live messages skipped offsets: the channel ends with an
     /// error so its client rejoins from its last position and recovers.
     Lost,
+    /// An operator removed the client from the topic (the admin API): the
+    /// channel ends and the client receives `phx_close`.
+    Removed,
 }

@@ -476,6 +476,9 @@ async fn step<C: Channel>(live: &mut Live<C>, item: Item<C::Info>) -> Result<(),
                 "missed messages: rejoin from the last position to recover them".into(),
             )))
         }
+        ChannelMsg::Removed => Err(End::Stop(StopReason::Shutdown(
+            "removed from the topic by an operator".into(),
+        ))),
         ChannelMsg::Assigns(info) => {
             ctx.set_socket(info);
             next_step(
@@ -568,7 +571,8 @@ fn answer_rest<I>(rest: VecDeque<Item<I>>, conn: &ConnHandle, topic: &str) {
             | ChannelMsg::Replace
             | ChannelMsg::Assigns(_)
             | ChannelMsg::Closed
-            | ChannelMsg::Lost => continue,
+            | ChannelMsg::Lost
+            | ChannelMsg::Removed => continue,
         };
         let to = ReplyTo {
             topic,

@@ -122,10 +122,15 @@ pub(crate) enum Command {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// Close connections on every pod: by connection id, socket id or claim.
+    /// Close connections on every pod: by connection id, socket id or
+    /// claim; with --topic, only remove them from that topic (their clients
+    /// receive phx_close and stay connected).
     Disconnect {
         #[command(flatten)]
         pod: Pod,
+        /// Remove from this topic instead of closing the connection.
+        #[arg(long)]
+        topic: Option<String>,
         /// A connection id as `topic` lists it (`<pod>/<n>`).
         #[arg(long, group = "who", required = true)]
         conn: Option<String>,
@@ -228,6 +233,7 @@ async fn dispatch(command: Command, config: &Config, settings: &Settings) -> Res
         }
         Command::Disconnect {
             pod,
+            topic,
             conn,
             socket_id,
             user,
@@ -249,7 +255,14 @@ async fn dispatch(command: Command, config: &Config, settings: &Settings) -> Res
                     ))
                 }
             };
-            let answer = ask(&pod, config, Method::POST, "disconnect", Some(who)).await?;
+            let answer = match topic {
+                Some(t) => {
+                    let mut body = who;
+                    body["topic"] = Value::String(t);
+                    ask(&pod, config, Method::POST, "remove", Some(body)).await?
+                }
+                None => ask(&pod, config, Method::POST, "disconnect", Some(who)).await?,
+            };
             Ok(show(&pod, &answer, print::disconnected))
         }
         Command::Token {

@@ -157,5 +157,8 @@ pub(super) fn topic(answer: &Value) {
 }
 
 pub(super) fn disconnected(answer: &Value) {
-    println!("disconnected {}", text(&answer["disconnected"]));
+    match answer.get("removed") {
+        Some(n) => println!("removed {}", text(n)),
+        None => println!("disconnected {}", text(&answer["disconnected"])),
+    }
 }

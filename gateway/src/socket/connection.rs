@@ -310,6 +310,9 @@ impl Connection {
             lane: self.lane.clone(),
             inline,
         });
+        if let Some(r) = &self.registered {
+            r.joined(&topic, &inbox);
+        }
         self.channels.insert(
             topic,
             ChannelHandle {
