@@ -14,7 +14,7 @@ use crate::wait::START_TIMEOUT;
 use gateway::config::{ChannelRule, Config, JwtConfig, Mode, Policy, PresenceRule, SocketSection};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
@@ -254,6 +254,7 @@ impl GatewayBuilder {
             prefix: redis_prefix,
             metrics_addr: metrics,
             process,
+            config_path: config_path.clone(),
             _dir: dir,
         };
         if wait_redis {
@@ -304,6 +305,7 @@ pub struct GatewayProcess {
     prefix: String,
     metrics_addr: Option<SocketAddr>,
     process: Process,
+    config_path: PathBuf,
     _dir: TempDir,
 }
 
@@ -380,6 +382,22 @@ impl GatewayProcess {
 
     pub fn pid(&self) -> u32 {
         self.process.pid()
+    }
+
+    /// The config file the process runs, with its port: what `gateway
+    /// <command> --config` reads to reach it.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// SIGSTOP: the pod neither answers nor closes its connections.
+    pub fn pause(&mut self) {
+        self.process.pause();
+    }
+
+    /// SIGCONT after [`GatewayProcess::pause`].
+    pub fn resume(&mut self) {
+        self.process.resume();
     }
 
     /// SIGTERM: a clean stop, as Kubernetes asks for one.

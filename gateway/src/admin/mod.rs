@@ -155,15 +155,14 @@ impl Admin {
             .ask(Question::Topics {
                 prefix: prefix.to_owned(),
                 after: after.map(str::to_owned),
-                limit,
+                // One more than asked: whether a next page exists.
+                limit: limit + 1,
                 busiest,
             })
             .await?;
         let mut merged: BTreeMap<String, PerPod> = BTreeMap::new();
-        let mut more = false;
         for (pod, answer) in &a.answers {
             let listed = answer["topics"].as_array().cloned().unwrap_or_default();
-            more |= listed.len() >= limit;
             for t in listed {
                 let (Some(name), Some(n)) = (t[0].as_str(), t[1].as_u64()) else {
                     continue;
@@ -177,7 +176,7 @@ impl Admin {
         if busiest {
             topics.sort_by(|x, y| y.1 .0.cmp(&x.1 .0).then_with(|| x.0.cmp(&y.0)));
         }
-        more |= topics.len() > limit;
+        let more = topics.len() > limit;
         topics.truncate(limit);
         let next = (!busiest && more)
             .then(|| topics.last().map(|t| t.0.clone()))
@@ -340,7 +339,7 @@ impl Inner {
                     }
                     topics.sort_by(|x, y| x.0.cmp(&y.0));
                 }
-                topics.truncate((*limit).min(MAX_LIST));
+                topics.truncate((*limit).min(MAX_LIST + 1));
                 let topics: Vec<Value> = topics.iter().map(|(t, n)| json!([&**t, n])).collect();
                 json!({"topics": topics})
             }
