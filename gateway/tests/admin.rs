@@ -18,7 +18,7 @@ const KEY: &str = "admin-key-for-tests";
 fn pod() -> GatewayBuilder {
     GatewayProcess::builder(env!("CARGO_BIN_EXE_gateway")).configure(|c| {
         c.admin.key = Some(KEY.into());
-        c.admin.timeout_ms = 700;
+        c.admin.timeout_ms = 2000;
     })
 }
 
