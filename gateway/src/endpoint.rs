@@ -52,6 +52,8 @@ pub struct Endpoint {
     unready_without_broker: Option<Duration>,
     /// Lifecycle events, when the binary's rules report them.
     lifecycle: Option<Lifecycle>,
+    /// The admin API's core, when it is on.
+    admin: Option<Admin>,
 }
 
 impl fmt::Debug for Endpoint {
@@ -108,6 +110,14 @@ impl Endpoint {
     /// This node's name.
     pub fn node(&self) -> &str {
         &self.services.node
+    }
+
+    /// Tells the endpoint the address its server bound, which the admin
+    /// API lists (a configured port 0 or `0.0.0.0` says little).
+    pub fn listening_on(&self, addr: std::net::SocketAddr) {
+        if let Some(admin) = &self.admin {
+            admin.listening_on(addr);
+        }
     }
 
     /// This process's id in long-poll session tokens: random per start, so
@@ -477,8 +487,9 @@ impl EndpointBuilder {
             http: Slots::default(),
             unready_without_broker: self.unready_without_broker,
             lifecycle: self.lifecycle,
+            admin: self.admin,
         });
-        if let Some(admin) = &self.admin {
+        if let Some(admin) = &endpoint.admin {
             admin.attach(&endpoint);
         }
         endpoint

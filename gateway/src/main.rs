@@ -161,6 +161,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let presence = endpoint.presence().clone();
     let listener =
         gateway::server::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    endpoint.listening_on(listener.local_addr()?);
     tracing::info!(
         addr = %listener.local_addr()?,
         node = endpoint.node(),

@@ -70,6 +70,16 @@ async fn fleet_wide_answers_name_a_pod_that_does_not_answer() {
     let mut cluster = Cluster::start(pod(), 3).await;
     let pods = all_answer(&cluster.pods[2], 3).await;
     assert_eq!(pod_ids(&pods).len(), 3);
+    let mut addresses: Vec<String> = pods["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["address"].as_str().unwrap().to_owned())
+        .collect();
+    let mut want: Vec<String> = cluster.pods.iter().map(|p| p.addr.to_string()).collect();
+    addresses.sort();
+    want.sort();
+    assert_eq!(addresses, want, "each pod lists the address it bound");
     for p in pods["pods"].as_array().unwrap() {
         assert_eq!(p["ready"], true, "{p}");
         assert_eq!(p["draining"], false, "{p}");

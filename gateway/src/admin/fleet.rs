@@ -94,12 +94,24 @@ impl Fleet {
         tokio::spawn(async move {
             let names = [format!("{ADMIN_TOPIC}all"), format!("{ADMIN_TOPIC}{pod}")];
             let mut listening = [false, false];
-            loop {
+            // Listening first, and again soon while Redis is not there yet:
+            // a pod joins the roster only once it can answer.
+            let mut retry = Duration::from_millis(100);
+            while listening.contains(&false) {
                 for (name, done) in names.iter().zip(listening.iter_mut()) {
                     if !*done {
                         *done = redis.listen_raw(name, inbox.clone()).await.is_ok();
                     }
                 }
+                if listening.contains(&false) {
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(HEARTBEAT);
+                }
+                if weak.strong_count() == 0 {
+                    return;
+                }
+            }
+            loop {
                 let Some(inner) = weak.upgrade() else { return };
                 let connections = inner.registry.counts().iter().sum::<usize>() as u64;
                 drop(inner);

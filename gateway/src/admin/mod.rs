@@ -72,6 +72,8 @@ pub(crate) struct Inner {
     /// name with the in-memory broker).
     pod: Arc<str>,
     options: AdminOptions,
+    /// Where the pod really listens, once the server bound its port.
+    address: OnceLock<String>,
     started: Instant,
     started_at: u64,
     registry: Arc<Registry>,
@@ -92,6 +94,7 @@ impl Admin {
             registry: Registry::new(&pod),
             pod,
             options,
+            address: OnceLock::new(),
             started: Instant::now(),
             started_at: unix_now(),
             pubsub: pubsub.clone(),
@@ -111,6 +114,23 @@ impl Admin {
         if self.0.endpoint.set(Arc::downgrade(endpoint)).is_ok() {
             Fleet::start(&self.0);
         }
+    }
+
+    /// Records the address the server bound, as listings show it: an
+    /// unspecified IP (`0.0.0.0`) becomes `$POD_IP` when set, else the host
+    /// name, so that pods can be told apart.
+    pub(crate) fn listening_on(&self, addr: std::net::SocketAddr) {
+        let shown = if addr.ip().is_unspecified() {
+            let host = std::env::var("POD_IP")
+                .ok()
+                .filter(|ip| !ip.is_empty())
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| addr.ip().to_string());
+            format!("{host}:{}", addr.port())
+        } else {
+            addr.to_string()
+        };
+        let _ = self.0.address.set(shown);
     }
 
     /// This pod's id in the fleet's answers and in connection ids.
@@ -310,7 +330,7 @@ impl Inner {
                 json!({
                     "id": &*self.pod,
                     "node": node,
-                    "address": self.options.address,
+                    "address": self.address.get().unwrap_or(&self.options.address),
                     "version": env!("CARGO_PKG_VERSION"),
                     "started_at": self.started_at,
                     "uptime_s": self.started.elapsed().as_secs(),

@@ -49,7 +49,8 @@ pub enum Disconnect {
     IdleTimeout,
     /// The outbound queue overflowed its [`Budget`] of frames or bytes.
     SlowConsumer,
-    /// A `disconnect` broadcast on the socket id.
+    /// A `disconnect` broadcast on the socket id, or an operator's
+    /// disconnect (the admin API).
     Forced,
     /// The server is shutting down or draining.
     ServerShutdown,
