@@ -3,8 +3,8 @@
 //! `Phoenix.Endpoint` ties them together. The server serves it; it serves
 //! nothing itself.
 
-use crate::admin::Admin;
 use crate::channel::queue::Joins;
+use crate::channel::registry::Registry;
 use crate::channel::{Services, TopicPattern};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{metrics, Limit, Scrape};
@@ -19,8 +19,9 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 use std::fmt;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 pub use crate::socket::Socket;
@@ -52,8 +53,8 @@ pub struct Endpoint {
     unready_without_broker: Option<Duration>,
     /// Lifecycle events, when the binary's rules report them.
     lifecycle: Option<Lifecycle>,
-    /// The admin API's core, when it is on.
-    admin: Option<Admin>,
+    /// The address the server bound, once it has.
+    local_addr: OnceLock<SocketAddr>,
 }
 
 impl fmt::Debug for Endpoint {
@@ -82,7 +83,7 @@ impl Endpoint {
             unready_without_broker: None,
             lifecycle: None,
             rebalance: None,
-            admin: None,
+            registry: None,
         }
     }
 
@@ -114,10 +115,13 @@ impl Endpoint {
 
     /// Tells the endpoint the address its server bound, which the admin
     /// API lists (a configured port 0 or `0.0.0.0` says little).
-    pub fn listening_on(&self, addr: std::net::SocketAddr) {
-        if let Some(admin) = &self.admin {
-            admin.listening_on(addr);
-        }
+    pub fn listening_on(&self, addr: SocketAddr) {
+        let _ = self.local_addr.set(addr);
+    }
+
+    /// The address the server bound, once [`listening_on`](Self::listening_on) said it.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr.get().copied()
     }
 
     /// This process's id in long-poll session tokens: random per start, so
@@ -299,7 +303,7 @@ pub struct EndpointBuilder {
     unready_without_broker: Option<Duration>,
     lifecycle: Option<Lifecycle>,
     rebalance: Option<RebalanceConfig>,
-    admin: Option<Admin>,
+    registry: Option<Arc<Registry>>,
 }
 
 impl Default for EndpointBuilder {
@@ -413,10 +417,10 @@ impl EndpointBuilder {
         self
     }
 
-    /// Keeps a registry of connections for `admin` and answers its
-    /// questions (the admin API, docs/admin.md).
-    pub fn admin(mut self, admin: Admin) -> Self {
-        self.admin = Some(admin);
+    /// Registers every connection in `registry`, for the admin API
+    /// (docs/admin.md).
+    pub(crate) fn registry(mut self, registry: Arc<Registry>) -> Self {
+        self.registry = Some(registry);
         self
     }
 
@@ -460,7 +464,7 @@ impl EndpointBuilder {
             presence,
             node: Arc::from(node),
             joins: Joins::new(self.limits.per_source.max_queued_joins),
-            registry: self.admin.as_ref().map(|a| a.registry().clone()),
+            registry: self.registry,
         });
         let mut admission = Admission::new(self.limits);
         if let Some(config) = self.rebalance {
@@ -475,7 +479,7 @@ impl EndpointBuilder {
             services.clone(),
             admission.drain().clone(),
         );
-        let endpoint = Arc::new(Endpoint {
+        Arc::new(Endpoint {
             sockets: self.sockets,
             services,
             routes: self.routes,
@@ -487,12 +491,8 @@ impl EndpointBuilder {
             http: Slots::default(),
             unready_without_broker: self.unready_without_broker,
             lifecycle: self.lifecycle,
-            admin: self.admin,
-        });
-        if let Some(admin) = &endpoint.admin {
-            admin.attach(&endpoint);
-        }
-        endpoint
+            local_addr: OnceLock::new(),
+        })
     }
 }
 

@@ -7,11 +7,10 @@
 //! the connections.
 
 mod fleet;
-mod registry;
 
-pub use registry::{Listed, Who};
-pub(crate) use registry::{Registered, Registry};
+pub use crate::channel::registry::{Listed, Who};
 
+use crate::channel::registry::Registry;
 use crate::endpoint::Endpoint;
 use crate::protocol::Transport;
 use crate::pubsub::{Ask as HistoryAsk, PubSub};
@@ -72,8 +71,6 @@ pub(crate) struct Inner {
     /// name with the in-memory broker).
     pod: Arc<str>,
     options: AdminOptions,
-    /// Where the pod really listens, once the server bound its port.
-    address: OnceLock<String>,
     started: Instant,
     started_at: u64,
     registry: Arc<Registry>,
@@ -94,7 +91,6 @@ impl Admin {
             registry: Registry::new(&pod),
             pod,
             options,
-            address: OnceLock::new(),
             started: Instant::now(),
             started_at: unix_now(),
             pubsub: pubsub.clone(),
@@ -103,34 +99,19 @@ impl Admin {
         }))
     }
 
-    /// Where connections register.
+    /// Where connections register: give it to the endpoint's builder.
     pub(crate) fn registry(&self) -> &Arc<Registry> {
         &self.0.registry
     }
 
     /// Connects the core to the endpoint it reports on, and starts
-    /// answering the fleet's questions (with a runtime).
+    /// answering the fleet's questions (with a runtime). The endpoint must
+    /// have been built with [`registry`](Self::registry) (its connections
+    /// register there).
     pub(crate) fn attach(&self, endpoint: &Arc<Endpoint>) {
         if self.0.endpoint.set(Arc::downgrade(endpoint)).is_ok() {
             Fleet::start(&self.0);
         }
-    }
-
-    /// Records the address the server bound, as listings show it: an
-    /// unspecified IP (`0.0.0.0`) becomes `$POD_IP` when set, else the host
-    /// name, so that pods can be told apart.
-    pub(crate) fn listening_on(&self, addr: std::net::SocketAddr) {
-        let shown = if addr.ip().is_unspecified() {
-            let host = std::env::var("POD_IP")
-                .ok()
-                .filter(|ip| !ip.is_empty())
-                .or_else(|| std::env::var("HOSTNAME").ok())
-                .unwrap_or_else(|| addr.ip().to_string());
-            format!("{host}:{}", addr.port())
-        } else {
-            addr.to_string()
-        };
-        let _ = self.0.address.set(shown);
     }
 
     /// This pod's id in the fleet's answers and in connection ids.
@@ -321,16 +302,22 @@ impl Inner {
         match q {
             Question::Pods => {
                 let endpoint = self.endpoint.get().and_then(Weak::upgrade);
-                let (ready, draining, node) = match &endpoint {
-                    Some(ep) => (ep.readiness().0, ep.is_draining(), ep.node().to_owned()),
-                    None => (false, false, String::new()),
+                let (ready, draining, node, bound) = match &endpoint {
+                    Some(ep) => (
+                        ep.readiness().0,
+                        ep.is_draining(),
+                        ep.node().to_owned(),
+                        ep.local_addr(),
+                    ),
+                    None => (false, false, String::new(), None),
                 };
+                let address = bound.map_or_else(|| self.options.address.clone(), shown);
                 let counts = self.registry.counts();
                 let channels: usize = hub.channel_counts("").iter().map(|(_, n)| n).sum();
                 json!({
                     "id": &*self.pod,
                     "node": node,
-                    "address": self.address.get().unwrap_or(&self.options.address),
+                    "address": address,
                     "version": env!("CARGO_PKG_VERSION"),
                     "started_at": self.started_at,
                     "uptime_s": self.started.elapsed().as_secs(),
@@ -394,6 +381,20 @@ fn tally(a: Answers, what: &str) -> Value {
         }
     }
     json!({what: total, "pods": pods, "missing": a.missing})
+}
+
+/// An address as listings show it: an unspecified IP (`0.0.0.0`) becomes
+/// `$POD_IP` when set, else the host name, so that pods can be told apart.
+fn shown(addr: std::net::SocketAddr) -> String {
+    if !addr.ip().is_unspecified() {
+        return addr.to_string();
+    }
+    let host = std::env::var("POD_IP")
+        .ok()
+        .filter(|ip| !ip.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| addr.ip().to_string());
+    format!("{host}:{}", addr.port())
 }
 
 fn unix_now() -> u64 {

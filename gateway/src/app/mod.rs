@@ -162,6 +162,7 @@ pub fn assemble(settings: Settings, pubsub: PubSub) -> Result<Arc<Endpoint>, Con
             async move { api::broadcast(req, pubsub, &key, max_body, body_timeout).await }
         });
     }
+    let mut admin_core = None;
     if let Some(a) = admin {
         let core = Admin::new(
             &pubsub,
@@ -171,7 +172,7 @@ pub fn assemble(settings: Settings, pubsub: PubSub) -> Result<Arc<Endpoint>, Con
             },
         );
         builder = admin::routes(
-            builder.admin(core.clone()),
+            builder.registry(core.registry().clone()),
             &a,
             &core,
             &pubsub,
@@ -180,6 +181,7 @@ pub fn assemble(settings: Settings, pubsub: PubSub) -> Result<Arc<Endpoint>, Con
         if let Some(page) = &a.page {
             builder = admin_page::routes(builder, page, &a.key, &core, &pubsub);
         }
+        admin_core = Some(core);
     }
     if let Some(socket) = demo {
         let socket: Arc<str> = Arc::from(socket);
@@ -192,7 +194,11 @@ pub fn assemble(settings: Settings, pubsub: PubSub) -> Result<Arc<Endpoint>, Con
                 demo::phoenix_js()
             });
     }
-    Ok(builder.build())
+    let endpoint = builder.build();
+    if let Some(core) = admin_core {
+        core.attach(&endpoint);
+    }
+    Ok(endpoint)
 }
 
 /// A publisher over the config's Redis, for `gateway publish`: it keeps

@@ -22,6 +22,7 @@ mod context;
 mod inline;
 mod pattern;
 pub(crate) mod queue;
+pub(crate) mod registry;
 mod router;
 mod runner;
 mod slot;
@@ -54,7 +55,7 @@ pub(crate) struct Services {
     /// Where joins wait for their turn, one lane per client address.
     pub(crate) joins: queue::Joins,
     /// Where connections register for the admin API, when it is on.
-    pub(crate) registry: Option<Arc<crate::admin::Registry>>,
+    pub(crate) registry: Option<Arc<registry::Registry>>,
 }
 
 /// Facts about the connection shared by all its channels.

@@ -7,8 +7,8 @@
 
 use super::rate::{Bucket, Verdict};
 use super::{Assigns, Socket};
-use crate::admin::Registered;
 use crate::channel::queue::Lane;
+use crate::channel::registry::Registered;
 use crate::channel::{join_answered, ChannelMsg, Inbox, Previous, Services, SocketInfo, Start};
 use crate::conn::{ConnHandle, Disconnect, ReplyTo};
 use crate::metrics::{metrics, Limit, OpenConnection, Received};
@@ -151,7 +151,7 @@ impl Connection {
         let registered = services
             .registry
             .as_ref()
-            .map(|r| r.register(&conn, transport, &socket, &info, source));
+            .map(|r| r.register(&conn, transport, &socket.path, &info, source));
         let mut connection = Connection {
             conn,
             socket,

@@ -2,10 +2,9 @@
 //! id and claims. Kept only when the admin API is on; otherwise connections
 //! register nothing and pay nothing.
 
-use crate::channel::{ChannelMsg, Inbox, SocketInfo};
+use super::{ChannelMsg, Inbox, SocketInfo};
 use crate::conn::{ConnHandle, Disconnect};
 use crate::protocol::Transport;
-use crate::socket::Socket;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -43,7 +42,7 @@ pub enum Who {
 struct Entry {
     conn: ConnHandle,
     transport: Transport,
-    socket: Arc<Socket>,
+    socket: Arc<str>,
     info: Arc<SocketInfo>,
     peer: IpAddr,
     since: u64,
@@ -129,7 +128,7 @@ impl Registry {
         self: &Arc<Self>,
         conn: &ConnHandle,
         transport: Transport,
-        socket: &Arc<Socket>,
+        socket: &str,
         info: &Arc<SocketInfo>,
         peer: IpAddr,
     ) -> Registered {
@@ -141,7 +140,7 @@ impl Registry {
             Entry {
                 conn: conn.clone(),
                 transport,
-                socket: socket.clone(),
+                socket: Arc::from(socket),
                 info: info.clone(),
                 peer,
                 since,
@@ -179,7 +178,7 @@ impl Registry {
         Some(Listed {
             conn: format!("{}/{}", self.pod, e.conn.id()),
             transport: e.transport.as_str().into(),
-            socket: e.socket.path.clone(),
+            socket: e.socket.to_string(),
             socket_id: e.info.id.clone(),
             user: e.info.assigns.get("sub").map(claim_text),
             peer: e.peer.to_string(),
@@ -305,24 +304,20 @@ mod tests {
     #[test]
     fn finds_by_id_socket_id_and_claim_and_forgets_dropped() {
         let r = Registry::new("pod1");
-        let socket = Arc::new(Socket::new(
-            "/socket",
-            crate::socket::AcceptAll,
-            crate::channel::Router::new(),
-        ));
+        let socket = "/socket";
         let peer: IpAddr = [127, 0, 0, 1].into();
         let (a, b) = (conn(), conn());
         let ga = r.register(
             &a,
             Transport::WebSocket,
-            &socket,
+            socket,
             &info(Some("user:42"), json!(42)),
             peer,
         );
         let _gb = r.register(
             &b,
             Transport::LongPoll,
-            &socket,
+            socket,
             &info(None, json!("ann")),
             peer,
         );
