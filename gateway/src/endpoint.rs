@@ -456,7 +456,7 @@ impl EndpointBuilder {
             .collect();
         let any = table.iter().any(|(_, h)| h.is_some());
         pubsub.set_history(Box::new(move |topic| first_history(&table, topic)), any);
-        let paths: Vec<&str> = self.sockets.iter().map(|s| s.path.as_str()).collect();
+        let paths: Vec<&str> = self.sockets.iter().map(|s| &*s.path).collect();
         let close_reasons = crate::conn::Disconnect::ALL.map(|d| d.label());
         metrics().init(&paths, &close_reasons);
         let services = Arc::new(Services {

@@ -157,7 +157,7 @@ pub fn bench_handshake(head: &bytes::Bytes) -> Option<Vec<u8>> {
 fn websocket_socket(ep: &Endpoint, path: &str) -> Option<Arc<Socket>> {
     ep.sockets
         .iter()
-        .find(|s| path.strip_prefix(s.path.as_str()) == Some("/websocket"))
+        .find(|s| path.strip_prefix(&*s.path) == Some("/websocket"))
         .cloned()
 }
 
@@ -287,7 +287,7 @@ async fn handle(ep: Arc<Endpoint>, peer: SocketAddr, req: Request<Incoming>) -> 
         _ => {}
     }
     for socket in &ep.sockets {
-        if let Some(rest) = path.strip_prefix(socket.path.as_str()) {
+        if let Some(rest) = path.strip_prefix(&*socket.path) {
             if rest == "/websocket" {
                 let services = ep.services.clone();
                 return websocket::handshake(&ep.admission, services, socket.clone(), peer, req)

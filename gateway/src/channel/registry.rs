@@ -128,7 +128,7 @@ impl Registry {
         self: &Arc<Self>,
         conn: &ConnHandle,
         transport: Transport,
-        socket: &str,
+        socket: &Arc<str>,
         info: &Arc<SocketInfo>,
         peer: IpAddr,
     ) -> Registered {
@@ -140,7 +140,7 @@ impl Registry {
             Entry {
                 conn: conn.clone(),
                 transport,
-                socket: Arc::from(socket),
+                socket: socket.clone(),
                 info: info.clone(),
                 peer,
                 since,
@@ -304,20 +304,20 @@ mod tests {
     #[test]
     fn finds_by_id_socket_id_and_claim_and_forgets_dropped() {
         let r = Registry::new("pod1");
-        let socket = "/socket";
+        let socket: Arc<str> = Arc::from("/socket");
         let peer: IpAddr = [127, 0, 0, 1].into();
         let (a, b) = (conn(), conn());
         let ga = r.register(
             &a,
             Transport::WebSocket,
-            socket,
+            &socket,
             &info(Some("user:42"), json!(42)),
             peer,
         );
         let _gb = r.register(
             &b,
             Transport::LongPoll,
-            socket,
+            &socket,
             &info(None, json!("ann")),
             peer,
         );

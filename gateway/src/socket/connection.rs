@@ -137,7 +137,7 @@ impl Connection {
         tracing::debug!(
             conn = conn.id(),
             ?transport,
-            socket = socket.path,
+            socket = &*socket.path,
             vsn = conn.vsn().as_str(),
             socket_id = socket_id.as_deref(),
             "connection opened"

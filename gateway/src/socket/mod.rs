@@ -31,7 +31,8 @@ use std::sync::Arc;
 /// A socket mounted at a path (default `/socket`), serving
 /// `{path}/websocket`, and `{path}/longpoll` when its config enables it.
 pub struct Socket {
-    pub(crate) path: String,
+    /// Shared: each connection's registry entry names it (admin API).
+    pub(crate) path: Arc<str>,
     pub(crate) handler: Arc<dyn SocketHandler>,
     pub(crate) router: Router,
     pub(crate) config: SocketConfig,
@@ -52,7 +53,7 @@ impl Socket {
     /// admitted by `handler` and whose topics are served by `router`.
     pub fn new(path: &str, handler: impl SocketHandler, router: Router) -> Self {
         Socket {
-            path: path.trim_end_matches('/').to_owned(),
+            path: Arc::from(path.trim_end_matches('/')),
             handler: Arc::new(handler),
             router,
             config: SocketConfig::default(),
