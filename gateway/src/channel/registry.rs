@@ -97,6 +97,8 @@ impl Registered {
     pub(crate) fn joined(&self, topic: &Arc<str>, inbox: &Inbox) {
         if let Some(e) = self.of.shard(self.id).lock().get_mut(&self.id) {
             e.channels.retain(|(t, i)| !i.is_closed() && **t != **topic);
+            // One at a time, as the connection's own list: most join a few.
+            e.channels.reserve_exact(1);
             e.channels.push((topic.clone(), inbox.clone()));
         }
     }
