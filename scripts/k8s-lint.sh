@@ -184,7 +184,7 @@ if [ -x "$bin" ]; then
     while IFS= read -r toml; do
         # The secrets the configs leave to the environment.
         env -u GATEWAY_CONFIG -u GATEWAY_LISTEN -u PORT \
-            GATEWAY_JWT_SECRET=k8s-lint REDIS_URL=redis://127.0.0.1:6379 \
+            GATEWAY_JWT_SECRET=k8s-lint-secret-of-32-bytes-or-more REDIS_URL=redis://127.0.0.1:6379 \
             "$bin" --check --config "$toml" >"$work/check.log" 2>&1 ||
             { cat "$work/check.log" >&2; die "$toml: gateway --check failed"; }
         say "$toml: $(cat "$work/check.log")"
