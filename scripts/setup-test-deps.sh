@@ -73,8 +73,9 @@ else
     need nginx nginx
 fi
 need promtool prometheus
-need python3 python3
-if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+# A machine without python3 gets Debian's, with its venv and redis modules.
+need python3 python3 python3-venv python3-redis
+if have python3 && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     say "python3 cannot make a venv: will install Debian package python3-venv"
     missing+=(python3-venv)
 fi
@@ -85,7 +86,7 @@ python_redis() {
     python3 -c 'import redis' >/dev/null 2>&1 ||
         { [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import redis' >/dev/null 2>&1; }
 }
-if command -v python3 >/dev/null 2>&1 && ! python_redis; then
+if have python3 && ! python_redis; then
     say "python3 lacks the redis module: will install Debian package python3-redis"
     missing+=(python3-redis)
 fi
