@@ -4,6 +4,7 @@
 #
 #   cargo         required; comes from rustup, never installed here
 #   make, cc      Debian packages make, gcc + libc6-dev (cc links Rust binaries)
+#   c++           Debian package g++ (cargo-fuzz builds libFuzzer, C++: make test-fuzz)
 #   redis-server  Debian package redis-server (the Redis broker's tests, and the
 #                 clusters of compat/ and e2e/; it brings redis-cli)
 #   node, npm     Debian packages nodejs, npm (compat/ and e2e/; their process
@@ -59,6 +60,7 @@ need() { # need COMMAND PACKAGE...: queue PACKAGEs unless COMMAND exists
 }
 need make make
 need cc gcc libc6-dev
+need c++ g++
 need redis-server redis-server
 need node nodejs
 need npm npm
@@ -107,7 +109,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]}"
     $sudo env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -q --no-install-recommends "${missing[@]}"
-    for cmd in make cc redis-server node npm chromium openssl curl kill promtool python3; do
+    for cmd in make cc c++ redis-server node npm chromium openssl curl kill promtool python3; do
         have "$cmd" || die "$cmd is still missing after installing ${missing[*]}"
     done
     python_redis ||
