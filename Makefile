@@ -1,4 +1,5 @@
-# Developer entry points. `make run` needs only the Rust toolchain;
+# Developer entry points. `make run` needs the Rust toolchain and a C compiler
+# (Debian packages make, gcc, libc6-dev: cc links, jemalloc and ring build C);
 # `make test` installs what the tests need first (scripts/setup-test-deps.sh).
 
 CARGO ?= cargo

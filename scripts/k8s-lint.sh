@@ -5,7 +5,8 @@
 #   1. yamllint (.yamllint) over k8s/ and the YAML at the top level.
 #   2. Renders every overlay with `kubectl kustomize`: overlays/dev,
 #      overlays/production, the base alone, and the base with each optional
-#      component (components/monitoring, components/hpa-connections, dashboards).
+#      component (components/monitoring, components/hpa-connections,
+#      components/network-policy, components/ingress-nginx, dashboards).
 #   3. Validates each rendering against the Kubernetes OpenAPI schemas
 #      (kubernetes-validate --strict, no cluster) for $K8S_VERSIONS. The
 #      Prometheus Operator kinds (ServiceMonitor, PrometheusRule) have no schema
@@ -13,7 +14,7 @@
 #      ServiceMonitor selects the Service and its port), and any other custom
 #      kind fails.
 #   4. Cross-object checks (scripts/k8s_check.py): selectors match pods,
-#      probes and Services use real ports, referenced ConfigMaps and Secrets
+#      probes, Services, NetworkPolicies and Ingresses use real ports, referenced ConfigMaps and Secrets
 #      exist (the dev Secret; production's is external), the security context,
 #      preStop + drain deadline fit in terminationGracePeriodSeconds, the
 #      config's listen port is the container port and the Dockerfile's EXPOSE.
@@ -121,7 +122,8 @@ targets=(
     "base|k8s/base|--secrets-external"
 )
 # The base with each optional component, in a throwaway kustomization.
-for component in k8s/components/monitoring k8s/components/hpa-connections k8s/dashboards; do
+for component in k8s/components/monitoring k8s/components/hpa-connections k8s/dashboards \
+    k8s/components/network-policy k8s/components/ingress-nginx; do
     name="base+$(basename "$component")"
     dir="$work/kustomize-$(basename "$component")"
     mkdir -p "$dir"
@@ -184,7 +186,7 @@ if [ -x "$bin" ]; then
     while IFS= read -r toml; do
         # The secrets the configs leave to the environment.
         env -u GATEWAY_CONFIG -u GATEWAY_LISTEN -u PORT \
-            GATEWAY_JWT_SECRET=k8s-lint REDIS_URL=redis://127.0.0.1:6379 \
+            GATEWAY_JWT_SECRET=k8s-lint-secret-of-32-bytes-or-more REDIS_URL=redis://127.0.0.1:6379 \
             "$bin" --check --config "$toml" >"$work/check.log" 2>&1 ||
             { cat "$work/check.log" >&2; die "$toml: gateway --check failed"; }
         say "$toml: $(cat "$work/check.log")"

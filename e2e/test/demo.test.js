@@ -111,6 +111,30 @@ describe('demo chat page', { timeout: 90_000 }, () => {
     }
   });
 
+  step("a rename on page 1 replaces its name in both Online lists (presence_update)", async () => {
+    const before = await page1.inputValue('#user');
+    const other = await page2.inputValue('#user');
+    const renamed = `renamed-${randomUUID().slice(0, 8)}`;
+    await page1.fill('#user', renamed);
+    await page1.press('#user', 'Enter');
+    // Exactly these names: the new one is listed and the old one is gone.
+    const want = [other, renamed].sort().join(', ');
+    for (const [name, p] of [['page2', page2], ['page1', page1]]) {
+      try {
+        await p.waitForFunction((w) => document.getElementById('online').textContent === w, want, {
+          timeout: DOM_TIMEOUT_MS,
+        });
+      } catch (err) {
+        const online = await p.textContent('#online').catch(() => '?');
+        throw new Error(
+          `${name}'s Online list is ${JSON.stringify(online)}, not ${JSON.stringify(want)} ` +
+            `${DOM_TIMEOUT_MS} ms after ${before} renamed itself ${renamed} (${err.message})`,
+        );
+      }
+    }
+    assert.equal(await page1.textContent('#status'), 'joined room:lobby', 'the rename was not refused');
+  });
+
   step("alice's message (Send button) reaches both pages", async () => {
     await page1.fill('#user', 'alice');
     await page1.fill('#body', aliceMsg);

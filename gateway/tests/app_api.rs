@@ -212,7 +212,7 @@ async fn environment_overrides_key_and_secret() {
 path = "/socket"
 require_token = true
 [socket.jwt]
-secret = "from-the-file"
+secret = "from-the-file-0123456789abcdef0123456789"
 
 [[channel]]
 pattern = "user:{sub}"
@@ -221,14 +221,23 @@ policy = "token"
     );
     let env = Env::from_pairs([
         ("GATEWAY_API_KEY", "key-from-env"),
-        ("GATEWAY_JWT_SECRET", "secret-from-env"),
+        (
+            "GATEWAY_JWT_SECRET",
+            "secret-from-env-0123456789abcdef0123456789",
+        ),
     ]);
     let config = Config::load(Some(&path), &env).unwrap();
     let server = TestServer::from_config(&config).await;
 
-    let from_file = hs256_with("from-the-file", &json!({"sub": "a"}));
+    let from_file = hs256_with(
+        "from-the-file-0123456789abcdef0123456789",
+        &json!({"sub": "a"}),
+    );
     assert_eq!(server.refused("/socket", Some(&from_file)).await, 403);
-    let token = hs256_with("secret-from-env", &json!({"sub": "a"}));
+    let token = hs256_with(
+        "secret-from-env-0123456789abcdef0123456789",
+        &json!({"sub": "a"}),
+    );
     let mut c = server.connect("/socket", Some(&token)).await;
     c.join("user:a", "1").await;
 

@@ -152,3 +152,65 @@ fn a_port_in_use_is_reported_once() {
     assert_eq!(all.matches(&said).count(), 1, "{all}");
     drop(taken);
 }
+
+/// config/example.toml's demo JWT secret is public: a pod that verifies
+/// tokens with it (development mode only) says so at start, naming the
+/// variable that replaces it; a pod with its own secret does not.
+#[tokio::test]
+async fn the_demo_jwt_secret_is_warned_about_at_start() {
+    let demo = |c: &mut gateway::config::Config| {
+        c.log.format = LogFormat::Json;
+        c.server.dev = true;
+        if let Some(jwt) = &mut c.sockets[0].jwt {
+            jwt.secret = Some(gateway::config::DEMO_JWT_SECRET.into());
+        }
+    };
+    let pod = GatewayProcess::builder(env!("CARGO_BIN_EXE_gateway"))
+        .configure(demo)
+        .start()
+        .await;
+    let lines = lines_until(&pod, &["gateway listening"]).await;
+    let warned = |lines: &[Value]| {
+        lines.iter().any(|l| {
+            l["level"] == "WARN"
+                && l["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("GATEWAY_JWT_SECRET"))
+        })
+    };
+    assert!(
+        warned(&lines),
+        "no warning about the demo secret: {lines:?}"
+    );
+
+    let own = GatewayProcess::builder(env!("CARGO_BIN_EXE_gateway"))
+        .configure(|c| c.log.format = LogFormat::Json)
+        .start()
+        .await;
+    let lines = lines_until(&own, &["gateway listening"]).await;
+    assert!(!warned(&lines), "{lines:?}");
+}
+
+/// Outside development mode the demo secret, like any HS* secret shorter
+/// than 32 bytes, stops the start with a config error naming the key.
+#[test]
+fn a_short_jwt_secret_is_refused_outside_development() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/example.toml");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"));
+    for (name, _) in gateway::config::ENV_VARS {
+        cmd.env_remove(name);
+    }
+    cmd.args(["--config", example])
+        .env("GATEWAY_DEV", "0")
+        .env("GATEWAY_LISTEN", "127.0.0.1:0");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(cmd.output()));
+    let out = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the gateway refuses to start")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("socket[0].jwt.secret"), "{stderr}");
+    assert!(stderr.contains("GATEWAY_DEV=1"), "{stderr}");
+}

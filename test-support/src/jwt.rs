@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The HS256 secret of test configs and of gateway processes.
-pub const SECRET: &str = "test-secret-0123456789";
+pub const SECRET: &str = "test-secret-0123456789abcdef0123456789";
 
 /// Seconds since the epoch.
 pub fn now() -> u64 {

@@ -18,7 +18,7 @@ use crate::backend::hooks::{Hook, HookPool, HookSocket};
 use crate::backend::Forwarder;
 use crate::channel::Router;
 use crate::config::ChannelSettings;
-use crate::config::{Config, ConfigError, LongPollSecret, Settings};
+use crate::config::{Config, ConfigError, LongPollSecret, Settings, DEMO_JWT_SECRET};
 use crate::endpoint::{default_node_name, Endpoint, Socket};
 use crate::lifecycle::{Lifecycle, StreamSpec};
 use crate::metrics::HookName;
@@ -74,6 +74,16 @@ pub fn assemble(settings: Settings, pubsub: PubSub) -> Result<Arc<Endpoint>, Con
         tracing::info!(
             "longpoll.secret is unset: deriving it from the Redis and JWT settings; \
              set GATEWAY_LONGPOLL_SECRET to the same value on every pod"
+        );
+    }
+    // Loud, because it is silent otherwise: the pod works, and anyone who
+    // read config/example.toml can mint any token for it.
+    for s in sockets.iter().filter(|s| s.demo_secret) {
+        tracing::warn!(
+            socket = %s.path,
+            "the socket verifies tokens with the public demo JWT secret {DEMO_JWT_SECRET:?}, \
+             so anyone can mint tokens for it: set GATEWAY_JWT_SECRET to at least 32 random \
+             bytes outside development"
         );
     }
     if let Some(secret) = longpoll.secret.bytes() {

@@ -47,6 +47,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "GATEWAY_HOOK_SECRET",
         "HMAC secret that signs HTTP hook requests; replaces hooks.secret",
     ),
+    (
+        "GATEWAY_DEV",
+        "1 or 0: development mode (short JWT secrets accepted); replaces server.dev",
+    ),
 ];
 
 /// A snapshot of environment variables, so tests can inject their own.
@@ -138,6 +142,15 @@ impl Config {
         }
         if let Some(secret) = env.get("GATEWAY_HOOK_SECRET") {
             self.hooks.secret = Some(secret.to_owned());
+        }
+        if let Some(dev) = env.get("GATEWAY_DEV") {
+            self.server.dev = match dev {
+                "1" | "true" => true,
+                "0" | "false" => false,
+                other => {
+                    return Err(Key::root("GATEWAY_DEV").invalid(format!("{other:?}: use 1 or 0")))
+                }
+            };
         }
         if let Some(node) = env.get("GATEWAY_NODE_NAME") {
             self.server.node_name = Some(node.to_owned());

@@ -44,7 +44,10 @@ pub use presence::PresenceSection;
 pub use rebalance::RebalanceSection;
 pub use redis::{RedisConfig, SentinelConfig};
 pub use server::{Lowered, ServerConfig, ServerSettings, Shutdown, FD_MARGIN};
-pub use socket::{JwtConfig, LongPollSection, OriginSetting, SocketSection, SocketSettings};
+pub use socket::{
+    JwtConfig, LongPollSection, OriginSetting, SocketSection, SocketSettings, DEMO_JWT_SECRET,
+    MIN_JWT_SECRET,
+};
 
 use crate::backend::hooks::HookSecret;
 use crate::presence::PresenceConfig;
@@ -248,7 +251,7 @@ impl Config {
                     self.server.max_publish_bytes
                 )));
             }
-            sockets.push(s.settings(&key, self.longpoll.relay_timeout_ms)?);
+            sockets.push(s.settings(&key, self.longpoll.relay_timeout_ms, self.server.dev)?);
         }
         let paths: Vec<&str> = sockets.iter().map(|s| s.path.as_str()).collect();
         let channels = self

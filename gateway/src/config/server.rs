@@ -80,6 +80,10 @@ pub struct ServerConfig {
     /// `X-Forwarded-For` names the client, for the per-source limits.
     /// Default none: the source is the peer address.
     pub trusted_proxies: Vec<String>,
+    /// Development mode: HS* JWT secrets shorter than 32 bytes (such as
+    /// config/example.toml's demo secret) are accepted, with a warning at
+    /// start. `GATEWAY_DEV` overrides it. Default false: refused.
+    pub dev: bool,
 }
 
 /// The library has no defaults for these: they are the binary's, tuned for
@@ -106,6 +110,7 @@ impl Default for ServerConfig {
             connection_burst_per_source: 100,
             max_queued_joins_per_source: 1000,
             trusted_proxies: Vec::new(),
+            dev: false,
         }
     }
 }

@@ -192,15 +192,20 @@ pub struct SocketSettings {
     pub topics_claim: Option<String>,
     /// The connect hook, if any.
     pub hooks: Option<ConnectHookSettings>,
+    /// The HS* secret is config/example.toml's [`DEMO_JWT_SECRET`], which
+    /// anyone can read: the pod warns at start.
+    pub demo_secret: bool,
 }
 
 impl SocketSection {
     /// `relay_timeout_ms` is `[longpoll]`'s: with the poll window it must
-    /// fit in phoenix.js' request timeout.
+    /// fit in phoenix.js' request timeout. `dev` is `server.dev`: short JWT
+    /// secrets are accepted.
     pub(super) fn settings(
         &self,
         key: &Key,
         relay_timeout_ms: u64,
+        dev: bool,
     ) -> Result<SocketSettings, ConfigError> {
         let field = |name: &str| key.field(name);
         if !self.path.starts_with('/') || self.path.len() < 2 || self.path.ends_with('/') {
@@ -213,7 +218,7 @@ impl SocketSection {
             return Err(field("jwt").invalid("required when require_claims or topics_claim is set"));
         }
         let verifier = match &self.jwt {
-            Some(jwt) => Some(jwt.verifier(&field("jwt"))?),
+            Some(jwt) => Some(jwt.verifier(&field("jwt"), dev)?),
             None => None,
         };
         if let Some(t) = &self.socket_id {
@@ -276,6 +281,7 @@ impl SocketSection {
                 require_claims,
             },
             topics_claim: self.topics_claim.clone(),
+            demo_secret: self.jwt.as_ref().is_some_and(JwtConfig::uses_demo_secret),
             hooks: self
                 .hooks
                 .as_ref()
@@ -335,9 +341,27 @@ impl OriginSetting {
     }
 }
 
+/// config/example.toml's JWT secret: public, so only for development.
+pub const DEMO_JWT_SECRET: &str = "dev-only-secret-change-me";
+
+/// Shortest HS* secret outside development mode, bytes: RFC 7518 (3.2)
+/// wants a key at least as long as the hash (32 bytes for HS256), and a
+/// shorter one can be guessed offline from any token.
+pub const MIN_JWT_SECRET: usize = 32;
+
 impl JwtConfig {
-    /// The verifier: the algorithm parsed and the key read, once.
-    fn verifier(&self, key: &Key) -> Result<TokenVerifier, ConfigError> {
+    fn is_hmac(&self) -> bool {
+        self.algorithm.to_ascii_uppercase().starts_with("HS")
+    }
+
+    /// An HS* socket whose secret is [`DEMO_JWT_SECRET`].
+    fn uses_demo_secret(&self) -> bool {
+        self.is_hmac() && self.secret.as_deref() == Some(DEMO_JWT_SECRET)
+    }
+
+    /// The verifier: the algorithm parsed and the key read, once. `dev`
+    /// accepts secrets shorter than [`MIN_JWT_SECRET`].
+    fn verifier(&self, key: &Key, dev: bool) -> Result<TokenVerifier, ConfigError> {
         if self.leeway_secs > MAX_LEEWAY.as_secs() {
             return Err(key.field("leeway_secs").invalid(format!(
                 "{} is more than a day ({} s)",
@@ -359,6 +383,14 @@ impl JwtConfig {
                         key.field("secret")
                             .invalid("missing: set jwt.secret or GATEWAY_JWT_SECRET")
                     })?;
+                if secret.len() < MIN_JWT_SECRET && !dev {
+                    return Err(key.field("secret").invalid(format!(
+                        "{} bytes is too short: use at least {MIN_JWT_SECRET} random bytes \
+                         (GATEWAY_JWT_SECRET=\"$(openssl rand -base64 48)\"), or turn on \
+                         development mode (GATEWAY_DEV=1 or server.dev = true)",
+                        secret.len()
+                    )));
+                }
                 DecodingKey::from_secret(secret.as_bytes())
             }
             _ => {

@@ -156,14 +156,64 @@ fn env_errors_name_the_variable() {
 fn jwt_secret_from_env_satisfies_validation() {
     let text = "[[socket]]\nrequire_token = true\n[socket.jwt]\nalgorithm = \"HS256\"";
     assert!(load(text, &[]).is_err());
-    assert!(load(text, &[("GATEWAY_JWT_SECRET", "s3cret")]).is_ok());
+    assert!(load(text, &[("GATEWAY_JWT_SECRET", LONG_SECRET)]).is_ok());
+}
+
+/// 32 bytes: the shortest HS* secret outside development mode.
+const LONG_SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+#[test]
+fn short_jwt_secrets_need_development_mode() {
+    let jwt = |secret: &str| format!("[[socket]]\n[socket.jwt]\nsecret = \"{secret}\"\n");
+    let short = &LONG_SECRET[1..];
+    fails(&jwt(short), "socket[0].jwt.secret");
+    let err = load(&jwt(short), &[]).unwrap_err().to_string();
+    assert!(err.contains("GATEWAY_DEV=1"), "{err}");
+    // From the environment too, which replaces the file's secret.
+    let env_short = [("GATEWAY_JWT_SECRET", short)];
+    assert!(load(&jwt(LONG_SECRET), &env_short).is_err());
+    assert!(load(&jwt(LONG_SECRET), &[]).is_ok());
+    // Development mode, from the file or the environment, accepts it.
+    assert!(load(&format!("[server]\ndev = true\n{}", jwt(short)), &[]).is_ok());
+    assert!(load(&jwt(short), &[("GATEWAY_DEV", "1")]).is_ok());
+    let dev_off = [("GATEWAY_DEV", "0")];
+    assert!(load(&format!("[server]\ndev = true\n{}", jwt(short)), &dev_off).is_err());
+    fails(
+        &jwt(LONG_SECRET).replace("[[socket]]", "[server]\ndev = \"yes\"\n[[socket]]"),
+        "dev",
+    );
+    let err = load(&jwt(LONG_SECRET), &[("GATEWAY_DEV", "yes")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("GATEWAY_DEV"), "{err}");
+    // RS*/ES* keys are files, not secrets: no length rule.
+    let rs = "[[socket]]\n[socket.jwt]\nalgorithm = \"RS256\"\nsecret = \"s\"\n";
+    fails(rs, "socket[0].jwt.public_key_file");
+}
+
+/// The example's demo secret works only in development mode, and is
+/// flagged so the pod warns; a secret from the environment replaces it.
+#[test]
+fn the_demo_secret_is_flagged() {
+    let text = include_str!("../../../../config/example.toml");
+    let demo = |pairs: &[(&str, &str)]| {
+        let c = load(text, pairs).unwrap();
+        c.validate().unwrap().sockets[0].demo_secret
+    };
+    assert!(demo(&[]));
+    assert!(demo(&[("GATEWAY_JWT_SECRET", "")]), "empty counts as unset");
+    assert!(!demo(&[("GATEWAY_JWT_SECRET", LONG_SECRET)]));
+    let err = load(text, &[("GATEWAY_DEV", "0")]).unwrap_err().to_string();
+    assert!(err.contains("socket[0].jwt.secret"), "{err}");
 }
 
 /// A leeway past the epoch broke jsonwebtoken's `now - leeway` (found
 /// writing the `config` fuzz target, which now verifies a token per socket).
 #[test]
 fn jwt_leeway_is_at_most_a_day() {
-    let jwt = |l: u64| format!("[[socket]]\n[socket.jwt]\nsecret = \"s\"\nleeway_secs = {l}\n");
+    let jwt = |l: u64| {
+        format!("[[socket]]\n[socket.jwt]\nsecret = \"{LONG_SECRET}\"\nleeway_secs = {l}\n")
+    };
     assert!(load(&jwt(86_400), &[]).is_ok());
     fails(&jwt(86_401), "socket[0].jwt.leeway_secs");
     fails(&jwt(3_000_000_000), "socket[0].jwt.leeway_secs");
@@ -464,7 +514,7 @@ fn sections_convert_into_the_librarys_types() {
     let text = "[server]\nmax_memory_mb = 2\nmetrics_listen = \"127.0.0.1:9090\"\n\
                 [api]\nkey = \"k\"\n[demo]\nenabled = true\n\
                 [[socket]]\ncheck_origin = [\"//*.example.com\"]\npush_rate = 0\n\
-                [socket.jwt]\nsecret = \"s\"\n";
+                [socket.jwt]\nsecret = \"0123456789abcdef0123456789abcdef\"\n";
     let s = load(text, &[]).unwrap().validate().unwrap();
     let socket = &s.sockets[0];
     assert_eq!(
