@@ -313,7 +313,8 @@ impl Inner {
                 };
                 let address = bound.map_or_else(|| self.options.address.clone(), shown);
                 let counts = self.registry.counts();
-                let channels: usize = hub.channel_counts("").iter().map(|(_, n)| n).sum();
+                let topics = hub.channel_counts("");
+                let channels: usize = topics.iter().map(|(_, n)| n).sum();
                 json!({
                     "id": &*self.pod,
                     "node": node,
@@ -326,7 +327,7 @@ impl Inner {
                         Transport::LongPoll.as_str(): counts[Transport::LongPoll.index()],
                     },
                     "channels": channels,
-                    "topics": hub.channel_counts("").len(),
+                    "topics": topics.len(),
                     "ready": ready,
                     "draining": draining,
                 })

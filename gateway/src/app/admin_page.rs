@@ -8,7 +8,7 @@ use super::demo;
 use crate::admin::{Admin, Who};
 use crate::channel::{Assigns, Channel, ChannelContext, HandleIn, JoinResult, Next, Router};
 use crate::endpoint::{Body, EndpointBuilder, Socket};
-use crate::protocol::{reserved_event, valid_topic, Payload, Transport};
+use crate::protocol::{valid_topic, Payload, Transport};
 use crate::pubsub::{Broadcast, PubSub};
 use crate::socket::{ConnectError, ConnectInfo, Params, SocketHandler};
 use async_trait::async_trait;
@@ -131,9 +131,6 @@ impl AdminChannel {
         if !valid_topic(topic) || event.is_empty() {
             return HandleIn::error(Payload::reason("invalid topic or event"));
         }
-        if let Some(why) = reserved_event(event) {
-            return HandleIn::error(Payload::reason(format_args!("event {event:?}: {why}")));
-        }
         let body = match &payload["payload"] {
             Value::Null => json!({}),
             v => v.clone(),
@@ -144,6 +141,7 @@ impl AdminChannel {
             payload: Payload::json(&body),
             from: None,
         };
+        // Refuses reserved events and oversize payloads, as for any publisher.
         match self.pubsub.broadcast(msg).await {
             Ok(()) => HandleIn::ok(Payload::json(&json!({"ok": true}))),
             Err(e) => HandleIn::error(Payload::reason(e)),
