@@ -74,8 +74,7 @@ impl RedisBus {
         connections: u64,
         stale: Duration,
     ) -> Result<Vec<PodLoad>, Error> {
-        self.run_report(REBALANCE, pod, &connections.to_string(), stale)
-            .await
+        self.report_in(REBALANCE, pod, connections, stale).await
     }
 
     /// As [`report_load`](Self::report_load), in the roster `hash` (a name
@@ -92,19 +91,6 @@ impl RedisBus {
     ) -> Result<Vec<PodLoad>, Error> {
         self.run_report(hash, pod, &connections.to_string(), stale)
             .await
-    }
-
-    /// As [`withdraw_load`](Self::withdraw_load), from the roster `hash`.
-    ///
-    /// # Errors
-    /// When Redis is unreachable or refuses the script.
-    pub async fn withdraw_from(
-        &self,
-        hash: &str,
-        pod: &str,
-        stale: Duration,
-    ) -> Result<Vec<PodLoad>, Error> {
-        self.run_report(hash, pod, "", stale).await
     }
 
     /// Removes pod `pod`'s count (it is draining or stopping, so its

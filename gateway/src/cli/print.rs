@@ -24,6 +24,11 @@ fn table(head: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// The items of a JSON array; none for anything else.
+fn list(v: &Value) -> &[Value] {
+    v.as_array().map_or(&[], Vec::as_slice)
+}
+
 fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
@@ -33,10 +38,7 @@ fn text(v: &Value) -> String {
 }
 
 pub(super) fn pods(answer: &Value) {
-    let rows: Vec<Vec<String>> = answer["pods"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = list(&answer["pods"])
         .iter()
         .map(|p| {
             let state = if p["draining"] == Value::Bool(true) {
@@ -78,10 +80,7 @@ pub(super) fn pods(answer: &Value) {
 }
 
 pub(super) fn topics(answer: &Value) {
-    let rows: Vec<Vec<String>> = answer["topics"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = list(&answer["topics"])
         .iter()
         .map(|t| {
             let pods = t["pods"].as_object().map_or(0, serde_json::Map::len);
@@ -105,10 +104,7 @@ pub(super) fn topic(answer: &Value) {
             println!("  pod {pod}: {n}");
         }
     }
-    let rows: Vec<Vec<String>> = answer["connections"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = list(&answer["connections"])
         .iter()
         .map(|c| {
             vec![
